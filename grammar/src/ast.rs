@@ -1,0 +1,316 @@
+//! The typed AST of a `.effnet` file. Every node carries the byte span it came from, so that
+//! every later stage can point at the exact text a diagnostic is about.
+
+use serde::Serialize;
+
+/// A byte range in the source text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Self {
+        Span { start, end }
+    }
+    pub fn len(&self) -> usize {
+        self.end.saturating_sub(self.start)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The smallest span covering both.
+    pub fn to(self, other: Span) -> Span {
+        Span::new(self.start.min(other.start), self.end.max(other.end))
+    }
+}
+
+/// A name as written, with its span.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ident {
+    pub name: String,
+    pub span: Span,
+}
+
+/// A number as written. The text is kept so that `effnet fmt` writes `1e-5` back as `1e-5`;
+/// the value is what the checks use (they decide whether it must be whole, positive, ...).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Number {
+    pub value: f64,
+    pub text: String,
+    pub span: Span,
+}
+
+impl Number {
+    /// The value when it is a whole number that fits `usize`.
+    pub fn as_usize(&self) -> Option<usize> {
+        let v = self.value;
+        if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= u32::MAX as f64 {
+            Some(v as usize)
+        } else {
+            None
+        }
+    }
+}
+
+/// A whole `.effnet` file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct File {
+    pub items: Vec<Item>,
+    /// Plain `//` comments, in source order; the formatter puts them back by position.
+    pub comments: Vec<Comment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comment {
+    /// The text after `//`.
+    pub text: String,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Item {
+    Model(Model),
+    Schedule(Schedule),
+}
+
+impl Item {
+    pub fn span(&self) -> Span {
+        match self {
+            Item::Model(m) => m.span,
+            Item::Schedule(s) => s.span,
+        }
+    }
+}
+
+/// `model NAME { ... }` or `model NAME = BASE scaled width W depth D [{ ... }]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Model {
+    pub docs: Vec<Doc>,
+    pub name: Ident,
+    pub derivation: Option<Derivation>,
+    /// `None` only for a derived model written without a body.
+    pub body: Option<Vec<ModelStmt>>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Doc {
+    /// The text after `///`, with one leading space removed.
+    pub text: String,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Derivation {
+    pub base: Ident,
+    pub scale: Vec<ScaleArg>,
+    pub span: Span,
+}
+
+/// `width 1.1`, `depth 1.2`, `stages(1.2, 1.6)`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScaleArg {
+    pub key: Ident,
+    pub value: ScaleValue,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum ScaleValue {
+    Number(Number),
+    Tuple(Vec<Number>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelStmt {
+    pub docs: Vec<Doc>,
+    pub kind: ModelStmtKind,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum ModelStmtKind {
+    Input {
+        channels: Number,
+        resolution: Number,
+        train: Option<Number>,
+    },
+    Classes(Number),
+    Activation(Ident),
+    Norm {
+        kind: Ident,
+        args: Vec<KwArg>,
+    },
+    Padding(Ident),
+    Dropout(Number),
+    DropPath(Number),
+    RoundChannels(Vec<KwArg>),
+    RoundDepth(Ident),
+    Normalize {
+        mean: Vec<Number>,
+        std: Vec<Number>,
+    },
+    Scale(Vec<ScaleArg>),
+    Stem(Layer),
+    Stage(Layer),
+    /// `head none` is `Head(None)`.
+    Head(Option<Layer>),
+}
+
+impl ModelStmtKind {
+    /// The keyword that starts the statement, for messages.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            ModelStmtKind::Input { .. } => "input",
+            ModelStmtKind::Classes(_) => "classes",
+            ModelStmtKind::Activation(_) => "activation",
+            ModelStmtKind::Norm { .. } => "norm",
+            ModelStmtKind::Padding(_) => "padding",
+            ModelStmtKind::Dropout(_) => "dropout",
+            ModelStmtKind::DropPath(_) => "drop_path",
+            ModelStmtKind::RoundChannels(_) => "round channels",
+            ModelStmtKind::RoundDepth(_) => "round depth",
+            ModelStmtKind::Normalize { .. } => "normalize",
+            ModelStmtKind::Scale(_) => "scale",
+            ModelStmtKind::Stem(_) => "stem",
+            ModelStmtKind::Stage(_) => "stage",
+            ModelStmtKind::Head(_) => "head",
+        }
+    }
+}
+
+/// `name = value` inside parentheses.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KwArg {
+    pub key: Ident,
+    pub value: Value,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Value {
+    Number(Number),
+    Ident(Ident),
+}
+
+impl Value {
+    pub fn span(&self) -> Span {
+        match self {
+            Value::Number(n) => n.span,
+            Value::Ident(i) => i.span,
+        }
+    }
+}
+
+/// A stem, stage or head line: `KIND k3 e4 s2 -> 48 x4 se 0.25 skip`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Layer {
+    pub kind: Ident,
+    pub params: Vec<LayerParam>,
+    pub channels: Number,
+    pub options: Vec<LayerOpt>,
+}
+
+/// `k3`, `e4` or `s2`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerParam {
+    pub letter: char,
+    pub value: Number,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerOpt {
+    pub kind: LayerOptKind,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum LayerOptKind {
+    Repeats(Number),
+    Se(Number),
+    Skip,
+    NoSkip,
+    Act(Ident),
+    Depth(Number),
+    Fixed,
+}
+
+impl LayerOptKind {
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            LayerOptKind::Repeats(_) => "x",
+            LayerOptKind::Se(_) => "se",
+            LayerOptKind::Skip => "skip",
+            LayerOptKind::NoSkip => "noskip",
+            LayerOptKind::Act(_) => "act",
+            LayerOptKind::Depth(_) => "depth",
+            LayerOptKind::Fixed => "fixed",
+        }
+    }
+}
+
+/// `schedule NAME for MODEL { ... }`, or `schedule MODEL { ... }` (then `name` is `None`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Schedule {
+    pub docs: Vec<Doc>,
+    pub name: Option<Ident>,
+    pub model: Ident,
+    pub body: Vec<ScheduleStmt>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduleStmt {
+    pub docs: Vec<Doc>,
+    pub kind: ScheduleStmtKind,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum ScheduleStmtKind {
+    Interpolate(Ident),
+    Optimizer {
+        kind: Ident,
+        args: Vec<KwArg>,
+    },
+    Lr {
+        peak: Number,
+        warmup: Option<Number>,
+        decay: Option<Decay>,
+    },
+    /// `image 128 -> 300`, `epochs 350`, `batch [64, 32]`.
+    Setting {
+        key: Ident,
+        value: SettingValue,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decay {
+    pub kind: Ident,
+    pub args: Vec<KwArg>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum SettingValue {
+    Single(Number),
+    Range(Number, Number),
+    List(Vec<Number>),
+}
+
+impl SettingValue {
+    pub fn span(&self) -> Span {
+        match self {
+            SettingValue::Single(n) => n.span,
+            SettingValue::Range(a, b) => a.span.to(b.span),
+            SettingValue::List(v) => match (v.first(), v.last()) {
+                (Some(a), Some(b)) => a.span.to(b.span),
+                _ => Span::default(),
+            },
+        }
+    }
+}

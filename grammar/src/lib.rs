@@ -1,0 +1,9 @@
+//! The `.effnet` language: its pest grammar and the typed, spanned AST.
+//!
+//! `parse` is the only entry point; nothing outside this crate sees pest.
+
+pub mod ast;
+mod parse;
+
+pub use ast::*;
+pub use parse::{ParseError, parse};

@@ -1,0 +1,614 @@
+//! Text -> pest pairs -> typed AST. This is the only module that walks pest pairs.
+
+use pest::Parser as _;
+use pest::iterators::Pair;
+use pest_derive::Parser;
+
+use crate::ast::*;
+
+#[derive(Parser)]
+#[grammar = "effnet.pest"]
+struct EffnetParser;
+
+/// A syntax error: where, and what the parser expected there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParseError {
+    pub span: Span,
+    /// One line, e.g. "expected `->` or a layer parameter (`k3`, `e4`, `s2`)".
+    pub message: String,
+    /// What was found at the error position, for the label.
+    pub found: String,
+}
+
+/// Parse a whole file into the AST. All syntax problems are reported through the one error pest
+/// finds first: after a syntax error the rest of the file cannot be trusted.
+pub fn parse(source: &str) -> Result<File, ParseError> {
+    let mut pairs =
+        EffnetParser::parse(Rule::file, source).map_err(|e| convert_error(source, e))?;
+    // `file` always produces exactly one pair when parsing succeeds.
+    let Some(file) = pairs.next() else {
+        return Ok(File {
+            items: vec![],
+            comments: vec![],
+        });
+    };
+    let mut comments = Vec::new();
+    for p in file.clone().into_inner().flatten() {
+        if p.as_rule() == Rule::COMMENT {
+            let text = p.as_str().trim_start_matches("//").to_string();
+            comments.push(Comment {
+                text,
+                span: span(&p),
+            });
+        }
+    }
+    let mut items = Vec::new();
+    for p in children(file) {
+        match p.as_rule() {
+            Rule::model => items.push(Item::Model(model(p))),
+            Rule::schedule => items.push(Item::Schedule(schedule(p))),
+            _ => {}
+        }
+    }
+    Ok(File { items, comments })
+}
+
+fn span(p: &Pair<Rule>) -> Span {
+    let s = p.as_span();
+    Span::new(s.start(), s.end())
+}
+
+/// Inner pairs without comments and keyword tokens, which carry no data.
+fn children(p: Pair<Rule>) -> impl Iterator<Item = Pair<Rule>> {
+    p.into_inner()
+        .filter(|c| !matches!(c.as_rule(), Rule::COMMENT | Rule::EOI) && !is_keyword(c.as_rule()))
+}
+
+fn is_keyword(rule: Rule) -> bool {
+    matches!(rule, Rule::arrow) || format!("{rule:?}").starts_with("kw_")
+}
+
+fn ident(p: Pair<Rule>) -> Ident {
+    Ident {
+        name: p.as_str().to_string(),
+        span: span(&p),
+    }
+}
+
+fn number(p: Pair<Rule>) -> Number {
+    let text = p.as_str().to_string();
+    // The grammar admits only digits, one dot and an exponent, which f64 parsing accepts;
+    // a huge literal parses to infinity, which the checks reject with its span.
+    let value = text.parse::<f64>().unwrap_or(f64::NAN);
+    Number {
+        value,
+        text,
+        span: span(&p),
+    }
+}
+
+fn docs_and_rest(p: Pair<Rule>) -> (Vec<Doc>, Vec<Pair<Rule>>) {
+    let mut docs = Vec::new();
+    let mut rest = Vec::new();
+    for c in children(p) {
+        if c.as_rule() == Rule::doc {
+            let sp = span(&c);
+            let text = c
+                .into_inner()
+                .next()
+                .map(|t| t.as_str())
+                .unwrap_or("")
+                .trim_end();
+            let text = text.strip_prefix(' ').unwrap_or(text).to_string();
+            docs.push(Doc { text, span: sp });
+        } else {
+            rest.push(c);
+        }
+    }
+    (docs, rest)
+}
+
+fn model(p: Pair<Rule>) -> Model {
+    let sp = span(&p);
+    let (docs, rest) = docs_and_rest(p);
+    let mut name = None;
+    let mut derivation = None;
+    let mut body = None;
+    for c in rest {
+        match c.as_rule() {
+            Rule::ident => name = Some(ident(c)),
+            Rule::derivation => {
+                let dsp = span(&c);
+                let mut base = None;
+                let mut scale = Vec::new();
+                for d in children(c) {
+                    match d.as_rule() {
+                        Rule::ident => base = Some(ident(d)),
+                        Rule::scale_arg => scale.push(scale_arg(d)),
+                        _ => {}
+                    }
+                }
+                derivation = base.map(|base| Derivation {
+                    base,
+                    scale,
+                    span: dsp,
+                });
+            }
+            Rule::model_body => body = Some(children(c).map(model_stmt).collect()),
+            _ => {}
+        }
+    }
+    Model {
+        docs,
+        // The grammar requires the name; an empty one can only come from a grammar change.
+        name: name.unwrap_or(Ident {
+            name: String::new(),
+            span: sp,
+        }),
+        derivation,
+        body,
+        span: sp,
+    }
+}
+
+fn scale_arg(p: Pair<Rule>) -> ScaleArg {
+    let sp = span(&p);
+    let mut key = Ident {
+        name: String::new(),
+        span: sp,
+    };
+    let mut value = ScaleValue::Tuple(vec![]);
+    for c in children(p) {
+        match c.as_rule() {
+            Rule::scale_key => key = ident(c),
+            Rule::number => value = ScaleValue::Number(number(c)),
+            Rule::tuple => value = ScaleValue::Tuple(children(c).map(number).collect()),
+            _ => {}
+        }
+    }
+    ScaleArg {
+        key,
+        value,
+        span: sp,
+    }
+}
+
+fn kwargs(p: Pair<Rule>) -> Vec<KwArg> {
+    children(p)
+        .map(|kw| {
+            let sp = span(&kw);
+            let mut it = children(kw);
+            let key = it.next().map(ident).unwrap_or(Ident {
+                name: String::new(),
+                span: sp,
+            });
+            let value = match it.next() {
+                Some(v) if v.as_rule() == Rule::number => Value::Number(number(v)),
+                Some(v) => Value::Ident(ident(v)),
+                None => Value::Ident(Ident {
+                    name: String::new(),
+                    span: sp,
+                }),
+            };
+            KwArg {
+                key,
+                value,
+                span: sp,
+            }
+        })
+        .collect()
+}
+
+fn model_stmt(p: Pair<Rule>) -> ModelStmt {
+    let sp = span(&p);
+    let (docs, rest) = docs_and_rest(p);
+    let kind = rest
+        .into_iter()
+        .next()
+        .map(model_stmt_kind)
+        .unwrap_or(ModelStmtKind::Head(None));
+    ModelStmt { docs, kind, span: sp }
+}
+
+fn numbers(p: Pair<Rule>) -> Vec<Number> {
+    children(p)
+        .filter(|c| c.as_rule() == Rule::number)
+        .map(number)
+        .collect()
+}
+
+fn first_ident(p: Pair<Rule>) -> Ident {
+    let sp = span(&p);
+    children(p)
+        .find(|c| c.as_rule() == Rule::ident)
+        .map(ident)
+        .unwrap_or(Ident {
+            name: String::new(),
+            span: sp,
+        })
+}
+
+fn first_number(p: Pair<Rule>) -> Number {
+    let sp = span(&p);
+    numbers(p).into_iter().next().unwrap_or(Number {
+        value: f64::NAN,
+        text: String::new(),
+        span: sp,
+    })
+}
+
+fn model_stmt_kind(p: Pair<Rule>) -> ModelStmtKind {
+    match p.as_rule() {
+        Rule::input => {
+            let mut n = numbers(p).into_iter();
+            let channels = n.next();
+            let resolution = n.next();
+            let train = n.next();
+            match (channels, resolution) {
+                (Some(channels), Some(resolution)) => ModelStmtKind::Input {
+                    channels,
+                    resolution,
+                    train,
+                },
+                _ => ModelStmtKind::Head(None),
+            }
+        }
+        Rule::classes => ModelStmtKind::Classes(first_number(p)),
+        Rule::activation => ModelStmtKind::Activation(first_ident(p)),
+        Rule::norm => {
+            let mut kind = None;
+            let mut args = Vec::new();
+            let sp = span(&p);
+            for c in children(p) {
+                match c.as_rule() {
+                    Rule::ident => kind = Some(ident(c)),
+                    Rule::kwargs => args = kwargs(c),
+                    _ => {}
+                }
+            }
+            ModelStmtKind::Norm {
+                kind: kind.unwrap_or(Ident {
+                    name: String::new(),
+                    span: sp,
+                }),
+                args,
+            }
+        }
+        Rule::padding => ModelStmtKind::Padding(first_ident(p)),
+        Rule::dropout => ModelStmtKind::Dropout(first_number(p)),
+        Rule::drop_path => ModelStmtKind::DropPath(first_number(p)),
+        Rule::round => {
+            // `round channels(...)` keeps its kwargs; `round depth MODE` its mode.
+            let is_channels = p
+                .clone()
+                .into_inner()
+                .any(|c| c.as_rule() == Rule::kw_channels);
+            if is_channels {
+                ModelStmtKind::RoundChannels(
+                    children(p)
+                        .find(|c| c.as_rule() == Rule::kwargs)
+                        .map(kwargs)
+                        .unwrap_or_default(),
+                )
+            } else {
+                ModelStmtKind::RoundDepth(first_ident(p))
+            }
+        }
+        Rule::normalize => {
+            let mut tuples = children(p).filter(|c| c.as_rule() == Rule::tuple);
+            let mean = tuples.next().map(numbers).unwrap_or_default();
+            let std = tuples.next().map(numbers).unwrap_or_default();
+            ModelStmtKind::Normalize { mean, std }
+        }
+        Rule::scale => ModelStmtKind::Scale(
+            children(p)
+                .filter(|c| c.as_rule() == Rule::scale_arg)
+                .map(scale_arg)
+                .collect(),
+        ),
+        Rule::stem => ModelStmtKind::Stem(layer(p)),
+        Rule::stage => ModelStmtKind::Stage(layer(p)),
+        Rule::head => {
+            let is_none = p.clone().into_inner().any(|c| c.as_rule() == Rule::none);
+            if is_none {
+                ModelStmtKind::Head(None)
+            } else {
+                ModelStmtKind::Head(Some(layer(p)))
+            }
+        }
+        _ => ModelStmtKind::Head(None),
+    }
+}
+
+fn layer(p: Pair<Rule>) -> Layer {
+    let sp = span(&p);
+    let mut kind = None;
+    let mut params = Vec::new();
+    let mut channels = None;
+    let mut options = Vec::new();
+    for c in children(p) {
+        match c.as_rule() {
+            Rule::ident => kind = Some(ident(c)),
+            Rule::layer_param => {
+                let psp = span(&c);
+                let mut letter = ' ';
+                let mut value = None;
+                for q in c.into_inner() {
+                    match q.as_rule() {
+                        Rule::param_letter => letter = q.as_str().chars().next().unwrap_or(' '),
+                        Rule::number => value = Some(number(q)),
+                        _ => {}
+                    }
+                }
+                if let Some(value) = value {
+                    params.push(LayerParam {
+                        letter,
+                        value,
+                        span: psp,
+                    });
+                }
+            }
+            Rule::number => channels = Some(number(c)),
+            Rule::layer_opt => {
+                if let Some(o) = c.into_inner().next() {
+                    let osp = span(&o);
+                    let kind = match o.as_rule() {
+                        Rule::repeats => LayerOptKind::Repeats(first_number(o)),
+                        Rule::se => LayerOptKind::Se(first_number(o)),
+                        Rule::skip => LayerOptKind::Skip,
+                        Rule::noskip => LayerOptKind::NoSkip,
+                        Rule::act => LayerOptKind::Act(first_ident(o)),
+                        Rule::depth => LayerOptKind::Depth(first_number(o)),
+                        _ => LayerOptKind::Fixed,
+                    };
+                    options.push(LayerOpt { kind, span: osp });
+                }
+            }
+            _ => {}
+        }
+    }
+    Layer {
+        kind: kind.unwrap_or(Ident {
+            name: String::new(),
+            span: sp,
+        }),
+        params,
+        channels: channels.unwrap_or(Number {
+            value: f64::NAN,
+            text: String::new(),
+            span: sp,
+        }),
+        options,
+    }
+}
+
+fn schedule(p: Pair<Rule>) -> Schedule {
+    let sp = span(&p);
+    let (docs, rest) = docs_and_rest(p);
+    let mut idents = Vec::new();
+    let mut body = Vec::new();
+    for c in rest {
+        match c.as_rule() {
+            Rule::ident => idents.push(ident(c)),
+            Rule::schedule_body => body = children(c).map(schedule_stmt).collect(),
+            _ => {}
+        }
+    }
+    // `schedule MODEL {}` or `schedule NAME for MODEL {}`.
+    let (name, model) = match idents.len() {
+        2 => {
+            let model = idents.pop();
+            (idents.pop(), model)
+        }
+        _ => (None, idents.pop()),
+    };
+    Schedule {
+        docs,
+        name,
+        model: model.unwrap_or(Ident {
+            name: String::new(),
+            span: sp,
+        }),
+        body,
+        span: sp,
+    }
+}
+
+fn schedule_stmt(p: Pair<Rule>) -> ScheduleStmt {
+    let sp = span(&p);
+    let (docs, rest) = docs_and_rest(p);
+    let kind = match rest.into_iter().next() {
+        Some(c) => match c.as_rule() {
+            Rule::interpolate => ScheduleStmtKind::Interpolate(first_ident(c)),
+            Rule::optimizer => {
+                let mut kind = None;
+                let mut args = Vec::new();
+                for q in children(c) {
+                    match q.as_rule() {
+                        Rule::ident => kind = Some(ident(q)),
+                        Rule::kwargs => args = kwargs(q),
+                        _ => {}
+                    }
+                }
+                ScheduleStmtKind::Optimizer {
+                    kind: kind.unwrap_or(Ident {
+                        name: String::new(),
+                        span: sp,
+                    }),
+                    args,
+                }
+            }
+            Rule::lr => {
+                let mut nums = Vec::new();
+                let mut decay = None;
+                for q in children(c) {
+                    match q.as_rule() {
+                        Rule::number => nums.push(number(q)),
+                        Rule::decay => {
+                            let dsp = span(&q);
+                            let mut kind = None;
+                            let mut args = Vec::new();
+                            for r in children(q) {
+                                match r.as_rule() {
+                                    Rule::decay_kind => kind = Some(ident(r)),
+                                    Rule::kwargs => args = kwargs(r),
+                                    _ => {}
+                                }
+                            }
+                            decay = kind.map(|kind| Decay {
+                                kind,
+                                args,
+                                span: dsp,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+                let mut nums = nums.into_iter();
+                let peak = nums.next().unwrap_or(Number {
+                    value: f64::NAN,
+                    text: String::new(),
+                    span: sp,
+                });
+                ScheduleStmtKind::Lr {
+                    peak,
+                    warmup: nums.next(),
+                    decay,
+                }
+            }
+            _ => setting(c),
+        },
+        None => ScheduleStmtKind::Interpolate(Ident {
+            name: String::new(),
+            span: sp,
+        }),
+    };
+    ScheduleStmt { docs, kind, span: sp }
+}
+
+fn setting(p: Pair<Rule>) -> ScheduleStmtKind {
+    let sp = span(&p);
+    let mut key = Ident {
+        name: String::new(),
+        span: sp,
+    };
+    let mut value = SettingValue::List(vec![]);
+    for c in children(p) {
+        match c.as_rule() {
+            Rule::ident => key = ident(c),
+            Rule::number => value = SettingValue::Single(number(c)),
+            Rule::range => {
+                let mut n = numbers(c).into_iter();
+                if let (Some(a), Some(b)) = (n.next(), n.next()) {
+                    value = SettingValue::Range(a, b);
+                }
+            }
+            Rule::list => value = SettingValue::List(numbers(c)),
+            _ => {}
+        }
+    }
+    ScheduleStmtKind::Setting { key, value }
+}
+
+/// How a rule is named in "expected ..." messages.
+fn rule_display(rule: Rule) -> String {
+    let name = format!("{rule:?}");
+    if let Some(kw) = name.strip_prefix("kw_") {
+        return format!("`{kw}`");
+    }
+    match rule {
+        Rule::EOI => "end of file".into(),
+        Rule::ident => "a name".into(),
+        Rule::number => "a number".into(),
+        Rule::tuple => "a list of numbers in parentheses".into(),
+        Rule::kwarg | Rule::kwargs => "arguments in parentheses, like `(eps = 1e-3)`".into(),
+        Rule::doc => "a doc comment".into(),
+        Rule::model => "`model`".into(),
+        Rule::schedule => "`schedule`".into(),
+        Rule::derivation => "`=` (a model scaled from another)".into(),
+        Rule::model_body | Rule::schedule_body => "`{`".into(),
+        Rule::model_stmt => "a model statement (`input`, `classes`, `stem`, `stage`, `head`, ...)"
+            .into(),
+        Rule::schedule_stmt => {
+            "a schedule statement (`epochs`, `stages`, `image 128 -> 300`, ...)".into()
+        }
+        Rule::scale_arg | Rule::scale_key => "`width`, `depth` or `stages`".into(),
+        Rule::layer_param | Rule::param_letter => {
+            "a layer parameter (`k3` kernel, `e4` expansion, `s2` stride)".into()
+        }
+        Rule::arrow => "`->`".into(),
+        Rule::layer_opt => "a stage option (`x2`, `se 0.25`, `skip`, `noskip`, `act`, `depth`)"
+            .into(),
+        Rule::repeats => "repeats like `x2`".into(),
+        Rule::none => "`none`".into(),
+        Rule::range => "a range like `128 -> 300`".into(),
+        Rule::list => "a list like `[1, 2]`".into(),
+        Rule::decay | Rule::decay_kind => "`exponential`, `cosine` or `constant`".into(),
+        Rule::skip => "`skip`".into(),
+        Rule::noskip => "`noskip`".into(),
+        Rule::fixed => "`fixed`".into(),
+        _ => format!("`{}`", name.replace('_', " ")),
+    }
+}
+
+fn convert_error(source: &str, e: pest::error::Error<Rule>) -> ParseError {
+    use pest::error::{ErrorVariant, InputLocation};
+    let (start, end) = match e.location {
+        InputLocation::Pos(p) => (p, p),
+        InputLocation::Span((s, e)) => (s, e),
+    };
+    // The offending token: the run of non-space characters at the position.
+    let tail = source.get(start..).unwrap_or("");
+    let token: String = tail
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .take(30)
+        .collect();
+    let end = if end > start {
+        end
+    } else {
+        start + token.len()
+    };
+    let message = match &e.variant {
+        ErrorVariant::ParsingError {
+            positives,
+            negatives,
+        } => {
+            let mut expected: Vec<String> = positives
+                .iter()
+                .filter(|r| !matches!(r, Rule::WHITESPACE | Rule::COMMENT))
+                .map(|r| rule_display(*r))
+                .collect();
+            expected.dedup();
+            let mut seen = std::collections::HashSet::new();
+            expected.retain(|s| seen.insert(s.clone()));
+            if !expected.is_empty() {
+                format!("expected {}", join_or(&expected))
+            } else if !negatives.is_empty() {
+                let names: Vec<String> = negatives.iter().map(|r| rule_display(*r)).collect();
+                format!("unexpected {}", join_or(&names))
+            } else {
+                "syntax error".into()
+            }
+        }
+        ErrorVariant::CustomError { message } => message.clone(),
+    };
+    let found = if token.is_empty() {
+        "end of file".to_string()
+    } else {
+        format!("found `{token}`")
+    };
+    ParseError {
+        span: Span::new(start, end.min(source.len()).max(start)),
+        message,
+        found,
+    }
+}
+
+fn join_or(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {}", init.join(", "), last),
+    }
+}
