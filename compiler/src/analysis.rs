@@ -1,0 +1,221 @@
+//! Exact analyses of a network at a given resolution: output shapes, parameters,
+//! multiply-adds and an activation-memory estimate, per block, per stage and in total.
+
+use serde::Serialize;
+
+use crate::ir::{Block, BlockLayers, Conv, Network, PaddingMode};
+
+/// One block's (or the stem's, or the head's) figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerStats {
+    pub path: String,
+    /// `[channels, height, width]` of the output.
+    pub output: [usize; 3],
+    pub params: usize,
+    pub macs: u64,
+    /// Elements of every intermediate tensor the block produces (conv and BN outputs,
+    /// activations), a proxy for training memory.
+    pub activations: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageStats {
+    pub index: usize,
+    pub kind: &'static str,
+    pub kernel: usize,
+    pub expansion: f64,
+    pub stride: usize,
+    pub repeats: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub se_channels: Option<usize>,
+    pub resolution: usize,
+    pub params: usize,
+    pub macs: u64,
+    pub blocks: Vec<LayerStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub model: String,
+    pub resolution: usize,
+    pub params: usize,
+    pub macs: u64,
+    /// Activation memory for one image in f32, in bytes (sum of intermediate tensors).
+    pub activation_bytes: u64,
+    pub stem: LayerStats,
+    pub stages: Vec<StageStats>,
+    pub head: Option<LayerStats>,
+    pub classifier: LayerStats,
+}
+
+/// Output spatial size of a convolution on a square input.
+pub fn conv_output(padding: PaddingMode, input: usize, kernel: usize, stride: usize) -> usize {
+    padding.resolve(input, kernel, stride).2
+}
+
+fn conv_macs(c: &Conv, out_hw: usize) -> u64 {
+    let [o, i, k, _] = c.weight_shape();
+    (out_hw * out_hw) as u64 * (o * i * k * k) as u64
+}
+
+fn conv_params(c: &Conv) -> usize {
+    c.weight_shape().iter().product::<usize>() + if c.bias { c.out_channels } else { 0 }
+}
+
+/// Runs one conv: (macs, params, output size, output elements).
+fn step(c: &Conv, padding: PaddingMode, hw: usize) -> (u64, usize, usize, u64) {
+    let out = conv_output(padding, hw, c.kernel, c.stride);
+    (
+        conv_macs(c, out),
+        conv_params(c),
+        out,
+        (c.out_channels * out * out) as u64,
+    )
+}
+
+fn block_stats(b: &Block, padding: PaddingMode, hw: usize) -> (LayerStats, usize) {
+    let mut macs = 0u64;
+    let mut params = 0usize;
+    let mut acts = 0u64;
+    let mut hw = hw;
+    let convs: Vec<&Conv> = match &b.layers {
+        BlockLayers::Conv { conv, .. } => vec![conv],
+        BlockLayers::DepthwiseSeparable {
+            conv_dw, conv_pw, ..
+        } => vec![conv_dw, conv_pw],
+        BlockLayers::Edge {
+            conv_exp, conv_pwl, ..
+        } => vec![conv_exp, conv_pwl],
+        BlockLayers::MbConv {
+            conv_pw,
+            conv_dw,
+            conv_pwl,
+            ..
+        } => vec![conv_pw, conv_dw, conv_pwl],
+    };
+    // SE gates the output of the block's kxk convolution: the first conv of ds and er
+    // blocks, the second (depthwise) of ir blocks.
+    let se_after = match &b.layers {
+        BlockLayers::Conv { .. } => usize::MAX,
+        BlockLayers::DepthwiseSeparable { .. } | BlockLayers::Edge { .. } => 0,
+        BlockLayers::MbConv { .. } => 1,
+    };
+    for (i, c) in convs.iter().enumerate() {
+        let (m, p, out, e) = step(c, padding, hw);
+        macs += m;
+        params += p;
+        // conv output, BN output, activation output
+        acts += 3 * e;
+        hw = out;
+        if i == se_after {
+            if let Some(se) = b.se() {
+                // Two 1x1 convs on the pooled vector.
+                macs += conv_macs(&se.conv_reduce, 1) + conv_macs(&se.conv_expand, 1);
+                params += conv_params(&se.conv_reduce) + conv_params(&se.conv_expand);
+                acts += (se.channels * hw * hw) as u64;
+            }
+        }
+    }
+    // BatchNorm weights and biases: two per channel of each BN.
+    params += b
+        .tensors()
+        .iter()
+        .filter(|t| t.trainable && t.name.contains(".bn"))
+        .map(|t| t.shape.iter().product::<usize>())
+        .sum::<usize>();
+    if b.residual {
+        acts += (b.out_channels * hw * hw) as u64;
+    }
+    (
+        LayerStats {
+            path: b.path.clone(),
+            output: [b.out_channels, hw, hw],
+            params,
+            macs,
+            activations: acts,
+        },
+        hw,
+    )
+}
+
+/// Analyse a network at `resolution` (square input).
+pub fn summarize(net: &Network, resolution: usize) -> Summary {
+    let pad = net.padding;
+    let (m, p, hw, e) = step(&net.stem.conv, pad, resolution);
+    let stem = LayerStats {
+        path: "conv_stem".into(),
+        output: [net.stem.conv.out_channels, hw, hw],
+        params: p + 2 * net.stem.bn.channels,
+        macs: m,
+        activations: 3 * e,
+    };
+    let mut hw = hw;
+    let mut stages = Vec::new();
+    for s in &net.stages {
+        let mut blocks = Vec::new();
+        for b in &s.blocks {
+            let (st, out) = block_stats(b, pad, hw);
+            hw = out;
+            blocks.push(st);
+        }
+        let Some(first) = s.blocks.first() else {
+            continue;
+        };
+        stages.push(StageStats {
+            index: s.index,
+            kind: first.kind.timm_name(),
+            kernel: first.kernel,
+            expansion: first.mid_channels as f64 / first.in_channels.max(1) as f64,
+            stride: first.stride,
+            repeats: s.blocks.len(),
+            in_channels: first.in_channels,
+            out_channels: first.out_channels,
+            se_channels: first.se_channels,
+            resolution: hw,
+            params: blocks.iter().map(|b| b.params).sum(),
+            macs: blocks.iter().map(|b| b.macs).sum(),
+            blocks,
+        });
+    }
+    let head = net.head.as_ref().map(|h| {
+        let (m, p, out, e) = step(&h.conv, pad, hw);
+        hw = out;
+        LayerStats {
+            path: "conv_head".into(),
+            output: [h.conv.out_channels, out, out],
+            params: p + 2 * h.bn.channels,
+            macs: m,
+            activations: 3 * e,
+        }
+    });
+    let c = &net.classifier;
+    let classifier = LayerStats {
+        path: c.path.clone(),
+        output: [c.out_features, 1, 1],
+        params: c.in_features * c.out_features + c.out_features,
+        macs: (c.in_features * c.out_features) as u64,
+        activations: c.out_features as u64,
+    };
+    let all = std::iter::once(&stem)
+        .chain(stages.iter().flat_map(|s| s.blocks.iter()))
+        .chain(head.iter())
+        .chain(std::iter::once(&classifier));
+    let (mut params, mut macs, mut acts) = (0usize, 0u64, 0u64);
+    for l in all {
+        params += l.params;
+        macs += l.macs;
+        acts += l.activations;
+    }
+    Summary {
+        model: net.name.clone(),
+        resolution,
+        params,
+        macs,
+        activation_bytes: acts * 4,
+        stem,
+        stages,
+        head,
+        classifier,
+    }
+}

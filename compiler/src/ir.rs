@@ -1,0 +1,682 @@
+//! The IR: one fully expanded network. Scaling and rounding are applied, repeats are expanded
+//! into blocks, and every layer carries the timm `state_dict` path of its tensors, so the
+//! runtime, the code generator and the analyses all read the same names and shapes.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Silu,
+    Relu,
+    Relu6,
+    HardSwish,
+    Gelu,
+}
+
+impl Activation {
+    pub const ALL: [(&'static str, Activation); 5] = [
+        ("silu", Activation::Silu),
+        ("relu", Activation::Relu),
+        ("relu6", Activation::Relu6),
+        ("hard_swish", Activation::HardSwish),
+        ("gelu", Activation::Gelu),
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Silu => "silu",
+            Activation::Relu => "relu",
+            Activation::Relu6 => "relu6",
+            Activation::HardSwish => "hard_swish",
+            Activation::Gelu => "gelu",
+        }
+    }
+    pub fn from_name(name: &str) -> Option<Activation> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
+    }
+}
+
+/// How convolutions pad their input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaddingMode {
+    /// PyTorch style: `((stride - 1) + (kernel - 1)) / 2` on every side.
+    Symmetric,
+    /// TensorFlow "SAME": output `ceil(input / stride)`, any odd pixel of padding goes after.
+    Same,
+}
+
+impl PaddingMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PaddingMode::Symmetric => "symmetric",
+            PaddingMode::Same => "same",
+        }
+    }
+
+    /// Padding before and after along one axis, and the output size. Works in signed
+    /// arithmetic, so a kernel larger than the padded input gives size 0, never an underflow.
+    pub fn resolve(self, input: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
+        let (i, k, s) = (input as i64, kernel as i64, stride.max(1) as i64);
+        let (before, after) = match self {
+            PaddingMode::Symmetric => {
+                let p = ((s - 1) + (k - 1)) / 2;
+                (p, p)
+            }
+            PaddingMode::Same => {
+                let out = (i + s - 1) / s;
+                let total = ((out - 1) * s + k - i).max(0);
+                (total / 2, total - total / 2)
+            }
+        };
+        let span = i + before + after - k;
+        let out = if span < 0 { 0 } else { span / s + 1 };
+        (before as usize, after as usize, out as usize)
+    }
+}
+
+/// The block kinds of the EfficientNet family, with timm's names for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockKind {
+    /// conv-bn-act (timm `cn`, `ConvBnAct`).
+    Conv,
+    /// Depthwise-separable (timm `ds`, `DepthwiseSeparableConv`).
+    DepthwiseSeparable,
+    /// Fused-MBConv / EdgeResidual (timm `er`).
+    Edge,
+    /// MBConv (timm `ir`, `InvertedResidual`).
+    MbConv,
+}
+
+impl BlockKind {
+    pub fn timm_name(self) -> &'static str {
+        match self {
+            BlockKind::Conv => "cn",
+            BlockKind::DepthwiseSeparable => "ds",
+            BlockKind::Edge => "er",
+            BlockKind::MbConv => "ir",
+        }
+    }
+}
+
+/// A convolution's weight lives at `{path}.weight` with shape
+/// `[out_channels, in_channels / groups, kernel, kernel]`, its bias (if any) at `{path}.bias`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conv {
+    pub path: String,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl Conv {
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [
+            self.out_channels,
+            self.in_channels / self.groups.max(1),
+            self.kernel,
+            self.kernel,
+        ]
+    }
+    pub fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.in_channels && self.in_channels == self.out_channels
+    }
+}
+
+/// BatchNorm2d: `{path}.weight`, `.bias`, `.running_mean`, `.running_var`, each `[channels]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchNorm {
+    pub path: String,
+    pub channels: usize,
+    pub eps: f64,
+    /// PyTorch convention: `running = (1 - momentum) * running + momentum * batch`.
+    pub momentum: f64,
+}
+
+/// Squeeze-excitation: global average, `conv_reduce` (1x1, bias), activation, `conv_expand`
+/// (1x1, bias), sigmoid gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SqueezeExcite {
+    pub path: String,
+    pub channels: usize,
+    pub reduced: usize,
+    pub conv_reduce: Conv,
+    pub conv_expand: Conv,
+}
+
+/// The layers of one block, by kind, in timm's module order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BlockLayers {
+    Conv {
+        conv: Conv,
+        bn1: BatchNorm,
+    },
+    DepthwiseSeparable {
+        conv_dw: Conv,
+        bn1: BatchNorm,
+        se: Option<SqueezeExcite>,
+        conv_pw: Conv,
+        bn2: BatchNorm,
+    },
+    Edge {
+        conv_exp: Conv,
+        bn1: BatchNorm,
+        se: Option<SqueezeExcite>,
+        conv_pwl: Conv,
+        bn2: BatchNorm,
+    },
+    MbConv {
+        conv_pw: Conv,
+        bn1: BatchNorm,
+        conv_dw: Conv,
+        bn2: BatchNorm,
+        se: Option<SqueezeExcite>,
+        conv_pwl: Conv,
+        bn3: BatchNorm,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Block {
+    /// `blocks.{stage}.{index}`.
+    pub path: String,
+    pub stage: usize,
+    pub index: usize,
+    pub kind: BlockKind,
+    pub in_channels: usize,
+    pub mid_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub se_channels: Option<usize>,
+    pub residual: bool,
+    /// Stochastic-depth rate of this block's residual branch.
+    pub drop_path: f64,
+    pub activation: Activation,
+    pub layers: BlockLayers,
+}
+
+impl Block {
+    pub fn se(&self) -> Option<&SqueezeExcite> {
+        match &self.layers {
+            BlockLayers::Conv { .. } => None,
+            BlockLayers::DepthwiseSeparable { se, .. }
+            | BlockLayers::Edge { se, .. }
+            | BlockLayers::MbConv { se, .. } => se.as_ref(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    pub index: usize,
+    pub docs: Vec<String>,
+    pub blocks: Vec<Block>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConvBnAct {
+    pub conv: Conv,
+    pub bn: BatchNorm,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Linear {
+    pub path: String,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalize {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+/// One network, ready to build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    pub docs: Vec<String>,
+    pub input_channels: usize,
+    /// Evaluation resolution.
+    pub resolution: usize,
+    pub train_resolution: Option<usize>,
+    pub num_classes: usize,
+    pub activation: Activation,
+    pub padding: PaddingMode,
+    pub dropout: f64,
+    pub drop_path: f64,
+    pub normalize: Option<Normalize>,
+    pub stem: ConvBnAct,
+    pub stages: Vec<Stage>,
+    pub head: Option<ConvBnAct>,
+    pub classifier: Linear,
+    pub schedules: Vec<Schedule>,
+}
+
+/// A named tensor and its shape, in `state_dict` order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Trainable (counted in the parameter count) or a BatchNorm running statistic.
+    pub trainable: bool,
+}
+
+fn push_conv(out: &mut Vec<TensorSpec>, c: &Conv) {
+    out.push(TensorSpec {
+        name: format!("{}.weight", c.path),
+        shape: c.weight_shape().to_vec(),
+        trainable: true,
+    });
+    if c.bias {
+        out.push(TensorSpec {
+            name: format!("{}.bias", c.path),
+            shape: vec![c.out_channels],
+            trainable: true,
+        });
+    }
+}
+
+fn push_bn(out: &mut Vec<TensorSpec>, b: &BatchNorm) {
+    for (suffix, trainable) in [
+        ("weight", true),
+        ("bias", true),
+        ("running_mean", false),
+        ("running_var", false),
+    ] {
+        out.push(TensorSpec {
+            name: format!("{}.{suffix}", b.path),
+            shape: vec![b.channels],
+            trainable,
+        });
+    }
+}
+
+fn push_se(out: &mut Vec<TensorSpec>, se: &Option<SqueezeExcite>) {
+    if let Some(se) = se {
+        push_conv(out, &se.conv_reduce);
+        push_conv(out, &se.conv_expand);
+    }
+}
+
+impl Block {
+    /// This block's tensors in timm's `state_dict` order.
+    pub fn tensors(&self) -> Vec<TensorSpec> {
+        let mut out = Vec::new();
+        match &self.layers {
+            BlockLayers::Conv { conv, bn1 } => {
+                push_conv(&mut out, conv);
+                push_bn(&mut out, bn1);
+            }
+            BlockLayers::DepthwiseSeparable {
+                conv_dw,
+                bn1,
+                se,
+                conv_pw,
+                bn2,
+            } => {
+                push_conv(&mut out, conv_dw);
+                push_bn(&mut out, bn1);
+                push_se(&mut out, se);
+                push_conv(&mut out, conv_pw);
+                push_bn(&mut out, bn2);
+            }
+            BlockLayers::Edge {
+                conv_exp,
+                bn1,
+                se,
+                conv_pwl,
+                bn2,
+            } => {
+                push_conv(&mut out, conv_exp);
+                push_bn(&mut out, bn1);
+                push_se(&mut out, se);
+                push_conv(&mut out, conv_pwl);
+                push_bn(&mut out, bn2);
+            }
+            BlockLayers::MbConv {
+                conv_pw,
+                bn1,
+                conv_dw,
+                bn2,
+                se,
+                conv_pwl,
+                bn3,
+            } => {
+                push_conv(&mut out, conv_pw);
+                push_bn(&mut out, bn1);
+                push_conv(&mut out, conv_dw);
+                push_bn(&mut out, bn2);
+                push_se(&mut out, se);
+                push_conv(&mut out, conv_pwl);
+                push_bn(&mut out, bn3);
+            }
+        }
+        out
+    }
+}
+
+impl Network {
+    /// Every tensor of the network in timm's `state_dict` order (without
+    /// `num_batches_tracked`).
+    pub fn tensors(&self) -> Vec<TensorSpec> {
+        let mut out = Vec::new();
+        push_conv(&mut out, &self.stem.conv);
+        push_bn(&mut out, &self.stem.bn);
+        for b in self.blocks() {
+            out.extend(b.tensors());
+        }
+        if let Some(h) = &self.head {
+            push_conv(&mut out, &h.conv);
+            push_bn(&mut out, &h.bn);
+        }
+        out.push(TensorSpec {
+            name: format!("{}.weight", self.classifier.path),
+            shape: vec![self.classifier.out_features, self.classifier.in_features],
+            trainable: true,
+        });
+        out.push(TensorSpec {
+            name: format!("{}.bias", self.classifier.path),
+            shape: vec![self.classifier.out_features],
+            trainable: true,
+        });
+        out
+    }
+
+    pub fn blocks(&self) -> impl Iterator<Item = &Block> {
+        self.stages.iter().flat_map(|s| s.blocks.iter())
+    }
+
+    /// The number of trainable parameters, as `sum(p.numel() for p in model.parameters())`.
+    pub fn param_count(&self) -> usize {
+        self.tensors()
+            .iter()
+            .filter(|t| t.trainable)
+            .map(|t| t.shape.iter().product::<usize>())
+            .sum()
+    }
+
+    /// The product of all strides: the factor by which the network downsamples.
+    pub fn total_stride(&self) -> usize {
+        self.stem.conv.stride * self.blocks().map(|b| b.stride).product::<usize>()
+    }
+
+    /// The channels the classifier sees.
+    pub fn num_features(&self) -> usize {
+        self.classifier.in_features
+    }
+}
+
+/// Values of one progressive-learning stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleStage {
+    pub index: usize,
+    /// Epochs `[start, end)`.
+    pub epochs: (usize, usize),
+    pub image_size: usize,
+    pub randaug: f64,
+    pub mixup: f64,
+    pub cutmix: f64,
+    pub dropout: f64,
+    pub drop_path: Option<f64>,
+    pub batch_size: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interpolation {
+    Linear,
+    Automl,
+    /// Every value given per stage.
+    Table,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Optimizer {
+    /// TensorFlow's RMSProp: `ms = decay * ms + (1 - decay) * g^2`, `mom = momentum * mom +
+    /// lr * g / sqrt(ms + eps)`.
+    Rmsprop {
+        decay: f64,
+        momentum: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+    Adamw {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+    Sgd {
+        momentum: f64,
+        nesterov: bool,
+        weight_decay: f64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LrDecay {
+    Constant,
+    Cosine,
+    /// Multiply by `rate` every `every` epochs (stepwise, as the paper's 0.97 every 2.4 epochs).
+    Exponential {
+        rate: f64,
+        every: f64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LrSchedule {
+    pub peak: f64,
+    pub warmup_epochs: f64,
+    pub decay: LrDecay,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub name: String,
+    pub docs: Vec<String>,
+    pub epochs: usize,
+    pub interpolation: Interpolation,
+    pub stages: Vec<ScheduleStage>,
+    pub optimizer: Option<Optimizer>,
+    pub lr: Option<LrSchedule>,
+    pub label_smoothing: Option<f64>,
+    pub ema: Option<f64>,
+    pub grad_clip: Option<f64>,
+}
+
+impl Schedule {
+    /// The stage that covers `epoch` (0-based); the last stage for epochs past the end.
+    pub fn stage_at(&self, epoch: usize) -> Option<&ScheduleStage> {
+        self.stages
+            .iter()
+            .find(|s| epoch >= s.epochs.0 && epoch < s.epochs.1)
+            .or(self.stages.last())
+    }
+}
+
+fn write_conv(f: &mut fmt::Formatter<'_>, indent: &str, name: &str, c: &Conv) -> fmt::Result {
+    let [o, i, k, _] = c.weight_shape();
+    write!(f, "{indent}{name:<12} {} [{o}, {i}, {k}, {k}]", c.path)?;
+    if c.stride != 1 {
+        write!(f, " stride {}", c.stride)?;
+    }
+    if c.groups != 1 {
+        write!(f, " groups {}", c.groups)?;
+    }
+    if c.bias {
+        write!(f, " +bias")?;
+    }
+    writeln!(f)
+}
+
+fn write_bn(f: &mut fmt::Formatter<'_>, indent: &str, name: &str, b: &BatchNorm) -> fmt::Result {
+    writeln!(
+        f,
+        "{indent}{name:<12} {} [{}] eps {} momentum {}",
+        b.path, b.channels, b.eps, b.momentum
+    )
+}
+
+fn write_se(
+    f: &mut fmt::Formatter<'_>,
+    indent: &str,
+    se: &Option<SqueezeExcite>,
+) -> fmt::Result {
+    if let Some(se) = se {
+        write_conv(f, indent, "se.reduce", &se.conv_reduce)?;
+        write_conv(f, indent, "se.expand", &se.conv_expand)?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "network {} ({} params, total stride {})",
+            self.name,
+            self.param_count(),
+            self.total_stride()
+        )?;
+        writeln!(
+            f,
+            "  input {} x {}{}, classes {}, activation {}, padding {}, dropout {}, drop_path {}",
+            self.input_channels,
+            self.resolution,
+            self.train_resolution
+                .map(|t| format!(" (train {t})"))
+                .unwrap_or_default(),
+            self.num_classes,
+            self.activation.name(),
+            self.padding.name(),
+            self.dropout,
+            self.drop_path
+        )?;
+        writeln!(f, "  stem")?;
+        write_conv(f, "    ", "conv", &self.stem.conv)?;
+        write_bn(f, "    ", "bn", &self.stem.bn)?;
+        for stage in &self.stages {
+            writeln!(f, "  stage {}", stage.index)?;
+            for b in &stage.blocks {
+                writeln!(
+                    f,
+                    "    {} {} {}->{}->{} k{} s{}{}{} drop_path {:.4} {}",
+                    b.path,
+                    b.kind.timm_name(),
+                    b.in_channels,
+                    b.mid_channels,
+                    b.out_channels,
+                    b.kernel,
+                    b.stride,
+                    b.se_channels
+                        .map(|c| format!(" se {c}"))
+                        .unwrap_or_default(),
+                    if b.residual { " residual" } else { "" },
+                    b.drop_path,
+                    b.activation.name()
+                )?;
+                let ind = "      ";
+                match &b.layers {
+                    BlockLayers::Conv { conv, bn1 } => {
+                        write_conv(f, ind, "conv", conv)?;
+                        write_bn(f, ind, "bn1", bn1)?;
+                    }
+                    BlockLayers::DepthwiseSeparable {
+                        conv_dw,
+                        bn1,
+                        se,
+                        conv_pw,
+                        bn2,
+                    } => {
+                        write_conv(f, ind, "conv_dw", conv_dw)?;
+                        write_bn(f, ind, "bn1", bn1)?;
+                        write_se(f, ind, se)?;
+                        write_conv(f, ind, "conv_pw", conv_pw)?;
+                        write_bn(f, ind, "bn2", bn2)?;
+                    }
+                    BlockLayers::Edge {
+                        conv_exp,
+                        bn1,
+                        se,
+                        conv_pwl,
+                        bn2,
+                    } => {
+                        write_conv(f, ind, "conv_exp", conv_exp)?;
+                        write_bn(f, ind, "bn1", bn1)?;
+                        write_se(f, ind, se)?;
+                        write_conv(f, ind, "conv_pwl", conv_pwl)?;
+                        write_bn(f, ind, "bn2", bn2)?;
+                    }
+                    BlockLayers::MbConv {
+                        conv_pw,
+                        bn1,
+                        conv_dw,
+                        bn2,
+                        se,
+                        conv_pwl,
+                        bn3,
+                    } => {
+                        write_conv(f, ind, "conv_pw", conv_pw)?;
+                        write_bn(f, ind, "bn1", bn1)?;
+                        write_conv(f, ind, "conv_dw", conv_dw)?;
+                        write_bn(f, ind, "bn2", bn2)?;
+                        write_se(f, ind, se)?;
+                        write_conv(f, ind, "conv_pwl", conv_pwl)?;
+                        write_bn(f, ind, "bn3", bn3)?;
+                    }
+                }
+            }
+        }
+        if let Some(h) = &self.head {
+            writeln!(f, "  head")?;
+            write_conv(f, "    ", "conv", &h.conv)?;
+            write_bn(f, "    ", "bn", &h.bn)?;
+        }
+        writeln!(
+            f,
+            "  classifier {} [{}, {}]",
+            self.classifier.path, self.classifier.out_features, self.classifier.in_features
+        )?;
+        for s in &self.schedules {
+            writeln!(
+                f,
+                "  schedule {} ({} epochs, {:?})",
+                s.name, s.epochs, s.interpolation
+            )?;
+            for st in &s.stages {
+                writeln!(
+                    f,
+                    "    stage {} epochs {}..{} image {} randaug {:.2} mixup {:.2} cutmix {:.2} dropout {:.3}{}{}",
+                    st.index,
+                    st.epochs.0,
+                    st.epochs.1,
+                    st.image_size,
+                    st.randaug,
+                    st.mixup,
+                    st.cutmix,
+                    st.dropout,
+                    st.drop_path
+                        .map(|d| format!(" drop_path {d:.3}"))
+                        .unwrap_or_default(),
+                    st.batch_size
+                        .map(|b| format!(" batch {b}"))
+                        .unwrap_or_default()
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

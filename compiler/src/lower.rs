@@ -1,0 +1,329 @@
+//! Lowering: a checked model to the IR. Applies width and depth scaling with timm's exact
+//! rounding, expands repeats into blocks, and names every layer as timm's `state_dict` does.
+//! Infallible: `check` has validated everything it relies on.
+
+use crate::check::{
+    ChannelRounding, DepthRounding, ModelDef, ScheduleDef, ScheduleValue, Skip, StageKind,
+};
+use crate::ir::*;
+
+/// timm's `make_divisible`: round to the nearest multiple of `divisor` (at least `min`), then
+/// add one divisor if rounding lost more than `1 - limit` of the value.
+pub fn make_divisible(v: f64, divisor: usize, min: Option<usize>, limit: f64) -> usize {
+    let d = divisor.max(1) as f64;
+    let min = min.unwrap_or(divisor) as f64;
+    // `int(v + d / 2) // d * d`, as Python computes it for v >= 0.
+    let mut new_v = (((v + d / 2.0).trunc() / d).floor() * d).max(min);
+    if new_v < limit * v {
+        new_v += d;
+    }
+    new_v as usize
+}
+
+/// timm's `round_channels`: channels scaled by the width multiplier, then made divisible.
+pub fn round_channels(channels: usize, width: f64, r: &ChannelRounding) -> usize {
+    make_divisible(channels as f64 * width, r.divisor, r.min, r.limit)
+}
+
+/// Python's `round()`: halves go to the even neighbour.
+fn round_half_even(v: f64) -> f64 {
+    let r = v.round();
+    if (v - v.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - v.signum()
+    } else {
+        r
+    }
+}
+
+/// Repeats of one stage after depth scaling.
+pub fn scale_repeats(repeats: usize, multiplier: f64, rounding: DepthRounding) -> usize {
+    let v = repeats as f64 * multiplier;
+    let scaled = match rounding {
+        DepthRounding::Ceil => v.ceil(),
+        DepthRounding::Round => round_half_even(v),
+    };
+    (scaled as usize).max(1)
+}
+
+fn conv(
+    path: String,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    groups: usize,
+) -> Conv {
+    Conv {
+        path,
+        in_channels,
+        out_channels,
+        kernel,
+        stride,
+        groups,
+        bias: false,
+    }
+}
+
+/// Lower one checked model, with the schedules written for it.
+pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
+    let bn = |path: String, channels: usize| BatchNorm {
+        path,
+        channels,
+        eps: model.bn_eps,
+        momentum: model.bn_momentum,
+    };
+    let rc = &model.round_channels;
+    let stem_channels = if model.stem.fixed {
+        model.stem.channels
+    } else {
+        round_channels(model.stem.channels, model.width, rc)
+    };
+    let stem = ConvBnAct {
+        conv: conv(
+            "conv_stem".into(),
+            model.input_channels,
+            stem_channels,
+            model.stem.kernel,
+            model.stem.stride,
+            1,
+        ),
+        bn: bn("bn1".into(), stem_channels),
+    };
+
+    // Repeats per stage first: drop-path rates are counted over all blocks of the network.
+    let repeats: Vec<usize> = model
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let m = model.depth
+                * s.depth
+                * model
+                    .stage_depths
+                    .as_ref()
+                    .and_then(|d| d.get(i))
+                    .copied()
+                    .unwrap_or(1.0);
+            scale_repeats(s.repeats, m, model.round_depth)
+        })
+        .collect();
+    let total_blocks: usize = repeats.iter().sum();
+
+    let mut in_ch = stem_channels;
+    let mut block_counter = 0usize;
+    let mut stages = Vec::new();
+    for (si, (s, &n)) in model.stages.iter().zip(&repeats).enumerate() {
+        let out_ch = round_channels(s.channels, model.width, rc);
+        let act = s.activation.unwrap_or(model.activation);
+        let mut blocks = Vec::new();
+        for bi in 0..n {
+            let stride = if bi == 0 { s.stride } else { 1 };
+            let path = format!("blocks.{si}.{bi}");
+            let p = |name: &str| format!("{path}.{name}");
+            // Mid channels always use timm's default rounding (divisor 8, limit 0.9), whatever
+            // the model's stage rounding is.
+            let mid = make_divisible(in_ch as f64 * s.expansion, 8, None, 0.9);
+            // timm builds SE on the mid channels with ratio `se / expansion`, rounding with
+            // Python's round().
+            let se_ch = s
+                .se
+                .map(|r| (round_half_even(mid as f64 * (r / s.expansion)) as usize).max(1));
+            let se = se_ch.map(|reduced| SqueezeExcite {
+                path: p("se"),
+                channels: mid,
+                reduced,
+                conv_reduce: Conv {
+                    bias: true,
+                    ..conv(p("se.conv_reduce"), mid, reduced, 1, 1, 1)
+                },
+                conv_expand: Conv {
+                    bias: true,
+                    ..conv(p("se.conv_expand"), reduced, mid, 1, 1, 1)
+                },
+            });
+            let same_shape = stride == 1 && in_ch == out_ch;
+            let (kind, layers, mid_channels, residual) = match s.kind {
+                StageKind::Conv => (
+                    BlockKind::Conv,
+                    BlockLayers::Conv {
+                        conv: conv(p("conv"), in_ch, out_ch, s.kernel, stride, 1),
+                        bn1: bn(p("bn1"), out_ch),
+                    },
+                    out_ch,
+                    same_shape && s.skip == Skip::On,
+                ),
+                // A Fused-MBConv with expansion 1 is a single conv-bn-act (paper, automl).
+                StageKind::Fused if s.expansion == 1.0 => (
+                    BlockKind::Conv,
+                    BlockLayers::Conv {
+                        conv: conv(p("conv"), in_ch, out_ch, s.kernel, stride, 1),
+                        bn1: bn(p("bn1"), out_ch),
+                    },
+                    out_ch,
+                    same_shape && s.skip != Skip::Off,
+                ),
+                StageKind::Ds => (
+                    BlockKind::DepthwiseSeparable,
+                    BlockLayers::DepthwiseSeparable {
+                        conv_dw: conv(p("conv_dw"), in_ch, in_ch, s.kernel, stride, in_ch),
+                        bn1: bn(p("bn1"), in_ch),
+                        se,
+                        conv_pw: conv(p("conv_pw"), in_ch, out_ch, 1, 1, 1),
+                        bn2: bn(p("bn2"), out_ch),
+                    },
+                    in_ch,
+                    same_shape && s.skip != Skip::Off,
+                ),
+                StageKind::Fused | StageKind::Edge => (
+                    BlockKind::Edge,
+                    BlockLayers::Edge {
+                        conv_exp: conv(p("conv_exp"), in_ch, mid, s.kernel, stride, 1),
+                        bn1: bn(p("bn1"), mid),
+                        se,
+                        conv_pwl: conv(p("conv_pwl"), mid, out_ch, 1, 1, 1),
+                        bn2: bn(p("bn2"), out_ch),
+                    },
+                    mid,
+                    same_shape && s.skip != Skip::Off,
+                ),
+                StageKind::MbConv => (
+                    BlockKind::MbConv,
+                    BlockLayers::MbConv {
+                        conv_pw: conv(p("conv_pw"), in_ch, mid, 1, 1, 1),
+                        bn1: bn(p("bn1"), mid),
+                        conv_dw: conv(p("conv_dw"), mid, mid, s.kernel, stride, mid),
+                        bn2: bn(p("bn2"), mid),
+                        se,
+                        conv_pwl: conv(p("conv_pwl"), mid, out_ch, 1, 1, 1),
+                        bn3: bn(p("bn3"), out_ch),
+                    },
+                    mid,
+                    same_shape && s.skip != Skip::Off,
+                ),
+            };
+            let se_channels = match &layers {
+                BlockLayers::Conv { .. } => None,
+                _ => se_ch,
+            };
+            blocks.push(Block {
+                path,
+                stage: si,
+                index: bi,
+                kind,
+                in_channels: in_ch,
+                mid_channels,
+                out_channels: out_ch,
+                kernel: s.kernel,
+                stride,
+                se_channels,
+                residual,
+                drop_path: model.drop_path * block_counter as f64 / total_blocks.max(1) as f64,
+                activation: act,
+                layers,
+            });
+            block_counter += 1;
+            in_ch = out_ch;
+        }
+        stages.push(Stage {
+            index: si,
+            docs: s.docs.clone(),
+            blocks,
+        });
+    }
+
+    let head = model.head.as_ref().map(|h| {
+        let ch = round_channels(h.channels, model.width, rc);
+        ConvBnAct {
+            conv: conv("conv_head".into(), in_ch, ch, h.kernel, 1, 1),
+            bn: bn("bn2".into(), ch),
+        }
+    });
+    let features = head.as_ref().map_or(in_ch, |h| h.conv.out_channels);
+
+    Network {
+        name: model.name.clone(),
+        docs: model.docs.clone(),
+        input_channels: model.input_channels,
+        resolution: model.resolution,
+        train_resolution: model.train_resolution,
+        num_classes: model.classes,
+        activation: model.activation,
+        padding: model.padding,
+        dropout: model.dropout,
+        drop_path: model.drop_path,
+        normalize: model.normalize.as_ref().map(|(m, s)| Normalize {
+            mean: m.clone(),
+            std: s.clone(),
+        }),
+        stem,
+        stages,
+        head,
+        classifier: Linear {
+            path: "classifier".into(),
+            in_features: features,
+            out_features: model.classes,
+        },
+        schedules: schedules.iter().map(|s| lower_schedule(s, model)).collect(),
+    }
+}
+
+/// Per-stage values of a progressive-learning schedule.
+pub fn lower_schedule(s: &ScheduleDef, model: &ModelDef) -> Schedule {
+    let m = s.stages.max(1);
+    let linear = |v0: f64, v1: f64, i: usize| {
+        if m == 1 {
+            v1
+        } else {
+            v0 + (v1 - v0) * i as f64 / (m - 1) as f64
+        }
+    };
+    let value = |v: &ScheduleValue, i: usize| match v {
+        ScheduleValue::Fixed(x) => *x,
+        ScheduleValue::Range(a, b) => linear(*a, *b, i),
+        ScheduleValue::PerStage(vals) => vals.get(i).copied().unwrap_or(0.0),
+    };
+    let image = |i: usize| -> usize {
+        match (&s.image, s.interpolation) {
+            // automl: int(base + (size - base) * (i + 1) / M).
+            (ScheduleValue::Range(a, b), Interpolation::Automl) => {
+                (a + (b - a) * (i + 1) as f64 / m as f64) as usize
+            }
+            (v, _) => value(v, i) as usize,
+        }
+    };
+    let all_tables = [Some(&s.image), Some(&s.randaug), Some(&s.mixup)]
+        .iter()
+        .all(|v| matches!(v, Some(ScheduleValue::PerStage(_))));
+    let stages = (0..m)
+        .map(|i| ScheduleStage {
+            index: i,
+            epochs: (i * s.epochs / m, (i + 1) * s.epochs / m),
+            image_size: image(i),
+            randaug: value(&s.randaug, i),
+            mixup: value(&s.mixup, i),
+            cutmix: value(&s.cutmix, i),
+            dropout: s
+                .dropout
+                .as_ref()
+                .map_or(model.dropout, |v| value(v, i)),
+            drop_path: s.drop_path.as_ref().map(|v| value(v, i)),
+            batch_size: s.batch.as_ref().map(|v| value(v, i) as usize),
+        })
+        .collect();
+    Schedule {
+        name: s.name.clone(),
+        docs: s.docs.clone(),
+        epochs: s.epochs,
+        interpolation: if all_tables {
+            Interpolation::Table
+        } else {
+            s.interpolation
+        },
+        stages,
+        optimizer: s.optimizer.clone(),
+        lr: s.lr.clone(),
+        label_smoothing: s.label_smoothing,
+        ema: s.ema,
+        grad_clip: s.grad_clip,
+    }
+}

@@ -1,0 +1,116 @@
+use std::path::Path;
+use std::process::ExitCode;
+
+use effnet_compiler::analysis::summarize;
+
+use super::load;
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn run(
+    path: &Path,
+    model: Option<&str>,
+    resolution: Option<usize>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let (_, compiled) = load(path)?;
+    let net = compiled.network(model)?;
+    let resolution = resolution.unwrap_or(net.resolution);
+    if resolution == 0 {
+        return Err("--resolution must be at least 1".into());
+    }
+    let s = summarize(net, resolution);
+    if json {
+        let text = serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?;
+        println!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} at {}x{} ({} input channels, {} classes)",
+        s.model, resolution, resolution, net.input_channels, net.num_classes
+    );
+    println!(
+        "{:<6} {:<5} {:>2} {:>5} {:>2} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+        "stage", "block", "k", "exp", "s", "x", "in", "out", "res", "params", "MACs"
+    );
+    println!(
+        "{:<6} {:<5} {:>2} {:>5} {:>2} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+        "stem",
+        "conv",
+        net.stem.conv.kernel,
+        "",
+        net.stem.conv.stride,
+        1,
+        net.input_channels,
+        s.stem.output[0],
+        s.stem.output[1],
+        thousands(s.stem.params as u64),
+        thousands(s.stem.macs)
+    );
+    for st in &s.stages {
+        println!(
+            "{:<6} {:<5} {:>2} {:>5} {:>2} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+            st.index,
+            st.kind,
+            st.kernel,
+            format!("{:.2}", st.expansion)
+                .trim_end_matches('0')
+                .trim_end_matches('.'),
+            st.stride,
+            st.repeats,
+            st.in_channels,
+            st.out_channels,
+            st.resolution,
+            thousands(st.params as u64),
+            thousands(st.macs)
+        );
+    }
+    if let Some(h) = &s.head {
+        println!(
+            "{:<6} {:<5} {:>2} {:>5} {:>2} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+            "head",
+            "conv",
+            1,
+            "",
+            1,
+            1,
+            "",
+            h.output[0],
+            h.output[1],
+            thousands(h.params as u64),
+            thousands(h.macs)
+        );
+    }
+    println!(
+        "{:<6} {:<5} {:>2} {:>5} {:>2} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+        "fc",
+        "",
+        "",
+        "",
+        "",
+        "",
+        net.classifier.in_features,
+        net.classifier.out_features,
+        1,
+        thousands(s.classifier.params as u64),
+        thousands(s.classifier.macs)
+    );
+    println!(
+        "total: {} parameters, {} multiply-adds ({:.2} G), activations {:.1} MiB per image (f32)",
+        thousands(s.params as u64),
+        thousands(s.macs),
+        s.macs as f64 / 1e9,
+        s.activation_bytes as f64 / (1024.0 * 1024.0)
+    );
+    Ok(ExitCode::SUCCESS)
+}
