@@ -282,7 +282,10 @@ impl Cx {
                 self.push(
                     Diagnostic::error(
                         "effnet::number",
-                        format!("{what} must be a whole number of at least {min}, not {}", n.text),
+                        format!(
+                            "{what} must be a whole number of at least {min}, not {}",
+                            n.text
+                        ),
                         n.span,
                     )
                     .label(format!("expected a whole number >= {min}")),
@@ -348,14 +351,22 @@ impl Cx {
         )
         .label("unknown argument");
         d = match did_you_mean(&key.name, known.iter().copied()) {
-            Some(s) => d.help(format!("did you mean `{s}`? {what} takes {}", known.join(", "))),
+            Some(s) => d.help(format!(
+                "did you mean `{s}`? {what} takes {}",
+                known.join(", ")
+            )),
             None => d.help(format!("{what} takes {}", known.join(", "))),
         };
         self.push(d);
     }
 
     /// The numbers of `name = number` arguments, checking names and duplicates.
-    fn kwargs<'a>(&mut self, args: &'a [KwArg], what: &str, known: &[&str]) -> HashMap<&'a str, &'a Value> {
+    fn kwargs<'a>(
+        &mut self,
+        args: &'a [KwArg],
+        what: &str,
+        known: &[&str],
+    ) -> HashMap<&'a str, &'a Value> {
         let mut out: HashMap<&str, &Value> = HashMap::new();
         let mut seen: HashMap<&str, Span> = HashMap::new();
         for a in args {
@@ -402,6 +413,8 @@ impl Cx {
 #[derive(Debug, Clone, Default)]
 struct Partial {
     input: Option<(usize, usize, Option<usize>)>,
+    /// Where the resolution and the training resolution were written.
+    input_spans: Option<(Span, Option<Span>)>,
     classes: Option<usize>,
     activation: Option<Activation>,
     bn_eps: Option<f64>,
@@ -420,6 +433,8 @@ struct Partial {
     head: Option<Option<HeadDef>>,
     /// Where the stages were written, for messages about them.
     stages_span: Option<Span>,
+    /// A `stem` line exists (it may have had errors, already reported).
+    stem_written: bool,
 }
 
 struct Resolver<'a> {
@@ -455,7 +470,10 @@ impl Resolver<'_> {
                 cx.push(
                     Diagnostic::error(
                         "effnet::derivation_cycle",
-                        format!("models are scaled from each other in a cycle: {}", cycle.join(" -> ")),
+                        format!(
+                            "models are scaled from each other in a cycle: {}",
+                            cycle.join(" -> ")
+                        ),
                         d.base.span,
                     )
                     .label("this makes a cycle")
@@ -466,11 +484,19 @@ impl Resolver<'_> {
             let Some(base) = self.by_name.get(base_name).copied() else {
                 let mut diag = Diagnostic::error(
                     "effnet::unknown_model",
-                    format!("`{}` scales model `{base_name}`, which does not exist", m.name.name),
+                    format!(
+                        "`{}` scales model `{base_name}`, which does not exist",
+                        m.name.name
+                    ),
                     d.base.span,
                 )
                 .label("no model of this name in the file");
-                let names: Vec<&str> = self.by_name.keys().copied().collect();
+                let names: Vec<&str> = self
+                    .by_name
+                    .keys()
+                    .copied()
+                    .filter(|n| *n != m.name.name)
+                    .collect();
                 if let Some(s) = did_you_mean(base_name, names) {
                     diag = diag.help(format!("did you mean `{s}`?"));
                 }
@@ -510,7 +536,14 @@ fn scale_args(args: &[ScaleArg], p: &mut Partial, cx: &mut Cx) {
             (key, _) => cx.push(
                 Diagnostic::error(
                     "effnet::scale",
-                    format!("`{key}` takes {}", if key == "stages" { "a list like `(1.2, 1.6)`" } else { "one number" }),
+                    format!(
+                        "`{key}` takes {}",
+                        if key == "stages" {
+                            "a list like `(1.2, 1.6)`"
+                        } else {
+                            "one number"
+                        }
+                    ),
                     a.span,
                 )
                 .label("wrong kind of value"),
@@ -519,7 +552,12 @@ fn scale_args(args: &[ScaleArg], p: &mut Partial, cx: &mut Cx) {
     }
 }
 
-fn duplicate(cx: &mut Cx, seen: &mut HashMap<&'static str, Span>, key: &'static str, span: Span) -> bool {
+fn duplicate(
+    cx: &mut Cx,
+    seen: &mut HashMap<&'static str, Span>,
+    key: &'static str,
+    span: Span,
+) -> bool {
     if let Some(first) = seen.get(key) {
         cx.push(
             Diagnostic::error(
@@ -544,7 +582,8 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
     let mut stages_span: Option<Span> = None;
     for stmt in body {
         let kw = stmt.kind.keyword();
-        if !matches!(stmt.kind, ModelStmtKind::Stage(_)) && duplicate(cx, &mut seen, kw, stmt.span) {
+        if !matches!(stmt.kind, ModelStmtKind::Stage(_)) && duplicate(cx, &mut seen, kw, stmt.span)
+        {
             continue;
         }
         match &stmt.kind {
@@ -561,6 +600,7 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
                 };
                 if let (Some(c), Some(r), Some(t)) = (c, r, t) {
                     p.input = Some((c, r, t));
+                    p.input_spans = Some((resolution.span, train.as_ref().map(|t| t.span)));
                 }
             }
             ModelStmtKind::Classes(n) => {
@@ -685,6 +725,7 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
             }
             ModelStmtKind::Scale(args) => scale_args(args, p, cx),
             ModelStmtKind::Stem(layer) => {
+                p.stem_written = true;
                 if let Some(s) = stem_or_head(layer, "stem", cx) {
                     p.stem = Some(StemDef {
                         kernel: s.0,
@@ -803,8 +844,12 @@ fn stem_or_head(layer: &Layer, what: &str, cx: &mut Cx) -> Option<(usize, usize,
     };
     if let Some(e) = ps.get(&'e') {
         cx.push(
-            Diagnostic::error("effnet::expansion", format!("the {what} has no expansion ratio"), e.span)
-                .help(format!("drop `e{}`", e.text)),
+            Diagnostic::error(
+                "effnet::expansion",
+                format!("the {what} has no expansion ratio"),
+                e.span,
+            )
+            .help(format!("drop `e{}`", e.text)),
         );
     }
     let channels = cx.whole(&layer.channels, "the channel count", 1);
@@ -844,7 +889,10 @@ fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Option<StageDe
         )
         .label("not a block kind");
         d = d.help(match did_you_mean(&layer.kind.name, names) {
-            Some(s) => format!("did you mean `{s}`? The block kinds are {}", names.join(", ")),
+            Some(s) => format!(
+                "did you mean `{s}`? The block kinds are {}",
+                names.join(", ")
+            ),
             None => format!("the block kinds are {}", names.join(", ")),
         });
         cx.push(d);
@@ -854,9 +902,13 @@ fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Option<StageDe
         Some(n) => kernel_ok(n, cx),
         None => {
             cx.push(
-                Diagnostic::error("effnet::kernel", "the stage has no kernel size", layer.kind.span)
-                    .label("kernel missing")
-                    .help("add the kernel after the block kind, like `k3`"),
+                Diagnostic::error(
+                    "effnet::kernel",
+                    "the stage has no kernel size",
+                    layer.kind.span,
+                )
+                .label("kernel missing")
+                .help("add the kernel after the block kind, like `k3`"),
             );
             None
         }
@@ -873,7 +925,10 @@ fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Option<StageDe
                     cx.push(
                         Diagnostic::error(
                             "effnet::expansion",
-                            format!("a `{}` stage has no expansion; `e{}` must be `e1`", layer.kind.name, n.text),
+                            format!(
+                                "a `{}` stage has no expansion; `e{}` must be `e1`",
+                                layer.kind.name, n.text
+                            ),
                             n.span,
                         )
                         .help("use `fused` or `mbconv` for an expanding block"),
@@ -932,7 +987,9 @@ fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Option<StageDe
             LayerOptKind::NoSkip => skip = Skip::Off,
             LayerOptKind::Act(id) => activation = cx.activation(id),
             LayerOptKind::Depth(n) => {
-                depth = cx.within(n, "a stage depth multiplier", 1e-3, 100.0, false).unwrap_or(1.0)
+                depth = cx
+                    .within(n, "a stage depth multiplier", 1e-3, 100.0, false)
+                    .unwrap_or(1.0)
             }
             LayerOptKind::Fixed => cx.push(
                 Diagnostic::error("effnet::option", "`fixed` applies only to the stem", o.span)
@@ -942,8 +999,12 @@ fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Option<StageDe
     }
     if let (Some(StageKind::Conv), Some(_)) = (kind, se) {
         cx.push(
-            Diagnostic::error("effnet::se_ratio", "a `conv` stage has no squeeze-excitation", layer.kind.span)
-                .help("use `edge` (timm `er`) or `mbconv` for a block with SE"),
+            Diagnostic::error(
+                "effnet::se_ratio",
+                "a `conv` stage has no squeeze-excitation",
+                layer.kind.span,
+            )
+            .help("use `edge` (timm `er`) or `mbconv` for a block with SE"),
         );
     }
     if let (Some(StageKind::Fused), Some(e), Some(_)) = (kind, expansion, se) {
@@ -976,10 +1037,17 @@ fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Option<StageDe
 
 fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDef> {
     let Some(stem) = p.stem else {
+        if p.stem_written {
+            return None; // the stem line had errors, already reported
+        }
         cx.push(
-            Diagnostic::error("effnet::missing_stem", format!("model `{}` has no stem", m.name.name), m.name.span)
-                .label("no `stem` in this model")
-                .help("add one, like `stem conv k3 s2 -> 32`"),
+            Diagnostic::error(
+                "effnet::missing_stem",
+                format!("model `{}` has no stem", m.name.name),
+                m.name.span,
+            )
+            .label("no `stem` in this model")
+            .help("add one, like `stem conv k3 s2 -> 32`"),
         );
         return None;
     };
@@ -988,20 +1056,29 @@ fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDef> {
         Some(_) => return None, // every stage line had an error, already reported
         None => {
             cx.push(
-                Diagnostic::error("effnet::missing_stages", format!("model `{}` has no stages", m.name.name), m.name.span)
-                    .label("no `stage` in this model")
-                    .help("add stages, like `stage mbconv k3 e4 s2 -> 64 x2 se 0.25`"),
+                Diagnostic::error(
+                    "effnet::missing_stages",
+                    format!("model `{}` has no stages", m.name.name),
+                    m.name.span,
+                )
+                .label("no `stage` in this model")
+                .help("add stages, like `stage mbconv k3 e4 s2 -> 64 x2 se 0.25`"),
             );
             return None;
         }
     };
     let (input_channels, resolution, train_resolution) = p.input.unwrap_or((3, 224, None));
+    let (res_span, train_span) = p.input_spans.unwrap_or((m.name.span, None));
     if let Some((depths, span)) = &p.stage_depths {
         if depths.len() != stages.len() {
             cx.push(
                 Diagnostic::error(
                     "effnet::scale",
-                    format!("{} per-stage depth multipliers for {} stages", depths.len(), stages.len()),
+                    format!(
+                        "{} per-stage depth multipliers for {} stages",
+                        depths.len(),
+                        stages.len()
+                    ),
                     *span,
                 )
                 .label("one multiplier per stage")
@@ -1015,7 +1092,11 @@ fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDef> {
             cx.push(
                 Diagnostic::error(
                     "effnet::normalize",
-                    format!("`normalize` gives {} values for {} input channels", mean.len(), input_channels),
+                    format!(
+                        "`normalize` gives {} values for {} input channels",
+                        mean.len(),
+                        input_channels
+                    ),
                     m.name.span,
                 )
                 .help("give one mean and one standard deviation per input channel"),
@@ -1048,7 +1129,14 @@ fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDef> {
     };
     // A resolution the network does not divide evenly loses pixels (or pads) at each stride.
     let total_stride = def.stem.stride * def.stages.iter().map(|s| s.stride).product::<usize>();
-    for (what, r) in [("evaluation", Some(def.resolution)), ("training", def.train_resolution)] {
+    for (what, r, span) in [
+        ("evaluation", Some(def.resolution), res_span),
+        (
+            "training",
+            def.train_resolution,
+            train_span.unwrap_or(res_span),
+        ),
+    ] {
         if let Some(r) = r {
             if r % total_stride != 0 {
                 cx.push(
@@ -1057,9 +1145,9 @@ fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDef> {
                         format!(
                             "the {what} resolution {r} is not divisible by the network's total stride {total_stride}"
                         ),
-                        m.name.span,
+                        span,
                     )
-                    .label(format!("this model downsamples by {total_stride}"))
+                    .label(format!("`{}` downsamples by {total_stride}", def.name))
                     .help(format!(
                         "feature maps will be rounded at each stride; {} or {} divide evenly",
                         r / total_stride * total_stride,
@@ -1087,7 +1175,11 @@ const SCHEDULE_KEYS: [&str; 11] = [
 ];
 const SCALAR_KEYS: [&str; 5] = ["epochs", "stages", "label_smoothing", "ema", "grad_clip"];
 
-fn check_schedule(s: &Schedule, models: &HashMap<&str, &Model>, cx: &mut Cx) -> Option<ScheduleDef> {
+fn check_schedule(
+    s: &Schedule,
+    models: &HashMap<&str, &Model>,
+    cx: &mut Cx,
+) -> Option<ScheduleDef> {
     let mut ok = true;
     if !models.contains_key(s.model.name.as_str()) {
         let mut d = Diagnostic::error(
@@ -1108,7 +1200,11 @@ fn check_schedule(s: &Schedule, models: &HashMap<&str, &Model>, cx: &mut Cx) -> 
     let mut interpolation = None;
     let mut optimizer = None;
     let mut lr = None;
-    let all_keys: Vec<&str> = SCHEDULE_KEYS.iter().chain(["grad_clip"].iter()).copied().collect();
+    let all_keys: Vec<&str> = SCHEDULE_KEYS
+        .iter()
+        .chain(["grad_clip"].iter())
+        .copied()
+        .collect();
     for stmt in &s.body {
         match &stmt.kind {
             ScheduleStmtKind::Interpolate(id) => {
@@ -1136,7 +1232,11 @@ fn check_schedule(s: &Schedule, models: &HashMap<&str, &Model>, cx: &mut Cx) -> 
                 optimizer = check_optimizer(kind, args, cx);
                 ok &= optimizer.is_some();
             }
-            ScheduleStmtKind::Lr { peak, warmup, decay } => {
+            ScheduleStmtKind::Lr {
+                peak,
+                warmup,
+                decay,
+            } => {
                 if duplicate(cx, &mut seen, "lr", stmt.span) {
                     continue;
                 }
@@ -1152,7 +1252,10 @@ fn check_schedule(s: &Schedule, models: &HashMap<&str, &Model>, cx: &mut Cx) -> 
                     )
                     .label("not a schedule setting");
                     d = d.help(match did_you_mean(&key.name, all_keys.iter().copied()) {
-                        Some(n) => format!("did you mean `{n}`? The settings are {}", all_keys.join(", ")),
+                        Some(n) => format!(
+                            "did you mean `{n}`? The settings are {}",
+                            all_keys.join(", ")
+                        ),
                         None => format!("the settings are {}", all_keys.join(", ")),
                     });
                     cx.push(d);
@@ -1165,8 +1268,12 @@ fn check_schedule(s: &Schedule, models: &HashMap<&str, &Model>, cx: &mut Cx) -> 
                 }
                 if SCALAR_KEYS.contains(k) && !matches!(value, SettingValue::Single(_)) {
                     cx.push(
-                        Diagnostic::error("effnet::schedule_value", format!("`{k}` takes a single number"), value.span())
-                            .label("not a single number"),
+                        Diagnostic::error(
+                            "effnet::schedule_value",
+                            format!("`{k}` takes a single number"),
+                            value.span(),
+                        )
+                        .label("not a single number"),
                     );
                     ok = false;
                     continue;
@@ -1180,8 +1287,12 @@ fn check_schedule(s: &Schedule, models: &HashMap<&str, &Model>, cx: &mut Cx) -> 
         Some((SettingValue::Single(n), _)) => cx.whole(n, "the number of epochs", 1),
         _ => {
             cx.push(
-                Diagnostic::error("effnet::schedule_missing", "the schedule has no `epochs`", name_span)
-                    .help("add `epochs N`"),
+                Diagnostic::error(
+                    "effnet::schedule_missing",
+                    "the schedule has no `epochs`",
+                    name_span,
+                )
+                .help("add `epochs N`"),
             );
             None
         }
@@ -1194,14 +1305,23 @@ fn check_schedule(s: &Schedule, models: &HashMap<&str, &Model>, cx: &mut Cx) -> 
         if m > e {
             let span = values.get("stages").map_or(name_span, |v| v.1);
             cx.push(
-                Diagnostic::error("effnet::schedule_value", format!("{m} stages do not fit in {e} epochs"), span)
-                    .help("each stage needs at least one epoch"),
+                Diagnostic::error(
+                    "effnet::schedule_value",
+                    format!("{m} stages do not fit in {e} epochs"),
+                    span,
+                )
+                .help("each stage needs at least one epoch"),
             );
             ok = false;
         }
     }
     let m = stages.unwrap_or(1);
-    let ranged = |key: &str, lo: f64, hi: f64, whole: bool, cx: &mut Cx| -> Option<Option<ScheduleValue>> {
+    let ranged = |key: &str,
+                  lo: f64,
+                  hi: f64,
+                  whole: bool,
+                  cx: &mut Cx|
+     -> Option<Option<ScheduleValue>> {
         let Some((v, _)) = values.get(key) else {
             return Some(None);
         };
@@ -1260,7 +1380,9 @@ fn check_schedule(s: &Schedule, models: &HashMap<&str, &Model>, cx: &mut Cx) -> 
     let batch = ranged("batch", 1.0, f64::INFINITY, true, cx);
     let scalar = |key: &str, lo: f64, hi: f64, cx: &mut Cx| -> Option<Option<f64>> {
         match values.get(key) {
-            Some((SettingValue::Single(n), _)) => cx.within(n, &format!("`{key}`"), lo, hi, false).map(Some),
+            Some((SettingValue::Single(n), _)) => {
+                cx.within(n, &format!("`{key}`"), lo, hi, false).map(Some)
+            }
             _ => Some(None),
         }
     };
@@ -1271,15 +1393,22 @@ fn check_schedule(s: &Schedule, models: &HashMap<&str, &Model>, cx: &mut Cx) -> 
         Some(Some(v)) => Some(v),
         Some(None) => {
             cx.push(
-                Diagnostic::error("effnet::schedule_missing", "the schedule has no `image` size", name_span)
-                    .help("add the image size range, like `image 128 -> 300`"),
+                Diagnostic::error(
+                    "effnet::schedule_missing",
+                    "the schedule has no `image` size",
+                    name_span,
+                )
+                .help("add the image size range, like `image 128 -> 300`"),
             );
             None
         }
         None => None,
     };
     Some(ScheduleDef {
-        name: s.name.as_ref().map_or_else(|| "default".to_string(), |n| n.name.clone()),
+        name: s
+            .name
+            .as_ref()
+            .map_or_else(|| "default".to_string(), |n| n.name.clone()),
         model: s.model.name.clone(),
         docs: s.docs.iter().map(|d| d.text.clone()).collect(),
         span: s.span,
@@ -1309,8 +1438,12 @@ fn check_optimizer(kind: &Ident, args: &[KwArg], cx: &mut Cx) -> Option<Optimize
         "adamw" => &["beta1", "beta2", "eps", "weight_decay"],
         "sgd" => &["momentum", "nesterov", "weight_decay"],
         other => {
-            let mut d = Diagnostic::error("effnet::unknown_optimizer", format!("unknown optimizer `{other}`"), kind.span)
-                .label("not an optimizer");
+            let mut d = Diagnostic::error(
+                "effnet::unknown_optimizer",
+                format!("unknown optimizer `{other}`"),
+                kind.span,
+            )
+            .label("not an optimizer");
             d = d.help(match did_you_mean(other, names) {
                 Some(n) => format!("did you mean `{n}`? The optimizers are rmsprop, adamw and sgd"),
                 None => "the optimizers are rmsprop, adamw and sgd".to_string(),
@@ -1324,10 +1457,12 @@ fn check_optimizer(kind: &Ident, args: &[KwArg], cx: &mut Cx) -> Option<Optimize
     let mut bad = false;
     let mut get = |key: &str, default: f64, lo: f64, hi: f64, cx: &mut Cx| -> f64 {
         match kw.get(key).and_then(|v| cx.num_arg(v, key)) {
-            Some(n) => cx.within(n, &format!("`{key}`"), lo, hi, false).unwrap_or_else(|| {
-                bad = true;
-                default
-            }),
+            Some(n) => cx
+                .within(n, &format!("`{key}`"), lo, hi, false)
+                .unwrap_or_else(|| {
+                    bad = true;
+                    default
+                }),
             None => default,
         }
     };
@@ -1353,7 +1488,12 @@ fn check_optimizer(kind: &Ident, args: &[KwArg], cx: &mut Cx) -> Option<Optimize
     (!bad).then_some(opt)
 }
 
-fn check_lr(peak: &Number, warmup: Option<&Number>, decay: Option<&Decay>, cx: &mut Cx) -> Option<LrSchedule> {
+fn check_lr(
+    peak: &Number,
+    warmup: Option<&Number>,
+    decay: Option<&Decay>,
+    cx: &mut Cx,
+) -> Option<LrSchedule> {
     let peak = cx.within(peak, "the learning rate", 0.0, 1e3, false);
     let warmup = match warmup {
         Some(w) => cx.within(w, "the warm-up (epochs)", 0.0, 1e6, false),

@@ -92,7 +92,11 @@ impl SourceFile {
         let before = self.text.get(..offset).unwrap_or("");
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let col = before.get(line_start..).map(|s| s.chars().count()).unwrap_or(0) + 1;
+        let col = before
+            .get(line_start..)
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1;
         (line, col)
     }
 }
@@ -164,15 +168,6 @@ pub fn render(file: &SourceFile, diagnostics: &[Diagnostic], color: bool) -> Str
         .with_links(false);
     let mut out = String::new();
     for d in diagnostics {
-        let (line, col) = file.line_col(d.primary.span.start);
-        let kind = match d.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        out.push_str(&format!(
-            "{kind}: {}:{line}:{col}: {}\n",
-            file.name, d.message
-        ));
         let report = Report {
             diagnostic: d,
             source: NamedSource::new(file.name.clone(), file.text.clone()),
@@ -190,7 +185,10 @@ pub fn render(file: &SourceFile, diagnostics: &[Diagnostic], color: bool) -> Str
 }
 
 /// The closest candidate to a misspelt name, when one is close enough to suggest.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(name, c), c))

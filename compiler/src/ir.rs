@@ -530,11 +530,7 @@ fn write_bn(f: &mut fmt::Formatter<'_>, indent: &str, name: &str, b: &BatchNorm)
     )
 }
 
-fn write_se(
-    f: &mut fmt::Formatter<'_>,
-    indent: &str,
-    se: &Option<SqueezeExcite>,
-) -> fmt::Result {
+fn write_se(f: &mut fmt::Formatter<'_>, indent: &str, se: &Option<SqueezeExcite>) -> fmt::Result {
     if let Some(se) = se {
         write_conv(f, indent, "se.reduce", &se.conv_reduce)?;
         write_conv(f, indent, "se.expand", &se.conv_expand)?;

@@ -125,9 +125,8 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
             let mid = make_divisible(in_ch as f64 * s.expansion, 8, None, 0.9);
             // timm builds SE on the mid channels with ratio `se / expansion`, rounding with
             // Python's round().
-            let se_ch = s
-                .se
-                .map(|r| (round_half_even(mid as f64 * (r / s.expansion)) as usize).max(1));
+            let se_ch =
+                s.se.map(|r| (round_half_even(mid as f64 * (r / s.expansion)) as usize).max(1));
             let se = se_ch.map(|reduced| SqueezeExcite {
                 path: p("se"),
                 channels: mid,
@@ -302,10 +301,7 @@ pub fn lower_schedule(s: &ScheduleDef, model: &ModelDef) -> Schedule {
             randaug: value(&s.randaug, i),
             mixup: value(&s.mixup, i),
             cutmix: value(&s.cutmix, i),
-            dropout: s
-                .dropout
-                .as_ref()
-                .map_or(model.dropout, |v| value(v, i)),
+            dropout: s.dropout.as_ref().map_or(model.dropout, |v| value(v, i)),
             drop_path: s.drop_path.as_ref().map(|v| value(v, i)),
             batch_size: s.batch.as_ref().map(|v| value(v, i) as usize),
         })

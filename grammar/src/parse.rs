@@ -207,7 +207,11 @@ fn model_stmt(p: Pair<Rule>) -> ModelStmt {
         .next()
         .map(model_stmt_kind)
         .unwrap_or(ModelStmtKind::Head(None));
-    ModelStmt { docs, kind, span: sp }
+    ModelStmt {
+        docs,
+        kind,
+        span: sp,
+    }
 }
 
 fn numbers(p: Pair<Rule>) -> Vec<Number> {
@@ -483,7 +487,11 @@ fn schedule_stmt(p: Pair<Rule>) -> ScheduleStmt {
             span: sp,
         }),
     };
-    ScheduleStmt { docs, kind, span: sp }
+    ScheduleStmt {
+        docs,
+        kind,
+        span: sp,
+    }
 }
 
 fn setting(p: Pair<Rule>) -> ScheduleStmtKind {
@@ -527,8 +535,9 @@ fn rule_display(rule: Rule) -> String {
         Rule::schedule => "`schedule`".into(),
         Rule::derivation => "`=` (a model scaled from another)".into(),
         Rule::model_body | Rule::schedule_body => "`{`".into(),
-        Rule::model_stmt => "a model statement (`input`, `classes`, `stem`, `stage`, `head`, ...)"
-            .into(),
+        Rule::model_stmt => {
+            "a model statement (`input`, `classes`, `stem`, `stage`, `head`, ...)".into()
+        }
         Rule::schedule_stmt => {
             "a schedule statement (`epochs`, `stages`, `image 128 -> 300`, ...)".into()
         }
@@ -537,8 +546,9 @@ fn rule_display(rule: Rule) -> String {
             "a layer parameter (`k3` kernel, `e4` expansion, `s2` stride)".into()
         }
         Rule::arrow => "`->`".into(),
-        Rule::layer_opt => "a stage option (`x2`, `se 0.25`, `skip`, `noskip`, `act`, `depth`)"
-            .into(),
+        Rule::layer_opt => {
+            "a stage option (`x2`, `se 0.25`, `skip`, `noskip`, `act`, `depth`)".into()
+        }
         Rule::repeats => "repeats like `x2`".into(),
         Rule::none => "`none`".into(),
         Rule::range => "a range like `128 -> 300`".into(),

@@ -1,6 +1,10 @@
 #[test]
 fn parses_v2_s() {
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../specs/efficientnetv2_s.effnet")).unwrap();
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../specs/efficientnetv2_s.effnet"
+    ))
+    .unwrap();
     let f = effnet_grammar::parse(&src).unwrap();
     println!("{:#?}", f.items.len());
     assert_eq!(f.items.len(), 2);
