@@ -1,0 +1,351 @@
+//! The layers blocks are made of: convolution (depthwise and 1x1 on our own kernels),
+//! BatchNorm (eval from running statistics, train with running-statistic updates),
+//! activations, squeeze-excitation, stochastic depth and dropout.
+
+use std::sync::Mutex;
+
+use candle_core::{D, DType, Device, Module, Tensor, Var};
+use candle_nn::VarBuilder;
+use effnet_compiler::ir::{self, Activation, PaddingMode};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::ops::{Padding2d, depthwise_conv2d, linear, pointwise_conv2d};
+
+pub type CResult<T> = candle_core::Result<T>;
+
+/// A named tensor the network holds: a parameter or a BatchNorm running statistic.
+#[derive(Debug, Clone)]
+pub struct NamedTensor {
+    pub name: String,
+    pub tensor: Tensor,
+    pub trainable: bool,
+}
+
+/// A convolution as the IR describes it, padded as the network's padding mode says.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    pub spec: ir::Conv,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    padding: PaddingMode,
+}
+
+impl Conv2d {
+    pub fn load(spec: &ir::Conv, padding: PaddingMode, vb: &VarBuilder) -> CResult<Self> {
+        let weight = vb.get(
+            spec.weight_shape().to_vec(),
+            &format!("{}.weight", spec.path),
+        )?;
+        let bias = if spec.bias {
+            Some(vb.get(spec.out_channels, &format!("{}.bias", spec.path))?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            spec: spec.clone(),
+            weight,
+            bias,
+            padding,
+        })
+    }
+
+    fn pad(&self, h: usize, w: usize) -> Padding2d {
+        let (top, bottom, _) = self.padding.resolve(h, self.spec.kernel, self.spec.stride);
+        let (left, right, _) = self.padding.resolve(w, self.spec.kernel, self.spec.stride);
+        Padding2d {
+            top,
+            bottom,
+            left,
+            right,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let pad = self.pad(h, w);
+        let s = &self.spec;
+        let y = if s.is_depthwise() {
+            depthwise_conv2d(x, &self.weight, s.stride, pad)?
+        } else if s.kernel == 1 && s.stride == 1 && pad.is_zero() && s.groups == 1 {
+            // Our matmul formulation adds the bias itself.
+            return pointwise_conv2d(x, &self.weight, self.bias.as_ref());
+        } else if pad.top == pad.bottom && pad.left == pad.right && pad.top == pad.left {
+            x.conv2d(&self.weight, pad.top, s.stride, 1, s.groups)?
+        } else {
+            // TensorFlow "same" on stride 2: the extra row and column go after.
+            let x = x
+                .pad_with_zeros(2, pad.top, pad.bottom)?
+                .pad_with_zeros(3, pad.left, pad.right)?;
+            x.conv2d(&self.weight, 0, s.stride, 1, s.groups)?
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+
+    pub fn named(&self, out: &mut Vec<NamedTensor>) {
+        out.push(NamedTensor {
+            name: format!("{}.weight", self.spec.path),
+            tensor: self.weight.clone(),
+            trainable: true,
+        });
+        if let Some(b) = &self.bias {
+            out.push(NamedTensor {
+                name: format!("{}.bias", self.spec.path),
+                tensor: b.clone(),
+                trainable: true,
+            });
+        }
+    }
+}
+
+/// BatchNorm2d. Running statistics are `Var`s so that training can update them in place.
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    pub spec: ir::BatchNorm,
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Var,
+    pub running_var: Var,
+}
+
+impl BatchNorm {
+    pub fn load(spec: &ir::BatchNorm, vb: &VarBuilder) -> CResult<Self> {
+        let c = spec.channels;
+        let p = &spec.path;
+        let weight = vb.get(c, &format!("{p}.weight"))?;
+        let bias = vb.get(c, &format!("{p}.bias"))?;
+        let running_mean =
+            vb.get_with_hints(c, &format!("{p}.running_mean"), candle_nn::Init::Const(0.0))?;
+        let running_var =
+            vb.get_with_hints(c, &format!("{p}.running_var"), candle_nn::Init::Const(1.0))?;
+        Ok(BatchNorm {
+            spec: spec.clone(),
+            weight,
+            bias,
+            // Statistics are state, not parameters: detached copies the optimizer never sees.
+            running_mean: Var::from_tensor(&running_mean.detach())?,
+            running_var: Var::from_tensor(&running_var.detach())?,
+        })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
+        let c = self.spec.channels;
+        let dtype = x.dtype();
+        if train {
+            // Statistics in f32 whatever the compute dtype.
+            let xf = x.to_dtype(DType::F32)?;
+            let (n, _, h, w) = x.dims4()?;
+            let count = (n * h * w) as f64;
+            let mean = xf
+                .mean_keepdim(D::Minus1)?
+                .mean_keepdim(D::Minus2)?
+                .mean_keepdim(0)?;
+            let centered = xf.broadcast_sub(&mean)?;
+            let var = centered
+                .sqr()?
+                .mean_keepdim(D::Minus1)?
+                .mean_keepdim(D::Minus2)?
+                .mean_keepdim(0)?;
+            let inv = (var.clone() + self.spec.eps)?.sqrt()?.recip()?;
+            let w = self.weight.to_dtype(DType::F32)?.reshape((1, c, 1, 1))?;
+            let b = self.bias.to_dtype(DType::F32)?.reshape((1, c, 1, 1))?;
+            let y = centered.broadcast_mul(&(inv * w)?)?.broadcast_add(&b)?;
+            // PyTorch: running = (1 - m) * running + m * batch, with the unbiased variance.
+            let m = self.spec.momentum;
+            let unbias = if count > 1.0 {
+                count / (count - 1.0)
+            } else {
+                1.0
+            };
+            let batch_mean = mean.flatten_all()?.detach();
+            let batch_var = (var.flatten_all()?.detach() * unbias)?;
+            let rm = self.running_mean.as_tensor();
+            let rv = self.running_var.as_tensor();
+            let new_rm = ((rm.to_dtype(DType::F32)? * (1.0 - m))? + (batch_mean * m)?)?;
+            let new_rv = ((rv.to_dtype(DType::F32)? * (1.0 - m))? + (batch_var * m)?)?;
+            self.running_mean.set(&new_rm.to_dtype(rm.dtype())?)?;
+            self.running_var.set(&new_rv.to_dtype(rv.dtype())?)?;
+            y.to_dtype(dtype)
+        } else {
+            let (scale, shift) = self.folded()?;
+            x.broadcast_mul(&scale.to_dtype(dtype)?)?
+                .broadcast_add(&shift.to_dtype(dtype)?)
+        }
+    }
+
+    /// Eval-mode BatchNorm as `x * scale + shift`, each `[1, C, 1, 1]` in f32.
+    pub fn folded(&self) -> CResult<(Tensor, Tensor)> {
+        let c = self.spec.channels;
+        let rv = self.running_var.as_tensor().to_dtype(DType::F32)?;
+        let rm = self.running_mean.as_tensor().to_dtype(DType::F32)?;
+        let scale = (self.weight.to_dtype(DType::F32)? * (rv + self.spec.eps)?.sqrt()?.recip()?)?;
+        let shift = (self.bias.to_dtype(DType::F32)? - (rm * &scale)?)?;
+        Ok((scale.reshape((1, c, 1, 1))?, shift.reshape((1, c, 1, 1))?))
+    }
+
+    pub fn named(&self, out: &mut Vec<NamedTensor>) {
+        let p = &self.spec.path;
+        for (suffix, t, trainable) in [
+            ("weight", self.weight.clone(), true),
+            ("bias", self.bias.clone(), true),
+            ("running_mean", self.running_mean.as_tensor().clone(), false),
+            ("running_var", self.running_var.as_tensor().clone(), false),
+        ] {
+            out.push(NamedTensor {
+                name: format!("{p}.{suffix}"),
+                tensor: t,
+                trainable,
+            });
+        }
+    }
+}
+
+pub fn activate(x: &Tensor, a: Activation) -> CResult<Tensor> {
+    match a {
+        Activation::Silu => x.silu(),
+        Activation::Relu => x.relu(),
+        Activation::Relu6 => x.clamp(0f32, 6f32),
+        Activation::HardSwish => {
+            let gate = ((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?;
+            x * gate
+        }
+        Activation::Gelu => x.gelu_erf(),
+    }
+}
+
+/// Squeeze-excitation on the pooled vector, with the block's activation and a sigmoid gate.
+#[derive(Debug, Clone)]
+pub struct SqueezeExcite {
+    pub reduce: Conv2d,
+    pub expand: Conv2d,
+    pub activation: Activation,
+}
+
+impl SqueezeExcite {
+    pub fn load(
+        spec: &ir::SqueezeExcite,
+        activation: Activation,
+        vb: &VarBuilder,
+    ) -> CResult<Self> {
+        Ok(SqueezeExcite {
+            reduce: Conv2d::load(&spec.conv_reduce, PaddingMode::Symmetric, vb)?,
+            expand: Conv2d::load(&spec.conv_expand, PaddingMode::Symmetric, vb)?,
+            activation,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let (n, c, _, _) = x.dims4()?;
+        let pooled = x.mean((2, 3))?;
+        let r = linear(&pooled, &self.reduce.weight, self.reduce.bias.as_ref())?;
+        let r = activate(&r, self.activation)?;
+        let e = linear(&r, &self.expand.weight, self.expand.bias.as_ref())?;
+        let gate = candle_nn::ops::sigmoid(&e)?.reshape((n, c, 1, 1))?;
+        x.broadcast_mul(&gate)
+    }
+
+    pub fn named(&self, out: &mut Vec<NamedTensor>) {
+        self.reduce.named(out);
+        self.expand.named(out);
+    }
+}
+
+/// The one seeded generator behind every random decision the network makes in training
+/// (stochastic depth, dropout): candle's own CPU generator cannot be seeded.
+#[derive(Debug)]
+pub struct NetRng(pub Mutex<ChaCha8Rng>);
+
+impl NetRng {
+    /// A keep-mask of `n` samples, each kept with probability `keep` and scaled by `1 / keep`,
+    /// shaped `[n, 1, 1, 1]` (or `[n, 1]` for `dims == 2`).
+    pub fn sample_mask(
+        &self,
+        n: usize,
+        keep: f64,
+        dims: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> CResult<Tensor> {
+        let mut rng = self
+            .0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("random generator lock poisoned".into()))?;
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                if rng.random::<f64>() < keep {
+                    (1.0 / keep) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        drop(rng);
+        let shape: Vec<usize> = if dims == 2 {
+            vec![n, 1]
+        } else {
+            vec![n, 1, 1, 1]
+        };
+        Tensor::from_vec(v, shape, device)?.to_dtype(dtype)
+    }
+
+    /// An element-wise dropout mask shaped like `x`.
+    pub fn dropout_mask(&self, x: &Tensor, keep: f64) -> CResult<Tensor> {
+        let mut rng = self
+            .0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("random generator lock poisoned".into()))?;
+        let v: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if rng.random::<f64>() < keep {
+                    (1.0 / keep) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        drop(rng);
+        Tensor::from_vec(v, x.shape(), x.device())?.to_dtype(x.dtype())
+    }
+}
+
+/// The classifier: `x @ W^T + b`.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    pub spec: ir::Linear,
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Classifier {
+    pub fn load(spec: &ir::Linear, vb: &VarBuilder) -> CResult<Self> {
+        Ok(Classifier {
+            weight: vb.get(
+                (spec.out_features, spec.in_features),
+                &format!("{}.weight", spec.path),
+            )?,
+            bias: vb.get(spec.out_features, &format!("{}.bias", spec.path))?,
+            spec: spec.clone(),
+        })
+    }
+    pub fn named(&self, out: &mut Vec<NamedTensor>) {
+        out.push(NamedTensor {
+            name: format!("{}.weight", self.spec.path),
+            tensor: self.weight.clone(),
+            trainable: true,
+        });
+        out.push(NamedTensor {
+            name: format!("{}.bias", self.spec.path),
+            tensor: self.bias.clone(),
+            trainable: true,
+        });
+    }
+}
+
+impl Module for Classifier {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        linear(x, &self.weight, Some(&self.bias))
+    }
+}

@@ -1,0 +1,91 @@
+//! 1x1 (pointwise) convolutions as matrix products, and the squeeze-and-excitation helpers
+//! built the same way. Everything here is a composition of candle ops, so it runs on every
+//! device and dtype candle's matmul supports, and autograd works through it unchanged.
+
+use candle_core::{Result, Tensor, bail};
+
+/// Accepts a 1x1 convolution weight as `[O, C]` or `[O, C, 1, 1]` and returns it as `[O, C]`.
+fn weight_2d(w: &Tensor, c: usize, op: &str) -> Result<Tensor> {
+    match w.dims() {
+        &[o, wc] if wc == c => w.reshape((o, wc)),
+        &[o, wc, 1, 1] if wc == c => w.reshape((o, wc)),
+        d => bail!("{op}: weight must be [O, {c}] or [O, {c}, 1, 1], got {d:?}"),
+    }
+}
+
+/// Checks an optional bias against `o` output channels.
+fn check_bias(bias: Option<&Tensor>, o: usize, op: &str) -> Result<()> {
+    if let Some(b) = bias {
+        if b.dims() != [o] {
+            bail!("{op}: bias must be [{o}], got {:?}", b.dims());
+        }
+    }
+    Ok(())
+}
+
+/// 1x1 convolution, stride 1, of `x` (`[N, C, H, W]`) with `w` (`[O, C]` or `[O, C, 1, 1]`)
+/// and an optional `bias` (`[O]`): `[N, C, H*W]` is multiplied on the left by the weight
+/// (broadcast over the batch without copying it) to give `[N, O, H, W]`.
+pub fn pointwise_conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "pointwise_conv2d";
+    let (n, c, h, wd) = match x.dims() {
+        &[n, c, h, w] => (n, c, h, w),
+        d => bail!("{OP}: input must be [N, C, H, W], got {d:?}"),
+    };
+    let w2 = weight_2d(w, c, OP)?;
+    let o = w2.dim(0)?;
+    check_bias(bias, o, OP)?;
+    let x3 = x.reshape((n, c, h * wd))?;
+    // A stride-0 batch dimension on the left operand: the matmul reads the same [O, C] matrix
+    // for every batch element, and the backward of `broadcast_as` sums the per-batch weight
+    // gradients.
+    let y = w2.broadcast_as((n, o, c))?.matmul(&x3)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, o, 1))?)?,
+        None => y,
+    };
+    y.reshape((n, o, h, wd))
+}
+
+/// Global average pooling over the spatial dimensions: `[N, C, H, W] -> [N, C]`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    match x.dims() {
+        &[_, _, h, w] if h > 0 && w > 0 => x.mean((2, 3)),
+        d => bail!("global_avg_pool: input must be [N, C, H, W] with H, W > 0, got {d:?}"),
+    }
+}
+
+/// A 1x1 convolution applied to a pooled `[N, C]` tensor, i.e. a linear layer:
+/// `x @ w^T + bias` with `w` as `[O, C]` or `[O, C, 1, 1]` and `bias` as `[O]`.
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "linear";
+    let c = match x.dims() {
+        &[_, c] => c,
+        d => bail!("{OP}: input must be [N, C], got {d:?}"),
+    };
+    let w2 = weight_2d(w, c, OP)?;
+    check_bias(bias, w2.dim(0)?, OP)?;
+    let y = x.matmul(&w2.t()?)?;
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// EfficientNet squeeze-and-excitation: `x * sigmoid(expand(silu(reduce(gap(x)))))`, where
+/// `reduce` (`[R, C]` weight, `[R]` bias) and `expand` (`[C, R]` weight, `[C]` bias) are the
+/// block's two 1x1 convolutions, applied as linear layers on the pooled `[N, C]` tensor.
+pub fn squeeze_excite(
+    x: &Tensor,
+    w_reduce: &Tensor,
+    b_reduce: Option<&Tensor>,
+    w_expand: &Tensor,
+    b_expand: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (n, c) = (x.dim(0)?, x.dim(1)?);
+    let s = global_avg_pool(x)?;
+    let s = linear(&s, w_reduce, b_reduce)?.silu()?;
+    let s = linear(&s, w_expand, b_expand)?;
+    let gate = candle_nn::ops::sigmoid(&s)?.reshape((n, c, 1, 1))?;
+    x.broadcast_mul(&gate)
+}
