@@ -56,7 +56,7 @@ pub fn conv_output(padding: PaddingMode, input: usize, kernel: usize, stride: us
 
 fn conv_macs(c: &Conv, out_hw: usize) -> u64 {
     let [o, i, k, _] = c.weight_shape();
-    (out_hw * out_hw) as u64 * (o * i * k * k) as u64
+    ((out_hw * out_hw) as u64).saturating_mul((o * i * k * k) as u64)
 }
 
 fn conv_params(c: &Conv) -> usize {

@@ -9,6 +9,12 @@ use effnet_grammar::*;
 use crate::diagnostic::{Diagnostic, did_you_mean};
 use crate::ir::{Activation, Interpolation, LrDecay, LrSchedule, Optimizer, PaddingMode};
 
+/// The largest whole number any setting may take (channels, resolution, repeats, epochs).
+pub const MAX_WHOLE: usize = 65_536;
+
+/// The most blocks a model may expand to (EfficientNetV2-XL has 100).
+pub const MAX_BLOCKS: usize = 10_000;
+
 /// How stage channels are rounded (timm's `round_channels` / `make_divisible`).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct ChannelRounding {
@@ -275,20 +281,23 @@ impl Cx {
         self.diagnostics.push(d);
     }
 
+    /// A whole number in `[min, max]`. The upper bounds keep every later product (shapes,
+    /// parameter and multiply-add counts) far from overflow.
     fn whole(&mut self, n: &Number, what: &str, min: usize) -> Option<usize> {
+        let max = MAX_WHOLE;
         match n.as_usize() {
-            Some(v) if v >= min => Some(v),
+            Some(v) if v >= min && v <= max => Some(v),
             _ => {
                 self.push(
                     Diagnostic::error(
                         "effnet::number",
                         format!(
-                            "{what} must be a whole number of at least {min}, not {}",
+                            "{what} must be a whole number from {min} to {max}, not {}",
                             n.text
                         ),
                         n.span,
                     )
-                    .label(format!("expected a whole number >= {min}")),
+                    .label(format!("expected a whole number in {min}..={max}")),
                 );
                 None
             }
@@ -1127,6 +1136,32 @@ fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDef> {
         stages,
         head: p.head.unwrap_or(None),
     };
+    // Scaling multiplies repeats: bound the expanded network so that lowering stays cheap.
+    let blocks: f64 = def
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let per_stage = def
+                .stage_depths
+                .as_ref()
+                .and_then(|d| d.get(i))
+                .copied()
+                .unwrap_or(1.0);
+            (s.repeats as f64 * def.depth * s.depth * per_stage).ceil()
+        })
+        .sum();
+    if blocks > MAX_BLOCKS as f64 {
+        cx.push(
+            Diagnostic::error(
+                "effnet::too_deep",
+                format!("`{}` expands to {blocks} blocks after depth scaling; at most {MAX_BLOCKS} are supported", def.name),
+                m.name.span,
+            )
+            .help("lower the repeats or the depth multipliers"),
+        );
+        return None;
+    }
     // A resolution the network does not divide evenly loses pixels (or pads) at each stride.
     let total_stride = def.stem.stride * def.stages.iter().map(|s| s.stride).product::<usize>();
     for (what, r, span) in [
