@@ -1,0 +1,463 @@
+#!/usr/bin/env python3
+"""Small logits fixtures for the effnet runtime, computed by timm itself.
+
+Each fixture is a reduced-width network described once in FIXTURES below. From that one description
+the script
+  * builds the network with timm's own builder (`decode_arch_def`, `round_channels`,
+    `timm.models.efficientnet.EfficientNet`), exactly as timm's `_gen_*` functions do,
+  * randomizes every weight and the BatchNorm statistics with a fixed seed (see `randomize_`),
+  * runs a fixed input `torch.randn(2, 3, H, W)` through it in eval mode, float32,
+  * writes `tests/fixtures/runtime/<name>.safetensors`: every state_dict tensor under its timm name
+    (float32; `num_batches_tracked` skipped) plus `__input__` (2, 3, H, W) and `__logits__` (2, classes),
+  * writes `tests/fixtures/runtime/<name>.effnet`: the same network in the .effnet language
+    (docs/language.md), model name = fixture name,
+  * checks that a fresh timm model loaded from the file reproduces the stored logits bit for bit,
+  * and (when all fixtures are made) writes `tests/fixtures/runtime/README.md`.
+
+Usage (from the repository root):
+    python tools/timm_fixtures.py [--out tests/fixtures/runtime] [NAME ...]
+"""
+import argparse
+import json
+import math
+import os
+from functools import partial
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+import timm
+from timm.models._efficientnet_builder import decode_arch_def, round_channels
+from timm.models.efficientnet import EfficientNet
+
+# ---------------------------------------------------------------------------------------------
+# Fixture descriptions.
+#
+# stage = (kind, k, e, s, c, r, opts) with kind in conv | ds | fused | edge | mbconv (the .effnet
+# names) and opts a dict with any of: se (ratio), skip (True = `skip`, False = `noskip`).
+# ---------------------------------------------------------------------------------------------
+FIXTURES = [
+    dict(
+        name="fx_v2s_sym64",
+        doc="EfficientNetV2-S shape at small width: cn+skip, er, ir+SE, kernel 5; symmetric padding, silu",
+        covers="`fused e1 ... skip` (timm `cn` with residual), `fused e4` (timm `er`), `mbconv` + SE "
+               "(timm `ir`), kernel 5 mbconv, symmetric padding, silu, eps 1e-5, limit 0.9, head conv",
+        size=64, seed=1, classes=10, act="silu", eps=1e-5, padding="symmetric",
+        width=1.0, depth=1.0, limit=0.9, stem=8,
+        stages=[
+            ("fused", 3, 1, 1, 8, 2, dict(skip=True)),
+            ("fused", 3, 4, 2, 16, 2, {}),
+            ("mbconv", 3, 4, 2, 24, 2, dict(se=0.25)),
+            ("mbconv", 5, 6, 2, 32, 2, dict(se=0.25)),
+        ],
+        head=64,
+    ),
+    dict(
+        name="fx_v2b_same67",
+        doc="tf_efficientnetv2_b* shape: TF SAME padding on an odd input, eps 1e-3, round limit 0, SE on a fused block",
+        covers="TF `same` padding from odd input 67: stride-2 pads 1/1 on 67 and 17, 0/1 on 34, 2/2 for k5 "
+               "on 9 (67 -> 34 -> 17 -> 9 -> 5), stride 1 static symmetric; eps 1e-3, `round channels(limit = 0)`, SE on a Fused-MBConv (`er` + se), "
+               "kernel 5 mbconv, mbconv stride 1 with residual",
+        size=67, seed=2, classes=10, act="silu", eps=1e-3, padding="same",
+        width=1.0, depth=1.0, limit=0.0, stem=8,
+        stages=[
+            ("fused", 3, 1, 1, 8, 1, dict(skip=True)),
+            ("fused", 3, 4, 2, 16, 2, {}),
+            ("fused", 3, 4, 2, 24, 2, dict(se=0.25)),
+            ("mbconv", 5, 6, 2, 32, 2, dict(se=0.25)),
+            ("mbconv", 3, 6, 1, 32, 1, dict(se=0.25)),
+        ],
+        head=64,
+    ),
+    dict(
+        name="fx_v1_relu32",
+        doc="EfficientNet-B0 shape (V1): depthwise-separable first stage with SE, relu",
+        covers="`ds` with SE and `ds` without SE (ds residual at stride 1 / equal channels), stride-2 ds, "
+               "mbconv kernel 5 + SE, relu (also inside SE), symmetric padding, input 32",
+        size=32, seed=3, classes=10, act="relu", eps=1e-5, padding="symmetric",
+        width=1.0, depth=1.0, limit=0.9, stem=8,
+        stages=[
+            ("ds", 3, 1, 1, 8, 1, dict(se=0.25)),
+            ("ds", 3, 1, 2, 16, 1, {}),
+            ("mbconv", 5, 6, 2, 24, 2, dict(se=0.25)),
+            ("mbconv", 3, 6, 2, 32, 1, dict(se=0.25)),
+        ],
+        head=64,
+    ),
+    dict(
+        name="fx_conv_nohead",
+        doc="plain conv stages (timm `cn`) with and without skip, stride 2 in conv and fused stages, no head",
+        covers="`conv` without skip (no residual even at stride 1 / equal channels), `conv ... skip` "
+               "(residual), stride-2 conv stage, stride-2 fused stage, `head none` (timm num_features=0: "
+               "classifier on the last stage's channels), TF `same` padding on even input 64, relu",
+        size=64, seed=4, classes=10, act="relu", eps=1e-3, padding="same",
+        width=1.0, depth=1.0, limit=0.9, stem=8,
+        stages=[
+            ("conv", 3, 1, 2, 16, 2, {}),
+            ("conv", 3, 1, 1, 16, 1, dict(skip=True)),
+            ("fused", 3, 4, 2, 24, 2, {}),
+            ("mbconv", 3, 4, 2, 32, 1, dict(se=0.25)),
+        ],
+        head=None,
+    ),
+    dict(
+        name="fx_edge_rw67",
+        doc="timm efficientnetv2_rw_* shape: EdgeResidual with e1 (a kxk expansion and 1x1 projection), SE on an e1 edge block",
+        covers="`edge e1` (timm `er` with exp 1: conv_exp + conv_pwl, residual on the 2nd block), "
+               "`edge e1` + SE, `edge e4`, symmetric padding on odd input 67, silu",
+        size=67, seed=5, classes=10, act="silu", eps=1e-5, padding="symmetric",
+        width=1.0, depth=1.0, limit=0.9, stem=8,
+        stages=[
+            ("edge", 3, 1, 1, 16, 2, {}),
+            ("edge", 3, 1, 2, 24, 1, dict(se=0.25)),
+            ("edge", 3, 4, 2, 24, 1, {}),
+            ("mbconv", 3, 4, 2, 32, 2, dict(se=0.25)),
+        ],
+        head=64,
+    ),
+    dict(
+        name="fx_w125_d15_limit09",
+        doc="width 1.25, depth 1.5, round limit 0.9 (timm default): 8 channels round up to 16",
+        covers="width multiplier 1.25 on stem/stages/head with the 0.9 guard (8*1.25=10 -> 8 < 9 -> 16), "
+               "depth multiplier 1.5 with ceil (x1 -> 2, x2 -> 3), TF `same` padding on even input 64, silu",
+        size=64, seed=6, classes=10, act="silu", eps=1e-3, padding="same",
+        width=1.25, depth=1.5, limit=0.9, stem=8,
+        stages=[
+            ("fused", 3, 1, 1, 8, 1, dict(skip=True)),
+            ("fused", 3, 4, 2, 16, 2, {}),
+            ("mbconv", 3, 4, 2, 24, 2, dict(se=0.25)),
+            ("mbconv", 5, 6, 2, 32, 1, dict(se=0.25)),
+        ],
+        head=64,
+    ),
+    dict(
+        name="fx_w125_d15_limit0",
+        doc="the same network as fx_w125_d15_limit09 but round limit 0 (automl): 8 channels stay 8",
+        covers="width 1.25 / depth 1.5 with `round channels(limit = 0)`: stem and first stage 8 (not 16), "
+               "everything else as fx_w125_d15_limit09; relu, symmetric padding, input 32",
+        size=32, seed=7, classes=10, act="relu", eps=1e-5, padding="symmetric",
+        width=1.25, depth=1.5, limit=0.0, stem=8,
+        stages=[
+            ("fused", 3, 1, 1, 8, 1, dict(skip=True)),
+            ("fused", 3, 4, 2, 16, 2, {}),
+            ("mbconv", 3, 4, 2, 24, 2, dict(se=0.25)),
+            ("mbconv", 5, 6, 2, 32, 1, dict(se=0.25)),
+        ],
+        head=64,
+    ),
+    dict(
+        name="fx_fixed_stem12",
+        doc="a fixed (unrounded) 12-channel stem: mid channels and SE width follow timm's make_divisible",
+        covers="`stem ... -> 12 fixed` (timm fix_stem: no width scaling and no rounding), `edge e1` + SE "
+               "on 12 input channels: timm's mid = make_divisible(12 * 1) = 16 (not 12) and SE reduce = "
+               "round(16 * 0.25 / 1) = 4 (not 12 * 0.25 = 3); `ds` + SE on 16; silu, symmetric, input 32. "
+               "Assumes `fixed` means what timm's fix_stem does: the stem is neither scaled nor rounded",
+        size=32, seed=8, classes=10, act="silu", eps=1e-5, padding="symmetric",
+        width=1.0, depth=1.0, limit=0.9, stem=12, fix_stem=True,
+        stages=[
+            ("edge", 3, 1, 1, 16, 1, dict(se=0.25)),
+            ("ds", 3, 1, 2, 16, 1, dict(se=0.25)),
+            ("mbconv", 3, 4, 2, 24, 1, dict(se=0.25)),
+        ],
+        head=32,
+    ),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared randomization recipe (also used by tools/parity.py).
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def randomize_(model, seed, calib_size=None, calib_batch=4, gain=1.0):
+    """Randomize all parameters and BatchNorm statistics of `model` in place, deterministically.
+
+    After torch.manual_seed(seed), modules in `named_modules` order:
+      conv / linear weight ~ N(0, (gain / sqrt(fan_in))^2), fan_in = in / groups * kh * kw
+      conv / linear bias   ~ N(0, 0.1^2)
+      BN weight ~ U(0.5, 1.5), BN bias ~ N(0, 0.1^2)
+    BN statistics:
+      calib_size None: running_mean ~ N(0, 0.1^2), running_var ~ U(0.5, 1.5)  (plain recipe)
+      calib_size S:    one eval-mode forward of a calibration batch torch.randn(calib_batch, 3, S, S);
+                       each BN, when reached, takes the per-channel mean / variance of its actual
+                       input (which already went through the perturbed BNs before it) and perturbs
+                       them: running_mean = mean + N(0, 0.1^2) * sqrt(var),
+                       running_var = var * U(0.5, 1.5).
+    Calibration keeps every BN output near unit scale whatever the depth; with the plain recipe,
+    or with statistics calibrated all at once and perturbed afterwards, activations shrink or grow
+    geometrically through the blocks (logits of 1e-1 .. 1e5 seen).
+    """
+    torch.manual_seed(seed)
+    bns = []
+    for _, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = m.weight
+            fan_in = w[0].numel()
+            w.copy_(torch.randn_like(w) * (gain / math.sqrt(fan_in)))
+            if m.bias is not None:
+                m.bias.copy_(torch.randn_like(m.bias) * 0.1)
+        elif isinstance(m, nn.BatchNorm2d):
+            bns.append(m)
+            m.weight.copy_(torch.rand_like(m.weight) + 0.5)
+            m.bias.copy_(torch.randn_like(m.bias) * 0.1)
+            m.running_mean.copy_(torch.randn_like(m.running_mean) * 0.1)
+            m.running_var.copy_(torch.rand_like(m.running_var) + 0.5)
+    if calib_size:
+        xc = torch.randn(calib_batch, 3, calib_size, calib_size)
+
+        def calibrate(m, inputs):
+            x = inputs[0]
+            var = x.var(dim=(0, 2, 3), unbiased=False)
+            mean = x.mean(dim=(0, 2, 3))
+            m.running_mean.copy_(mean + torch.randn_like(mean) * 0.1 * var.sqrt())
+            m.running_var.copy_(var * (torch.rand_like(var) + 0.5))
+
+        was_training = model.training
+        hooks = [m.register_forward_pre_hook(calibrate) for m in bns]
+        try:
+            model.eval()
+            model(xc)
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was_training)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Description -> timm arch_def and -> .effnet text.
+# ---------------------------------------------------------------------------------------------
+def block_string(stage):
+    kind, k, e, s, c, r, o = stage
+    se = f"_se{o['se']}" if o.get("se") else ""
+    if kind == "conv" or (kind == "fused" and e == 1):
+        assert not o.get("se"), "SE on a conv-bn-act stage: use `edge`"
+        return f"cn_r{r}_k{k}_s{s}_e1_c{c}" + ("_skip" if o.get("skip") else "")
+    tail = "_noskip" if o.get("skip") is False else ""
+    if kind in ("fused", "edge"):
+        return f"er_r{r}_k{k}_s{s}_e{e}_c{c}{se}{tail}"
+    if kind == "mbconv":
+        return f"ir_r{r}_k{k}_s{s}_e{e}_c{c}{se}{tail}"
+    if kind == "ds":
+        return f"ds_r{r}_k{k}_s{s}_e1_c{c}{se}{tail}"
+    raise ValueError(kind)
+
+
+def arch_def(fx):
+    return [[block_string(st)] for st in fx["stages"]]
+
+
+def fmt_num(v):
+    if isinstance(v, float) and v != 0 and abs(v) < 0.01:
+        m, ex = f"{v:e}".split("e")
+        return f"{float(m):g}e{int(ex)}"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def effnet_text(fx):
+    L = []
+    L.append(f"/// {fx['doc']}")
+    L.append(f"/// Fixture generated by tools/timm_fixtures.py (timm {timm.__version__}); weights in {fx['name']}.safetensors")
+    L.append(f"model {fx['name']} {{")
+    L.append(f"    input 3 x {fx['size']}")
+    L.append(f"    classes {fx['classes']}")
+    L.append(f"    activation {fx['act']}")
+    L.append(f"    norm batch(eps = {fmt_num(fx['eps'])}, momentum = 0.1)")
+    L.append(f"    padding {fx['padding']}")
+    L.append(f"    round channels(divisor = 8, min = 8, limit = {fmt_num(fx['limit'])})")
+    L.append("    round depth ceil")
+    if fx["width"] != 1.0 or fx["depth"] != 1.0:
+        L.append(f"    scale width {fmt_num(fx['width'])} depth {fmt_num(fx['depth'])}")
+    L.append("")
+    fixed = " fixed" if fx.get("fix_stem") else ""
+    L.append(f"    stem conv k3 s2 -> {fx['stem']}{fixed}")
+    rows = []
+    for st in fx["stages"]:
+        kind, k, e, s, c, r, o = st
+        ee = f"e{e}" if kind in ("fused", "edge", "mbconv") else ""
+        opts = []
+        if o.get("se"):
+            opts.append(f"se {fmt_num(o['se'])}")
+        if o.get("skip") is True:
+            opts.append("skip")
+        elif o.get("skip") is False:
+            opts.append("noskip")
+        left = f"    stage {kind:<6} k{k} {ee:<2} s{s} -> {c:<3}"
+        rows.append((left, f"x{r}", " ".join(opts), block_string(st)))
+    w = max(len(a) for a, *_ in rows)
+    for left, rep, opts, bs in rows:
+        line = f"{left:<{w}} {rep:<3}" + (f" {opts}" if opts else "")
+        L.append(f"{line:<{w + 20}} // timm {bs}")
+    if fx["head"] is None:
+        L.append("    head none")
+    else:
+        L.append(f"    head conv k1 -> {fx['head']}")
+    L.append("}")
+    return "\n".join(L) + "\n"
+
+
+def build(fx):
+    act = {"silu": nn.SiLU, "relu": nn.ReLU}[fx["act"]]
+    round_chs_fn = partial(round_channels, multiplier=fx["width"], round_limit=fx["limit"])
+    model = EfficientNet(
+        block_args=decode_arch_def(arch_def(fx), fx["depth"]),
+        num_classes=fx["classes"],
+        num_features=0 if fx["head"] is None else round_chs_fn(fx["head"]),
+        stem_size=fx["stem"],
+        fix_stem=fx.get("fix_stem", False),
+        round_chs_fn=round_chs_fn,
+        pad_type="same" if fx["padding"] == "same" else "",
+        act_layer=act,
+        norm_layer=partial(nn.BatchNorm2d, eps=fx["eps"]),
+    )
+    return model
+
+
+def describe(model):
+    """One line per block: class, in -> mid -> out, SE reduce, kernel, stride, residual."""
+    cs = model.conv_stem
+    out = [f"stem {cs.in_channels}->{cs.out_channels} k{cs.kernel_size[0]} s{cs.stride[0]} ({type(cs).__name__})"]
+    for si, st in enumerate(model.blocks):
+        for bi, b in enumerate(st):
+            cls = type(b).__name__
+            if cls == "ConvBnAct":
+                i, m, o, conv = b.conv.in_channels, b.conv.in_channels, b.conv.out_channels, b.conv
+            elif cls == "EdgeResidual":
+                i, m, o, conv = b.conv_exp.in_channels, b.conv_exp.out_channels, b.conv_pwl.out_channels, b.conv_exp
+            elif cls == "InvertedResidual":
+                i, m, o, conv = b.conv_pw.in_channels, b.conv_pw.out_channels, b.conv_pwl.out_channels, b.conv_dw
+            else:
+                i, m, o, conv = b.conv_dw.in_channels, b.conv_dw.in_channels, b.conv_pw.out_channels, b.conv_dw
+            se = b.se.conv_reduce.out_channels if hasattr(getattr(b, "se", None), "conv_reduce") else 0
+            out.append(f"blocks.{si}.{bi} {cls} {i}->{m}->{o} se_rd={se} k{conv.kernel_size[0]} "
+                       f"s{conv.stride[0]} skip={b.has_skip} ({type(conv).__name__})")
+    head = model.conv_head
+    out.append(f"head {head.out_channels if hasattr(head, 'out_channels') else 'none'} "
+               f"classifier {model.classifier.in_features}->{model.classifier.out_features}")
+    return out
+
+
+def make(fx, out_dir):
+    model = build(fx)
+    randomize_(model, fx["seed"], calib_size=fx["size"])
+    model.eval()
+    torch.manual_seed(1000 + fx["seed"])
+    x = torch.randn(2, 3, fx["size"], fx["size"], dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(x).float()
+    assert torch.isfinite(logits).all()
+    tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
+               if not k.endswith("num_batches_tracked")}
+    tensors["__input__"] = x.contiguous()
+    tensors["__logits__"] = logits.contiguous()
+    base = os.path.join(out_dir, fx["name"])
+    save_file(tensors, base + ".safetensors",
+              # one key only: safetensors writes metadata in hash order, and one key keeps the
+              # file byte-for-byte reproducible
+              metadata={"effnet_fixture": json.dumps(
+                  {"timm": timm.__version__, "torch": torch.__version__, "seed": fx["seed"],
+                   "arch_def": arch_def(fx)}, sort_keys=True)})
+    with open(base + ".effnet", "w") as f:
+        f.write(effnet_text(fx))
+    os.chmod(base + ".safetensors", 0o644)
+    # self-check: a fresh timm model loaded from the file reproduces the stored logits
+    from safetensors.torch import load_file
+    loaded = load_file(base + ".safetensors")
+    fresh = build(fx)
+    fresh.load_state_dict({k: v for k, v in loaded.items() if not k.startswith("__")}, strict=False)
+    missing = set(k for k in fresh.state_dict() if not k.endswith("num_batches_tracked")) - set(loaded)
+    assert not missing, missing
+    fresh.eval()
+    with torch.no_grad():
+        again = fresh(loaded["__input__"])
+    assert torch.equal(again, loaded["__logits__"]), float((again - loaded["__logits__"]).abs().max())
+    params = sum(p.numel() for p in model.parameters())
+    return dict(name=fx["name"], params=params, logits_std=float(logits.std()),
+                logits=logits[0, :4].tolist(), size=os.path.getsize(base + ".safetensors"),
+                blocks=describe(model))
+
+
+README_HEAD = """# Runtime logits fixtures (generated by timm)
+
+Each fixture is a pair:
+
+- `<name>.effnet`: the network in the .effnet language (docs/language.md), model name = fixture name;
+  each stage line carries the timm block string it lowers to as a comment.
+- `<name>.safetensors`: every timm state_dict tensor under its timm name (float32, no
+  `num_batches_tracked`), plus `__input__` (2, 3, H, W), float32 NCHW, and `__logits__` (2, 10), the
+  eval-mode float32 logits timm computes for that input. The header metadata has one key,
+  `effnet_fixture`: JSON with the timm/torch versions, the seed and the timm arch_def.
+
+Generated by `python tools/timm_fixtures.py` (this README too; see tools/README.md), which builds
+each network with timm's own builder (`decode_arch_def`, `round_channels`, `EfficientNet`),
+randomizes all weights and BatchNorm statistics with a fixed seed (BN statistics calibrated on a
+random batch, then perturbed, so activations stay O(1)), and checks that a fresh timm model loaded
+from the file reproduces `__logits__` bit for bit. Regenerating gives byte-identical files.
+
+No input normalization is applied (`normalize` is absent): feed `__input__` straight to the network.
+Logits have a standard deviation of about 0.25 .. 1.5 and differ between the two samples, so an
+absolute tolerance around 1e-4 (float32 summation order) is meaningful.
+
+| fixture | input | padding | act | eps | width / depth / limit | params | covers |
+|---|---|---|---|---|---|---|---|
+"""
+
+README_MID = """
+Coverage across the set: every block kind (`conv` with and without `skip`, `fused e1` = timm `cn`,
+`fused e4` = timm `er`, `edge e1` and `edge e4` = timm `er`, `mbconv` = timm `ir`, `ds`), SE on
+`mbconv`, `ds`, a fused `er` block and an `edge e1` block; symmetric and TF `same` padding, both on the
+odd input 67 and on even inputs 64 / 32; stride 2 in conv and fused stages; kernel 5; width 1.25 and
+depth 1.5 with round limit 0.9 and with limit 0; silu and relu; `head none`; a fixed 12-channel stem.
+
+## What timm builds
+
+One line per block: class, in -> mid -> out channels, SE reduce channels, kernel, stride, residual,
+and the conv class of the spatial conv. `mid` is the expansion conv's output (EdgeResidual
+`conv_exp`, InvertedResidual `conv_pw`); for ConvBnAct and DepthwiseSeparableConv it is the input.
+`Conv2dSame` marks timm's dynamic TF-same padding (stride 2); in `same` mode stride-1 convs with odd
+kernels get static symmetric padding (plain `Conv2d`).
+"""
+
+
+def write_readme(out_dir, results):
+    rows = []
+    for fx in FIXTURES:
+        if fx["name"] not in results:
+            continue
+        r = results[fx["name"]]
+        rows.append(f"| `{fx['name']}` | {fx['size']} | {fx['padding']} | {fx['act']} | {fmt_num(fx['eps'])} | "
+                    f"{fmt_num(fx['width'])} / {fmt_num(fx['depth'])} / {fmt_num(fx['limit'])} | "
+                    f"{r['params']:,} | {fx['covers']} |")
+    text = README_HEAD + "\n".join(rows) + "\n" + README_MID
+    for fx in FIXTURES:
+        if fx["name"] in results:
+            text += f"\n### {fx['name']}\n```\n" + "\n".join(results[fx["name"]]["blocks"]) + "\n```\n"
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write(text)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="tests/fixtures/runtime")
+    ap.add_argument("--verbose", "-v", action="store_true", help="print every block")
+    ap.add_argument("names", nargs="*")
+    args = ap.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    os.makedirs(args.out, exist_ok=True)
+    results = {}
+    for fx in FIXTURES:
+        if args.names and fx["name"] not in args.names:
+            continue
+        r = make(fx, args.out)
+        results[fx["name"]] = r
+        print(f"{r['name']:22s} params {r['params']:>7,}  file {r['size'] / 1024:6.1f} KiB  "
+              f"logits std {r['logits_std']:.3f}  [0,:4] {[round(v, 4) for v in r['logits']]}")
+        if args.verbose:
+            for line in r["blocks"]:
+                print("    " + line)
+    if not args.names:
+        write_readme(args.out, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Reference data from timm (the reference implementation) for the effnet importer and compiler.
+
+For every model in MODELS this script runs `timm.create_model(name, pretrained=False)` and writes
+`tests/reference/timm/<name>.json`:
+
+    model, timm, torch          names and versions
+    params                      sum(p.numel() for p in model.parameters())
+    bn_eps                      eps of the first BatchNorm (model.bn1)
+    default_cfg                 input_size, test_input_size (if any), mean, std, crop_pct (+ tag)
+    blocks                      [path, class name] for every module `blocks.S.B`
+    block_details               [path, class, in_chs, mid_chs, out_chs, se_rd_chs, kernel, stride, has_skip]
+                                (mid_chs = output of the expansion conv, or in_chs for ConvBnAct / ds;
+                                se_rd_chs = SE conv_reduce out channels, 0 without SE)
+    tensors                     [[state_dict key, [shape...]], ...] in state_dict order, without
+                                `num_batches_tracked`
+
+and `tests/reference/timm/arch_defs.json`: for every model the arch_def block strings and the
+generator arguments exactly as timm's own `_gen_*` function passes them. They are captured, not
+copied: the script wraps `decode_arch_def` and `_create_effnet` inside `timm.models.efficientnet`
+while the model is created, so whatever the installed timm does (including the `rw=True` edits of
+`_gen_efficientnetv2_s`) is what gets recorded.
+
+Usage (from the repository root):
+    python tools/timm_reference.py [--out tests/reference/timm] [MODEL ...]
+"""
+import argparse
+import functools
+import inspect
+import json
+import os
+import re
+import sys
+
+import torch
+import timm
+import timm.models.efficientnet as tme
+from timm.models._efficientnet_builder import round_channels
+
+MODELS = [
+    "efficientnetv2_s", "efficientnetv2_m", "efficientnetv2_l", "efficientnetv2_xl",
+    "tf_efficientnetv2_s", "tf_efficientnetv2_m", "tf_efficientnetv2_l", "tf_efficientnetv2_xl",
+    "tf_efficientnetv2_b0", "tf_efficientnetv2_b1", "tf_efficientnetv2_b2", "tf_efficientnetv2_b3",
+    "efficientnetv2_rw_t", "efficientnetv2_rw_s", "efficientnetv2_rw_m",
+] + [f"efficientnet_b{i}" for i in range(8)]
+
+# Counts from /work/shared/reference/efficientnet.md (timm 1.0.31); checked after building.
+EXPECTED_PARAMS = {
+    "efficientnetv2_s": 21_458_488, "efficientnetv2_m": 54_139_356,
+    "efficientnetv2_l": 118_515_272, "efficientnetv2_xl": 208_119_808,
+    "tf_efficientnetv2_s": 21_458_488, "tf_efficientnetv2_m": 54_139_356,
+    "tf_efficientnetv2_l": 118_515_272, "tf_efficientnetv2_xl": 208_119_808,
+    "tf_efficientnetv2_b0": 7_139_704, "tf_efficientnetv2_b1": 8_141_052,
+    "tf_efficientnetv2_b2": 10_096_086, "tf_efficientnetv2_b3": 14_358_406,
+    "efficientnetv2_rw_t": 13_649_388, "efficientnetv2_rw_s": 23_941_296,
+    "efficientnetv2_rw_m": 53_236_442,
+    "efficientnet_b0": 5_288_548, "efficientnet_b1": 7_794_184, "efficientnet_b2": 9_109_994,
+    "efficientnet_b3": 12_233_232, "efficientnet_b4": 19_341_616, "efficientnet_b5": 30_389_784,
+    "efficientnet_b6": 43_040_704, "efficientnet_b7": 66_347_960,
+}
+
+
+def _fn_defaults(fn):
+    """Keyword defaults of a plain function (or the function a partial wraps, with its keywords)."""
+    base = fn.func if isinstance(fn, functools.partial) else fn
+    out = {k: p.default for k, p in inspect.signature(base).parameters.items()
+           if p.default is not inspect.Parameter.empty}
+    if isinstance(fn, functools.partial):
+        out.update(fn.keywords)
+    return out
+
+
+def capture_arch(name):
+    """Create `name` while recording what its `_gen_*` function hands to the builder."""
+    captured = {}
+    orig_decode = tme.decode_arch_def
+    orig_create = tme._create_effnet
+
+    def decode(arch_def, depth_multiplier=1.0, *args, **kwargs):
+        captured["arch_def"] = [list(stage) for stage in arch_def]
+        dm = depth_multiplier
+        captured["depth_multiplier"] = list(dm) if isinstance(dm, tuple) else dm
+        captured["depth_trunc"] = kwargs.get("depth_trunc", args[0] if args else "ceil")
+        return orig_decode(arch_def, depth_multiplier, *args, **kwargs)
+
+    def create(variant, pretrained=False, **kwargs):
+        rc = kwargs.get("round_chs_fn", round_channels)
+        rcd = _fn_defaults(rc)
+        captured["channel_multiplier"] = rcd.get("multiplier", 1.0)
+        captured["channel_divisor"] = rcd.get("divisor", 8)
+        captured["round_limit"] = rcd.get("round_limit", 0.9)
+        captured["stem_size"] = kwargs.get("stem_size", 32)
+        captured["fix_stem"] = kwargs.get("fix_stem", False)
+        captured["num_features"] = kwargs.get("num_features", 1280)
+        captured["pad_type"] = kwargs.get("pad_type", "")
+        norm = kwargs.get("norm_layer")
+        nd = _fn_defaults(norm) if norm is not None else {}
+        captured["bn_eps"] = nd.get("eps", 1e-5)
+        captured["bn_momentum"] = nd.get("momentum", 0.1)
+        act = kwargs.get("act_layer")
+        captured["act_layer"] = getattr(act, "__name__", str(act))
+        return orig_create(variant, pretrained, **kwargs)
+
+    tme.decode_arch_def = decode
+    tme._create_effnet = create
+    try:
+        model = timm.create_model(name, pretrained=False)
+    finally:
+        tme.decode_arch_def = orig_decode
+        tme._create_effnet = orig_create
+    # the generator function that built it, and how it spells num_features, for the record
+    from timm.models._registry import model_entrypoint
+    src = inspect.getsource(model_entrypoint(name))
+    gen = re.search(r"(_gen_\w+)\(", src)
+    if gen:
+        captured["generator"] = gen.group(1)
+        gsrc = inspect.getsource(getattr(tme, gen.group(1)))
+        nf = re.search(r"num_features=([^,\n]+),", gsrc)
+        if nf:
+            captured["num_features_expr"] = nf.group(1).strip()
+    return model, captured
+
+
+def block_details(model):
+    rows = []
+    for si, stage in enumerate(model.blocks):
+        for bi, blk in enumerate(stage):
+            path = f"blocks.{si}.{bi}"
+            cls = type(blk).__name__
+            first = {"ConvBnAct": "conv", "EdgeResidual": "conv_exp", "InvertedResidual": "conv_pw",
+                     "DepthwiseSeparableConv": "conv_dw"}[cls]
+            last = {"ConvBnAct": "conv", "EdgeResidual": "conv_pwl", "InvertedResidual": "conv_pwl",
+                    "DepthwiseSeparableConv": "conv_pw"}[cls]
+            spatial = {"ConvBnAct": "conv", "EdgeResidual": "conv_exp", "InvertedResidual": "conv_dw",
+                       "DepthwiseSeparableConv": "conv_dw"}[cls]
+            c_first = getattr(blk, first)
+            c_sp = getattr(blk, spatial)
+            in_chs = c_first.in_channels
+            mid = c_first.out_channels if cls in ("EdgeResidual", "InvertedResidual") else in_chs
+            out_chs = getattr(blk, last).out_channels
+            se = getattr(blk, "se", None)
+            se_rd = se.conv_reduce.out_channels if se is not None and hasattr(se, "conv_reduce") else 0
+            k = c_sp.kernel_size[0]
+            s = c_sp.stride[0]
+            rows.append([path, cls, in_chs, mid, out_chs, se_rd, k, s, bool(blk.has_skip)])
+    return rows
+
+
+def reference(name):
+    model, arch = capture_arch(name)
+    params = sum(p.numel() for p in model.parameters())
+    sd = model.state_dict()
+    tensors = [[k, list(v.shape)] for k, v in sd.items() if not k.endswith("num_batches_tracked")]
+    cfg = model.pretrained_cfg
+    dcfg = {k: cfg[k] for k in ("input_size", "test_input_size", "mean", "std", "crop_pct") if k in cfg}
+    dcfg["tag"] = cfg.get("tag")
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    blocks = [[f"blocks.{si}.{bi}", type(b).__name__]
+              for si, st in enumerate(model.blocks) for bi, b in enumerate(st)]
+    data = {
+        "model": name,
+        "timm": timm.__version__,
+        "torch": torch.__version__,
+        "params": params,
+        "bn_eps": bn.eps,
+        "default_cfg": dcfg,
+        "blocks": blocks,
+        "block_details": block_details(model),
+        "tensors": tensors,
+    }
+    return data, arch
+
+
+def dump_compact(data):
+    """JSON with one list entry per line for the long lists, everything else compact."""
+    lines = ["{"]
+    items = list(data.items())
+    for i, (k, v) in enumerate(items):
+        comma = "," if i + 1 < len(items) else ""
+        if isinstance(v, list) and v and isinstance(v[0], list):
+            lines.append(f"  {json.dumps(k)}: [")
+            for j, e in enumerate(v):
+                lines.append("    " + json.dumps(e, separators=(",", ":")) + ("," if j + 1 < len(v) else ""))
+            lines.append("  ]" + comma)
+        else:
+            lines.append(f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}{comma}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="tests/reference/timm")
+    ap.add_argument("models", nargs="*", default=MODELS)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    arch_defs = {}
+    bad = []
+    for name in args.models:
+        data, arch = reference(name)
+        arch_defs[name] = arch
+        with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+            f.write(dump_compact(data))
+        exp = EXPECTED_PARAMS.get(name)
+        ok = "ok" if exp == data["params"] else f"MISMATCH (expected {exp:,})" if exp else "no expectation"
+        if exp is not None and exp != data["params"]:
+            bad.append(name)
+        print(f"{name:24s} params {data['params']:>12,}  {ok}", flush=True)
+    if set(args.models) == set(MODELS):
+        out = {"timm": timm.__version__, "models": arch_defs}
+        with open(os.path.join(args.out, "arch_defs.json"), "w") as f:
+            f.write("{\n")
+            f.write(f'  "timm": {json.dumps(timm.__version__)},\n  "models": {{\n')
+            names = list(arch_defs)
+            for i, n in enumerate(names):
+                a = dict(arch_defs[n])
+                ad = a.pop("arch_def")
+                f.write(f"    {json.dumps(n)}: {{\n")
+                f.write("      \"arch_def\": [\n")
+                f.write(",\n".join("        " + json.dumps(s) for s in ad) + "\n      ],\n")
+                f.write("      " + json.dumps(a, separators=(", ", ": "))[1:-1] + "\n")
+                f.write("    }" + ("," if i + 1 < len(names) else "") + "\n")
+            f.write("  }\n}\n")
+        json.load(open(os.path.join(args.out, "arch_defs.json")))  # sanity: valid JSON
+    if bad:
+        print("parameter count mismatch:", ", ".join(bad), file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
