@@ -108,13 +108,13 @@ fn block_stats(b: &Block, padding: PaddingMode, hw: usize) -> (LayerStats, usize
         // conv output, BN output, activation output
         acts += 3 * e;
         hw = out;
-        if i == se_after {
-            if let Some(se) = b.se() {
-                // Two 1x1 convs on the pooled vector.
-                macs += conv_macs(&se.conv_reduce, 1) + conv_macs(&se.conv_expand, 1);
-                params += conv_params(&se.conv_reduce) + conv_params(&se.conv_expand);
-                acts += (se.channels * hw * hw) as u64;
-            }
+        if i == se_after
+            && let Some(se) = b.se()
+        {
+            // Two 1x1 convs on the pooled vector.
+            macs += conv_macs(&se.conv_reduce, 1) + conv_macs(&se.conv_expand, 1);
+            params += conv_params(&se.conv_reduce) + conv_params(&se.conv_expand);
+            acts += (se.channels * hw * hw) as u64;
         }
     }
     // BatchNorm weights and biases: two per channel of each BN.

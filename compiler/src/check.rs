@@ -224,38 +224,36 @@ pub fn check(file: &File) -> Result<Checked, Vec<Diagnostic>> {
         if by_name
             .get(m.name.name.as_str())
             .is_some_and(|first| std::ptr::eq(*first, *m))
+            && let Some(partial) = resolver.resolve(m, &mut cx)
+            && let Some(def) = finish_model(m, partial, &mut cx)
         {
-            if let Some(partial) = resolver.resolve(m, &mut cx) {
-                if let Some(def) = finish_model(m, partial, &mut cx) {
-                    defs.push(def);
-                }
-            }
+            defs.push(def);
         }
     }
 
     let mut schedules: Vec<ScheduleDef> = Vec::new();
     for item in &file.items {
-        if let Item::Schedule(s) = item {
-            if let Some(def) = check_schedule(s, &by_name, &mut cx) {
-                if let Some(prev) = schedules
-                    .iter()
-                    .find(|p| p.model == def.model && p.name == def.name)
-                {
-                    cx.push(
-                        Diagnostic::error(
-                            "effnet::duplicate_schedule",
-                            format!(
-                                "model `{}` already has a schedule named `{}`",
-                                def.model, def.name
-                            ),
-                            s.span,
-                        )
-                        .with_secondary(prev.span, "first defined here")
-                        .help("name them: `schedule NAME for MODEL { ... }`"),
-                    );
-                } else {
-                    schedules.push(def);
-                }
+        if let Item::Schedule(s) = item
+            && let Some(def) = check_schedule(s, &by_name, &mut cx)
+        {
+            if let Some(prev) = schedules
+                .iter()
+                .find(|p| p.model == def.model && p.name == def.name)
+            {
+                cx.push(
+                    Diagnostic::error(
+                        "effnet::duplicate_schedule",
+                        format!(
+                            "model `{}` already has a schedule named `{}`",
+                            def.model, def.name
+                        ),
+                        s.span,
+                    )
+                    .with_secondary(prev.span, "first defined here")
+                    .help("name them: `schedule NAME for MODEL { ... }`"),
+                );
+            } else {
+                schedules.push(def);
             }
         }
     }
@@ -637,20 +635,18 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
                     cx.push(d);
                 }
                 let kw = cx.kwargs(args, "`norm batch`", &["eps", "momentum"]);
-                if let Some(v) = kw.get("eps").and_then(|v| cx.num_arg(v, "eps")) {
-                    if let Some(e) = cx.within(v, "BatchNorm eps", 0.0, 1.0, true) {
+                if let Some(v) = kw.get("eps").and_then(|v| cx.num_arg(v, "eps"))
+                    && let Some(e) = cx.within(v, "BatchNorm eps", 0.0, 1.0, true) {
                         if e > 0.0 {
                             p.bn_eps = Some(e);
                         } else {
                             cx.push(Diagnostic::error("effnet::number", "BatchNorm eps must be above 0", v.span).label("must be positive"));
                         }
                     }
-                }
-                if let Some(v) = kw.get("momentum").and_then(|v| cx.num_arg(v, "momentum")) {
-                    if let Some(m) = cx.within(v, "BatchNorm momentum", 0.0, 1.0, false) {
+                if let Some(v) = kw.get("momentum").and_then(|v| cx.num_arg(v, "momentum"))
+                    && let Some(m) = cx.within(v, "BatchNorm momentum", 0.0, 1.0, false) {
                         p.bn_momentum = Some(m);
                     }
-                }
             }
             ModelStmtKind::Padding(id) => match id.name.as_str() {
                 "same" => p.padding = Some(PaddingMode::Same),
@@ -929,20 +925,20 @@ fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Option<StageDe
     let expansion = match (kind, ps.get(&'e')) {
         (_, Some(n)) => {
             let e = cx.within(n, "the expansion ratio", 1.0, 64.0, false);
-            if let (Some(StageKind::Conv | StageKind::Ds), Some(e)) = (kind, e) {
-                if e != 1.0 {
-                    cx.push(
-                        Diagnostic::error(
-                            "effnet::expansion",
-                            format!(
-                                "a `{}` stage has no expansion; `e{}` must be `e1`",
-                                layer.kind.name, n.text
-                            ),
-                            n.span,
-                        )
-                        .help("use `fused` or `mbconv` for an expanding block"),
-                    );
-                }
+            if let (Some(StageKind::Conv | StageKind::Ds), Some(e)) = (kind, e)
+                && e != 1.0
+            {
+                cx.push(
+                    Diagnostic::error(
+                        "effnet::expansion",
+                        format!(
+                            "a `{}` stage has no expansion; `e{}` must be `e1`",
+                            layer.kind.name, n.text
+                        ),
+                        n.span,
+                    )
+                    .help("use `fused` or `mbconv` for an expanding block"),
+                );
             }
             e
         }
@@ -1016,17 +1012,17 @@ fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Option<StageDe
             .help("use `edge` (timm `er`) or `mbconv` for a block with SE"),
         );
     }
-    if let (Some(StageKind::Fused), Some(e), Some(_)) = (kind, expansion, se) {
-        if e == 1.0 {
-            cx.push(
-                Diagnostic::error(
-                    "effnet::se_ratio",
-                    "a `fused` stage with `e1` is a single convolution and has no squeeze-excitation",
-                    layer.kind.span,
-                )
-                .help("use `edge ... e1` for timm's EdgeResidual with an SE layer"),
-            );
-        }
+    if let (Some(StageKind::Fused), Some(e), Some(_)) = (kind, expansion, se)
+        && e == 1.0
+    {
+        cx.push(
+            Diagnostic::error(
+                "effnet::se_ratio",
+                "a `fused` stage with `e1` is a single convolution and has no squeeze-excitation",
+                layer.kind.span,
+            )
+            .help("use `edge ... e1` for timm's EdgeResidual with an SE layer"),
+        );
     }
     Some(StageDef {
         docs: docs.iter().map(|d| d.text.clone()).collect(),
@@ -1078,39 +1074,39 @@ fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDef> {
     };
     let (input_channels, resolution, train_resolution) = p.input.unwrap_or((3, 224, None));
     let (res_span, train_span) = p.input_spans.unwrap_or((m.name.span, None));
-    if let Some((depths, span)) = &p.stage_depths {
-        if depths.len() != stages.len() {
-            cx.push(
-                Diagnostic::error(
-                    "effnet::scale",
-                    format!(
-                        "{} per-stage depth multipliers for {} stages",
-                        depths.len(),
-                        stages.len()
-                    ),
-                    *span,
-                )
-                .label("one multiplier per stage")
-                .help("give exactly one depth multiplier for each `stage` line"),
-            );
-            return None;
-        }
+    if let Some((depths, span)) = &p.stage_depths
+        && depths.len() != stages.len()
+    {
+        cx.push(
+            Diagnostic::error(
+                "effnet::scale",
+                format!(
+                    "{} per-stage depth multipliers for {} stages",
+                    depths.len(),
+                    stages.len()
+                ),
+                *span,
+            )
+            .label("one multiplier per stage")
+            .help("give exactly one depth multiplier for each `stage` line"),
+        );
+        return None;
     }
-    if let Some((mean, _)) = &p.normalize {
-        if mean.len() != input_channels {
-            cx.push(
-                Diagnostic::error(
-                    "effnet::normalize",
-                    format!(
-                        "`normalize` gives {} values for {} input channels",
-                        mean.len(),
-                        input_channels
-                    ),
-                    m.name.span,
-                )
-                .help("give one mean and one standard deviation per input channel"),
-            );
-        }
+    if let Some((mean, _)) = &p.normalize
+        && mean.len() != input_channels
+    {
+        cx.push(
+            Diagnostic::error(
+                "effnet::normalize",
+                format!(
+                    "`normalize` gives {} values for {} input channels",
+                    mean.len(),
+                    input_channels
+                ),
+                m.name.span,
+            )
+            .help("give one mean and one standard deviation per input channel"),
+        );
     }
     let def = ModelDef {
         name: m.name.name.clone(),
@@ -1172,9 +1168,10 @@ fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDef> {
             train_span.unwrap_or(res_span),
         ),
     ] {
-        if let Some(r) = r {
-            if r % total_stride != 0 {
-                cx.push(
+        if let Some(r) = r
+            && r % total_stride != 0
+        {
+            cx.push(
                     Diagnostic::warning(
                         "effnet::resolution",
                         format!(
@@ -1189,7 +1186,6 @@ fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDef> {
                         (r / total_stride + 1) * total_stride
                     )),
                 );
-            }
         }
     }
     Some(def)
@@ -1336,19 +1332,19 @@ fn check_schedule(
         Some((SettingValue::Single(n), _)) => cx.whole(n, "the number of stages", 1),
         _ => Some(1),
     };
-    if let (Some(e), Some(m)) = (epochs, stages) {
-        if m > e {
-            let span = values.get("stages").map_or(name_span, |v| v.1);
-            cx.push(
-                Diagnostic::error(
-                    "effnet::schedule_value",
-                    format!("{m} stages do not fit in {e} epochs"),
-                    span,
-                )
-                .help("each stage needs at least one epoch"),
-            );
-            ok = false;
-        }
+    if let (Some(e), Some(m)) = (epochs, stages)
+        && m > e
+    {
+        let span = values.get("stages").map_or(name_span, |v| v.1);
+        cx.push(
+            Diagnostic::error(
+                "effnet::schedule_value",
+                format!("{m} stages do not fit in {e} epochs"),
+                span,
+            )
+            .help("each stage needs at least one epoch"),
+        );
+        ok = false;
     }
     let m = stages.unwrap_or(1);
     let ranged = |key: &str,

@@ -6,6 +6,8 @@
 pub mod analysis;
 pub mod check;
 pub mod diagnostic;
+pub mod format;
+pub mod import;
 pub mod ir;
 pub mod lower;
 
@@ -31,12 +33,16 @@ impl Compiled {
     /// The network named `name`, or the only one when `name` is `None`.
     pub fn network(&self, name: Option<&str>) -> Result<&ir::Network, String> {
         match name {
-            Some(n) => self.networks.iter().find(|net| net.name == n).ok_or_else(|| {
-                format!(
-                    "no model named `{n}`; the file defines {}",
-                    self.model_names()
-                )
-            }),
+            Some(n) => self
+                .networks
+                .iter()
+                .find(|net| net.name == n)
+                .ok_or_else(|| {
+                    format!(
+                        "no model named `{n}`; the file defines {}",
+                        self.model_names()
+                    )
+                }),
             None => match self.networks.as_slice() {
                 [one] => Ok(one),
                 [] => Err("the file defines no model".into()),

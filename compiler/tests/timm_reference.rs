@@ -23,7 +23,11 @@ fn bundled() -> HashMap<String, Network> {
             let compiled = compile(&text).unwrap_or_else(|d| {
                 panic!(
                     "{}",
-                    render(&SourceFile::new(path.display().to_string(), text.clone()), &d, false)
+                    render(
+                        &SourceFile::new(path.display().to_string(), text.clone()),
+                        &d,
+                        false
+                    )
                 )
             });
             for n in compiled.networks {
@@ -39,10 +43,14 @@ fn references() -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("tests/reference/timm exists") {
         let path = entry.expect("readable dir entry").path();
-        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_string();
         if path.extension().is_some_and(|e| e == "json") && name != "arch_defs" {
-            let v: Value =
-                serde_json::from_str(&std::fs::read_to_string(&path).expect("readable")).expect("json");
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("readable"))
+                .expect("json");
             out.push((name, v));
         }
     }
@@ -54,7 +62,11 @@ fn references() -> Vec<(String, Value)> {
 fn every_reference_model_is_bundled_and_matches_timm() {
     let nets = bundled();
     let refs = references();
-    assert!(refs.len() >= 23, "expected the timm reference files, found {}", refs.len());
+    assert!(
+        refs.len() >= 23,
+        "expected the timm reference files, found {}",
+        refs.len()
+    );
     let mut failures = Vec::new();
     for (name, r) in &refs {
         let Some(net) = nets.get(name) else {
@@ -63,7 +75,10 @@ fn every_reference_model_is_bundled_and_matches_timm() {
         };
         let params = r["params"].as_u64().expect("params") as usize;
         if net.param_count() != params {
-            failures.push(format!("{name}: {} params, timm {params}", net.param_count()));
+            failures.push(format!(
+                "{name}: {} params, timm {params}",
+                net.param_count()
+            ));
         }
         let theirs: Vec<(String, Vec<usize>)> = r["tensors"]
             .as_array()
@@ -79,8 +94,11 @@ fn every_reference_model_is_bundled_and_matches_timm() {
                 (t[0].as_str().expect("name").to_string(), shape)
             })
             .collect();
-        let ours: Vec<(String, Vec<usize>)> =
-            net.tensors().into_iter().map(|t| (t.name, t.shape)).collect();
+        let ours: Vec<(String, Vec<usize>)> = net
+            .tensors()
+            .into_iter()
+            .map(|t| (t.name, t.shape))
+            .collect();
         if ours != theirs {
             let first = ours
                 .iter()
@@ -124,7 +142,10 @@ fn every_reference_model_is_bundled_and_matches_timm() {
             .unwrap_or(&cfg["input_size"]);
         let eval = eval[1].as_u64().expect("size") as usize;
         if net.resolution != eval {
-            failures.push(format!("{name}: eval resolution {} vs timm {eval}", net.resolution));
+            failures.push(format!(
+                "{name}: eval resolution {} vs timm {eval}",
+                net.resolution
+            ));
         }
         let mean: Vec<f64> = cfg["mean"]
             .as_array()
@@ -137,7 +158,11 @@ fn every_reference_model_is_bundled_and_matches_timm() {
             failures.push(format!("{name}: mean {ours_mean:?} vs timm {mean:?}"));
         }
     }
-    assert!(failures.is_empty(), "mismatches with timm:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "mismatches with timm:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]

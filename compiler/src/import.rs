@@ -1,0 +1,746 @@
+//! Importers: a `.effnet` model from timm's `arch_def` block strings or from automl's
+//! (`efficientnetv2/effnetv2_model.py`, `BlockDecoder`) block strings.
+//!
+//! Both return formatted `.effnet` text with one `stage` line per block string, each carrying the
+//! block string it came from as a trailing comment. The text is not checked here: compile it with
+//! [`crate::compile`] (the `effnet import` command does).
+//!
+//! timm block strings (`_decode_block_str`): `TYPE_rN_kN_sN_eF_cN[_seF][_noskip|_skip][_nXX]`.
+//!
+//! | timm | stage |
+//! |---|---|
+//! | `cn` | `conv` (with `skip` when the string has `skip`; `e` is ignored, as timm does) |
+//! | `er` | `fused`, or `edge` when `e1` (timm's EdgeResidual keeps both convs at e1, while our `fused e1` is a single conv) |
+//! | `ir` | `mbconv` |
+//! | `ds` | `ds` (`e` is ignored, as timm does) |
+//!
+//! `nre`, `nr6`, `nhs`, `nsw` become `act relu`, `act relu6`, `act hard_swish`, `act silu`;
+//! `a1` / `p1` (1x1 expansion / projection kernels) are accepted, other sizes are not. A stage
+//! of timm's `arch_def` holding several block strings is an error: timm numbers those blocks
+//! within one stage (`blocks.3.0`, `blocks.3.1`, ...), which `stage` lines cannot reproduce, so
+//! parameter names would not match timm's.
+//!
+//! automl block strings: `rN_kN_sN_eN_iN_oN[_cN][_seF][_noskip]`, with `s11`/`s22` (automl V1)
+//! or `s1`/`s2` (V2). `c1` is Fused-MBConv (`fused`; automl's `e1` fused block is one conv,
+//! which is exactly our `fused e1`), `c0` (or no `c`) MBConv: `mbconv`, or `ds` when `e1`
+//! (automl's MBConv without an expansion conv is a depthwise-separable block). Each block's `i`
+//! must equal the previous block's `o`; the first block's `i` is the stem width unless the options
+//! say otherwise.
+
+use crate::format::format_source;
+
+/// TensorFlow `same` or PyTorch symmetric padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Padding {
+    #[default]
+    Symmetric,
+    Same,
+}
+
+impl Padding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Padding::Symmetric => "symmetric",
+            Padding::Same => "same",
+        }
+    }
+}
+
+/// What the block strings do not say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportOptions {
+    /// Stem output channels. `None`: 32 for timm, the first block's `i` for automl.
+    pub stem: Option<usize>,
+    /// Head channels (a 1x1 conv); `None` for `head none`.
+    pub head: Option<usize>,
+    pub width: f64,
+    pub depth: f64,
+    pub classes: usize,
+    pub padding: Padding,
+    /// BatchNorm epsilon (timm's native models 1e-5, the `tf_` ones 1e-3).
+    pub bn_eps: f64,
+    /// timm's `round_limit` for channel rounding: 0.9, or 0 for the automl-exact B-series.
+    pub round_limit: f64,
+    /// Evaluation resolution.
+    pub resolution: usize,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            stem: None,
+            head: Some(1280),
+            width: 1.0,
+            depth: 1.0,
+            classes: 1000,
+            padding: Padding::Symmetric,
+            bn_eps: 1e-5,
+            round_limit: 0.9,
+            resolution: 224,
+        }
+    }
+}
+
+const TIMM_TYPES: &str = "cn, er, ir, ds";
+const TIMM_KEYS: &str = "r (repeats), k (kernel), s (stride), e (expansion), c (channels), \
+se (SE ratio), a1 / p1 (1x1 expansion / projection kernel), noskip, skip, \
+nre / nr6 / nhs / nsw (activation)";
+const AUTOML_KEYS: &str = "r (repeats), k (kernel), s (stride: s1, s2, s11, s22), e (expansion), \
+i (input filters), o (output filters), c (conv type: 0 MBConv, 1 Fused-MBConv), se (SE ratio), noskip";
+
+/// Why block strings could not be imported.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read the block list: {0}")]
+    Syntax(String),
+    #[error("no block strings given")]
+    Empty,
+    #[error("block `{block}`: unknown block type `{kind}`; the importable types are {known}")]
+    UnknownBlockType {
+        block: String,
+        kind: String,
+        known: &'static str,
+    },
+    #[error("block `{block}`: unknown key `{token}`; the known keys are {known}")]
+    UnknownKey {
+        block: String,
+        token: String,
+        known: &'static str,
+    },
+    #[error("block `{block}`: `{key}` is missing ({what})")]
+    MissingKey {
+        block: String,
+        key: &'static str,
+        what: &'static str,
+    },
+    #[error("block `{block}`: `{token}`: {reason}")]
+    BadValue {
+        block: String,
+        token: String,
+        reason: String,
+    },
+    #[error(
+        "stage {stage} holds {} block strings ({}): timm numbers them as one stage \
+         (`blocks.{stage}.0`, `blocks.{stage}.1`, ...), which `stage` lines cannot reproduce; \
+         give one block string per stage",
+        blocks.len(),
+        blocks.join(", ")
+    )]
+    MultiBlockStage { stage: usize, blocks: Vec<String> },
+    #[error(
+        "block `{block}` takes {found} input filters (`i{found}`), but the block before it \
+         outputs {expected} (`o{expected}`)"
+    )]
+    Chaining {
+        block: String,
+        expected: usize,
+        found: usize,
+    },
+    #[error(
+        "`{0}` cannot be a model name: use letters, digits and `_`, not starting with a digit, and not a keyword"
+    )]
+    BadName(String),
+    #[error("{0}")]
+    BadOption(String),
+    #[error("internal error: the generated text does not parse: {0}")]
+    Internal(String),
+}
+
+/// One stage, decoded.
+#[derive(Debug, Clone, PartialEq)]
+struct StageLine {
+    kind: &'static str,
+    kernel: usize,
+    expansion: Option<f64>,
+    stride: usize,
+    channels: usize,
+    repeats: usize,
+    se: Option<f64>,
+    /// `Some(true)`: `skip`, `Some(false)`: `noskip`.
+    skip: Option<bool>,
+    act: Option<&'static str>,
+    /// The block string, for the trailing comment.
+    source: String,
+}
+
+/// Import timm's `arch_def`: the Python list of lists of block strings as written in timm's
+/// source (`[['cn_r2_k3_s1_e1_c24_skip'], ['er_r4_k3_s2_e4_c48'], ...]`), or a flat list of
+/// block strings (one per stage) separated by whitespace or commas.
+pub fn import_timm(
+    name: &str,
+    arch_def: &str,
+    opts: &ImportOptions,
+) -> Result<String, ImportError> {
+    check_name(name)?;
+    let groups = parse_list(arch_def)?;
+    let mut stages = Vec::new();
+    for (i, group) in groups.into_iter().enumerate() {
+        match <[String; 1]>::try_from(group) {
+            Ok([block]) => stages.push(decode_timm(&block)?),
+            Err(blocks) => {
+                return Err(ImportError::MultiBlockStage { stage: i, blocks });
+            }
+        }
+    }
+    if stages.is_empty() {
+        return Err(ImportError::Empty);
+    }
+    let stem = opts.stem.unwrap_or(32);
+    render_model(name, "timm", "effnet import timm", stem, &stages, opts)
+}
+
+/// Import automl's block strings (`r1_k3_s1_e1_i24_o24_c1`, ...), one per stage, as a Python
+/// list or separated by whitespace or commas.
+pub fn import_automl(
+    name: &str,
+    blocks: &str,
+    opts: &ImportOptions,
+) -> Result<String, ImportError> {
+    check_name(name)?;
+    let groups = parse_list(blocks)?;
+    let mut stages = Vec::new();
+    let mut first_in = None;
+    let mut prev_out: Option<usize> = None;
+    for group in groups {
+        for block in group {
+            let (stage, input) = decode_automl(&block)?;
+            if let Some(expected) = prev_out
+                && input != expected
+            {
+                return Err(ImportError::Chaining {
+                    block,
+                    expected,
+                    found: input,
+                });
+            }
+            first_in.get_or_insert(input);
+            prev_out = Some(stage.channels);
+            stages.push(stage);
+        }
+    }
+    let Some(first_in) = first_in else {
+        return Err(ImportError::Empty);
+    };
+    let stem = opts.stem.unwrap_or(first_in);
+    render_model(name, "automl", "effnet import automl", stem, &stages, opts)
+}
+
+fn check_name(name: &str) -> Result<(), ImportError> {
+    let mut chars = name.chars();
+    let ok_start = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let ok_rest = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let keyword = matches!(
+        name,
+        "model" | "schedule" | "scaled" | "stage" | "stem" | "head"
+    );
+    if ok_start && ok_rest && !keyword {
+        Ok(())
+    } else {
+        Err(ImportError::BadName(name.to_string()))
+    }
+}
+
+/// The block strings, grouped by stage: `[['a'], ['b', 'c']]` gives two groups, `['a', 'b']` and
+/// `a b` / `a, b` one group per string. `#` comments (Python) are skipped.
+fn parse_list(text: &str) -> Result<Vec<Vec<String>>, ImportError> {
+    if !text.contains('[') {
+        let groups: Vec<Vec<String>> = text
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .map(|t| t.trim_matches(|c| c == '\'' || c == '"'))
+            .filter(|t| !t.is_empty())
+            .map(|t| vec![t.to_string()])
+            .collect();
+        if groups.is_empty() {
+            return Err(ImportError::Empty);
+        }
+        return Ok(groups);
+    }
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let mut depth = 0usize;
+    let mut closed_outer = false;
+    let mut chars = text.char_indices().peekable();
+    while let Some((pos, c)) = chars.next() {
+        match c {
+            '#' => {
+                while chars.peek().is_some_and(|(_, c)| *c != '\n') {
+                    chars.next();
+                }
+            }
+            '[' => {
+                if closed_outer {
+                    return Err(ImportError::Syntax(format!(
+                        "unexpected `[` at byte {pos} after the closing `]`"
+                    )));
+                }
+                depth += 1;
+                if depth > 2 {
+                    return Err(ImportError::Syntax(format!(
+                        "lists nested more than two deep at byte {pos}"
+                    )));
+                }
+            }
+            ']' => {
+                match depth {
+                    0 => {
+                        return Err(ImportError::Syntax(format!("unmatched `]` at byte {pos}")));
+                    }
+                    2 => groups.push(std::mem::take(&mut current)),
+                    _ => closed_outer = true,
+                }
+                depth -= 1;
+            }
+            c if c.is_whitespace() || c == ',' => {}
+            _ => {
+                // A quoted string, or a bare word.
+                let word = if c == '\'' || c == '"' {
+                    let mut s = String::new();
+                    let mut closed = false;
+                    for (_, d) in chars.by_ref() {
+                        if d == c {
+                            closed = true;
+                            break;
+                        }
+                        s.push(d);
+                    }
+                    if !closed {
+                        return Err(ImportError::Syntax(format!(
+                            "unterminated string starting at byte {pos}"
+                        )));
+                    }
+                    s
+                } else if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
+                    let mut s = c.to_string();
+                    while let Some((_, d)) = chars.peek() {
+                        if d.is_ascii_alphanumeric() || *d == '_' || *d == '.' {
+                            s.push(*d);
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    s
+                } else {
+                    return Err(ImportError::Syntax(format!(
+                        "unexpected `{c}` at byte {pos}; expected block strings in a Python list"
+                    )));
+                };
+                match depth {
+                    0 => {
+                        return Err(ImportError::Syntax(format!("`{word}` is outside the list")));
+                    }
+                    1 => groups.push(vec![word]),
+                    _ => current.push(word),
+                }
+            }
+        }
+    }
+    if depth != 0 {
+        return Err(ImportError::Syntax("a `[` is never closed".to_string()));
+    }
+    if let Some((i, _)) = groups.iter().enumerate().find(|(_, g)| g.is_empty()) {
+        return Err(ImportError::Syntax(format!("stage {i} is an empty list")));
+    }
+    if groups.is_empty() {
+        return Err(ImportError::Empty);
+    }
+    Ok(groups)
+}
+
+/// `k3` -> ("k", "3"): the key is everything before the first digit.
+fn split_token(token: &str) -> (&str, &str) {
+    let at = token
+        .find(|c: char| c.is_ascii_digit())
+        .unwrap_or(token.len());
+    token.split_at(at)
+}
+
+fn bad(block: &str, token: &str, reason: impl Into<String>) -> ImportError {
+    ImportError::BadValue {
+        block: block.to_string(),
+        token: token.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn whole(block: &str, token: &str, value: &str, what: &str) -> Result<usize, ImportError> {
+    match value.parse::<usize>() {
+        Ok(v) if v >= 1 => Ok(v),
+        _ => Err(bad(
+            block,
+            token,
+            format!("{what} must be a whole number of at least 1, not `{value}`"),
+        )),
+    }
+}
+
+fn ratio(block: &str, token: &str, value: &str, what: &str) -> Result<f64, ImportError> {
+    match value.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(bad(
+            block,
+            token,
+            format!("{what} must be a positive number, not `{value}`"),
+        )),
+    }
+}
+
+/// The key/value tokens of a block string, in order, with duplicates refused.
+struct Fields<'a> {
+    block: &'a str,
+    values: Vec<(&'a str, &'a str, &'a str)>,
+}
+
+impl<'a> Fields<'a> {
+    fn push(&mut self, key: &'a str, value: &'a str, token: &'a str) -> Result<(), ImportError> {
+        if self.values.iter().any(|(k, _, _)| *k == key) {
+            return Err(bad(self.block, token, format!("`{key}` is given twice")));
+        }
+        self.values.push((key, value, token));
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Option<(&'a str, &'a str)> {
+        self.values
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, v, t)| (*v, *t))
+    }
+
+    fn require(
+        &self,
+        key: &'static str,
+        what: &'static str,
+    ) -> Result<(&'a str, &'a str), ImportError> {
+        self.get(key).ok_or_else(|| ImportError::MissingKey {
+            block: self.block.to_string(),
+            key,
+            what,
+        })
+    }
+}
+
+fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
+    let mut tokens = block.split('_');
+    let block_type = tokens.next().unwrap_or("");
+    let kind = match block_type {
+        "cn" | "er" | "ir" | "ds" => block_type,
+        _ => {
+            return Err(ImportError::UnknownBlockType {
+                block: block.to_string(),
+                kind: block_type.to_string(),
+                known: TIMM_TYPES,
+            });
+        }
+    };
+    let unknown = |token: &str| ImportError::UnknownKey {
+        block: block.to_string(),
+        token: token.to_string(),
+        known: TIMM_KEYS,
+    };
+    let mut fields = Fields {
+        block,
+        values: Vec::new(),
+    };
+    let mut skip = None;
+    let mut act = None;
+    for token in tokens {
+        match token {
+            "noskip" => skip = Some(false),
+            "skip" => skip = Some(true),
+            _ if token.starts_with('n') => {
+                act = Some(match &token[1..] {
+                    "re" => "relu",
+                    "r6" => "relu6",
+                    "hs" => "hard_swish",
+                    "sw" => "silu",
+                    _ => return Err(unknown(token)),
+                });
+            }
+            _ => {
+                let (key, value) = split_token(token);
+                if value.is_empty()
+                    || !matches!(key, "r" | "k" | "a" | "p" | "s" | "e" | "c" | "se")
+                {
+                    return Err(unknown(token));
+                }
+                fields.push(key, value, token)?;
+            }
+        }
+    }
+    let (v, t) = fields.require("r", "the number of repeats, like `r2`")?;
+    let repeats = whole(block, t, v, "the number of repeats")?;
+    let (v, t) = fields.require("k", "the kernel size, like `k3`")?;
+    let kernel = whole(
+        block,
+        t,
+        v,
+        "the kernel size (mixed kernels like `k3.5` are not supported)",
+    )?;
+    let (v, t) = fields.require("s", "the stride, like `s2`")?;
+    if v.len() != 1 {
+        return Err(bad(
+            block,
+            t,
+            "timm strides are one digit (`s1`, `s2`); `s22` is automl's notation",
+        ));
+    }
+    let stride = whole(block, t, v, "the stride")?;
+    let (v, t) = fields.require("c", "the output channels, like `c24`")?;
+    let channels = whole(block, t, v, "the channel count")?;
+    for key in ["a", "p"] {
+        if let Some((v, t)) = fields.get(key)
+            && v != "1"
+        {
+            return Err(bad(
+                block,
+                t,
+                "only 1x1 expansion / projection kernels (`a1`, `p1`) can be imported",
+            ));
+        }
+    }
+    let se = match fields.get("se") {
+        Some((v, t)) => Some(ratio(block, t, v, "the SE ratio")?),
+        None => None,
+    };
+    let expansion = match kind {
+        "er" | "ir" => {
+            let (v, t) = fields.require("e", "the expansion ratio, like `e4`")?;
+            Some(ratio(block, t, v, "the expansion ratio")?)
+        }
+        // timm's ConvBnAct and DepthwiseSeparableConv have no expansion: `e` is ignored.
+        _ => None,
+    };
+    let (kind, skip) = match kind {
+        // `cn` has a residual only when asked for; `noskip` is its default.
+        "cn" => ("conv", (skip == Some(true)).then_some(true)),
+        // For the others `skip` is timm's default rule (stride 1, equal channels).
+        "er" if expansion == Some(1.0) => ("edge", skip.filter(|s| !s)),
+        "er" => ("fused", skip.filter(|s| !s)),
+        "ir" => ("mbconv", skip.filter(|s| !s)),
+        _ => ("ds", skip.filter(|s| !s)),
+    };
+    Ok(StageLine {
+        kind,
+        kernel,
+        expansion,
+        stride,
+        channels,
+        repeats,
+        se,
+        skip,
+        act,
+        source: format!("timm {block}"),
+    })
+}
+
+/// A stage and the block's input filters.
+fn decode_automl(block: &str) -> Result<(StageLine, usize), ImportError> {
+    let mut fields = Fields {
+        block,
+        values: Vec::new(),
+    };
+    let mut noskip = false;
+    for token in block.split('_') {
+        if token == "noskip" {
+            noskip = true;
+            continue;
+        }
+        let (key, value) = split_token(token);
+        if value.is_empty() || !matches!(key, "r" | "k" | "s" | "e" | "i" | "o" | "c" | "se") {
+            return Err(ImportError::UnknownKey {
+                block: block.to_string(),
+                token: token.to_string(),
+                known: AUTOML_KEYS,
+            });
+        }
+        fields.push(key, value, token)?;
+    }
+    let (v, t) = fields.require("r", "the number of repeats, like `r2`")?;
+    let repeats = whole(block, t, v, "the number of repeats")?;
+    let (v, t) = fields.require("k", "the kernel size, like `k3`")?;
+    let kernel = whole(block, t, v, "the kernel size")?;
+    let (v, t) = fields.require("s", "the stride, like `s2` or `s22`")?;
+    let stride_text = match v.as_bytes() {
+        [a] => Some(*a),
+        [a, b] if a == b => Some(*a),
+        _ => None,
+    };
+    let stride = match stride_text {
+        Some(d) if d.is_ascii_digit() && d != b'0' => usize::from(d - b'0'),
+        _ => {
+            return Err(bad(
+                block,
+                t,
+                "the stride must be one digit or two equal digits (`s1`, `s2`, `s11`, `s22`)",
+            ));
+        }
+    };
+    let (v, t) = fields.require("e", "the expansion ratio, like `e4`")?;
+    let expansion = ratio(block, t, v, "the expansion ratio")?;
+    let (v, t) = fields.require("i", "the input filters, like `i24`")?;
+    let input = whole(block, t, v, "the input filter count")?;
+    let (v, t) = fields.require("o", "the output filters, like `o48`")?;
+    let channels = whole(block, t, v, "the output filter count")?;
+    let fused = match fields.get("c") {
+        None | Some(("0", _)) => false,
+        Some(("1", _)) => true,
+        Some((_, t)) => {
+            return Err(bad(
+                block,
+                t,
+                "the conv type must be `c0` (MBConv) or `c1` (Fused-MBConv)",
+            ));
+        }
+    };
+    let se = match fields.get("se") {
+        Some((v, t)) => Some(ratio(block, t, v, "the SE ratio")?),
+        None => None,
+    };
+    let (kind, expansion) = match (fused, expansion == 1.0) {
+        (true, _) => ("fused", Some(expansion)),
+        (false, true) => ("ds", None),
+        (false, false) => ("mbconv", Some(expansion)),
+    };
+    let stage = StageLine {
+        kind,
+        kernel,
+        expansion,
+        stride,
+        channels,
+        repeats,
+        se,
+        skip: noskip.then_some(false),
+        act: None,
+        source: format!("automl {block}"),
+    };
+    Ok((stage, input))
+}
+
+/// A number as the language writes it: `4`, `0.25`, `1e-5`.
+fn num(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-2 {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// A multiplier, always with a decimal point: `1.0`, `1.2`.
+fn multiplier(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e9 {
+        format!("{v:.1}")
+    } else {
+        num(v)
+    }
+}
+
+fn check_options(opts: &ImportOptions, stem: usize) -> Result<(), ImportError> {
+    let positive = |v: f64, what: &str| {
+        if v.is_finite() && v > 0.0 {
+            Ok(())
+        } else {
+            Err(ImportError::BadOption(format!(
+                "the {what} must be a positive number, not {v}"
+            )))
+        }
+    };
+    positive(opts.width, "width multiplier")?;
+    positive(opts.depth, "depth multiplier")?;
+    if !(opts.bn_eps.is_finite() && opts.bn_eps > 0.0 && opts.bn_eps < 1.0) {
+        return Err(ImportError::BadOption(format!(
+            "the BatchNorm eps must be in (0, 1), not {}",
+            opts.bn_eps
+        )));
+    }
+    if !(0.0..=1.0).contains(&opts.round_limit) {
+        return Err(ImportError::BadOption(format!(
+            "the round limit must be in [0, 1], not {}",
+            opts.round_limit
+        )));
+    }
+    for (v, what) in [
+        (stem, "stem width"),
+        (opts.classes, "number of classes"),
+        (opts.resolution, "resolution"),
+    ] {
+        if v == 0 {
+            return Err(ImportError::BadOption(format!(
+                "the {what} must be at least 1"
+            )));
+        }
+    }
+    if opts.head == Some(0) {
+        return Err(ImportError::BadOption(
+            "the head width must be at least 1 (no head is `None`)".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+fn render_model(
+    name: &str,
+    from: &str,
+    command: &str,
+    stem: usize,
+    stages: &[StageLine],
+    opts: &ImportOptions,
+) -> Result<String, ImportError> {
+    check_options(opts, stem)?;
+    let mut s = String::new();
+    s.push_str(&format!(
+        "/// Imported from {from} block strings by `{command}`.\n"
+    ));
+    s.push_str(&format!("model {name} {{\n"));
+    s.push_str(&format!("input 3 x {}\n", opts.resolution));
+    s.push_str(&format!("classes {}\n", opts.classes));
+    s.push_str("activation silu\n");
+    s.push_str(&format!(
+        "norm batch(eps = {}, momentum = 0.1)\n",
+        num(opts.bn_eps)
+    ));
+    s.push_str(&format!("padding {}\n", opts.padding.name()));
+    s.push_str(&format!(
+        "round channels(divisor = 8, limit = {})\n",
+        num(opts.round_limit)
+    ));
+    if opts.width != 1.0 || opts.depth != 1.0 {
+        s.push_str(&format!(
+            "scale width {} depth {}\n",
+            multiplier(opts.width),
+            multiplier(opts.depth)
+        ));
+    }
+    s.push('\n');
+    s.push_str(&format!("stem conv k3 s2 -> {stem}\n"));
+    for st in stages {
+        let mut line = format!("stage {} k{}", st.kind, st.kernel);
+        if let Some(e) = st.expansion {
+            line.push_str(&format!(" e{}", num(e)));
+        }
+        line.push_str(&format!(
+            " s{} -> {} x{}",
+            st.stride, st.channels, st.repeats
+        ));
+        if let Some(r) = st.se {
+            line.push_str(&format!(" se {}", num(r)));
+        }
+        match st.skip {
+            Some(true) => line.push_str(" skip"),
+            Some(false) => line.push_str(" noskip"),
+            None => {}
+        }
+        if let Some(a) = st.act {
+            line.push_str(&format!(" act {a}"));
+        }
+        s.push_str(&format!("{line} // {}\n", st.source));
+    }
+    match opts.head {
+        Some(h) => s.push_str(&format!("head conv k1 -> {h}\n")),
+        None => s.push_str("head none\n"),
+    }
+    s.push_str("}\n");
+    format_source(&s).map_err(|e| ImportError::Internal(format!("{} ({})", e.message, e.found)))
+}

@@ -1,0 +1,497 @@
+//! Importers: timm's arch_defs and automl's block strings give the networks timm builds
+//! (parameter counts from timm 1.0.31), and bad block strings give clear errors.
+
+use std::path::Path;
+
+use effnet_compiler::compile;
+use effnet_compiler::format::format_source;
+use effnet_compiler::import::{ImportError, ImportOptions, Padding, import_automl, import_timm};
+
+/// Compile imported text and return its parameter count.
+fn params(text: &str) -> usize {
+    let compiled = compile(text).unwrap_or_else(|d| panic!("does not compile: {d:#?}\n{text}"));
+    compiled.network(None).expect("one model").param_count()
+}
+
+/// timm's `arch_def` written as the Python literal in timm's source, from
+/// `tests/reference/timm/arch_defs.json` (generated with timm).
+fn timm_arch_def(model: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/timm/arch_defs.json");
+    let text = std::fs::read_to_string(&path).expect("arch_defs.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let stages = json["models"][model]["arch_def"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no arch_def for {model}"));
+    let stages: Vec<String> = stages
+        .iter()
+        .map(|s| {
+            let blocks: Vec<String> = s
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|b| format!("'{}'", b.as_str().expect("a string")))
+                .collect();
+            format!("[{}]", blocks.join(", "))
+        })
+        .collect();
+    format!("[\n    {},\n]", stages.join(",\n    "))
+}
+
+struct Case {
+    model: &'static str,
+    stem: usize,
+    head: usize,
+    width: f64,
+    depth: f64,
+    round_limit: f64,
+    tf: bool,
+    params: usize,
+}
+
+const fn case(model: &'static str, stem: usize, head: usize, params: usize) -> Case {
+    Case {
+        model,
+        stem,
+        head,
+        width: 1.0,
+        depth: 1.0,
+        round_limit: 0.9,
+        tf: false,
+        params,
+    }
+}
+
+const fn scaled(mut c: Case, width: f64, depth: f64) -> Case {
+    c.width = width;
+    c.depth = depth;
+    c
+}
+
+const fn tf_b(mut c: Case) -> Case {
+    c.round_limit = 0.0;
+    c.tf = true;
+    c
+}
+
+const CASES: &[Case] = &[
+    case("efficientnetv2_s", 24, 1280, 21_458_488),
+    case("efficientnetv2_m", 24, 1280, 54_139_356),
+    case("efficientnetv2_l", 32, 1280, 118_515_272),
+    case("efficientnetv2_xl", 32, 1280, 208_119_808),
+    case("efficientnetv2_rw_s", 24, 1792, 23_941_296),
+    scaled(case("efficientnetv2_rw_t", 24, 1280, 13_649_388), 0.8, 0.9),
+    tf_b(case("tf_efficientnetv2_b0", 32, 1280, 7_139_704)),
+    tf_b(scaled(
+        case("tf_efficientnetv2_b1", 32, 1280, 8_141_052),
+        1.0,
+        1.1,
+    )),
+    tf_b(scaled(
+        case("tf_efficientnetv2_b2", 32, 1280, 10_096_086),
+        1.1,
+        1.2,
+    )),
+    tf_b(scaled(
+        case("tf_efficientnetv2_b3", 32, 1280, 14_358_406),
+        1.2,
+        1.4,
+    )),
+    case("efficientnet_b0", 32, 1280, 5_288_548),
+    scaled(case("efficientnet_b1", 32, 1280, 7_794_184), 1.0, 1.1),
+    scaled(case("efficientnet_b2", 32, 1280, 9_109_994), 1.1, 1.2),
+    scaled(case("efficientnet_b3", 32, 1280, 12_233_232), 1.2, 1.4),
+    scaled(case("efficientnet_b4", 32, 1280, 19_341_616), 1.4, 1.8),
+    scaled(case("efficientnet_b5", 32, 1280, 30_389_784), 1.6, 2.2),
+    scaled(case("efficientnet_b6", 32, 1280, 43_040_704), 1.8, 2.6),
+    scaled(case("efficientnet_b7", 32, 1280, 66_347_960), 2.0, 3.1),
+];
+
+fn options(c: &Case) -> ImportOptions {
+    ImportOptions {
+        stem: Some(c.stem),
+        head: Some(c.head),
+        width: c.width,
+        depth: c.depth,
+        round_limit: c.round_limit,
+        padding: if c.tf {
+            Padding::Same
+        } else {
+            Padding::Symmetric
+        },
+        bn_eps: if c.tf { 1e-3 } else { 1e-5 },
+        ..ImportOptions::default()
+    }
+}
+
+#[test]
+fn timm_arch_defs_give_timms_parameter_counts() {
+    let mut wrong = Vec::new();
+    for c in CASES {
+        let arch_def = timm_arch_def(c.model);
+        let text = import_timm(c.model, &arch_def, &options(c))
+            .unwrap_or_else(|e| panic!("{}: {e}", c.model));
+        // The output is formatted, and names the model as asked.
+        assert_eq!(format_source(&text).expect("parses"), text, "{}", c.model);
+        assert!(text.contains(&format!("model {} {{", c.model)), "{text}");
+        let n = params(&text);
+        if n != c.params {
+            wrong.push(format!(
+                "{}: {n} parameters, timm has {}\n{text}",
+                c.model, c.params
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The arch_def of efficientnetv2_s as written in timm's `_gen_efficientnetv2_s`, comments included.
+const V2_S_SOURCE: &str = r#"[
+        ['cn_r2_k3_s1_e1_c24_skip'],
+        ['er_r4_k3_s2_e4_c48'],
+        ['er_r4_k3_s2_e4_c64'],
+        ['ir_r6_k3_s2_e4_c128_se0.25'],
+        ['ir_r9_k3_s1_e6_c160_se0.25'],
+        ['ir_r15_k3_s2_e6_c256_se0.25'],  # the last stage
+    ]"#;
+
+#[test]
+fn timm_efficientnetv2_s_output() {
+    let opts = ImportOptions {
+        stem: Some(24),
+        resolution: 384,
+        ..ImportOptions::default()
+    };
+    let text = import_timm("efficientnetv2_s", V2_S_SOURCE, &opts).expect("imports");
+    let expected = "/// Imported from timm block strings by `effnet import timm`.
+model efficientnetv2_s {
+    input 3 x 384
+    classes 1000
+    activation silu
+    norm batch(eps = 1e-5, momentum = 0.1)
+    padding symmetric
+    round channels(divisor = 8, limit = 0.9)
+
+    stem conv k3 s2 -> 24
+    stage conv   k3 s1 -> 24  x2  skip     // timm cn_r2_k3_s1_e1_c24_skip
+    stage fused  k3 e4 s2 -> 48  x4        // timm er_r4_k3_s2_e4_c48
+    stage fused  k3 e4 s2 -> 64  x4        // timm er_r4_k3_s2_e4_c64
+    stage mbconv k3 e4 s2 -> 128 x6  se 0.25  // timm ir_r6_k3_s2_e4_c128_se0.25
+    stage mbconv k3 e6 s1 -> 160 x9  se 0.25  // timm ir_r9_k3_s1_e6_c160_se0.25
+    stage mbconv k3 e6 s2 -> 256 x15 se 0.25  // timm ir_r15_k3_s2_e6_c256_se0.25
+    head conv k1 -> 1280
+}
+";
+    // Trailing comments of a run are aligned; compute rather than hand-count the padding.
+    let normalize = |s: &str| -> Vec<String> {
+        s.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    assert_eq!(normalize(&text), normalize(expected), "got:\n{text}");
+    let comment_cols: Vec<usize> = text.lines().filter_map(|l| l.find("// timm")).collect();
+    assert_eq!(comment_cols.len(), 6);
+    assert!(comment_cols.windows(2).all(|w| w[0] == w[1]), "{text}");
+    assert_eq!(params(&text), 21_458_488);
+
+    // The same network as the bundled spec, block for block.
+    let spec = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/efficientnetv2_s.effnet"),
+    )
+    .expect("spec");
+    let spec = compile(&spec).expect("spec compiles");
+    let spec_net = spec.network(Some("efficientnetv2_s")).expect("model");
+    let imported = compile(&text).expect("compiles");
+    let net = imported.network(None).expect("model");
+    assert_eq!(
+        serde_json::to_value(net.tensors()).expect("json"),
+        serde_json::to_value(spec_net.tensors()).expect("json")
+    );
+}
+
+#[test]
+fn timm_flat_lists_and_block_kinds() {
+    // One block string per stage, separated by spaces or commas, quoted or not.
+    let flat =
+        "ds_r1_k3_s1_e1_c16_se0.25, 'ir_r2_k3_s2_e6_c24_se0.25' \"ir_r2_k5_s2_e6_c40_se0.25\"
+        ir_r3_k3_s2_e6_c80_se0.25 ir_r3_k5_s1_e6_c112_se0.25 ir_r4_k5_s2_e6_c192_se0.25
+        ir_r1_k3_s1_e6_c320_se0.25";
+    let opts = ImportOptions {
+        stem: Some(32),
+        ..ImportOptions::default()
+    };
+    let text = import_timm("efficientnet_b0", flat, &opts).expect("imports");
+    assert!(
+        text.contains("stage ds     k3 s1 -> 16  x1  se 0.25"),
+        "{text}"
+    );
+    assert_eq!(params(&text), 5_288_548);
+
+    // `er` with e1 is timm's EdgeResidual (two convs): `edge`, not `fused e1`.
+    let text = import_timm(
+        "rw",
+        "er_r2_k3_s1_e1_c24 er_r1_k3_s2_e4_c48_noskip ir_r1_k3_s1_e4_c48_nre ds_r1_k3_s1_e1_c48_noskip_nhs",
+        &opts,
+    )
+    .expect("imports");
+    assert!(text.contains("stage edge   k3 e1 s1 -> 24  x2 "), "{text}");
+    assert!(
+        text.contains("stage fused  k3 e4 s2 -> 48  x1  noskip "),
+        "{text}"
+    );
+    assert!(
+        text.contains("stage mbconv k3 e4 s1 -> 48  x1  act relu "),
+        "{text}"
+    );
+    assert!(
+        text.contains("stage ds     k3 s1 -> 48  x1  noskip act hard_swish "),
+        "{text}"
+    );
+    params(&text);
+
+    // `head none` and the other options.
+    let opts = ImportOptions {
+        stem: Some(16),
+        head: None,
+        classes: 10,
+        resolution: 64,
+        padding: Padding::Same,
+        bn_eps: 1e-3,
+        round_limit: 0.0,
+        width: 1.25,
+        depth: 1.5,
+    };
+    let text = import_timm(
+        "tiny",
+        "[['cn_r1_k3_s1_c16'], ['ir_r1_k3_s2_e4_c24_se0.25_a1_p1']]",
+        &opts,
+    )
+    .expect("imports");
+    for line in [
+        "input 3 x 64",
+        "classes 10",
+        "norm batch(eps = 1e-3, momentum = 0.1)",
+        "padding same",
+        "round channels(divisor = 8, limit = 0)",
+        "scale width 1.25 depth 1.5",
+        "stem conv k3 s2 -> 16",
+        "stage conv   k3 s1 -> 16  x1",
+        "head none",
+    ] {
+        assert!(text.contains(line), "`{line}` missing:\n{text}");
+    }
+    // A `cn` block without `skip` has no residual: no option.
+    assert!(!text.contains("skip"), "{text}");
+    params(&text);
+}
+
+const AUTOML_V2_S: &str = "r2_k3_s1_e1_i24_o24_c1 r4_k3_s2_e4_i24_o48_c1 r4_k3_s2_e4_i48_o64_c1 \
+r6_k3_s2_e4_i64_o128_se0.25 r9_k3_s1_e6_i128_o160_se0.25 r15_k3_s2_e6_i160_o256_se0.25";
+
+#[test]
+fn automl_block_strings_give_timms_parameter_counts() {
+    // V2-S: the stem defaults to the first block's input filters (24).
+    let text = import_automl("v2s", AUTOML_V2_S, &ImportOptions::default()).expect("imports");
+    assert!(text.contains("stem conv k3 s2 -> 24"), "{text}");
+    // automl's fused e1 is a single conv: `fused e1`, with the standard residual rule.
+    assert!(text.contains("stage fused  k3 e1 s1 -> 24  x2  "), "{text}");
+    assert_eq!(format_source(&text).expect("parses"), text);
+    assert_eq!(params(&text), 21_458_488);
+
+    // As a Python list, with an explicit stem.
+    let list = format!(
+        "['{}']",
+        AUTOML_V2_S
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join("', '")
+    );
+    let opts = ImportOptions {
+        stem: Some(24),
+        ..ImportOptions::default()
+    };
+    assert_eq!(import_automl("v2s", &list, &opts).expect("imports"), text);
+
+    // V2-B0 (automl's `efficientnetv2-b0`), rounded without timm's guard.
+    let b0 = "r1_k3_s1_e1_i32_o16_c1 r2_k3_s2_e4_i16_o32_c1 r2_k3_s2_e4_i32_o48_c1 \
+              r3_k3_s2_e4_i48_o96_se0.25 r5_k3_s1_e6_i96_o112_se0.25 r8_k3_s2_e6_i112_o192_se0.25";
+    let opts = ImportOptions {
+        round_limit: 0.0,
+        padding: Padding::Same,
+        bn_eps: 1e-3,
+        ..ImportOptions::default()
+    };
+    let text = import_automl("b0", b0, &opts).expect("imports");
+    assert_eq!(params(&text), 7_139_704);
+
+    // EfficientNet-B0 in automl's V1 notation (`s11`, `s22`; MBConv e1 is a `ds` block).
+    let v1 = "r1_k3_s11_e1_i32_o16_se0.25 r2_k3_s22_e6_i16_o24_se0.25 r2_k5_s22_e6_i24_o40_se0.25 \
+              r3_k3_s22_e6_i40_o80_se0.25 r3_k5_s11_e6_i80_o112_se0.25 r4_k5_s22_e6_i112_o192_se0.25 \
+              r1_k3_s11_e6_i192_o320_se0.25";
+    let text = import_automl("b0", v1, &ImportOptions::default()).expect("imports");
+    assert!(text.contains("stage ds     k3 s1 -> 16"), "{text}");
+    assert_eq!(params(&text), 5_288_548);
+}
+
+fn timm_err(arch_def: &str) -> ImportError {
+    import_timm("m", arch_def, &ImportOptions::default()).expect_err("must fail")
+}
+
+fn automl_err(blocks: &str) -> ImportError {
+    import_automl("m", blocks, &ImportOptions::default()).expect_err("must fail")
+}
+
+#[test]
+fn timm_errors() {
+    // An unknown key names the block string, the token and the known keys.
+    let e = timm_err("[['ir_r1_k3_s1_e6_c16_gs8']]");
+    assert!(
+        matches!(&e, ImportError::UnknownKey { block, token, .. } if block == "ir_r1_k3_s1_e6_c16_gs8" && token == "gs8"),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("ir_r1_k3_s1_e6_c16_gs8") && msg.contains("`gs8`"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("known keys") && msg.contains("se (SE ratio)"),
+        "{msg}"
+    );
+
+    // Unknown block types.
+    for block in ["dsa_r1_k3_s1_c16", "uir_r1_k3_s1_e4_c16", "xx"] {
+        let e = timm_err(block);
+        assert!(
+            matches!(e, ImportError::UnknownBlockType { .. }),
+            "{block}: {e:?}"
+        );
+        assert!(e.to_string().contains("cn, er, ir, ds"), "{e}");
+    }
+
+    // Several block strings in one stage.
+    let e =
+        timm_err("[['ir_r1_k3_s1_e6_c16'], ['ir_r1_k3_s2_e6_c24', 'ir_r2_k3_s1_e6_c24_se0.25']]");
+    assert!(
+        matches!(&e, ImportError::MultiBlockStage { stage: 1, blocks } if blocks.len() == 2),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("blocks.1.0"), "{e}");
+
+    // Bad values and missing keys.
+    assert!(matches!(
+        timm_err("ir_r1_k3_s22_e6_c16"),
+        ImportError::BadValue { .. }
+    ));
+    assert!(matches!(
+        timm_err("ir_r1_k3.5_s1_e6_c16"),
+        ImportError::BadValue { .. }
+    ));
+    assert!(matches!(
+        timm_err("ir_r1_k3_s1_e6_c16_a3"),
+        ImportError::BadValue { .. }
+    ));
+    assert!(matches!(
+        timm_err("ir_r1_k3_s1_e6_c16_c24"),
+        ImportError::BadValue { .. }
+    ));
+    assert!(matches!(
+        timm_err("ir_r1_k3_s1_e6_c16_nmi"),
+        ImportError::UnknownKey { .. }
+    ));
+    assert!(matches!(
+        timm_err("er_r1_k3_s1_e6_c16_fc"),
+        ImportError::UnknownKey { .. }
+    ));
+    let e = timm_err("ir_k3_s1_e6_c16");
+    assert!(
+        matches!(e, ImportError::MissingKey { key: "r", .. }),
+        "{e:?}"
+    );
+    let e = timm_err("ir_r1_k3_s1_c16");
+    assert!(
+        matches!(e, ImportError::MissingKey { key: "e", .. }),
+        "{e:?}"
+    );
+
+    // Malformed lists.
+    for bad in [
+        "[['ir_r1_k3_s1_e6_c16']",
+        "[['ir_r1_k3_s1_e6_c16]]",
+        "[[]]",
+        "",
+        "[[['a']]]",
+        "[a + b]",
+    ] {
+        let e = timm_err(bad);
+        assert!(
+            matches!(e, ImportError::Syntax(_) | ImportError::Empty),
+            "{bad:?}: {e:?}"
+        );
+    }
+
+    // Bad names and options.
+    for name in ["2b", "stage", "a-b", ""] {
+        let e = import_timm(name, "ir_r1_k3_s1_e6_c16", &ImportOptions::default()).expect_err(name);
+        assert!(matches!(e, ImportError::BadName(_)), "{e:?}");
+    }
+    let opts = ImportOptions {
+        width: 0.0,
+        ..ImportOptions::default()
+    };
+    assert!(matches!(
+        import_timm("m", "ir_r1_k3_s1_e6_c16", &opts),
+        Err(ImportError::BadOption(_))
+    ));
+}
+
+#[test]
+fn automl_errors() {
+    // Broken chaining: the second block takes 24 filters, the first gives 16.
+    let e = automl_err("r1_k3_s1_e1_i32_o16 r1_k3_s2_e6_i24_o24");
+    assert_eq!(
+        e,
+        ImportError::Chaining {
+            block: "r1_k3_s2_e6_i24_o24".into(),
+            expected: 16,
+            found: 24
+        }
+    );
+    assert!(
+        e.to_string().contains("`i24`") && e.to_string().contains("`o16`"),
+        "{e}"
+    );
+
+    // Unknown keys name the string and the key.
+    let e = automl_err("r1_k3_s1_e1_i32_o16_f1");
+    assert!(
+        matches!(&e, ImportError::UnknownKey { block, token, .. } if block == "r1_k3_s1_e1_i32_o16_f1" && token == "f1"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("i (input filters)"), "{e}");
+
+    assert!(matches!(
+        automl_err("r1_k3_s12_e1_i32_o16"),
+        ImportError::BadValue { .. }
+    ));
+    assert!(matches!(
+        automl_err("r1_k3_s1_e1_i32_o16_c2"),
+        ImportError::BadValue { .. }
+    ));
+    assert!(matches!(
+        automl_err("r1_k3_s1_e1_o16"),
+        ImportError::MissingKey { key: "i", .. }
+    ));
+}
+
+#[test]
+fn imported_models_check_or_fail_in_compile() {
+    // An SE on a fused e1 stage imports (it is what automl wrote) but does not check: the
+    // `effnet import` command reports it.
+    let text = import_automl(
+        "m",
+        "r1_k3_s1_e1_i32_o16_c1_se0.25",
+        &ImportOptions::default(),
+    )
+    .expect("imports");
+    assert!(compile(&text).is_err(), "{text}");
+}

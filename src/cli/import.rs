@@ -1,0 +1,129 @@
+//! `effnet import timm|automl BLOCKS`: write a `.effnet` model from block strings, then check it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use effnet_compiler::import::{ImportOptions, Padding, import_automl, import_timm};
+use effnet_compiler::{SourceFile, compile};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Source {
+    /// From timm's `arch_def`: `"[['cn_r2_k3_s1_e1_c24_skip'], ['er_r4_k3_s2_e4_c48'], ...]"`,
+    /// or block strings separated by spaces or commas (one stage each).
+    Timm {
+        /// The arch_def (a Python list of lists of block strings) or the block strings.
+        arch_def: String,
+        #[command(flatten)]
+        opts: Opts,
+    },
+    /// From automl's block strings: `r2_k3_s1_e1_i24_o24_c1 r4_k3_s2_e4_i24_o48_c1 ...`
+    /// (or a Python list of them), one stage each.
+    Automl {
+        /// The block strings, or a Python list of them.
+        blocks: String,
+        #[command(flatten)]
+        opts: Opts,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+pub enum PaddingArg {
+    /// PyTorch's symmetric padding (timm's native models).
+    #[default]
+    Symmetric,
+    /// TensorFlow's `same` padding (timm's `tf_` models, automl).
+    Same,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Opts {
+    /// The model's name.
+    #[arg(long, default_value = "imported")]
+    name: String,
+    /// Stem channels [default: 32 for timm, the first block's `i` for automl].
+    #[arg(long)]
+    stem: Option<usize>,
+    /// Head channels; 0 for no head.
+    #[arg(long, default_value_t = 1280)]
+    head: usize,
+    /// Width multiplier.
+    #[arg(long, default_value_t = 1.0)]
+    width: f64,
+    /// Depth multiplier.
+    #[arg(long, default_value_t = 1.0)]
+    depth: f64,
+    /// Number of classes.
+    #[arg(long, default_value_t = 1000)]
+    classes: usize,
+    /// Padding of the convolutions.
+    #[arg(long, value_enum, default_value_t = PaddingArg::Symmetric)]
+    padding: PaddingArg,
+    /// BatchNorm epsilon (timm native 1e-5, `tf_` models 1e-3).
+    #[arg(long, default_value_t = 1e-5)]
+    bn_eps: f64,
+    /// Channel round limit: 0.9 (timm), 0 (automl, timm's `tf_efficientnetv2_b*`).
+    #[arg(long, default_value_t = 0.9)]
+    round_limit: f64,
+    /// Evaluation resolution.
+    #[arg(long, default_value_t = 224)]
+    resolution: usize,
+    /// Write the model here instead of to stdout.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+impl Opts {
+    fn options(&self) -> ImportOptions {
+        ImportOptions {
+            stem: self.stem,
+            head: (self.head != 0).then_some(self.head),
+            width: self.width,
+            depth: self.depth,
+            classes: self.classes,
+            padding: match self.padding {
+                PaddingArg::Symmetric => Padding::Symmetric,
+                PaddingArg::Same => Padding::Same,
+            },
+            bn_eps: self.bn_eps,
+            round_limit: self.round_limit,
+            resolution: self.resolution,
+        }
+    }
+}
+
+/// Import, print or write the text, then compile it: exit 1 (with its diagnostics) if it does
+/// not check.
+pub fn run(source: Source) -> Result<ExitCode, String> {
+    let (text, opts) = match &source {
+        Source::Timm { arch_def, opts } => {
+            (import_timm(&opts.name, arch_def, &opts.options()), opts)
+        }
+        Source::Automl { blocks, opts } => {
+            (import_automl(&opts.name, blocks, &opts.options()), opts)
+        }
+    };
+    let text = text.map_err(|e| e.to_string())?;
+    let name = match &opts.output {
+        Some(path) => {
+            std::fs::write(path, &text)
+                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+            path.display().to_string()
+        }
+        None => {
+            print!("{text}");
+            "<imported>".to_string()
+        }
+    };
+    let file = SourceFile::new(name, text.as_str());
+    match compile(&text) {
+        Ok(compiled) => {
+            super::print_diagnostics(&file, compiled.warnings());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diags) => {
+            super::print_diagnostics(&file, &diags);
+            eprintln!("error: the imported model does not check");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
