@@ -5,6 +5,7 @@
 
 pub mod analysis;
 pub mod check;
+pub mod codegen;
 pub mod diagnostic;
 pub mod format;
 pub mod import;

@@ -4,12 +4,13 @@
 
 use std::sync::Mutex;
 
-use candle_core::{D, DType, Device, Module, Tensor, Var};
+use candle_core::{CpuStorage, D, DType, Device, Module, Storage, StorageRef, Tensor, Var};
 use candle_nn::VarBuilder;
 use effnet_compiler::ir::{self, Activation, PaddingMode};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::ops::fused::{self, Act, ConvGeom, Epilogue};
 use crate::ops::{Padding2d, depthwise_conv2d, linear, pointwise_conv2d};
 
 pub type CResult<T> = candle_core::Result<T>;
@@ -83,6 +84,38 @@ impl Conv2d {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
+    }
+
+    /// The fused kernels' geometry for an `[n, c, h, w]` input.
+    fn geom(&self, [n, c, h, w]: [usize; 4]) -> ConvGeom {
+        ConvGeom {
+            n,
+            c,
+            h,
+            w,
+            o: self.spec.out_channels,
+            k: self.spec.kernel,
+            stride: self.spec.stride,
+            pad: self.pad(h, w),
+        }
+    }
+
+    /// A 1x1, stride-1, unpadded dense convolution: one GEMM per sample, and the only kind
+    /// a squeeze-excitation gate can be folded into.
+    pub fn is_pointwise(&self) -> bool {
+        let s = &self.spec;
+        s.kernel == 1 && s.stride == 1 && s.groups == 1 && !s.is_depthwise()
+    }
+
+    /// Whether the fused eval kernels can run this convolution (CPU f32 weights that track
+    /// no gradient; dense or depthwise).
+    fn fusable(&self) -> bool {
+        let s = &self.spec;
+        (s.groups == 1 || s.is_depthwise())
+            && s.kernel > 0
+            && s.stride > 0
+            && fusable_tensor(&self.weight)
+            && self.bias.as_ref().is_none_or(fusable_tensor)
     }
 
     pub fn named(&self, out: &mut Vec<NamedTensor>) {
@@ -176,6 +209,39 @@ impl BatchNorm {
         }
     }
 
+    /// Eval-mode BatchNorm as per-channel `(scale, shift)` computed on the host from the
+    /// current parameters and statistics, when all four are contiguous CPU f32 tensors.
+    fn eval_affine(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        let w = HostData::new(&self.weight)?;
+        let b = HostData::new(&self.bias)?;
+        let rm = HostData::new(self.running_mean.as_tensor())?;
+        let rv = HostData::new(self.running_var.as_tensor())?;
+        let (w, b, rm, rv) = (w.get(), b.get(), rm.get(), rv.get());
+        let c = self.spec.channels;
+        if [w.len(), b.len(), rm.len(), rv.len()] != [c; 4] {
+            return None;
+        }
+        let eps = self.spec.eps;
+        let scale: Vec<f32> = w
+            .iter()
+            .zip(rv)
+            .map(|(&w, &v)| (f64::from(w) / (f64::from(v) + eps).sqrt()) as f32)
+            .collect();
+        let shift = b
+            .iter()
+            .zip(rm)
+            .zip(&scale)
+            .map(|((&b, &m), &s)| (f64::from(b) - f64::from(m) * f64::from(s)) as f32)
+            .collect();
+        Some((scale, shift))
+    }
+
+    /// Parameters usable by the fused eval kernels (the statistics are `Var`s by design and
+    /// are read, never differentiated, in eval mode).
+    fn fusable(&self) -> bool {
+        fusable_tensor(&self.weight) && fusable_tensor(&self.bias)
+    }
+
     /// Eval-mode BatchNorm as `x * scale + shift`, each `[1, C, 1, 1]` in f32.
     pub fn folded(&self) -> CResult<(Tensor, Tensor)> {
         let c = self.spec.channels;
@@ -250,6 +316,35 @@ impl SqueezeExcite {
     pub fn named(&self, out: &mut Vec<NamedTensor>) {
         self.reduce.named(out);
         self.expand.named(out);
+    }
+
+    pub(crate) fn fusable(&self) -> bool {
+        self.reduce.fusable() && self.expand.fusable() && fused_act(Some(self.activation)).is_some()
+    }
+
+    /// The gates `[N, C]` from the pooled input `means` (`[N, C]`) on the host, or `None`
+    /// when the fused kernels cannot run this SE.
+    pub(crate) fn fused_gates(&self, means: &[f32], n: usize) -> CResult<Option<Vec<f32>>> {
+        let Some(act) = fused_act(Some(self.activation)) else {
+            return Ok(None);
+        };
+        let (c, r) = (self.expand.spec.out_channels, self.reduce.spec.out_channels);
+        let (Some(wr), Some(we)) = (
+            HostData::new(&self.reduce.weight),
+            HostData::new(&self.expand.weight),
+        ) else {
+            return Ok(None);
+        };
+        let bias = |b: &Option<Tensor>, len: usize| -> Option<Vec<f32>> {
+            match b {
+                Some(t) => HostData::new(t).map(|v| v.get().to_vec()),
+                None => Some(vec![0.0; len]),
+            }
+        };
+        let (Some(br), Some(be)) = (bias(&self.reduce.bias, r), bias(&self.expand.bias, c)) else {
+            return Ok(None);
+        };
+        fused::se_gates(means, n, c, r, wr.get(), &br, we.get(), &be, act).map(Some)
     }
 }
 
@@ -348,4 +443,195 @@ impl Module for Classifier {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         linear(x, &self.weight, Some(&self.bias))
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fused eval path: plain f32 slices through `ops::fused`.
+
+/// The data of a contiguous CPU f32 tensor, borrowed under its storage's read lock.
+pub(crate) struct F32View<'a> {
+    guard: StorageRef<'a>,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> F32View<'a> {
+    pub(crate) fn new(t: &'a Tensor) -> Option<Self> {
+        let (guard, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets()?;
+        match &*guard {
+            Storage::Cpu(CpuStorage::F32(v)) if end <= v.len() => {
+                Some(F32View { guard, start, end })
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn get(&self) -> &[f32] {
+        match &*self.guard {
+            Storage::Cpu(CpuStorage::F32(v)) => v.get(self.start..self.end).unwrap_or(&[]),
+            _ => &[],
+        }
+    }
+}
+
+/// A tensor the fused kernels may read: CPU, f32 (or f16 / bf16, widened to f32 on the
+/// way in), contiguous, outside any autograd graph.
+pub(crate) fn fusable_tensor(t: &Tensor) -> bool {
+    !t.track_op()
+        && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        && t.device().is_cpu()
+        && t.is_contiguous()
+}
+
+/// A CPU tensor's values as f32: borrowed for f32, widened copies for f16 and bf16 (the
+/// fused kernels compute in f32 whatever the storage dtype).
+pub(crate) enum HostData<'a> {
+    View(F32View<'a>),
+    Owned(Vec<f32>),
+}
+
+impl<'a> HostData<'a> {
+    pub(crate) fn new(t: &'a Tensor) -> Option<Self> {
+        match t.dtype() {
+            DType::F32 => F32View::new(t).map(HostData::View),
+            DType::F16 | DType::BF16 if t.device().is_cpu() => t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .ok()
+                .map(HostData::Owned),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn get(&self) -> &[f32] {
+        match self {
+            HostData::View(v) => v.get(),
+            HostData::Owned(v) => v,
+        }
+    }
+}
+
+/// The fused kernels' activation, `None` for one they do not implement (GELU).
+pub(crate) fn fused_act(a: Option<Activation>) -> Option<Act> {
+    match a {
+        None => Some(Act::Identity),
+        Some(Activation::Silu) => Some(Act::Silu),
+        Some(Activation::Relu) => Some(Act::Relu),
+        Some(Activation::Relu6) => Some(Act::Relu6),
+        Some(Activation::HardSwish) => Some(Act::HardSwish),
+        Some(Activation::Gelu) => None,
+    }
+}
+
+/// An activation map of the fused path, in NHWC order (channels last), always f32.
+pub(crate) struct FusedMap {
+    pub data: Vec<f32>,
+    /// `[n, h, w, c]`.
+    pub dims: [usize; 4],
+    /// Per-channel means of `data` (`[N, C]`) when asked for.
+    pub means: Option<Vec<f32>>,
+    /// The dtype of the tensor it came from, which results are converted back to.
+    pub dtype: DType,
+}
+
+impl FusedMap {
+    /// An NCHW tensor's data in NHWC order, when it is a contiguous CPU f32 tensor outside
+    /// any autograd graph.
+    pub(crate) fn from_nchw(t: &Tensor) -> CResult<Option<Self>> {
+        if !fusable_tensor(t) {
+            return Ok(None);
+        }
+        let (n, c, h, w) = t.dims4()?;
+        let Some(v) = HostData::new(t) else {
+            return Ok(None);
+        };
+        Ok(Some(FusedMap {
+            data: fused::nchw_to_nhwc(v.get(), n, c, h * w),
+            dims: [n, h, w, c],
+            means: None,
+            dtype: t.dtype(),
+        }))
+    }
+
+    /// Back to an NCHW tensor of the original dtype.
+    pub(crate) fn to_nchw(&self) -> CResult<Tensor> {
+        let [n, h, w, c] = self.dims;
+        let data = fused::nhwc_to_nchw(&self.data, n, h * w, c);
+        Tensor::from_vec(data, (n, c, h, w), &Device::Cpu)?.to_dtype(self.dtype)
+    }
+}
+
+/// Whether [`fused_conv_bn_act`] can run this layer.
+pub(crate) fn fusable_layer(conv: &Conv2d, bn: &BatchNorm, act: Option<Activation>) -> bool {
+    conv.fusable()
+        && bn.fusable()
+        && fused_act(act).is_some()
+        && bn.spec.channels == conv.spec.out_channels
+}
+
+/// conv -> eval BatchNorm -> activation (-> + residual) in one fused kernel, on an NHWC map.
+/// `residual` (NHWC, the output's shape) is added after the activation; `want_means` also
+/// returns the per-channel means of the output. `Ok(None)` when the fused kernels cannot run
+/// it (the caller then uses candle ops).
+pub(crate) fn fused_conv_bn_act(
+    conv: &Conv2d,
+    bn: &BatchNorm,
+    act: Option<Activation>,
+    x: &FusedMap,
+    residual: Option<&[f32]>,
+    want_means: bool,
+) -> CResult<Option<FusedMap>> {
+    let Some(act) = fused_act(act) else {
+        return Ok(None);
+    };
+    let [n, h, w, c] = x.dims;
+    if c != conv.spec.in_channels || !fusable_layer(conv, bn, None) {
+        return Ok(None);
+    }
+    let Some((scale, mut shift)) = bn.eval_affine() else {
+        return Ok(None);
+    };
+    let Some(wv) = HostData::new(&conv.weight) else {
+        return Ok(None);
+    };
+    if let Some(b) = &conv.bias {
+        // BN(conv + b) = scale * conv + (scale * b + shift).
+        let Some(bv) = HostData::new(b) else {
+            return Ok(None);
+        };
+        for ((sh, &sc), &bb) in shift.iter_mut().zip(&scale).zip(bv.get()) {
+            *sh += sc * bb;
+        }
+    }
+    let g = conv.geom([n, c, h, w]);
+    let (oh, ow) = g.out_hw()?;
+    let epi = Epilogue {
+        scale: &scale,
+        shift: &shift,
+        act,
+    };
+    let o = conv.spec.out_channels;
+    let dims = [n, oh, ow, o];
+    if conv.spec.is_depthwise() {
+        if residual.is_some() {
+            return Ok(None);
+        }
+        let (data, means) = fused::depthwise(&x.data, wv.get(), &g, &epi, want_means)?;
+        return Ok(Some(FusedMap {
+            data,
+            dims,
+            means,
+            dtype: x.dtype,
+        }));
+    }
+    let data = fused::conv2d(&x.data, wv.get(), &g, &epi, residual)?;
+    let means = want_means.then(|| fused::channel_means(&data, n, oh * ow, o));
+    Ok(Some(FusedMap {
+        data,
+        dims,
+        means,
+        dtype: x.dtype,
+    }))
 }

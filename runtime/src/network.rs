@@ -38,11 +38,48 @@ impl ConvBnAct {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
+        if !train && let Some(y) = self.forward_fused(x)? {
+            return Ok(y);
+        }
         let y = self.bn.forward_t(&self.conv.forward(x)?, train)?;
         match self.activation {
             Some(a) => activate(&y, a),
             None => Ok(y),
         }
+    }
+
+    /// Eval mode on the fused CPU kernels, `None` when they cannot run it.
+    fn forward_fused(&self, x: &Tensor) -> CResult<Option<Tensor>> {
+        if !self.fusable() {
+            return Ok(None);
+        }
+        let Some(m) = FusedMap::from_nchw(x)? else {
+            return Ok(None);
+        };
+        match self.fused(&m, None, false)? {
+            Some(y) => y.to_nchw().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn fusable(&self) -> bool {
+        fusable_layer(&self.conv, &self.bn, self.activation)
+    }
+
+    pub(crate) fn fused(
+        &self,
+        x: &FusedMap,
+        residual: Option<&[f32]>,
+        want_means: bool,
+    ) -> CResult<Option<FusedMap>> {
+        fused_conv_bn_act(
+            &self.conv,
+            &self.bn,
+            self.activation,
+            x,
+            residual,
+            want_means,
+        )
     }
 
     pub fn named(&self, out: &mut Vec<NamedTensor>) {
@@ -133,13 +170,16 @@ impl Block {
         drop_path_scale: f64,
         rng: &NetRng,
     ) -> CResult<Tensor> {
+        if !train && let Some(y) = self.forward_fused(x)? {
+            return Ok(y);
+        }
         let mut y = x.clone();
         for (i, l) in self.layers.iter().enumerate() {
             y = l.forward_t(&y, train)?;
-            if i == self.se_after {
-                if let Some(se) = &self.se {
-                    y = se.forward(&y)?;
-                }
+            if i == self.se_after
+                && let Some(se) = &self.se
+            {
+                y = se.forward(&y)?;
             }
         }
         if !self.spec.residual {
@@ -153,13 +193,58 @@ impl Block {
         y + x
     }
 
+    /// Eval mode on the fused CPU kernels, `None` when they cannot run the block.
+    fn forward_fused(&self, x: &Tensor) -> CResult<Option<Tensor>> {
+        if !self.fusable() {
+            return Ok(None);
+        }
+        let Some(m) = FusedMap::from_nchw(x)? else {
+            return Ok(None);
+        };
+        match self.fused(&m)? {
+            Some(y) => y.to_nchw().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn fusable(&self) -> bool {
+        !self.layers.is_empty()
+            && self.layers.iter().all(ConvBnAct::fusable)
+            && self.se.as_ref().is_none_or(SqueezeExcite::fusable)
+    }
+
+    /// The whole block in eval mode on the fused CPU kernels (NHWC): each convolution with
+    /// its BatchNorm and activation in one pass, the SE squeeze accumulated by the layer that
+    /// produces its input, the residual added in the last layer's epilogue.
+    pub(crate) fn fused(&self, x: &FusedMap) -> CResult<Option<FusedMap>> {
+        let last = self.layers.len().saturating_sub(1);
+        let mut cur: Option<FusedMap> = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let input = cur.as_ref().unwrap_or(x);
+            let want_means = self.se.is_some() && i == self.se_after;
+            let residual = (i == last && self.spec.residual).then_some(x.data.as_slice());
+            let Some(mut out) = layer.fused(input, residual, want_means)? else {
+                return Ok(None);
+            };
+            if let (Some(se), Some(means)) = (&self.se, out.means.take()) {
+                let [n, h, w, c] = out.dims;
+                let Some(gate) = se.fused_gates(&means, n)? else {
+                    return Ok(None);
+                };
+                crate::ops::fused::gate_channels(&mut out.data, &gate, n, h * w, c);
+            }
+            cur = Some(out);
+        }
+        Ok(cur)
+    }
+
     pub fn named(&self, out: &mut Vec<NamedTensor>) {
         for (i, l) in self.layers.iter().enumerate() {
             l.named(out);
-            if i == self.se_after {
-                if let Some(se) = &self.se {
-                    se.named(out);
-                }
+            if i == self.se_after
+                && let Some(se) = &self.se
+            {
+                se.named(out);
             }
         }
     }
@@ -222,9 +307,48 @@ impl Network {
         self.rng = NetRng(Mutex::new(rng));
     }
 
+    /// Whether eval mode can run entirely on the fused CPU kernels.
+    fn fusable(&self) -> bool {
+        self.stem.fusable()
+            && self.stages.iter().flatten().all(Block::fusable)
+            && self.head.as_ref().is_none_or(ConvBnAct::fusable)
+            && fusable_tensor(&self.classifier.weight)
+            && fusable_tensor(&self.classifier.bias)
+    }
+
+    /// Stem and stages in eval mode on the fused kernels, staying in NHWC between layers;
+    /// with `features`, each stage's output as an NCHW tensor too.
+    fn fused_body(&self, x: &Tensor, features: bool) -> CResult<Option<(FusedMap, Vec<Tensor>)>> {
+        if !self.fusable() {
+            return Ok(None);
+        }
+        let Some(input) = FusedMap::from_nchw(x)? else {
+            return Ok(None);
+        };
+        let Some(mut y) = self.stem.fused(&input, None, false)? else {
+            return Ok(None);
+        };
+        let mut outs = Vec::new();
+        for stage in &self.stages {
+            for b in stage {
+                let Some(next) = b.fused(&y)? else {
+                    return Ok(None);
+                };
+                y = next;
+            }
+            if features {
+                outs.push(y.to_nchw()?);
+            }
+        }
+        Ok(Some((y, outs)))
+    }
+
     /// Each stage's output, like timm's `features_only` (stem excluded).
     pub fn forward_features_t(&self, x: &Tensor, train: bool) -> CResult<Vec<Tensor>> {
         self.check_input(x)?;
+        if !train && let Some((_, outs)) = self.fused_body(x, true)? {
+            return Ok(outs);
+        }
         let mut y = self.stem.forward_t(x, train)?;
         let mut out = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
@@ -243,6 +367,9 @@ impl Network {
     /// The logits.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
         self.check_input(x)?;
+        if !train && let Some(logits) = self.forward_fused(x)? {
+            return Ok(logits);
+        }
         let mut y = self.stem.forward_t(x, train)?;
         for stage in &self.stages {
             for b in stage {
@@ -260,6 +387,30 @@ impl Network {
             pooled
         };
         self.classifier.forward(&pooled)
+    }
+
+    /// The logits in eval mode on the fused kernels: body, head, pooling in NHWC, then the
+    /// classifier.
+    fn forward_fused(&self, x: &Tensor) -> CResult<Option<Tensor>> {
+        let Some((mut y, _)) = self.fused_body(x, false)? else {
+            return Ok(None);
+        };
+        if let Some(h) = &self.head {
+            let Some(next) = h.fused(&y, None, false)? else {
+                return Ok(None);
+            };
+            y = next;
+        }
+        let [n, hh, ww, c] = y.dims;
+        let pooled = crate::ops::fused::channel_means(&y.data, n, hh * ww, c);
+        let pooled = Tensor::from_vec(pooled, (n, c), &candle_core::Device::Cpu)?;
+        // The classifier in f32 too (candle has no bf16 matrix product on the CPU).
+        let f32 = candle_core::DType::F32;
+        let w = self.classifier.weight.to_dtype(f32)?;
+        let b = self.classifier.bias.to_dtype(f32)?;
+        crate::ops::linear(&pooled, &w, Some(&b))?
+            .to_dtype(y.dtype)
+            .map(Some)
     }
 
     fn check_input(&self, x: &Tensor) -> CResult<()> {

@@ -364,3 +364,29 @@ fn backward_half_precision_runs() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn degenerate_shapes() -> Result<()> {
+    // Empty batch.
+    let x = Tensor::zeros((0, 3, 5, 5), DType::F32, &Device::Cpu)?;
+    let w = tensor(&[3, 1, 3, 3], 1, DType::F32)?;
+    let y = depthwise_conv2d(&x, &w, 1, Padding2d::symmetric(1))?;
+    assert_eq!(y.dims(), [0, 3, 5, 5]);
+    // Empty spatial input whose padding still fits the kernel: all-zero output.
+    let x = Tensor::zeros((1, 3, 0, 4), DType::F32, &Device::Cpu)?;
+    let pad = Padding2d::symmetric(2);
+    let y = depthwise_conv2d(&x, &w, 1, pad)?;
+    assert_eq!(y.dims(), [1, 3, 2, 6]);
+    assert_eq!(y.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+    let r = tensor(y.dims(), 2, DType::F32)?;
+    let (gx, gw) = depthwise_conv2d_backward(&x, &w, &r, 1, pad)?;
+    assert_eq!((gx.dims(), gw.dims()), (x.dims(), w.dims()));
+    assert_eq!(gw.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+    // Single output pixel from a 1x1 input with stride larger than the plane.
+    let x = tensor(&[2, 3, 1, 1], 3, DType::F32)?;
+    let pad = Padding2d::same(1, 1, 3, 4)?;
+    let want = reference(&x, &w, 4, pad)?;
+    let got = depthwise_conv2d(&x, &w, 4, pad)?;
+    assert!(max_abs_diff(&got, &want)? < 1e-6);
+    Ok(())
+}

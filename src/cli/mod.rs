@@ -7,11 +7,23 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use effnet_compiler::{Compiled, Diagnostic, SourceFile, compile, render};
 
+mod bench;
 mod check;
+mod eval;
+mod expand;
+mod fmt;
+mod import;
+mod predict;
+mod run;
 mod summary;
+mod train;
 
 #[derive(Parser, Debug)]
-#[command(name = "effnet", version, about = "EfficientNet model-description compiler and runtime")]
+#[command(
+    name = "effnet",
+    version,
+    about = "EfficientNet model-description compiler and runtime"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -41,6 +53,91 @@ pub enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Print the Rust code `#[effnet::model]` generates for a model, formatted.
+    Expand {
+        file: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Run a model on a NumPy batch (NCHW) and write its logits as NumPy.
+    Run {
+        spec: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        /// Safetensors weights, timm or torchvision names.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Input batch, `.npy`, [batch, channels, height, width].
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the logits (`.npy`, float32).
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        device: run::DeviceArg,
+        #[arg(long, value_enum, default_value_t)]
+        dtype: run::DtypeArg,
+    },
+    /// Classify images: top classes with their probabilities.
+    Predict {
+        spec: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Class names, one per line.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long, value_enum, default_value_t)]
+        device: run::DeviceArg,
+        #[arg(long, value_enum, default_value_t)]
+        dtype: run::DtypeArg,
+    },
+    /// Images per second with random weights, inference or (--train) SGD steps.
+    Bench {
+        spec: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        /// Input resolution (default: the model's eval resolution).
+        #[arg(long)]
+        resolution: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long)]
+        train: bool,
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        #[arg(long, value_enum, default_value_t)]
+        device: run::DeviceArg,
+        #[arg(long, value_enum, default_value_t)]
+        dtype: run::DtypeArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Format spec files in place, as `cargo fmt` does.
+    Fmt {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Only report files that would change (exit 1 if any).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Write a .effnet model from timm's or automl's block strings.
+    /// Train a model with its progressive-learning schedule; checkpoints, metrics.csv and
+    /// curves.png go to the run directory.
+    Train(train::TrainArgs),
+    /// Top-1 / top-5 accuracy of a model with given weights on a dataset.
+    Eval(eval::EvalArgs),
+    Import {
+        #[command(subcommand)]
+        source: import::Source,
+    },
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode, String> {
@@ -52,10 +149,81 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
             resolution,
             json,
         } => summary::run(&file, model.as_deref(), resolution, json),
+        Command::Run {
+            spec,
+            model,
+            weights,
+            input,
+            output,
+            device,
+            dtype,
+        } => run::run(
+            &spec,
+            model.as_deref(),
+            &weights,
+            &input,
+            &output,
+            device,
+            dtype,
+        ),
+        Command::Predict {
+            spec,
+            model,
+            weights,
+            images,
+            labels,
+            top,
+            device,
+            dtype,
+        } => predict::run(
+            &spec,
+            model.as_deref(),
+            &weights,
+            &images,
+            labels.as_deref(),
+            top,
+            device,
+            dtype,
+        ),
+        Command::Bench {
+            spec,
+            model,
+            resolution,
+            batch,
+            train,
+            iters,
+            warmup,
+            device,
+            dtype,
+            json,
+        } => bench::run(&bench::BenchArgs {
+            spec: &spec,
+            model: model.as_deref(),
+            resolution,
+            batch,
+            train,
+            iters,
+            warmup,
+            device,
+            dtype,
+            json,
+        }),
+        Command::Fmt { files, check } => fmt::run(&files, check),
+        Command::Import { source } => import::run(source),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Expand { file, model } => expand::run(&file, model.as_deref()),
         Command::Ir { file, model } => {
             let (_, compiled) = load(&file)?;
             let net = compiled.network(model.as_deref())?;
-            let json = serde_json::to_string_pretty(net).map_err(|e| e.to_string())?;
+            // The network plus the flat list of every tensor (timm name, shape) and the count.
+            let mut value = serde_json::to_value(net).map_err(|e| e.to_string())?;
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert("params".into(), net.param_count().into());
+                let tensors = serde_json::to_value(net.tensors()).map_err(|e| e.to_string())?;
+                obj.insert("tensors".into(), tensors);
+            }
+            let json = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
             println!("{json}");
             Ok(ExitCode::SUCCESS)
         }

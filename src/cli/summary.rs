@@ -9,7 +9,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -26,8 +26,11 @@ pub fn run(
     let (_, compiled) = load(path)?;
     let net = compiled.network(model)?;
     let resolution = resolution.unwrap_or(net.resolution);
-    if resolution == 0 {
-        return Err("--resolution must be at least 1".into());
+    if resolution == 0 || resolution > effnet_compiler::check::MAX_WHOLE {
+        return Err(format!(
+            "--resolution must be from 1 to {}",
+            effnet_compiler::check::MAX_WHOLE
+        ));
     }
     let s = summarize(net, resolution);
     if json {

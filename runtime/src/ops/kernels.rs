@@ -1,20 +1,28 @@
 //! Multi-threaded CPU loops of the depthwise convolution and its two gradients.
 //!
 //! Every kernel works plane by plane (one `(batch, channel)` pair, or one channel for the
-//! weight gradient) in parallel with rayon. A plane of the input is first copied into a
-//! per-thread, zero-initialised scratch buffer that holds the *padded* plane split into
-//! `stride` column phases: padded column `pc` lives in phase `pc % stride` at column
-//! `pc / stride`. With that layout the input pixel a kernel tap `(i, j)` reads for output
-//! pixel `(oh, ow)`, padded position `(oh * s + i, ow * s + j)`, is
-//! `phase[j % s][oh * s + i][ow + j / s]`: for a fixed output row and tap, consecutive outputs
-//! read consecutive memory, whatever the stride. So the inner loops run over whole output rows
-//! with no bounds tests and no padding branches (the padding is real zeros in the buffer),
+//! weight gradient) in parallel with rayon.
+//!
+//! **Phase buffer.** A plane of the input is first copied into a per-thread scratch buffer
+//! that holds the zero-*padded* plane in space-to-depth order: padded pixel `(r, c)` lives in
+//! phase `(r % s, c % s)` (one `hq x wq` grid per phase, `s` the stride) at `(r / s, c / s)`.
+//! The input pixel that tap `(i, j)` reads for output `(y, x)`, padded `(y*s + i, x*s + j)`,
+//! is then at `(y + i / s, x + j / s)` of phase `(i % s, j % s)`: for every tap, the output
+//! grid maps onto a *unit-stride* window of one phase, whatever the stride.
+//!
+//! **Wide output.** Output `(y, x)` is computed at index `u = y * wq + x` of a "wide" row of
+//! length `wide_len = (oh - 1) * wq + ow`: tap `(i, j)` reads phase element
+//! `u + tap_offset(i, j)`, so a whole plane is *one* long loop over `u` with a fixed offset
+//! per tap (the columns `x >= ow` of the wide row are junk and are dropped when the result is
+//! compacted into the output). The loops have no bounds tests and no padding branches (the
+//! padding is real zeros in the buffer), run over hundreds of elements even for 7x7 planes,
 //! and the compiler vectorises them.
 //!
-//! Slice indexing in this file is guarded by the length checks at the top of each public
-//! function (`Geom::check_lens`) and by the geometry invariants established in [`Geom::new`]
-//! (`(oh - 1) * s + kh <= hp`, `(ow - 1) * s + kw <= wp`, `ceil(wp / s) = wq`), so every
-//! index below is in range by construction.
+//! Slice indexing in this file cannot go out of range: the lengths of all inputs are checked
+//! at the top of each public function (`Geom::check_lens`), and [`Geom::new`] establishes
+//! `(oh - 1) * s + kh <= hp`, `(ow - 1) * s + kw <= wp`, `hq = ceil(hp / s)`,
+//! `wq = ceil(wp / s)`, from which `u + tap_offset(i, j) < s * s * hq * wq` for every
+//! `u < wide_len` and tap (the largest such index is the last used padded pixel).
 
 use candle_core::{Result, bail};
 use rayon::prelude::*;
@@ -35,9 +43,9 @@ pub(crate) struct Geom {
     pub pad: Padding2d,
     pub oh: usize,
     pub ow: usize,
-    /// Padded height `h + top + bottom`.
-    hp: usize,
-    /// Columns per phase of the padded buffer: `ceil((w + left + right) / stride)`.
+    /// Rows per phase: `ceil((h + top + bottom) / stride)`.
+    hq: usize,
+    /// Columns per phase: `ceil((w + left + right) / stride)`.
     wq: usize,
 }
 
@@ -83,11 +91,12 @@ impl Geom {
         }
         let oh = (hp - kh) / stride + 1;
         let ow = (wp - kw) / stride + 1;
-        let wq = wp.div_ceil(stride);
+        let (hq, wq) = (hp.div_ceil(stride), wp.div_ceil(stride));
         // Every buffer below must be addressable.
         checked(
             stride
-                .checked_mul(hp)
+                .checked_mul(stride)
+                .and_then(|v| v.checked_mul(hq))
                 .and_then(|v| v.checked_mul(wq))
                 .and_then(|v| v.checked_mul(2)),
             "padded buffer size",
@@ -99,10 +108,8 @@ impl Geom {
             "output size",
         )?;
         checked(
-            kh.checked_mul(kw)
-                .and_then(|v| v.checked_mul(ow))
-                .and_then(|v| v.checked_mul(c)),
-            "weight-gradient scratch size",
+            kh.checked_mul(kw).and_then(|v| v.checked_mul(c)),
+            "weight size",
         )?;
         Ok(Self {
             n,
@@ -115,7 +122,7 @@ impl Geom {
             pad,
             oh,
             ow,
-            hp,
+            hq,
             wq,
         })
     }
@@ -133,30 +140,32 @@ impl Geom {
     }
 
     fn phase_len(&self) -> usize {
-        self.hp * self.wq
+        self.hq * self.wq
     }
 
     fn buf_len(&self) -> usize {
-        self.stride * self.phase_len()
+        self.stride * self.stride * self.phase_len()
     }
 
-    /// Offset in the phase buffer of the input pixel tap `(i, j)` reads for output pixel
-    /// `(0, 0)`, for every tap in row-major order. Output row `oh` adds `oh * row_step()`.
+    /// Length of the wide output row: `(oh - 1) * wq + ow`.
+    fn wide_len(&self) -> usize {
+        (self.oh - 1) * self.wq + self.ow
+    }
+
+    /// For every tap `(i, j)` in row-major order, the offset in the phase buffer of the
+    /// pixel it reads for wide index `u = 0`; index `u` adds `u`.
     fn tap_offsets(&self) -> Vec<usize> {
         let (s, pl, wq) = (self.stride, self.phase_len(), self.wq);
         (0..self.kh)
-            .flat_map(|i| (0..self.kw).map(move |j| (j % s) * pl + i * wq + j / s))
+            .flat_map(|i| {
+                (0..self.kw).map(move |j| ((i % s) * s + j % s) * pl + (i / s) * wq + j / s)
+            })
             .collect()
     }
 
-    /// Distance in the phase buffer between the inputs of two consecutive output rows.
-    fn row_step(&self) -> usize {
-        self.stride * self.wq
-    }
-
-    /// For each phase `p`, the first unpadded column `c0` that lands in it and that column's
-    /// index inside the phase; the following columns of the phase are `c0 + k * stride`
-    /// at index `q0 + k`.
+    /// For each column phase `p`, the first unpadded column `c0` that lands in it and that
+    /// column's index inside the phase; the following columns of the phase are
+    /// `c0 + k * stride` at index `q0 + k`.
     fn phase_starts(&self) -> Vec<(usize, usize)> {
         let (s, left) = (self.stride, self.pad.left);
         (0..s)
@@ -165,6 +174,13 @@ impl Geom {
                 (c0, (c0 + left) / s)
             })
             .collect()
+    }
+
+    /// Offset in the phase buffer of (column phase 0, index 0) of unpadded input row `r`.
+    #[inline]
+    fn row_offset(&self, r: usize) -> usize {
+        let pr = r + self.pad.top;
+        (pr % self.stride) * self.stride * self.phase_len() + (pr / self.stride) * self.wq
     }
 
     fn check_lens(&self, what: &str, got: usize, want: usize) -> Result<()> {
@@ -180,56 +196,184 @@ impl Geom {
         (1 << 15) / work_per_plane.max(1) + 1
     }
 
-    /// Copies an unpadded `h x w` plane into the interior of the phase buffer. The padding
-    /// cells are never written, so they stay zero across planes. `starts` is
-    /// [`Geom::phase_starts`].
+    /// Copies an unpadded `h x w` plane into the phase buffer. The padding cells are never
+    /// written, so they stay zero across planes. `starts` is [`Geom::phase_starts`].
     fn fill_padded<T: Elem>(&self, src: &[T], buf: &mut [T], starts: &[(usize, usize)]) {
         if self.w == 0 {
             return;
         }
         let (s, pl, wq) = (self.stride, self.phase_len(), self.wq);
-        if s == 1 {
-            // One phase; the row lands at column `left` (`w + left <= wq`).
-            let left = self.pad.left;
-            for (r, row) in src.chunks_exact(self.w).enumerate() {
-                let o = (r + self.pad.top) * wq + left;
-                buf[o..o + self.w].copy_from_slice(row);
+        for (r, row) in src.chunks_exact(self.w).enumerate() {
+            let ro = self.row_offset(r);
+            if s == 1 {
+                let o = ro + self.pad.left;
+                copy_row(&mut buf[o..o + self.w], row);
+                continue;
             }
+            if s == 2 {
+                let (a, b) = buf[ro..ro + pl + wq].split_at_mut(pl);
+                let (even, odd) = self.split_phases2(&mut a[..wq], &mut b[..wq]);
+                deinterleave2(row, even, odd);
+                continue;
+            }
+            for (p, &(c0, q0)) in starts.iter().enumerate() {
+                let dst = &mut buf[ro + p * pl + q0..ro + p * pl + wq];
+                gather_every(dst, row.get(c0..).unwrap_or_default(), s);
+            }
+        }
+    }
+
+    /// Stride 2: given the two column phases of one padded row, the destinations of the
+    /// unpadded row's even columns (`0, 2, ...`) and odd columns (`1, 3, ...`). Column `c`
+    /// is padded column `c + left`, in phase `(c + left) % 2` at `(c + left) / 2`.
+    fn split_phases2<'a, T>(
+        &self,
+        phase0: &'a mut [T],
+        phase1: &'a mut [T],
+    ) -> (&'a mut [T], &'a mut [T]) {
+        let (q_even, q_odd) = (self.pad.left / 2, self.pad.left.div_ceil(2));
+        if self.pad.left.is_multiple_of(2) {
+            (&mut phase0[q_even..], &mut phase1[q_odd..])
+        } else {
+            (&mut phase1[q_even..], &mut phase0[q_odd..])
+        }
+    }
+
+    /// The inverse of [`Geom::fill_padded`]: reads the phase buffer back into an unpadded
+    /// `h x w` plane.
+    fn crop_padded<T: Elem>(&self, buf: &[T], dst: &mut [T], starts: &[(usize, usize)]) {
+        if self.w == 0 {
             return;
         }
-        for (r, row) in src.chunks_exact(self.w).enumerate() {
-            let row_off = (r + self.pad.top) * wq;
+        let (s, pl, wq) = (self.stride, self.phase_len(), self.wq);
+        for (r, row) in dst.chunks_exact_mut(self.w).enumerate() {
+            let ro = self.row_offset(r);
+            if s == 1 {
+                let o = ro + self.pad.left;
+                copy_row(row, &buf[o..o + self.w]);
+                continue;
+            }
+            if s == 2 {
+                let (a, b) = buf[ro..ro + pl + wq].split_at(pl);
+                let (q_even, q_odd) = (self.pad.left / 2, self.pad.left.div_ceil(2));
+                let (even, odd) = if self.pad.left.is_multiple_of(2) {
+                    (&a[q_even..wq], &b[q_odd..wq])
+                } else {
+                    (&b[q_even..wq], &a[q_odd..wq])
+                };
+                interleave2(even, odd, row);
+                continue;
+            }
             for (p, &(c0, q0)) in starts.iter().enumerate() {
-                let dst = &mut buf[p * pl + row_off + q0..p * pl + row_off + wq];
-                for (d, &v) in dst.iter_mut().zip(row.iter().skip(c0).step_by(s)) {
+                let src = &buf[ro + p * pl + q0..ro + p * pl + wq];
+                for (d, &v) in row.iter_mut().skip(c0).step_by(s).zip(src) {
                     *d = v;
                 }
             }
         }
     }
 
-    /// The inverse of [`Geom::fill_padded`]: reads the interior of the phase buffer back into
-    /// an unpadded `h x w` plane.
-    fn crop_padded<T: Elem>(&self, buf: &[T], dst: &mut [T], starts: &[(usize, usize)]) {
-        if self.w == 0 {
-            return;
+    /// Spreads an `oh x ow` plane over a wide row (stride `wq`). The junk columns are never
+    /// written, so a zero-initialised `wide` keeps them zero.
+    fn widen<T: Elem>(&self, plane: &[T], wide: &mut [T]) {
+        for (row, dst) in plane.chunks_exact(self.ow).zip(wide.chunks_mut(self.wq)) {
+            copy_row(&mut dst[..self.ow], row);
         }
-        let (s, pl, wq) = (self.stride, self.phase_len(), self.wq);
-        if s == 1 {
-            let left = self.pad.left;
-            for (r, row) in dst.chunks_exact_mut(self.w).enumerate() {
-                let o = (r + self.pad.top) * wq + left;
-                row.copy_from_slice(&buf[o..o + self.w]);
-            }
-            return;
+    }
+
+    /// Compacts a wide row into an `oh x ow` plane.
+    fn compact<T: Elem>(&self, wide: &[T], plane: &mut [T]) {
+        for (row, src) in plane.chunks_exact_mut(self.ow).zip(wide.chunks(self.wq)) {
+            copy_row(row, &src[..self.ow]);
         }
-        for (r, row) in dst.chunks_exact_mut(self.w).enumerate() {
-            let row_off = (r + self.pad.top) * wq;
-            for (p, &(c0, q0)) in starts.iter().enumerate() {
-                let src = &buf[p * pl + row_off + q0..p * pl + row_off + wq];
-                for (d, &v) in row.iter_mut().skip(c0).step_by(s).zip(src) {
-                    *d = v;
-                }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short rows of a plane, without a call into `memcpy`
+/// (whose fixed cost dominates a 7- or 28-element copy): fixed-size chunk copies, which the
+/// compiler inlines as vector moves, with the tail covered by one overlapping chunk.
+#[inline]
+fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
+    let n = dst.len().min(src.len());
+    let (dst, src) = (&mut dst[..n], &src[..n]);
+    if n >= 8 {
+        for (d, s) in dst
+            .as_chunks_mut::<8>()
+            .0
+            .iter_mut()
+            .zip(src.as_chunks::<8>().0)
+        {
+            *d = *s;
+        }
+        copy_chunk::<T, 8>(&mut dst[n - 8..], &src[n - 8..]);
+    } else if n >= 4 {
+        copy_chunk::<T, 4>(&mut dst[..4], &src[..4]);
+        copy_chunk::<T, 4>(&mut dst[n - 4..], &src[n - 4..]);
+    } else {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = *s;
+        }
+    }
+}
+
+/// Copies the first `N` elements (a fixed-size, inlined copy); shorter slices copy nothing.
+#[inline(always)]
+fn copy_chunk<T: Copy, const N: usize>(dst: &mut [T], src: &[T]) {
+    if let (Some(d), Some(s)) = (dst.first_chunk_mut::<N>(), src.first_chunk::<N>()) {
+        *d = *s;
+    }
+}
+
+/// `even[k] = row[2k]`, `odd[k] = row[2k + 1]` in one pass (the compiler turns the pair
+/// loads into vector shuffles).
+fn deinterleave2<T: Copy>(row: &[T], even: &mut [T], odd: &mut [T]) {
+    let (pairs, rest) = row.as_chunks::<2>();
+    let m = pairs.len().min(even.len()).min(odd.len());
+    let (whole, e, o) = (&pairs[..m], &mut even[..m], &mut odd[..m]);
+    for k in 0..m {
+        e[k] = whole[k][0];
+        o[k] = whole[k][1];
+    }
+    if m == pairs.len()
+        && let (Some(&v), Some(d)) = (rest.first(), even.get_mut(m))
+    {
+        *d = v;
+    }
+}
+
+/// The inverse of [`deinterleave2`]: `row[2k] = even[k]`, `row[2k + 1] = odd[k]`.
+fn interleave2<T: Copy>(even: &[T], odd: &[T], row: &mut [T]) {
+    let (pairs, rest) = row.as_chunks_mut::<2>();
+    let n_pairs = pairs.len();
+    let m = n_pairs.min(even.len()).min(odd.len());
+    let (whole, e, o) = (&mut pairs[..m], &even[..m], &odd[..m]);
+    for k in 0..m {
+        whole[k] = [e[k], o[k]];
+    }
+    if m == n_pairs
+        && let (Some(d), Some(&v)) = (rest.first_mut(), even.get(m))
+    {
+        *d = v;
+    }
+}
+
+/// `dst[k] = src[k * s]` (strides other than 1 and 2, which have their own paths) for as many `k` as both slices allow.
+fn gather_every<T: Elem>(dst: &mut [T], src: &[T], s: usize) {
+    fn fixed<T: Elem, const S: usize>(dst: &mut [T], src: &[T]) {
+        let (chunks, rest) = (src.chunks_exact(S), src.chunks_exact(S).remainder());
+        let full = chunks.len().min(dst.len());
+        for (d, ch) in dst.iter_mut().zip(chunks) {
+            *d = ch[0];
+        }
+        if let (Some(d), Some(&v)) = (dst.get_mut(full), rest.first()) {
+            *d = v;
+        }
+    }
+    match s {
+        3 => fixed::<T, 3>(dst, src),
+        _ => {
+            for (d, &v) in dst.iter_mut().zip(src.iter().step_by(s)) {
+                *d = v;
             }
         }
     }
@@ -244,101 +388,62 @@ pub(crate) fn forward<T: Elem>(g: &Geom, x: &[T], wt: &[T]) -> Result<Vec<T>> {
     if out.is_empty() {
         return Ok(out);
     }
-    let (in_plane, taps) = (g.in_plane(), g.taps());
+    let (in_plane, taps, wide) = (g.in_plane(), g.taps(), g.wide_len());
     let (offs, starts) = (g.tap_offsets(), g.phase_starts());
     out.par_chunks_mut(out_plane)
         .with_min_len(g.min_planes(out_plane * taps))
         .enumerate()
         .for_each_init(
-            || vec![T::ZERO; g.buf_len()],
-            |buf, (plane, o)| {
+            || (vec![T::ZERO; g.buf_len()], vec![T::ZERO; wide]),
+            |(buf, acc), (plane, o)| {
                 let ch = plane % g.c;
                 let src = &x[plane * in_plane..(plane + 1) * in_plane];
                 g.fill_padded(src, buf, &starts);
-                forward_plane(g, buf, &offs, &wt[ch * taps..(ch + 1) * taps], o);
+                correlate(g, buf, &offs, &wt[ch * taps..(ch + 1) * taps], acc);
+                g.compact(acc, o);
             },
         );
     Ok(out)
 }
 
-/// One output plane from its padded phase buffer; `offs` is [`Geom::tap_offsets`].
-fn forward_plane<T: Elem>(g: &Geom, buf: &[T], offs: &[usize], wk: &[T], out: &mut [T]) {
+/// `acc[u] = sum over taps of w[tap] * buf[u + offs[tap]]` for the whole wide row.
+fn correlate<T: Elem>(g: &Geom, buf: &[T], offs: &[usize], wk: &[T], acc: &mut [T]) {
     match (g.kh, g.kw) {
-        (3, 3) => forward_plane_fused::<T, 3>(g, buf, offs, wk, out),
-        (5, 5) => forward_plane_rows::<T, 5>(g, buf, offs, wk, out),
-        (7, 7) => forward_plane_rows::<T, 7>(g, buf, offs, wk, out),
-        _ => forward_plane_any(g, buf, offs, wk, out),
+        (3, 3) => correlate_fused::<T, 9>(buf, offs, wk, acc),
+        (5, 5) => correlate_grouped::<T, 5>(buf, offs, wk, acc),
+        (7, 7) => correlate_grouped::<T, 7>(buf, offs, wk, acc),
+        _ => correlate_grouped::<T, 1>(buf, offs, wk, acc),
     }
 }
 
-/// `K x K` kernel, all taps of an output row in one pass (best for small K: one store per
-/// output, `K * K` loads).
-fn forward_plane_fused<T: Elem, const K: usize>(
-    g: &Geom,
-    buf: &[T],
-    offs: &[usize],
-    wk: &[T],
-    out: &mut [T],
-) {
-    let wa: [[T; K]; K] = std::array::from_fn(|i| std::array::from_fn(|j| wk[i * K + j]));
-    let oa: [[usize; K]; K] = std::array::from_fn(|i| std::array::from_fn(|j| offs[i * K + j]));
-    let step = g.row_step();
-    for (oh, orow) in out.chunks_exact_mut(g.ow).enumerate() {
-        let n = orow.len();
-        let base = oh * step;
-        let src: [[&[T]; K]; K] = std::array::from_fn(|i| {
-            std::array::from_fn(|j| &buf[base + oa[i][j]..base + oa[i][j] + n])
-        });
-        for t in 0..n {
-            let mut acc = T::ZERO;
-            for i in 0..K {
-                for j in 0..K {
-                    acc += wa[i][j] * src[i][j][t];
-                }
-            }
-            orow[t] = acc;
+/// All `N` taps in one pass: one store and `N` loads per output.
+fn correlate_fused<T: Elem, const N: usize>(buf: &[T], offs: &[usize], wk: &[T], acc: &mut [T]) {
+    let n = acc.len();
+    let wa: [T; N] = std::array::from_fn(|k| wk[k]);
+    let src: [&[T]; N] = std::array::from_fn(|k| &buf[offs[k]..offs[k] + n]);
+    for u in 0..n {
+        let mut a = T::ZERO;
+        for k in 0..N {
+            a += wa[k] * src[k][u];
         }
+        acc[u] = a;
     }
 }
 
-/// `K x K` kernel, one pass per kernel row (keeps the number of live streams at `K + 1`).
-fn forward_plane_rows<T: Elem, const K: usize>(
-    g: &Geom,
-    buf: &[T],
-    offs: &[usize],
-    wk: &[T],
-    out: &mut [T],
-) {
-    let wa: [[T; K]; K] = std::array::from_fn(|i| std::array::from_fn(|j| wk[i * K + j]));
-    let oa: [[usize; K]; K] = std::array::from_fn(|i| std::array::from_fn(|j| offs[i * K + j]));
-    let step = g.row_step();
-    for (oh, orow) in out.chunks_exact_mut(g.ow).enumerate() {
-        let n = orow.len();
-        let base = oh * step;
-        for (wrow, orow_offs) in wa.iter().zip(&oa) {
-            let src: [&[T]; K] =
-                std::array::from_fn(|j| &buf[base + orow_offs[j]..base + orow_offs[j] + n]);
-            for t in 0..n {
-                let mut acc = orow[t];
-                for j in 0..K {
-                    acc += wrow[j] * src[j][t];
-                }
-                orow[t] = acc;
+/// Taps in groups of `G` (one kernel row for `G = kw`), one pass per group, so only `G + 1`
+/// streams are live at a time. Requires `offs.len() == wk.len()` to be a multiple of `G`.
+fn correlate_grouped<T: Elem, const G: usize>(buf: &[T], offs: &[usize], wk: &[T], acc: &mut [T]) {
+    let n = acc.len();
+    acc.fill(T::ZERO);
+    for (og, wg) in offs.chunks_exact(G).zip(wk.chunks_exact(G)) {
+        let wa: [T; G] = std::array::from_fn(|k| wg[k]);
+        let src: [&[T]; G] = std::array::from_fn(|k| &buf[og[k]..og[k] + n]);
+        for u in 0..n {
+            let mut a = acc[u];
+            for k in 0..G {
+                a += wa[k] * src[k][u];
             }
-        }
-    }
-}
-
-/// Any kernel size: one multiply-add pass per tap.
-fn forward_plane_any<T: Elem>(g: &Geom, buf: &[T], offs: &[usize], wk: &[T], out: &mut [T]) {
-    let step = g.row_step();
-    for (oh, orow) in out.chunks_exact_mut(g.ow).enumerate() {
-        let n = orow.len();
-        for (&wv, &o) in wk.iter().zip(offs) {
-            let src = &buf[oh * step + o..oh * step + o + n];
-            for t in 0..n {
-                orow[t] += wv * src[t];
-            }
+            acc[u] = a;
         }
     }
 }
@@ -348,7 +453,12 @@ fn forward_plane_any<T: Elem>(g: &Geom, buf: &[T], offs: &[usize], wk: &[T], out
 pub(crate) fn backward_input<T: Elem>(g: &Geom, gy: &[T], wt: &[T]) -> Result<Vec<T>> {
     g.check_lens("output gradient", gy.len(), g.n * g.c * g.out_plane())?;
     g.check_lens("weight", wt.len(), g.c * g.taps())?;
+    if g.n * g.c * g.in_plane() == 0 {
+        return Ok(Vec::new());
+    }
     let p = g.pad;
+    // (With `h, w >= 1` the flipped problem's padded size is `h + kh - 1 >= kh`, so it is
+    // valid, and its output is exactly `h x w`.)
     if g.stride == 1 && p.top < g.kh && p.bottom < g.kh && p.left < g.kw && p.right < g.kw {
         // Stride 1: the transposed convolution is a plain correlation of the output gradient,
         // padded by `k - 1 - p` on each side, with the spatially flipped kernel.
@@ -380,33 +490,31 @@ pub(crate) fn backward_input<T: Elem>(g: &Geom, gy: &[T], wt: &[T]) -> Result<Ve
     backward_input_scatter(g, gy, wt)
 }
 
-/// General transposed convolution: scatter every output-gradient row into the padded phase
-/// buffer, then crop the padding away.
+/// General transposed convolution: scatter the (widened) output gradient into the phase
+/// buffer, one multiply-add pass per tap, then crop the padding away.
 fn backward_input_scatter<T: Elem>(g: &Geom, gy: &[T], wt: &[T]) -> Result<Vec<T>> {
     let in_plane = g.in_plane();
     let mut gx = vec![T::ZERO; g.n * g.c * in_plane];
     if gx.is_empty() {
         return Ok(gx);
     }
-    let (out_plane, taps, step) = (g.out_plane(), g.taps(), g.row_step());
+    let (out_plane, taps, wide) = (g.out_plane(), g.taps(), g.wide_len());
     let (offs, starts) = (g.tap_offsets(), g.phase_starts());
     gx.par_chunks_mut(in_plane)
         .with_min_len(g.min_planes(out_plane * taps))
         .enumerate()
         .for_each_init(
-            || vec![T::ZERO; g.buf_len()],
-            |buf, (plane, dst)| {
+            // (phase buffer, widened output gradient: its junk columns stay zero)
+            || (vec![T::ZERO; g.buf_len()], vec![T::ZERO; wide]),
+            |(buf, gyw), (plane, dst)| {
                 let ch = plane % g.c;
-                let wk = &wt[ch * taps..(ch + 1) * taps];
+                g.widen(&gy[plane * out_plane..(plane + 1) * out_plane], gyw);
                 buf.fill(T::ZERO);
-                let gyp = &gy[plane * out_plane..(plane + 1) * out_plane];
-                for (oh, gyrow) in gyp.chunks_exact(g.ow).enumerate() {
-                    let n = gyrow.len();
-                    for (&wv, &o) in wk.iter().zip(&offs) {
-                        let d = &mut buf[oh * step + o..oh * step + o + n];
-                        for t in 0..n {
-                            d[t] += wv * gyrow[t];
-                        }
+                let n = gyw.len();
+                for (&wv, &o) in wt[ch * taps..(ch + 1) * taps].iter().zip(&offs) {
+                    let d = &mut buf[o..o + n];
+                    for u in 0..n {
+                        d[u] += wv * gyw[u];
                     }
                 }
                 g.crop_padded(buf, dst, &starts);
@@ -415,8 +523,35 @@ fn backward_input_scatter<T: Elem>(g: &Geom, gy: &[T], wt: &[T]) -> Result<Vec<T
     Ok(gx)
 }
 
+/// `sum(a[k] * b[k])` over the common length, with eight independent partial sums so that
+/// the loop vectorises without reassociating floating-point additions behind the
+/// compiler's back.
+fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (ac, ar) = a[..n].as_chunks::<8>();
+    let (bc, br) = b[..n].as_chunks::<8>();
+    let mut lanes = [T::ZERO; 8];
+    for (x, y) in ac.iter().zip(bc) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    let mut sum = T::ZERO;
+    for (x, y) in ar.iter().zip(br) {
+        sum += *x * *y;
+    }
+    for v in lanes {
+        sum += v;
+    }
+    sum
+}
+
 /// Gradient with respect to the weight: `x` is `[n, c, h, w]`, `gy` is `[n, c, oh, ow]`,
 /// result `[c, 1, kh, kw]`.
+///
+/// The dot products run over the wide row, whose junk columns are zero in the widened output
+/// gradient; a non-finite input pixel can therefore turn into NaN (`0 * inf`) in the gradient
+/// of a tap that does not actually read it.
 pub(crate) fn backward_weight<T: Elem>(g: &Geom, x: &[T], gy: &[T]) -> Result<Vec<T>> {
     g.check_lens("input", x.len(), g.n * g.c * g.in_plane())?;
     g.check_lens("output gradient", gy.len(), g.n * g.c * g.out_plane())?;
@@ -425,37 +560,23 @@ pub(crate) fn backward_weight<T: Elem>(g: &Geom, x: &[T], gy: &[T]) -> Result<Ve
     if gw.is_empty() {
         return Ok(gw);
     }
-    let (in_plane, out_plane, ow, step) = (g.in_plane(), g.out_plane(), g.ow, g.row_step());
+    let (in_plane, out_plane, wide) = (g.in_plane(), g.out_plane(), g.wide_len());
     let (offs, starts) = (g.tap_offsets(), g.phase_starts());
     gw.par_chunks_mut(taps)
         .with_min_len(g.min_planes(g.n * out_plane * taps))
         .enumerate()
         .for_each_init(
-            // (padded phase buffer, one row of partial sums per tap)
-            || (vec![T::ZERO; g.buf_len()], vec![T::ZERO; taps * ow]),
-            |(buf, acc), (ch, gwc)| {
-                acc.fill(T::ZERO);
+            // (phase buffer, widened output gradient: its junk columns stay zero)
+            || (vec![T::ZERO; g.buf_len()], vec![T::ZERO; wide]),
+            |(buf, gyw), (ch, gwc)| {
                 for b in 0..g.n {
                     let plane = b * g.c + ch;
                     g.fill_padded(&x[plane * in_plane..(plane + 1) * in_plane], buf, &starts);
-                    let gyp = &gy[plane * out_plane..(plane + 1) * out_plane];
-                    for (oh, gyrow) in gyp.chunks_exact(ow).enumerate() {
-                        let n = gyrow.len();
-                        for (arow, &o) in acc.chunks_exact_mut(ow).zip(&offs) {
-                            let src = &buf[oh * step + o..oh * step + o + n];
-                            let arow = &mut arow[..n];
-                            for t in 0..n {
-                                arow[t] += src[t] * gyrow[t];
-                            }
-                        }
+                    g.widen(&gy[plane * out_plane..(plane + 1) * out_plane], gyw);
+                    let n = gyw.len();
+                    for (dst, &o) in gwc.iter_mut().zip(&offs) {
+                        *dst += dot(&buf[o..o + n], gyw);
                     }
-                }
-                for (dst, arow) in gwc.iter_mut().zip(acc.chunks_exact(ow)) {
-                    let mut sum = T::ZERO;
-                    for &v in arow {
-                        sum += v;
-                    }
-                    *dst = sum;
                 }
             },
         );

@@ -11,6 +11,7 @@
 
 pub mod depthwise;
 mod elem;
+pub mod fused;
 mod kernels;
 pub mod pointwise;
 

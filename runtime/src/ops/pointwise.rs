@@ -15,10 +15,10 @@ fn weight_2d(w: &Tensor, c: usize, op: &str) -> Result<Tensor> {
 
 /// Checks an optional bias against `o` output channels.
 fn check_bias(bias: Option<&Tensor>, o: usize, op: &str) -> Result<()> {
-    if let Some(b) = bias {
-        if b.dims() != [o] {
-            bail!("{op}: bias must be [{o}], got {:?}", b.dims());
-        }
+    if let Some(b) = bias
+        && b.dims() != [o]
+    {
+        bail!("{op}: bias must be [{o}], got {:?}", b.dims());
     }
     Ok(())
 }

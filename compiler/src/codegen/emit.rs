@@ -1,0 +1,517 @@
+//! The typed struct for one network.
+
+use proc_macro2::{Literal, TokenStream};
+use quote::{format_ident, quote};
+use syn::{Attribute, Ident, LitStr};
+
+use super::Request;
+use crate::analysis::summarize;
+use crate::ir::{Network, Schedule, Stage};
+
+/// `tokens`, plus the `include_str!` of the spec that makes cargo rebuild when it changes.
+pub(super) fn with_include(req: &Request, tokens: TokenStream) -> TokenStream {
+    let path = LitStr::new(req.include_path, req.span);
+    quote! {
+        #tokens
+        const _: &str = ::effnet::__private::include_str!(#path);
+    }
+}
+
+fn f64_lit(v: f64) -> TokenStream {
+    if v.is_finite() {
+        let lit = Literal::f64_unsuffixed(v);
+        quote!(#lit)
+    } else if v.is_nan() {
+        quote!(f64::NAN)
+    } else if v > 0.0 {
+        quote!(f64::INFINITY)
+    } else {
+        quote!(f64::NEG_INFINITY)
+    }
+}
+
+fn usize_lit(v: usize) -> Literal {
+    Literal::usize_unsuffixed(v)
+}
+
+fn option<T>(v: Option<T>, f: impl Fn(T) -> TokenStream) -> TokenStream {
+    match v {
+        Some(x) => {
+            let x = f(x);
+            quote!(::effnet::__private::Some(#x))
+        }
+        None => quote!(::effnet::__private::None),
+    }
+}
+
+fn doc_lines(lines: &[String]) -> TokenStream {
+    let attrs = lines.iter().map(|l| {
+        let l = if l.starts_with(' ') || l.is_empty() {
+            l.clone()
+        } else {
+            format!(" {l}")
+        };
+        quote!(#[doc = #l])
+    });
+    quote!(#(#attrs)*)
+}
+
+fn stage_doc(stage: &Stage, owner: &Ident) -> Vec<String> {
+    let mut doc = Vec::new();
+    match (stage.blocks.first(), stage.blocks.last()) {
+        (Some(first), Some(last)) => doc.push(format!(
+            "Stage {} of [`{owner}`]: {} `{}` block{}, {} -> {} channels, kernel {}, stride {}{}.",
+            stage.index,
+            stage.blocks.len(),
+            first.kind.timm_name(),
+            if stage.blocks.len() == 1 { "" } else { "s" },
+            first.in_channels,
+            last.out_channels,
+            first.kernel,
+            first.stride,
+            first
+                .se_channels
+                .map(|c| format!(", squeeze-excitation to {c}"))
+                .unwrap_or_default(),
+        )),
+        _ => doc.push(format!("Stage {} of [`{owner}`]: no blocks.", stage.index)),
+    }
+    if !stage.docs.is_empty() {
+        doc.push(String::new());
+        doc.extend(stage.docs.iter().cloned());
+    }
+    doc
+}
+
+fn schedule_const(s: &Schedule) -> TokenStream {
+    let name = &s.name;
+    let epochs = usize_lit(s.epochs);
+    let stages = s.stages.iter().map(|st| {
+        let (e0, e1) = (usize_lit(st.epochs.0), usize_lit(st.epochs.1));
+        let image = usize_lit(st.image_size);
+        let randaug = f64_lit(st.randaug);
+        let mixup = f64_lit(st.mixup);
+        let cutmix = f64_lit(st.cutmix);
+        let dropout = f64_lit(st.dropout);
+        let drop_path = option(st.drop_path, f64_lit);
+        let batch = option(st.batch_size, |b| {
+            let b = usize_lit(b);
+            quote!(#b)
+        });
+        quote! {
+            ::effnet::__private::ScheduleStageConst {
+                epochs: (#e0, #e1),
+                image_size: #image,
+                randaug: #randaug,
+                mixup: #mixup,
+                cutmix: #cutmix,
+                dropout: #dropout,
+                drop_path: #drop_path,
+                batch_size: #batch,
+            }
+        }
+    });
+    let label_smoothing = option(s.label_smoothing, f64_lit);
+    let ema = option(s.ema, f64_lit);
+    let grad_clip = option(s.grad_clip, f64_lit);
+    quote! {
+        ::effnet::__private::ScheduleConst {
+            name: #name,
+            epochs: #epochs,
+            stages: &[#(#stages),*],
+            label_smoothing: #label_smoothing,
+            ema: #ema,
+            grad_clip: #grad_clip,
+        }
+    }
+}
+
+fn schedule_ident(name: &str) -> Option<Ident> {
+    let upper: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    syn::parse_str::<Ident>(&format!("SCHEDULE_{upper}")).ok()
+}
+
+fn is_doc(a: &Attribute) -> bool {
+    a.path().is_ident("doc")
+}
+
+/// The typed struct, its stage structs, its features struct and their impls.
+pub(super) fn network(req: &Request, net: &Network) -> TokenStream {
+    let item = req.item;
+    let vis = &item.vis;
+    let name = &item.ident;
+    let attrs = &item.attrs;
+    let p = quote!(::effnet::__private);
+
+    let summary = summarize(net, net.resolution);
+    let mut doc = Vec::new();
+    if !attrs.iter().any(is_doc) {
+        doc.extend(net.docs.iter().cloned());
+        if !net.docs.is_empty() {
+            doc.push(String::new());
+        }
+    } else {
+        doc.push(String::new());
+    }
+    doc.push(format!(
+        "Generated by `#[effnet::model]` from `{}`, model `{}`: {} parameters, {} \
+         multiply-adds at {}x{}.",
+        req.display_name, net.name, summary.params, summary.macs, net.resolution, net.resolution
+    ));
+    let doc = doc_lines(&doc);
+
+    let spec = LitStr::new(req.text, req.span);
+    let model_name = &net.name;
+    let params = usize_lit(net.param_count());
+    let macs = Literal::u64_unsuffixed(summary.macs);
+    let (c, r) = (usize_lit(net.input_channels), usize_lit(net.resolution));
+    let train_res = option(net.train_resolution, |t| {
+        let t = usize_lit(t);
+        quote!(#t)
+    });
+    let classes = usize_lit(net.num_classes);
+    let features = usize_lit(net.num_features());
+    let n_stages = usize_lit(net.stages.len());
+    let stage_blocks = net.stages.iter().map(|s| usize_lit(s.blocks.len()));
+    let mut channels = net.stem.conv.out_channels;
+    let stage_out: Vec<usize> = net
+        .stages
+        .iter()
+        .map(|s| {
+            channels = s.blocks.last().map(|b| b.out_channels).unwrap_or(channels);
+            channels
+        })
+        .collect();
+    let stage_channels = stage_out.iter().map(|&c| usize_lit(c));
+
+    let mut schedule_items = Vec::new();
+    let mut schedule_refs = Vec::new();
+    for s in &net.schedules {
+        let value = schedule_const(s);
+        let sname = &s.name;
+        match schedule_ident(&s.name) {
+            Some(id) => {
+                let mut d = vec![format!("The `{sname}` schedule of the spec.")];
+                if !s.docs.is_empty() {
+                    d.push(String::new());
+                    d.extend(s.docs.iter().cloned());
+                }
+                let d = doc_lines(&d);
+                schedule_items.push(quote! {
+                    #d
+                    pub const #id: #p::ScheduleConst = #value;
+                });
+                schedule_refs.push(quote!(Self::#id));
+            }
+            None => schedule_refs.push(value),
+        }
+    }
+
+    let features_name = format_ident!("{}Features", name);
+    let stage_fields: Vec<Ident> = (0..net.stages.len())
+        .map(|i| format_ident!("stage{}", i))
+        .collect();
+    let stage_types: Vec<Ident> = (0..net.stages.len())
+        .map(|i| format_ident!("{}Stage{}", name, i))
+        .collect();
+    let stage_indices: Vec<Literal> = (0..net.stages.len()).map(usize_lit).collect();
+
+    let mut stage_structs = Vec::new();
+    let mut stage_field_docs = Vec::new();
+    let mut feature_docs = Vec::new();
+    let mut res = summary.stem.output[1];
+    for (i, stage) in net.stages.iter().enumerate() {
+        let ty = &stage_types[i];
+        let n = usize_lit(stage.blocks.len());
+        let sdoc = doc_lines(&stage_doc(stage, name));
+        if let Some(st) = summary.stages.iter().find(|s| s.index == stage.index) {
+            res = st.resolution;
+        }
+        let out_c = stage_out[i];
+        stage_field_docs.push(format!(
+            " Stage {i}: `blocks.{i}.*`, {} block{}.",
+            stage.blocks.len(),
+            if stage.blocks.len() == 1 { "" } else { "s" }
+        ));
+        feature_docs.push(format!(
+            " Output of stage {i}: `[batch, {out_c}, h, w]` ({res}x{res} at {}x{}).",
+            net.resolution, net.resolution
+        ));
+        stage_structs.push(quote! {
+            #sdoc
+            #[derive(#p::Debug, #p::Clone)]
+            #[allow(dead_code)]
+        #vis struct #ty {
+                /// The blocks, `blocks.{stage}.{index}` in timm's names.
+                pub blocks: [#p::Block; #n],
+            }
+
+            #[allow(dead_code)]
+            impl #ty {
+                /// The number of blocks.
+                pub const BLOCKS: usize = #n;
+
+                /// Run the blocks in order (`drop_path_scale` multiplies each block's
+                /// stochastic-depth rate in training).
+                pub fn forward_t(
+                    &self,
+                    x: &#p::Tensor,
+                    train: bool,
+                    drop_path_scale: f64,
+                    rng: &#p::NetRng,
+                ) -> #p::CandleResult<#p::Tensor> {
+                    let mut y = #p::Tensor::clone(x);
+                    for block in &self.blocks {
+                        y = #p::Block::forward_t(block, &y, train, drop_path_scale, rng)?;
+                    }
+                    #p::Ok(y)
+                }
+
+                /// This stage's tensors in `state_dict` order.
+                pub fn named(&self, out: &mut #p::Vec<#p::NamedTensor>) {
+                    for block in &self.blocks {
+                        #p::Block::named(block, out);
+                    }
+                }
+            }
+        });
+    }
+
+    let (head_field, head_load, head_ref) = match &net.head {
+        Some(_) => (
+            quote! {
+                /// `conv_head`, `bn2`.
+                pub head: #p::ConvBnAct,
+            },
+            quote!(head: #p::load_head(&ir, vb)?,),
+            quote!(#p::Some(&self.head)),
+        ),
+        None => (quote!(), quote!(), quote!(#p::None)),
+    };
+
+    let features_doc =
+        format!(" Each stage's output of [`{name}`] (timm's `features_only`, stem excluded).");
+
+    let include = with_include(req, TokenStream::new());
+
+    quote! {
+        #(#attrs)*
+        #doc
+        #[allow(dead_code)]
+        #vis struct #name {
+            /// `conv_stem`, `bn1`.
+            pub stem: #p::ConvBnAct,
+            #(
+                #[doc = #stage_field_docs]
+                pub #stage_fields: #stage_types,
+            )*
+            #head_field
+            /// `classifier`.
+            pub classifier: #p::Classifier,
+            /// Head dropout in training; starts at the spec's, progressive learning changes it.
+            pub dropout: f64,
+            /// Multiplies every block's drop-path rate; 1 keeps the spec's rates.
+            pub drop_path_scale: f64,
+            ir: #p::ir::Network,
+            rng: #p::NetRng,
+        }
+
+        #(#stage_structs)*
+
+        #[doc = #features_doc]
+        #[derive(#p::Debug, #p::Clone)]
+        #[allow(dead_code)]
+        #vis struct #features_name {
+            #(
+                #[doc = #feature_docs]
+                pub #stage_fields: #p::Tensor,
+            )*
+        }
+
+        #[allow(dead_code)]
+        impl #features_name {
+            /// The stage outputs in order.
+            pub fn into_vec(self) -> #p::Vec<#p::Tensor> {
+                #p::Vec::from([#(self.#stage_fields),*])
+            }
+        }
+
+        #[allow(dead_code)]
+        impl #name {
+            /// The spec's text.
+            pub const SPEC: &'static str = #spec;
+            /// The model's name in the spec.
+            pub const NAME: &'static str = #model_name;
+            /// Trainable parameters (`sum(p.numel() for p in model.parameters())`).
+            pub const PARAMS: usize = #params;
+            /// Multiply-adds for one image at the evaluation resolution.
+            pub const MACS: u64 = #macs;
+            /// `(channels, height, width)` of the input at the evaluation resolution.
+            pub const INPUT: (usize, usize, usize) = (#c, #r, #r);
+            /// The training resolution, when the spec gives one.
+            pub const TRAIN_RESOLUTION: #p::Option<usize> = #train_res;
+            /// Classifier outputs.
+            pub const NUM_CLASSES: usize = #classes;
+            /// Channels the classifier sees.
+            pub const NUM_FEATURES: usize = #features;
+            /// Blocks per stage.
+            pub const STAGE_BLOCKS: [usize; #n_stages] = [#(#stage_blocks),*];
+            /// Output channels per stage.
+            pub const STAGE_CHANNELS: [usize; #n_stages] = [#(#stage_channels),*];
+            #(#schedule_items)*
+            /// Every schedule the spec defines for this model.
+            pub const SCHEDULES: &'static [#p::ScheduleConst] = &[#(#schedule_refs),*];
+
+            /// The IR of the spec (no weights): tensor names and shapes, for loading and
+            /// checking weight files.
+            pub fn spec_ir() -> #p::EffnetResult<#p::ir::Network> {
+                #p::network_ir(Self::SPEC, Self::NAME)
+            }
+
+            /// Build the network, asking `vb` for every tensor by its timm name.
+            pub fn load(vb: #p::VarBuilder<'_>) -> #p::EffnetResult<Self> {
+                let ir = Self::spec_ir()?;
+                let vb = &vb;
+                #p::Ok(Self {
+                    stem: #p::load_stem(&ir, vb)?,
+                    #(
+                        #stage_fields: #stage_types {
+                            blocks: #p::load_blocks(&ir, #stage_indices, vb)?,
+                        },
+                    )*
+                    #head_load
+                    classifier: #p::load_classifier(&ir, vb)?,
+                    dropout: ir.dropout,
+                    drop_path_scale: 1.0,
+                    rng: #p::new_rng(0),
+                    ir,
+                })
+            }
+
+            /// The logits in evaluation mode.
+            pub fn forward(&self, x: &#p::Tensor) -> #p::EffnetResult<#p::Tensor> {
+                Self::forward_t(self, x, false)
+            }
+
+            /// The logits; `train` selects batch statistics, stochastic depth and dropout.
+            pub fn forward_t(&self, x: &#p::Tensor, train: bool) -> #p::EffnetResult<#p::Tensor> {
+                #p::Ok(<Self as #p::EffNet>::forward_t(self, x, train)?)
+            }
+
+            /// Each stage's output in evaluation mode.
+            pub fn forward_features(&self, x: &#p::Tensor) -> #p::EffnetResult<#features_name> {
+                Self::forward_features_t(self, x, false)
+            }
+
+            /// Each stage's output.
+            pub fn forward_features_t(
+                &self,
+                x: &#p::Tensor,
+                train: bool,
+            ) -> #p::EffnetResult<#features_name> {
+                let stages = Self::stages(self);
+                let outputs = #p::NetworkParts::forward_features_t(
+                    &Self::parts(self, &stages),
+                    x,
+                    train,
+                )?;
+                let [#(#stage_fields),*] = #p::stage_array::<#n_stages>(outputs)?;
+                #p::Ok(#features_name { #(#stage_fields),* })
+            }
+
+            /// Every tensor the network holds, under timm's names, in `state_dict` order.
+            pub fn named_tensors(&self) -> #p::Vec<#p::NamedTensor> {
+                let stages = Self::stages(self);
+                #p::NetworkParts::named_tensors(&Self::parts(self, &stages))
+            }
+
+            /// Every stage's blocks, in order.
+            pub fn stages(&self) -> [&[#p::Block]; #n_stages] {
+                [#(&self.#stage_fields.blocks),*]
+            }
+
+            /// The network's parts, borrowed: the runtime's one forward pass runs on them.
+            pub fn parts<'a>(&'a self, stages: &'a [&'a [#p::Block]]) -> #p::NetworkParts<'a> {
+                #p::NetworkParts {
+                    ir: &self.ir,
+                    stem: &self.stem,
+                    stages,
+                    head: #head_ref,
+                    classifier: &self.classifier,
+                    dropout: self.dropout,
+                    drop_path_scale: self.drop_path_scale,
+                    rng: &self.rng,
+                }
+            }
+
+            /// The IR the network was built from.
+            pub fn ir(&self) -> &#p::ir::Network {
+                &self.ir
+            }
+
+            /// Reseed the generator behind stochastic depth and dropout.
+            pub fn seed(&mut self, seed: u64) {
+                self.rng = #p::new_rng(seed);
+            }
+        }
+
+        impl #p::EffNet for #name {
+            fn ir(&self) -> &#p::ir::Network {
+                &self.ir
+            }
+            fn forward_t(&self, x: &#p::Tensor, train: bool) -> #p::CandleResult<#p::Tensor> {
+                let stages = Self::stages(self);
+                #p::NetworkParts::forward_t(&Self::parts(self, &stages), x, train)
+            }
+            fn forward_features_t(
+                &self,
+                x: &#p::Tensor,
+                train: bool,
+            ) -> #p::CandleResult<#p::Vec<#p::Tensor>> {
+                let stages = Self::stages(self);
+                #p::NetworkParts::forward_features_t(&Self::parts(self, &stages), x, train)
+            }
+            fn named_tensors(&self) -> #p::Vec<#p::NamedTensor> {
+                Self::named_tensors(self)
+            }
+            fn dropout(&self) -> f64 {
+                self.dropout
+            }
+            fn set_dropout(&mut self, rate: f64) {
+                self.dropout = rate;
+            }
+            fn drop_path_scale(&self) -> f64 {
+                self.drop_path_scale
+            }
+            fn set_drop_path_scale(&mut self, scale: f64) {
+                self.drop_path_scale = scale;
+            }
+            fn seed(&mut self, seed: u64) {
+                Self::seed(self, seed);
+            }
+            fn rng_state(&self) -> #p::Option<#p::ChaCha8Rng> {
+                #p::rng_state(&self.rng)
+            }
+            fn set_rng_state(&mut self, rng: #p::ChaCha8Rng) {
+                self.rng = #p::rng_from_state(rng);
+            }
+        }
+
+        impl #p::ModuleT for #name {
+            fn forward_t(&self, x: &#p::Tensor, train: bool) -> #p::CandleResult<#p::Tensor> {
+                <Self as #p::EffNet>::forward_t(self, x, train)
+            }
+        }
+
+        #include
+    }
+}

@@ -1,0 +1,1384 @@
+//! Fused f32 CPU kernels for inference, on activations in NHWC order (channels last): a
+//! convolution, its eval-mode BatchNorm (a per-channel `scale * y + shift`), its activation
+//! and the block's residual add in one pass over each output tile while it is in cache.
+//!
+//! * [`conv2d`]: dense convolutions (groups 1) as GEMMs over all pixels of the batch at once,
+//!   `Y[N*OH*OW, O] = X[N*OH*OW, C*k*k] x W^T`: a 1x1 stride-1 convolution reads the input
+//!   directly (channels last *is* the GEMM's row-major left operand, so the batch folds into
+//!   the rows for free), other kernels build an im2col tile per task (for each output pixel
+//!   and kernel row, one contiguous copy of `k * C` floats). The products run on the `gemm`
+//!   crate (AVX-512 / AVX2 kernels chosen at run time) one output tile at a time, and the
+//!   epilogue (affine, activation, residual) runs on the tile right after.
+//! * [`depthwise`]: depthwise convolution vectorized across channels, the epilogue fused,
+//!   and optionally the per-channel means of the output (the squeeze of a following
+//!   squeeze-excitation) accumulated on the way.
+//! * [`se_gates`] (two small GEMMs over the pooled `[N, C]` matrix, the block's activation,
+//!   a sigmoid) and [`gate_channels`] (the excitation, in place).
+//! * [`nchw_to_nhwc`] / [`nhwc_to_nchw`]: layout changes at the edges.
+//!
+//! Work is split into tasks (pixel x channel tiles) run on rayon's pool, so the thread count
+//! is `RAYON_NUM_THREADS`. Element-wise loops are compiled three times (AVX-512, AVX2+FMA,
+//! baseline) and chosen once at run time, so the binary stays portable.
+//!
+//! These kernels have no backward pass: the layers use them only in eval mode when no input
+//! tracks gradients, and fall back to candle ops otherwise.
+
+use std::sync::OnceLock;
+
+use candle_core::{Result, bail};
+use rayon::prelude::*;
+
+use super::Padding2d;
+
+/// An activation the fused kernels apply in their epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Act {
+    Identity,
+    Silu,
+    Relu,
+    Relu6,
+    HardSwish,
+}
+
+/// Per-output-channel `act(y * scale + shift)`: eval BatchNorm folded to an affine map.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub act: Act,
+}
+
+/// Geometry of a convolution over a batch (data in NHWC order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Batch, input channels, input height and width.
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Output channels (equal to `c` for a depthwise convolution).
+    pub o: usize,
+    /// Square kernel size and stride.
+    pub k: usize,
+    pub stride: usize,
+    pub pad: Padding2d,
+}
+
+impl ConvGeom {
+    fn check(&self, op: &str) -> Result<(usize, usize)> {
+        if self.k == 0 || self.stride == 0 {
+            bail!(
+                "{op}: kernel {} and stride {} must be positive",
+                self.k,
+                self.stride
+            );
+        }
+        let hp = self.h + self.pad.top + self.pad.bottom;
+        let wp = self.w + self.pad.left + self.pad.right;
+        if hp < self.k || wp < self.k || self.h == 0 || self.w == 0 {
+            bail!(
+                "{op}: padded input {hp}x{wp} is empty or smaller than the {0}x{0} kernel",
+                self.k
+            );
+        }
+        Ok((
+            (hp - self.k) / self.stride + 1,
+            (wp - self.k) / self.stride + 1,
+        ))
+    }
+
+    /// Output height and width.
+    pub fn out_hw(&self) -> Result<(usize, usize)> {
+        self.check("conv")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Run-time SIMD dispatch.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    Baseline,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Level::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Level::Avx2;
+            }
+        }
+        Level::Baseline
+    })
+}
+
+/// Defines `fn $name(args)` that runs `$body` compiled for the best instruction set the CPU
+/// has. The body is an `#[inline(always)]` function, so everything it inlines is compiled
+/// for that instruction set too.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn v4($($arg: $ty),*) { body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn v3($($arg: $ty),*) { body($($arg),*) }
+                match level() {
+                    // SAFETY: `level()` reported these features on this CPU.
+                    Level::Avx512 => return unsafe { v4($($arg),*) },
+                    // SAFETY: as above.
+                    Level::Avx2 => return unsafe { v3($($arg),*) },
+                    Level::Baseline => {}
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element-wise math.
+
+/// `e^x` for `x` clamped to `[-87, 88]` (so `2^n` stays a normal float), relative error
+/// about 2e-7: `2^n * p(r)` with `n = round(x / ln 2)`, `r = x - n ln 2` in two parts and a
+/// degree-6 Taylor polynomial. Branch-free and without float-to-int conversions (the
+/// rounding and `2^n` come from the bits of `x / ln 2 + 1.5 * 2^23`), so loops over it
+/// vectorize.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding it rounds to an integer (to nearest even) in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    const MAGIC_BITS: i32 = 0x4B40_0000;
+    // max/min rather than clamp: a NaN input becomes -87 (finite) instead of propagating.
+    #[allow(clippy::manual_clamp)]
+    let x = x.max(-87.0).min(88.0);
+    let t = x.mul_add(LOG2E, MAGIC);
+    let n = t - MAGIC;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let p: f32 = 1.0 / 720.0;
+    let p = p.mul_add(r, 1.0 / 120.0);
+    let p = p.mul_add(r, 1.0 / 24.0);
+    let p = p.mul_add(r, 1.0 / 6.0);
+    let p = p.mul_add(r, 0.5);
+    let p = p.mul_add(r, 1.0);
+    let p = p.mul_add(r, 1.0);
+    // n is in [-126, 127]: the biased exponent n + 127 is in [1, 254].
+    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC_BITS);
+    let bits = (ni.wrapping_add(127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// `1 / d` for a positive normal `d` without a division (a vector division costs about as
+/// much as everything else in the activation): a bit-trick first guess, relative error under
+/// 1/8, then three Newton steps `r (2 - d r)`, which square the error each time (< 1e-7).
+#[inline(always)]
+fn recip(d: f32) -> f32 {
+    let r = f32::from_bits(0x7EF3_11C3_u32.wrapping_sub(d.to_bits()));
+    let r = r * (-d).mul_add(r, 2.0);
+    let r = r * (-d).mul_add(r, 2.0);
+    r * (-d).mul_add(r, 2.0)
+}
+
+/// `1 / (1 + e^-x)`. The exponent is capped at 80 so that `1 + e^-x` stays below `1e35`
+/// and its reciprocal a normal float (subnormals are slow, and `recip` needs normals); below
+/// `x = -80` the result is about `2e-35` instead of smaller.
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    recip(1.0 + exp((-x).min(80.0)))
+}
+
+#[inline(always)]
+fn act_one(v: f32, act: Act) -> f32 {
+    match act {
+        Act::Identity => v,
+        Act::Silu => v * sigmoid(v),
+        Act::Relu => v.max(0.0),
+        Act::Relu6 => v.clamp(0.0, 6.0),
+        Act::HardSwish => v * ((v + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0)),
+    }
+}
+
+/// `row[o] = act(row[o] * scale[o] + shift[o]) (+ res[o])`: one output pixel's channels.
+#[inline(always)]
+fn affine_act_channels(
+    row: &mut [f32],
+    scale: &[f32],
+    shift: &[f32],
+    act: Act,
+    res: Option<&[f32]>,
+    sums: Option<&mut [f32]>,
+) {
+    let n = row.len();
+    let (scale, shift) = (&scale[..n], &shift[..n]);
+    macro_rules! go {
+        ($a:expr) => {{
+            for ((v, &sc), &sh) in row.iter_mut().zip(scale).zip(shift) {
+                *v = act_one(v.mul_add(sc, sh), $a);
+            }
+            if let Some(r) = res {
+                for (v, &rv) in row.iter_mut().zip(&r[..n]) {
+                    *v += rv;
+                }
+            }
+            if let Some(s) = sums {
+                for (acc, &v) in s[..n].iter_mut().zip(row.iter()) {
+                    *acc += v;
+                }
+            }
+        }};
+    }
+    match act {
+        Act::Identity => go!(Act::Identity),
+        Act::Silu => go!(Act::Silu),
+        Act::Relu => go!(Act::Relu),
+        Act::Relu6 => go!(Act::Relu6),
+        Act::HardSwish => go!(Act::HardSwish),
+    }
+}
+
+multiversion! {
+    /// The epilogue over a GEMM tile: `rows` pixels of `cols` channels from channel `o0`,
+    /// rows `ld` apart; `res` (same layout) is added after the activation.
+    #[allow(clippy::too_many_arguments)]
+    fn epilogue_tile(
+        tile: &mut [f32],
+        res: Option<&[f32]>,
+        rows: usize,
+        cols: usize,
+        ld: usize,
+        o0: usize,
+        epi: &Epilogue<'_>,
+    ) {
+        let (scale, shift) = (&epi.scale[o0..o0 + cols], &epi.shift[o0..o0 + cols]);
+        for r in 0..rows {
+            let at = r * ld;
+            affine_act_channels(
+                &mut tile[at..at + cols],
+                scale,
+                shift,
+                epi.act,
+                res.map(|x| &x[at..at + cols]),
+                None,
+            );
+        }
+    }
+}
+
+multiversion! {
+    /// The epilogue of a pixel-major GEMM tile `tmp` (`[cols][rows]`, channels `o0..`):
+    /// affine and activation along each channel's pixels, then transposed into `out`
+    /// (`rows` pixels of `cols` channels, contiguous) with `res` added.
+    #[allow(clippy::too_many_arguments)]
+    fn epilogue_transpose(
+        tmp: &mut [f32],
+        out: &mut [f32],
+        res: Option<&[f32]>,
+        rows: usize,
+        cols: usize,
+        o0: usize,
+        epi: &Epilogue<'_>,
+    ) {
+        for (j, col) in tmp.chunks_exact_mut(rows).take(cols).enumerate() {
+            let (sc, sh) = (epi.scale[o0 + j], epi.shift[o0 + j]);
+            macro_rules! go {
+                ($a:expr) => {
+                    for v in col.iter_mut() {
+                        *v = act_one(v.mul_add(sc, sh), $a);
+                    }
+                };
+            }
+            match epi.act {
+                Act::Identity => go!(Act::Identity),
+                Act::Silu => go!(Act::Silu),
+                Act::Relu => go!(Act::Relu),
+                Act::Relu6 => go!(Act::Relu6),
+                Act::HardSwish => go!(Act::HardSwish),
+            }
+        }
+        const B: usize = 16;
+        for i0 in (0..rows).step_by(B) {
+            for j0 in (0..cols).step_by(B) {
+                for i in i0..(i0 + B).min(rows) {
+                    for j in j0..(j0 + B).min(cols) {
+                        out[i * cols + j] = tmp[j * rows + i];
+                    }
+                }
+            }
+        }
+        if let Some(r) = res {
+            for (v, &rv) in out[..rows * cols].iter_mut().zip(r) {
+                *v += rv;
+            }
+        }
+    }
+}
+
+/// Gates below this are flushed to zero: a gate of `1e-39` is a subnormal float, and every
+/// multiply-add that touches one (in the gated weights or inputs) takes a microcode assist
+/// that costs a hundred times a normal one. The change to the output is below `1e-12 * |x|`.
+const GATE_FLUSH: f32 = 1e-12;
+
+multiversion! {
+    /// `out[i] = sigmoid(v[i])` in place, flushing gates below [`GATE_FLUSH`] to zero.
+    fn sigmoid_inplace(v: &mut [f32]) {
+        for x in v.iter_mut() {
+            let g = sigmoid(*x);
+            *x = if g < GATE_FLUSH { 0.0 } else { g };
+        }
+    }
+}
+
+multiversion! {
+    /// Activation in place, with a per-column bias first (rows of `bias.len()` values).
+    fn bias_act_rows(v: &mut [f32], bias: &[f32], act: Act) {
+        for row in v.chunks_exact_mut(bias.len()) {
+            for (x, &b) in row.iter_mut().zip(bias) {
+                *x = act_one(*x + b, act);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM.
+
+/// A matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl Mat<'_> {
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint tiles.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks only write disjoint regions through it (see each use).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole `Send + Sync` wrapper).
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `dst = a x b` for `dst` of `a.rows x b.cols` at `dst`, element `(i, j)` at
+/// `i * rs + j * cs`, overwriting it, single-threaded. The `gemm` crate's micro-kernel runs
+/// 64 rows of the destination's contiguous dimension at a time, so that dimension should be
+/// the long one.
+///
+/// # Safety
+/// `dst` must be valid for writes at every `i * rs + j * cs` with `i < a.rows`, `j < b.cols`,
+/// and no other thread may access those elements during the call.
+unsafe fn gemm_into(a: Mat<'_>, b: Mat<'_>, dst: *mut f32, rs: usize, cs: usize) -> Result<()> {
+    if a.cols != b.rows || !a.fits() || !b.fits() {
+        bail!(
+            "fused gemm: bad operands {}x{} (rs {}, cs {}, len {}) x {}x{} (rs {}, cs {}, len {})",
+            a.rows,
+            a.cols,
+            a.rs,
+            a.cs,
+            a.data.len(),
+            b.rows,
+            b.cols,
+            b.rs,
+            b.cs,
+            b.data.len()
+        );
+    }
+    if a.rows == 0 || b.cols == 0 {
+        return Ok(());
+    }
+    if a.cols == 0 {
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                // SAFETY: in range per this function's contract.
+                unsafe { *dst.add(i * rs + j * cs) = 0.0 };
+            }
+        }
+        return Ok(());
+    }
+    // SAFETY: the operand views were checked to lie inside their slices; `dst` is the
+    // caller's responsibility (see above). Strides fit in isize because the slices do.
+    unsafe {
+        gemm::gemm(
+            a.rows,
+            b.cols,
+            a.cols,
+            dst,
+            cs as isize,
+            rs as isize,
+            false,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense convolution.
+
+/// Task decomposition of the `[M, O]` output (pixels x channels) into tiles.
+#[derive(Clone, Copy, Debug)]
+struct Tiling {
+    rows: usize,
+    row_blocks: usize,
+    cols: usize,
+    col_blocks: usize,
+}
+
+fn tiling(m: usize, o: usize, kdim: usize) -> Tiling {
+    let threads = rayon::current_num_threads().max(1);
+    // Pixels per tile: enough for the GEMM kernels to run at speed, few enough that the tile
+    // (and its im2col rows) stay in L2.
+    let target = if kdim >= 512 {
+        128
+    } else if kdim >= 128 {
+        256
+    } else {
+        512
+    };
+    let row_blocks = m.div_ceil(target).max(1);
+    let rows = m.div_ceil(row_blocks).div_ceil(8) * 8;
+    let row_blocks = m.div_ceil(rows.max(1)).max(1);
+    // Too few pixel tiles to keep every thread busy (small maps, small batches): split the
+    // output channels too, in multiples of 16.
+    let want = 3 * threads;
+    let col_blocks = if threads > 1 && row_blocks < want {
+        want.div_ceil(row_blocks).min(o.div_ceil(64)).max(1)
+    } else {
+        1
+    };
+    let cols = o.div_ceil(col_blocks).div_ceil(16) * 16;
+    let col_blocks = o.div_ceil(cols.max(1)).max(1);
+    Tiling {
+        rows,
+        row_blocks,
+        cols,
+        col_blocks,
+    }
+}
+
+/// Rows `[p0, p0 + rows)` of the im2col matrix: for output pixel `p` (of the whole batch),
+/// column `(i * k + j) * C + ci` holds input `(n, oy * s + i - top, ox * s + j - left, ci)`,
+/// zero outside the input. Each kernel row `i` is one contiguous copy from the NHWC input.
+fn im2col_rows(
+    x: &[f32],
+    g: &ConvGeom,
+    oh: usize,
+    ow: usize,
+    p0: usize,
+    rows: usize,
+    col: &mut [f32],
+) {
+    let (h, w, c, k, s) = (g.h, g.w, g.c, g.k, g.stride);
+    let (top, left) = (g.pad.top as isize, g.pad.left as isize);
+    let kdim = k * k * c;
+    for (r, dst) in col.chunks_exact_mut(kdim).take(rows).enumerate() {
+        let p = p0 + r;
+        let (b, rest) = (p / (oh * ow), p % (oh * ow));
+        let (oy, ox) = (rest / ow, rest % ow);
+        let ix0 = (ox * s) as isize - left;
+        // Kernel columns j with 0 <= ix0 + j < w.
+        let jlo = (-ix0).clamp(0, k as isize) as usize;
+        let jhi = (w as isize - ix0).clamp(jlo as isize, k as isize) as usize;
+        for i in 0..k {
+            let d = &mut dst[i * k * c..(i + 1) * k * c];
+            let iy = (oy * s + i) as isize - top;
+            if iy < 0 || iy >= h as isize || jhi == jlo {
+                d.fill(0.0);
+                continue;
+            }
+            d[..jlo * c].fill(0.0);
+            d[jhi * c..].fill(0.0);
+            let src = ((b * h + iy as usize) * w) as isize + ix0 + jlo as isize;
+            let src = src as usize * c;
+            d[jlo * c..jhi * c].copy_from_slice(&x[src..src + (jhi - jlo) * c]);
+        }
+    }
+}
+
+/// Dense convolution (groups 1) of `x` (NHWC, `[N, H, W, C]`) with `w` (`[O, C, k, k]`, as
+/// stored), fused with `epi` and an optional `residual` (NHWC, `[N, OH, OW, O]`, added after
+/// the activation). Returns NHWC `[N, OH, OW, O]`.
+pub fn conv2d(
+    x: &[f32],
+    w: &[f32],
+    g: &ConvGeom,
+    epi: &Epilogue<'_>,
+    residual: Option<&[f32]>,
+) -> Result<Vec<f32>> {
+    const OP: &str = "fused conv2d";
+    let (oh, ow) = g.check(OP)?;
+    let (n, c, o, k) = (g.n, g.c, g.o, g.k);
+    let m = n * oh * ow;
+    let kdim = c * k * k;
+    if x.len() != n * g.h * g.w * c || w.len() != o * kdim {
+        bail!(
+            "{OP}: input has {} elements, weight {}; expected {} and {}",
+            x.len(),
+            w.len(),
+            n * g.h * g.w * c,
+            o * kdim
+        );
+    }
+    if epi.scale.len() != o || epi.shift.len() != o {
+        bail!("{OP}: epilogue must have {o} channels");
+    }
+    if residual.is_some_and(|r| r.len() != m * o) {
+        bail!("{OP}: residual must have {} elements", m * o);
+    }
+    let pointwise = k == 1 && g.stride == 1 && g.pad.is_zero();
+    let mut out = vec![0f32; m * o];
+    if out.is_empty() {
+        return Ok(out);
+    }
+    // The weight as `[O, k, k, C]`, the column order of the im2col rows.
+    let permuted;
+    let wk: &[f32] = if k == 1 {
+        w
+    } else {
+        let mut p = vec![0f32; o * kdim];
+        for (dst, src) in p.chunks_exact_mut(kdim).zip(w.chunks_exact(kdim)) {
+            for ci in 0..c {
+                for t in 0..k * k {
+                    dst[t * c + ci] = src[ci * k * k + t];
+                }
+            }
+        }
+        permuted = p;
+        &permuted
+    };
+    let t = tiling(m, o, kdim);
+    let tasks = t.row_blocks * t.col_blocks;
+    // The micro-kernel covers 64 channels at a time in the natural (channel-contiguous)
+    // orientation; when that wastes more than a tenth of it, run it along pixels instead.
+    let pixel_major = t.col_blocks == 1 && o * 10 < o.div_ceil(64) * 64 * 9;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..tasks)
+        .into_par_iter()
+        .with_max_len(1)
+        .try_for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(col_buf, tmp_buf): &mut (Vec<f32>, Vec<f32>), task| -> Result<()> {
+                let (rb, cb) = (task / t.col_blocks, task % t.col_blocks);
+                let p0 = rb * t.rows;
+                let rows = t.rows.min(m - p0);
+                let o0 = cb * t.cols;
+                let cols = t.cols.min(o - o0);
+                let a = if pointwise {
+                    Mat {
+                        data: &x[p0 * c..(p0 + rows) * c],
+                        rows,
+                        cols: kdim,
+                        rs: kdim,
+                        cs: 1,
+                    }
+                } else {
+                    col_buf.resize(rows * kdim, 0.0);
+                    im2col_rows(x, g, oh, ow, p0, rows, col_buf);
+                    Mat {
+                        data: col_buf,
+                        rows,
+                        cols: kdim,
+                        rs: kdim,
+                        cs: 1,
+                    }
+                };
+                // W^T restricted to output channels `o0..o0 + cols`: element (kk, j) is
+                // `wk[(o0 + j) * kdim + kk]`.
+                let b = Mat {
+                    data: &wk[o0 * kdim..(o0 + cols) * kdim],
+                    rows: kdim,
+                    cols,
+                    rs: 1,
+                    cs: kdim,
+                };
+                let start = p0 * o + o0;
+                let tile_len = (rows - 1) * o + cols;
+                if start + tile_len > m * o {
+                    bail!("{OP}: internal tiling error");
+                }
+                if pixel_major {
+                    // Few output channels: run the micro-kernel along pixels into a scratch
+                    // tile, then transpose it into place in the epilogue.
+                    tmp_buf.resize(rows * cols, 0.0);
+                    // SAFETY: `tmp_buf` holds `rows * cols` elements, `(i, j)` at `i + j * rows`,
+                    // owned by this task.
+                    unsafe { gemm_into(a, b, tmp_buf.as_mut_ptr(), 1, rows)? };
+                    // SAFETY: with one channel block (`pixel_major` requires it) the tile is the
+                    // contiguous range `start..start + rows * o`, owned by this task alone.
+                    let tile =
+                        unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), tile_len) };
+                    let res = residual.map(|r| &r[start..start + tile_len]);
+                    epilogue_transpose(tmp_buf, tile, res, rows, cols, o0, epi);
+                    return Ok(());
+                }
+                // SAFETY: the tile (pixels `p0..p0 + rows`, channels `o0..o0 + cols`) lies in
+                // `out` (checked above); tasks write disjoint tiles; `out` outlives the loop.
+                unsafe { gemm_into(a, b, out_ptr.at(start), o, 1)? };
+                if t.col_blocks == 1 {
+                    // SAFETY: with one channel block the tile is the contiguous range
+                    // `start..start + tile_len`, owned by this task alone.
+                    let tile =
+                        unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), tile_len) };
+                    let res = residual.map(|r| &r[start..start + tile_len]);
+                    epilogue_tile(tile, res, rows, cols, o, o0, epi);
+                } else {
+                    for r in 0..rows {
+                        let at = start + r * o;
+                        // SAFETY: pixel `p0 + r`, channels `o0..o0 + cols`: inside `out` and in
+                        // this task's tile only.
+                        let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(at), cols) };
+                        let res = residual.map(|x| &x[at..at + cols]);
+                        epilogue_tile(row, res, 1, cols, cols, o0, epi);
+                    }
+                }
+                Ok(())
+            },
+        )?;
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Depthwise convolution.
+
+/// Output pixel `(b, oy, ox)` of a depthwise convolution for the `W` channels from `c0`
+/// (`W` a constant, so the accumulators live in registers), before the epilogue.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dw_pixel<const W: usize>(
+    x: &[f32],
+    wt: &[f32],
+    g: &ConvGeom,
+    b: usize,
+    oy: usize,
+    ox: usize,
+    c0: usize,
+) -> [f32; W] {
+    let (h, w, c, k, s) = (g.h, g.w, g.c, g.k, g.stride);
+    let mut acc = [0f32; W];
+    for i in 0..k {
+        let iy = (oy * s + i) as isize - g.pad.top as isize;
+        if iy < 0 || iy >= h as isize {
+            continue;
+        }
+        let row = (b * h + iy as usize) * w;
+        for j in 0..k {
+            let ix = (ox * s + j) as isize - g.pad.left as isize;
+            if ix < 0 || ix >= w as isize {
+                continue;
+            }
+            let xs = &x[(row + ix as usize) * c + c0..][..W];
+            let ws = &wt[(i * k + j) * c + c0..][..W];
+            for l in 0..W {
+                acc[l] = ws[l].mul_add(xs[l], acc[l]);
+            }
+        }
+    }
+    acc
+}
+
+/// Every output pixel of sample `b` for the `W` channels from `c0`: convolution, epilogue,
+/// store, and the channel sums added to `sums` (`W` long).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dw_block<const W: usize>(
+    x: &[f32],
+    wt: &[f32],
+    g: &ConvGeom,
+    (oh, ow): (usize, usize),
+    b: usize,
+    c0: usize,
+    epi: &Epilogue<'_>,
+    out: OutPtr,
+    sums: &mut [f32],
+) {
+    let (scale, shift) = (&epi.scale[c0..c0 + W], &epi.shift[c0..c0 + W]);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let mut acc = dw_pixel::<W>(x, wt, g, b, oy, ox, c0);
+            affine_act_channels(&mut acc, scale, shift, epi.act, None, Some(&mut *sums));
+            let pix = (b * oh + oy) * ow + ox;
+            // SAFETY: pixel `pix`, channels `c0..c0 + W` of the output: in range
+            // (`pix < N * OH * OW`, `c0 + W <= C`) and written by this task only (tasks own
+            // disjoint (sample, channel block) pairs).
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.at(pix * g.c + c0), W) };
+            dst.copy_from_slice(&acc);
+        }
+    }
+}
+
+/// [`dw_block`] for a run of fewer than 16 channels.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dw_block_tail(
+    x: &[f32],
+    wt: &[f32],
+    g: &ConvGeom,
+    (oh, ow): (usize, usize),
+    b: usize,
+    c0: usize,
+    epi: &Epilogue<'_>,
+    out: OutPtr,
+    sums: &mut [f32],
+) {
+    let cw = sums.len();
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let mut acc = [0f32; 16];
+            let acc = &mut acc[..cw];
+            let (h, w, c, k, s) = (g.h, g.w, g.c, g.k, g.stride);
+            for i in 0..k {
+                let iy = (oy * s + i) as isize - g.pad.top as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let row = (b * h + iy as usize) * w;
+                for j in 0..k {
+                    let ix = (ox * s + j) as isize - g.pad.left as isize;
+                    if ix < 0 || ix >= w as isize {
+                        continue;
+                    }
+                    let xs = &x[(row + ix as usize) * c + c0..][..cw];
+                    let ws = &wt[(i * k + j) * c + c0..][..cw];
+                    for ((a, &wv), &xv) in acc.iter_mut().zip(ws).zip(xs) {
+                        *a = wv.mul_add(xv, *a);
+                    }
+                }
+            }
+            affine_act_channels(
+                acc,
+                &epi.scale[c0..c0 + cw],
+                &epi.shift[c0..c0 + cw],
+                epi.act,
+                None,
+                Some(&mut *sums),
+            );
+            let pix = (b * oh + oy) * ow + ox;
+            // SAFETY: as in `dw_block`.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.at(pix * g.c + c0), cw) };
+            dst.copy_from_slice(acc);
+        }
+    }
+}
+
+/// Width of the register-blocked channel groups of the depthwise kernel.
+const DW_BLOCK: usize = 64;
+
+multiversion! {
+    /// Sample `b`, channels `c0..c0 + sums.len()`, every output pixel: the convolution, the
+    /// epilogue (written to the output through `out`), and the per-channel sums.
+    #[allow(clippy::too_many_arguments)]
+    fn dw_task(
+        x: &[f32],
+        wt: &[f32],
+        g: &ConvGeom,
+        out_hw: (usize, usize),
+        b: usize,
+        c0: usize,
+        epi: &Epilogue<'_>,
+        out: OutPtr,
+        sums: &mut [f32],
+    ) {
+        sums.fill(0.0);
+        let cw = sums.len();
+        let mut done = 0;
+        while cw - done >= DW_BLOCK {
+            let s = &mut sums[done..done + DW_BLOCK];
+            dw_block::<DW_BLOCK>(x, wt, g, out_hw, b, c0 + done, epi, out, s);
+            done += DW_BLOCK;
+        }
+        if cw - done >= 32 {
+            dw_block::<32>(x, wt, g, out_hw, b, c0 + done, epi, out, &mut sums[done..done + 32]);
+            done += 32;
+        }
+        if cw - done >= 16 {
+            dw_block::<16>(x, wt, g, out_hw, b, c0 + done, epi, out, &mut sums[done..done + 16]);
+            done += 16;
+        }
+        if done < cw {
+            dw_block_tail(x, wt, g, out_hw, b, c0 + done, epi, out, &mut sums[done..]);
+        }
+    }
+}
+
+/// Depthwise convolution of `x` (NHWC) with `w` (`[C, 1, k, k]`, as stored), fused with
+/// `epi`. With `means`, also returns the per-channel mean of the output (`[N, C]`).
+pub fn depthwise(
+    x: &[f32],
+    w: &[f32],
+    g: &ConvGeom,
+    epi: &Epilogue<'_>,
+    means: bool,
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    const OP: &str = "fused depthwise";
+    let (oh, ow) = g.check(OP)?;
+    let (n, c, k) = (g.n, g.c, g.k);
+    if g.o != c || x.len() != n * g.h * g.w * c || w.len() != c * k * k {
+        bail!(
+            "{OP}: input has {} elements, weight {}; expected {} and {}",
+            x.len(),
+            w.len(),
+            n * g.h * g.w * c,
+            c * k * k
+        );
+    }
+    if epi.scale.len() != c || epi.shift.len() != c {
+        bail!("{OP}: epilogue must have {c} channels");
+    }
+    let mut out = vec![0f32; n * oh * ow * c];
+    let mut sums = vec![0f32; n * c];
+    if out.is_empty() {
+        return Ok((out, means.then_some(sums)));
+    }
+    // Taps-major weight, `[k * k, C]`, so each tap's channels are contiguous.
+    let taps = k * k;
+    let mut wt = vec![0f32; taps * c];
+    for (ci, src) in w.chunks_exact(taps).enumerate() {
+        for (t, &v) in src.iter().enumerate() {
+            wt[t * c + ci] = v;
+        }
+    }
+    // Channel blocks: wide for the registers, narrow enough for every thread to get work.
+    let want = 3 * rayon::current_num_threads().max(1);
+    let mut block = DW_BLOCK;
+    while block > 16 && n * c.div_ceil(block) < want {
+        block /= 2;
+    }
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    sums.par_chunks_mut(c).enumerate().for_each(|(b, sums_b)| {
+        sums_b
+            .par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(cb, s)| {
+                let c0 = cb * block;
+                dw_task(x, &wt, g, (oh, ow), b, c0, epi, out_ptr, s);
+            });
+    });
+    let means = means.then(|| {
+        let inv = 1.0 / (oh * ow) as f32;
+        sums.iter().map(|s| s * inv).collect()
+    });
+    Ok((out, means))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Squeeze-excitation and layout.
+
+/// Per-channel means of an NHWC map of `p` pixels: `[N, C]`.
+pub fn channel_means(x: &[f32], n: usize, p: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n * c];
+    if p == 0 || c == 0 {
+        return out;
+    }
+    let inv = 1.0 / p as f32;
+    out.par_chunks_mut(c).enumerate().for_each(|(b, m)| {
+        for px in x[b * p * c..(b + 1) * p * c].chunks_exact(c) {
+            for (acc, &v) in m.iter_mut().zip(px) {
+                *acc += v;
+            }
+        }
+        m.iter_mut().for_each(|v| *v *= inv);
+    });
+    out
+}
+
+/// Squeeze-excitation gates `[N, C]` from the pooled `means` (`[N, C]`):
+/// `sigmoid(expand(act(reduce(means))))`, `reduce` `[R, C]` + `[R]`, `expand` `[C, R]` + `[C]`.
+#[allow(clippy::too_many_arguments)]
+pub fn se_gates(
+    means: &[f32],
+    n: usize,
+    c: usize,
+    r: usize,
+    w_reduce: &[f32],
+    b_reduce: &[f32],
+    w_expand: &[f32],
+    b_expand: &[f32],
+    act: Act,
+) -> Result<Vec<f32>> {
+    if means.len() != n * c
+        || w_reduce.len() != r * c
+        || b_reduce.len() != r
+        || w_expand.len() != c * r
+        || b_expand.len() != c
+    {
+        bail!("se_gates: operands do not fit [N {n}, C {c}] with {r} reduced channels");
+    }
+    let mut hidden = vec![0f32; n * r];
+    let mut gates = vec![0f32; n * c];
+    if n == 0 || c == 0 {
+        return Ok(gates);
+    }
+    let m = Mat {
+        data: means,
+        rows: n,
+        cols: c,
+        rs: c,
+        cs: 1,
+    };
+    // reduce^T: element (j, i) = w_reduce[i * c + j].
+    let wr_t = Mat {
+        data: w_reduce,
+        rows: c,
+        cols: r,
+        rs: 1,
+        cs: c,
+    };
+    // SAFETY: `hidden` is n x r with row stride r, owned here.
+    unsafe { gemm_into(m, wr_t, hidden.as_mut_ptr(), r, 1)? };
+    if r > 0 {
+        bias_act_rows(&mut hidden, b_reduce, act);
+    }
+    let hm = Mat {
+        data: &hidden,
+        rows: n,
+        cols: r,
+        rs: r,
+        cs: 1,
+    };
+    let we_t = Mat {
+        data: w_expand,
+        rows: r,
+        cols: c,
+        rs: 1,
+        cs: r,
+    };
+    // SAFETY: `gates` is n x c with row stride c, owned here.
+    unsafe { gemm_into(hm, we_t, gates.as_mut_ptr(), c, 1)? };
+    bias_act_rows(&mut gates, b_expand, Act::Identity);
+    sigmoid_inplace(&mut gates);
+    Ok(gates)
+}
+
+/// `x[n, p, c] *= gate[n, c]` in place, for an NHWC map of `p` pixels.
+pub fn gate_channels(x: &mut [f32], gate: &[f32], n: usize, p: usize, c: usize) {
+    if p == 0 || c == 0 || gate.len() != n * c {
+        return;
+    }
+    let rows_per_task = ((1 << 14) / c).max(1);
+    x.par_chunks_mut(rows_per_task * c)
+        .enumerate()
+        .for_each(|(t, chunk)| {
+            for (r, px) in chunk.chunks_exact_mut(c).enumerate() {
+                let b = (t * rows_per_task + r) / p;
+                let gb = &gate[b * c..(b + 1) * c];
+                for (v, &g) in px.iter_mut().zip(gb) {
+                    *v *= g;
+                }
+            }
+        });
+}
+
+/// NCHW `[N, C, P]` to NHWC `[N, P, C]`.
+pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
+    transpose_batched(x, n, c, p)
+}
+
+/// NHWC `[N, P, C]` to NCHW `[N, C, P]`.
+pub fn nhwc_to_nchw(x: &[f32], n: usize, p: usize, c: usize) -> Vec<f32> {
+    transpose_batched(x, n, p, c)
+}
+
+/// Transposes each of `n` row-major `r x q` matrices, in 32 x 32 blocks.
+fn transpose_batched(x: &[f32], n: usize, r: usize, q: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n * r * q];
+    if out.is_empty() || x.len() != out.len() {
+        return out;
+    }
+    const B: usize = 32;
+    out.par_chunks_mut(r * q)
+        .zip(x.par_chunks(r * q))
+        .for_each(|(dst, src)| {
+            for i0 in (0..r).step_by(B) {
+                for j0 in (0..q).step_by(B) {
+                    for i in i0..(i0 + B).min(r) {
+                        for j in j0..(j0 + B).min(q) {
+                            dst[j * r + i] = src[i * q + j];
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn act_ref(v: f32, a: Act) -> f32 {
+        match a {
+            Act::Identity => v,
+            Act::Silu => v / (1.0 + (-v).exp()),
+            Act::Relu => v.max(0.0),
+            Act::Relu6 => v.clamp(0.0, 6.0),
+            Act::HardSwish => v * (v + 3.0).clamp(0.0, 6.0) / 6.0,
+        }
+    }
+
+    /// Direct convolution with groups 1 or C, then the epilogue, gate and residual.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_ref(
+        x: &[f32],
+        w: &[f32],
+        g: &ConvGeom,
+        dw: bool,
+        epi: &Epilogue<'_>,
+        gate: Option<&[f32]>,
+        res: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let (oh, ow) = g.check("ref").unwrap();
+        let mut out = vec![0f32; g.n * g.o * oh * ow];
+        for b in 0..g.n {
+            for o in 0..g.o {
+                for y in 0..oh {
+                    for xx in 0..ow {
+                        let mut acc = 0f64;
+                        let chans: Vec<usize> = if dw { vec![o] } else { (0..g.c).collect() };
+                        for (ci_idx, &ci) in chans.iter().enumerate() {
+                            for i in 0..g.k {
+                                for j in 0..g.k {
+                                    let iy = (y * g.stride + i) as isize - g.pad.top as isize;
+                                    let ix = (xx * g.stride + j) as isize - g.pad.left as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let mut xv =
+                                        x[((b * g.c + ci) * g.h + iy as usize) * g.w + ix as usize];
+                                    if let Some(gt) = gate {
+                                        xv *= gt[b * g.c + ci];
+                                    }
+                                    let wi = if dw {
+                                        (o * g.k + i) * g.k + j
+                                    } else {
+                                        ((o * g.c + ci_idx) * g.k + i) * g.k + j
+                                    };
+                                    acc += f64::from(xv) * f64::from(w[wi]);
+                                }
+                            }
+                        }
+                        let idx = ((b * g.o + o) * oh + y) * ow + xx;
+                        let v = act_ref(acc as f32 * epi.scale[o] + epi.shift[o], epi.act);
+                        out[idx] = v + res.map_or(0.0, |r| r[idx]);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn exp_is_accurate() {
+        for i in -2000..2000 {
+            let x = i as f32 * 0.043;
+            let rel = ((exp(x) - x.exp()) / x.exp()).abs();
+            assert!(rel < 5e-7, "exp({x}): {} vs {}", exp(x), x.exp());
+        }
+        assert!(exp(-1000.0) > 0.0 && exp(1000.0).is_finite());
+        for i in 0..1600 {
+            let d = 1.0 + (i as f32 * 0.05).exp();
+            assert!(((recip(d) - 1.0 / d) * d).abs() < 2e-7, "recip({d})");
+        }
+        for i in -3000..3000 {
+            let v = i as f32 * 0.01;
+            let want = v / (1.0 + (-v).exp());
+            assert!(
+                (act_one(v, Act::Silu) - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                "silu({v})"
+            );
+        }
+        assert!(act_one(-1000.0, Act::Silu).abs() < 1e-30);
+        assert!((act_one(1000.0, Act::Silu) - 1000.0).abs() < 1e-3);
+    }
+
+    fn to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+        nchw_to_nhwc(x, n, c, h * w)
+    }
+
+    #[test]
+    fn layout_round_trip() {
+        let x = data(2 * 35 * 33, 9);
+        let y = nchw_to_nhwc(&x, 2, 35, 33);
+        assert_eq!(y[1], x[33]);
+        assert_eq!(nhwc_to_nchw(&y, 2, 33, 35), x);
+    }
+
+    #[test]
+    fn dense_and_pointwise_match_direct() {
+        let cases = [
+            // (n, c, h, w, o, k, stride, pad)
+            (2, 5, 9, 7, 6, 3, 1, Padding2d::symmetric(1)),
+            (
+                1,
+                3,
+                16,
+                15,
+                8,
+                3,
+                2,
+                Padding2d {
+                    top: 0,
+                    bottom: 1,
+                    left: 1,
+                    right: 1,
+                },
+            ),
+            (
+                3,
+                4,
+                6,
+                6,
+                5,
+                5,
+                2,
+                Padding2d {
+                    top: 1,
+                    bottom: 2,
+                    left: 2,
+                    right: 1,
+                },
+            ),
+            (2, 7, 5, 9, 70, 1, 1, Padding2d::zero()),
+            (1, 16, 40, 40, 24, 1, 1, Padding2d::zero()),
+            (2, 3, 33, 31, 12, 3, 2, Padding2d::symmetric(1)),
+            (1, 2, 3, 3, 3, 3, 1, Padding2d::zero()),
+            (1, 40, 7, 7, 300, 1, 1, Padding2d::zero()),
+        ];
+        for (idx, &(n, c, h, w, o, k, stride, pad)) in cases.iter().enumerate() {
+            let g = ConvGeom {
+                n,
+                c,
+                h,
+                w,
+                o,
+                k,
+                stride,
+                pad,
+            };
+            let x = data(n * c * h * w, idx as u64);
+            let wt = data(o * c * k * k, 100 + idx as u64);
+            let scale = data(o, 200 + idx as u64);
+            let shift = data(o, 300 + idx as u64);
+            let (oh, ow) = g.check("t").unwrap();
+            for act in [Act::Identity, Act::Silu, Act::Relu6, Act::HardSwish] {
+                let epi = Epilogue {
+                    scale: &scale,
+                    shift: &shift,
+                    act,
+                };
+                let res = data(n * o * oh * ow, 400);
+                let got = conv2d(
+                    &to_nhwc(&x, n, c, h, w),
+                    &wt,
+                    &g,
+                    &epi,
+                    Some(&to_nhwc(&res, n, o, oh, ow)),
+                )
+                .unwrap();
+                let got = nhwc_to_nchw(&got, n, oh * ow, o);
+                let want = conv_ref(&x, &wt, &g, false, &epi, None, Some(&res));
+                assert!(max_diff(&got, &want) < 1e-4, "case {idx} {act:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn gating_matches_direct() {
+        let (n, c, h, o) = (3, 6, 5, 4);
+        let g = ConvGeom {
+            n,
+            c,
+            h,
+            w: h,
+            o,
+            k: 1,
+            stride: 1,
+            pad: Padding2d::zero(),
+        };
+        let x = data(n * c * h * h, 1);
+        let wt = data(o * c, 2);
+        let ones = vec![1f32; o];
+        let zeros = vec![0f32; o];
+        let epi = Epilogue {
+            scale: &ones,
+            shift: &zeros,
+            act: Act::Identity,
+        };
+        let gate = data(n * c, 3);
+        let mut xn = to_nhwc(&x, n, c, h, h);
+        gate_channels(&mut xn, &gate, n, h * h, c);
+        let got = nhwc_to_nchw(&conv2d(&xn, &wt, &g, &epi, None).unwrap(), n, h * h, o);
+        let want = conv_ref(&x, &wt, &g, false, &epi, Some(&gate), None);
+        assert!(max_diff(&got, &want) < 1e-5);
+        let means = channel_means(&to_nhwc(&x, n, c, h, h), n, h * h, c);
+        for b in 0..n {
+            for ci in 0..c {
+                let plane = &x[(b * c + ci) * h * h..(b * c + ci + 1) * h * h];
+                let m = plane.iter().sum::<f32>() / (h * h) as f32;
+                assert!((means[b * c + ci] - m).abs() < 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise_matches_direct() {
+        let cases = [
+            (2, 3, 9, 7, 3, 1, Padding2d::symmetric(1)),
+            (
+                1,
+                4,
+                14,
+                14,
+                3,
+                2,
+                Padding2d {
+                    top: 0,
+                    bottom: 1,
+                    left: 0,
+                    right: 1,
+                },
+            ),
+            (2, 2, 11, 13, 5, 2, Padding2d::symmetric(2)),
+            (1, 3, 7, 7, 5, 1, Padding2d::symmetric(2)),
+            (1, 2, 8, 8, 7, 1, Padding2d::symmetric(3)),
+            (
+                1,
+                2,
+                6,
+                5,
+                4,
+                1,
+                Padding2d {
+                    top: 1,
+                    bottom: 2,
+                    left: 2,
+                    right: 1,
+                },
+            ),
+            (2, 150, 6, 5, 3, 1, Padding2d::symmetric(1)),
+            (1, 100, 9, 9, 5, 2, Padding2d::symmetric(2)),
+        ];
+        for (idx, &(n, c, h, w, k, stride, pad)) in cases.iter().enumerate() {
+            let g = ConvGeom {
+                n,
+                c,
+                h,
+                w,
+                o: c,
+                k,
+                stride,
+                pad,
+            };
+            let x = data(n * c * h * w, idx as u64);
+            let wt = data(c * k * k, 10 + idx as u64);
+            let scale = data(c, 20);
+            let shift = data(c, 30);
+            let epi = Epilogue {
+                scale: &scale,
+                shift: &shift,
+                act: Act::Silu,
+            };
+            let (oh, ow) = g.check("t").unwrap();
+            let (got, means) = depthwise(&to_nhwc(&x, n, c, h, w), &wt, &g, &epi, true).unwrap();
+            let got = nhwc_to_nchw(&got, n, oh * ow, c);
+            let want = conv_ref(&x, &wt, &g, true, &epi, None, None);
+            assert!(max_diff(&got, &want) < 1e-5, "case {idx}");
+            let want_means = channel_means(&to_nhwc(&want, n, c, oh, ow), n, oh * ow, c);
+            assert!(max_diff(&means.unwrap(), &want_means) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn se_gates_match_direct() {
+        let (n, c, r) = (3, 10, 4);
+        let m = data(n * c, 1);
+        let (wr, br, we, be) = (data(r * c, 2), data(r, 3), data(c * r, 4), data(c, 5));
+        let got = se_gates(&m, n, c, r, &wr, &br, &we, &be, Act::Silu).unwrap();
+        for b in 0..n {
+            let hidden: Vec<f32> = (0..r)
+                .map(|i| {
+                    let s: f32 = (0..c).map(|j| wr[i * c + j] * m[b * c + j]).sum();
+                    act_ref(s + br[i], Act::Silu)
+                })
+                .collect();
+            for j in 0..c {
+                let s: f32 = (0..r).map(|i| we[j * r + i] * hidden[i]).sum::<f32>() + be[j];
+                let want = 1.0 / (1.0 + (-s).exp());
+                assert!((got[b * c + j] - want).abs() < 1e-6);
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Exponential moving average of the weights and BatchNorm statistics (timm's `ModelEmaV2`
+//! averages the whole `state_dict`). The decay warms up as TensorFlow's
+//! `ExponentialMovingAverage(num_updates=...)`, which automl uses:
+//! `d = min(decay, (1 + n) / (10 + n))` at the n-th update, so a short run is not stuck near
+//! its random initialization with a decay like 0.9999.
+
+use candle_core::Tensor;
+
+use crate::layers::NamedTensor;
+
+#[derive(Debug, Clone)]
+pub struct Ema {
+    pub decay: f64,
+    pub updates: u64,
+    /// Averaged tensors, by timm name, in the network's `state_dict` order.
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+impl Ema {
+    /// Start from the current weights.
+    pub fn new(decay: f64, current: &[NamedTensor]) -> candle_core::Result<Self> {
+        Ok(Ema {
+            decay,
+            updates: 0,
+            tensors: current
+                .iter()
+                .map(|t| Ok((t.name.clone(), t.tensor.detach().copy()?)))
+                .collect::<candle_core::Result<_>>()?,
+        })
+    }
+
+    /// The decay used at the next update.
+    pub fn current_decay(&self) -> f64 {
+        let n = self.updates as f64;
+        self.decay.min((1.0 + n) / (10.0 + n))
+    }
+
+    /// `ema = d * ema + (1 - d) * current`.
+    pub fn update(&mut self, current: &[NamedTensor]) -> candle_core::Result<()> {
+        let d = self.current_decay();
+        for ((_, e), c) in self.tensors.iter_mut().zip(current) {
+            let cur = c.tensor.detach();
+            *e = ((&*e * d)? + (cur * (1.0 - d))?)?;
+        }
+        self.updates += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,525 @@
+//! Training: the loop, the optimizers, learning-rate schedules, EMA, checkpoints.
+//!
+//! [`Trainer`] runs a network built from the IR through a schedule's progressive-learning
+//! stages. Per stage it sets the image size, RandAugment magnitude, mixup/cutmix alphas,
+//! dropout and stochastic depth; the network runs in train mode (BatchNorm on batch
+//! statistics, updating its running statistics), the loss is cross-entropy on soft targets
+//! (label smoothing and mixing make them soft), and the optimizer of the schedule updates the
+//! weights. An EMA of the weights is kept when the schedule has `ema`, and evaluation uses it.
+//!
+//! Reproducibility: the weights are initialized from the seed, every data-pipeline draw
+//! is seeded by `(seed, epoch, index)`, and the network's dropout / drop-path generator is
+//! re-seeded from `(seed, epoch)` at the start of each epoch. A checkpoint therefore holds
+//! everything a resumed run needs to produce the same next epoch as an uninterrupted one:
+//! weights with BatchNorm statistics, optimizer state, EMA, step counters and the seed.
+
+pub mod checkpoint;
+pub mod ema;
+pub mod eval;
+pub mod fast;
+pub mod init;
+pub mod lr;
+pub mod metrics;
+pub mod optim;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use effnet_compiler::ir::{self, LrDecay, LrSchedule, Optimizer as OptimizerSpec, Schedule};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::loader::{Batches, LoaderConfig, Transform};
+use crate::data::mix::MixConfig;
+use crate::data::randaug::RandAugment;
+use crate::data::{Dataset, Kind, derive_seed, stream};
+use crate::network::Network;
+pub use ema::Ema;
+pub use eval::{Accuracy, evaluate};
+pub use metrics::EpochMetrics;
+pub use optim::{Optimizer, Param};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Runtime(#[from] crate::Error),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("cannot write or read `{}`: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "training diverged: the loss is {loss} at epoch {epoch}, step {step} (learning rate \
+         {lr:.3e}); {kept}"
+    )]
+    Diverged {
+        loss: f64,
+        epoch: usize,
+        step: usize,
+        lr: f64,
+        kept: String,
+    },
+}
+
+pub type TrainResult<T> = std::result::Result<T, TrainError>;
+
+/// Mean over the batch of `-sum_k targets_k * log_softmax(logits)_k`.
+pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    (targets * logp)?.sum(D::Minus1)?.neg()?.mean_all()
+}
+
+/// The schedule with its epochs changed to `epochs`, each stage keeping its share:
+/// stage `i` of `M` covers `[i * N / M, (i + 1) * N / M)` (automl's boundaries).
+pub fn with_epochs(s: &Schedule, epochs: usize) -> Schedule {
+    let mut out = s.clone();
+    let m = s.stages.len().max(1);
+    out.epochs = epochs;
+    for (i, st) in out.stages.iter_mut().enumerate() {
+        st.epochs = (i * epochs / m, (i + 1) * epochs / m);
+    }
+    out
+}
+
+/// The optimizer when the schedule names none: the paper's RMSProp.
+pub const DEFAULT_OPTIMIZER: OptimizerSpec = OptimizerSpec::Rmsprop {
+    decay: 0.9,
+    momentum: 0.9,
+    eps: 1e-3,
+    weight_decay: 1e-5,
+};
+
+/// The learning rate when the schedule gives none: a cosine from a peak that suits the
+/// optimizer (RMSProp 0.016, automl's rate for batch 256; AdamW 1e-3; SGD 0.1).
+pub fn default_lr(opt: &OptimizerSpec) -> LrSchedule {
+    let peak = match opt {
+        OptimizerSpec::Rmsprop { .. } => 0.016,
+        OptimizerSpec::Adamw { .. } => 1e-3,
+        OptimizerSpec::Sgd { .. } => 0.1,
+    };
+    LrSchedule {
+        peak,
+        warmup_epochs: 0.0,
+        decay: LrDecay::Cosine,
+    }
+}
+
+/// Settings of a run that the schedule does not give.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub seed: u64,
+    /// Batch size for stages that do not set `batch`.
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    /// Data worker threads (0: build batches on the training thread).
+    pub workers: usize,
+    /// RandAugment ops per image.
+    pub randaug_ops: usize,
+    pub device: Device,
+    /// Stop each epoch after this many steps (tests, quick looks).
+    pub max_steps_per_epoch: Option<usize>,
+    /// Evaluate on the test set after each epoch.
+    pub evaluate: bool,
+    /// Also evaluate the raw weights when EMA is on.
+    pub evaluate_raw: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            seed: 0,
+            batch_size: 64,
+            eval_batch_size: 256,
+            workers: 1,
+            randaug_ops: 2,
+            device: Device::Cpu,
+            max_steps_per_epoch: None,
+            evaluate: true,
+            evaluate_raw: false,
+        }
+    }
+}
+
+/// What the loop reports as it goes.
+#[derive(Debug)]
+pub enum Event<'a> {
+    EpochStart {
+        epoch: usize,
+        stage: &'a ir::ScheduleStage,
+        batch_size: usize,
+        steps: usize,
+    },
+    Step {
+        epoch: usize,
+        step: usize,
+        steps: usize,
+        loss: f64,
+        lr: f64,
+        images: usize,
+    },
+    Evaluating {
+        epoch: usize,
+    },
+}
+
+/// A network being trained, with its optimizer, EMA and progress.
+pub struct Trainer {
+    pub ir: ir::Network,
+    pub schedule: Schedule,
+    pub opts: TrainOptions,
+    pub net: Network,
+    pub params: Vec<Param>,
+    /// BatchNorm running statistics, by name.
+    pub stats: Vec<(String, Var)>,
+    pub optimizer: Optimizer,
+    pub lr: LrSchedule,
+    pub ema: Option<Ema>,
+    /// Epochs completed (the next epoch to run, 0-based).
+    pub epoch: usize,
+    /// Optimizer steps taken.
+    pub step: u64,
+    pub history: Vec<EpochMetrics>,
+    /// Seconds spent in earlier sessions of a resumed run.
+    pub elapsed_before: f64,
+    pub train_data: Arc<Dataset>,
+    pub test_data: Option<Arc<Dataset>>,
+    /// Where checkpoints go (for messages).
+    pub out_dir: Option<PathBuf>,
+    /// Drop-path and dropout masks; re-seeded from `(seed, epoch)` at each epoch's start.
+    pub mask_rng: ChaCha8Rng,
+    started: Instant,
+}
+
+impl Trainer {
+    /// A freshly initialized network (weights from `opts.seed`) ready to train.
+    pub fn new(
+        ir: &ir::Network,
+        schedule: Schedule,
+        opts: TrainOptions,
+        train_data: Dataset,
+        test_data: Option<Dataset>,
+    ) -> TrainResult<Self> {
+        for d in std::iter::once(&train_data).chain(test_data.as_ref()) {
+            if d.num_classes() != ir.num_classes {
+                return Err(TrainError::Config(format!(
+                    "the dataset `{}` has {} classes, the model `{}` {}",
+                    d.source.display(),
+                    d.num_classes(),
+                    ir.name,
+                    ir.num_classes
+                )));
+            }
+        }
+        if schedule.stages.is_empty() {
+            return Err(TrainError::Config(format!(
+                "schedule `{}` has no stages",
+                schedule.name
+            )));
+        }
+        let varmap = init::init_varmap(ir, opts.seed, &opts.device)?;
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &opts.device);
+        let net = Network::from_ir(ir, vb)?;
+        let mut params = Vec::new();
+        let mut stats = Vec::new();
+        for t in net.named_tensors() {
+            if !t.tensor.is_variable() {
+                return Err(TrainError::Config(format!(
+                    "`{}` of `{}` is not a trainable variable",
+                    t.name, ir.name
+                )));
+            }
+            let var = Var::from_tensor(&t.tensor)?;
+            if t.trainable {
+                params.push(Param::new(t.name, var));
+            } else {
+                stats.push((t.name, var));
+            }
+        }
+        let spec = schedule.optimizer.clone().unwrap_or(DEFAULT_OPTIMIZER);
+        let lr = schedule.lr.clone().unwrap_or_else(|| default_lr(&spec));
+        let optimizer = Optimizer::new(spec, &params)?;
+        let ema = match schedule.ema {
+            Some(d) if d > 0.0 => Some(Ema::new(d, &net.named_tensors())?),
+            _ => None,
+        };
+        Ok(Trainer {
+            ir: ir.clone(),
+            schedule,
+            opts,
+            net,
+            params,
+            stats,
+            optimizer,
+            lr,
+            ema,
+            epoch: 0,
+            step: 0,
+            history: Vec::new(),
+            elapsed_before: 0.0,
+            train_data: Arc::new(train_data),
+            test_data: test_data.map(Arc::new),
+            out_dir: None,
+            mask_rng: ChaCha8Rng::seed_from_u64(0),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn done(&self) -> bool {
+        self.epoch >= self.schedule.epochs
+    }
+
+    /// The input transform for this network at `image_size`.
+    pub fn transform(&self, kind: Kind, image_size: usize, train: bool, randaug: f64) -> Transform {
+        network_transform(
+            &self.ir,
+            kind,
+            image_size,
+            train,
+            randaug,
+            self.opts.randaug_ops,
+        )
+    }
+
+    /// Train one epoch (the next one) and evaluate.
+    pub fn run_epoch(&mut self, observe: &mut dyn FnMut(Event)) -> TrainResult<EpochMetrics> {
+        let epoch = self.epoch;
+        let stage = self
+            .schedule
+            .stage_at(epoch)
+            .cloned()
+            .ok_or_else(|| TrainError::Config("the schedule has no stages".into()))?;
+        let seed = self.opts.seed;
+        self.net.dropout = stage.dropout;
+        self.net.drop_path_scale = match stage.drop_path {
+            Some(d) if self.ir.drop_path > 0.0 => d / self.ir.drop_path,
+            _ => 1.0,
+        };
+        let net_seed = derive_seed(seed, &[stream::NETWORK, epoch as u64]);
+        self.net.seed(net_seed);
+        self.mask_rng = ChaCha8Rng::seed_from_u64(net_seed);
+        let batch_size = stage.batch_size.unwrap_or(self.opts.batch_size).max(1);
+        let cfg = LoaderConfig {
+            transform: self.transform(self.train_data.kind, stage.image_size, true, stage.randaug),
+            mix: MixConfig {
+                mixup_alpha: stage.mixup,
+                cutmix_alpha: stage.cutmix,
+            },
+            label_smoothing: self.schedule.label_smoothing.unwrap_or(0.0),
+            batch_size,
+            seed,
+            shuffle: true,
+            workers: self.opts.workers,
+            prefetch: 2,
+        };
+        let batches = Batches::new(self.train_data.clone(), cfg, epoch);
+        let steps = batches
+            .len()
+            .min(self.opts.max_steps_per_epoch.unwrap_or(usize::MAX));
+        if steps == 0 {
+            return Err(TrainError::Config(format!(
+                "the training set `{}` has {} images, fewer than one batch of {batch_size}",
+                self.train_data.source.display(),
+                self.train_data.len()
+            )));
+        }
+        observe(Event::EpochStart {
+            epoch,
+            stage: &stage,
+            batch_size,
+            steps,
+        });
+        let device = self.opts.device.clone();
+        let start = Instant::now();
+        let mut loss_sum = 0.0;
+        let mut images = 0usize;
+        let mut lr = 0.0;
+        for (i, b) in batches.take(steps).enumerate() {
+            let dt = 1.0 / steps as f64;
+            let t = epoch as f64 + i as f64 * dt;
+            lr = lr::learning_rate(&self.lr, t, dt, self.schedule.epochs);
+            let (n, c, h, w) = b.shape;
+            let x = Tensor::from_vec(b.images, (n, c, h, w), &device)?;
+            let y = Tensor::from_vec(b.targets, (n, b.classes), &device)?;
+            let logits = self.net.forward_train(&x, &mut self.mask_rng)?;
+            let loss = soft_cross_entropy(&logits, &y)?;
+            let lv = f64::from(loss.to_scalar::<f32>()?);
+            if !lv.is_finite() {
+                let kept = match &self.out_dir {
+                    Some(d) if epoch > 0 => format!(
+                        "stopped; the last good checkpoint (epoch {epoch}) is kept in `{}`",
+                        d.join(checkpoint::DIR).display()
+                    ),
+                    Some(d) => format!(
+                        "stopped before the first checkpoint; nothing was written to `{}`",
+                        d.display()
+                    ),
+                    None => "stopped".to_string(),
+                };
+                return Err(TrainError::Diverged {
+                    loss: lv,
+                    epoch: epoch + 1,
+                    step: i + 1,
+                    lr,
+                    kept,
+                });
+            }
+            let grads = loss.backward()?;
+            let mut gs = Vec::with_capacity(self.params.len());
+            for p in &self.params {
+                let t = p.var.as_tensor();
+                gs.push(match grads.get(t) {
+                    Some(g) => g.clone(),
+                    None => t.zeros_like()?,
+                });
+            }
+            drop(grads);
+            if let Some(max) = self.schedule.grad_clip {
+                optim::clip_grad_norm(&mut gs, max)?;
+            }
+            self.optimizer.step(&self.params, &gs, lr)?;
+            if let Some(ema) = &mut self.ema {
+                ema.update(&self.net.named_tensors())?;
+            }
+            self.step += 1;
+            loss_sum += lv;
+            images += n;
+            observe(Event::Step {
+                epoch,
+                step: i,
+                steps,
+                loss: lv,
+                lr,
+                images: n,
+            });
+        }
+        let train_s = start.elapsed().as_secs_f64();
+        let (mut top1, mut top5, mut top1_raw) = (None, None, None);
+        if let Some(test) = self.test_data.clone().filter(|_| self.opts.evaluate) {
+            observe(Event::Evaluating { epoch });
+            let size = self.ir.resolution;
+            let tf = self.transform(test.kind, size, false, 0.0);
+            let acc = evaluate(
+                &self.eval_network(self.ema.is_some())?,
+                test.clone(),
+                tf.clone(),
+                self.opts.eval_batch_size,
+                self.opts.workers,
+                &device,
+            )?;
+            top1 = Some(acc.top1);
+            top5 = Some(acc.top5);
+            if self.ema.is_some() && self.opts.evaluate_raw {
+                let raw = evaluate(
+                    &self.eval_network(false)?,
+                    test,
+                    tf,
+                    self.opts.eval_batch_size,
+                    self.opts.workers,
+                    &device,
+                )?;
+                top1_raw = Some(raw.top1);
+            }
+        }
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            stage: stage.index,
+            image_size: stage.image_size,
+            randaug: stage.randaug,
+            mixup: stage.mixup,
+            cutmix: stage.cutmix,
+            dropout: stage.dropout,
+            batch_size,
+            lr,
+            train_loss: loss_sum / steps as f64,
+            test_top1: top1,
+            test_top5: top5,
+            test_top1_raw: top1_raw,
+            train_images_per_sec: images as f64 / train_s.max(1e-9),
+            wall_s: start.elapsed().as_secs_f64(),
+            elapsed_s: self.elapsed_before + self.started.elapsed().as_secs_f64(),
+        };
+        self.epoch += 1;
+        self.history.push(m.clone());
+        Ok(m)
+    }
+
+    /// The current weights (and BatchNorm statistics), or their EMA, as named tensors.
+    pub fn weights(&self, ema: bool) -> Vec<(String, Tensor)> {
+        match (&self.ema, ema) {
+            (Some(e), true) => e.tensors.clone(),
+            _ => self
+                .net
+                .named_tensors()
+                .into_iter()
+                .map(|t| (t.name, t.tensor.detach()))
+                .collect(),
+        }
+    }
+
+    /// A network for evaluation, from the current weights or their EMA.
+    pub fn eval_network(&self, ema: bool) -> TrainResult<Network> {
+        network_from_tensors(&self.ir, self.weights(ema), &self.opts.device)
+    }
+}
+
+/// Build a network from named tensors (for evaluation).
+pub fn network_from_tensors(
+    ir: &ir::Network,
+    tensors: Vec<(String, Tensor)>,
+    device: &Device,
+) -> TrainResult<Network> {
+    let map = tensors.into_iter().collect();
+    let vb = VarBuilder::from_tensors(map, DType::F32, device);
+    Ok(Network::from_ir(ir, vb)?)
+}
+
+/// The input transform a network expects: its input channels and normalization, RandAugment
+/// with `randaug_ops` ops at `randaug` when training.
+pub fn network_transform(
+    ir: &ir::Network,
+    kind: Kind,
+    image_size: usize,
+    train: bool,
+    randaug: f64,
+    randaug_ops: usize,
+) -> Transform {
+    let c = ir.input_channels;
+    let (mean, std) = match &ir.normalize {
+        Some(n) => (
+            n.mean.iter().map(|&v| v as f32).collect(),
+            n.std.iter().map(|&v| v as f32).collect(),
+        ),
+        None => (vec![0.0; c], vec![1.0; c]),
+    };
+    let fill = match kind {
+        Kind::Digits => 0,
+        Kind::Natural => 128,
+    };
+    Transform {
+        image_size,
+        channels: c,
+        train,
+        randaug: (train && randaug > 0.0 && randaug_ops > 0).then_some(RandAugment {
+            num_ops: randaug_ops,
+            magnitude: randaug,
+            fill,
+        }),
+        mean,
+        std,
+        crop_pct: 0.875,
+    }
+}
+
+/// Where the run keeps its files.
+pub fn model_path(dir: &Path) -> PathBuf {
+    dir.join("model.safetensors")
+}

@@ -1,0 +1,244 @@
+//! Optimizers on candle tensors, written out so that each update is exactly the formula of
+//! the reference implementation (checked against PyTorch in `runtime/tests/train_optim.rs`):
+//!
+//! - **RMSProp, TensorFlow form** (TF1 `tf.train.RMSPropOptimizer`, timm's `RMSpropTF`, the
+//!   EfficientNet recipe): `ms = ms + (1 - decay) * (g^2 - ms)`,
+//!   `mom = momentum * mom + lr * g / sqrt(ms + eps)`, `w -= mom`. `ms` starts at **ones**, as
+//!   in TF1 and timm's `RMSpropTF` (Keras' TF2 `RMSprop` starts it at zeros, which makes the
+//!   first steps `1 / sqrt(1 - decay)` times larger); eps is inside the square root.
+//! - **AdamW** (PyTorch `torch.optim.AdamW`): decoupled decay `w *= 1 - lr * wd`, bias-corrected
+//!   moments, `w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+//! - **SGD** with momentum, optionally Nesterov (PyTorch `torch.optim.SGD`, no dampening).
+//!
+//! Weight decay (L2 added to the gradient for RMSProp and SGD, decoupled for AdamW) applies
+//! only to tensors with more than one dimension: BatchNorm parameters and biases are exempt,
+//! as timm's `param_groups_weight_decay` does.
+
+use std::collections::HashMap;
+
+use candle_core::{Tensor, Var};
+use effnet_compiler::ir::Optimizer as OptimizerSpec;
+
+use super::{TrainError, TrainResult};
+
+/// A trainable tensor and whether weight decay applies to it.
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub name: String,
+    pub var: Var,
+    pub decay: bool,
+}
+
+impl Param {
+    pub fn new(name: impl Into<String>, var: Var) -> Self {
+        let decay = var.as_tensor().rank() > 1;
+        Param {
+            name: name.into(),
+            var,
+            decay,
+        }
+    }
+}
+
+/// An optimizer and its per-parameter state.
+#[derive(Debug)]
+pub struct Optimizer {
+    pub spec: OptimizerSpec,
+    /// Steps taken so far (AdamW's bias correction uses it).
+    pub steps: u64,
+    /// Per parameter, its state tensors in the order of [`Optimizer::slot_names`].
+    pub slots: Vec<Vec<Tensor>>,
+}
+
+impl Optimizer {
+    pub fn new(spec: OptimizerSpec, params: &[Param]) -> TrainResult<Self> {
+        let mut slots = Vec::with_capacity(params.len());
+        for p in params {
+            let t = p.var.as_tensor();
+            let s = match spec {
+                OptimizerSpec::Rmsprop { momentum, .. } => {
+                    let mut v = vec![t.ones_like()?];
+                    if momentum > 0.0 {
+                        v.push(t.zeros_like()?);
+                    }
+                    v
+                }
+                OptimizerSpec::Adamw { .. } => vec![t.zeros_like()?, t.zeros_like()?],
+                OptimizerSpec::Sgd { momentum, .. } => {
+                    if momentum > 0.0 {
+                        vec![t.zeros_like()?]
+                    } else {
+                        vec![]
+                    }
+                }
+            };
+            slots.push(s);
+        }
+        Ok(Optimizer {
+            spec,
+            steps: 0,
+            slots,
+        })
+    }
+
+    /// The names of the state tensors each parameter has.
+    pub fn slot_names(&self) -> &'static [&'static str] {
+        match self.spec {
+            OptimizerSpec::Rmsprop { momentum, .. } if momentum > 0.0 => &["ms", "mom"],
+            OptimizerSpec::Rmsprop { .. } => &["ms"],
+            OptimizerSpec::Adamw { .. } => &["exp_avg", "exp_avg_sq"],
+            OptimizerSpec::Sgd { momentum, .. } if momentum > 0.0 => &["momentum_buffer"],
+            OptimizerSpec::Sgd { .. } => &[],
+        }
+    }
+
+    /// One update of every parameter from its gradient, at learning rate `lr`.
+    pub fn step(&mut self, params: &[Param], grads: &[Tensor], lr: f64) -> TrainResult<()> {
+        if params.len() != grads.len() || params.len() != self.slots.len() {
+            return Err(TrainError::Config(format!(
+                "optimizer step: {} parameters, {} gradients, state for {}",
+                params.len(),
+                grads.len(),
+                self.slots.len()
+            )));
+        }
+        self.steps += 1;
+        let t = self.steps as i32;
+        for ((p, g), slots) in params.iter().zip(grads).zip(self.slots.iter_mut()) {
+            let w = p.var.as_tensor().detach();
+            let g = g.detach();
+            let new_w = match self.spec {
+                OptimizerSpec::Rmsprop {
+                    decay,
+                    momentum,
+                    eps,
+                    weight_decay,
+                } => {
+                    let g = if p.decay && weight_decay > 0.0 {
+                        (&g + (&w * weight_decay)?)?
+                    } else {
+                        g
+                    };
+                    let ms = (&slots[0] + ((g.sqr()? - &slots[0])? * (1.0 - decay))?)?;
+                    let avg = (&ms + eps)?.sqrt()?;
+                    slots[0] = ms;
+                    if momentum > 0.0 {
+                        let mom = ((&slots[1] * momentum)? + ((g / avg)? * lr)?)?;
+                        let w = (&w - &mom)?;
+                        slots[1] = mom;
+                        w
+                    } else {
+                        (&w - ((g / avg)? * lr)?)?
+                    }
+                }
+                OptimizerSpec::Adamw {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                } => {
+                    let w = if p.decay && weight_decay > 0.0 {
+                        (&w * (1.0 - lr * weight_decay))?
+                    } else {
+                        w
+                    };
+                    let m = (&slots[0] + ((&g - &slots[0])? * (1.0 - beta1))?)?;
+                    let v = ((&slots[1] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+                    let bc1 = 1.0 - beta1.powi(t);
+                    let bc2 = 1.0 - beta2.powi(t);
+                    let step_size = lr / bc1;
+                    let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
+                    let w = (&w - ((&m / denom)? * step_size)?)?;
+                    slots[0] = m;
+                    slots[1] = v;
+                    w
+                }
+                OptimizerSpec::Sgd {
+                    momentum,
+                    nesterov,
+                    weight_decay,
+                } => {
+                    let g = if p.decay && weight_decay > 0.0 {
+                        (&g + (&w * weight_decay)?)?
+                    } else {
+                        g
+                    };
+                    let d = if momentum > 0.0 {
+                        let buf = ((&slots[0] * momentum)? + &g)?;
+                        let d = if nesterov {
+                            (&g + (&buf * momentum)?)?
+                        } else {
+                            buf.clone()
+                        };
+                        slots[0] = buf;
+                        d
+                    } else {
+                        g
+                    };
+                    (&w - (d * lr)?)?
+                }
+            };
+            p.var.set(&new_w)?;
+        }
+        Ok(())
+    }
+
+    /// The state as named tensors, `{param}.{slot}`.
+    pub fn state(&self, params: &[Param]) -> Vec<(String, Tensor)> {
+        let names = self.slot_names();
+        let mut out = Vec::new();
+        for (p, slots) in params.iter().zip(&self.slots) {
+            for (n, t) in names.iter().zip(slots) {
+                out.push((format!("{}.{n}", p.name), t.clone()));
+            }
+        }
+        out
+    }
+
+    /// Restore the state saved by [`Optimizer::state`]; `what` names the file for errors.
+    pub fn load_state(
+        &mut self,
+        params: &[Param],
+        mut tensors: HashMap<String, Tensor>,
+        steps: u64,
+        what: &str,
+    ) -> TrainResult<()> {
+        let names = self.slot_names();
+        for (p, slots) in params.iter().zip(self.slots.iter_mut()) {
+            for (n, slot) in names.iter().zip(slots.iter_mut()) {
+                let key = format!("{}.{n}", p.name);
+                let t = tensors.remove(&key).ok_or_else(|| {
+                    TrainError::Checkpoint(format!("`{what}` has no optimizer state `{key}`"))
+                })?;
+                if t.dims() != slot.dims() {
+                    return Err(TrainError::Checkpoint(format!(
+                        "`{what}`: `{key}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        slot.dims()
+                    )));
+                }
+                *slot = t.to_device(slot.device())?.to_dtype(slot.dtype())?;
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// Scale gradients so their global L2 norm is at most `max_norm` (PyTorch's
+/// `clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` when the norm exceeds it).
+/// Returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> TrainResult<f64> {
+    let mut total = 0f64;
+    for g in grads.iter() {
+        total += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+    }
+    let norm = total.sqrt();
+    if norm > max_norm {
+        let scale = max_norm / (norm + 1e-6);
+        for g in grads.iter_mut() {
+            *g = (&*g * scale)?;
+        }
+    }
+    Ok(norm)
+}

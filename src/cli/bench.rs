@@ -1,0 +1,203 @@
+//! `effnet bench`: throughput with random weights. Inference (`forward_t(x, false)`), or with
+//! `--train` one SGD step per iteration (forward in train mode, cross-entropy against random
+//! labels, backward, SGD with momentum 0.9 as `tools/torch_bench.py` does), timed after a
+//! warm-up.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use effnet_runtime::Network;
+
+use super::load;
+use super::run::{DeviceArg, DtypeArg, device};
+
+/// What `bench` measures.
+#[derive(Debug, Clone)]
+pub struct BenchArgs<'a> {
+    pub spec: &'a Path,
+    pub model: Option<&'a str>,
+    pub resolution: Option<usize>,
+    pub batch: usize,
+    pub train: bool,
+    pub iters: usize,
+    pub warmup: usize,
+    pub device: DeviceArg,
+    pub dtype: DtypeArg,
+    pub json: bool,
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM`), when the kernel reports it.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Random weights in the VarMap: convolution and linear weights He-normal (fan in), BatchNorm
+/// scales 1, every bias and shift 0.
+fn randomize(varmap: &VarMap) -> candle_core::Result<()> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
+    for (name, var) in data.iter() {
+        let dims = var.dims().to_vec();
+        if name.ends_with(".weight") && dims.len() >= 2 {
+            let fan_in: usize = dims[1..].iter().product();
+            let std = (2.0 / fan_in.max(1) as f64).sqrt();
+            let t = Tensor::randn(0f32, std as f32, dims.as_slice(), var.device())?;
+            var.set(&t.to_dtype(var.dtype())?)?;
+        } else if name.ends_with(".weight") {
+            var.set(&Tensor::ones(dims.as_slice(), var.dtype(), var.device())?)?;
+        }
+    }
+    Ok(())
+}
+
+/// SGD with momentum, like `torch.optim.SGD(lr, momentum)`: `v = m v + g; w -= lr v`.
+struct Sgd {
+    vars: Vec<(Var, Option<Tensor>)>,
+    lr: f64,
+    momentum: f64,
+}
+
+impl Sgd {
+    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> candle_core::Result<()> {
+        for (var, velocity) in &mut self.vars {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let v = match velocity.take() {
+                Some(v) => ((v * self.momentum)? + g)?,
+                None => g.clone(),
+            };
+            var.set(&(var.as_tensor() - (&v * self.lr)?)?)?;
+            *velocity = Some(v);
+        }
+        Ok(())
+    }
+}
+
+pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
+    if a.batch == 0 || a.iters == 0 {
+        return Err("--batch and --iters must be at least 1".into());
+    }
+    let dev = device(a.device)?;
+    let dtype = a.dtype.dtype();
+    let (_, compiled) = load(a.spec)?;
+    let net_ir = compiled.network(a.model)?;
+    let res = a.resolution.unwrap_or(net_ir.resolution);
+    if res == 0 {
+        return Err("--resolution must be at least 1".into());
+    }
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, dtype, &dev);
+    let ce = |e: candle_core::Error| e.to_string();
+    let net = Network::from_ir(net_ir, vb).map_err(ce)?;
+    randomize(&varmap).map_err(ce)?;
+    // Inference runs on plain tensors, as a network loaded from a weights file does (`Var`s
+    // would make every layer track gradients).
+    let net = if a.train {
+        net
+    } else {
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| "VarMap lock poisoned".to_string())?;
+        let tensors: HashMap<String, Tensor> = data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        drop(data);
+        Network::from_ir(net_ir, VarBuilder::from_tensors(tensors, dtype, &dev)).map_err(ce)?
+    };
+    let c = net_ir.input_channels;
+    let x = Tensor::randn(0f32, 1f32, (a.batch, c, res, res), &dev)
+        .and_then(|x| x.to_dtype(dtype))
+        .map_err(ce)?;
+    let classes = net_ir.num_classes;
+    let labels = Tensor::rand(0f32, classes as f32, a.batch, &dev)
+        .and_then(|t| t.floor())
+        .and_then(|t| t.clamp(0f32, (classes - 1) as f32))
+        .and_then(|t| t.to_dtype(DType::U32))
+        .map_err(ce)?;
+    let trainable: Vec<Var> = {
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| "VarMap lock poisoned".to_string())?;
+        let names: std::collections::HashSet<String> = net
+            .named_tensors()
+            .into_iter()
+            .filter(|t| t.trainable)
+            .map(|t| t.name)
+            .collect();
+        data.iter()
+            .filter(|(k, _)| names.contains(k.as_str()))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let mut sgd = Sgd {
+        vars: trainable.into_iter().map(|v| (v, None)).collect(),
+        lr: 0.01,
+        momentum: 0.9,
+    };
+    let mut step = || -> candle_core::Result<()> {
+        if a.train {
+            let logits = net.forward_t(&x, true)?;
+            let loss = candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &labels)?;
+            let grads = loss.backward()?;
+            sgd.step(&grads)?;
+        } else {
+            let y = net.forward_t(&x, false)?;
+            // Wait for the device (a no-op on the CPU).
+            y.device().synchronize()?;
+        }
+        Ok(())
+    };
+    for _ in 0..a.warmup {
+        step().map_err(ce)?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..a.iters {
+        step().map_err(ce)?;
+    }
+    dev.synchronize().map_err(ce)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let ips = (a.batch * a.iters) as f64 / secs;
+    let rss = peak_rss_mb();
+    if a.json {
+        let v = serde_json::json!({
+            "model": net_ir.name,
+            "resolution": res,
+            "batch": a.batch,
+            "train": a.train,
+            "images_per_sec": (ips * 100.0).round() / 100.0,
+            "peak_rss_mb": rss.map(|r| (r * 10.0).round() / 10.0),
+        });
+        println!("{v}");
+    } else {
+        let mode = if a.train { "train step" } else { "inference" };
+        let dev_name = match dev {
+            Device::Cpu => "cpu",
+            _ => "cuda",
+        };
+        println!(
+            "{} @{res} batch {} {mode} on {dev_name}: {ips:.2} images/s ({:.2} ms/batch, {} timed iterations after {} warm-up)",
+            net_ir.name,
+            a.batch,
+            1000.0 * secs / a.iters as f64,
+            a.iters,
+            a.warmup
+        );
+        if let Some(r) = rss {
+            println!("peak RSS {r:.1} MB");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,170 @@
+//! `effnet run`: logits for a NumPy batch, written as NumPy. Also the device, dtype and
+//! network-loading helpers that `predict` and `bench` share.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+
+use candle_core::{DType, Device, Tensor};
+use clap::ValueEnum;
+use effnet_compiler::ir;
+use effnet_runtime::{Network, weights};
+
+use super::load;
+
+/// Where to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+/// The compute dtype of weights and activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DtypeArg {
+    pub fn dtype(self) -> DType {
+        match self {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::F16 => DType::F16,
+            DtypeArg::Bf16 => DType::BF16,
+        }
+    }
+}
+
+/// The candle device for `--device`, with a clear error when CUDA was not compiled in.
+pub fn device(arg: DeviceArg) -> Result<Device, String> {
+    match arg {
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda => {
+            if !cfg!(feature = "cuda") {
+                return Err("`--device cuda`: this effnet was built without CUDA support; \
+                     rebuild it with `cargo build --release --features cuda` (needs the CUDA toolkit)"
+                    .into());
+            }
+            Device::new_cuda(0).map_err(|e| format!("`--device cuda`: cannot open GPU 0: {e}"))
+        }
+    }
+}
+
+/// Compile `spec`, pick the model, load `weights_path` into it.
+pub fn load_network(
+    spec: &Path,
+    model: Option<&str>,
+    weights_path: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<Network, String> {
+    let (_, compiled) = load(spec)?;
+    let net_ir: &ir::Network = compiled.network(model)?;
+    let vb = weights::load(net_ir, weights_path, dtype, device).map_err(|e| e.to_string())?;
+    Network::from_ir(net_ir, vb).map_err(|e| {
+        format!(
+            "cannot build `{}` from `{}`: {e}",
+            net_ir.name,
+            weights_path.display()
+        )
+    })
+}
+
+/// Checks that `path` exists and starts with the NumPy magic string, then reads it.
+fn read_npy(path: &Path) -> Result<Tensor, String> {
+    let mut magic = [0u8; 6];
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read input `{}`: {e}", path.display()))?;
+    let n = f
+        .read(&mut magic)
+        .map_err(|e| format!("cannot read input `{}`: {e}", path.display()))?;
+    if n < 6 || &magic != b"\x93NUMPY" {
+        return Err(format!(
+            "input `{}` is not a NumPy .npy file (it does not start with the \\x93NUMPY magic)",
+            path.display()
+        ));
+    }
+    Tensor::read_npy(path).map_err(|e| format!("cannot read input `{}`: {e}", path.display()))
+}
+
+/// The input batch as `[N, C, H, W]` in `dtype` on `device`, checked against the network.
+fn input_batch(
+    path: &Path,
+    net: &ir::Network,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor, String> {
+    let x = read_npy(path)?;
+    let x = match x.dims() {
+        [_, _, _] => x.unsqueeze(0).map_err(|e| e.to_string())?,
+        [_, _, _, _] => x,
+        d => {
+            return Err(format!(
+                "input `{}` has shape {d:?}: expected [batch, {c}, height, width] \
+                 (or [{c}, height, width] for one image)",
+                path.display(),
+                c = net.input_channels
+            ));
+        }
+    };
+    let dims = x.dims().to_vec();
+    if dims[1] != net.input_channels {
+        return Err(format!(
+            "input `{}` has shape {dims:?}: `{}` expects {} channels in dimension 1 (NCHW)",
+            path.display(),
+            net.name,
+            net.input_channels
+        ));
+    }
+    if dims.contains(&0) {
+        return Err(format!(
+            "input `{}` is empty: shape {dims:?}",
+            path.display()
+        ));
+    }
+    if !x.dtype().is_float() {
+        return Err(format!(
+            "input `{}` holds {:?}: expected floating-point values",
+            path.display(),
+            x.dtype()
+        ));
+    }
+    x.to_dtype(dtype)
+        .and_then(|x| x.to_device(device))
+        .map_err(|e| e.to_string())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    spec: &Path,
+    model: Option<&str>,
+    weights_path: &Path,
+    input: &Path,
+    output: &Path,
+    device_arg: DeviceArg,
+    dtype_arg: DtypeArg,
+) -> Result<ExitCode, String> {
+    let device = device(device_arg)?;
+    let dtype = dtype_arg.dtype();
+    let net = load_network(spec, model, weights_path, dtype, &device)?;
+    let x = input_batch(input, &net.ir, dtype, &device)?;
+    let logits = net
+        .forward_t(&x, false)
+        .and_then(|y| y.to_dtype(DType::F32))
+        .and_then(|y| y.to_device(&Device::Cpu))
+        .map_err(|e| format!("forward pass on `{}`: {e}", input.display()))?;
+    logits
+        .write_npy(output)
+        .map_err(|e| format!("cannot write output `{}`: {e}", output.display()))?;
+    let dims = logits.dims();
+    eprintln!(
+        "wrote logits {dims:?} for `{}` to `{}`",
+        input.display(),
+        output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,601 @@
+//! `effnet train`: progressive-learning training of a spec's model on MNIST IDX files or an
+//! image folder, with checkpoints, `metrics.csv` and `curves.png` in the run directory.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use candle_core::Device;
+use effnet_compiler::ir::{self, Interpolation, LrDecay, Optimizer, Schedule, ScheduleStage};
+use effnet_runtime::data::{self, Split};
+use effnet_runtime::train::metrics::write_csv;
+use effnet_runtime::train::{
+    self as tr, EpochMetrics, Event, TrainError, TrainOptions, Trainer, checkpoint,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::load;
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// The spec file.
+    pub spec: PathBuf,
+    /// The model (default: the only one in the file).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The schedule (default: `default`, or the model's only schedule).
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Dataset: a directory of MNIST IDX files (data/mnist) or an image folder with train/
+    /// and test/ subdirectories.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Run directory: checkpoint/, model.safetensors, metrics.csv, curves.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from RUN_DIR/checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// cpu or cuda (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seed of the weights, the data order and every augmentation (default 0; a resumed run
+    /// keeps its checkpoint's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Total epochs, the stages keeping their shares of them.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Optimizer with its default settings: rmsprop, adamw or sgd.
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Batch size for every stage.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Train every epoch at the last stage's settings (no progressive learning), for
+    /// comparisons on the same epoch budget.
+    #[arg(long)]
+    pub fixed: bool,
+    /// Data worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Compute threads for candle's CPU kernels (sets CANDLE_NUM_THREADS; default: candle's,
+    /// one per core). On a busy machine 1 is often faster: candle's workers spin-wait at every
+    /// operation while their partner core is taken.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Use only the first N training images.
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Also report the test accuracy of the raw weights when the schedule has EMA.
+    #[arg(long)]
+    pub eval_raw: bool,
+}
+
+pub fn parse_device(name: &str) -> Result<Device, String> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).map_err(|e| {
+            format!("--device cuda: {e} (CUDA needs a build with `--features cuda` and a GPU)")
+        }),
+        other => Err(format!("--device `{other}`: expected cpu or cuda")),
+    }
+}
+
+/// The schedule to train with: chosen by name, or a single fixed stage when the model has
+/// none (then --epochs is required).
+fn pick_schedule(
+    net: &ir::Network,
+    name: Option<&str>,
+    epochs: Option<usize>,
+) -> Result<Schedule, String> {
+    let names = || {
+        net.schedules
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(n) = name {
+        return net
+            .schedules
+            .iter()
+            .find(|s| s.name == n)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "model `{}` has no schedule `{n}` (it has: {})",
+                    net.name,
+                    if net.schedules.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names()
+                    }
+                )
+            });
+    }
+    match net.schedules.as_slice() {
+        [] => {
+            let epochs = epochs.ok_or_else(|| {
+                format!(
+                    "model `{}` has no schedule: add one to the spec, or give --epochs",
+                    net.name
+                )
+            })?;
+            let size = net.train_resolution.unwrap_or(net.resolution);
+            Ok(Schedule {
+                name: "fixed".into(),
+                docs: vec![],
+                epochs,
+                interpolation: Interpolation::Table,
+                stages: vec![ScheduleStage {
+                    index: 0,
+                    epochs: (0, epochs),
+                    image_size: size,
+                    randaug: 0.0,
+                    mixup: 0.0,
+                    cutmix: 0.0,
+                    dropout: net.dropout,
+                    drop_path: None,
+                    batch_size: None,
+                }],
+                optimizer: None,
+                lr: None,
+                label_smoothing: None,
+                ema: None,
+                grad_clip: None,
+            })
+        }
+        [only] => Ok(only.clone()),
+        many => many
+            .iter()
+            .find(|s| s.name == "default")
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "model `{}` has several schedules ({}): choose one with --schedule",
+                    net.name,
+                    names()
+                )
+            }),
+    }
+}
+
+/// All epochs at the last stage's values.
+fn fixed(s: &Schedule) -> Schedule {
+    let mut out = s.clone();
+    if let Some(last) = s.stages.last() {
+        let mut st = last.clone();
+        st.index = 0;
+        st.epochs = (0, s.epochs);
+        out.stages = vec![st];
+    }
+    out.name = format!("{}-fixed", s.name);
+    out
+}
+
+fn optimizer_override(name: &str) -> Result<Optimizer, String> {
+    match name {
+        "rmsprop" => Ok(tr::DEFAULT_OPTIMIZER),
+        "adamw" => Ok(Optimizer::Adamw {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+        }),
+        "sgd" => Ok(Optimizer::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 1e-4,
+        }),
+        other => Err(format!(
+            "--optimizer `{other}`: expected rmsprop, adamw or sgd"
+        )),
+    }
+}
+
+fn describe_optimizer(o: &Optimizer) -> String {
+    match o {
+        Optimizer::Rmsprop {
+            decay,
+            momentum,
+            eps,
+            weight_decay,
+        } => format!(
+            "rmsprop (TF form) decay {decay} momentum {momentum} eps {eps} weight_decay {weight_decay}"
+        ),
+        Optimizer::Adamw {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => format!("adamw betas ({beta1}, {beta2}) eps {eps} weight_decay {weight_decay}"),
+        Optimizer::Sgd {
+            momentum,
+            nesterov,
+            weight_decay,
+        } => format!(
+            "sgd momentum {momentum}{} weight_decay {weight_decay}",
+            if *nesterov { " nesterov" } else { "" }
+        ),
+    }
+}
+
+fn describe_lr(l: &ir::LrSchedule) -> String {
+    let decay = match l.decay {
+        LrDecay::Constant => "constant".to_string(),
+        LrDecay::Cosine => "cosine".to_string(),
+        LrDecay::Exponential { rate, every } => format!("x{rate} every {every} epochs"),
+    };
+    format!("peak {} warmup {} epochs, {decay}", l.peak, l.warmup_epochs)
+}
+
+fn print_table(t: &Trainer, data_desc: &str) {
+    let s = &t.schedule;
+    println!(
+        "model {} ({} params, input {} x {}), {} classes",
+        t.ir.name,
+        t.ir.param_count(),
+        t.ir.input_channels,
+        t.ir.resolution,
+        t.ir.num_classes
+    );
+    println!("data {data_desc}");
+    println!(
+        "schedule {}: {} epochs, {} stage{} ({:?}); optimizer {}; lr {}; label smoothing {}; ema {}; grad clip {}; seed {}",
+        s.name,
+        s.epochs,
+        s.stages.len(),
+        if s.stages.len() == 1 { "" } else { "s" },
+        s.interpolation,
+        describe_optimizer(&t.optimizer.spec),
+        describe_lr(&t.lr),
+        s.label_smoothing.unwrap_or(0.0),
+        s.ema.map_or("off".to_string(), |e| e.to_string()),
+        s.grad_clip.map_or("off".to_string(), |e| e.to_string()),
+        t.opts.seed
+    );
+    println!(
+        "{:>5}  {:>7}  {:>5}  {:>7}  {:>5}  {:>6}  {:>7}  {:>9}  {:>5}",
+        "stage", "epochs", "image", "randaug", "mixup", "cutmix", "dropout", "drop_path", "batch"
+    );
+    for st in &s.stages {
+        println!(
+            "{:>5}  {:>7}  {:>5}  {:>7.2}  {:>5.2}  {:>6.2}  {:>7.3}  {:>9}  {:>5}",
+            st.index,
+            format!("{}-{}", st.epochs.0 + 1, st.epochs.1),
+            st.image_size,
+            st.randaug,
+            st.mixup,
+            st.cutmix,
+            st.dropout,
+            st.drop_path
+                .map_or(format!("{:.3}", t.ir.drop_path), |d| format!("{d:.3}")),
+            st.batch_size.unwrap_or(t.opts.batch_size)
+        );
+    }
+}
+
+/// Set candle's CPU thread count. Must run before the first tensor operation: candle reads
+/// CANDLE_NUM_THREADS once, when its thread pool starts.
+fn set_compute_threads(n: usize) -> Result<(), String> {
+    if n == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    // SAFETY: called first thing in `run`, while the process has a single thread (argument
+    // parsing and spec compilation spawn none; candle's pool and the data workers start
+    // later), so no other thread can read the environment concurrently.
+    unsafe { std::env::set_var("CANDLE_NUM_THREADS", n.to_string()) };
+    Ok(())
+}
+
+pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
+    if let Some(n) = a.threads {
+        set_compute_threads(n)?;
+    }
+    let (_, compiled) = load(&a.spec)?;
+    let net = compiled.network(a.model.as_deref())?;
+    let mut schedule = pick_schedule(net, a.schedule.as_deref(), a.epochs)?;
+    if let Some(e) = a.epochs {
+        if e == 0 {
+            return Err("--epochs must be at least 1".into());
+        }
+        schedule = tr::with_epochs(&schedule, e);
+    }
+    if a.fixed {
+        schedule = fixed(&schedule);
+    }
+    if let Some(o) = &a.optimizer {
+        schedule.optimizer = Some(optimizer_override(o)?);
+    }
+    if let Some(lr) = a.lr {
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(format!("--lr {lr}: expected a positive number"));
+        }
+        let opt = schedule.optimizer.clone().unwrap_or(tr::DEFAULT_OPTIMIZER);
+        let mut l = schedule.lr.clone().unwrap_or_else(|| tr::default_lr(&opt));
+        l.peak = lr;
+        schedule.lr = Some(l);
+    }
+    if let Some(b) = a.batch {
+        if b == 0 {
+            return Err("--batch must be at least 1".into());
+        }
+        for st in &mut schedule.stages {
+            st.batch_size = Some(b);
+        }
+    }
+    let device = parse_device(&a.device)?;
+    let err = |e: effnet_runtime::Error| e.to_string();
+    let mut train_data = data::load(&a.data, Split::Train).map_err(err)?;
+    if let Some(n) = a.train_limit {
+        train_data = train_data.truncate(n);
+    }
+    let test_data = data::load(&a.data, Split::Test).map_err(err)?;
+    let data_desc = format!(
+        "{}: {} train / {} test images, {} classes",
+        a.data.display(),
+        train_data.len(),
+        test_data.len(),
+        train_data.num_classes()
+    );
+    let opts = TrainOptions {
+        seed: a.seed.unwrap_or(0),
+        workers: a.workers,
+        device,
+        evaluate_raw: a.eval_raw,
+        ..TrainOptions::default()
+    };
+    let terr = |e: TrainError| e.to_string();
+    let mut trainer =
+        Trainer::new(net, schedule, opts, train_data, Some(test_data)).map_err(terr)?;
+    trainer.out_dir = Some(a.out.clone());
+    if a.resume {
+        trainer.resume(&a.out).map_err(terr)?;
+        if let Some(seed) = a.seed.filter(|&s| s != trainer.opts.seed) {
+            return Err(format!(
+                "--seed {seed} differs from the checkpoint's seed {} in `{}`; drop --seed to resume",
+                trainer.opts.seed,
+                a.out.join(checkpoint::DIR).display()
+            ));
+        }
+        println!(
+            "resuming `{}` after epoch {} of {}",
+            a.out.display(),
+            trainer.epoch,
+            trainer.schedule.epochs
+        );
+    } else if checkpoint::find(&a.out).is_ok() {
+        return Err(format!(
+            "`{}` already holds a checkpoint: pass --resume to continue it, or choose another --out",
+            a.out.display()
+        ));
+    }
+    std::fs::create_dir_all(&a.out)
+        .map_err(|e| format!("cannot create run directory `{}`: {e}", a.out.display()))?;
+    print_table(&trainer, &data_desc);
+    if trainer.done() {
+        println!(
+            "nothing to do: all {} epochs are done",
+            trainer.schedule.epochs
+        );
+    }
+    while !trainer.done() {
+        let m = run_epoch_with_bar(&mut trainer)?;
+        trainer.save_checkpoint(&a.out).map_err(terr)?;
+        write_csv(&trainer.history, &a.out.join("metrics.csv")).map_err(terr)?;
+        if let Err(e) = plot_curves(
+            &trainer.history,
+            &trainer.schedule,
+            &a.out.join("curves.png"),
+        ) {
+            eprintln!("warning: {e}");
+        }
+        println!(
+            "epoch {:>3}/{} stage {} {:>3}px  loss {:.4}  test top-1 {}  top-5 {}  {:.0} img/s  {:.1}s (total {:.1}s)",
+            m.epoch,
+            trainer.schedule.epochs,
+            m.stage,
+            m.image_size,
+            m.train_loss,
+            pct(m.test_top1),
+            pct(m.test_top5),
+            m.train_images_per_sec,
+            m.wall_s,
+            m.elapsed_s
+        );
+    }
+    if let Some(last) = trainer.history.last() {
+        println!(
+            "done: test top-1 {} after {} epochs in {:.1}s; weights in `{}`",
+            pct(last.test_top1),
+            last.epoch,
+            last.elapsed_s,
+            tr::model_path(&a.out).display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v))
+}
+
+fn run_epoch_with_bar(trainer: &mut Trainer) -> Result<EpochMetrics, String> {
+    let mut bar: Option<ProgressBar> = None;
+    let mut seen = 0usize;
+    let mut loss_avg = 0.0;
+    let start = std::time::Instant::now();
+    let epochs = trainer.schedule.epochs;
+    let mut observe = |e: Event| match e {
+        Event::EpochStart {
+            epoch,
+            stage,
+            batch_size,
+            steps,
+        } => {
+            let pb =
+                ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template(
+                "{prefix} [{bar:25.cyan/blue}] {pos}/{len} {elapsed_precise} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            pb.set_style(style);
+            pb.set_prefix(format!(
+                "epoch {}/{epochs} stage {} {}px b{batch_size}",
+                epoch + 1,
+                stage.index,
+                stage.image_size
+            ));
+            pb.enable_steady_tick(Duration::from_millis(500));
+            bar = Some(pb);
+        }
+        Event::Step {
+            step,
+            loss,
+            lr,
+            images,
+            ..
+        } => {
+            seen += images;
+            loss_avg = if step == 0 {
+                loss
+            } else {
+                0.9 * loss_avg + 0.1 * loss
+            };
+            if let Some(pb) = &bar {
+                let secs = start.elapsed().as_secs_f64().max(1e-9);
+                pb.set_message(format!(
+                    "loss {loss_avg:.4} lr {lr:.2e} {:.0} img/s",
+                    seen as f64 / secs
+                ));
+                pb.inc(1);
+            }
+        }
+        Event::Evaluating { .. } => {
+            if let Some(pb) = &bar {
+                pb.set_message(format!("loss {loss_avg:.4} evaluating..."));
+            }
+        }
+    };
+    let r = trainer.run_epoch(&mut observe);
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
+    }
+    r.map_err(|e| e.to_string())
+}
+
+static FONT: &[u8] = include_bytes!("../../data/fonts/DejaVuSans.ttf");
+
+/// Loss and accuracy against epochs, stage boundaries as dashed lines labelled with the
+/// image size.
+pub fn plot_curves(rows: &[EpochMetrics], schedule: &Schedule, path: &Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    use plotters::style::{FontStyle, register_font};
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let perr = |e: &dyn std::fmt::Display| format!("cannot draw `{}`: {e}", path.display());
+    let root = BitMapBackend::new(path, (1000, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| perr(&e))?;
+    let (top, bottom) = root.split_vertically(350);
+    let max_epoch = schedule.epochs.max(rows.len()) as f64;
+    let max_loss = rows
+        .iter()
+        .map(|r| r.train_loss)
+        .fold(0.0f64, f64::max)
+        .max(1e-3)
+        * 1.05;
+    let boundaries: Vec<(f64, usize)> = schedule
+        .stages
+        .iter()
+        .map(|s| (s.epochs.0 as f64, s.image_size))
+        .collect();
+
+    let mut loss_chart = ChartBuilder::on(&top)
+        .caption("training loss", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0f64..max_epoch, 0f64..max_loss)
+        .map_err(|e| perr(&e))?;
+    loss_chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("loss")
+        .draw()
+        .map_err(|e| perr(&e))?;
+    loss_chart
+        .draw_series(LineSeries::new(
+            rows.iter().map(|r| (r.epoch as f64, r.train_loss)),
+            BLUE.stroke_width(2),
+        ))
+        .map_err(|e| perr(&e))?;
+    loss_chart
+        .draw_series(
+            rows.iter()
+                .map(|r| Circle::new((r.epoch as f64, r.train_loss), 3, BLUE.filled())),
+        )
+        .map_err(|e| perr(&e))?;
+
+    let accs: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| r.test_top1.map(|a| (r.epoch as f64, 100.0 * a)))
+        .collect();
+    let min_acc = accs.iter().map(|a| a.1).fold(100.0f64, f64::min);
+    let lo = (min_acc - 5.0).clamp(0.0, 95.0).floor();
+    let mut acc_chart = ChartBuilder::on(&bottom)
+        .caption("test top-1 (%)", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0f64..max_epoch, lo..100f64)
+        .map_err(|e| perr(&e))?;
+    acc_chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("top-1 %")
+        .draw()
+        .map_err(|e| perr(&e))?;
+    acc_chart
+        .draw_series(LineSeries::new(accs.iter().copied(), RED.stroke_width(2)))
+        .map_err(|e| perr(&e))?;
+    acc_chart
+        .draw_series(accs.iter().map(|&p| Circle::new(p, 3, RED.filled())))
+        .map_err(|e| perr(&e))?;
+
+    // Stage boundaries, dashed, with the stage's image size.
+    let gray = RGBColor(120, 120, 120);
+    for (x, size) in &boundaries {
+        for dash in 0..20 {
+            let a = max_loss * dash as f64 / 20.0;
+            let b = a + max_loss / 40.0;
+            loss_chart
+                .draw_series(LineSeries::new([(*x, a), (*x, b)], gray))
+                .map_err(|e| perr(&e))?;
+            let span = 100.0 - lo;
+            let a = lo + span * dash as f64 / 20.0;
+            let b = a + span / 40.0;
+            acc_chart
+                .draw_series(LineSeries::new([(*x, a), (*x, b)], gray))
+                .map_err(|e| perr(&e))?;
+        }
+        loss_chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{size}px"),
+                (*x + max_epoch * 0.01, max_loss * 0.95),
+                ("sans-serif", 15).into_font().color(&gray),
+            )))
+            .map_err(|e| perr(&e))?;
+    }
+    root.present().map_err(|e| perr(&e))?;
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! The compiler commands as a user runs them: exit codes 0 (clean), 1 (user error),
+//! 2 (usage), diagnostics on stderr, JSON on stdout, and no panic on any input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn effnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_effnet"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the effnet binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tmp(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("effnet-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write temp spec");
+    p
+}
+
+#[test]
+fn check_clean_specs_exits_0() {
+    let specs: Vec<String> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs"))
+        .expect("specs/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "effnet"))
+        .map(|p| p.display().to_string())
+        .collect();
+    let mut args = vec!["check"];
+    args.extend(specs.iter().map(String::as_str));
+    let o = effnet(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn check_reports_every_error_with_file_line_col_and_exits_1() {
+    let o = effnet(&["check", "tests/fixtures/err/kernel.effnet"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("tests/fixtures/err/kernel.effnet:4:19"), "{e}");
+    assert!(e.contains("tests/fixtures/err/kernel.effnet:5:19"), "{e}");
+    assert!(e.contains("kernel size must be odd"), "{e}");
+    assert!(e.contains("help:"), "{e}");
+}
+
+#[test]
+fn warnings_do_not_fail_check() {
+    let o = effnet(&["check", "tests/fixtures/ok/resolution_warning.effnet"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("not divisible by the network's total stride"));
+}
+
+#[test]
+fn missing_file_is_a_user_error_naming_it() {
+    let o = effnet(&["summary", "no/such/spec.effnet"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no/such/spec.effnet"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    assert_eq!(effnet(&["summary"]).status.code(), Some(2));
+    assert_eq!(effnet(&["no-such-command"]).status.code(), Some(2));
+    assert_eq!(
+        effnet(&[
+            "summary",
+            "specs/efficientnetv2_s.effnet",
+            "--resolution",
+            "abc"
+        ])
+        .status
+        .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn summary_json_has_the_totals_and_stages() {
+    let o = effnet(&["summary", "specs/efficientnetv2_s.effnet", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["model"], "efficientnetv2_s");
+    assert_eq!(v["params"], 21_458_488);
+    assert_eq!(v["resolution"], 384);
+    assert_eq!(v["stages"].as_array().map(Vec::len), Some(6));
+    assert!(v["macs"].as_u64().is_some_and(|m| m > 8_000_000_000));
+}
+
+#[test]
+fn summary_needs_a_model_name_in_a_multi_model_file() {
+    let o = effnet(&["summary", "specs/efficientnet.effnet"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--model"), "{}", stderr(&o));
+    let o = effnet(&[
+        "summary",
+        "specs/efficientnet.effnet",
+        "--model",
+        "efficientnet_b3",
+        "--resolution",
+        "300",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("12,233,232 parameters"), "{text}");
+}
+
+#[test]
+fn ir_json_lists_every_tensor_with_timm_names() {
+    let o = effnet(&["ir", "specs/tf_efficientnetv2_b0.effnet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["params"], 7_139_704);
+    let tensors = v["tensors"].as_array().expect("tensors");
+    assert_eq!(tensors[0]["name"], "conv_stem.weight");
+    assert!(
+        tensors
+            .iter()
+            .any(|t| t["name"] == "blocks.5.7.se.conv_expand.bias")
+    );
+    assert_eq!(
+        tensors.last().map(|t| t["name"].clone()),
+        Some("classifier.bias".into())
+    );
+}
+
+#[test]
+fn garbage_never_panics() {
+    let inputs = [
+        "",
+        "model",
+        "model m {",
+        "model m { stem conv k3 s2 -> 999999999999999999999999999 stage mbconv k3 e4 s2 -> 8 }",
+        "model m { stem conv k3 s2 -> 8 stage mbconv k3 e1e400 s2 -> 8 }",
+        "\u{0}\u{1}\u{2}",
+        "schedule s for m { epochs 0 }",
+        "model a = a scaled width 1",
+        "model m { input 3 x 0 stem conv k3 s2 -> 8 stage mbconv k3 e4 s2 -> 8 }",
+    ];
+    for (i, text) in inputs.iter().enumerate() {
+        let p = tmp(&format!("garbage{i}.effnet"), text);
+        for cmd in ["check", "summary", "ir"] {
+            let o = effnet(&[cmd, &p.display().to_string()]);
+            let code = o.status.code();
+            assert!(
+                matches!(code, Some(0 | 1)),
+                "{cmd} on {text:?}: {code:?}\n{}",
+                stderr(&o)
+            );
+            assert!(
+                !stderr(&o).contains("panicked"),
+                "{cmd} on {text:?}: {}",
+                stderr(&o)
+            );
+        }
+    }
+}

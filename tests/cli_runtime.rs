@@ -1,0 +1,246 @@
+//! The runtime commands as a user runs them: `run` reproduces timm's logits on a fixture,
+//! `predict` classifies a generated PNG, `bench --json` reports a throughput, and user errors
+//! exit 1 with the offending file named on stderr.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+
+const FIXTURE: &str = "tests/fixtures/runtime/fx_v2b_same67";
+
+fn effnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_effnet"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the effnet binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tmp_dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("effnet-cli-runtime-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn spec() -> String {
+    format!("{FIXTURE}.effnet")
+}
+
+/// The fixture's weights alone in `dir/weights.safetensors`, plus its input and logits.
+fn fixture_files(dir: &Path) -> (PathBuf, Tensor, Tensor) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("{FIXTURE}.safetensors"));
+    let mut t: HashMap<String, Tensor> =
+        candle_core::safetensors::load(&src, &Device::Cpu).expect("fixture");
+    let x = t.remove("__input__").expect("input");
+    let y = t.remove("__logits__").expect("logits");
+    let w = dir.join("weights.safetensors");
+    candle_core::safetensors::save(&t, &w).expect("save weights");
+    (w, x, y)
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn run_reproduces_timm_logits() {
+    let dir = tmp_dir("run");
+    let (w, x, want) = fixture_files(&dir);
+    let input = dir.join("x.npy");
+    let output = dir.join("y.npy");
+    x.write_npy(&input).expect("write input");
+    let o = effnet(&[
+        "run",
+        &spec(),
+        "--weights",
+        &s(&w),
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&output),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let got = Tensor::read_npy(&output).expect("read output");
+    assert_eq!(got.dims(), want.dims());
+    let diff = (got - want)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("diff");
+    assert!(diff < 1e-4, "max |diff| {diff}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn run_errors_name_the_file() {
+    let dir = tmp_dir("run-errors");
+    let (w, x, _) = fixture_files(&dir);
+    let input = dir.join("x.npy");
+    x.write_npy(&input).expect("write input");
+    let output = dir.join("y.npy");
+    let run = |weights: &Path, input: &Path| {
+        effnet(&[
+            "run",
+            &spec(),
+            "--weights",
+            &s(weights),
+            "--input",
+            &s(input),
+            "--output",
+            &s(&output),
+        ])
+    };
+    // A missing weights file.
+    let missing = dir.join("missing.safetensors");
+    let o = run(&missing, &input);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&s(&missing)), "{}", stderr(&o));
+    // A weights file that is not safetensors.
+    let junk = dir.join("junk.safetensors");
+    std::fs::write(&junk, "not safetensors").expect("write");
+    let o = run(&junk, &input);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&s(&junk)), "{}", stderr(&o));
+    // Four input channels instead of three.
+    let bad = dir.join("bad.npy");
+    Tensor::zeros((1, 4, 67, 67), candle_core::DType::F32, &Device::Cpu)
+        .and_then(|t| t.write_npy(&bad))
+        .expect("write bad input");
+    let o = run(&w, &bad);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains(&s(&bad)) && e.contains("channels"), "{e}");
+    // Rank 2.
+    Tensor::zeros((3, 67), candle_core::DType::F32, &Device::Cpu)
+        .and_then(|t| t.write_npy(&bad))
+        .expect("write bad input");
+    let o = run(&w, &bad);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&s(&bad)), "{}", stderr(&o));
+    // Not a .npy file.
+    let text = dir.join("input.txt");
+    std::fs::write(&text, "1 2 3").expect("write");
+    let o = run(&w, &text);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&s(&text)), "{}", stderr(&o));
+    // A missing input.
+    let nothing = dir.join("nothing.npy");
+    let o = run(&w, &nothing);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&s(&nothing)), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn predict_classifies_a_png() {
+    let dir = tmp_dir("predict");
+    let (w, _, _) = fixture_files(&dir);
+    let png = dir.join("image.png");
+    let img = image::RgbImage::from_fn(90, 60, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 4) as u8, ((x + y) % 256) as u8])
+    });
+    img.save(&png).expect("write png");
+    let labels = dir.join("labels.txt");
+    let names: Vec<String> = (0..10).map(|i| format!("thing{i}")).collect();
+    std::fs::write(&labels, names.join("\n")).expect("write labels");
+    let o = effnet(&[
+        "predict",
+        &spec(),
+        "--weights",
+        &s(&w),
+        &s(&png),
+        &s(&png),
+        "--labels",
+        &s(&labels),
+        "--top",
+        "3",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.matches(&s(&png)).count(), 2, "{out}");
+    assert_eq!(out.matches("thing").count(), 6, "{out}");
+    assert!(out.contains("1.") && out.contains('%'), "{out}");
+    // Without labels: class indices.
+    let o = effnet(&[
+        "predict",
+        &spec(),
+        "--weights",
+        &s(&w),
+        &s(&png),
+        "--top",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).matches("class ").count(), 2, "{}", stdout(&o));
+    // A file that is not an image.
+    let bad = dir.join("bad.png");
+    std::fs::write(&bad, "not an image").expect("write");
+    let o = effnet(&["predict", &spec(), "--weights", &s(&w), &s(&bad)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&s(&bad)), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bench_json_reports_a_throughput() {
+    for train in [false, true] {
+        let mut args = vec![
+            "bench",
+            "tests/fixtures/runtime/fx_v2s_sym64.effnet",
+            "--resolution",
+            "32",
+            "--batch",
+            "2",
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+        ];
+        if train {
+            args.push("--train");
+        }
+        let o = effnet(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("JSON");
+        assert_eq!(v["model"], "fx_v2s_sym64");
+        assert_eq!(v["resolution"], 32);
+        assert_eq!(v["batch"], 2);
+        assert_eq!(v["train"], train);
+        assert!(v["images_per_sec"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+        assert!(v["peak_rss_mb"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    }
+}
+
+#[test]
+fn cuda_without_the_feature_is_a_clear_error() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let o = effnet(&[
+        "bench",
+        "tests/fixtures/runtime/fx_v2s_sym64.effnet",
+        "--device",
+        "cuda",
+        "--iters",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("without CUDA support"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -1,0 +1,381 @@
+//! `#[effnet::model]` end to end: generated structs and the interpreter (`Network::from_ir`)
+//! give bit-identical outputs from the same weights (timm fixtures and random weights, eval and
+//! train mode), the constants match the IR, and the spec is a build input of the crate.
+#![deny(warnings)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use effnet::EffNet;
+use effnet::candle::{DType, Device, ModuleT, Tensor};
+use effnet::compiler::analysis::summarize;
+use effnet::nn::{VarBuilder, VarMap};
+use effnet::runtime::{Network, weights};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+#[effnet::model("specs/tf_efficientnetv2_b0.effnet")]
+pub struct B0;
+
+#[effnet::model("specs/tf_efficientnetv2_b.effnet", name = "tf_efficientnetv2_b2")]
+pub struct B2;
+
+#[effnet::model("specs/efficientnetv2_s.effnet")]
+pub struct V2S;
+
+/// EfficientNet-B0 (V1): `ds` and `ir` blocks with SE, drop_path 0.2 and dropout 0.2, so the
+/// train-mode check covers both random paths.
+#[effnet::model("specs/efficientnet.effnet", name = "efficientnet_b0")]
+pub struct V1B0;
+
+/// `head none`, from a file with several models.
+#[effnet::model("tests/fixtures/ok/derived.effnet", name = "deeper_late")]
+pub struct DeeperLate;
+
+macro_rules! fixtures {
+    ($($name:ident => $file:literal),* $(,)?) => {
+        $(
+            #[effnet::model($file)]
+            pub struct $name;
+        )*
+        /// Each runtime fixture: its spec path and a check comparing the typed struct with the
+        /// interpreter.
+        fn fixture_checks() -> Vec<(&'static str, Box<dyn Fn(&Path) -> TestResult>)> {
+            let mut checks: Vec<(&'static str, Box<dyn Fn(&Path) -> TestResult>)> = Vec::new();
+            $(
+                checks.push((
+                    $file,
+                    Box::new(|path: &Path| {
+                        compare_fixture::<$name>(path, $name::spec_ir()?, $name::load)
+                    }),
+                ));
+            )*
+            checks
+        }
+    };
+}
+
+fixtures! {
+    FxConvNohead => "tests/fixtures/runtime/fx_conv_nohead.effnet",
+    FxEdgeRw67 => "tests/fixtures/runtime/fx_edge_rw67.effnet",
+    FxFixedStem12 => "tests/fixtures/runtime/fx_fixed_stem12.effnet",
+    FxV1Relu32 => "tests/fixtures/runtime/fx_v1_relu32.effnet",
+    FxV2bSame67 => "tests/fixtures/runtime/fx_v2b_same67.effnet",
+    FxV2sSym64 => "tests/fixtures/runtime/fx_v2s_sym64.effnet",
+    FxW125D15Limit0 => "tests/fixtures/runtime/fx_w125_d15_limit0.effnet",
+    FxW125D15Limit09 => "tests/fixtures/runtime/fx_w125_d15_limit09.effnet",
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bits(t: &Tensor) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+    Ok(t.flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f32::to_bits)
+        .collect())
+}
+
+fn assert_same(what: &str, a: &Tensor, b: &Tensor) -> TestResult {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    assert!(bits(a)? == bits(b)?, "{what}: outputs differ");
+    Ok(())
+}
+
+fn assert_same_tensors<A: EffNet, B: EffNet>(what: &str, a: &A, b: &B) -> TestResult {
+    let (ta, tb) = (a.named_tensors(), b.named_tensors());
+    let names = |t: &[effnet::runtime::layers::NamedTensor]| {
+        t.iter()
+            .map(|n| (n.name.clone(), n.trainable))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&ta), names(&tb), "{what}: tensor names");
+    for (x, y) in ta.iter().zip(&tb) {
+        assert_same(&format!("{what}: {}", x.name), &x.tensor, &y.tensor)?;
+    }
+    Ok(())
+}
+
+/// Eval logits, features, and three train-mode passes (BatchNorm statistics update, stochastic
+/// depth and dropout draw from the seeded generators), then eval again: all bit-identical.
+fn compare<T: EffNet>(what: &str, typed: &mut T, net: &mut Network, x: &Tensor) -> TestResult {
+    assert_eq!(typed.ir(), &net.ir, "{what}: IR");
+    assert_same_tensors(what, typed, net)?;
+    assert_same(
+        &format!("{what}: eval"),
+        &typed.forward_t(x, false)?,
+        &net.forward_t(x, false)?,
+    )?;
+    let (fa, fb) = (
+        typed.forward_features_t(x, false)?,
+        net.forward_features_t(x, false)?,
+    );
+    assert_eq!(fa.len(), fb.len());
+    for (i, (a, b)) in fa.iter().zip(&fb).enumerate() {
+        assert_same(&format!("{what}: stage {i}"), a, b)?;
+    }
+    typed.seed(7);
+    net.seed(7);
+    for step in 0..3 {
+        assert_same(
+            &format!("{what}: train step {step}"),
+            &typed.forward_t(x, true)?,
+            &net.forward_t(x, true)?,
+        )?;
+    }
+    assert_same_tensors(&format!("{what} after training"), typed, net)?;
+    assert_same(
+        &format!("{what}: eval after train"),
+        &typed.forward_t(x, false)?,
+        &net.forward_t(x, false)?,
+    )?;
+    Ok(())
+}
+
+fn compare_fixture<T: EffNet>(
+    path: &Path,
+    ir: effnet::compiler::ir::Network,
+    load: fn(VarBuilder<'static>) -> effnet::Result<T>,
+) -> TestResult {
+    let weights_path = path.with_extension("safetensors");
+    let data = weights::read_safetensors(&weights_path, &Device::Cpu)?;
+    let x = data.get("__input__").ok_or("no __input__")?.clone();
+    let expected = data.get("__logits__").ok_or("no __logits__")?.clone();
+    let tensors: HashMap<String, Tensor> = data
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("__"))
+        .collect();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let mut net = Network::from_ir(&ir, vb.clone())?;
+    let mut typed = load(vb)?;
+    let logits = typed.forward_t(&x, false)?;
+    let diff = (&logits - &expected)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    assert!(diff < 1e-4, "{}: {diff} from timm's logits", path.display());
+    compare(&path.display().to_string(), &mut typed, &mut net, &x)
+}
+
+#[test]
+fn typed_matches_interpreter_on_timm_fixtures() -> TestResult {
+    let checks = fixture_checks();
+    assert_eq!(checks.len(), 8);
+    for (file, check) in checks {
+        check(&root().join(file))?;
+    }
+    Ok(())
+}
+
+/// Deterministic, varied values for every tensor of a VarMap (BatchNorm variances positive).
+fn randomize(vm: &VarMap) -> TestResult {
+    let data = vm.data().lock().map_err(|_| "poisoned")?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for (k, name) in names.into_iter().enumerate() {
+        let var = &data[name];
+        let n = var.elem_count();
+        let values: Vec<f32> = (0..n)
+            .map(|i| {
+                let v = ((i as f64 * 12.9898 + k as f64 * 78.233).sin() * 43758.5453).fract();
+                if name.ends_with("running_var") {
+                    (0.5 + v.abs()) as f32
+                } else if name.ends_with("weight") && !name.contains("bn") {
+                    (v * 0.3) as f32
+                } else {
+                    (v * 0.5) as f32
+                }
+            })
+            .collect();
+        var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu)?)?;
+    }
+    Ok(())
+}
+
+fn random_pair<T: EffNet>(
+    ir: &effnet::compiler::ir::Network,
+    load: fn(VarBuilder<'static>) -> effnet::Result<T>,
+) -> Result<(T, Network), Box<dyn std::error::Error>> {
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    Network::from_ir(ir, vb.clone())?;
+    randomize(&vm)?;
+    let net = Network::from_ir(ir, vb.clone())?;
+    Ok((load(vb)?, net))
+}
+
+fn input(res: usize, batch: usize) -> Result<Tensor, Box<dyn std::error::Error>> {
+    let n = batch * 3 * res * res;
+    let v: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.37).sin()).collect();
+    Ok(Tensor::from_vec(v, (batch, 3, res, res), &Device::Cpu)?)
+}
+
+#[test]
+fn typed_matches_interpreter_with_drop_path_and_dropout() -> TestResult {
+    let ir = V1B0::spec_ir()?;
+    assert!(ir.drop_path > 0.0 && ir.dropout > 0.0);
+    let (mut typed, mut net) = random_pair(&ir, V1B0::load)?;
+    compare("efficientnet_b0", &mut typed, &mut net, &input(64, 4)?)?;
+
+    let ir = DeeperLate::spec_ir()?;
+    assert!(ir.head.is_none());
+    let (mut typed, mut net) = random_pair(&ir, DeeperLate::load)?;
+    compare("deeper_late", &mut typed, &mut net, &input(48, 2)?)
+}
+
+#[test]
+fn b0_runs_and_matches_interpreter() -> TestResult {
+    let ir = B0::spec_ir()?;
+    let (mut typed, mut net) = random_pair(&ir, B0::load)?;
+    let x = input(64, 2)?;
+    let f = typed.forward_features(&x)?;
+    assert_eq!(f.stage0.dims(), &[2, 16, 32, 32]);
+    assert_eq!(f.stage5.dims(), &[2, 192, 2, 2]);
+    assert_eq!(f.into_vec().len(), 6);
+    // The inherent API, ModuleT and the trait agree.
+    let a = typed.forward(&x)?;
+    assert_eq!(a.dims(), &[2, 1000]);
+    assert_same("B0 ModuleT", &a, &ModuleT::forward_t(&typed, &x, false)?)?;
+    assert_eq!(typed.stage5.blocks.len(), 8);
+    compare("B0", &mut typed, &mut net, &x)
+}
+
+#[test]
+fn constants_match_the_ir() -> TestResult {
+    let ir = B0::spec_ir()?;
+    assert_eq!(B0::NAME, "tf_efficientnetv2_b0");
+    assert_eq!(B0::PARAMS, ir.param_count());
+    assert_eq!(B0::PARAMS, 7_139_704); // timm's tf_efficientnetv2_b0
+    assert_eq!(B0::MACS, summarize(&ir, 224).macs);
+    assert_eq!(B0::INPUT, (3, 224, 224));
+    assert_eq!(B0::TRAIN_RESOLUTION, Some(192));
+    assert_eq!(B0::NUM_CLASSES, 1000);
+    assert_eq!(B0::NUM_FEATURES, 1280);
+    assert_eq!(B0::STAGE_BLOCKS, [1, 2, 2, 3, 5, 8]);
+    assert_eq!(B0::STAGE_CHANNELS, [16, 32, 48, 96, 112, 192]);
+    assert_eq!(B0Stage5::BLOCKS, 8);
+    assert!(B0::SPEC.contains("model tf_efficientnetv2_b0"));
+    assert!(B0::SCHEDULES.is_empty());
+
+    let b2 = B2::spec_ir()?;
+    assert_eq!(B2::NAME, "tf_efficientnetv2_b2");
+    assert_eq!(B2::PARAMS, b2.param_count());
+    assert_eq!(B2::INPUT, (3, 260, 260));
+
+    let s = V2S::spec_ir()?;
+    assert_eq!(V2S::PARAMS, s.param_count());
+    let names: Vec<&str> = V2S::SCHEDULES.iter().map(|s| s.name).collect();
+    let expected: Vec<&str> = s.schedules.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, expected);
+    for (c, sched) in V2S::SCHEDULES.iter().zip(&s.schedules) {
+        assert_eq!(c.epochs, sched.epochs);
+        assert_eq!(c.stages.len(), sched.stages.len());
+        for (a, b) in c.stages.iter().zip(&sched.stages) {
+            assert_eq!(a.epochs, b.epochs);
+            assert_eq!(a.image_size, b.image_size);
+            assert_eq!(a.randaug.to_bits(), b.randaug.to_bits());
+            assert_eq!(a.dropout.to_bits(), b.dropout.to_bits());
+            assert_eq!(a.drop_path, b.drop_path);
+            assert_eq!(a.batch_size, b.batch_size);
+        }
+        let last = sched.stage_at(10_000).map(|s| s.image_size);
+        assert_eq!(c.stage_at(10_000).map(|s| s.image_size), last);
+    }
+    assert_eq!(V2S::SCHEDULE_PAPER.name, "paper");
+    Ok(())
+}
+
+#[test]
+fn load_reports_missing_weights() {
+    let vb = VarBuilder::from_tensors(HashMap::new(), DType::F32, &Device::Cpu);
+    match FxV2sSym64::load(vb) {
+        Ok(_) => panic!("loaded without weights"),
+        Err(e) => assert!(e.to_string().contains("conv_stem.weight"), "{e}"),
+    }
+}
+
+#[test]
+fn wrong_input_is_an_error() -> TestResult {
+    let ir = FxV1Relu32::spec_ir()?;
+    let (typed, _) = random_pair(&ir, FxV1Relu32::load)?;
+    let x = Tensor::zeros((1, 4, 32, 32), DType::F32, &Device::Cpu)?;
+    let e = typed.forward(&x).err().ok_or("accepted 4 channels")?;
+    assert!(e.to_string().contains("expects input"), "{e}");
+    Ok(())
+}
+
+/// The spec is a build input: rustc's dep-info for this very test binary lists it (through the
+/// `include_str!` the macro emits), so cargo rebuilds the crate when the spec changes.
+#[test]
+fn spec_is_a_build_input() -> TestResult {
+    let exe = std::env::current_exe()?;
+    let dep_info = exe.with_extension("d");
+    let text = std::fs::read_to_string(&dep_info)
+        .map_err(|e| format!("cannot read `{}`: {e}", dep_info.display()))?;
+    for spec in [
+        "specs/tf_efficientnetv2_b0.effnet",
+        "tests/fixtures/ok/derived.effnet",
+        "tests/fixtures/runtime/fx_v2b_same67.effnet",
+    ] {
+        let abs = root().join(spec).canonicalize()?;
+        assert!(
+            text.contains(&abs.display().to_string()),
+            "{} does not list {}",
+            dep_info.display(),
+            abs.display()
+        );
+    }
+    Ok(())
+}
+
+/// A crate of its own, built twice with cargo: touching the spec recompiles it, and the new
+/// constants show. Slow on a fresh machine (it builds effnet and candle in its own target
+/// directory), hence ignored: `cargo test --test typed_model -- --ignored`.
+#[test]
+#[ignore]
+fn editing_the_spec_rebuilds_the_crate() -> TestResult {
+    let base = root().join("target/tmp/effnet-rebuild-check");
+    let krate = base.join("crate");
+    std::fs::create_dir_all(krate.join("src"))?;
+    let spec = "model m {\n    input 3 x 32\n    classes CLASSES\n    stem conv k3 s2 -> 8\n    \
+                stage mbconv k3 e4 s2 -> 16 x1\n}\n";
+    std::fs::write(krate.join("m.effnet"), spec.replace("CLASSES", "10"))?;
+    std::fs::write(
+        krate.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"rebuild-check\"\nversion = \"0.0.0\"\nedition = \"2024\"\n\n\
+             [dependencies]\neffnet = {{ path = {:?} }}\n\n[workspace]\n",
+            root().display().to_string()
+        ),
+    )?;
+    std::fs::write(
+        krate.join("src/main.rs"),
+        "#![deny(warnings)]\n#[effnet::model(\"m.effnet\")]\npub struct M;\n\
+         fn main() { println!(\"classes {}\", M::NUM_CLASSES); }\n",
+    )?;
+    let run = || -> Result<(String, String), Box<dyn std::error::Error>> {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args(["run", "--quiet", "--offline"])
+            .arg("--manifest-path")
+            .arg(krate.join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", base.join("target"))
+            .env("CARGO_TERM_QUIET", "false")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        Ok((String::from_utf8_lossy(&out.stdout).to_string(), stderr))
+    };
+    let (first, _) = run()?;
+    assert_eq!(first.trim(), "classes 10");
+    std::fs::write(krate.join("m.effnet"), spec.replace("CLASSES", "12"))?;
+    let (second, _) = run()?;
+    assert_eq!(
+        second.trim(),
+        "classes 12",
+        "editing the spec did not rebuild"
+    );
+    Ok(())
+}
