@@ -14,7 +14,7 @@ use effnet_compiler::ir;
 use rand::SeedableRng;
 pub use rand_chacha::ChaCha8Rng;
 
-use crate::layers::{CResult, Classifier, NamedTensor, NetRng};
+use crate::layers::{CResult, Classifier, FusedMap, NamedTensor, NetRng, fusable_tensor};
 use crate::network::{Block, ConvBnAct, Network};
 
 /// A network that can be run and trained: the interpreter or a generated struct.
@@ -220,9 +220,9 @@ pub fn check_input(ir: &ir::Network, x: &Tensor) -> CResult<()> {
 }
 
 /// A network's parts, borrowed: the forward pass over them is written once, here, for the
-/// structs `#[effnet::model]` generates (whose stages are typed fields) and for any other
-/// owner of the parts. It is the interpreter's computation ([`Network::forward_t`]) step for
-/// step: the same [`Block`]s, then head, global average pool, dropout, classifier.
+/// interpreter ([`Network`]) and for the structs `#[effnet::model]` generates (whose stages
+/// are typed fields), so both give bit-identical outputs: the same [`Block`]s, and in eval
+/// mode the same whole-network fused CPU path (NHWC from stem to pooling) where it applies.
 #[derive(Debug, Clone, Copy)]
 pub struct NetworkParts<'a> {
     pub ir: &'a ir::Network,
@@ -236,14 +236,19 @@ pub struct NetworkParts<'a> {
 }
 
 impl NetworkParts<'_> {
+    fn blocks(&self) -> impl Iterator<Item = &Block> {
+        self.stages.iter().flat_map(|s| s.iter())
+    }
+
     /// The logits.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
         check_input(self.ir, x)?;
+        if !train && let Some(logits) = self.forward_fused(x)? {
+            return Ok(logits);
+        }
         let mut y = self.stem.forward_t(x, train)?;
-        for stage in self.stages {
-            for b in *stage {
-                y = b.forward_t(&y, train, self.drop_path_scale, self.rng)?;
-            }
+        for b in self.blocks() {
+            y = b.forward_t(&y, train, self.drop_path_scale, self.rng)?;
         }
         classify(
             &y,
@@ -258,6 +263,9 @@ impl NetworkParts<'_> {
     /// Each stage's output (stem excluded).
     pub fn forward_features_t(&self, x: &Tensor, train: bool) -> CResult<Vec<Tensor>> {
         check_input(self.ir, x)?;
+        if !train && let Some((_, outs)) = self.fused_body(x, true)? {
+            return Ok(outs);
+        }
         let mut y = self.stem.forward_t(x, train)?;
         let mut out = Vec::with_capacity(self.stages.len());
         for stage in self.stages {
@@ -273,7 +281,7 @@ impl NetworkParts<'_> {
     pub fn named_tensors(&self) -> Vec<NamedTensor> {
         let mut out = Vec::new();
         self.stem.named(&mut out);
-        for b in self.stages.iter().flat_map(|s| s.iter()) {
+        for b in self.blocks() {
             b.named(&mut out);
         }
         if let Some(h) = self.head {
@@ -281,6 +289,65 @@ impl NetworkParts<'_> {
         }
         self.classifier.named(&mut out);
         out
+    }
+
+    /// Whether eval mode can run entirely on the fused CPU kernels.
+    fn fusable(&self) -> bool {
+        self.stem.fusable()
+            && self.blocks().all(Block::fusable)
+            && self.head.is_none_or(ConvBnAct::fusable)
+            && fusable_tensor(&self.classifier.weight)
+            && fusable_tensor(&self.classifier.bias)
+    }
+
+    /// Stem and stages in eval mode on the fused kernels, in NHWC between layers; with
+    /// `features`, each stage's output as an NCHW tensor too.
+    fn fused_body(&self, x: &Tensor, features: bool) -> CResult<Option<(FusedMap, Vec<Tensor>)>> {
+        if !self.fusable() {
+            return Ok(None);
+        }
+        let Some(input) = FusedMap::from_nchw(x)? else {
+            return Ok(None);
+        };
+        let Some(mut y) = self.stem.fused(&input, None, false)? else {
+            return Ok(None);
+        };
+        let mut outs = Vec::new();
+        for stage in self.stages {
+            for b in *stage {
+                let Some(next) = b.fused(&y)? else {
+                    return Ok(None);
+                };
+                y = next;
+            }
+            if features {
+                outs.push(y.to_nchw()?);
+            }
+        }
+        Ok(Some((y, outs)))
+    }
+
+    /// The logits in eval mode on the fused kernels: body, head, pooling in NHWC, then the
+    /// classifier in f32.
+    fn forward_fused(&self, x: &Tensor) -> CResult<Option<Tensor>> {
+        let Some((mut y, _)) = self.fused_body(x, false)? else {
+            return Ok(None);
+        };
+        if let Some(h) = self.head {
+            let Some(next) = h.fused(&y, None, false)? else {
+                return Ok(None);
+            };
+            y = next;
+        }
+        let [n, hh, ww, c] = y.dims;
+        let pooled = crate::ops::fused::channel_means(&y.data, n, hh * ww, c);
+        let pooled = Tensor::from_vec(pooled, (n, c), &candle_core::Device::Cpu)?;
+        let f32 = candle_core::DType::F32;
+        let w = self.classifier.weight.to_dtype(f32)?;
+        let b = self.classifier.bias.to_dtype(f32)?;
+        crate::ops::linear(&pooled, &w, Some(&b))?
+            .to_dtype(y.dtype)
+            .map(Some)
     }
 }
 

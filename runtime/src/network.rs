@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{Module, ModuleT, Tensor};
+use candle_core::{ModuleT, Tensor};
 
 // `Network` implements `ModuleT` only: candle's blanket `ModuleT for M: Module` would drop the
 // train flag.
@@ -13,6 +13,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::layers::*;
+use crate::model::NetworkParts;
 
 /// conv, BatchNorm, activation: the stem, the head, and timm's `cn` block body.
 #[derive(Debug, Clone)]
@@ -307,57 +308,28 @@ impl Network {
         self.rng = NetRng(Mutex::new(rng));
     }
 
-    /// Whether eval mode can run entirely on the fused CPU kernels.
-    fn fusable(&self) -> bool {
-        self.stem.fusable()
-            && self.stages.iter().flatten().all(Block::fusable)
-            && self.head.as_ref().is_none_or(ConvBnAct::fusable)
-            && fusable_tensor(&self.classifier.weight)
-            && fusable_tensor(&self.classifier.bias)
+    /// The network as borrowed parts, the one place the forward pass is written (shared with
+    /// the structs `#[effnet::model]` generates). `stages` holds the stage slices.
+    fn parts<'a>(&'a self, stages: &'a [&'a [Block]]) -> NetworkParts<'a> {
+        NetworkParts {
+            ir: &self.ir,
+            stem: &self.stem,
+            stages,
+            head: self.head.as_ref(),
+            classifier: &self.classifier,
+            dropout: self.dropout,
+            drop_path_scale: self.drop_path_scale,
+            rng: &self.rng,
+        }
     }
 
-    /// Stem and stages in eval mode on the fused kernels, staying in NHWC between layers;
-    /// with `features`, each stage's output as an NCHW tensor too.
-    fn fused_body(&self, x: &Tensor, features: bool) -> CResult<Option<(FusedMap, Vec<Tensor>)>> {
-        if !self.fusable() {
-            return Ok(None);
-        }
-        let Some(input) = FusedMap::from_nchw(x)? else {
-            return Ok(None);
-        };
-        let Some(mut y) = self.stem.fused(&input, None, false)? else {
-            return Ok(None);
-        };
-        let mut outs = Vec::new();
-        for stage in &self.stages {
-            for b in stage {
-                let Some(next) = b.fused(&y)? else {
-                    return Ok(None);
-                };
-                y = next;
-            }
-            if features {
-                outs.push(y.to_nchw()?);
-            }
-        }
-        Ok(Some((y, outs)))
+    fn stage_slices(&self) -> Vec<&[Block]> {
+        self.stages.iter().map(Vec::as_slice).collect()
     }
 
     /// Each stage's output, like timm's `features_only` (stem excluded).
     pub fn forward_features_t(&self, x: &Tensor, train: bool) -> CResult<Vec<Tensor>> {
-        self.check_input(x)?;
-        if !train && let Some((_, outs)) = self.fused_body(x, true)? {
-            return Ok(outs);
-        }
-        let mut y = self.stem.forward_t(x, train)?;
-        let mut out = Vec::with_capacity(self.stages.len());
-        for stage in &self.stages {
-            for b in stage {
-                y = b.forward_t(&y, train, self.drop_path_scale, &self.rng)?;
-            }
-            out.push(y.clone());
-        }
-        Ok(out)
+        self.parts(&self.stage_slices()).forward_features_t(x, train)
     }
 
     pub fn forward_features(&self, x: &Tensor) -> CResult<Vec<Tensor>> {
@@ -366,75 +338,12 @@ impl Network {
 
     /// The logits.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
-        self.check_input(x)?;
-        if !train && let Some(logits) = self.forward_fused(x)? {
-            return Ok(logits);
-        }
-        let mut y = self.stem.forward_t(x, train)?;
-        for stage in &self.stages {
-            for b in stage {
-                y = b.forward_t(&y, train, self.drop_path_scale, &self.rng)?;
-            }
-        }
-        if let Some(h) = &self.head {
-            y = h.forward_t(&y, train)?;
-        }
-        let pooled = y.mean((2, 3))?;
-        let pooled = if train && self.dropout > 0.0 {
-            let mask = self.rng.dropout_mask(&pooled, 1.0 - self.dropout)?;
-            (pooled * mask)?
-        } else {
-            pooled
-        };
-        self.classifier.forward(&pooled)
-    }
-
-    /// The logits in eval mode on the fused kernels: body, head, pooling in NHWC, then the
-    /// classifier.
-    fn forward_fused(&self, x: &Tensor) -> CResult<Option<Tensor>> {
-        let Some((mut y, _)) = self.fused_body(x, false)? else {
-            return Ok(None);
-        };
-        if let Some(h) = &self.head {
-            let Some(next) = h.fused(&y, None, false)? else {
-                return Ok(None);
-            };
-            y = next;
-        }
-        let [n, hh, ww, c] = y.dims;
-        let pooled = crate::ops::fused::channel_means(&y.data, n, hh * ww, c);
-        let pooled = Tensor::from_vec(pooled, (n, c), &candle_core::Device::Cpu)?;
-        // The classifier in f32 too (candle has no bf16 matrix product on the CPU).
-        let f32 = candle_core::DType::F32;
-        let w = self.classifier.weight.to_dtype(f32)?;
-        let b = self.classifier.bias.to_dtype(f32)?;
-        crate::ops::linear(&pooled, &w, Some(&b))?
-            .to_dtype(y.dtype)
-            .map(Some)
-    }
-
-    fn check_input(&self, x: &Tensor) -> CResult<()> {
-        match x.dims() {
-            [_, c, h, w] if *c == self.ir.input_channels && *h > 0 && *w > 0 => Ok(()),
-            d => Err(candle_core::Error::Msg(format!(
-                "`{}` expects input [batch, {}, height, width], got {d:?}",
-                self.ir.name, self.ir.input_channels
-            ))),
-        }
+        self.parts(&self.stage_slices()).forward_t(x, train)
     }
 
     /// Every tensor the network holds, named as timm names them, in `state_dict` order.
     pub fn named_tensors(&self) -> Vec<NamedTensor> {
-        let mut out = Vec::new();
-        self.stem.named(&mut out);
-        for b in self.stages.iter().flatten() {
-            b.named(&mut out);
-        }
-        if let Some(h) = &self.head {
-            h.named(&mut out);
-        }
-        self.classifier.named(&mut out);
-        out
+        self.parts(&self.stage_slices()).named_tensors()
     }
 }
 
