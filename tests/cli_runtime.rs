@@ -244,3 +244,106 @@ fn cuda_without_the_feature_is_a_clear_error() {
         stderr(&o)
     );
 }
+
+/// The main job in miniature: `effnet train` on the bundled digits writes the run directory
+/// (weights, metrics.csv with one row per epoch, curves.png, a checkpoint), `--resume` of a
+/// finished run trains nothing more, and `effnet eval` of the weights gives a top-1 that the
+/// training run's last metrics row agrees with.
+#[test]
+fn train_then_eval_on_bundled_mnist() {
+    let dir = tmp_dir("train");
+    let out = dir.join("run");
+    let _ = std::fs::remove_dir_all(&out);
+    let spec = "specs/efficientnetv2_nano.effnet";
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            spec,
+            "--data",
+            "data/mnist",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+            "--epochs",
+            "3",
+            "--train-limit",
+            "192",
+            "--batch",
+            "64",
+        ];
+        args.extend_from_slice(extra);
+        effnet(&args)
+    };
+    let o = train(&[]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("stage") && text.contains("image"),
+        "stage table:\n{text}"
+    );
+
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).expect("metrics.csv");
+    let rows: Vec<&str> = csv.lines().collect();
+    assert!(rows[0].starts_with("epoch,stage,image_size"), "{}", rows[0]);
+    assert_eq!(rows.len(), 4, "a header and one row per epoch:\n{csv}");
+    let sizes: Vec<usize> = rows[1..]
+        .iter()
+        .map(|r| {
+            r.split(',')
+                .nth(2)
+                .expect("image_size")
+                .parse()
+                .expect("number")
+        })
+        .collect();
+    assert_eq!(sizes, [20, 22, 24], "three stages, one epoch each");
+    let png = std::fs::read(out.join("curves.png")).expect("curves.png");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
+    assert!(out.join("model.safetensors").is_file());
+
+    // Resuming a finished run: nothing left to train, the weights stay.
+    let before = std::fs::read(out.join("model.safetensors")).expect("weights");
+    let o = train(&["--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        before,
+        std::fs::read(out.join("model.safetensors")).expect("weights")
+    );
+
+    let weights = out.join("model.safetensors");
+    let o = effnet(&[
+        "eval",
+        spec,
+        "--weights",
+        weights.to_str().expect("utf-8 path"),
+        "--data",
+        "data/mnist",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let last_top1: f64 = rows[3]
+        .split(',')
+        .nth(10)
+        .expect("test_top1")
+        .parse()
+        .expect("number");
+    let report = stdout(&o);
+    let shown = format!("{:.2}%", last_top1 * 100.0);
+    assert!(
+        report.contains(&shown),
+        "eval says {report:?}, training said {shown}"
+    );
+}
+
+#[test]
+fn train_names_a_missing_dataset() {
+    let dir = tmp_dir("train-missing");
+    let o = effnet(&[
+        "train",
+        "specs/efficientnetv2_nano.effnet",
+        "--data",
+        "no/such/dataset",
+        "--out",
+        dir.join("run").to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no/such/dataset"), "{}", stderr(&o));
+}

@@ -70,6 +70,14 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The workspace's target directory, as cargo (and so trybuild) resolves it.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => root().join(d),
+        None => root().join("target"),
+    }
+}
+
 fn bits(t: &Tensor) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
     Ok(t.flatten_all()?
         .to_vec1::<f32>()?
@@ -340,11 +348,11 @@ fn spec_is_a_build_input() -> TestResult {
     Ok(())
 }
 
-/// A crate of its own, built twice with cargo: touching the spec recompiles it, and the new
-/// constants show. Slow on a fresh machine (it builds effnet and candle in its own target
-/// directory), hence ignored: `cargo test --test typed_model -- --ignored`.
+/// A crate of its own, built twice with cargo: editing the spec recompiles it, and the new
+/// constants show. It builds in trybuild's target directory with trybuild's flags
+/// (tests/trybuild.rs), so the dependencies trybuild compiled are reused rather than built a
+/// second time.
 #[test]
-#[ignore]
 fn editing_the_spec_rebuilds_the_crate() -> TestResult {
     let base = root().join("target/tmp/effnet-rebuild-check");
     let krate = base.join("crate");
@@ -365,12 +373,17 @@ fn editing_the_spec_rebuilds_the_crate() -> TestResult {
         "#![deny(warnings)]\n#[effnet::model(\"m.effnet\")]\npub struct M;\n\
          fn main() { println!(\"classes {}\", M::NUM_CLASSES); }\n",
     )?;
+    // trybuild's rustflags (trybuild 1.0: `--cfg trybuild --verbose -A dead_code`): flags are
+    // part of every dependency's build hash, so matching them is what lets the build reuse.
+    let flags = r#"["--cfg", "trybuild", "--verbose", "-A", "dead_code"]"#;
     let run = || -> Result<(String, String), Box<dyn std::error::Error>> {
         let out = std::process::Command::new(env!("CARGO"))
             .args(["run", "--quiet", "--offline"])
+            .arg(format!("--config=build.rustflags={flags}"))
             .arg("--manifest-path")
             .arg(krate.join("Cargo.toml"))
-            .env("CARGO_TARGET_DIR", base.join("target"))
+            .env("CARGO_TARGET_DIR", target_dir().join("tests/trybuild"))
+            .env_remove("RUSTFLAGS")
             .env("CARGO_TERM_QUIET", "false")
             .output()?;
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();

@@ -147,9 +147,11 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
         lr: 0.01,
         momentum: 0.9,
     };
+    // The trainer's forward pass (fused BatchNorm on the CPU), with its own mask generator.
+    let mut masks = effnet_runtime::data::sample_rng(0, &[]);
     let mut step = || -> candle_core::Result<()> {
         if a.train {
-            let logits = net.forward_t(&x, true)?;
+            let logits = net.forward_train(&x, &mut masks)?;
             let loss = candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &labels)?;
             let grads = loss.backward()?;
             sgd.step(&grads)?;

@@ -128,12 +128,12 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Write a .effnet model from timm's or automl's block strings.
     /// Train a model with its progressive-learning schedule; checkpoints, metrics.csv and
     /// curves.png go to the run directory.
     Train(train::TrainArgs),
     /// Top-1 / top-5 accuracy of a model with given weights on a dataset.
     Eval(eval::EvalArgs),
+    /// Write a .effnet model from timm's or automl's block strings.
     Import {
         #[command(subcommand)]
         source: import::Source,

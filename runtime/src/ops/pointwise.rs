@@ -36,9 +36,26 @@ pub fn pointwise_conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result
     let o = w2.dim(0)?;
     check_bias(bias, o, OP)?;
     let x3 = x.reshape((n, c, h * wd))?;
-    // A stride-0 batch dimension on the left operand: the matmul reads the same [O, C] matrix
-    // for every batch element, and the backward of `broadcast_as` sums the per-batch weight
-    // gradients.
+    if w.track_op() {
+        // Training: one [O, C] x [C, N*HW] product. Its backward gives the weight gradient as
+        // one [O, N*HW] x [N*HW, C] product, where the broadcast form below would materialize
+        // N per-batch [O, C] gradients and sum them over the batch with candle's generic
+        // (single-threaded, per-element) reduction: that sum was the largest cost of a
+        // training step. The price is two transposed copies of the activations.
+        let xt = x3.transpose(0, 1)?.contiguous()?.reshape((c, n * h * wd))?;
+        let y = w2.matmul(&xt)?;
+        let y = match bias {
+            Some(b) => y.broadcast_add(&b.reshape((o, 1))?)?,
+            None => y,
+        };
+        return y
+            .reshape((o, n, h * wd))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((n, o, h, wd));
+    }
+    // Inference: a stride-0 batch dimension on the left operand, so the matmul reads the same
+    // [O, C] matrix for every batch element without copying anything.
     let y = w2.broadcast_as((n, o, c))?.matmul(&x3)?;
     let y = match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, o, 1))?)?,
