@@ -329,7 +329,8 @@ impl Network {
 
     /// Each stage's output, like timm's `features_only` (stem excluded).
     pub fn forward_features_t(&self, x: &Tensor, train: bool) -> CResult<Vec<Tensor>> {
-        self.parts(&self.stage_slices()).forward_features_t(x, train)
+        self.parts(&self.stage_slices())
+            .forward_features_t(x, train)
     }
 
     pub fn forward_features(&self, x: &Tensor) -> CResult<Vec<Tensor>> {
