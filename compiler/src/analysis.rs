@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::ir::{Block, BlockLayers, Conv, Network, PaddingMode};
+use crate::ir::{Block, Conv, Network, PaddingMode};
 
 /// One block's (or the stem's, or the head's) figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -79,28 +79,8 @@ fn block_stats(b: &Block, padding: PaddingMode, hw: usize) -> (LayerStats, usize
     let mut params = 0usize;
     let mut acts = 0u64;
     let mut hw = hw;
-    let convs: Vec<&Conv> = match &b.layers {
-        BlockLayers::Conv { conv, .. } => vec![conv],
-        BlockLayers::DepthwiseSeparable {
-            conv_dw, conv_pw, ..
-        } => vec![conv_dw, conv_pw],
-        BlockLayers::Edge {
-            conv_exp, conv_pwl, ..
-        } => vec![conv_exp, conv_pwl],
-        BlockLayers::MbConv {
-            conv_pw,
-            conv_dw,
-            conv_pwl,
-            ..
-        } => vec![conv_pw, conv_dw, conv_pwl],
-    };
-    // SE gates the output of the block's kxk convolution: the first conv of ds and er
-    // blocks, the second (depthwise) of ir blocks.
-    let se_after = match &b.layers {
-        BlockLayers::Conv { .. } => usize::MAX,
-        BlockLayers::DepthwiseSeparable { .. } | BlockLayers::Edge { .. } => 0,
-        BlockLayers::MbConv { .. } => 1,
-    };
+    let convs: Vec<&Conv> = b.layers.conv_bns().iter().map(|l| l.conv).collect();
+    let se_after = b.layers.se_after();
     for (i, c) in convs.iter().enumerate() {
         let (m, p, out, e) = step(c, padding, hw);
         macs += m;

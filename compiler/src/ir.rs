@@ -205,11 +205,88 @@ pub struct Block {
 
 impl Block {
     pub fn se(&self) -> Option<&SqueezeExcite> {
-        match &self.layers {
+        self.layers.se()
+    }
+}
+
+/// One convolution of a block with the BatchNorm after it, as timm names the two modules.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvBnRef<'a> {
+    pub conv_name: &'static str,
+    pub conv: &'a Conv,
+    pub bn_name: &'static str,
+    pub bn: &'a BatchNorm,
+    /// False for the linear bottleneck: the last projection of ds, er and ir blocks.
+    pub activated: bool,
+}
+
+impl BlockLayers {
+    /// The block's convolutions in execution (and `state_dict`) order. This, with
+    /// [`BlockLayers::se_after`], is the one place that knows each kind's layout: the
+    /// interpreter, the analyses, the tensor list and the printer all walk it.
+    pub fn conv_bns(&self) -> Vec<ConvBnRef<'_>> {
+        let cb = |conv_name, conv, bn_name, bn, activated| ConvBnRef {
+            conv_name,
+            conv,
+            bn_name,
+            bn,
+            activated,
+        };
+        match self {
+            BlockLayers::Conv { conv, bn1 } => vec![cb("conv", conv, "bn1", bn1, true)],
+            BlockLayers::DepthwiseSeparable {
+                conv_dw,
+                bn1,
+                conv_pw,
+                bn2,
+                ..
+            } => vec![
+                cb("conv_dw", conv_dw, "bn1", bn1, true),
+                cb("conv_pw", conv_pw, "bn2", bn2, false),
+            ],
+            BlockLayers::Edge {
+                conv_exp,
+                bn1,
+                conv_pwl,
+                bn2,
+                ..
+            } => vec![
+                cb("conv_exp", conv_exp, "bn1", bn1, true),
+                cb("conv_pwl", conv_pwl, "bn2", bn2, false),
+            ],
+            BlockLayers::MbConv {
+                conv_pw,
+                bn1,
+                conv_dw,
+                bn2,
+                conv_pwl,
+                bn3,
+                ..
+            } => vec![
+                cb("conv_pw", conv_pw, "bn1", bn1, true),
+                cb("conv_dw", conv_dw, "bn2", bn2, true),
+                cb("conv_pwl", conv_pwl, "bn3", bn3, false),
+            ],
+        }
+    }
+
+    pub fn se(&self) -> Option<&SqueezeExcite> {
+        match self {
             BlockLayers::Conv { .. } => None,
             BlockLayers::DepthwiseSeparable { se, .. }
             | BlockLayers::Edge { se, .. }
             | BlockLayers::MbConv { se, .. } => se.as_ref(),
+        }
+    }
+
+    /// The index in [`BlockLayers::conv_bns`] of the layer whose output the SE gates: the
+    /// block's kxk convolution (the first of ds and er blocks, the depthwise second of ir).
+    pub fn se_after(&self) -> usize {
+        match self {
+            BlockLayers::Conv { .. }
+            | BlockLayers::DepthwiseSeparable { .. }
+            | BlockLayers::Edge { .. } => 0,
+            BlockLayers::MbConv { .. } => 1,
         }
     }
 }
@@ -301,7 +378,7 @@ fn push_bn(out: &mut Vec<TensorSpec>, b: &BatchNorm) {
     }
 }
 
-fn push_se(out: &mut Vec<TensorSpec>, se: &Option<SqueezeExcite>) {
+fn push_se(out: &mut Vec<TensorSpec>, se: Option<&SqueezeExcite>) {
     if let Some(se) = se {
         push_conv(out, &se.conv_reduce);
         push_conv(out, &se.conv_expand);
@@ -312,53 +389,12 @@ impl Block {
     /// This block's tensors in timm's `state_dict` order.
     pub fn tensors(&self) -> Vec<TensorSpec> {
         let mut out = Vec::new();
-        match &self.layers {
-            BlockLayers::Conv { conv, bn1 } => {
-                push_conv(&mut out, conv);
-                push_bn(&mut out, bn1);
-            }
-            BlockLayers::DepthwiseSeparable {
-                conv_dw,
-                bn1,
-                se,
-                conv_pw,
-                bn2,
-            } => {
-                push_conv(&mut out, conv_dw);
-                push_bn(&mut out, bn1);
-                push_se(&mut out, se);
-                push_conv(&mut out, conv_pw);
-                push_bn(&mut out, bn2);
-            }
-            BlockLayers::Edge {
-                conv_exp,
-                bn1,
-                se,
-                conv_pwl,
-                bn2,
-            } => {
-                push_conv(&mut out, conv_exp);
-                push_bn(&mut out, bn1);
-                push_se(&mut out, se);
-                push_conv(&mut out, conv_pwl);
-                push_bn(&mut out, bn2);
-            }
-            BlockLayers::MbConv {
-                conv_pw,
-                bn1,
-                conv_dw,
-                bn2,
-                se,
-                conv_pwl,
-                bn3,
-            } => {
-                push_conv(&mut out, conv_pw);
-                push_bn(&mut out, bn1);
-                push_conv(&mut out, conv_dw);
-                push_bn(&mut out, bn2);
-                push_se(&mut out, se);
-                push_conv(&mut out, conv_pwl);
-                push_bn(&mut out, bn3);
+        let se_after = self.layers.se_after();
+        for (i, l) in self.layers.conv_bns().into_iter().enumerate() {
+            push_conv(&mut out, l.conv);
+            push_bn(&mut out, l.bn);
+            if i == se_after {
+                push_se(&mut out, self.layers.se());
             }
         }
         out
@@ -530,7 +566,7 @@ fn write_bn(f: &mut fmt::Formatter<'_>, indent: &str, name: &str, b: &BatchNorm)
     )
 }
 
-fn write_se(f: &mut fmt::Formatter<'_>, indent: &str, se: &Option<SqueezeExcite>) -> fmt::Result {
+fn write_se(f: &mut fmt::Formatter<'_>, indent: &str, se: Option<&SqueezeExcite>) -> fmt::Result {
     if let Some(se) = se {
         write_conv(f, indent, "se.reduce", &se.conv_reduce)?;
         write_conv(f, indent, "se.expand", &se.conv_expand)?;
@@ -585,53 +621,12 @@ impl fmt::Display for Network {
                     b.activation.name()
                 )?;
                 let ind = "      ";
-                match &b.layers {
-                    BlockLayers::Conv { conv, bn1 } => {
-                        write_conv(f, ind, "conv", conv)?;
-                        write_bn(f, ind, "bn1", bn1)?;
-                    }
-                    BlockLayers::DepthwiseSeparable {
-                        conv_dw,
-                        bn1,
-                        se,
-                        conv_pw,
-                        bn2,
-                    } => {
-                        write_conv(f, ind, "conv_dw", conv_dw)?;
-                        write_bn(f, ind, "bn1", bn1)?;
-                        write_se(f, ind, se)?;
-                        write_conv(f, ind, "conv_pw", conv_pw)?;
-                        write_bn(f, ind, "bn2", bn2)?;
-                    }
-                    BlockLayers::Edge {
-                        conv_exp,
-                        bn1,
-                        se,
-                        conv_pwl,
-                        bn2,
-                    } => {
-                        write_conv(f, ind, "conv_exp", conv_exp)?;
-                        write_bn(f, ind, "bn1", bn1)?;
-                        write_se(f, ind, se)?;
-                        write_conv(f, ind, "conv_pwl", conv_pwl)?;
-                        write_bn(f, ind, "bn2", bn2)?;
-                    }
-                    BlockLayers::MbConv {
-                        conv_pw,
-                        bn1,
-                        conv_dw,
-                        bn2,
-                        se,
-                        conv_pwl,
-                        bn3,
-                    } => {
-                        write_conv(f, ind, "conv_pw", conv_pw)?;
-                        write_bn(f, ind, "bn1", bn1)?;
-                        write_conv(f, ind, "conv_dw", conv_dw)?;
-                        write_bn(f, ind, "bn2", bn2)?;
-                        write_se(f, ind, se)?;
-                        write_conv(f, ind, "conv_pwl", conv_pwl)?;
-                        write_bn(f, ind, "bn3", bn3)?;
+                let se_after = b.layers.se_after();
+                for (i, l) in b.layers.conv_bns().into_iter().enumerate() {
+                    write_conv(f, ind, l.conv_name, l.conv)?;
+                    write_bn(f, ind, l.bn_name, l.bn)?;
+                    if i == se_after {
+                        write_se(f, ind, b.layers.se())?;
                     }
                 }
             }

@@ -8,7 +8,7 @@ use candle_core::{ModuleT, Tensor};
 // `Network` implements `ModuleT` only: candle's blanket `ModuleT for M: Module` would drop the
 // train flag.
 use candle_nn::VarBuilder;
-use effnet_compiler::ir::{self, Activation, BlockLayers, PaddingMode};
+use effnet_compiler::ir::{self, Activation, PaddingMode};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -102,55 +102,17 @@ pub struct Block {
 
 impl Block {
     pub fn load(spec: &ir::Block, padding: PaddingMode, vb: &VarBuilder) -> CResult<Self> {
-        let act = Some(spec.activation);
-        let mut layers = Vec::new();
-        let mut cba = |c: &ir::Conv, b: &ir::BatchNorm, a: Option<Activation>| -> CResult<()> {
-            layers.push(ConvBnAct::load(c, b, padding, a, vb)?);
-            Ok(())
-        };
-        // The last BatchNorm of ds, er and ir blocks has no activation (a linear bottleneck).
-        let (se, se_after) = match &spec.layers {
-            BlockLayers::Conv { conv, bn1 } => {
-                cba(conv, bn1, act)?;
-                (None, 0)
-            }
-            BlockLayers::DepthwiseSeparable {
-                conv_dw,
-                bn1,
-                se,
-                conv_pw,
-                bn2,
-            } => {
-                cba(conv_dw, bn1, act)?;
-                cba(conv_pw, bn2, None)?;
-                (se.as_ref(), 0)
-            }
-            BlockLayers::Edge {
-                conv_exp,
-                bn1,
-                se,
-                conv_pwl,
-                bn2,
-            } => {
-                cba(conv_exp, bn1, act)?;
-                cba(conv_pwl, bn2, None)?;
-                (se.as_ref(), 0)
-            }
-            BlockLayers::MbConv {
-                conv_pw,
-                bn1,
-                conv_dw,
-                bn2,
-                se,
-                conv_pwl,
-                bn3,
-            } => {
-                cba(conv_pw, bn1, act)?;
-                cba(conv_dw, bn2, act)?;
-                cba(conv_pwl, bn3, None)?;
-                (se.as_ref(), 1)
-            }
-        };
+        let layers = spec
+            .layers
+            .conv_bns()
+            .into_iter()
+            .map(|l| {
+                let act = l.activated.then_some(spec.activation);
+                ConvBnAct::load(l.conv, l.bn, padding, act, vb)
+            })
+            .collect::<CResult<Vec<_>>>()?;
+        let se = spec.layers.se();
+        let se_after = spec.layers.se_after();
         let se = se
             .map(|s| SqueezeExcite::load(s, spec.activation, vb))
             .transpose()?;

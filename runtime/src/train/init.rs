@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
-use effnet_compiler::ir::{self, BlockLayers};
+use effnet_compiler::ir;
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 
@@ -18,31 +18,7 @@ use crate::data::{sample_rng, stream};
 fn convs(net: &ir::Network) -> HashMap<String, &ir::Conv> {
     let mut out: Vec<&ir::Conv> = vec![&net.stem.conv];
     for b in net.blocks() {
-        match &b.layers {
-            BlockLayers::Conv { conv, .. } => out.push(conv),
-            BlockLayers::DepthwiseSeparable {
-                conv_dw, conv_pw, ..
-            } => {
-                out.push(conv_dw);
-                out.push(conv_pw);
-            }
-            BlockLayers::Edge {
-                conv_exp, conv_pwl, ..
-            } => {
-                out.push(conv_exp);
-                out.push(conv_pwl);
-            }
-            BlockLayers::MbConv {
-                conv_pw,
-                conv_dw,
-                conv_pwl,
-                ..
-            } => {
-                out.push(conv_pw);
-                out.push(conv_dw);
-                out.push(conv_pwl);
-            }
-        }
+        out.extend(b.layers.conv_bns().iter().map(|l| l.conv));
         if let Some(se) = b.se() {
             out.push(&se.conv_reduce);
             out.push(&se.conv_expand);
