@@ -71,6 +71,14 @@ impl Conv2d {
         } else if s.kernel == 1 && s.stride == 1 && pad.is_zero() && s.groups == 1 {
             // Our matmul formulation adds the bias itself.
             return pointwise_conv2d(x, &self.weight, self.bias.as_ref());
+        } else if s.groups == 1
+            && self.weight.track_op()
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+        {
+            // Training on the CPU: one autograd node with a GEMM backward of our own.
+            crate::ops::conv2d_train(x, &self.weight, s.stride, pad)?
         } else if pad.top == pad.bottom && pad.left == pad.right && pad.top == pad.left {
             x.conv2d(&self.weight, pad.top, s.stride, 1, s.groups)?
         } else {

@@ -119,3 +119,37 @@ fn fused_batchnorm_gradient_matches_finite_differences() {
         );
     }
 }
+
+#[test]
+fn fused_batchnorm_activation_gradients_match_the_unfused_composition() {
+    // BN followed by each activation, fused in one op (or, for GELU, applied after it),
+    // against BN then the activation as separate candle ops: values and input gradients.
+    use effnet_compiler::ir::Activation;
+    use effnet_runtime::layers::activate;
+    use effnet_runtime::train::fast::{batch_norm_act_train, batch_norm_train};
+    let dev = Device::Cpu;
+    let net = build(&dev);
+    let bn = &net.stem.bn;
+    let x0 = Tensor::randn(0f32, 1.0, (3, 8, 3, 3), &dev).expect("x");
+    let r = Tensor::randn(0f32, 1.0, (3, 8, 3, 3), &dev).expect("r");
+    for (_, a) in Activation::ALL {
+        let run = |fused: bool| -> (Vec<f32>, Vec<f32>) {
+            let xv = Var::from_tensor(&x0).expect("var");
+            let y = if fused {
+                batch_norm_act_train(bn, xv.as_tensor(), Some(a))
+            } else {
+                batch_norm_train(bn, xv.as_tensor()).and_then(|y| activate(&y, a))
+            }
+            .expect("forward");
+            let g = (&y * &r)
+                .and_then(|t| t.sum_all())
+                .and_then(|t| t.backward())
+                .expect("backward");
+            (vals(&y), vals(g.get(xv.as_tensor()).expect("dx")))
+        };
+        let (y1, g1) = run(true);
+        let (y2, g2) = run(false);
+        assert!(max_diff(&y1, &y2) < 1e-5, "{a:?} values");
+        assert!(max_diff(&g1, &g2) < 1e-4, "{a:?} gradients");
+    }
+}

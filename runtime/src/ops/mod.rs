@@ -8,15 +8,20 @@
 //!   grouped `conv2d` (which runs one convolution per channel).
 //! * [`pointwise_conv2d`]: 1x1 convolution as a (batched) matrix product, plus the
 //!   squeeze-and-excitation helpers [`global_avg_pool`], [`linear`] and [`squeeze_excite`].
+//! * [`conv2d_train`] and the 1x1 op behind [`pointwise_conv2d`] in training
+//!   (`train_gemm`): dense convolutions as single autograd nodes on GEMM kernels, forward and
+//!   backward, so training does not go through candle's `conv_transpose2d` backward.
 
 pub mod depthwise;
 mod elem;
 pub mod fused;
 mod kernels;
 pub mod pointwise;
+mod train_gemm;
 
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_backward, depthwise_conv2d_tensor_ops};
 pub use pointwise::{global_avg_pool, linear, pointwise_conv2d, squeeze_excite};
+pub use train_gemm::conv2d_train;
 
 use candle_core::{Result, bail};
 

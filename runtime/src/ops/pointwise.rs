@@ -2,7 +2,7 @@
 //! built the same way. Everything here is a composition of candle ops, so it runs on every
 //! device and dtype candle's matmul supports, and autograd works through it unchanged.
 
-use candle_core::{Result, Tensor, bail};
+use candle_core::{DType, Result, Tensor, bail};
 
 /// Accepts a 1x1 convolution weight as `[O, C]` or `[O, C, 1, 1]` and returns it as `[O, C]`.
 fn weight_2d(w: &Tensor, c: usize, op: &str) -> Result<Tensor> {
@@ -36,8 +36,17 @@ pub fn pointwise_conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result
     let o = w2.dim(0)?;
     check_bias(bias, o, OP)?;
     let x3 = x.reshape((n, c, h * wd))?;
+    if w.track_op()
+        && bias.is_none()
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w2.dtype() == DType::F32
+    {
+        // Training on the CPU: one autograd node with GEMM kernels of our own.
+        return super::train_gemm::pointwise_conv2d_train(x, &w2);
+    }
     if w.track_op() {
-        // Training: one [O, C] x [C, N*HW] product. Its backward gives the weight gradient as
+        // Training elsewhere: one [O, C] x [C, N*HW] product. Its backward gives the weight gradient as
         // one [O, N*HW] x [N*HW, C] product, where the broadcast form below would materialize
         // N per-batch [O, C] gradients and sum them over the batch with candle's generic
         // (single-threaded, per-element) reduction: that sum was the largest cost of a

@@ -1,13 +1,16 @@
-//! The training forward pass with a fused BatchNorm.
+//! The training forward pass with fused BatchNorm + activation.
 //!
 //! [`Network::forward_train`] computes exactly what `Network::forward_t(x, true)` computes
 //! (same layers, same BatchNorm statistics and running-statistic update, same drop-path and
-//! dropout semantics), but on the CPU each BatchNorm is one custom op whose forward and
-//! backward are single passes over contiguous memory. candle's generic composition of
-//! BatchNorm reduces the gradients of its `[1, C, 1, 1]` operands over dimensions `(0, 2, 3)`
-//! with a per-element index computation, which made BatchNorm most of the backward pass of a
-//! small network. `runtime/tests/train_fast.rs` checks the two paths agree on logits,
-//! gradients and running statistics.
+//! dropout semantics), but on the CPU each BatchNorm and the activation after it are one
+//! custom op whose forward and backward are single multi-threaded passes over contiguous
+//! memory. candle's generic composition of BatchNorm reduces the gradients of its
+//! `[1, C, 1, 1]` operands over dimensions `(0, 2, 3)` with a per-element index computation,
+//! and its SiLU backward is several elementwise passes, each allocating, and each a graph node
+//! whose gradient candle accumulates into a fresh zeroed tensor. The convolutions of training
+//! are single nodes too (`crate::ops::conv2d_train`, the 1x1 op behind `pointwise_conv2d`).
+//! `runtime/tests/train_fast.rs` checks the two paths agree on logits, gradients and running
+//! statistics.
 //!
 //! The random masks come from the caller's generator (the trainer re-seeds it from
 //! `(seed, epoch)` each epoch), not from the network's own.
@@ -19,6 +22,9 @@ use candle_core::{
 };
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+
+use effnet_compiler::ir::Activation;
+use rayon::prelude::*;
 
 use crate::layers::{BatchNorm, activate};
 use crate::network::{Block, ConvBnAct, Network};
@@ -33,6 +39,11 @@ struct Stats {
 #[derive(Debug, Clone)]
 struct BnTrainOp {
     eps: f64,
+    /// Applied after the normalization, inside the op: one graph node instead of two, and a
+    /// backward that is one pass rather than candle's composition of the activation's
+    /// derivative (several elementwise passes, each with its own allocation and gradient
+    /// accumulation).
+    act: Option<Activation>,
     stats: Arc<Mutex<Stats>>,
     /// Unbiased batch variance, for the running-statistic update.
     var_unbiased: Arc<Mutex<Vec<f32>>>,
@@ -57,6 +68,67 @@ fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
         Storage::Cpu(cpu) => f(contiguous_f32(cpu, layout, "tensor")?),
         _ => bail!("batchnorm-train: CPU tensors only"),
     }
+}
+
+/// Whether the op can apply `a` itself.
+fn fusable_activation(a: Activation) -> bool {
+    !matches!(a, Activation::Gelu)
+}
+
+/// The activation and its derivative at `z`, for the activations the op fuses.
+#[inline]
+fn act_and_grad(a: Option<Activation>, z: f32) -> (f32, f32) {
+    match a {
+        None => (z, 1.0),
+        Some(Activation::Silu) => {
+            let s = 1.0 / (1.0 + (-z).exp());
+            (z * s, s * (1.0 + z * (1.0 - s)))
+        }
+        Some(Activation::Relu) => {
+            if z > 0.0 {
+                (z, 1.0)
+            } else {
+                (0.0, 0.0)
+            }
+        }
+        Some(Activation::Relu6) => {
+            if z <= 0.0 {
+                (0.0, 0.0)
+            } else if z >= 6.0 {
+                (6.0, 0.0)
+            } else {
+                (z, 1.0)
+            }
+        }
+        Some(Activation::HardSwish) => {
+            if z <= -3.0 {
+                (0.0, 0.0)
+            } else if z >= 3.0 {
+                (z, 1.0)
+            } else {
+                (z * (z + 3.0) / 6.0, (2.0 * z + 3.0) / 6.0)
+            }
+        }
+        // Not fused (see `fusable_activation`); never reached.
+        Some(Activation::Gelu) => (z, 1.0),
+    }
+}
+
+/// Per-channel sums over the batch and the spatial positions of an `[N, C, HW]` buffer, one
+/// channel per task: `f(ch, slice)` gives each `[HW]` slice's contribution.
+fn per_channel<F>(n: usize, c: usize, hw: usize, f: F) -> Vec<(f64, f64)>
+where
+    F: Fn(usize, usize) -> (f64, f64) + Sync,
+{
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            (0..n).fold((0f64, 0f64), |(a, b), i| {
+                let (da, db) = f(ch, (i * c + ch) * hw);
+                (a + da, b + db)
+            })
+        })
+        .collect()
 }
 
 impl CustomOp3 for BnTrainOp {
@@ -88,33 +160,33 @@ impl CustomOp3 for BnTrainOp {
             );
         }
         let hw = h * w;
+        if hw == 0 || n == 0 {
+            bail!("batchnorm-train: empty input {:?}", l1.shape().dims());
+        }
         let count = (n * hw) as f64;
+        // Two passes (mean, then squared deviations) in f64, as a reference would.
+        let sums = per_channel(n, c, hw, |_, b| {
+            (x[b..b + hw].iter().map(|&v| f64::from(v)).sum(), 0.0)
+        });
+        let means: Vec<f64> = sums.iter().map(|(s, _)| s / count).collect();
+        let sq = per_channel(n, c, hw, |ch, b| {
+            let m = means[ch];
+            let ss = x[b..b + hw]
+                .iter()
+                .map(|&v| {
+                    let d = f64::from(v) - m;
+                    d * d
+                })
+                .sum();
+            (ss, 0.0)
+        });
         let mut mean = vec![0f32; c];
         let mut inv = vec![0f32; c];
         let mut unbiased = vec![0f32; c];
         for ch in 0..c {
-            let mut s = 0f64;
-            for i in 0..n {
-                let base = (i * c + ch) * hw;
-                s += x[base..base + hw]
-                    .iter()
-                    .map(|&v| f64::from(v))
-                    .sum::<f64>();
-            }
-            let m = s / count;
-            let mut ss = 0f64;
-            for i in 0..n {
-                let base = (i * c + ch) * hw;
-                ss += x[base..base + hw]
-                    .iter()
-                    .map(|&v| {
-                        let d = f64::from(v) - m;
-                        d * d
-                    })
-                    .sum::<f64>();
-            }
+            let ss = sq[ch].0;
             let var = ss / count;
-            mean[ch] = m as f32;
+            mean[ch] = means[ch] as f32;
             inv[ch] = (1.0 / (var + self.eps).sqrt()) as f32;
             unbiased[ch] = if count > 1.0 {
                 (ss / (count - 1.0)) as f32
@@ -123,16 +195,18 @@ impl CustomOp3 for BnTrainOp {
             };
         }
         let mut y = vec![0f32; x.len()];
-        for i in 0..n {
-            for ch in 0..c {
-                let base = (i * c + ch) * hw;
+        let act = self.act;
+        y.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(k, (yo, xi))| {
+                let ch = k % c;
                 let scale = inv[ch] * wt[ch];
                 let shift = bs[ch] - mean[ch] * scale;
-                for (o, &v) in y[base..base + hw].iter_mut().zip(&x[base..base + hw]) {
-                    *o = v * scale + shift;
+                for (o, &v) in yo.iter_mut().zip(xi) {
+                    *o = act_and_grad(act, v * scale + shift).0;
                 }
-            }
-        }
+            });
         match (self.stats.lock(), self.var_unbiased.lock()) {
             (Ok(mut st), Ok(mut vu)) => {
                 *st = Stats { mean, inv_std: inv };
@@ -147,7 +221,7 @@ impl CustomOp3 for BnTrainOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -159,34 +233,46 @@ impl CustomOp3 for BnTrainOp {
             Err(_) => bail!("batchnorm-train: statistics lock poisoned"),
         };
         let wv = with_data(w, |v| Ok(v.to_vec()))?;
+        let bv = with_data(b, |v| Ok(v.to_vec()))?;
+        let act = self.act;
         let (dx, dw, db) = with_data(x, |xs| {
             with_data(dy, |g| {
-                let mut db = vec![0f32; c];
-                let mut dw = vec![0f32; c];
-                for ch in 0..c {
+                // The gradient at the normalized output z = xhat * w + b, through the
+                // activation (recomputed from x rather than kept from the forward).
+                let mut dz = vec![0f32; xs.len()];
+                dz.par_chunks_mut(hw)
+                    .zip(xs.par_chunks(hw).zip(g.par_chunks(hw)))
+                    .enumerate()
+                    .for_each(|(k, (d, (xi, gi)))| {
+                        let ch = k % c;
+                        for ((d, &xv), &gv) in d.iter_mut().zip(xi).zip(gi) {
+                            let xhat = (xv - mean[ch]) * inv[ch];
+                            *d = gv * act_and_grad(act, xhat * wv[ch] + bv[ch]).1;
+                        }
+                    });
+                let sums = per_channel(n, c, hw, |ch, base| {
                     let (mut sb, mut sw) = (0f64, 0f64);
-                    for i in 0..n {
-                        let base = (i * c + ch) * hw;
-                        for k in base..base + hw {
-                            let xhat = (xs[k] - mean[ch]) * inv[ch];
-                            sb += f64::from(g[k]);
-                            sw += f64::from(g[k] * xhat);
-                        }
+                    for k in base..base + hw {
+                        let xhat = (xs[k] - mean[ch]) * inv[ch];
+                        sb += f64::from(dz[k]);
+                        sw += f64::from(dz[k] * xhat);
                     }
-                    db[ch] = sb as f32;
-                    dw[ch] = sw as f32;
-                }
-                let mut dx = vec![0f32; xs.len()];
-                for i in 0..n {
-                    for ch in 0..c {
-                        let base = (i * c + ch) * hw;
+                    (sb, sw)
+                });
+                let db: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
+                let dw: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
+                let mut dx = dz;
+                dx.par_chunks_mut(hw)
+                    .zip(xs.par_chunks(hw))
+                    .enumerate()
+                    .for_each(|(k, (d, xi))| {
+                        let ch = k % c;
                         let k1 = wv[ch] * inv[ch] / m;
-                        for k in base..base + hw {
-                            let xhat = (xs[k] - mean[ch]) * inv[ch];
-                            dx[k] = k1 * (m * g[k] - db[ch] - xhat * dw[ch]);
+                        for (d, &xv) in d.iter_mut().zip(xi) {
+                            let xhat = (xv - mean[ch]) * inv[ch];
+                            *d = k1 * (m * *d - db[ch] - xhat * dw[ch]);
                         }
-                    }
-                }
+                    });
                 Ok((dx, dw, db))
             })
         })?;
@@ -201,14 +287,28 @@ impl CustomOp3 for BnTrainOp {
 
 /// BatchNorm in train mode: batch statistics, PyTorch's running-statistic update.
 pub fn batch_norm_train(bn: &BatchNorm, x: &Tensor) -> Result<Tensor> {
+    batch_norm_act_train(bn, x, None)
+}
+
+/// BatchNorm in train mode followed by `act`; on the CPU in f32, one fused op.
+pub fn batch_norm_act_train(bn: &BatchNorm, x: &Tensor, act: Option<Activation>) -> Result<Tensor> {
     let fast = matches!(x.device(), Device::Cpu)
         && x.dtype() == DType::F32
         && bn.weight.dtype() == DType::F32;
     if !fast {
-        return bn.forward_t(x, true);
+        let y = bn.forward_t(x, true)?;
+        return match act {
+            Some(a) => activate(&y, a),
+            None => Ok(y),
+        };
     }
+    let (fused, after) = match act {
+        Some(a) if !fusable_activation(a) => (None, Some(a)),
+        a => (a, None),
+    };
     let op = BnTrainOp {
         eps: bn.spec.eps,
+        act: fused,
         stats: Arc::new(Mutex::new(Stats::default())),
         var_unbiased: Arc::new(Mutex::new(Vec::new())),
     };
@@ -229,15 +329,14 @@ pub fn batch_norm_train(bn: &BatchNorm, x: &Tensor) -> Result<Tensor> {
     let new_rv = ((rv.to_dtype(DType::F32)? * (1.0 - mom))? + (bv * mom)?)?;
     bn.running_mean.set(&new_rm.to_dtype(rm.dtype())?)?;
     bn.running_var.set(&new_rv.to_dtype(rv.dtype())?)?;
-    Ok(y)
-}
-
-fn conv_bn_act_train(l: &ConvBnAct, x: &Tensor) -> Result<Tensor> {
-    let y = batch_norm_train(&l.bn, &l.conv.forward(x)?)?;
-    match l.activation {
+    match after {
         Some(a) => activate(&y, a),
         None => Ok(y),
     }
+}
+
+fn conv_bn_act_train(l: &ConvBnAct, x: &Tensor) -> Result<Tensor> {
+    batch_norm_act_train(&l.bn, &l.conv.forward(x)?, l.activation)
 }
 
 /// `n` keep-or-drop factors: `1 / keep` with probability `keep`, else 0.

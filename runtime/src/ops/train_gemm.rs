@@ -1,0 +1,504 @@
+//! The convolutions of training (1x1 and dense kxk, not depthwise) as one autograd node each,
+//! on GEMM kernels.
+//!
+//! Composed from candle ops, a 1x1 convolution whose weight needs a gradient is a reshape, a
+//! transposed copy, a matrix product and a transposed copy back (see
+//! [`super::pointwise_conv2d`]): every one of those is a node of candle's backward pass, and
+//! candle accumulates each node's gradient into a freshly zeroed tensor, so one pointwise
+//! layer cost some eight full passes over its activations in the backward alone. Here it is a
+//! custom op: the forward is one GEMM per image, the backward one GEMM per image for the input
+//! gradient and a per-thread sum of GEMMs for the weight gradient.
+//!
+//! Dense kxk convolutions (the stem, Fused-MBConv) are the same GEMMs over the image's
+//! im2col matrix. candle's own `conv2d` backward computes the input gradient with
+//! `conv_transpose2d`, a direct loop that was a tenth of a training step.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
+use rayon::prelude::*;
+
+const OP: &str = "pointwise-train";
+const CONV: &str = "conv2d-train";
+
+/// A strided row-major view of a matrix: element `(i, j)` at `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl View<'_> {
+    /// Whether every element lies inside `data`.
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst = a x b`, or `dst += a x b` with `accumulate`, for a contiguous row-major `dst` of
+/// `a.rows x b.cols`; single-threaded (callers parallelize over images).
+fn gemm(dst: &mut [f32], accumulate: bool, a: View<'_>, b: View<'_>) -> Result<()> {
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    if b.rows != k || !a.fits() || !b.fits() || dst.len() != m * n {
+        bail!(
+            "{OP}: bad GEMM operands {}x{} x {}x{} into {} elements",
+            a.rows,
+            a.cols,
+            b.rows,
+            b.cols,
+            dst.len()
+        );
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return Ok(());
+    }
+    // SAFETY: both operand views were checked to lie inside their slices, `dst` holds exactly
+    // `m * n` elements written at `i * n + j`, and nothing else can touch it (it is borrowed
+    // mutably). Strides fit in isize because the slices do.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    Ok(())
+}
+
+fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => bail!("{OP}: {what} must be f32"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{OP}: {what} must be contiguous"),
+    }
+}
+
+/// Run `f` on the contiguous f32 data of a CPU tensor.
+fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => f(cpu_f32(cpu, layout, "tensor")?),
+        _ => bail!("{OP}: CPU tensors only"),
+    }
+}
+
+/// `[N, C, H, W]` input and `[O, C]` weight dimensions: `(n, c, hw, o)`.
+fn dims(x: &[usize], w: &[usize]) -> Result<(usize, usize, usize, usize)> {
+    match (x, w) {
+        (&[n, c, h, wd], &[o, wc]) if wc == c => Ok((n, c, h * wd, o)),
+        _ => bail!("{OP}: input [N, C, H, W] and weight [O, C] expected, got {x:?} and {w:?}"),
+    }
+}
+
+struct PointwiseTrain;
+
+impl CustomOp2 for PointwiseTrain {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, hw, o) = dims(l1.dims(), l2.dims())?;
+        let x = cpu_f32(s1, l1, "input")?;
+        let w = cpu_f32(s2, l2, "weight")?;
+        let mut y = vec![0f32; n * o * hw];
+        if hw > 0 && c > 0 && o > 0 {
+            let wv = View {
+                data: w,
+                rows: o,
+                cols: c,
+                rs: c,
+                cs: 1,
+            };
+            y.par_chunks_mut(o * hw)
+                .zip(x.par_chunks(c * hw))
+                .try_for_each(|(yn, xn)| {
+                    let xv = View {
+                        data: xn,
+                        rows: c,
+                        cols: hw,
+                        rs: hw,
+                        cs: 1,
+                    };
+                    gemm(yn, false, wv, xv)
+                })?;
+        }
+        let [_, _, h, wd] = l1.dims() else {
+            bail!("{OP}: input must be [N, C, H, W]");
+        };
+        Ok((CpuStorage::F32(y), Shape::from((n, o, *h, *wd))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, c, hw, o) = dims(x.dims(), w.dims())?;
+        if n == 0 || c == 0 || hw == 0 || o == 0 {
+            return Ok((Some(x.zeros_like()?), Some(w.zeros_like()?)));
+        }
+        let (dx, dw) = with_data(x, |xs| {
+            with_data(w, |ws| {
+                with_data(dy, |g| {
+                    // dx[n] = W^T dy[n]: [C, O] x [O, HW].
+                    let wt = View {
+                        data: ws,
+                        rows: c,
+                        cols: o,
+                        rs: 1,
+                        cs: c,
+                    };
+                    let mut dx = vec![0f32; n * c * hw];
+                    dx.par_chunks_mut(c * hw)
+                        .zip(g.par_chunks(o * hw))
+                        .try_for_each(|(dxn, gn)| {
+                            let gv = View {
+                                data: gn,
+                                rows: o,
+                                cols: hw,
+                                rs: hw,
+                                cs: 1,
+                            };
+                            gemm(dxn, false, wt, gv)
+                        })?;
+                    // dW = sum over images of dy[n] x[n]^T: [O, HW] x [HW, C], one partial
+                    // sum per thread's share of the batch, then the partials added.
+                    let per = n.div_ceil(rayon::current_num_threads().max(1));
+                    let partials = (0..n)
+                        .step_by(per)
+                        .collect::<Vec<_>>()
+                        .into_par_iter()
+                        .map(|start| {
+                            let mut acc = vec![0f32; o * c];
+                            for i in start..(start + per).min(n) {
+                                let gv = View {
+                                    data: &g[i * o * hw..(i + 1) * o * hw],
+                                    rows: o,
+                                    cols: hw,
+                                    rs: hw,
+                                    cs: 1,
+                                };
+                                let xt = View {
+                                    data: &xs[i * c * hw..(i + 1) * c * hw],
+                                    rows: hw,
+                                    cols: c,
+                                    rs: 1,
+                                    cs: hw,
+                                };
+                                gemm(&mut acc, i != start, gv, xt)?;
+                            }
+                            Ok(acc)
+                        })
+                        .collect::<Result<Vec<Vec<f32>>>>()?;
+                    let mut dw = vec![0f32; o * c];
+                    for p in &partials {
+                        for (d, v) in dw.iter_mut().zip(p) {
+                            *d += v;
+                        }
+                    }
+                    Ok((dx, dw))
+                })
+            })
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+        ))
+    }
+}
+
+/// `x` (`[N, C, H, W]`, f32, CPU) convolved with the 1x1 weight `w` (`[O, C]`), as one
+/// autograd node.
+pub fn pointwise_conv2d_train(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, PointwiseTrain)
+}
+
+/// Geometry of a dense convolution: input `[C, H, W]` per image, `k x k` kernel, stride,
+/// zeros `top` rows above and `left` columns left (the far sides follow from the output size).
+#[derive(Clone, Copy, Debug)]
+struct ConvGeom {
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    top: usize,
+    left: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl ConvGeom {
+    /// The input position read by output `(oy, ox)` at kernel tap `(ky, kx)`, if inside.
+    #[inline]
+    fn src(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+        let y = (oy * self.stride + ky).checked_sub(self.top)?;
+        let x = (ox * self.stride + kx).checked_sub(self.left)?;
+        (y < self.h && x < self.w).then_some((y, x))
+    }
+
+    /// One image's `[C*k*k, OH*OW]` im2col matrix.
+    fn im2col(&self, x: &[f32], cols: &mut [f32]) {
+        let (k, p) = (self.k, self.oh * self.ow);
+        for ci in 0..self.c {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &mut cols[((ci * k + ky) * k + kx) * p..][..p];
+                    for oy in 0..self.oh {
+                        for ox in 0..self.ow {
+                            row[oy * self.ow + ox] = match self.src(oy, ox, ky, kx) {
+                                Some((y, xx)) => x[(ci * self.h + y) * self.w + xx],
+                                None => 0.0,
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of `im2col`: scatter-add a `[C*k*k, OH*OW]` matrix into one image.
+    fn col2im(&self, cols: &[f32], dx: &mut [f32]) {
+        let (k, p) = (self.k, self.oh * self.ow);
+        dx.fill(0.0);
+        for ci in 0..self.c {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &cols[((ci * k + ky) * k + kx) * p..][..p];
+                    for oy in 0..self.oh {
+                        for ox in 0..self.ow {
+                            if let Some((y, xx)) = self.src(oy, ox, ky, kx) {
+                                dx[(ci * self.h + y) * self.w + xx] += row[oy * self.ow + ox];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct ConvTrain {
+    stride: usize,
+    top: usize,
+    left: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl ConvTrain {
+    /// `(n, o, geometry)` from `[N, C, H, W]` input and `[O, C, k, k]` weight dimensions.
+    fn geom(&self, x: &[usize], w: &[usize]) -> Result<(usize, usize, ConvGeom)> {
+        match (x, w) {
+            (&[n, c, h, wd], &[o, wc, k, k2]) if wc == c && k == k2 && k > 0 => Ok((
+                n,
+                o,
+                ConvGeom {
+                    c,
+                    h,
+                    w: wd,
+                    k,
+                    stride: self.stride,
+                    top: self.top,
+                    left: self.left,
+                    oh: self.oh,
+                    ow: self.ow,
+                },
+            )),
+            _ => bail!(
+                "{CONV}: input [N, C, H, W] and weight [O, C, k, k] expected, got {x:?} and {w:?}"
+            ),
+        }
+    }
+}
+
+impl CustomOp2 for ConvTrain {
+    fn name(&self) -> &'static str {
+        CONV
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, o, g) = self.geom(l1.dims(), l2.dims())?;
+        let x = cpu_f32(s1, l1, "input")?;
+        let w = cpu_f32(s2, l2, "weight")?;
+        let (p, ck) = (g.oh * g.ow, g.c * g.k * g.k);
+        let mut y = vec![0f32; n * o * p];
+        if p > 0 && o > 0 && g.c * g.h * g.w > 0 {
+            let wv = View {
+                data: w,
+                rows: o,
+                cols: ck,
+                rs: ck,
+                cs: 1,
+            };
+            y.par_chunks_mut(o * p)
+                .zip(x.par_chunks(g.c * g.h * g.w))
+                .try_for_each(|(yn, xn)| {
+                    let mut cols = vec![0f32; ck * p];
+                    g.im2col(xn, &mut cols);
+                    let cv = View {
+                        data: &cols,
+                        rows: ck,
+                        cols: p,
+                        rs: p,
+                        cs: 1,
+                    };
+                    gemm(yn, false, wv, cv)
+                })?;
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, o, g.oh, g.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, o, g) = self.geom(x.dims(), w.dims())?;
+        let (p, ck, img) = (g.oh * g.ow, g.c * g.k * g.k, g.c * g.h * g.w);
+        if n == 0 || o == 0 || p == 0 || img == 0 {
+            return Ok((Some(x.zeros_like()?), Some(w.zeros_like()?)));
+        }
+        let per = n.div_ceil(rayon::current_num_threads().max(1));
+        let (dx, dw) = with_data(x, |xs| {
+            with_data(w, |ws| {
+                with_data(dy, |gy| {
+                    // W^T as a [C*k*k, O] view of the [O, C*k*k] weight.
+                    let wt = View {
+                        data: ws,
+                        rows: ck,
+                        cols: o,
+                        rs: 1,
+                        cs: ck,
+                    };
+                    let mut dx = vec![0f32; n * img];
+                    // Each task: its share of the batch, with one im2col buffer, writing its
+                    // images' input gradients and summing their weight gradients.
+                    let partials = dx
+                        .par_chunks_mut(per * img)
+                        .enumerate()
+                        .map(|(t, dxs)| {
+                            let mut acc = vec![0f32; o * ck];
+                            let mut cols = vec![0f32; ck * p];
+                            for (j, dxn) in dxs.chunks_mut(img).enumerate() {
+                                let i = t * per + j;
+                                let gv = View {
+                                    data: &gy[i * o * p..(i + 1) * o * p],
+                                    rows: o,
+                                    cols: p,
+                                    rs: p,
+                                    cs: 1,
+                                };
+                                // dW += dy[i] cols[i]^T.
+                                g.im2col(&xs[i * img..(i + 1) * img], &mut cols);
+                                let ct = View {
+                                    data: &cols,
+                                    rows: p,
+                                    cols: ck,
+                                    rs: 1,
+                                    cs: p,
+                                };
+                                gemm(&mut acc, j != 0, gv, ct)?;
+                                // dx[i] = col2im(W^T dy[i]).
+                                gemm(&mut cols, false, wt, gv)?;
+                                g.col2im(&cols, dxn);
+                            }
+                            Ok(acc)
+                        })
+                        .collect::<Result<Vec<Vec<f32>>>>()?;
+                    let mut dw = vec![0f32; o * ck];
+                    for part in &partials {
+                        for (d, v) in dw.iter_mut().zip(part) {
+                            *d += v;
+                        }
+                    }
+                    Ok((dx, dw))
+                })
+            })
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+        ))
+    }
+}
+
+/// A dense (`groups = 1`) convolution of `x` (`[N, C, H, W]`, f32, CPU) with `w`
+/// (`[O, C, k, k]`) at `stride`, with the given zero padding on each side, as one autograd
+/// node.
+pub fn conv2d_train(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: super::Padding2d,
+) -> Result<Tensor> {
+    let (h, wd, k) = match (x.dims(), w.dims()) {
+        (&[_, _, h, wd], &[_, _, k, k2]) if k == k2 && k > 0 => (h, wd, k),
+        (xd, wdims) => bail!(
+            "{CONV}: input [N, C, H, W] and weight [O, C, k, k] expected, got {xd:?} and {wdims:?}"
+        ),
+    };
+    if stride == 0 {
+        bail!("{CONV}: stride must be at least 1");
+    }
+    let (ph, pw) = (h + pad.top + pad.bottom, wd + pad.left + pad.right);
+    if ph < k || pw < k {
+        bail!("{CONV}: a {k}x{k} kernel does not fit the padded {ph}x{pw} input");
+    }
+    let op = ConvTrain {
+        stride,
+        top: pad.top,
+        left: pad.left,
+        oh: (ph - k) / stride + 1,
+        ow: (pw - k) / stride + 1,
+    };
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
