@@ -11,7 +11,23 @@ mod cli;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc.h (v2 and v3); the Rust bindings do not name it.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keep freed memory in the process instead of handing it back to the OS after 10 ms
+/// (mimalloc's default). A training step frees and reallocates the same large buffers every
+/// iteration; returned memory comes back as fresh pages that the kernel must zero, which was
+/// 10-18% of a step (BENCHMARKS.md). An explicit `MIMALLOC_PURGE_DELAY` still wins.
+fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: mi_option_set only stores the option's value; any option and value are
+        // accepted.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,
