@@ -2,27 +2,11 @@
 //! backward) against candle's `conv2d` and its autograd: values and both gradients, for the
 //! paddings EfficientNets use (symmetric, and TensorFlow's asymmetric "same" on stride 2).
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use effnet_runtime::ops::{Padding2d, conv2d_train};
 
-fn tensor(dims: &[usize], seed: u64) -> Result<Tensor> {
-    let len: usize = dims.iter().product();
-    let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let v: Vec<f32> = (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(v, dims, &Device::Cpu)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
-}
+mod common;
+use common::{max_abs_diff, tensor};
 
 /// The output and the gradients of `sum(f(x, w) * r)` with respect to `x` and `w`.
 fn run(

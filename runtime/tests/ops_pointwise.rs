@@ -1,26 +1,10 @@
 //! Pointwise (1x1) convolution and squeeze-and-excitation helpers against candle's `conv2d`.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 use effnet_runtime::ops::{global_avg_pool, linear, pointwise_conv2d, squeeze_excite};
 
-fn tensor(dims: &[usize], seed: u64) -> Result<Tensor> {
-    let len: usize = dims.iter().product();
-    let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let v: Vec<f32> = (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(v, dims, &Device::Cpu)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
-}
+mod common;
+use common::{max_abs_diff, tensor};
 
 fn reference(x: &Tensor, w4: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let y = x.conv2d(w4, 0, 1, 1, 1)?;

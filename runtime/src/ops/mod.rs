@@ -12,6 +12,7 @@
 //!   (`train_gemm`): dense convolutions as single autograd nodes on GEMM kernels, forward and
 //!   backward, so training does not go through candle's `conv_transpose2d` backward.
 
+pub(crate) mod cpu_data;
 pub mod depthwise;
 mod elem;
 pub mod fused;

@@ -13,7 +13,9 @@
 //! im2col matrix. candle's own `conv2d` backward computes the input gradient with
 //! `conv_transpose2d`, a direct loop that was a tenth of a training step.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
+
+use super::cpu_data::{cpu_f32, sum_partials, with_cpu_f32};
 use rayon::prelude::*;
 
 const OP: &str = "pointwise-train";
@@ -90,27 +92,6 @@ fn gemm(dst: &mut [f32], accumulate: bool, a: View<'_>, b: View<'_>) -> Result<(
     Ok(())
 }
 
-fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => bail!("{OP}: {what} must be f32"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("{OP}: {what} must be contiguous"),
-    }
-}
-
-/// Run `f` on the contiguous f32 data of a CPU tensor.
-fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => f(cpu_f32(cpu, layout, "tensor")?),
-        _ => bail!("{OP}: CPU tensors only"),
-    }
-}
-
 /// `[N, C, H, W]` input and `[O, C]` weight dimensions: `(n, c, hw, o)`.
 fn dims(x: &[usize], w: &[usize]) -> Result<(usize, usize, usize, usize)> {
     match (x, w) {
@@ -134,8 +115,8 @@ impl CustomOp2 for PointwiseTrain {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, hw, o) = dims(l1.dims(), l2.dims())?;
-        let x = cpu_f32(s1, l1, "input")?;
-        let w = cpu_f32(s2, l2, "weight")?;
+        let x = cpu_f32(s1, l1, self.name(), "input")?;
+        let w = cpu_f32(s2, l2, self.name(), "weight")?;
         let mut y = vec![0f32; n * o * hw];
         if hw > 0 && c > 0 && o > 0 {
             let wv = View {
@@ -175,9 +156,9 @@ impl CustomOp2 for PointwiseTrain {
         if n == 0 || c == 0 || hw == 0 || o == 0 {
             return Ok((Some(x.zeros_like()?), Some(w.zeros_like()?)));
         }
-        let (dx, dw) = with_data(x, |xs| {
-            with_data(w, |ws| {
-                with_data(dy, |g| {
+        let (dx, dw) = with_cpu_f32(x, self.name(), |xs| {
+            with_cpu_f32(w, self.name(), |ws| {
+                with_cpu_f32(dy, self.name(), |g| {
                     // dx[n] = W^T dy[n]: [C, O] x [O, HW].
                     let wt = View {
                         data: ws,
@@ -228,13 +209,7 @@ impl CustomOp2 for PointwiseTrain {
                             Ok(acc)
                         })
                         .collect::<Result<Vec<Vec<f32>>>>()?;
-                    let mut dw = vec![0f32; o * c];
-                    for p in &partials {
-                        for (d, v) in dw.iter_mut().zip(p) {
-                            *d += v;
-                        }
-                    }
-                    Ok((dx, dw))
+                    Ok((dx, sum_partials(&partials, o * c)))
                 })
             })
         })?;
@@ -364,8 +339,8 @@ impl CustomOp2 for ConvTrain {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, o, g) = self.geom(l1.dims(), l2.dims())?;
-        let x = cpu_f32(s1, l1, "input")?;
-        let w = cpu_f32(s2, l2, "weight")?;
+        let x = cpu_f32(s1, l1, self.name(), "input")?;
+        let w = cpu_f32(s2, l2, self.name(), "weight")?;
         let (p, ck) = (g.oh * g.ow, g.c * g.k * g.k);
         let mut y = vec![0f32; n * o * p];
         if p > 0 && o > 0 && g.c * g.h * g.w > 0 {
@@ -407,9 +382,9 @@ impl CustomOp2 for ConvTrain {
             return Ok((Some(x.zeros_like()?), Some(w.zeros_like()?)));
         }
         let per = n.div_ceil(rayon::current_num_threads().max(1));
-        let (dx, dw) = with_data(x, |xs| {
-            with_data(w, |ws| {
-                with_data(dy, |gy| {
+        let (dx, dw) = with_cpu_f32(x, self.name(), |xs| {
+            with_cpu_f32(w, self.name(), |ws| {
+                with_cpu_f32(dy, self.name(), |gy| {
                     // W^T as a [C*k*k, O] view of the [O, C*k*k] weight.
                     let wt = View {
                         data: ws,
@@ -453,13 +428,7 @@ impl CustomOp2 for ConvTrain {
                             Ok(acc)
                         })
                         .collect::<Result<Vec<Vec<f32>>>>()?;
-                    let mut dw = vec![0f32; o * ck];
-                    for part in &partials {
-                        for (d, v) in dw.iter_mut().zip(part) {
-                            *d += v;
-                        }
-                    }
-                    Ok((dx, dw))
+                    Ok((dx, sum_partials(&partials, o * ck)))
                 })
             })
         })?;

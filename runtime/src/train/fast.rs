@@ -18,7 +18,7 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{
-    CpuStorage, CustomOp3, DType, Device, Layout, Module, Result, Shape, Storage, Tensor, bail,
+    CpuStorage, CustomOp3, DType, Device, Layout, Module, Result, Shape, Tensor, bail,
 };
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -27,6 +27,9 @@ use effnet_compiler::ir::Activation;
 use rayon::prelude::*;
 
 use crate::layers::{BatchNorm, activate};
+use crate::ops::cpu_data::{cpu_f32, with_cpu_f32};
+
+const OP: &str = "batchnorm-train";
 use crate::network::{Block, ConvBnAct, Network};
 
 /// Per-channel batch statistics of the last forward, kept for the backward pass.
@@ -47,27 +50,6 @@ struct BnTrainOp {
     stats: Arc<Mutex<Stats>>,
     /// Unbiased batch variance, for the running-statistic update.
     var_unbiased: Arc<Mutex<Vec<f32>>>,
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => bail!("batchnorm-train: {what} must be f32"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("batchnorm-train: {what} must be contiguous"),
-    }
-}
-
-/// Run `f` on the contiguous f32 data of a CPU tensor.
-fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => f(contiguous_f32(cpu, layout, "tensor")?),
-        _ => bail!("batchnorm-train: CPU tensors only"),
-    }
 }
 
 /// Whether the op can apply `a` itself.
@@ -133,7 +115,7 @@ where
 
 impl CustomOp3 for BnTrainOp {
     fn name(&self) -> &'static str {
-        "batchnorm-train"
+        OP
     }
 
     fn cpu_fwd(
@@ -149,9 +131,9 @@ impl CustomOp3 for BnTrainOp {
             &[n, c, h, w] => (n, c, h, w),
             d => bail!("batchnorm-train: input must be [N, C, H, W], got {d:?}"),
         };
-        let x = contiguous_f32(s1, l1, "input")?;
-        let wt = contiguous_f32(s2, l2, "weight")?;
-        let bs = contiguous_f32(s3, l3, "bias")?;
+        let x = cpu_f32(s1, l1, OP, "input")?;
+        let wt = cpu_f32(s2, l2, OP, "weight")?;
+        let bs = cpu_f32(s3, l3, OP, "bias")?;
         if wt.len() != c || bs.len() != c {
             bail!(
                 "batchnorm-train: {c} channels, weight {} and bias {}",
@@ -232,11 +214,11 @@ impl CustomOp3 for BnTrainOp {
             Ok(s) => (s.mean.clone(), s.inv_std.clone()),
             Err(_) => bail!("batchnorm-train: statistics lock poisoned"),
         };
-        let wv = with_data(w, |v| Ok(v.to_vec()))?;
-        let bv = with_data(b, |v| Ok(v.to_vec()))?;
+        let wv = with_cpu_f32(w, OP, |v| Ok(v.to_vec()))?;
+        let bv = with_cpu_f32(b, OP, |v| Ok(v.to_vec()))?;
         let act = self.act;
-        let (dx, dw, db) = with_data(x, |xs| {
-            with_data(dy, |g| {
+        let (dx, dw, db) = with_cpu_f32(x, OP, |xs| {
+            with_cpu_f32(dy, OP, |g| {
                 // The gradient at the normalized output z = xhat * w + b, through the
                 // activation (recomputed from x rather than kept from the forward).
                 let mut dz = vec![0f32; xs.len()];
