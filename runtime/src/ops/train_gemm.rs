@@ -16,33 +16,15 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
 use super::cpu_data::{cpu_f32, sum_partials, with_cpu_f32};
+use super::fused::Mat;
 use rayon::prelude::*;
 
 const OP: &str = "pointwise-train";
 const CONV: &str = "conv2d-train";
 
-/// A strided row-major view of a matrix: element `(i, j)` at `data[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl View<'_> {
-    /// Whether every element lies inside `data`.
-    fn fits(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
-    }
-}
-
 /// `dst = a x b`, or `dst += a x b` with `accumulate`, for a contiguous row-major `dst` of
 /// `a.rows x b.cols`; single-threaded (callers parallelize over images).
-fn gemm(dst: &mut [f32], accumulate: bool, a: View<'_>, b: View<'_>) -> Result<()> {
+fn gemm(dst: &mut [f32], accumulate: bool, a: Mat<'_>, b: Mat<'_>) -> Result<()> {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     if b.rows != k || !a.fits() || !b.fits() || dst.len() != m * n {
         bail!(
@@ -119,23 +101,11 @@ impl CustomOp2 for PointwiseTrain {
         let w = cpu_f32(s2, l2, self.name(), "weight")?;
         let mut y = vec![0f32; n * o * hw];
         if hw > 0 && c > 0 && o > 0 {
-            let wv = View {
-                data: w,
-                rows: o,
-                cols: c,
-                rs: c,
-                cs: 1,
-            };
+            let wv = Mat::row_major(w, o, c);
             y.par_chunks_mut(o * hw)
                 .zip(x.par_chunks(c * hw))
                 .try_for_each(|(yn, xn)| {
-                    let xv = View {
-                        data: xn,
-                        rows: c,
-                        cols: hw,
-                        rs: hw,
-                        cs: 1,
-                    };
+                    let xv = Mat::row_major(xn, c, hw);
                     gemm(yn, false, wv, xv)
                 })?;
         }
@@ -160,24 +130,12 @@ impl CustomOp2 for PointwiseTrain {
             with_cpu_f32(w, self.name(), |ws| {
                 with_cpu_f32(dy, self.name(), |g| {
                     // dx[n] = W^T dy[n]: [C, O] x [O, HW].
-                    let wt = View {
-                        data: ws,
-                        rows: c,
-                        cols: o,
-                        rs: 1,
-                        cs: c,
-                    };
+                    let wt = Mat::row_major(ws, o, c).t();
                     let mut dx = vec![0f32; n * c * hw];
                     dx.par_chunks_mut(c * hw)
                         .zip(g.par_chunks(o * hw))
                         .try_for_each(|(dxn, gn)| {
-                            let gv = View {
-                                data: gn,
-                                rows: o,
-                                cols: hw,
-                                rs: hw,
-                                cs: 1,
-                            };
+                            let gv = Mat::row_major(gn, o, hw);
                             gemm(dxn, false, wt, gv)
                         })?;
                     // dW = sum over images of dy[n] x[n]^T: [O, HW] x [HW, C], one partial
@@ -190,20 +148,9 @@ impl CustomOp2 for PointwiseTrain {
                         .map(|start| {
                             let mut acc = vec![0f32; o * c];
                             for i in start..(start + per).min(n) {
-                                let gv = View {
-                                    data: &g[i * o * hw..(i + 1) * o * hw],
-                                    rows: o,
-                                    cols: hw,
-                                    rs: hw,
-                                    cs: 1,
-                                };
-                                let xt = View {
-                                    data: &xs[i * c * hw..(i + 1) * c * hw],
-                                    rows: hw,
-                                    cols: c,
-                                    rs: 1,
-                                    cs: hw,
-                                };
+                                let gv = Mat::row_major(&g[i * o * hw..(i + 1) * o * hw], o, hw);
+                                let xt =
+                                    Mat::row_major(&xs[i * c * hw..(i + 1) * c * hw], c, hw).t();
                                 gemm(&mut acc, i != start, gv, xt)?;
                             }
                             Ok(acc)
@@ -344,25 +291,13 @@ impl CustomOp2 for ConvTrain {
         let (p, ck) = (g.oh * g.ow, g.c * g.k * g.k);
         let mut y = vec![0f32; n * o * p];
         if p > 0 && o > 0 && g.c * g.h * g.w > 0 {
-            let wv = View {
-                data: w,
-                rows: o,
-                cols: ck,
-                rs: ck,
-                cs: 1,
-            };
+            let wv = Mat::row_major(w, o, ck);
             y.par_chunks_mut(o * p)
                 .zip(x.par_chunks(g.c * g.h * g.w))
                 .try_for_each(|(yn, xn)| {
                     let mut cols = vec![0f32; ck * p];
                     g.im2col(xn, &mut cols);
-                    let cv = View {
-                        data: &cols,
-                        rows: ck,
-                        cols: p,
-                        rs: p,
-                        cs: 1,
-                    };
+                    let cv = Mat::row_major(&cols, ck, p);
                     gemm(yn, false, wv, cv)
                 })?;
         }
@@ -386,13 +321,7 @@ impl CustomOp2 for ConvTrain {
             with_cpu_f32(w, self.name(), |ws| {
                 with_cpu_f32(dy, self.name(), |gy| {
                     // W^T as a [C*k*k, O] view of the [O, C*k*k] weight.
-                    let wt = View {
-                        data: ws,
-                        rows: ck,
-                        cols: o,
-                        rs: 1,
-                        cs: ck,
-                    };
+                    let wt = Mat::row_major(ws, o, ck).t();
                     let mut dx = vec![0f32; n * img];
                     // Each task: its share of the batch, with one im2col buffer, writing its
                     // images' input gradients and summing their weight gradients.
@@ -404,22 +333,10 @@ impl CustomOp2 for ConvTrain {
                             let mut cols = vec![0f32; ck * p];
                             for (j, dxn) in dxs.chunks_mut(img).enumerate() {
                                 let i = t * per + j;
-                                let gv = View {
-                                    data: &gy[i * o * p..(i + 1) * o * p],
-                                    rows: o,
-                                    cols: p,
-                                    rs: p,
-                                    cs: 1,
-                                };
+                                let gv = Mat::row_major(&gy[i * o * p..(i + 1) * o * p], o, p);
                                 // dW += dy[i] cols[i]^T.
                                 g.im2col(&xs[i * img..(i + 1) * img], &mut cols);
-                                let ct = View {
-                                    data: &cols,
-                                    rows: p,
-                                    cols: ck,
-                                    rs: 1,
-                                    cs: p,
-                                };
+                                let ct = Mat::row_major(&cols, ck, p).t();
                                 gemm(&mut acc, j != 0, gv, ct)?;
                                 // dx[i] = col2im(W^T dy[i]).
                                 gemm(&mut cols, false, wt, gv)?;
