@@ -123,21 +123,25 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
             // Mid channels always use timm's default rounding (divisor 8, limit 0.9), whatever
             // the model's stage rounding is.
             let mid = make_divisible(in_ch as f64 * s.expansion, 8, None, 0.9);
-            // timm builds SE on the mid channels with ratio `se / expansion`, rounding with
+            // The SE gates the mid channels, except in a depthwise-separable block, which has
+            // no expansion: its SE sits on the depthwise output, the block's input channels
+            // (timm's `DepthwiseSeparableConv`), whatever rounding would make of them.
+            let se_on = if s.kind == StageKind::Ds { in_ch } else { mid };
+            // timm builds SE with ratio `se / expansion` on those channels, rounding with
             // Python's round().
             let se_ch =
-                s.se.map(|r| (round_half_even(mid as f64 * (r / s.expansion)) as usize).max(1));
+                s.se.map(|r| (round_half_even(se_on as f64 * (r / s.expansion)) as usize).max(1));
             let se = se_ch.map(|reduced| SqueezeExcite {
                 path: p("se"),
-                channels: mid,
+                channels: se_on,
                 reduced,
                 conv_reduce: Conv {
                     bias: true,
-                    ..conv(p("se.conv_reduce"), mid, reduced, 1, 1, 1)
+                    ..conv(p("se.conv_reduce"), se_on, reduced, 1, 1, 1)
                 },
                 conv_expand: Conv {
                     bias: true,
-                    ..conv(p("se.conv_expand"), reduced, mid, 1, 1, 1)
+                    ..conv(p("se.conv_expand"), reduced, se_on, 1, 1, 1)
                 },
             });
             let same_shape = stride == 1 && in_ch == out_ch;
