@@ -95,7 +95,7 @@ impl Conv2d {
     }
 
     /// The fused kernels' geometry for an `[n, c, h, w]` input.
-    fn geom(&self, [n, c, h, w]: [usize; 4]) -> ConvGeom {
+    pub(crate) fn geom(&self, [n, c, h, w]: [usize; 4]) -> ConvGeom {
         ConvGeom {
             n,
             c,

@@ -1,16 +1,19 @@
 //! `effnet bench`: throughput with random weights. Inference (`forward_t(x, false)`), or with
-//! `--train` one SGD step per iteration (forward in train mode, cross-entropy against random
-//! labels, backward, SGD with momentum 0.9 as `tools/torch_bench.py` does), timed after a
-//! warm-up.
+//! `--train` one training step per iteration, exactly the trainer's (forward in train mode,
+//! cross-entropy against fixed labels, backward, the trainer's SGD with momentum 0.9 as
+//! `tools/torch_bench.py` does), timed after a warm-up.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use effnet_compiler::ir::Optimizer as OptimizerSpec;
 use effnet_runtime::Network;
+use effnet_runtime::train::optim::{Optimizer, Param};
+use effnet_runtime::train::step::{loss_and_grads, one_hot};
 
 use super::load;
 use super::run::{DeviceArg, DtypeArg, device};
@@ -59,30 +62,6 @@ fn randomize(varmap: &VarMap) -> candle_core::Result<()> {
     Ok(())
 }
 
-/// SGD with momentum, like `torch.optim.SGD(lr, momentum)`: `v = m v + g; w -= lr v`.
-struct Sgd {
-    vars: Vec<(Var, Option<Tensor>)>,
-    lr: f64,
-    momentum: f64,
-}
-
-impl Sgd {
-    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> candle_core::Result<()> {
-        for (var, velocity) in &mut self.vars {
-            let Some(g) = grads.get(var.as_tensor()) else {
-                continue;
-            };
-            let v = match velocity.take() {
-                Some(v) => ((v * self.momentum)? + g)?,
-                None => g.clone(),
-            };
-            var.set(&(var.as_tensor() - (&v * self.lr)?)?)?;
-            *velocity = Some(v);
-        }
-        Ok(())
-    }
-}
-
 pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
     if a.batch == 0 || a.iters == 0 {
         return Err("--batch and --iters must be at least 1".into());
@@ -121,53 +100,45 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
         .and_then(|x| x.to_dtype(dtype))
         .map_err(ce)?;
     let classes = net_ir.num_classes;
-    let labels = Tensor::rand(0f32, classes as f32, a.batch, &dev)
-        .and_then(|t| t.floor())
-        .and_then(|t| t.clamp(0f32, (classes - 1) as f32))
-        .and_then(|t| t.to_dtype(DType::U32))
+    // Hard labels spread over the classes, as one-hot targets (the trainer's soft-target loss
+    // then equals PyTorch's cross-entropy; the values do not change the work).
+    let labels: Vec<usize> = (0..a.batch).map(|i| (i * 7919 + 3) % classes).collect();
+    let targets = one_hot(&labels, classes, &dev).map_err(ce)?;
+    // Exactly the trainer's step: its loss and gradients (the hand-written step on the CPU in
+    // f32, candle's autograd otherwise) and its optimizer.
+    let params: Vec<Param> = net
+        .named_tensors()
+        .into_iter()
+        .filter(|t| t.trainable)
+        .map(|t| Var::from_tensor(&t.tensor).map(|v| Param::new(t.name, v)))
+        .collect::<candle_core::Result<_>>()
         .map_err(ce)?;
-    let trainable: Vec<Var> = {
-        let data = varmap
-            .data()
-            .lock()
-            .map_err(|_| "VarMap lock poisoned".to_string())?;
-        let names: std::collections::HashSet<String> = net
-            .named_tensors()
-            .into_iter()
-            .filter(|t| t.trainable)
-            .map(|t| t.name)
-            .collect();
-        data.iter()
-            .filter(|(k, _)| names.contains(k.as_str()))
-            .map(|(_, v)| v.clone())
-            .collect()
-    };
-    let mut sgd = Sgd {
-        vars: trainable.into_iter().map(|v| (v, None)).collect(),
-        lr: 0.01,
+    let sgd = OptimizerSpec::Sgd {
         momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
     };
-    // The trainer's forward pass (fused BatchNorm on the CPU), with its own mask generator.
+    let mut optimizer = Optimizer::new(sgd, &params).map_err(|e| e.to_string())?;
     let mut masks = effnet_runtime::data::sample_rng(0, &[]);
-    let mut step = || -> candle_core::Result<()> {
+    let mut step = || -> Result<(), String> {
         if a.train {
-            let logits = net.forward_train(&x, &mut masks)?;
-            let loss = candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &labels)?;
-            let grads = loss.backward()?;
-            sgd.step(&grads)?;
+            let (_, grads) = loss_and_grads(&net, &params, &x, &targets, &mut masks).map_err(ce)?;
+            optimizer
+                .step(&params, &grads, 0.01)
+                .map_err(|e| e.to_string())?;
         } else {
-            let y = net.forward_t(&x, false)?;
+            let y = net.forward_t(&x, false).map_err(ce)?;
             // Wait for the device (a no-op on the CPU).
-            y.device().synchronize()?;
+            y.device().synchronize().map_err(ce)?;
         }
         Ok(())
     };
     for _ in 0..a.warmup {
-        step().map_err(ce)?;
+        step()?;
     }
     let t0 = Instant::now();
     for _ in 0..a.iters {
-        step().map_err(ce)?;
+        step()?;
     }
     dev.synchronize().map_err(ce)?;
     let secs = t0.elapsed().as_secs_f64();

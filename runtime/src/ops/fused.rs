@@ -97,7 +97,7 @@ impl ConvGeom {
 // Run-time SIMD dispatch.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Level {
+pub(crate) enum Level {
     Baseline,
     #[cfg(target_arch = "x86_64")]
     Avx2,
@@ -105,7 +105,7 @@ enum Level {
     Avx512,
 }
 
-fn level() -> Level {
+pub(crate) fn level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
     *LEVEL.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -156,6 +156,7 @@ macro_rules! multiversion {
         }
     };
 }
+pub(crate) use multiversion;
 
 // ---------------------------------------------------------------------------------------------
 // Element-wise math.
@@ -207,12 +208,12 @@ fn recip(d: f32) -> f32 {
 /// and its reciprocal a normal float (subnormals are slow, and `recip` needs normals); below
 /// `x = -80` the result is about `2e-35` instead of smaller.
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     recip(1.0 + exp((-x).min(80.0)))
 }
 
 #[inline(always)]
-fn act_one(v: f32, act: Act) -> f32 {
+pub(crate) fn act_one(v: f32, act: Act) -> f32 {
     match act {
         Act::Identity => v,
         Act::Silu => v * sigmoid(v),
@@ -264,7 +265,7 @@ multiversion! {
     /// The epilogue over a GEMM tile: `rows` pixels of `cols` channels from channel `o0`,
     /// rows `ld` apart; `res` (same layout) is added after the activation.
     #[allow(clippy::too_many_arguments)]
-    fn epilogue_tile(
+    pub(crate) fn epilogue_tile(
         tile: &mut [f32],
         res: Option<&[f32]>,
         rows: usize,
@@ -432,7 +433,13 @@ impl OutPtr {
 /// # Safety
 /// `dst` must be valid for writes at every `i * rs + j * cs` with `i < a.rows`, `j < b.cols`,
 /// and no other thread may access those elements during the call.
-unsafe fn gemm_into(a: Mat<'_>, b: Mat<'_>, dst: *mut f32, rs: usize, cs: usize) -> Result<()> {
+pub(crate) unsafe fn gemm_into(
+    a: Mat<'_>,
+    b: Mat<'_>,
+    dst: *mut f32,
+    rs: usize,
+    cs: usize,
+) -> Result<()> {
     if a.cols != b.rows || !a.fits() || !b.fits() {
         bail!(
             "fused gemm: bad operands {}x{} (rs {}, cs {}, len {}) x {}x{} (rs {}, cs {}, len {})",
@@ -535,7 +542,7 @@ fn tiling(m: usize, o: usize, kdim: usize) -> Tiling {
 /// Rows `[p0, p0 + rows)` of the im2col matrix: for output pixel `p` (of the whole batch),
 /// column `(i * k + j) * C + ci` holds input `(n, oy * s + i - top, ox * s + j - left, ci)`,
 /// zero outside the input. Each kernel row `i` is one contiguous copy from the NHWC input.
-fn im2col_rows(
+pub(crate) fn im2col_rows(
     x: &[f32],
     g: &ConvGeom,
     oh: usize,

@@ -19,6 +19,7 @@ pub mod fused;
 mod kernels;
 pub mod pointwise;
 mod train_gemm;
+pub mod train_nhwc;
 
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_backward, depthwise_conv2d_tensor_ops};
 pub use pointwise::{global_avg_pool, linear, pointwise_conv2d, squeeze_excite};

@@ -53,7 +53,7 @@ struct BnTrainOp {
 }
 
 /// Whether the op can apply `a` itself.
-fn fusable_activation(a: Activation) -> bool {
+pub(crate) fn fusable_activation(a: Activation) -> bool {
     !matches!(a, Activation::Gelu)
 }
 
@@ -322,7 +322,7 @@ fn conv_bn_act_train(l: &ConvBnAct, x: &Tensor) -> Result<Tensor> {
 }
 
 /// `n` keep-or-drop factors: `1 / keep` with probability `keep`, else 0.
-fn keep_mask(n: usize, keep: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
+pub(crate) fn keep_mask(n: usize, keep: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
     (0..n)
         .map(|_| {
             if rng.random::<f64>() < keep {

@@ -21,6 +21,7 @@ pub mod init;
 pub mod lr;
 pub mod metrics;
 pub mod optim;
+pub mod step;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -349,9 +350,8 @@ impl Trainer {
             let (n, c, h, w) = b.shape;
             let x = Tensor::from_vec(b.images, (n, c, h, w), &device)?;
             let y = Tensor::from_vec(b.targets, (n, b.classes), &device)?;
-            let logits = self.net.forward_train(&x, &mut self.mask_rng)?;
-            let loss = soft_cross_entropy(&logits, &y)?;
-            let lv = f64::from(loss.to_scalar::<f32>()?);
+            let (lv, mut gs) =
+                step::loss_and_grads(&self.net, &self.params, &x, &y, &mut self.mask_rng)?;
             if !lv.is_finite() {
                 let kept = match &self.out_dir {
                     Some(d) if epoch > 0 => format!(
@@ -372,16 +372,6 @@ impl Trainer {
                     kept,
                 });
             }
-            let grads = loss.backward()?;
-            let mut gs = Vec::with_capacity(self.params.len());
-            for p in &self.params {
-                let t = p.var.as_tensor();
-                gs.push(match grads.get(t) {
-                    Some(g) => g.clone(),
-                    None => t.zeros_like()?,
-                });
-            }
-            drop(grads);
             if let Some(max) = self.schedule.grad_clip {
                 optim::clip_grad_norm(&mut gs, max)?;
             }

@@ -1,0 +1,194 @@
+//! The hand-written training step (`Network::train_step`, NHWC kernels) against candle's
+//! autograd through `Network::forward_train`: same loss, same gradient for every trainable
+//! tensor, same BatchNorm running statistics, with the same drop-path and dropout masks.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use effnet_compiler::compile;
+use effnet_runtime::Network;
+use effnet_runtime::train::init::init_varmap;
+use effnet_runtime::train::optim::Param;
+use effnet_runtime::train::soft_cross_entropy;
+use effnet_runtime::train::step::loss_and_grads;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Fused and MBConv+SE blocks, symmetric padding, SiLU, an odd input size, drop-path and
+/// dropout (so both paths draw masks).
+const SYMMETRIC: &str = r#"
+model symmetric {
+    input 3 x 15
+    classes 5
+    dropout 0.3
+    drop_path 0.3
+    normalize mean(0.5, 0.5, 0.5) std(0.5, 0.5, 0.5)
+    stem conv k3 s2 -> 8
+    stage fused  k3 e1 s1 -> 8 x2 skip
+    stage fused  k3 e4 s2 -> 16 x1
+    stage mbconv k3 e4 s2 -> 24 x2 se 0.25
+    head conv k1 -> 32
+}
+"#;
+
+/// Every block kind, TensorFlow "same" padding (asymmetric on stride 2), ReLU and hard-swish,
+/// SE in a depthwise-separable and an edge block, a 5x5 depthwise, no head.
+const SAME: &str = r#"
+model same {
+    input 3 x 18
+    classes 7
+    activation relu
+    norm batch(eps = 1e-3, momentum = 0.01)
+    padding same
+    dropout 0.2
+    drop_path 0.2
+    round channels(divisor = 4, min = 8, limit = 0)
+    stem conv k3 s2 -> 12
+    stage conv   k3 s1 -> 12 x2 skip
+    stage ds     k5 s1 -> 16 x1 se 0.5
+    stage edge   k3 e1 s1 -> 16 x1 se 0.25
+    stage fused  k3 e4 s2 -> 24 x2
+    stage mbconv k5 e6 s2 -> 32 x2 se 0.25 act hard_swish
+    head none
+}
+"#;
+
+fn build(spec: &str, dev: &Device) -> (Network, Vec<Param>) {
+    let c = compile(spec).unwrap_or_else(|d| panic!("{d:?}"));
+    let ir = c.network(None).expect("model");
+    let vm = init_varmap(ir, 5, dev).expect("init");
+    let net = Network::from_ir(ir, VarBuilder::from_varmap(&vm, DType::F32, dev)).expect("net");
+    let params = net
+        .named_tensors()
+        .into_iter()
+        .filter(|t| t.trainable)
+        .map(|t| {
+            Param::new(
+                t.name,
+                candle_core::Var::from_tensor(&t.tensor).expect("var"),
+            )
+        })
+        .collect();
+    (net, params)
+}
+
+fn vals(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().and_then(|t| t.to_vec1()).expect("values")
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Soft targets: smoothed one-hot labels mixed with a second label, as mixup makes them.
+fn targets(n: usize, classes: usize, dev: &Device) -> Tensor {
+    let mut v = vec![0.02f32; n * classes];
+    for i in 0..n {
+        v[i * classes + i % classes] += 0.6;
+        v[i * classes + (i * 3 + 1) % classes] += 0.3;
+    }
+    Tensor::from_vec(v, (n, classes), dev).expect("targets")
+}
+
+fn compare(spec: &str, n: usize, size: usize) {
+    let dev = Device::Cpu;
+    let (a, _) = build(spec, &dev);
+    let (b, params_b) = build(spec, &dev);
+    assert!(b.hand_step_supported(&Tensor::zeros((1, 3, 4, 4), DType::F32, &dev).expect("x")));
+    let classes = a.ir.num_classes;
+    let x = Tensor::randn(0f32, 1.0, (n, 3, size, size), &dev).expect("x");
+    let t = targets(n, classes, &dev);
+
+    // candle's autograd on network `a`.
+    let mut rng_a = ChaCha8Rng::seed_from_u64(7);
+    let logits = a.forward_train(&x, &mut rng_a).expect("forward");
+    let loss_a = soft_cross_entropy(&logits, &t)
+        .and_then(|l| l.to_scalar::<f32>())
+        .expect("loss");
+    let grads_a = soft_cross_entropy(&logits, &t)
+        .and_then(|l| l.backward())
+        .expect("backward");
+
+    // The hand-written step on network `b`, through the trainer's entry point.
+    let mut rng_b = ChaCha8Rng::seed_from_u64(7);
+    let (loss_b, grads_b) = loss_and_grads(&b, &params_b, &x, &t, &mut rng_b).expect("step");
+    assert!(
+        (f64::from(loss_a) - loss_b).abs() < 1e-4 * f64::from(loss_a.abs()).max(1.0),
+        "loss: autograd {loss_a}, hand-written {loss_b}"
+    );
+    // Both drew the same number of masks from their generators.
+    assert_eq!(
+        rand::Rng::random::<u64>(&mut rng_a),
+        rand::Rng::random::<u64>(&mut rng_b)
+    );
+
+    let mut checked = 0;
+    let mut gi = 0;
+    for (ta, tb) in a.named_tensors().iter().zip(b.named_tensors().iter()) {
+        assert_eq!(ta.name, tb.name);
+        if ta.trainable {
+            let va = grads_a
+                .get(&ta.tensor)
+                .map(vals)
+                .unwrap_or_else(|| vec![0.0; ta.tensor.elem_count()]);
+            assert_eq!(params_b[gi].name, tb.name);
+            let vb = vals(&grads_b[gi]);
+            gi += 1;
+            let scale = va.iter().map(|v| v.abs()).fold(1e-4, f32::max);
+            let d = max_diff(&va, &vb);
+            assert!(
+                d <= 2e-3 * scale,
+                "{}: gradient differs by {d} (largest {scale})",
+                ta.name
+            );
+            checked += 1;
+        } else {
+            let d = max_diff(&vals(&ta.tensor), &vals(&tb.tensor));
+            assert!(d < 1e-4, "{}: running statistic differs by {d}", ta.name);
+        }
+    }
+    assert_eq!(gi, params_b.len());
+    assert!(checked > 20, "only {checked} gradients compared");
+}
+
+#[test]
+fn hand_step_matches_autograd_symmetric_padding() {
+    compare(SYMMETRIC, 6, 15);
+}
+
+#[test]
+fn hand_step_matches_autograd_same_padding_every_block_kind() {
+    compare(SAME, 5, 18);
+    // An odd size: "same" pads asymmetrically on every stride-2 layer.
+    compare(SAME, 3, 19);
+}
+
+#[test]
+fn hand_step_declines_what_it_cannot_run() {
+    let dev = Device::Cpu;
+    let gelu = SYMMETRIC.replace("classes 5", "classes 5\n    activation gelu");
+    let (net, _) = build(&gelu, &dev);
+    let x = Tensor::zeros((2, 3, 15, 15), DType::F32, &dev).expect("x");
+    assert!(!net.hand_step_supported(&x));
+    let t = targets(2, 5, &dev);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    assert!(net.train_step(&x, &t, &mut rng).expect("step").is_none());
+    // f64 input: not the hand-written path either.
+    let (net, _) = build(SYMMETRIC, &dev);
+    let x64 = x.to_dtype(DType::F64).expect("f64");
+    assert!(!net.hand_step_supported(&x64));
+}
+
+#[test]
+fn hand_step_names_a_wrong_target_shape() {
+    let dev = Device::Cpu;
+    let (net, _) = build(SYMMETRIC, &dev);
+    let x = Tensor::zeros((2, 3, 15, 15), DType::F32, &dev).expect("x");
+    let t = targets(2, 4, &dev);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let e = net.train_step(&x, &t, &mut rng).expect_err("wrong targets");
+    assert!(e.to_string().contains("targets must be [2, 5]"), "{e}");
+}
