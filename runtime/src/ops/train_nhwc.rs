@@ -29,24 +29,46 @@ fn rows_per_task(c: usize) -> usize {
     ((1 << 14) / c.max(1)).max(1)
 }
 
+multiversion! {
+    /// Per-channel sums of `(v - center)^2` (with `square`) or of `v` over one task's rows,
+    /// in f32 (a task holds at most [`rows_per_task`] rows), added to `acc` in f64.
+    fn channel_sums_rows(z: &[f32], c: usize, center: &[f32], square: bool, acc: &mut [f64]) {
+        let mut s = vec![0f32; c];
+        let center = &center[..c];
+        if square {
+            for row in z.chunks_exact(c) {
+                for ch in 0..c {
+                    let d = row[ch] - center[ch];
+                    s[ch] = d.mul_add(d, s[ch]);
+                }
+            }
+        } else {
+            for row in z.chunks_exact(c) {
+                for ch in 0..c {
+                    s[ch] += row[ch];
+                }
+            }
+        }
+        for (a, v) in acc.iter_mut().zip(s) {
+            *a += f64::from(v);
+        }
+    }
+}
+
 /// Per-channel mean and (biased) variance of `[rows, c]` data: two passes (mean, then squared
-/// deviations), accumulated in f64 as a reference implementation would.
+/// deviations from it), each summing a task's rows in f32 and the tasks' sums in f64.
 pub fn channel_stats(z: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     if c == 0 || z.is_empty() {
         return (vec![0.0; c], vec![0.0; c]);
     }
     let m = (z.len() / c) as f64;
     let chunk = rows_per_task(c) * c;
-    let sum = |f: &(dyn Fn(usize, f32) -> f64 + Sync)| -> Vec<f64> {
+    let sum = |center: &[f32], square: bool| -> Vec<f64> {
         let parts: Vec<Vec<f64>> = z
             .par_chunks(chunk)
             .map(|part| {
                 let mut acc = vec![0f64; c];
-                for row in part.chunks_exact(c) {
-                    for (ch, (a, &v)) in acc.iter_mut().zip(row).enumerate() {
-                        *a += f(ch, v);
-                    }
-                }
+                channel_sums_rows(part, c, center, square, &mut acc);
                 acc
             })
             .collect();
@@ -58,14 +80,16 @@ pub fn channel_stats(z: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
         }
         out
     };
-    let mean: Vec<f64> = sum(&|_, v| f64::from(v)).iter().map(|s| s / m).collect();
-    let var = sum(&|ch, v| {
-        let d = f64::from(v) - mean[ch];
-        d * d
-    })
-    .iter()
-    .map(|s| s / m)
-    .collect();
+    let zeros = vec![0f32; c];
+    let mean: Vec<f64> = sum(&zeros, false).iter().map(|s| s / m).collect();
+    let center: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
+    // Deviations from the f32-rounded mean: their mean square exceeds the variance by
+    // (mean - center)^2, which is taken back out.
+    let var = sum(&center, true)
+        .iter()
+        .zip(mean.iter().zip(&center))
+        .map(|(s, (&mu, &cf))| (s / m - (mu - f64::from(cf)).powi(2)).max(0.0))
+        .collect();
     (mean, var)
 }
 
@@ -250,7 +274,7 @@ pub fn column_sums(d: &[f32], c: usize) -> Vec<f32> {
 /// `A^T B` for row-major `a` (`[m, p]`) and `b` (`[m, q]`): a weight gradient, whose
 /// reduction runs over all `m` pixels of the batch. The pixels are split between tasks (the
 /// GEMM's own threading splits only the small output) and the partial products added.
-fn at_b(a: &[f32], b: &[f32], m: usize, p: usize, q: usize) -> Result<Vec<f32>> {
+pub(crate) fn at_b(a: &[f32], b: &[f32], m: usize, p: usize, q: usize) -> Result<Vec<f32>> {
     if a.len() != m * p || b.len() != m * q {
         bail!(
             "training gemm: operands of {} and {} elements for [{m}, {p}]^T x [{m}, {q}]",
@@ -283,7 +307,7 @@ fn at_b(a: &[f32], b: &[f32], m: usize, p: usize, q: usize) -> Result<Vec<f32>> 
 
 /// `A B` for row-major `a` (`[m, p]`) and the view `b` (`p x q`): an input gradient, one
 /// block of rows per task. Returns `[m, q]` row-major.
-fn a_b(a: &[f32], m: usize, p: usize, b: Mat<'_>) -> Result<Vec<f32>> {
+pub(crate) fn a_b(a: &[f32], m: usize, p: usize, b: Mat<'_>) -> Result<Vec<f32>> {
     let q = b.cols;
     if a.len() != m * p || b.rows != p {
         bail!(

@@ -25,7 +25,7 @@ use super::soft_cross_entropy;
 use crate::layers::{BatchNorm, HostData, SqueezeExcite, fused_act};
 use crate::network::{Block, ConvBnAct, Network};
 use crate::ops::cpu_data::with_cpu_f32;
-use crate::ops::fused::{self, Act, ConvGeom, Epilogue};
+use crate::ops::fused::{self, Act, ConvGeom, Epilogue, Mat};
 use crate::ops::train_nhwc::{self as kernels, BnAct};
 
 const OP: &str = "training step";
@@ -266,39 +266,21 @@ impl<'a> SeWeights<'a> {
     }
 }
 
-/// `out[i, j] = sum_k a[i, k] * b[j, k] + bias[j]`: a small linear layer (`b` is `[J, K]`).
-fn linear_rows(a: &[f32], b: &[f32], bias: Option<&[f32]>, k: usize, j: usize) -> Vec<f32> {
+/// `out[i, j] = sum_k a[i, k] * b[j, k] + bias[j]`: a linear layer (`b` is `[J, K]`).
+fn linear_rows(a: &[f32], b: &[f32], bias: Option<&[f32]>, k: usize, j: usize) -> Result<Vec<f32>> {
     let rows = a.len().checked_div(k).unwrap_or(0);
-    let mut out = vec![0f32; rows * j];
-    out.par_chunks_mut(j.max(1))
-        .zip(a.par_chunks(k.max(1)))
-        .for_each(|(o, x)| {
-            for (jj, v) in o.iter_mut().enumerate() {
-                let w = &b[jj * k..(jj + 1) * k];
-                *v = x.iter().zip(w).map(|(p, q)| p * q).sum::<f32>() + bias.map_or(0.0, |b| b[jj]);
-            }
-        });
-    out
-}
-
-/// `out[j, k] = sum_i d[i, j] * x[i, k]`: a small weight gradient.
-fn outer_sum(d: &[f32], x: &[f32], rows: usize, j: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0f32; j * k];
-    for i in 0..rows {
-        for jj in 0..j {
-            let dv = d[i * j + jj];
-            if dv == 0.0 {
-                continue;
-            }
-            for (o, &xv) in out[jj * k..(jj + 1) * k]
-                .iter_mut()
-                .zip(&x[i * k..(i + 1) * k])
-            {
-                *o += dv * xv;
-            }
+    let mut out = kernels::a_b(a, rows, k, Mat::row_major(b, j, k).t())?;
+    if let Some(bias) = bias {
+        for row in out.chunks_exact_mut(j.max(1)) {
+            row.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
         }
     }
-    out
+    Ok(out)
+}
+
+/// `out[j, k] = sum_i d[i, j] * x[i, k]`: a weight gradient.
+fn outer_sum(d: &[f32], x: &[f32], rows: usize, j: usize, k: usize) -> Result<Vec<f32>> {
+    kernels::at_b(d, x, rows, j, k)
 }
 
 fn sigmoid(v: f32) -> f32 {
@@ -321,7 +303,7 @@ fn se_forward(se: &SqueezeExcite, s: Rc<Map>) -> Result<(SeTape, Map)> {
         wts.reduce_bias.as_ref().map(|b| b.get()),
         c,
         r,
-    );
+    )?;
     let hidden: Vec<f32> = hidden_pre
         .iter()
         .map(|&v| kernels::act_value(v, act))
@@ -332,7 +314,7 @@ fn se_forward(se: &SqueezeExcite, s: Rc<Map>) -> Result<(SeTape, Map)> {
         wts.expand_bias.as_ref().map(|b| b.get()),
         r,
         c,
-    );
+    )?;
     let gate: Vec<f32> = e.iter().map(|&v| sigmoid(v)).collect();
     let mut gated = s.data.clone();
     fused::gate_channels(&mut gated, &gate, n, p, c);
@@ -385,13 +367,13 @@ fn se_backward(
     add_grad(
         grads,
         format!("{ep}.weight"),
-        outer_sum(&de, &t.hidden, n, c, r),
+        outer_sum(&de, &t.hidden, n, c, r)?,
     );
     if se.expand.bias.is_some() {
         add_grad(
             grads,
             format!("{ep}.bias"),
-            outer_sum(&de, &vec![1.0; n], n, c, 1),
+            outer_sum(&de, &vec![1.0; n], n, c, 1)?,
         );
     }
     // dhidden[i, rr] = sum_c de[i, c] * expand[c, rr]
@@ -414,13 +396,13 @@ fn se_backward(
     add_grad(
         grads,
         format!("{rp}.weight"),
-        outer_sum(&dh, &t.means, n, r, c),
+        outer_sum(&dh, &t.means, n, r, c)?,
     );
     if se.reduce.bias.is_some() {
         add_grad(
             grads,
             format!("{rp}.bias"),
-            outer_sum(&dh, &vec![1.0; n], n, r, 1),
+            outer_sum(&dh, &vec![1.0; n], n, r, 1)?,
         );
     }
     // dmeans[i, c] = sum_r dh[i, r] * reduce[r, c], spread evenly over the pixels.
@@ -659,7 +641,7 @@ impl Network {
             if wv.get().len() != classes * fc || bv.get().len() != classes {
                 bail!("{OP}: `{cp}` does not fit {fc} features and {classes} classes");
             }
-            linear_rows(&dropped, wv.get(), Some(bv.get()), fc, classes)
+            linear_rows(&dropped, wv.get(), Some(bv.get()), fc, classes)?
         };
 
         // Soft-target cross-entropy, mean over the batch, and its gradient at the logits.
@@ -685,17 +667,17 @@ impl Network {
         add_grad(
             &mut grads,
             format!("{cp}.weight"),
-            outer_sum(&dlogits, &dropped, n, classes, fc),
+            outer_sum(&dlogits, &dropped, n, classes, fc)?,
         );
         add_grad(
             &mut grads,
             format!("{cp}.bias"),
-            outer_sum(&dlogits, &vec![1.0; n], n, classes, 1),
+            outer_sum(&dlogits, &vec![1.0; n], n, classes, 1)?,
         );
         let mut dpooled = {
             let wv = view(&cls.weight, &format!("{cp}.weight"))?;
             let wt = fused::nhwc_to_nchw(wv.get(), 1, classes, fc);
-            linear_rows(&dlogits, &wt, None, classes, fc)
+            linear_rows(&dlogits, &wt, None, classes, fc)?
         };
         if let Some(m) = &mask {
             dpooled.iter_mut().zip(m).for_each(|(g, f)| *g *= f);
