@@ -106,10 +106,12 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
     let targets = one_hot(&labels, classes, &dev).map_err(ce)?;
     // Exactly the trainer's step: its loss and gradients (the hand-written step on the CPU in
     // f32, candle's autograd otherwise) and its optimizer.
+    // Only training needs the parameters as variables and the optimizer's state (inference
+    // would otherwise carry copies of every weight).
     let params: Vec<Param> = net
         .named_tensors()
         .into_iter()
-        .filter(|t| t.trainable)
+        .filter(|t| a.train && t.trainable)
         .map(|t| Var::from_tensor(&t.tensor).map(|v| Param::new(t.name, v)))
         .collect::<candle_core::Result<_>>()
         .map_err(ce)?;
