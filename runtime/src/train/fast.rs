@@ -1,4 +1,6 @@
-//! The training forward pass with fused BatchNorm + activation.
+//! The training forward pass with fused BatchNorm + activation, for candle's autograd: what
+//! the trainer runs where the hand-written step (`super::step`, CPU f32 only) does not apply
+//! (f16/bf16, CUDA, GELU), and the reference that step is tested against.
 //!
 //! [`Network::forward_train`] computes exactly what `Network::forward_t(x, true)` computes
 //! (same layers, same BatchNorm statistics and running-statistic update, same drop-path and
