@@ -765,6 +765,8 @@ fn winograd_weight(w: &[f32], c: usize, o: usize) -> Vec<f32> {
 }
 
 multiversion! {
+    // The transforms index several arrays by the same position.
+    #[allow(clippy::needless_range_loop)]
     /// `B^T d B` for one 4x4 input tile, each of its 16 pixels a channel vector (`rows[i * 4 +
     /// j]`, zeros outside the input), into `v[xi * stride + ..c]` for the 16 positions `xi`.
     fn winograd_input_tile(rows: &[&[f32]; 16], c: usize, v: &mut [f32], stride: usize) {
@@ -789,6 +791,7 @@ multiversion! {
 }
 
 multiversion! {
+    #[allow(clippy::needless_range_loop)]
     /// `A^T m A` for one tile: the 16 products `m[xi * stride + ..o]` to the 2x2 outputs
     /// `y[p * o + ..o]` (`p = oy * 2 + ox`).
     fn winograd_output_tile(m: &[f32], stride: usize, o: usize, y: &mut [f32]) {
