@@ -14,7 +14,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// Fused and MBConv+SE blocks, symmetric padding, SiLU, an odd input size, drop-path and
-/// dropout (so both paths draw masks).
+/// dropout (so both paths draw masks). The second block of the `fused e4` stage expands 16 to
+/// 64 channels with a 3x3 stride-1 convolution, which the forward runs as Winograd.
 const SYMMETRIC: &str = r#"
 model symmetric {
     input 3 x 15
@@ -24,7 +25,7 @@ model symmetric {
     normalize mean(0.5, 0.5, 0.5) std(0.5, 0.5, 0.5)
     stem conv k3 s2 -> 8
     stage fused  k3 e1 s1 -> 8 x2 skip
-    stage fused  k3 e4 s2 -> 16 x1
+    stage fused  k3 e4 s2 -> 16 x2
     stage mbconv k3 e4 s2 -> 24 x2 se 0.25
     head conv k1 -> 32
 }
