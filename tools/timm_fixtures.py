@@ -162,6 +162,20 @@ FIXTURES = [
         ],
         head=32,
     ),
+    dict(
+        name="fx_ds_se12",
+        doc="a depthwise-separable block with SE on 12 input channels, TF padding",
+        covers="`ds` + SE where the input width is not a multiple of 8: timm's DepthwiseSeparableConv "
+               "puts the SE on its input channels (12, reduce round(12 * 0.5) = 6), not on a rounded "
+               "mid width (16); relu, TF `same` padding, eps 1e-3, input 32",
+        size=32, seed=9, classes=10, act="relu", eps=1e-3, padding="same",
+        width=1.0, depth=1.0, limit=0.9, stem=12, fix_stem=True,
+        stages=[
+            ("ds", 3, 1, 1, 16, 1, dict(se=0.5)),
+            ("mbconv", 3, 4, 2, 24, 1, dict(se=0.25)),
+        ],
+        head=32,
+    ),
 ]
 
 
