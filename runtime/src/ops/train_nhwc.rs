@@ -12,14 +12,13 @@
 //! Work is split over rayon's pool; reductions keep one partial per task and add the partials
 //! in a fixed order, so results do not depend on the thread count's scheduling.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{Result, bail};
 use rayon::prelude::*;
 
 use super::cpu_data::sum_partials;
-use super::fused::{
-    Act, ConvGeom, Epilogue, Mat, act_one, epilogue_tile, gemm_into, im2col_rows, multiversion,
-    sigmoid,
-};
+use super::fused::{Act, ConvGeom, Mat, act_one, gemm_into, im2col_rows, multiversion, sigmoid};
 #[cfg(target_arch = "x86_64")]
 use super::fused::{Level, level};
 
@@ -93,17 +92,52 @@ pub fn channel_stats(z: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, var)
 }
 
-/// `act(z * scale + shift)` per channel over `[rows, c]` data.
-pub fn affine_act(z: &[f32], c: usize, scale: &[f32], shift: &[f32], act: Act) -> Vec<f32> {
-    let mut out = z.to_vec();
-    if c == 0 || scale.len() != c || shift.len() != c {
-        return out;
+multiversion! {
+    /// `dst = act(src * scale + shift)` per channel over whole rows of `c` values, writing
+    /// every element of `dst` (same length as `src`).
+    fn affine_act_rows(
+        src: &[f32],
+        dst: &mut [MaybeUninit<f32>],
+        c: usize,
+        scale: &[f32],
+        shift: &[f32],
+        act: Act,
+    ) {
+        let (scale, shift) = (&scale[..c], &shift[..c]);
+        macro_rules! go {
+            ($a:expr) => {{
+                for (d, s) in dst.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
+                    for (((d, &v), &sc), &sh) in d.iter_mut().zip(s).zip(scale).zip(shift) {
+                        d.write(act_one(v.mul_add(sc, sh), $a));
+                    }
+                }
+            }};
+        }
+        match act {
+            Act::Identity => go!(Act::Identity),
+            Act::Silu => go!(Act::Silu),
+            Act::Relu => go!(Act::Relu),
+            Act::Relu6 => go!(Act::Relu6),
+            Act::HardSwish => go!(Act::HardSwish),
+        }
     }
-    let epi = Epilogue { scale, shift, act };
-    out.par_chunks_mut(rows_per_task(c) * c).for_each(|t| {
-        let rows = t.len() / c;
-        epilogue_tile(t, None, rows, c, c, 0, &epi);
-    });
+}
+
+/// `act(z * scale + shift)` per channel over `[rows, c]` data, into a new vector (written once,
+/// not zeroed or copied first: this runs on every BatchNorm output of a training step).
+pub fn affine_act(z: &[f32], c: usize, scale: &[f32], shift: &[f32], act: Act) -> Vec<f32> {
+    if c == 0 || scale.len() != c || shift.len() != c || !z.len().is_multiple_of(c) {
+        return z.to_vec();
+    }
+    let chunk = rows_per_task(c) * c;
+    let mut out: Vec<f32> = Vec::with_capacity(z.len());
+    out.spare_capacity_mut()[..z.len()]
+        .par_chunks_mut(chunk)
+        .zip(z.par_chunks(chunk))
+        .for_each(|(d, s)| affine_act_rows(s, d, c, scale, shift, act));
+    // SAFETY: the chunks above cover all `z.len()` elements of the spare capacity (both sides
+    // are split at the same multiple of `c`), and `affine_act_rows` writes every one of them.
+    unsafe { out.set_len(z.len()) };
     out
 }
 
