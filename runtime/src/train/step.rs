@@ -370,11 +370,7 @@ fn se_backward(
         outer_sum(&de, &t.hidden, n, c, r)?,
     );
     if se.expand.bias.is_some() {
-        add_grad(
-            grads,
-            format!("{ep}.bias"),
-            outer_sum(&de, &vec![1.0; n], n, c, 1)?,
-        );
+        add_grad(grads, format!("{ep}.bias"), kernels::column_sums(&de, c));
     }
     // dhidden[i, rr] = sum_c de[i, c] * expand[c, rr]
     let we = wts.expand.get();
@@ -399,11 +395,7 @@ fn se_backward(
         outer_sum(&dh, &t.means, n, r, c)?,
     );
     if se.reduce.bias.is_some() {
-        add_grad(
-            grads,
-            format!("{rp}.bias"),
-            outer_sum(&dh, &vec![1.0; n], n, r, 1)?,
-        );
+        add_grad(grads, format!("{rp}.bias"), kernels::column_sums(&dh, r));
     }
     // dmeans[i, c] = sum_r dh[i, r] * reduce[r, c], spread evenly over the pixels.
     let wr = wts.reduce.get();
@@ -672,7 +664,7 @@ impl Network {
         add_grad(
             &mut grads,
             format!("{cp}.bias"),
-            outer_sum(&dlogits, &vec![1.0; n], n, classes, 1)?,
+            kernels::column_sums(&dlogits, classes),
         );
         let mut dpooled = {
             let wv = view(&cls.weight, &format!("{cp}.weight"))?;
