@@ -1,11 +1,11 @@
 //! The fused training forward (`Network::forward_train`) against the layers' own train mode
 //! (`forward_t(x, true)`): same logits, same gradients, same BatchNorm running statistics.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarBuilder;
-use effnet_compiler::compile;
+use common::{max_diff, values as vals};
 use effnet_runtime::Network;
-use effnet_runtime::train::init::init_varmap;
 use effnet_runtime::train::soft_cross_entropy;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -24,22 +24,7 @@ model parity {
 "#;
 
 fn build(dev: &Device) -> Network {
-    let c = compile(SPEC).unwrap_or_else(|d| panic!("{d:?}"));
-    let ir = c.network(None).expect("model");
-    let vm = init_varmap(ir, 5, dev).expect("init");
-    Network::from_ir(ir, VarBuilder::from_varmap(&vm, DType::F32, dev)).expect("net")
-}
-
-fn vals(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().and_then(|t| t.to_vec1()).expect("values")
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    common::trainable_network(SPEC, dev)
 }
 
 #[test]

@@ -2,11 +2,11 @@
 //! autograd through `Network::forward_train`: same loss, same gradient for every trainable
 //! tensor, same BatchNorm running statistics, with the same drop-path and dropout masks.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use effnet_compiler::compile;
+use common::{max_diff, values as vals};
 use effnet_runtime::Network;
-use effnet_runtime::train::init::init_varmap;
 use effnet_runtime::train::optim::Param;
 use effnet_runtime::train::soft_cross_entropy;
 use effnet_runtime::train::step::loss_and_grads;
@@ -54,10 +54,7 @@ model same {
 "#;
 
 fn build(spec: &str, dev: &Device) -> (Network, Vec<Param>) {
-    let c = compile(spec).unwrap_or_else(|d| panic!("{d:?}"));
-    let ir = c.network(None).expect("model");
-    let vm = init_varmap(ir, 5, dev).expect("init");
-    let net = Network::from_ir(ir, VarBuilder::from_varmap(&vm, DType::F32, dev)).expect("net");
+    let net = common::trainable_network(spec, dev);
     let params = net
         .named_tensors()
         .into_iter()
@@ -70,18 +67,6 @@ fn build(spec: &str, dev: &Device) -> (Network, Vec<Param>) {
         })
         .collect();
     (net, params)
-}
-
-fn vals(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().and_then(|t| t.to_vec1()).expect("values")
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Soft targets: smoothed one-hot labels mixed with a second label, as mixup makes them.

@@ -622,15 +622,8 @@ pub fn conv2d(
     let wk: &[f32] = if k == 1 {
         w
     } else {
-        let mut p = vec![0f32; o * kdim];
-        for (dst, src) in p.chunks_exact_mut(kdim).zip(w.chunks_exact(kdim)) {
-            for ci in 0..c {
-                for t in 0..k * k {
-                    dst[t * c + ci] = src[ci * k * k + t];
-                }
-            }
-        }
-        permuted = p;
+        // Per output channel, `[C, k * k]` transposed to `[k * k, C]`.
+        permuted = nchw_to_nhwc(w, o, c, k * k);
         &permuted
     };
     let t = tiling(m, o, kdim);
@@ -1098,13 +1091,7 @@ pub fn depthwise(
         return Ok((out, means.then_some(sums)));
     }
     // Taps-major weight, `[k * k, C]`, so each tap's channels are contiguous.
-    let taps = k * k;
-    let mut wt = vec![0f32; taps * c];
-    for (ci, src) in w.chunks_exact(taps).enumerate() {
-        for (t, &v) in src.iter().enumerate() {
-            wt[t * c + ci] = v;
-        }
-    }
+    let wt = nchw_to_nhwc(w, 1, c, k * k);
     // Channel blocks: wide for the registers, narrow enough for every thread to get work.
     let want = 3 * rayon::current_num_threads().max(1);
     let mut block = DW_BLOCK;

@@ -18,7 +18,10 @@ use candle_core::{Result, bail};
 use rayon::prelude::*;
 
 use super::cpu_data::sum_partials;
-use super::fused::{Act, ConvGeom, Mat, act_one, gemm_into, im2col_rows, multiversion, sigmoid};
+use super::fused::{
+    Act, ConvGeom, Mat, act_one, gemm_into, im2col_rows, multiversion, nchw_to_nhwc, nhwc_to_nchw,
+    sigmoid,
+};
 #[cfg(target_arch = "x86_64")]
 use super::fused::{Level, level};
 
@@ -71,13 +74,7 @@ pub fn channel_stats(z: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
                 acc
             })
             .collect();
-        let mut out = vec![0f64; c];
-        for p in parts {
-            for (o, v) in out.iter_mut().zip(p) {
-                *o += v;
-            }
-        }
-        out
+        sum_partials(&parts, c)
     };
     let zeros = vec![0f32; c];
     let mean: Vec<f64> = sum(&zeros, false).iter().map(|s| s / m).collect();
@@ -267,12 +264,7 @@ pub fn bn_act_backward(d: &mut [f32], z: &[f32], c: usize, bn: &BnAct<'_>) -> (V
             acc
         })
         .collect();
-    let mut sums = vec![0f64; 2 * c];
-    for p in parts {
-        for (s, v) in sums.iter_mut().zip(p) {
-            *s += v;
-        }
-    }
+    let sums = sum_partials(&parts, 2 * c);
     let db: Vec<f32> = sums[..c].iter().map(|&v| v as f32).collect();
     let dw: Vec<f32> = sums[c..].iter().map(|&v| v as f32).collect();
     let m = (d.len() / c) as f32;
@@ -368,33 +360,6 @@ pub(crate) fn a_b(a: &[f32], m: usize, p: usize, b: Mat<'_>) -> Result<Vec<f32>>
     Ok(out)
 }
 
-/// `[O, C, k, k]` (PyTorch's layout) to `[O, k, k, C]` (the im2col column order) and back.
-fn oihw_to_ohwi(w: &[f32], o: usize, c: usize, k: usize) -> Vec<f32> {
-    let kk = k * k;
-    let mut out = vec![0f32; w.len()];
-    for oc in 0..o {
-        for ci in 0..c {
-            for t in 0..kk {
-                out[(oc * kk + t) * c + ci] = w[(oc * c + ci) * kk + t];
-            }
-        }
-    }
-    out
-}
-
-fn ohwi_to_oihw(w: &[f32], o: usize, c: usize, k: usize) -> Vec<f32> {
-    let kk = k * k;
-    let mut out = vec![0f32; w.len()];
-    for oc in 0..o {
-        for ci in 0..c {
-            for t in 0..kk {
-                out[(oc * c + ci) * kk + t] = w[(oc * kk + t) * c + ci];
-            }
-        }
-    }
-    out
-}
-
 /// Output pixels `(oh, ow)` of `g`, with its operands checked against `x`, `w` and `dy`.
 fn check_backward(
     op: &str,
@@ -446,12 +411,13 @@ pub fn conv_backward(
         };
         return Ok((dw, dx));
     }
-    let wk = oihw_to_ohwi(w, o, c, k);
+    // `[O, C, k, k]` (PyTorch's layout) to `[O, k, k, C]`, the im2col column order.
+    let wk = nchw_to_nhwc(w, o, c, k * k);
     let mut dwk = vec![0f32; o * kdim];
     let mut dx = need_dx.then(|| vec![0f32; x.len()]);
     let pix = oh * ow;
     if pix == 0 {
-        return Ok((ohwi_to_oihw(&dwk, o, c, k), dx));
+        return Ok((nhwc_to_nchw(&dwk, o, k * k, c), dx));
     }
     // Images per chunk: an im2col buffer of about 2 M floats (8 MB), at least one image.
     let per_chunk = ((1usize << 21) / (pix * kdim).max(1)).clamp(1, n.max(1));
@@ -478,7 +444,7 @@ pub fn conv_backward(
                 .for_each(|(dxi, dci)| col2im_image(dci, g, oh, ow, dxi));
         }
     }
-    Ok((ohwi_to_oihw(&dwk, o, c, k), dx))
+    Ok((nhwc_to_nchw(&dwk, o, k * k, c), dx))
 }
 
 /// Adds one image's im2col gradient (`[OH * OW, k * k * C]`) onto its NHWC input gradient:
@@ -575,12 +541,7 @@ pub fn depthwise_backward(
     }
     let (oh, ow) = check_backward(OP, g, x, w, c * k * k, dy)?;
     let taps = k * k;
-    let mut wt = vec![0f32; taps * c];
-    for (ci, src) in w.chunks_exact(taps).enumerate() {
-        for (t, &v) in src.iter().enumerate() {
-            wt[t * c + ci] = v;
-        }
-    }
+    let wt = nchw_to_nhwc(w, 1, c, taps);
     let mut dx = vec![0f32; x.len()];
     let img = g.h * g.w * c;
     let oimg = oh * ow * c;
@@ -606,13 +567,7 @@ pub fn depthwise_backward(
         })
         .collect();
     let dwt = sum_partials(&parts, taps * c);
-    let mut dw = vec![0f32; c * taps];
-    for t in 0..taps {
-        for ci in 0..c {
-            dw[ci * taps + t] = dwt[t * c + ci];
-        }
-    }
-    Ok((dw, dx))
+    Ok((nhwc_to_nchw(&dwt, 1, taps, c), dx))
 }
 
 /// `act` applied to one value (for the small squeeze-excitation layers).

@@ -283,10 +283,6 @@ fn outer_sum(d: &[f32], x: &[f32], rows: usize, j: usize, k: usize) -> Result<Ve
     kernels::at_b(d, x, rows, j, k)
 }
 
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
-}
-
 fn se_forward(se: &SqueezeExcite, s: Rc<Map>) -> Result<(SeTape, Map)> {
     let [n, h, w, c] = s.dims;
     let p = h * w;
@@ -315,7 +311,7 @@ fn se_forward(se: &SqueezeExcite, s: Rc<Map>) -> Result<(SeTape, Map)> {
         r,
         c,
     )?;
-    let gate: Vec<f32> = e.iter().map(|&v| sigmoid(v)).collect();
+    let gate: Vec<f32> = e.iter().map(|&v| fused::sigmoid(v)).collect();
     let mut gated = s.data.clone();
     fused::gate_channels(&mut gated, &gate, n, p, c);
     let tape = SeTape {

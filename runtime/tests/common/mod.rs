@@ -1,6 +1,10 @@
-//! Helpers shared by the op tests.
+//! Helpers shared by the op and training tests (each test binary uses some of them).
+#![allow(dead_code)]
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use effnet_runtime::Network;
+use effnet_runtime::train::init::init_varmap;
 
 /// A deterministic pseudo-random tensor with values in [-1, 1).
 pub fn tensor(dims: &[usize], seed: u64) -> Result<Tensor> {
@@ -21,4 +25,27 @@ pub fn tensor(dims: &[usize], seed: u64) -> Result<Tensor> {
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
+/// The values of a tensor, flattened.
+pub fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().and_then(|t| t.to_vec1()).expect("values")
+}
+
+/// The largest absolute difference of two equally long slices.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The spec's only model as a trainable network (`Var` weights), initialized as the trainer
+/// initializes it with seed 5.
+pub fn trainable_network(spec: &str, dev: &Device) -> Network {
+    let c = effnet_compiler::compile(spec).unwrap_or_else(|d| panic!("{d:?}"));
+    let ir = c.network(None).expect("model");
+    let vm = init_varmap(ir, 5, dev).expect("init");
+    Network::from_ir(ir, VarBuilder::from_varmap(&vm, DType::F32, dev)).expect("net")
 }
