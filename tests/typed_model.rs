@@ -348,6 +348,17 @@ fn spec_is_a_build_input() -> TestResult {
     Ok(())
 }
 
+/// The host's target triple, from `rustc -vV` (the toolchain cargo runs).
+fn host_triple() -> Result<String, Box<dyn std::error::Error>> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = std::process::Command::new(rustc).arg("-vV").output()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(|h| h.trim().to_string())
+        .ok_or_else(|| format!("`rustc -vV` printed no host line:\n{text}").into())
+}
+
 /// A crate of its own, built twice with cargo: editing the spec recompiles it, and the new
 /// constants show. It builds in trybuild's target directory with trybuild's flags
 /// (tests/trybuild.rs), so the dependencies trybuild compiled are reused rather than built a
@@ -375,15 +386,20 @@ fn editing_the_spec_rebuilds_the_crate() -> TestResult {
     )?;
     // trybuild's rustflags (trybuild 1.0: `--cfg trybuild --verbose -A dead_code`): flags are
     // part of every dependency's build hash, so matching them is what lets the build reuse.
+    // trybuild also builds with `--target <host>` and without incremental compilation; the
+    // target is part of the output path, so without it every dependency is built again.
     let flags = r#"["--cfg", "trybuild", "--verbose", "-A", "dead_code"]"#;
+    let host = host_triple()?;
     let run = || -> Result<(String, String), Box<dyn std::error::Error>> {
         let out = std::process::Command::new(env!("CARGO"))
-            .args(["run", "--quiet", "--offline"])
+            .args(["run", "--quiet", "--offline", "--target", &host])
             .arg(format!("--config=build.rustflags={flags}"))
+            .arg(format!("--config=target.{host}.rustflags={flags}"))
             .arg("--manifest-path")
             .arg(krate.join("Cargo.toml"))
             .env("CARGO_TARGET_DIR", target_dir().join("tests/trybuild"))
             .env_remove("RUSTFLAGS")
+            .env("CARGO_INCREMENTAL", "0")
             .env("CARGO_TERM_QUIET", "false")
             .output()?;
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
