@@ -289,55 +289,6 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// The epilogue of a pixel-major GEMM tile `tmp` (`[cols][rows]`, channels `o0..`):
-    /// affine and activation along each channel's pixels, then transposed into `out`
-    /// (`rows` pixels of `cols` channels, contiguous) with `res` added.
-    #[allow(clippy::too_many_arguments)]
-    fn epilogue_transpose(
-        tmp: &mut [f32],
-        out: &mut [f32],
-        res: Option<&[f32]>,
-        rows: usize,
-        cols: usize,
-        o0: usize,
-        epi: &Epilogue<'_>,
-    ) {
-        for (j, col) in tmp.chunks_exact_mut(rows).take(cols).enumerate() {
-            let (sc, sh) = (epi.scale[o0 + j], epi.shift[o0 + j]);
-            macro_rules! go {
-                ($a:expr) => {
-                    for v in col.iter_mut() {
-                        *v = act_one(v.mul_add(sc, sh), $a);
-                    }
-                };
-            }
-            match epi.act {
-                Act::Identity => go!(Act::Identity),
-                Act::Silu => go!(Act::Silu),
-                Act::Relu => go!(Act::Relu),
-                Act::Relu6 => go!(Act::Relu6),
-                Act::HardSwish => go!(Act::HardSwish),
-            }
-        }
-        const B: usize = 16;
-        for i0 in (0..rows).step_by(B) {
-            for j0 in (0..cols).step_by(B) {
-                for i in i0..(i0 + B).min(rows) {
-                    for j in j0..(j0 + B).min(cols) {
-                        out[i * cols + j] = tmp[j * rows + i];
-                    }
-                }
-            }
-        }
-        if let Some(r) = res {
-            for (v, &rv) in out[..rows * cols].iter_mut().zip(r) {
-                *v += rv;
-            }
-        }
-    }
-}
-
 /// Gates below this are flushed to zero: a gate of `1e-39` is a subnormal float, and every
 /// multiply-add that touches one (in the gated weights or inputs) takes a microcode assist
 /// that costs a hundred times a normal one. The change to the output is below `1e-12 * |x|`.
@@ -609,12 +560,17 @@ pub fn conv2d(
         bail!("{OP}: residual must have {} elements", m * o);
     }
     let pointwise = k == 1 && g.stride == 1 && g.pad.is_zero();
-    let mut out = vec![0f32; m * o];
-    if out.is_empty() {
+    // Left uninitialized (zeroing it cost 5-10% of a network's time): every path below
+    // writes each element of `[m, o]` exactly once before its `set_len`.
+    let mut out: Vec<f32> = Vec::with_capacity(m * o);
+    if m * o == 0 {
         return Ok(out);
     }
+    let out_ptr = OutPtr(out.as_mut_ptr());
     if winograd_applies(g) {
-        conv2d_winograd(x, w, g, epi, residual, &mut out)?;
+        conv2d_winograd(x, w, g, epi, residual, out_ptr, m * o)?;
+        // SAFETY: the Winograd tiles cover every output pixel, each written whole.
+        unsafe { out.set_len(m * o) };
         return Ok(out);
     }
     // The weight as `[O, k, k, C]`, the column order of the im2col rows.
@@ -628,16 +584,12 @@ pub fn conv2d(
     };
     let t = tiling(m, o, kdim);
     let tasks = t.row_blocks * t.col_blocks;
-    // The micro-kernel covers 64 channels at a time in the natural (channel-contiguous)
-    // orientation; when that wastes more than a tenth of it, run it along pixels instead.
-    let pixel_major = t.col_blocks == 1 && o * 10 < o.div_ceil(64) * 64 * 9;
-    let out_ptr = OutPtr(out.as_mut_ptr());
     (0..tasks)
         .into_par_iter()
         .with_max_len(1)
         .try_for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(col_buf, tmp_buf): &mut (Vec<f32>, Vec<f32>), task| -> Result<()> {
+            Vec::new,
+            |col_buf: &mut Vec<f32>, task| -> Result<()> {
                 let (rb, cb) = (task / t.col_blocks, task % t.col_blocks);
                 let p0 = rb * t.rows;
                 let rows = t.rows.min(m - p0);
@@ -676,21 +628,6 @@ pub fn conv2d(
                 if start + tile_len > m * o {
                     bail!("{OP}: internal tiling error");
                 }
-                if pixel_major {
-                    // Few output channels: run the micro-kernel along pixels into a scratch
-                    // tile, then transpose it into place in the epilogue.
-                    tmp_buf.resize(rows * cols, 0.0);
-                    // SAFETY: `tmp_buf` holds `rows * cols` elements, `(i, j)` at `i + j * rows`,
-                    // owned by this task.
-                    unsafe { gemm_into(a, b, tmp_buf.as_mut_ptr(), 1, rows)? };
-                    // SAFETY: with one channel block (`pixel_major` requires it) the tile is the
-                    // contiguous range `start..start + rows * o`, owned by this task alone.
-                    let tile =
-                        unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), tile_len) };
-                    let res = residual.map(|r| &r[start..start + tile_len]);
-                    epilogue_transpose(tmp_buf, tile, res, rows, cols, o0, epi);
-                    return Ok(());
-                }
                 // SAFETY: the tile (pixels `p0..p0 + rows`, channels `o0..o0 + cols`) lies in
                 // `out` (checked above); tasks write disjoint tiles; `out` outlives the loop.
                 unsafe { gemm_into(a, b, out_ptr.at(start), o, 1)? };
@@ -714,6 +651,9 @@ pub fn conv2d(
                 Ok(())
             },
         )?;
+    // SAFETY: the tasks' tiles cover `[m, o]`, and each wrote its tile whole (the GEMM
+    // overwrites its destination).
+    unsafe { out.set_len(m * o) };
     Ok(out)
 }
 
@@ -810,14 +750,16 @@ multiversion! {
 /// tiles, `[tiles, C] x [C, O]`) do 4 multiply-adds per output and input channel instead of
 /// the direct convolution's 9. The transforms only add and subtract (and halve, for the
 /// weight), so the result stays within a few float roundings of the direct one. Same contract
-/// as [`conv2d`].
+/// as [`conv2d`], writing every one of the `out_len` elements at `out_ptr` (which must be
+/// valid for that many writes).
 fn conv2d_winograd(
     x: &[f32],
     w: &[f32],
     g: &ConvGeom,
     epi: &Epilogue<'_>,
     residual: Option<&[f32]>,
-    out: &mut [f32],
+    out_ptr: OutPtr,
+    out_len: usize,
 ) -> Result<()> {
     let (n, h, wd, c, o) = (g.n, g.h, g.w, g.c, g.o);
     // Output size equals input size (k 3, stride 1, padding 1).
@@ -832,8 +774,6 @@ fn conv2d_winograd(
     let tb = fit.min(per_thread).div_ceil(8) * 8;
     let blocks = tiles.div_ceil(tb);
     let zeros = vec![0f32; c];
-    let out_len = out.len();
-    let out_ptr = OutPtr(out.as_mut_ptr());
     (0..blocks)
         .into_par_iter()
         .with_max_len(1)
@@ -885,10 +825,14 @@ fn conv2d_winograd(
                         if at + o > out_len {
                             bail!("fused conv2d: internal Winograd tiling error");
                         }
+                        let y = &yb[p * o..(p + 1) * o];
                         // SAFETY: output pixel (b, oy, ox) belongs to this tile alone, and
-                        // tiles are split between tasks; `out` outlives the loop.
-                        let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(at), o) };
-                        row.copy_from_slice(&yb[p * o..(p + 1) * o]);
+                        // tiles are split between tasks; the output buffer outlives the loop
+                        // and holds `out_len` elements. The copy initializes the row.
+                        let row = unsafe {
+                            std::ptr::copy_nonoverlapping(y.as_ptr(), out_ptr.at(at), o);
+                            std::slice::from_raw_parts_mut(out_ptr.at(at), o)
+                        };
                         let res = residual.map(|r| &r[at..at + o]);
                         epilogue_tile(row, res, 1, o, o, 0, epi);
                     }
