@@ -904,9 +904,9 @@ fn dw_block<const W: usize>(
             let pix = (b * oh + oy) * ow + ox;
             // SAFETY: pixel `pix`, channels `c0..c0 + W` of the output: in range
             // (`pix < N * OH * OW`, `c0 + W <= C`) and written by this task only (tasks own
-            // disjoint (sample, channel block) pairs).
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.at(pix * g.c + c0), W) };
-            dst.copy_from_slice(&acc);
+            // disjoint (sample, channel block) pairs). A raw copy: the output may be
+            // uninitialized memory.
+            unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out.at(pix * g.c + c0), W) };
         }
     }
 }
@@ -959,8 +959,7 @@ fn dw_block_tail(
             );
             let pix = (b * oh + oy) * ow + ox;
             // SAFETY: as in `dw_block`.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.at(pix * g.c + c0), cw) };
-            dst.copy_from_slice(acc);
+            unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out.at(pix * g.c + c0), cw) };
         }
     }
 }
@@ -1029,9 +1028,11 @@ pub fn depthwise(
     if epi.scale.len() != c || epi.shift.len() != c {
         bail!("{OP}: epilogue must have {c} channels");
     }
-    let mut out = vec![0f32; n * oh * ow * c];
+    let len = n * oh * ow * c;
+    // Left uninitialized until the tasks write it (see the `set_len` below).
+    let mut out: Vec<f32> = Vec::with_capacity(len);
     let mut sums = vec![0f32; n * c];
-    if out.is_empty() {
+    if len == 0 {
         return Ok((out, means.then_some(sums)));
     }
     // Taps-major weight, `[k * k, C]`, so each tap's channels are contiguous.
@@ -1052,6 +1053,9 @@ pub fn depthwise(
                 dw_task(x, &wt, g, (oh, ow), b, c0, epi, out_ptr, s);
             });
     });
+    // SAFETY: the tasks cover every (sample, channel block) pair, and each writes every output
+    // pixel of its sample for its channels (`dw_task`), so all `len` elements are written.
+    unsafe { out.set_len(len) };
     let means = means.then(|| {
         let inv = 1.0 / (oh * ow) as f32;
         sums.iter().map(|s| s * inv).collect()
