@@ -223,6 +223,69 @@ pub(crate) fn act_one(v: f32, act: Act) -> f32 {
     }
 }
 
+/// `row[i] = silu(row[i] * scale[i] + shift[i])` for the whole 16-lane vectors of `row`;
+/// returns how many elements it did (a multiple of 16). The same clamps and polynomial as
+/// [`exp`] and [`sigmoid`], with AVX-512's rounding and `scalef` for `2^n` and its 14-bit
+/// reciprocal plus one Newton step (relative error about 1e-8) for the division: about 20
+/// vector operations per 16 outputs where the portable form needs about 30.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `scale` and `shift` must be at least as long as `row`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn silu_affine_avx512(row: &mut [f32], scale: &[f32], shift: &[f32]) -> usize {
+    use std::arch::x86_64::*;
+    let n = row.len() / 16 * 16;
+    if scale.len() < n || shift.len() < n {
+        return 0;
+    }
+    let log2e = _mm512_set1_ps(std::f32::consts::LOG2_E);
+    let (ln2_hi, ln2_lo) = (_mm512_set1_ps(0.693_359_4), _mm512_set1_ps(-2.121_944_4e-4));
+    let (lo, hi) = (_mm512_set1_ps(-87.0), _mm512_set1_ps(80.0));
+    let (one, two) = (_mm512_set1_ps(1.0), _mm512_set1_ps(2.0));
+    let mut coef = [_mm512_setzero_ps(); 7];
+    for (v, c) in coef.iter_mut().zip([
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ]) {
+        *v = _mm512_set1_ps(c);
+    }
+    let (rp, sp, hp) = (row.as_mut_ptr(), scale.as_ptr(), shift.as_ptr());
+    for i in (0..n).step_by(16) {
+        // SAFETY: `i + 16 <= n`, within all three slices (checked above).
+        let (x, sc, sh) = unsafe {
+            (
+                _mm512_loadu_ps(rp.add(i)),
+                _mm512_loadu_ps(sp.add(i)),
+                _mm512_loadu_ps(hp.add(i)),
+            )
+        };
+        let v = _mm512_fmadd_ps(x, sc, sh);
+        // e^-v, with -v clamped as `sigmoid` and `exp` do (a NaN becomes -87 here and stays
+        // NaN through the final product, as in the portable form).
+        let t = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), v), lo), hi);
+        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(t, log2e),
+        );
+        let r = _mm512_fnmadd_ps(k, ln2_lo, _mm512_fnmadd_ps(k, ln2_hi, t));
+        let mut p = coef[0];
+        for &c in &coef[1..] {
+            p = _mm512_fmadd_ps(p, r, c);
+        }
+        let d = _mm512_add_ps(one, _mm512_scalef_ps(p, k));
+        let rc = _mm512_rcp14_ps(d);
+        let rc = _mm512_mul_ps(rc, _mm512_fnmadd_ps(d, rc, two));
+        // SAFETY: as for the loads.
+        unsafe { _mm512_storeu_ps(rp.add(i), _mm512_mul_ps(v, rc)) };
+    }
+    n
+}
+
 /// `row[o] = act(row[o] * scale[o] + shift[o]) (+ res[o])`: one output pixel's channels.
 #[inline(always)]
 fn affine_act_channels(
@@ -235,9 +298,24 @@ fn affine_act_channels(
 ) {
     let n = row.len();
     let (scale, shift) = (&scale[..n], &shift[..n]);
+    // SiLU, the common case, has an AVX-512 form for whole vectors; the rest (and other
+    // CPUs) take the portable loop.
+    #[cfg(target_arch = "x86_64")]
+    let done = if act == Act::Silu && level() == Level::Avx512 {
+        // SAFETY: `level()` reported AVX-512F on this CPU; the slices have equal lengths.
+        unsafe { silu_affine_avx512(row, scale, shift) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     macro_rules! go {
         ($a:expr) => {{
-            for ((v, &sc), &sh) in row.iter_mut().zip(scale).zip(shift) {
+            for ((v, &sc), &sh) in row[done..]
+                .iter_mut()
+                .zip(&scale[done..])
+                .zip(&shift[done..])
+            {
                 *v = act_one(v.mul_add(sc, sh), $a);
             }
             if let Some(r) = res {
@@ -587,70 +665,66 @@ pub fn conv2d(
     (0..tasks)
         .into_par_iter()
         .with_max_len(1)
-        .try_for_each_init(
-            Vec::new,
-            |col_buf: &mut Vec<f32>, task| -> Result<()> {
-                let (rb, cb) = (task / t.col_blocks, task % t.col_blocks);
-                let p0 = rb * t.rows;
-                let rows = t.rows.min(m - p0);
-                let o0 = cb * t.cols;
-                let cols = t.cols.min(o - o0);
-                let a = if pointwise {
-                    Mat {
-                        data: &x[p0 * c..(p0 + rows) * c],
-                        rows,
-                        cols: kdim,
-                        rs: kdim,
-                        cs: 1,
-                    }
-                } else {
-                    col_buf.resize(rows * kdim, 0.0);
-                    im2col_rows(x, g, oh, ow, p0, rows, col_buf);
-                    Mat {
-                        data: col_buf,
-                        rows,
-                        cols: kdim,
-                        rs: kdim,
-                        cs: 1,
-                    }
-                };
-                // W^T restricted to output channels `o0..o0 + cols`: element (kk, j) is
-                // `wk[(o0 + j) * kdim + kk]`.
-                let b = Mat {
-                    data: &wk[o0 * kdim..(o0 + cols) * kdim],
-                    rows: kdim,
-                    cols,
-                    rs: 1,
-                    cs: kdim,
-                };
-                let start = p0 * o + o0;
-                let tile_len = (rows - 1) * o + cols;
-                if start + tile_len > m * o {
-                    bail!("{OP}: internal tiling error");
+        .try_for_each_init(Vec::new, |col_buf: &mut Vec<f32>, task| -> Result<()> {
+            let (rb, cb) = (task / t.col_blocks, task % t.col_blocks);
+            let p0 = rb * t.rows;
+            let rows = t.rows.min(m - p0);
+            let o0 = cb * t.cols;
+            let cols = t.cols.min(o - o0);
+            let a = if pointwise {
+                Mat {
+                    data: &x[p0 * c..(p0 + rows) * c],
+                    rows,
+                    cols: kdim,
+                    rs: kdim,
+                    cs: 1,
                 }
-                // SAFETY: the tile (pixels `p0..p0 + rows`, channels `o0..o0 + cols`) lies in
-                // `out` (checked above); tasks write disjoint tiles; `out` outlives the loop.
-                unsafe { gemm_into(a, b, out_ptr.at(start), o, 1)? };
-                if t.col_blocks == 1 {
-                    // SAFETY: with one channel block the tile is the contiguous range
-                    // `start..start + tile_len`, owned by this task alone.
-                    let tile =
-                        unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), tile_len) };
-                    let res = residual.map(|r| &r[start..start + tile_len]);
-                    epilogue_tile(tile, res, rows, cols, o, o0, epi);
-                } else {
-                    for r in 0..rows {
-                        let at = start + r * o;
-                        // SAFETY: pixel `p0 + r`, channels `o0..o0 + cols`: inside `out` and in
-                        // this task's tile only.
-                        let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(at), cols) };
-                        let res = residual.map(|x| &x[at..at + cols]);
-                        epilogue_tile(row, res, 1, cols, cols, o0, epi);
-                    }
+            } else {
+                col_buf.resize(rows * kdim, 0.0);
+                im2col_rows(x, g, oh, ow, p0, rows, col_buf);
+                Mat {
+                    data: col_buf,
+                    rows,
+                    cols: kdim,
+                    rs: kdim,
+                    cs: 1,
                 }
-                Ok(())
-            },
-        )?;
+            };
+            // W^T restricted to output channels `o0..o0 + cols`: element (kk, j) is
+            // `wk[(o0 + j) * kdim + kk]`.
+            let b = Mat {
+                data: &wk[o0 * kdim..(o0 + cols) * kdim],
+                rows: kdim,
+                cols,
+                rs: 1,
+                cs: kdim,
+            };
+            let start = p0 * o + o0;
+            let tile_len = (rows - 1) * o + cols;
+            if start + tile_len > m * o {
+                bail!("{OP}: internal tiling error");
+            }
+            // SAFETY: the tile (pixels `p0..p0 + rows`, channels `o0..o0 + cols`) lies in
+            // `out` (checked above); tasks write disjoint tiles; `out` outlives the loop.
+            unsafe { gemm_into(a, b, out_ptr.at(start), o, 1)? };
+            if t.col_blocks == 1 {
+                // SAFETY: with one channel block the tile is the contiguous range
+                // `start..start + tile_len`, owned by this task alone.
+                let tile = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), tile_len) };
+                let res = residual.map(|r| &r[start..start + tile_len]);
+                epilogue_tile(tile, res, rows, cols, o, o0, epi);
+            } else {
+                for r in 0..rows {
+                    let at = start + r * o;
+                    // SAFETY: pixel `p0 + r`, channels `o0..o0 + cols`: inside `out` and in
+                    // this task's tile only.
+                    let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(at), cols) };
+                    let res = residual.map(|x| &x[at..at + cols]);
+                    epilogue_tile(row, res, 1, cols, cols, o0, epi);
+                }
+            }
+            Ok(())
+        })?;
     // SAFETY: the tasks' tiles cover `[m, o]`, and each wrote its tile whole (the GEMM
     // overwrites its destination).
     unsafe { out.set_len(m * o) };
@@ -1314,6 +1388,46 @@ mod tests {
         }
         assert!(act_one(-1000.0, Act::Silu).abs() < 1e-30);
         assert!((act_one(1000.0, Act::Silu) - 1000.0).abs() < 1e-3);
+    }
+
+    /// The AVX-512 SiLU epilogue against the exact SiLU (and the portable one), over a
+    /// row long enough for whole vectors and a tail, with extremes and a NaN.
+    #[test]
+    fn silu_epilogue_matches_exact() {
+        let mut x: Vec<f32> = (-3000..3000).map(|i| i as f32 * 0.01).collect();
+        x.extend([-1000.0, -90.0, -87.5, 80.5, 1000.0, f32::NAN, 0.0]);
+        let scale: Vec<f32> = (0..x.len()).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+        let shift: Vec<f32> = (0..x.len()).map(|i| (i % 5) as f32 * 0.1 - 0.2).collect();
+        let mut fast = x.clone();
+        affine_act_channels(&mut fast, &scale, &shift, Act::Silu, None, None);
+        for (i, ((&xi, &sc), &sh)) in x.iter().zip(&scale).zip(&shift).enumerate() {
+            let v = xi.mul_add(sc, sh);
+            if v.is_nan() {
+                assert!(fast[i].is_nan(), "silu(NaN) gave {}", fast[i]);
+                continue;
+            }
+            let exact = (v as f64 / (1.0 + (-v as f64).exp())) as f32;
+            let portable = act_one(v, Act::Silu);
+            let tol = 1e-6 * exact.abs().max(1e-3);
+            assert!(
+                (fast[i] - exact).abs() <= tol,
+                "silu({v}): {} vs {exact}",
+                fast[i]
+            );
+            assert!(
+                (fast[i] - portable).abs() <= tol,
+                "silu({v}): {} vs {portable}",
+                fast[i]
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        if level() == Level::Avx512 {
+            let mut row = vec![1.0f32; 37];
+            // SAFETY: AVX-512 is present (checked); equal lengths.
+            let done = unsafe { silu_affine_avx512(&mut row, &[1.0; 37], &[0.0; 37]) };
+            assert_eq!(done, 32, "whole vectors only");
+            assert_eq!(row[36], 1.0, "the tail is left to the portable loop");
+        }
     }
 
     fn to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
