@@ -23,6 +23,7 @@
 //! These kernels have no backward pass: the layers use them only in eval mode when no input
 //! tracks gradients, and fall back to candle ops otherwise.
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use candle_core::{Result, bail};
@@ -527,6 +528,28 @@ pub(crate) unsafe fn gemm_into(
 // ---------------------------------------------------------------------------------------------
 // Dense convolution.
 
+thread_local! {
+    /// Per-thread scratch for the tasks' im2col tiles and Winograd blocks, reused across tasks
+    /// and calls: rayon builds a fresh `init` value for nearly every task, and a fresh buffer
+    /// costs an allocation, page faults and zeroing that its first use overwrites anyway.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` floats of this thread's scratch. The contents are whatever the last
+/// user left: `f` must write what it reads.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (a task run while another waits): a buffer of its own.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
 /// Task decomposition of the `[M, O]` output (pixels x channels) into tiles.
 #[derive(Clone, Copy, Debug)]
 struct Tiling {
@@ -665,65 +688,68 @@ pub fn conv2d(
     (0..tasks)
         .into_par_iter()
         .with_max_len(1)
-        .try_for_each_init(Vec::new, |col_buf: &mut Vec<f32>, task| -> Result<()> {
+        .try_for_each(|task| -> Result<()> {
             let (rb, cb) = (task / t.col_blocks, task % t.col_blocks);
             let p0 = rb * t.rows;
             let rows = t.rows.min(m - p0);
             let o0 = cb * t.cols;
             let cols = t.cols.min(o - o0);
-            let a = if pointwise {
-                Mat {
-                    data: &x[p0 * c..(p0 + rows) * c],
-                    rows,
-                    cols: kdim,
-                    rs: kdim,
-                    cs: 1,
+            let scratch_len = if pointwise { 0 } else { rows * kdim };
+            with_scratch(scratch_len, |col_buf| -> Result<()> {
+                let a = if pointwise {
+                    Mat {
+                        data: &x[p0 * c..(p0 + rows) * c],
+                        rows,
+                        cols: kdim,
+                        rs: kdim,
+                        cs: 1,
+                    }
+                } else {
+                    im2col_rows(x, g, oh, ow, p0, rows, col_buf);
+                    Mat {
+                        data: col_buf,
+                        rows,
+                        cols: kdim,
+                        rs: kdim,
+                        cs: 1,
+                    }
+                };
+                // W^T restricted to output channels `o0..o0 + cols`: element (kk, j) is
+                // `wk[(o0 + j) * kdim + kk]`.
+                let b = Mat {
+                    data: &wk[o0 * kdim..(o0 + cols) * kdim],
+                    rows: kdim,
+                    cols,
+                    rs: 1,
+                    cs: kdim,
+                };
+                let start = p0 * o + o0;
+                let tile_len = (rows - 1) * o + cols;
+                if start + tile_len > m * o {
+                    bail!("{OP}: internal tiling error");
                 }
-            } else {
-                col_buf.resize(rows * kdim, 0.0);
-                im2col_rows(x, g, oh, ow, p0, rows, col_buf);
-                Mat {
-                    data: col_buf,
-                    rows,
-                    cols: kdim,
-                    rs: kdim,
-                    cs: 1,
+                // SAFETY: the tile (pixels `p0..p0 + rows`, channels `o0..o0 + cols`) lies in
+                // `out` (checked above); tasks write disjoint tiles; `out` outlives the loop.
+                unsafe { gemm_into(a, b, out_ptr.at(start), o, 1)? };
+                if t.col_blocks == 1 {
+                    // SAFETY: with one channel block the tile is the contiguous range
+                    // `start..start + tile_len`, owned by this task alone.
+                    let tile =
+                        unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), tile_len) };
+                    let res = residual.map(|r| &r[start..start + tile_len]);
+                    epilogue_tile(tile, res, rows, cols, o, o0, epi);
+                } else {
+                    for r in 0..rows {
+                        let at = start + r * o;
+                        // SAFETY: pixel `p0 + r`, channels `o0..o0 + cols`: inside `out` and in
+                        // this task's tile only.
+                        let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(at), cols) };
+                        let res = residual.map(|x| &x[at..at + cols]);
+                        epilogue_tile(row, res, 1, cols, cols, o0, epi);
+                    }
                 }
-            };
-            // W^T restricted to output channels `o0..o0 + cols`: element (kk, j) is
-            // `wk[(o0 + j) * kdim + kk]`.
-            let b = Mat {
-                data: &wk[o0 * kdim..(o0 + cols) * kdim],
-                rows: kdim,
-                cols,
-                rs: 1,
-                cs: kdim,
-            };
-            let start = p0 * o + o0;
-            let tile_len = (rows - 1) * o + cols;
-            if start + tile_len > m * o {
-                bail!("{OP}: internal tiling error");
-            }
-            // SAFETY: the tile (pixels `p0..p0 + rows`, channels `o0..o0 + cols`) lies in
-            // `out` (checked above); tasks write disjoint tiles; `out` outlives the loop.
-            unsafe { gemm_into(a, b, out_ptr.at(start), o, 1)? };
-            if t.col_blocks == 1 {
-                // SAFETY: with one channel block the tile is the contiguous range
-                // `start..start + tile_len`, owned by this task alone.
-                let tile = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), tile_len) };
-                let res = residual.map(|r| &r[start..start + tile_len]);
-                epilogue_tile(tile, res, rows, cols, o, o0, epi);
-            } else {
-                for r in 0..rows {
-                    let at = start + r * o;
-                    // SAFETY: pixel `p0 + r`, channels `o0..o0 + cols`: inside `out` and in
-                    // this task's tile only.
-                    let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(at), cols) };
-                    let res = residual.map(|x| &x[at..at + cols]);
-                    epilogue_tile(row, res, 1, cols, cols, o0, epi);
-                }
-            }
-            Ok(())
+                Ok(())
+            })
         })?;
     // SAFETY: the tasks' tiles cover `[m, o]`, and each wrote its tile whole (the GEMM
     // overwrites its destination).
@@ -851,13 +877,12 @@ fn conv2d_winograd(
     (0..blocks)
         .into_par_iter()
         .with_max_len(1)
-        .try_for_each_init(
-            || (Vec::new(), Vec::new(), vec![0f32; 4 * o]),
-            |(vb, mb, yb): &mut (Vec<f32>, Vec<f32>, Vec<f32>), blk| -> Result<()> {
-                let t0 = blk * tb;
-                let nt = tb.min(tiles - t0);
-                vb.resize(16 * nt * c, 0.0);
-                mb.resize(16 * nt * o, 0.0);
+        .try_for_each(|blk| -> Result<()> {
+            let t0 = blk * tb;
+            let nt = tb.min(tiles - t0);
+            with_scratch(16 * nt * (c + o) + 4 * o, |buf| -> Result<()> {
+                let (vb, rest) = buf.split_at_mut(16 * nt * c);
+                let (mb, yb) = rest.split_at_mut(16 * nt * o);
                 for t in 0..nt {
                     let tile = t0 + t;
                     let (b, rest) = (tile / (th * tw), tile % (th * tw));
@@ -912,8 +937,8 @@ fn conv2d_winograd(
                     }
                 }
                 Ok(())
-            },
-        )
+            })
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
