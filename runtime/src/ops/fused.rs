@@ -1519,6 +1519,28 @@ mod tests {
             (2, 16, 9, 7, 64, 3, 1, Padding2d::symmetric(1)),
             (1, 32, 30, 28, 72, 3, 1, Padding2d::symmetric(1)),
             (3, 20, 1, 3, 80, 3, 1, Padding2d::symmetric(1)),
+            // The thin layers of the first stages (16 to 48 outputs, 16- to 48-lane GEMM
+            // kernels and their tails), stride 2, asymmetric padding, 5x5.
+            (2, 32, 20, 26, 16, 3, 1, Padding2d::symmetric(1)),
+            (
+                1,
+                16,
+                17,
+                23,
+                32,
+                3,
+                2,
+                Padding2d {
+                    top: 0,
+                    bottom: 1,
+                    left: 1,
+                    right: 1,
+                },
+            ),
+            (2, 24, 13, 30, 24, 3, 1, Padding2d::symmetric(1)),
+            (1, 8, 11, 40, 48, 3, 1, Padding2d::symmetric(1)),
+            (1, 6, 19, 29, 40, 5, 2, Padding2d::symmetric(2)),
+            (1, 3, 9, 9, 17, 3, 1, Padding2d::zero()),
         ];
         for (idx, &(n, c, h, w, o, k, stride, pad)) in cases.iter().enumerate() {
             let g = ConvGeom {
