@@ -159,6 +159,21 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+/// `with_act!(act, go)` runs the local macro `go!` with the matching [`Act`] variant as a
+/// constant, so each activation gets its own loop with `act_one` folded to that case.
+macro_rules! with_act {
+    ($act:expr, $go:ident) => {
+        match $act {
+            Act::Identity => $go!(Act::Identity),
+            Act::Silu => $go!(Act::Silu),
+            Act::Relu => $go!(Act::Relu),
+            Act::Relu6 => $go!(Act::Relu6),
+            Act::HardSwish => $go!(Act::HardSwish),
+        }
+    };
+}
+pub(crate) use with_act;
+
 // ---------------------------------------------------------------------------------------------
 // Element-wise math.
 
@@ -331,13 +346,7 @@ fn affine_act_channels(
             }
         }};
     }
-    match act {
-        Act::Identity => go!(Act::Identity),
-        Act::Silu => go!(Act::Silu),
-        Act::Relu => go!(Act::Relu),
-        Act::Relu6 => go!(Act::Relu6),
-        Act::HardSwish => go!(Act::HardSwish),
-    }
+    with_act!(act, go)
 }
 
 multiversion! {
@@ -704,33 +713,17 @@ pub fn conv2d(
             let cols = t.cols.min(o - o0);
             let scratch_len = if pointwise { 0 } else { rows * kdim };
             with_scratch(scratch_len, |col_buf| -> Result<()> {
-                let a = if pointwise {
-                    Mat {
-                        data: &x[p0 * c..(p0 + rows) * c],
-                        rows,
-                        cols: kdim,
-                        rs: kdim,
-                        cs: 1,
-                    }
+                // The tile's input rows: the NHWC input itself for a 1x1 convolution, else
+                // its im2col rows.
+                let a_data: &[f32] = if pointwise {
+                    &x[p0 * c..(p0 + rows) * c]
                 } else {
                     im2col_rows(x, g, oh, ow, p0, rows, col_buf);
-                    Mat {
-                        data: col_buf,
-                        rows,
-                        cols: kdim,
-                        rs: kdim,
-                        cs: 1,
-                    }
+                    col_buf
                 };
-                // W^T restricted to output channels `o0..o0 + cols`: element (kk, j) is
-                // `wk[(o0 + j) * kdim + kk]`.
-                let b = Mat {
-                    data: &wk[o0 * kdim..(o0 + cols) * kdim],
-                    rows: kdim,
-                    cols,
-                    rs: 1,
-                    cs: kdim,
-                };
+                let a = Mat::row_major(a_data, rows, kdim);
+                // W^T restricted to output channels `o0..o0 + cols`.
+                let b = Mat::row_major(&wk[o0 * kdim..(o0 + cols) * kdim], cols, kdim).t();
                 let start = p0 * o + o0;
                 let tile_len = (rows - 1) * o + cols;
                 if start + tile_len > m * o {

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use super::cpu_data::sum_partials;
 use super::fused::{
     Act, ConvGeom, Mat, act_one, gemm_into, im2col_rows, multiversion, nchw_to_nhwc, nhwc_to_nchw,
-    sigmoid,
+    sigmoid, with_act,
 };
 #[cfg(target_arch = "x86_64")]
 use super::fused::{Level, level};
@@ -110,13 +110,7 @@ multiversion! {
                 }
             }};
         }
-        match act {
-            Act::Identity => go!(Act::Identity),
-            Act::Silu => go!(Act::Silu),
-            Act::Relu => go!(Act::Relu),
-            Act::Relu6 => go!(Act::Relu6),
-            Act::HardSwish => go!(Act::HardSwish),
-        }
+        with_act!(act, go)
     }
 }
 
@@ -210,13 +204,7 @@ multiversion! {
                 }
             }};
         }
-        match bn.act {
-            Act::Identity => go!(Act::Identity),
-            Act::Silu => go!(Act::Silu),
-            Act::Relu => go!(Act::Relu),
-            Act::Relu6 => go!(Act::Relu6),
-            Act::HardSwish => go!(Act::HardSwish),
-        }
+        with_act!(bn.act, go);
         for ch in 0..c {
             acc[ch] += f64::from(db[ch]);
             acc[c + ch] += f64::from(dw[ch]);
