@@ -1,6 +1,7 @@
 //! The fused dense convolution (`effnet_runtime::ops::fused::conv2d`: GEMM + BatchNorm +
 //! activation) on tf_efficientnetv2_b0's shapes at 224x224, batch 8: the layers that hold
-//! most of its inference time. Used to compare kernel changes A/B on one machine.
+//! most of its inference time, each on our AVX-512 GEMM kernel (the default) and on the
+//! `gemm` crate (`/gemm_crate`, the portable path), side by side in one run.
 //!
 //! Run with `RAYON_NUM_THREADS=2 cargo bench -p effnet-runtime --bench fused_conv --
 //! --warm-up-time 1 --measurement-time 3`.
@@ -9,7 +10,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use effnet_runtime::ops::Padding2d;
-use effnet_runtime::ops::fused::{Act, ConvGeom, Epilogue, conv2d};
+use effnet_runtime::ops::fused::{
+    Act, ConvGeom, ConvWeights, Epilogue, GemmKernel, conv2d_prepared,
+};
 
 /// One dense layer: input channels, output channels, input size, kernel, stride.
 struct Shape {
@@ -24,6 +27,15 @@ struct Shape {
 const BATCH: usize = 8;
 
 const SHAPES: &[Shape] = &[
+    // The stem: 3 -> 32, 3x3 stride 2 at 224x224 (a K of only 27).
+    Shape {
+        name: "stem_k3s2_3to32_224",
+        c: 3,
+        o: 32,
+        hw: 224,
+        k: 3,
+        stride: 2,
+    },
     // Stage 1 (Fused-MBConv e1: one 3x3 convolution, 32 -> 16 at 112x112), and
     // efficientnetv2_s's 24-channel version of it.
     Shape {
@@ -148,9 +160,18 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Elements(
             (2 * BATCH * oh * ow * s.o * s.c * s.k * s.k) as u64,
         ));
-        group.bench_function(s.name, |b| {
-            b.iter(|| conv2d(black_box(&x), black_box(&w), &g, &epi, None).map(|y| y.len()))
-        });
+        for (tag, kernel) in [
+            ("", GemmKernel::Best),
+            ("/gemm_crate", GemmKernel::GemmCrate),
+        ] {
+            // Prepared once, as a layer keeps them.
+            let Ok(cw) = ConvWeights::new(&w, &g, kernel) else {
+                continue;
+            };
+            group.bench_function(format!("{}{tag}", s.name), |b| {
+                b.iter(|| conv2d_prepared(black_box(&x), &cw, &g, &epi, None).map(|y| y.len()))
+            });
+        }
         group.finish();
     }
 }

@@ -2,7 +2,7 @@
 //! BatchNorm (eval from running statistics, train with running-statistic updates),
 //! activations, squeeze-excitation, stochastic depth and dropout.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, D, DType, Device, Module, Storage, StorageRef, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -30,6 +30,50 @@ pub struct Conv2d {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     padding: PaddingMode,
+    /// The weight prepared for the fused kernels, made on first use.
+    fused_weights: FusedWeightCache,
+}
+
+/// The fused kernels' form of a convolution's weight ([`fused::ConvWeights`]), kept with the
+/// id of the tensor it came from: a tensor outside autograd never changes its values, so the
+/// id says whether the cache still holds (a new `weight`, or a new geometry, rebuilds it).
+#[derive(Default)]
+struct FusedWeightCache(Mutex<Option<(candle_core::TensorId, Arc<fused::ConvWeights>)>>);
+
+impl FusedWeightCache {
+    fn get(
+        &self,
+        weight: &Tensor,
+        w: &[f32],
+        g: &ConvGeom,
+    ) -> candle_core::Result<Arc<fused::ConvWeights>> {
+        let mut slot = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((id, cw)) = slot.as_ref()
+            && *id == weight.id()
+            && cw.fits(g)
+        {
+            return Ok(Arc::clone(cw));
+        }
+        let cw = Arc::new(fused::ConvWeights::new(w, g, fused::GemmKernel::Best)?);
+        *slot = Some((weight.id(), Arc::clone(&cw)));
+        Ok(cw)
+    }
+}
+
+impl Clone for FusedWeightCache {
+    /// A clone starts empty: it rebuilds on first use (cheaply, once).
+    fn clone(&self) -> Self {
+        FusedWeightCache::default()
+    }
+}
+
+impl std::fmt::Debug for FusedWeightCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FusedWeightCache")
+    }
 }
 
 impl Conv2d {
@@ -48,6 +92,7 @@ impl Conv2d {
             weight,
             bias,
             padding,
+            fused_weights: FusedWeightCache::default(),
         })
     }
 
@@ -634,7 +679,8 @@ pub(crate) fn fused_conv_bn_act(
             dtype: x.dtype,
         }));
     }
-    let data = fused::conv2d(&x.data, wv.get(), &g, &epi, residual)?;
+    let cw = conv.fused_weights.get(&conv.weight, wv.get(), &g)?;
+    let data = fused::conv2d_prepared(&x.data, &cw, &g, &epi, residual)?;
     let means = want_means.then(|| fused::channel_means(&data, n, oh * ow, o));
     Ok(Some(FusedMap {
         data,

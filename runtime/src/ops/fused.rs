@@ -6,9 +6,11 @@
 //!   `Y[N*OH*OW, O] = X[N*OH*OW, C*k*k] x W^T`: a 1x1 stride-1 convolution reads the input
 //!   directly (channels last *is* the GEMM's row-major left operand, so the batch folds into
 //!   the rows for free), other kernels build an im2col tile per task (for each output pixel
-//!   and kernel row, one contiguous copy of `k * C` floats). The products run on the `gemm`
-//!   crate (AVX-512 / AVX2 kernels chosen at run time) one output tile at a time, and the
-//!   epilogue (affine, activation, residual) runs on the tile right after.
+//!   and kernel row, one contiguous copy of `k * C` floats). On AVX-512 the products run on
+//!   our own kernel (`avx512_gemm`: weights packed once per layer in [`ConvWeights`], the
+//!   epilogue applied before the tile leaves L1); elsewhere on the `gemm` crate (AVX2 or
+//!   portable kernels chosen at run time) one output tile at a time, with the epilogue
+//!   (affine, activation, residual) on the tile right after.
 //! * [`depthwise`]: depthwise convolution vectorized across channels, the epilogue fused,
 //!   and optionally the per-channel means of the output (the squeeze of a following
 //!   squeeze-excitation) accumulated on the way.
@@ -30,6 +32,8 @@ use candle_core::{Result, bail};
 use rayon::prelude::*;
 
 use super::Padding2d;
+#[cfg(target_arch = "x86_64")]
+use super::avx512_gemm::{PackedWeight, Tile, TileEpilogue, gemm_tile};
 
 /// An activation the fused kernels apply in their epilogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -239,11 +243,53 @@ pub(crate) fn act_one(v: f32, act: Act) -> f32 {
     }
 }
 
-/// `row[i] = silu(row[i] * scale[i] + shift[i])` for the whole 16-lane vectors of `row`;
-/// returns how many elements it did (a multiple of 16). The same clamps and polynomial as
-/// [`exp`] and [`sigmoid`], with AVX-512's rounding and `scalef` for `2^n` and its 14-bit
-/// reciprocal plus one Newton step (relative error about 1e-8) for the division: about 20
-/// vector operations per 16 outputs where the portable form needs about 30.
+/// `silu(v)` on one vector: the same clamps and polynomial as [`exp`] and [`sigmoid`], with
+/// AVX-512's rounding and `scalef` for `2^n` and its 14-bit reciprocal plus one Newton step
+/// (relative error about 1e-8) for the division: about 19 vector operations per 16 outputs
+/// where the portable form needs about 30. A NaN stays NaN.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn silu_zmm(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    const COEF: [f32; 7] = [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ];
+    // e^-v, with -v clamped as `sigmoid` and `exp` do (a NaN becomes -87 here and stays NaN
+    // through the final product, as in the portable form).
+    let t = _mm512_min_ps(
+        _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), v), _mm512_set1_ps(-87.0)),
+        _mm512_set1_ps(80.0),
+    );
+    let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(t, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(
+        k,
+        _mm512_set1_ps(-2.121_944_4e-4),
+        _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_359_4), t),
+    );
+    let mut p = _mm512_set1_ps(COEF[0]);
+    for &c in &COEF[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let d = _mm512_add_ps(_mm512_set1_ps(1.0), _mm512_scalef_ps(p, k));
+    let rc = _mm512_rcp14_ps(d);
+    let rc = _mm512_mul_ps(rc, _mm512_fnmadd_ps(d, rc, _mm512_set1_ps(2.0)));
+    _mm512_mul_ps(v, rc)
+}
+
+/// `row[i] = silu(row[i] * scale[i] + shift[i])` for the whole 16-lane vectors of `row`
+/// ([`silu_zmm`]); returns how many elements it did (a multiple of 16).
 ///
 /// # Safety
 /// The CPU must have AVX-512F; `scale` and `shift` must be at least as long as `row`.
@@ -255,49 +301,18 @@ unsafe fn silu_affine_avx512(row: &mut [f32], scale: &[f32], shift: &[f32]) -> u
     if scale.len() < n || shift.len() < n {
         return 0;
     }
-    let log2e = _mm512_set1_ps(std::f32::consts::LOG2_E);
-    let (ln2_hi, ln2_lo) = (_mm512_set1_ps(0.693_359_4), _mm512_set1_ps(-2.121_944_4e-4));
-    let (lo, hi) = (_mm512_set1_ps(-87.0), _mm512_set1_ps(80.0));
-    let (one, two) = (_mm512_set1_ps(1.0), _mm512_set1_ps(2.0));
-    let mut coef = [_mm512_setzero_ps(); 7];
-    for (v, c) in coef.iter_mut().zip([
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ]) {
-        *v = _mm512_set1_ps(c);
-    }
     let (rp, sp, hp) = (row.as_mut_ptr(), scale.as_ptr(), shift.as_ptr());
     for i in (0..n).step_by(16) {
-        // SAFETY: `i + 16 <= n`, within all three slices (checked above).
-        let (x, sc, sh) = unsafe {
-            (
+        // SAFETY: `i + 16 <= n`, within all three slices (checked above); AVX-512F is the
+        // caller's guarantee.
+        unsafe {
+            let v = _mm512_fmadd_ps(
                 _mm512_loadu_ps(rp.add(i)),
                 _mm512_loadu_ps(sp.add(i)),
                 _mm512_loadu_ps(hp.add(i)),
-            )
-        };
-        let v = _mm512_fmadd_ps(x, sc, sh);
-        // e^-v, with -v clamped as `sigmoid` and `exp` do (a NaN becomes -87 here and stays
-        // NaN through the final product, as in the portable form).
-        let t = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), v), lo), hi);
-        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(t, log2e),
-        );
-        let r = _mm512_fnmadd_ps(k, ln2_lo, _mm512_fnmadd_ps(k, ln2_hi, t));
-        let mut p = coef[0];
-        for &c in &coef[1..] {
-            p = _mm512_fmadd_ps(p, r, c);
+            );
+            _mm512_storeu_ps(rp.add(i), silu_zmm(v));
         }
-        let d = _mm512_add_ps(one, _mm512_scalef_ps(p, k));
-        let rc = _mm512_rcp14_ps(d);
-        let rc = _mm512_mul_ps(rc, _mm512_fnmadd_ps(d, rc, two));
-        // SAFETY: as for the loads.
-        unsafe { _mm512_storeu_ps(rp.add(i), _mm512_mul_ps(v, rc)) };
     }
     n
 }
@@ -588,7 +603,7 @@ fn tiling(m: usize, o: usize, kdim: usize, pointwise: bool) -> Tiling {
     let rows = m.div_ceil(row_blocks).div_ceil(8) * 8;
     let row_blocks = m.div_ceil(rows.max(1)).max(1);
     // Too few pixel tiles to keep every thread busy (small maps, small batches): split the
-    // output channels too, in multiples of 16.
+    // output channels too, in multiples of 64.
     let want = if pointwise { 2 * threads } else { 3 * threads };
     let col_blocks = if threads > 1 && row_blocks < want {
         want.div_ceil(row_blocks).min(o.div_ceil(64)).max(1)
@@ -596,9 +611,10 @@ fn tiling(m: usize, o: usize, kdim: usize, pointwise: bool) -> Tiling {
         1
     };
     // Output tiles of at most 512 KB, so the epilogue finds the tile in L2.
-    let max_cols = ((1usize << 17) / rows.max(1) / 16 * 16).max(16);
+    let max_cols = ((1usize << 17) / rows.max(1) / 64 * 64).max(64);
     let col_blocks = col_blocks.max(o.div_ceil(max_cols));
-    let cols = o.div_ceil(col_blocks).div_ceil(16) * 16;
+    // Whole groups of 64 channels: the width of the GEMM kernels (ours and the gemm crate's).
+    let cols = o.div_ceil(col_blocks).div_ceil(64) * 64;
     let col_blocks = o.div_ceil(cols.max(1)).max(1);
     Tiling {
         rows,
@@ -657,18 +673,124 @@ pub fn conv2d(
     epi: &Epilogue<'_>,
     residual: Option<&[f32]>,
 ) -> Result<Vec<f32>> {
+    conv2d_with(x, w, g, epi, residual, GemmKernel::Best)
+}
+
+/// Which GEMM [`conv2d_with`] runs its tiles on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmKernel {
+    /// Our AVX-512 kernel with the epilogue in registers where the CPU has AVX-512F, else
+    /// the `gemm` crate: what [`conv2d`] uses.
+    Best,
+    /// Always the `gemm` crate plus a separate epilogue pass: the portable path, for tests
+    /// and side-by-side benchmarks on AVX-512 machines.
+    GemmCrate,
+}
+
+/// A dense convolution's weights (`[O, C, k, k]`) in the forms [`conv2d_prepared`] reads:
+/// the Winograd domain for the layers that run as Winograd, else packed for our AVX-512
+/// kernel, else in im2col column order for the `gemm` crate. Preparing is a pass over the
+/// weights; a layer that runs many times keeps its `ConvWeights` (for a 7x7 layer at batch 8
+/// the repacking cost about a fifth of the layer's time).
+pub struct ConvWeights {
+    o: usize,
+    c: usize,
+    k: usize,
+    winograd: Option<Vec<f32>>,
+    #[cfg(target_arch = "x86_64")]
+    packed: Option<PackedWeight>,
+    /// `[O, k, k, C]` (the im2col column order), for the `gemm` crate; empty otherwise.
+    plain: Vec<f32>,
+}
+
+impl ConvWeights {
+    /// Prepares `w` for convolutions of geometry `g` (its channels, kernel, stride and
+    /// padding) on `kernel`.
+    pub fn new(w: &[f32], g: &ConvGeom, kernel: GemmKernel) -> Result<Self> {
+        let (o, c, k) = (g.o, g.c, g.k);
+        if w.len() != o * c * k * k {
+            bail!(
+                "fused conv2d: weight has {} elements; expected {o}x{c}x{k}x{k}",
+                w.len()
+            );
+        }
+        let mut cw = ConvWeights {
+            o,
+            c,
+            k,
+            winograd: None,
+            #[cfg(target_arch = "x86_64")]
+            packed: None,
+            plain: Vec::new(),
+        };
+        if winograd_applies(g) {
+            cw.winograd = Some(winograd_weight(w, c, o));
+            return Ok(cw);
+        }
+        // The weight as `[O, k, k, C]`, the column order of the im2col rows (per output
+        // channel, `[C, k * k]` transposed to `[k * k, C]`).
+        let wk = if k == 1 {
+            w.to_vec()
+        } else {
+            nchw_to_nhwc(w, o, c, k * k)
+        };
+        #[cfg(target_arch = "x86_64")]
+        if kernel == GemmKernel::Best && level() == Level::Avx512 {
+            cw.packed = Some(PackedWeight::new(&wk, o, c * k * k));
+            return Ok(cw);
+        }
+        let _ = kernel;
+        cw.plain = wk;
+        Ok(cw)
+    }
+
+    /// Whether these weights serve a convolution of geometry `g`.
+    pub fn fits(&self, g: &ConvGeom) -> bool {
+        (self.o, self.c, self.k) == (g.o, g.c, g.k)
+            && self.winograd.is_some() == winograd_applies(g)
+    }
+}
+
+/// [`conv2d`] on a chosen GEMM kernel (Winograd layers run the same either way).
+pub fn conv2d_with(
+    x: &[f32],
+    w: &[f32],
+    g: &ConvGeom,
+    epi: &Epilogue<'_>,
+    residual: Option<&[f32]>,
+    kernel: GemmKernel,
+) -> Result<Vec<f32>> {
+    g.check("fused conv2d")?;
+    conv2d_prepared(x, &ConvWeights::new(w, g, kernel)?, g, epi, residual)
+}
+
+/// [`conv2d`] with weights prepared beforehand by [`ConvWeights::new`] (for this geometry:
+/// an error otherwise).
+pub fn conv2d_prepared(
+    x: &[f32],
+    cw: &ConvWeights,
+    g: &ConvGeom,
+    epi: &Epilogue<'_>,
+    residual: Option<&[f32]>,
+) -> Result<Vec<f32>> {
     const OP: &str = "fused conv2d";
     let (oh, ow) = g.check(OP)?;
     let (n, c, o, k) = (g.n, g.c, g.o, g.k);
     let m = n * oh * ow;
     let kdim = c * k * k;
-    if x.len() != n * g.h * g.w * c || w.len() != o * kdim {
+    if x.len() != n * g.h * g.w * c {
         bail!(
-            "{OP}: input has {} elements, weight {}; expected {} and {}",
+            "{OP}: input has {} elements; expected {}",
             x.len(),
-            w.len(),
-            n * g.h * g.w * c,
-            o * kdim
+            n * g.h * g.w * c
+        );
+    }
+    if !cw.fits(g) {
+        bail!(
+            "{OP}: weights prepared for {}x{}x{k2}x{k2} do not fit a {o}x{c}x{k}x{k} layer",
+            cw.o,
+            cw.c,
+            k2 = cw.k
         );
     }
     if epi.scale.len() != o || epi.shift.len() != o {
@@ -685,21 +807,15 @@ pub fn conv2d(
         return Ok(out);
     }
     let out_ptr = OutPtr(out.as_mut_ptr());
-    if winograd_applies(g) {
-        conv2d_winograd(x, w, g, epi, residual, out_ptr, m * o)?;
+    if let Some(u) = &cw.winograd {
+        conv2d_winograd(x, u, g, epi, residual, out_ptr, m * o)?;
         // SAFETY: the Winograd tiles cover every output pixel, each written whole.
         unsafe { out.set_len(m * o) };
         return Ok(out);
     }
-    // The weight as `[O, k, k, C]`, the column order of the im2col rows.
-    let permuted;
-    let wk: &[f32] = if k == 1 {
-        w
-    } else {
-        // Per output channel, `[C, k * k]` transposed to `[k * k, C]`.
-        permuted = nchw_to_nhwc(w, o, c, k * k);
-        &permuted
-    };
+    #[cfg(target_arch = "x86_64")]
+    let packed = cw.packed.as_ref();
+    let wk = cw.plain.as_slice();
     let t = tiling(m, o, kdim, pointwise);
     let tasks = t.row_blocks * t.col_blocks;
     (0..tasks)
@@ -722,6 +838,29 @@ pub fn conv2d(
                     col_buf
                 };
                 let a = Mat::row_major(a_data, rows, kdim);
+                #[cfg(target_arch = "x86_64")]
+                if let Some(pw) = packed {
+                    let tile = Tile {
+                        a: a_data,
+                        lda: kdim,
+                        rows,
+                        o0,
+                        cols,
+                        res: residual.map(|r| &r[p0 * o..]),
+                    };
+                    let tepi = TileEpilogue {
+                        scale: epi.scale,
+                        shift: epi.shift,
+                        act: epi.act,
+                    };
+                    // SAFETY: the tile (pixels `p0..p0 + rows`, channels `o0..o0 + cols`)
+                    // lies in `out` (`p0 + rows <= m`, `o0 + cols <= o`); tasks write disjoint
+                    // tiles; `out` outlives the loop.
+                    if unsafe { gemm_tile(&tile, pw, &tepi, out_ptr.at(p0 * o), o) } {
+                        return Ok(());
+                    }
+                    bail!("{OP}: internal tiling error");
+                }
                 // W^T restricted to output channels `o0..o0 + cols`.
                 let b = Mat::row_major(&wk[o0 * kdim..(o0 + cols) * kdim], cols, kdim).t();
                 let start = p0 * o + o0;
@@ -855,7 +994,7 @@ multiversion! {
 /// valid for that many writes).
 fn conv2d_winograd(
     x: &[f32],
-    w: &[f32],
+    u: &[f32],
     g: &ConvGeom,
     epi: &Epilogue<'_>,
     residual: Option<&[f32]>,
@@ -866,7 +1005,6 @@ fn conv2d_winograd(
     // Output size equals input size (k 3, stride 1, padding 1).
     let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
     let tiles = n * th * tw;
-    let u = winograd_weight(w, c, o);
     // Tiles per task: the 16 transformed inputs and products of a block stay within about
     // 1 MB (L2), and every thread gets several blocks.
     let threads = rayon::current_num_threads().max(1);
@@ -1534,6 +1672,13 @@ mod tests {
             (1, 8, 11, 40, 48, 3, 1, Padding2d::symmetric(1)),
             (1, 6, 19, 29, 40, 5, 2, Padding2d::symmetric(2)),
             (1, 3, 9, 9, 17, 3, 1, Padding2d::zero()),
+            // Our AVX-512 kernel: K over its block (several partial sums per output), groups of
+            // 64 channels with a narrower, masked last group (200 = 3 * 64 + 8), one channel,
+            // pixel counts that leave a tail of every size, a 3x3 stride-2 K of 432.
+            (2, 400, 5, 7, 200, 1, 1, Padding2d::zero()),
+            (1, 130, 4, 5, 1, 1, 1, Padding2d::zero()),
+            (3, 48, 9, 11, 112, 3, 2, Padding2d::symmetric(1)),
+            (1, 24, 13, 1, 80, 1, 1, Padding2d::zero()),
         ];
         for (idx, &(n, c, h, w, o, k, stride, pad)) in cases.iter().enumerate() {
             let g = ConvGeom {
@@ -1551,26 +1696,78 @@ mod tests {
             let scale = data(o, 200 + idx as u64);
             let shift = data(o, 300 + idx as u64);
             let (oh, ow) = g.check("t").unwrap();
-            for act in [Act::Identity, Act::Silu, Act::Relu6, Act::HardSwish] {
+            let acts = [
+                Act::Identity,
+                Act::Silu,
+                Act::Relu,
+                Act::Relu6,
+                Act::HardSwish,
+            ];
+            for (act, kernel) in acts
+                .into_iter()
+                .flat_map(|a| [(a, GemmKernel::Best), (a, GemmKernel::GemmCrate)])
+            {
                 let epi = Epilogue {
                     scale: &scale,
                     shift: &shift,
                     act,
                 };
                 let res = data(n * o * oh * ow, 400);
-                let got = conv2d(
+                let want = conv_ref(&x, &wt, &g, false, &epi, None, Some(&res));
+                let got = conv2d_with(
                     &to_nhwc(&x, n, c, h, w),
                     &wt,
                     &g,
                     &epi,
                     Some(&to_nhwc(&res, n, o, oh, ow)),
+                    kernel,
                 )
                 .unwrap();
                 let got = nhwc_to_nchw(&got, n, oh * ow, o);
-                let want = conv_ref(&x, &wt, &g, false, &epi, None, Some(&res));
-                assert!(max_diff(&got, &want) < 1e-4, "case {idx} {act:?}");
+                assert!(
+                    max_diff(&got, &want) < 1e-4,
+                    "case {idx} {act:?} {kernel:?}"
+                );
+                // Without a residual too (the kernel's other epilogue).
+                let got = conv2d_with(&to_nhwc(&x, n, c, h, w), &wt, &g, &epi, None, kernel);
+                let got = nhwc_to_nchw(&got.unwrap(), n, oh * ow, o);
+                let want = conv_ref(&x, &wt, &g, false, &epi, None, None);
+                assert!(
+                    max_diff(&got, &want) < 1e-4,
+                    "case {idx} {act:?} {kernel:?}, no residual"
+                );
             }
         }
+    }
+
+    #[test]
+    fn prepared_weights_must_fit_the_layer() {
+        let g = ConvGeom {
+            n: 1,
+            c: 16,
+            h: 6,
+            w: 6,
+            o: 64,
+            k: 3,
+            stride: 2,
+            pad: Padding2d::symmetric(1),
+        };
+        let w = data(64 * 16 * 9, 1);
+        assert!(ConvWeights::new(&w[1..], &g, GemmKernel::Best).is_err());
+        let cw = ConvWeights::new(&w, &g, GemmKernel::Best).unwrap();
+        let scale = vec![1.0; 64];
+        let epi = Epilogue {
+            scale: &scale,
+            shift: &scale,
+            act: Act::Identity,
+        };
+        let x = data(6 * 6 * 16, 2);
+        assert!(conv2d_prepared(&x, &cw, &g, &epi, None).is_ok());
+        // The same weights for a stride-1 layer would run as Winograd: prepared otherwise.
+        let g1 = ConvGeom { stride: 1, ..g };
+        let err = conv2d_prepared(&x, &cw, &g1, &epi, None).unwrap_err();
+        assert!(err.to_string().contains("do not fit"), "{err}");
+        assert!(cw.fits(&g) && !cw.fits(&g1));
     }
 
     #[test]

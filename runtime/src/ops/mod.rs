@@ -12,6 +12,8 @@
 //!   (`train_gemm`): dense convolutions as single autograd nodes on GEMM kernels, forward and
 //!   backward, so training does not go through candle's `conv_transpose2d` backward.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512_gemm;
 pub(crate) mod cpu_data;
 pub mod depthwise;
 mod elem;

@@ -1,0 +1,81 @@
+//! Eval mode on the fused CPU kernels against the layers' candle ops, including after a
+//! layer's weight is replaced (the fused path keeps its weights prepared between calls).
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use common::{max_diff, values as vals};
+use effnet_runtime::Network;
+use effnet_runtime::train::init::init_varmap;
+
+const SPEC: &str = r#"
+model fused_eval {
+    input 3 x 21
+    classes 7
+    normalize mean(0.5, 0.5, 0.5) std(0.5, 0.5, 0.5)
+    stem conv k3 s2 -> 16
+    stage fused  k3 e1 s1 -> 16 x2 skip
+    stage fused  k3 e4 s2 -> 24 x2
+    stage mbconv k3 e4 s2 -> 40 x2 se 0.25
+    stage mbconv k5 e6 s1 -> 72 x1 se 0.25
+    head conv k1 -> 200
+}
+"#;
+
+/// The spec's network with plain (non-`Var`) weights, so that eval mode takes the fused
+/// kernels, with BatchNorm statistics away from the identity.
+fn plain_network(dev: &Device) -> Network {
+    let c = effnet_compiler::compile(SPEC).unwrap_or_else(|d| panic!("{d:?}"));
+    let ir = c.network(None).expect("model");
+    let vm = init_varmap(ir, 3, dev).expect("init");
+    let mut tensors = HashMap::new();
+    for (name, var) in vm.data().lock().expect("varmap").iter() {
+        let t = var.as_tensor().detach();
+        let t = if name.ends_with("running_var") {
+            (t.affine(0.0, 0.5).expect("var") + 0.75).expect("var")
+        } else if name.ends_with("running_mean") {
+            (t.affine(0.0, 0.1).expect("mean") + 0.05).expect("mean")
+        } else {
+            t
+        };
+        tensors.insert(name.clone(), t);
+    }
+    Network::from_ir(ir, VarBuilder::from_tensors(tensors, DType::F32, dev)).expect("net")
+}
+
+/// Eval logits through the layers' candle ops: an input that is a `Var` keeps the network
+/// off the fused kernels.
+fn reference(net: &Network, x: &Tensor) -> Vec<f32> {
+    let xv = Var::from_tensor(x).expect("var");
+    vals(&net.forward_t(xv.as_tensor(), false).expect("reference"))
+}
+
+#[test]
+fn fused_eval_matches_the_layers_and_follows_new_weights() {
+    let dev = Device::Cpu;
+    let mut net = plain_network(&dev);
+    let x = Tensor::randn(0f32, 1.0, (5, 3, 21, 21), &dev).expect("x");
+    let fused = vals(&net.forward_t(&x, false).expect("fused"));
+    let want = reference(&net, &x);
+    let d = max_diff(&fused, &want);
+    assert!(d < 1e-4, "fused eval differs from the layers by {d}");
+    // Twice: the second call runs on the weights prepared by the first.
+    let again = vals(&net.forward_t(&x, false).expect("fused again"));
+    assert_eq!(fused, again);
+
+    // A new weight for the head (a 1x1 convolution) and the stem (3x3, stride 2).
+    let head = net.head.as_mut().expect("head");
+    head.conv.weight = head.conv.weight.affine(-0.5, 0.01).expect("head weight");
+    net.stem.conv.weight = net.stem.conv.weight.affine(1.5, 0.0).expect("stem weight");
+    let fused2 = vals(&net.forward_t(&x, false).expect("fused, new weights"));
+    let want2 = reference(&net, &x);
+    let d = max_diff(&fused2, &want2);
+    assert!(d < 1e-4, "fused eval with new weights differs by {d}");
+    assert!(
+        max_diff(&fused2, &fused) > 1e-3,
+        "the new weights changed nothing: stale prepared weights"
+    );
+}
