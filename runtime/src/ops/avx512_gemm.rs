@@ -101,7 +101,8 @@ struct Ptrs {
     mask: __mmask16,
 }
 
-/// Runs the tile: `out[p * ldo + o]` for `p < rows`, `o0 <= o < o0 + cols`.
+/// Runs the tile: `out[p * ldo + o]` for `p < rows`, `o0 <= o < o0 + cols`; without `epi`,
+/// the plain product (and `t.res` is ignored).
 ///
 /// Returns `false` (having written nothing) when this CPU lacks AVX-512F, or the tile does
 /// not fit its operands; the caller then takes the portable path.
@@ -112,7 +113,7 @@ struct Ptrs {
 pub(crate) unsafe fn gemm_tile(
     t: &Tile<'_>,
     w: &PackedWeight,
-    epi: &TileEpilogue<'_>,
+    epi: Option<&TileEpilogue<'_>>,
     out: *mut f32,
     ldo: usize,
 ) -> bool {
@@ -125,8 +126,7 @@ pub(crate) unsafe fn gemm_tile(
         && t.o0 + t.cols <= w.o
         && t.lda >= k
         && ldo >= t.o0 + t.cols
-        && epi.scale.len() >= t.o0 + t.cols
-        && epi.shift.len() >= t.o0 + t.cols
+        && epi.is_none_or(|e| e.scale.len() >= t.o0 + t.cols && e.shift.len() >= t.o0 + t.cols)
         && (t.rows == 0 || t.a.len() >= (t.rows - 1) * t.lda + k)
         && t.res
             .is_none_or(|r| t.rows == 0 || r.len() >= (t.rows - 1) * ldo + t.o0 + t.cols);
@@ -154,7 +154,7 @@ const fn k_block(v: usize) -> usize {
 unsafe fn run_tile(
     t: &Tile<'_>,
     w: &PackedWeight,
-    epi: &TileEpilogue<'_>,
+    epi: Option<&TileEpilogue<'_>>,
     out: *mut f32,
     ldo: usize,
 ) {
@@ -174,21 +174,22 @@ unsafe fn run_tile(
             res: t
                 .res
                 .map_or(std::ptr::null(), |r| r.as_ptr().wrapping_add(c0)),
-            scale: epi.scale.as_ptr().wrapping_add(c0),
-            shift: epi.shift.as_ptr().wrapping_add(c0),
+            scale: epi.map_or(std::ptr::null(), |e| e.scale.as_ptr().wrapping_add(c0)),
+            shift: epi.map_or(std::ptr::null(), |e| e.shift.as_ptr().wrapping_add(c0)),
             mask: if last_lanes == 16 {
                 !0
             } else {
                 (1u16 << last_lanes) - 1
             },
         };
+        let act = epi.map(|e| e.act);
         // SAFETY: the group's weights, pixels and channels lie inside the checked tile.
         unsafe {
             match v {
-                4 => group::<4, 6>(ptrs, t.rows, k, epi.act),
-                3 => group::<3, 8>(ptrs, t.rows, k, epi.act),
-                2 => group::<2, 12>(ptrs, t.rows, k, epi.act),
-                _ => group::<1, 16>(ptrs, t.rows, k, epi.act),
+                4 => group::<4, 6>(ptrs, t.rows, k, act),
+                3 => group::<3, 8>(ptrs, t.rows, k, act),
+                2 => group::<2, 12>(ptrs, t.rows, k, act),
+                _ => group::<1, 16>(ptrs, t.rows, k, act),
             }
         }
         c0 += GROUP;
@@ -201,7 +202,7 @@ unsafe fn run_tile(
 /// As [`run_tile`], for this group.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn group<const V: usize, const NP: usize>(p: Ptrs, rows: usize, k: usize, act: Act) {
+unsafe fn group<const V: usize, const NP: usize>(p: Ptrs, rows: usize, k: usize, act: Option<Act>) {
     let kc = k_block(V);
     let mut k0 = 0;
     while k0 < k {
@@ -243,7 +244,8 @@ unsafe fn group<const V: usize, const NP: usize>(p: Ptrs, rows: usize, k: usize,
 }
 
 /// `NP` pixels from `r` by the group's `V` vectors, over `k0..k1`: starts from zero on the
-/// first block and from the stored partial sums after it; applies the epilogue on the last.
+/// first block and from the stored partial sums after it; applies the epilogue (if any) on
+/// the last.
 ///
 /// # Safety
 /// As [`group`], for pixels `r..r + NP`.
@@ -256,7 +258,7 @@ unsafe fn micro<const V: usize, const NP: usize>(
     k1: usize,
     first: bool,
     last: bool,
-    act: Act,
+    act: Option<Act>,
 ) {
     // SAFETY (every raw access below): rows `r..r + NP` of `a`, `out` and `res`, steps
     // `k0..k1 < k` of the group's weights and its channels are inside the tile checked by
@@ -292,7 +294,7 @@ unsafe fn micro<const V: usize, const NP: usize>(
                 _mm512_mask_storeu_ps(o.add(16 * j), m, x);
             }
         }
-        if last {
+        if let (true, Some(act)) = (last, act) {
             epilogue(p, r, NP, V, act);
         }
     }

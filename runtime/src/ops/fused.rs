@@ -696,11 +696,19 @@ pub struct ConvWeights {
     o: usize,
     c: usize,
     k: usize,
-    winograd: Option<Vec<f32>>,
+    winograd: Option<WinogradWeights>,
     #[cfg(target_arch = "x86_64")]
     packed: Option<PackedWeight>,
     /// `[O, k, k, C]` (the im2col column order), for the `gemm` crate; empty otherwise.
     plain: Vec<f32>,
+}
+
+/// A Winograd layer's weights: the 16 matrices `U[xi]` (`[C, O]` each) for the `gemm` crate,
+/// or each transposed to `[O, C]` and packed for our AVX-512 kernel.
+enum WinogradWeights {
+    Plain(Vec<f32>),
+    #[cfg(target_arch = "x86_64")]
+    Packed(Vec<PackedWeight>),
 }
 
 impl ConvWeights {
@@ -724,7 +732,17 @@ impl ConvWeights {
             plain: Vec::new(),
         };
         if winograd_applies(g) {
-            cw.winograd = Some(winograd_weight(w, c, o));
+            let u = winograd_weight(w, c, o);
+            #[cfg(target_arch = "x86_64")]
+            if kernel == GemmKernel::Best && level() == Level::Avx512 {
+                let packed = u
+                    .chunks_exact(c * o)
+                    .map(|ux| PackedWeight::new(&transpose_batched(ux, 1, c, o), o, c))
+                    .collect();
+                cw.winograd = Some(WinogradWeights::Packed(packed));
+                return Ok(cw);
+            }
+            cw.winograd = Some(WinogradWeights::Plain(u));
             return Ok(cw);
         }
         // The weight as `[O, k, k, C]`, the column order of the im2col rows (per output
@@ -856,7 +874,7 @@ pub fn conv2d_prepared(
                     // SAFETY: the tile (pixels `p0..p0 + rows`, channels `o0..o0 + cols`)
                     // lies in `out` (`p0 + rows <= m`, `o0 + cols <= o`); tasks write disjoint
                     // tiles; `out` outlives the loop.
-                    if unsafe { gemm_tile(&tile, pw, &tepi, out_ptr.at(p0 * o), o) } {
+                    if unsafe { gemm_tile(&tile, pw, Some(&tepi), out_ptr.at(p0 * o), o) } {
                         return Ok(());
                     }
                     bail!("{OP}: internal tiling error");
@@ -994,7 +1012,7 @@ multiversion! {
 /// valid for that many writes).
 fn conv2d_winograd(
     x: &[f32],
-    u: &[f32],
+    u: &WinogradWeights,
     g: &ConvGeom,
     epi: &Epilogue<'_>,
     residual: Option<&[f32]>,
@@ -1044,10 +1062,32 @@ fn conv2d_winograd(
                     winograd_input_tile(&rows, c, &mut vb[t * c..], nt * c);
                 }
                 for xi in 0..16 {
-                    let a = Mat::row_major(&vb[xi * nt * c..(xi + 1) * nt * c], nt, c);
-                    let bm = Mat::row_major(&u[xi * c * o..(xi + 1) * c * o], c, o);
-                    // SAFETY: `mb` holds 16 `nt x o` row-major matrices owned by this task.
-                    unsafe { gemm_into(a, bm, mb[xi * nt * o..].as_mut_ptr(), o, 1)? };
+                    let va = &vb[xi * nt * c..(xi + 1) * nt * c];
+                    let dst = mb[xi * nt * o..(xi + 1) * nt * o].as_mut_ptr();
+                    match u {
+                        WinogradWeights::Plain(u) => {
+                            let a = Mat::row_major(va, nt, c);
+                            let bm = Mat::row_major(&u[xi * c * o..(xi + 1) * c * o], c, o);
+                            // SAFETY: `mb` holds 16 `nt x o` row-major matrices owned by this
+                            // task.
+                            unsafe { gemm_into(a, bm, dst, o, 1)? };
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        WinogradWeights::Packed(pw) => {
+                            let tile = Tile {
+                                a: va,
+                                lda: c,
+                                rows: nt,
+                                o0: 0,
+                                cols: o,
+                                res: None,
+                            };
+                            // SAFETY: as above; the kernel checks the operands' extents.
+                            if !unsafe { gemm_tile(&tile, &pw[xi], None, dst, o) } {
+                                bail!("fused conv2d: internal Winograd GEMM error");
+                            }
+                        }
+                    }
                 }
                 for t in 0..nt {
                     let tile = t0 + t;
