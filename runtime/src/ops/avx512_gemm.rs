@@ -349,3 +349,95 @@ fn activate(v: __m512, act: Act) -> __m512 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `out[p, o] = sum_k a[p, k] * w[o, k]`, in f64.
+    fn product(a: &[f32], w: &[f32], rows: usize, o: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; rows * o];
+        for p in 0..rows {
+            for oc in 0..o {
+                let s: f64 = (0..k)
+                    .map(|kk| a[p * k + kk] as f64 * w[oc * k + kk] as f64)
+                    .sum();
+                out[p * o + oc] = s as f32;
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plain_product_and_rejected_tiles() {
+        if super::super::fused::level() != super::super::fused::Level::Avx512 {
+            return;
+        }
+        // 1000 steps of K: three blocks for 4-vector groups; 150 channels: two whole groups
+        // and a 22-channel (2-vector, masked) one; 23 rows: tails for every kernel height.
+        let (rows, o, k) = (23, 150, 1000);
+        let a = values(rows * k, 1);
+        let w = values(o * k, 2);
+        let pw = PackedWeight::new(&w, o, k);
+        let tile = Tile {
+            a: &a,
+            lda: k,
+            rows,
+            o0: 0,
+            cols: o,
+            res: None,
+        };
+        let mut out = vec![f32::NAN; rows * o];
+        // SAFETY: `out` is `rows x o`, the tile's extent, and ours alone.
+        assert!(unsafe { gemm_tile(&tile, &pw, None, out.as_mut_ptr(), o) });
+        let want = product(&a, &w, rows, o, k);
+        let d = out
+            .iter()
+            .zip(&want)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-3, "max difference {d}");
+
+        // Tiles that do not fit their operands are refused before anything is written.
+        let mut untouched = vec![7f32; rows * o];
+        let bad = [
+            Tile { o0: 16, ..tile },
+            Tile { cols: 70, ..tile },
+            Tile {
+                a: &a[..a.len() - 1],
+                ..tile
+            },
+            Tile {
+                o0: 64,
+                cols: 100,
+                ..tile
+            },
+        ];
+        for t in &bad {
+            // SAFETY: refused tiles write nothing; `untouched` is as large as a whole tile.
+            assert!(!unsafe { gemm_tile(t, &pw, None, untouched.as_mut_ptr(), o) });
+        }
+        assert!(untouched.iter().all(|&v| v == 7.0));
+        let scale = vec![1.0; 10];
+        let epi = TileEpilogue {
+            scale: &scale,
+            shift: &scale,
+            act: Act::Identity,
+        };
+        // An epilogue shorter than the tile's channels.
+        // SAFETY: as above.
+        assert!(!unsafe { gemm_tile(&tile, &pw, Some(&epi), untouched.as_mut_ptr(), o) });
+    }
+}
