@@ -583,14 +583,19 @@ struct Tiling {
     col_blocks: usize,
 }
 
-fn tiling(m: usize, o: usize, kdim: usize, pointwise: bool) -> Tiling {
+fn tiling(m: usize, o: usize, kdim: usize, pointwise: bool, prepacked: bool) -> Tiling {
     let threads = rayon::current_num_threads().max(1);
     // Pixels per tile: enough for the GEMM kernels to run at speed, few enough that the tile
-    // (and its im2col rows) stay in L2. A 1x1 convolution has no im2col rows, and the gemm
-    // crate packs the weights once per call, so its tiles are as tall as the thread count
-    // allows: with 128-256 rows that packing took 13% of efficientnetv2_s's time (8% with
-    // 512, measured with `perf record` on `effnet bench`).
-    let target = if pointwise {
+    // (and its im2col rows) stay in L2. A 1x1 convolution has no im2col rows; on the gemm
+    // crate, which packs the weights again for every tile, its tiles are as tall as the
+    // thread count allows (with 128-256 rows that packing took 13% of efficientnetv2_s's
+    // time, 8% with 512, measured with `perf record` on `effnet bench`). Our kernel reads
+    // weights packed once per layer, so its 1x1 tiles can be short, and more of them balance
+    // the threads better on small maps (a 7x7 layer at batch 8 has 392 pixels: one 512-row
+    // tile split 3 ways by channel left one of two threads idle a third of the time).
+    let target = if pointwise && prepacked {
+        128
+    } else if pointwise {
         512
     } else if kdim >= 512 {
         128
@@ -604,7 +609,11 @@ fn tiling(m: usize, o: usize, kdim: usize, pointwise: bool) -> Tiling {
     let row_blocks = m.div_ceil(rows.max(1)).max(1);
     // Too few pixel tiles to keep every thread busy (small maps, small batches): split the
     // output channels too, in multiples of 64.
-    let want = if pointwise { 2 * threads } else { 3 * threads };
+    let want = match (pointwise, prepacked) {
+        (true, true) => 4 * threads,
+        (true, false) => 2 * threads,
+        (false, _) => 3 * threads,
+    };
     let col_blocks = if threads > 1 && row_blocks < want {
         want.div_ceil(row_blocks).min(o.div_ceil(64)).max(1)
     } else {
@@ -834,7 +843,11 @@ pub fn conv2d_prepared(
     #[cfg(target_arch = "x86_64")]
     let packed = cw.packed.as_ref();
     let wk = cw.plain.as_slice();
-    let t = tiling(m, o, kdim, pointwise);
+    #[cfg(target_arch = "x86_64")]
+    let prepacked = cw.packed.is_some();
+    #[cfg(not(target_arch = "x86_64"))]
+    let prepacked = false;
+    let t = tiling(m, o, kdim, pointwise, prepacked);
     let tasks = t.row_blocks * t.col_blocks;
     (0..tasks)
         .into_par_iter()
