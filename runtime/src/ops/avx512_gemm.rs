@@ -1,4 +1,4 @@
-//! The fused convolutions' GEMM on AVX-512, with the epilogue applied in registers.
+//! The fused convolutions' GEMM on AVX-512, with the epilogue applied while the output is in L1.
 //!
 //! `out[p, o] = act(scale[o] * sum_k a[p, k] * w[o, k] + shift[o]) (+ res[p, o])` for a tile
 //! of pixels `p` (rows of `a`: the NHWC input of a 1x1 convolution, or im2col rows) and
@@ -11,7 +11,9 @@
 //! for every tile (5% of the network's time), its narrowest kernels keep only 6 accumulators
 //! (too few to hide the multiply-add latency), and the epilogue then makes a second pass
 //! over each tile (8%). Here the weights are packed once per convolution, each channel width
-//! gets a kernel with 16-24 accumulators, and the epilogue runs before the first store.
+//! gets a kernel with 16-24 accumulators, and the epilogue runs on each strip of 6-16 pixels
+//! right after its sums are stored, while they are still in L1 (in the same loop as the
+//! accumulators, the compiler kept those in memory instead of registers).
 //!
 //! Layout of the packed weights: groups of 64 output channels, each `[K][64]` (channel
 //! fastest; the last group as wide as its channels rounded up to 16, zero-padded), so a
