@@ -41,12 +41,14 @@ pub struct Conv2d {
 struct FusedWeightCache(Mutex<Option<(candle_core::TensorId, Arc<fused::ConvWeights>)>>);
 
 impl FusedWeightCache {
+    /// The prepared form of `weight` for geometry `g`: the cached one while it holds, else
+    /// built from the tensor's values (read, and widened from f16/bf16, only then). `None`
+    /// when the tensor's values cannot be read on the host.
     fn get(
         &self,
         weight: &Tensor,
-        w: &[f32],
         g: &ConvGeom,
-    ) -> candle_core::Result<Arc<fused::ConvWeights>> {
+    ) -> candle_core::Result<Option<Arc<fused::ConvWeights>>> {
         let mut slot = self
             .0
             .lock()
@@ -55,11 +57,18 @@ impl FusedWeightCache {
             && *id == weight.id()
             && cw.fits(g)
         {
-            return Ok(Arc::clone(cw));
+            return Ok(Some(Arc::clone(cw)));
         }
-        let cw = Arc::new(fused::ConvWeights::new(w, g, fused::GemmKernel::Best)?);
+        let Some(w) = HostData::new(weight) else {
+            return Ok(None);
+        };
+        let cw = Arc::new(fused::ConvWeights::new(
+            w.get(),
+            g,
+            fused::GemmKernel::Best,
+        )?);
         *slot = Some((weight.id(), Arc::clone(&cw)));
-        Ok(cw)
+        Ok(Some(cw))
     }
 }
 
@@ -646,9 +655,6 @@ pub(crate) fn fused_conv_bn_act(
     let Some((scale, mut shift)) = bn.eval_affine() else {
         return Ok(None);
     };
-    let Some(wv) = HostData::new(&conv.weight) else {
-        return Ok(None);
-    };
     if let Some(b) = &conv.bias {
         // BN(conv + b) = scale * conv + (scale * b + shift).
         let Some(bv) = HostData::new(b) else {
@@ -671,6 +677,9 @@ pub(crate) fn fused_conv_bn_act(
         if residual.is_some() {
             return Ok(None);
         }
+        let Some(wv) = HostData::new(&conv.weight) else {
+            return Ok(None);
+        };
         let (data, means) = fused::depthwise(&x.data, wv.get(), &g, &epi, want_means)?;
         return Ok(Some(FusedMap {
             data,
@@ -679,7 +688,9 @@ pub(crate) fn fused_conv_bn_act(
             dtype: x.dtype,
         }));
     }
-    let cw = conv.fused_weights.get(&conv.weight, wv.get(), &g)?;
+    let Some(cw) = conv.fused_weights.get(&conv.weight, &g)? else {
+        return Ok(None);
+    };
     let data = fused::conv2d_prepared(&x.data, &cw, &g, &epi, residual)?;
     let means = want_means.then(|| fused::channel_means(&data, n, oh * ow, o));
     Ok(Some(FusedMap {

@@ -355,6 +355,7 @@ fn activate(v: __m512, act: Act) -> __m512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::fused::tests::data as values;
 
     /// `out[p, o] = sum_k a[p, k] * w[o, k]`, in f64.
     fn product(a: &[f32], w: &[f32], rows: usize, o: usize, k: usize) -> Vec<f32> {
@@ -368,18 +369,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
     }
 
     #[test]

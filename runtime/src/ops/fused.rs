@@ -688,8 +688,8 @@ pub fn conv2d(
 /// Which GEMM [`conv2d_with`] runs its tiles on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmKernel {
-    /// Our AVX-512 kernel with the epilogue in registers where the CPU has AVX-512F, else
-    /// the `gemm` crate: what [`conv2d`] uses.
+    /// Our AVX-512 kernel (epilogue applied while the output is in L1) where the CPU has
+    /// AVX-512F, else the `gemm` crate: what [`conv2d`] uses.
     Best,
     /// Always the `gemm` crate plus a separate epilogue pass: the portable path, for tests
     /// and side-by-side benchmarks on AVX-512 machines.
@@ -740,10 +740,15 @@ impl ConvWeights {
             packed: None,
             plain: Vec::new(),
         };
+        // Our kernel's packed form where it runs, else the gemm crate's operands.
+        #[cfg(target_arch = "x86_64")]
+        let own_kernel = kernel == GemmKernel::Best && level() == Level::Avx512;
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = kernel;
         if winograd_applies(g) {
             let u = winograd_weight(w, c, o);
             #[cfg(target_arch = "x86_64")]
-            if kernel == GemmKernel::Best && level() == Level::Avx512 {
+            if own_kernel {
                 let packed = u
                     .chunks_exact(c * o)
                     .map(|ux| PackedWeight::new(&transpose_batched(ux, 1, c, o), o, c))
@@ -762,11 +767,10 @@ impl ConvWeights {
             nchw_to_nhwc(w, o, c, k * k)
         };
         #[cfg(target_arch = "x86_64")]
-        if kernel == GemmKernel::Best && level() == Level::Avx512 {
+        if own_kernel {
             cw.packed = Some(PackedWeight::new(&wk, o, c * k * k));
             return Ok(cw);
         }
-        let _ = kernel;
         cw.plain = wk;
         Ok(cw)
     }
@@ -1496,10 +1500,11 @@ fn transpose_batched(x: &[f32], n: usize, r: usize, q: usize) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn data(len: usize, seed: u64) -> Vec<f32> {
+    /// Deterministic pseudo-random values in [-1, 1) (shared with the other kernels' tests).
+    pub(crate) fn data(len: usize, seed: u64) -> Vec<f32> {
         let mut s = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
