@@ -22,8 +22,10 @@ pub use candle_nn as nn;
 pub use effnet_compiler as compiler;
 pub use effnet_macros::model;
 pub use effnet_runtime as runtime;
-pub use effnet_runtime::model::{EffNet, NetworkParts, ScheduleConst, ScheduleStageConst};
+pub use effnet_runtime::model::{EffNet, ScheduleConst, ScheduleStageConst};
+pub use effnet_runtime::nn::NetworkParts;
 pub use effnet_runtime::{Error, Result};
+pub use effnet_runtime::{Plan, Purpose};
 
 /// What generated code names, under paths that cannot be shadowed. Not a public API.
 #[doc(hidden)]
@@ -38,12 +40,14 @@ pub mod __private {
     pub use ::core::result::Result::{Err, Ok};
     pub use ::effnet_compiler::ir;
     pub use ::effnet_runtime::Result as EffnetResult;
-    pub use ::effnet_runtime::layers::{Classifier, NamedTensor, NetRng};
+    pub use ::effnet_runtime::exec::forward_blocks;
     pub use ::effnet_runtime::model::{
-        ChaCha8Rng, EffNet, NetworkParts, ScheduleConst, ScheduleStageConst, load_blocks,
-        load_classifier, load_head, load_stem, network_ir, new_rng, rng_from_state, rng_state,
-        spec_has_errors, stage_array,
+        ChaCha8Rng, EffNet, ScheduleConst, ScheduleStageConst, load_blocks, load_classifier,
+        load_head, load_stem, network_ir, new_rng, rng_from_state, rng_state, spec_has_errors,
+        stage_array,
     };
-    pub use ::effnet_runtime::network::{Block, ConvBnAct};
+    pub use ::effnet_runtime::nn::{
+        Block, Classifier, ConvBnAct, NamedTensor, NetRng, NetworkParts, PreparedCache,
+    };
     pub use ::std::vec::Vec;
 }

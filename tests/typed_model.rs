@@ -94,7 +94,7 @@ fn assert_same(what: &str, a: &Tensor, b: &Tensor) -> TestResult {
 
 fn assert_same_tensors<A: EffNet, B: EffNet>(what: &str, a: &A, b: &B) -> TestResult {
     let (ta, tb) = (a.named_tensors(), b.named_tensors());
-    let names = |t: &[effnet::runtime::layers::NamedTensor]| {
+    let names = |t: &[effnet::runtime::nn::NamedTensor]| {
         t.iter()
             .map(|n| (n.name.clone(), n.trainable))
             .collect::<Vec<_>>()

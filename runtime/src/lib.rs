@@ -1,20 +1,23 @@
 //! effnet's runtime: runs networks compiled from `.effnet` specs on candle.
 //!
-//! - [`ops`]: our own kernels (depthwise convolution, 1x1 convolutions as matrix products).
-//! - [`layers`]: convolution, BatchNorm, activations, squeeze-excitation, the random masks.
-//! - [`network`]: the blocks and the interpreter, `Network::from_ir(&ir, vb)`.
+//! - [`nn`]: what a network is: its layers and tensors (timm's names), built from the IR.
+//! - [`exec`]: how it runs: the execution plan chosen per call, the forward walk and the
+//!   training-step walk, and their backends (effnet's CPU kernels, candle's ops).
+//! - [`ops`]: effnet's own kernels, and the candle custom ops around them.
 //! - [`model`]: the [`EffNet`] trait every network implements, and what generated code calls.
 //! - [`weights`]: safetensors loading (timm or torchvision names), validation, saving.
+//! - [`train`]: the trainer (schedule, optimizers, checkpoints); [`data`]: datasets and loaders.
 
 pub mod data;
 pub mod error;
-pub mod layers;
+pub mod exec;
 pub mod model;
-pub mod network;
+pub mod nn;
 pub mod ops;
 pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub use exec::{Plan, Purpose};
 pub use model::EffNet;
-pub use network::Network;
+pub use nn::Network;

@@ -2,20 +2,18 @@
 //! the typed structs `#[effnet::model]` generates both implement [`EffNet`], so the trainer and
 //! the tools take either.
 //!
-//! The rest of this module is what generated code calls: the parts of a forward pass outside the
-//! blocks (the blocks themselves are [`Block`]s, the interpreter's own), loading helpers and the
-//! `'static` schedule constants.
+//! The rest of this module is what generated code calls: loading helpers, the generator
+//! helpers and the `'static` schedule constants. Generated code runs through the same
+//! [`NetworkParts`](crate::nn::NetworkParts) walks as the interpreter (`crate::exec`).
 
 use std::sync::Mutex;
 
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use effnet_compiler::ir;
-use rand::SeedableRng;
 pub use rand_chacha::ChaCha8Rng;
 
-use crate::layers::{CResult, Classifier, FusedMap, NamedTensor, NetRng, fusable_tensor};
-use crate::network::{Block, ConvBnAct, Network};
+use crate::nn::{Block, CResult, Classifier, ConvBnAct, NamedTensor, NetRng, Network};
 
 /// A network that can be run and trained: the interpreter or a generated struct.
 pub trait EffNet {
@@ -69,7 +67,7 @@ impl EffNet for Network {
         Network::seed(self, seed);
     }
     fn rng_state(&self) -> Option<ChaCha8Rng> {
-        Network::rng_state(self)
+        Some(Network::rng_state(self))
     }
     fn set_rng_state(&mut self, rng: ChaCha8Rng) {
         Network::set_rng_state(self, rng);
@@ -197,7 +195,7 @@ pub fn load_classifier(ir: &ir::Network, vb: &VarBuilder) -> crate::Result<Class
 
 /// A generator seeded as the interpreter seeds its own.
 pub fn new_rng(seed: u64) -> NetRng {
-    NetRng(Mutex::new(ChaCha8Rng::seed_from_u64(seed)))
+    NetRng::seeded(seed)
 }
 
 pub fn rng_from_state(rng: ChaCha8Rng) -> NetRng {
@@ -205,174 +203,7 @@ pub fn rng_from_state(rng: ChaCha8Rng) -> NetRng {
 }
 
 pub fn rng_state(rng: &NetRng) -> Option<ChaCha8Rng> {
-    rng.0.lock().ok().map(|r| r.clone())
-}
-
-/// The input must be `[batch, channels, height, width]` with the network's channels.
-pub fn check_input(ir: &ir::Network, x: &Tensor) -> CResult<()> {
-    match x.dims() {
-        [_, c, h, w] if *c == ir.input_channels && *h > 0 && *w > 0 => Ok(()),
-        d => Err(candle_core::Error::Msg(format!(
-            "`{}` expects input [batch, {}, height, width], got {d:?}",
-            ir.name, ir.input_channels
-        ))),
-    }
-}
-
-/// A network's parts, borrowed: the forward pass over them is written once, here, for the
-/// interpreter ([`Network`]) and for the structs `#[effnet::model]` generates (whose stages
-/// are typed fields), so both give bit-identical outputs: the same [`Block`]s, and in eval
-/// mode the same whole-network fused CPU path (NHWC from stem to pooling) where it applies.
-#[derive(Debug, Clone, Copy)]
-pub struct NetworkParts<'a> {
-    pub ir: &'a ir::Network,
-    pub stem: &'a ConvBnAct,
-    pub stages: &'a [&'a [Block]],
-    pub head: Option<&'a ConvBnAct>,
-    pub classifier: &'a Classifier,
-    pub dropout: f64,
-    pub drop_path_scale: f64,
-    pub rng: &'a NetRng,
-}
-
-impl NetworkParts<'_> {
-    fn blocks(&self) -> impl Iterator<Item = &Block> {
-        self.stages.iter().flat_map(|s| s.iter())
-    }
-
-    /// The logits.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
-        check_input(self.ir, x)?;
-        if !train && let Some(logits) = self.forward_fused(x)? {
-            return Ok(logits);
-        }
-        let mut y = self.stem.forward_t(x, train)?;
-        for b in self.blocks() {
-            y = b.forward_t(&y, train, self.drop_path_scale, self.rng)?;
-        }
-        classify(
-            &y,
-            self.head,
-            self.classifier,
-            self.dropout,
-            train,
-            self.rng,
-        )
-    }
-
-    /// Each stage's output (stem excluded).
-    pub fn forward_features_t(&self, x: &Tensor, train: bool) -> CResult<Vec<Tensor>> {
-        check_input(self.ir, x)?;
-        if !train && let Some((_, outs)) = self.fused_body(x, true)? {
-            return Ok(outs);
-        }
-        let mut y = self.stem.forward_t(x, train)?;
-        let mut out = Vec::with_capacity(self.stages.len());
-        for stage in self.stages {
-            for b in *stage {
-                y = b.forward_t(&y, train, self.drop_path_scale, self.rng)?;
-            }
-            out.push(y.clone());
-        }
-        Ok(out)
-    }
-
-    /// Every tensor, under timm's names, in `state_dict` order.
-    pub fn named_tensors(&self) -> Vec<NamedTensor> {
-        let mut out = Vec::new();
-        self.stem.named(&mut out);
-        for b in self.blocks() {
-            b.named(&mut out);
-        }
-        if let Some(h) = self.head {
-            h.named(&mut out);
-        }
-        self.classifier.named(&mut out);
-        out
-    }
-
-    /// Whether eval mode can run entirely on the fused CPU kernels.
-    fn fusable(&self) -> bool {
-        self.stem.fusable()
-            && self.blocks().all(Block::fusable)
-            && self.head.is_none_or(ConvBnAct::fusable)
-            && fusable_tensor(&self.classifier.weight)
-            && fusable_tensor(&self.classifier.bias)
-    }
-
-    /// Stem and stages in eval mode on the fused kernels, in NHWC between layers; with
-    /// `features`, each stage's output as an NCHW tensor too.
-    fn fused_body(&self, x: &Tensor, features: bool) -> CResult<Option<(FusedMap, Vec<Tensor>)>> {
-        if !self.fusable() {
-            return Ok(None);
-        }
-        let Some(input) = FusedMap::from_nchw(x)? else {
-            return Ok(None);
-        };
-        let Some(mut y) = self.stem.fused(&input, None, false)? else {
-            return Ok(None);
-        };
-        let mut outs = Vec::new();
-        for stage in self.stages {
-            for b in *stage {
-                let Some(next) = b.fused(&y)? else {
-                    return Ok(None);
-                };
-                y = next;
-            }
-            if features {
-                outs.push(y.to_nchw()?);
-            }
-        }
-        Ok(Some((y, outs)))
-    }
-
-    /// The logits in eval mode on the fused kernels: body, head, pooling in NHWC, then the
-    /// classifier in f32.
-    fn forward_fused(&self, x: &Tensor) -> CResult<Option<Tensor>> {
-        let Some((mut y, _)) = self.fused_body(x, false)? else {
-            return Ok(None);
-        };
-        if let Some(h) = self.head {
-            let Some(next) = h.fused(&y, None, false)? else {
-                return Ok(None);
-            };
-            y = next;
-        }
-        let [n, hh, ww, c] = y.dims;
-        let pooled = crate::ops::fused::channel_means(&y.data, n, hh * ww, c);
-        let pooled = Tensor::from_vec(pooled, (n, c), &candle_core::Device::Cpu)?;
-        let f32 = candle_core::DType::F32;
-        let w = self.classifier.weight.to_dtype(f32)?;
-        let b = self.classifier.bias.to_dtype(f32)?;
-        crate::ops::linear(&pooled, &w, Some(&b))?
-            .to_dtype(y.dtype)
-            .map(Some)
-    }
-}
-
-/// Everything after the last stage, as the interpreter does it: head, global average pool,
-/// dropout in training, classifier.
-pub fn classify(
-    x: &Tensor,
-    head: Option<&ConvBnAct>,
-    classifier: &Classifier,
-    dropout: f64,
-    train: bool,
-    rng: &NetRng,
-) -> CResult<Tensor> {
-    let y = match head {
-        Some(h) => h.forward_t(x, train)?,
-        None => x.clone(),
-    };
-    let pooled = y.mean((2, 3))?;
-    let pooled = if train && dropout > 0.0 {
-        let mask = rng.dropout_mask(&pooled, 1.0 - dropout)?;
-        (pooled * mask)?
-    } else {
-        pooled
-    };
-    classifier.forward(&pooled)
+    Some(rng.state())
 }
 
 /// `N` stage outputs as an array (for a generated features struct).

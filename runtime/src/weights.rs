@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 use effnet_compiler::ir::{BlockLayers, Network as IrNetwork};
 
 use crate::error::{Error, Result};
-use crate::layers::NamedTensor;
+use crate::nn::NamedTensor;
 
 /// Read every tensor of a safetensors file, with errors that name the file.
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {

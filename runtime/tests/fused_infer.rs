@@ -5,11 +5,11 @@ mod common;
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::{max_diff, values as vals};
-use effnet_runtime::Network;
 use effnet_runtime::train::init::init_varmap;
+use effnet_runtime::{Network, Plan, Purpose};
 
 const SPEC: &str = r#"
 model fused_eval {
@@ -46,11 +46,9 @@ fn plain_network(dev: &Device) -> Network {
     Network::from_ir(ir, VarBuilder::from_tensors(tensors, DType::F32, dev)).expect("net")
 }
 
-/// Eval logits through the layers' candle ops: an input that is a `Var` keeps the network
-/// off the fused kernels.
+/// Eval logits on the candle plan, the reference.
 fn reference(net: &Network, x: &Tensor) -> Vec<f32> {
-    let xv = Var::from_tensor(x).expect("var");
-    vals(&net.forward_t(xv.as_tensor(), false).expect("reference"))
+    vals(&net.forward_on(Plan::Candle, x, false).expect("reference"))
 }
 
 #[test]
@@ -58,6 +56,7 @@ fn fused_eval_matches_the_layers_and_follows_new_weights() {
     let dev = Device::Cpu;
     let mut net = plain_network(&dev);
     let x = Tensor::randn(0f32, 1.0, (5, 3, 21, 21), &dev).expect("x");
+    assert_eq!(net.plan(&x, Purpose::Infer).plan, Plan::CpuFused);
     let fused = vals(&net.forward_t(&x, false).expect("fused"));
     let want = reference(&net, &x);
     let d = max_diff(&fused, &want);

@@ -223,7 +223,8 @@ fn batchnorm_statistics_update_in_train_mode_and_serve_eval() {
         .expect("v");
 
     // The stem's batch statistics, computed by hand.
-    let conv = net.stem.conv.forward(&x).expect("conv");
+    // The stem is a 3x3 stride-2 convolution with symmetric padding 1 and no bias.
+    let conv = x.conv2d(&net.stem.conv.weight, 1, 2, 1, 1).expect("conv");
     let mean = conv
         .mean((0, 2, 3))
         .expect("mean")

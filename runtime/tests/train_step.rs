@@ -1,15 +1,14 @@
-//! The hand-written training step (`Network::train_step`, NHWC kernels) against candle's
-//! autograd through `Network::forward_train`: same loss, same gradient for every trainable
-//! tensor, same BatchNorm running statistics, with the same drop-path and dropout masks.
+//! The training-step walk on the CPU kernels (`Plan::CpuStep`, NHWC, backward by hand)
+//! against candle's autograd through the forward walk (`Plan::Candle`): same loss, same
+//! gradient for every trainable tensor, same BatchNorm running statistics, with the same
+//! drop-path and dropout masks.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{max_diff, values as vals};
-use effnet_runtime::Network;
 use effnet_runtime::train::optim::Param;
-use effnet_runtime::train::soft_cross_entropy;
-use effnet_runtime::train::step::loss_and_grads;
+use effnet_runtime::{Network, Plan, Purpose};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -81,28 +80,27 @@ fn targets(n: usize, classes: usize, dev: &Device) -> Tensor {
 
 fn compare(spec: &str, n: usize, size: usize) {
     let dev = Device::Cpu;
-    let (a, _) = build(spec, &dev);
+    let (a, params_a) = build(spec, &dev);
     let (b, params_b) = build(spec, &dev);
-    assert!(b.hand_step_supported(&Tensor::zeros((1, 3, 4, 4), DType::F32, &dev).expect("x")));
+    let probe = Tensor::zeros((1, 3, 4, 4), DType::F32, &dev).expect("x");
+    assert_eq!(b.plan(&probe, Purpose::TrainStep).plan, Plan::CpuStep);
     let classes = a.ir.num_classes;
     let x = Tensor::randn(0f32, 1.0, (n, 3, size, size), &dev).expect("x");
     let t = targets(n, classes, &dev);
 
     // candle's autograd on network `a`.
     let mut rng_a = ChaCha8Rng::seed_from_u64(7);
-    let logits = a.forward_train(&x, &mut rng_a).expect("forward");
-    let loss_a = soft_cross_entropy(&logits, &t)
-        .and_then(|l| l.to_scalar::<f32>())
-        .expect("loss");
-    let grads_a = soft_cross_entropy(&logits, &t)
-        .and_then(|l| l.backward())
-        .expect("backward");
+    let (loss_a, grads_a) = a
+        .loss_and_grads_on(Plan::Candle, &params_a, &x, &t, &mut rng_a)
+        .expect("autograd");
 
-    // The hand-written step on network `b`, through the trainer's entry point.
+    // The hand-written step on network `b`.
     let mut rng_b = ChaCha8Rng::seed_from_u64(7);
-    let (loss_b, grads_b) = loss_and_grads(&b, &params_b, &x, &t, &mut rng_b).expect("step");
+    let (loss_b, grads_b) = b
+        .loss_and_grads_on(Plan::CpuStep, &params_b, &x, &t, &mut rng_b)
+        .expect("step");
     assert!(
-        (f64::from(loss_a) - loss_b).abs() < 1e-4 * f64::from(loss_a.abs()).max(1.0),
+        (loss_a - loss_b).abs() < 1e-4 * loss_a.abs().max(1.0),
         "loss: autograd {loss_a}, hand-written {loss_b}"
     );
     // Both drew the same number of masks from their generators.
@@ -116,10 +114,8 @@ fn compare(spec: &str, n: usize, size: usize) {
     for (ta, tb) in a.named_tensors().iter().zip(b.named_tensors().iter()) {
         assert_eq!(ta.name, tb.name);
         if ta.trainable {
-            let va = grads_a
-                .get(&ta.tensor)
-                .map(vals)
-                .unwrap_or_else(|| vec![0.0; ta.tensor.elem_count()]);
+            assert_eq!(params_a[gi].name, ta.name);
+            let va = vals(&grads_a[gi]);
             assert_eq!(params_b[gi].name, tb.name);
             let vb = vals(&grads_b[gi]);
             gi += 1;
@@ -156,25 +152,44 @@ fn hand_step_matches_autograd_same_padding_every_block_kind() {
 fn hand_step_declines_what_it_cannot_run() {
     let dev = Device::Cpu;
     let gelu = SYMMETRIC.replace("classes 5", "classes 5\n    activation gelu");
-    let (net, _) = build(&gelu, &dev);
+    let (net, params) = build(&gelu, &dev);
     let x = Tensor::zeros((2, 3, 15, 15), DType::F32, &dev).expect("x");
-    assert!(!net.hand_step_supported(&x));
+    let choice = net.plan(&x, Purpose::TrainStep);
+    assert_eq!(choice.plan, Plan::Candle);
+    let why = choice.fallback_reason.clone().expect("a reason");
+    assert!(why.contains("gelu"), "{why}");
+    assert!(
+        choice.to_string().starts_with("candle (fallback: "),
+        "{choice}"
+    );
     let t = targets(2, 5, &dev);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    assert!(net.train_step(&x, &t, &mut rng).expect("step").is_none());
+    let e = net
+        .loss_and_grads_on(Plan::CpuStep, &params, &x, &t, &mut rng)
+        .expect_err("GELU on the hand-written step");
+    assert!(e.to_string().contains("gelu"), "{e}");
+    // The trainer's entry point falls back to candle's autograd and still trains.
+    let (loss, grads) = net
+        .loss_and_grads(&params, &x, &t, &mut rng)
+        .expect("fallback");
+    assert!(loss.is_finite() && grads.len() == params.len());
     // f64 input: not the hand-written path either.
     let (net, _) = build(SYMMETRIC, &dev);
     let x64 = x.to_dtype(DType::F64).expect("f64");
-    assert!(!net.hand_step_supported(&x64));
+    let choice = net.plan(&x64, Purpose::TrainStep);
+    assert_eq!(choice.plan, Plan::Candle);
+    assert!(choice.to_string().contains("f64"), "{choice}");
 }
 
 #[test]
 fn hand_step_names_a_wrong_target_shape() {
     let dev = Device::Cpu;
-    let (net, _) = build(SYMMETRIC, &dev);
+    let (net, params) = build(SYMMETRIC, &dev);
     let x = Tensor::zeros((2, 3, 15, 15), DType::F32, &dev).expect("x");
     let t = targets(2, 4, &dev);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let e = net.train_step(&x, &t, &mut rng).expect_err("wrong targets");
+    let e = net
+        .loss_and_grads_on(Plan::CpuStep, &params, &x, &t, &mut rng)
+        .expect_err("wrong targets");
     assert!(e.to_string().contains("targets must be [2, 5]"), "{e}");
 }

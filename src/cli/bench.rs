@@ -12,8 +12,8 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use effnet_compiler::ir::Optimizer as OptimizerSpec;
 use effnet_runtime::Network;
+use effnet_runtime::exec::{Purpose, one_hot};
 use effnet_runtime::train::optim::{Optimizer, Param};
-use effnet_runtime::train::step::{loss_and_grads, one_hot};
 
 use super::load;
 use super::run::{DeviceArg, DtypeArg, device};
@@ -124,7 +124,9 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
     let mut masks = effnet_runtime::data::sample_rng(0, &[]);
     let mut step = || -> Result<(), String> {
         if a.train {
-            let (_, grads) = loss_and_grads(&net, &params, &x, &targets, &mut masks).map_err(ce)?;
+            let (_, grads) = net
+                .loss_and_grads(&params, &x, &targets, &mut masks)
+                .map_err(ce)?;
             optimizer
                 .step(&params, &grads, 0.01)
                 .map_err(|e| e.to_string())?;
@@ -135,6 +137,12 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
         }
         Ok(())
     };
+    let purpose = if a.train {
+        Purpose::TrainStep
+    } else {
+        Purpose::Infer
+    };
+    let plan = net.plan(&x, purpose);
     for _ in 0..a.warmup {
         step()?;
     }
@@ -152,6 +160,8 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
             "resolution": res,
             "batch": a.batch,
             "train": a.train,
+            "plan": plan.plan.name(),
+            "plan_fallback_reason": plan.fallback_reason,
             "images_per_sec": (ips * 100.0).round() / 100.0,
             "peak_rss_mb": rss.map(|r| (r * 10.0).round() / 10.0),
         });
@@ -170,6 +180,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
             a.iters,
             a.warmup
         );
+        println!("plan: {plan}");
         if let Some(r) = rss {
             println!("peak RSS {r:.1} MB");
         }

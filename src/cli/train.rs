@@ -244,6 +244,10 @@ fn print_table(t: &Trainer, data_desc: &str) {
         t.ir.num_classes
     );
     println!("data {data_desc}");
+    match t.step_plan() {
+        Ok(plan) => println!("training step plan: {plan}"),
+        Err(e) => println!("training step plan: unknown ({e})"),
+    }
     println!(
         "schedule {}: {} epochs, {} stage{} ({:?}); optimizer {}; lr {}; label smoothing {}; ema {}; grad clip {}; seed {}",
         s.name,

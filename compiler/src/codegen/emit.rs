@@ -269,11 +269,7 @@ pub(super) fn network(req: &Request, net: &Network) -> TokenStream {
                     drop_path_scale: f64,
                     rng: &#p::NetRng,
                 ) -> #p::CandleResult<#p::Tensor> {
-                    let mut y = #p::Tensor::clone(x);
-                    for block in &self.blocks {
-                        y = #p::Block::forward_t(block, &y, train, drop_path_scale, rng)?;
-                    }
-                    #p::Ok(y)
+                    #p::forward_blocks(&self.blocks, x, train, drop_path_scale, rng)
                 }
 
                 /// This stage's tensors in `state_dict` order.
@@ -323,6 +319,7 @@ pub(super) fn network(req: &Request, net: &Network) -> TokenStream {
             pub drop_path_scale: f64,
             ir: #p::ir::Network,
             rng: #p::NetRng,
+            prepared: #p::PreparedCache,
         }
 
         #(#stage_structs)*
@@ -393,6 +390,7 @@ pub(super) fn network(req: &Request, net: &Network) -> TokenStream {
                     dropout: ir.dropout,
                     drop_path_scale: 1.0,
                     rng: #p::new_rng(0),
+                    prepared: #p::PreparedCache::default(),
                     ir,
                 })
             }
@@ -450,6 +448,7 @@ pub(super) fn network(req: &Request, net: &Network) -> TokenStream {
                     dropout: self.dropout,
                     drop_path_scale: self.drop_path_scale,
                     rng: &self.rng,
+                    prepared: &self.prepared,
                 }
             }
 

@@ -156,10 +156,10 @@ impl Trainer {
             std::fs::remove_dir_all(&old).map_err(io(&old))?;
         }
         let model = super::model_path(dir);
-        let named: Vec<crate::layers::NamedTensor> = self
+        let named: Vec<crate::nn::NamedTensor> = self
             .weights(self.ema.is_some())
             .into_iter()
-            .map(|(name, tensor)| crate::layers::NamedTensor {
+            .map(|(name, tensor)| crate::nn::NamedTensor {
                 name,
                 tensor,
                 trainable: true,

@@ -6,7 +6,7 @@
 
 use candle_core::Tensor;
 
-use crate::layers::NamedTensor;
+use crate::nn::NamedTensor;
 
 #[derive(Debug, Clone)]
 pub struct Ema {

@@ -8,7 +8,7 @@ use super::TrainResult;
 use crate::data::Dataset;
 use crate::data::loader::{Batches, LoaderConfig, Transform};
 use crate::data::mix::MixConfig;
-use crate::network::Network;
+use crate::nn::Network;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Accuracy {

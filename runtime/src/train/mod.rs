@@ -16,18 +16,16 @@
 pub mod checkpoint;
 pub mod ema;
 pub mod eval;
-pub mod fast;
 pub mod init;
 pub mod lr;
 pub mod metrics;
 pub mod optim;
-pub mod step;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use effnet_compiler::ir::{self, LrDecay, LrSchedule, Optimizer as OptimizerSpec, Schedule};
 use rand::SeedableRng;
@@ -37,7 +35,9 @@ use crate::data::loader::{Batches, LoaderConfig, Transform};
 use crate::data::mix::MixConfig;
 use crate::data::randaug::RandAugment;
 use crate::data::{Dataset, Kind, derive_seed, stream};
-use crate::network::Network;
+pub use crate::exec::soft_cross_entropy;
+use crate::exec::{Choice, Purpose};
+use crate::nn::Network;
 pub use ema::Ema;
 pub use eval::{Accuracy, evaluate};
 pub use metrics::EpochMetrics;
@@ -72,12 +72,6 @@ pub enum TrainError {
 }
 
 pub type TrainResult<T> = std::result::Result<T, TrainError>;
-
-/// Mean over the batch of `-sum_k targets_k * log_softmax(logits)_k`.
-pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
-    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-    (targets * logp)?.sum(D::Minus1)?.neg()?.mean_all()
-}
 
 /// The schedule with its epochs changed to `epochs`, each stage keeping its share:
 /// stage `i` of `M` covers `[i * N / M, (i + 1) * N / M)` (automl's boundaries).
@@ -274,6 +268,13 @@ impl Trainer {
         })
     }
 
+    /// The plan the training step runs (and why, when it is the fallback).
+    pub fn step_plan(&self) -> TrainResult<Choice> {
+        let c = self.ir.input_channels;
+        let x = Tensor::zeros((1, c, 1, 1), DType::F32, &self.opts.device)?;
+        Ok(self.net.plan(&x, Purpose::TrainStep))
+    }
+
     pub fn done(&self) -> bool {
         self.epoch >= self.schedule.epochs
     }
@@ -350,8 +351,9 @@ impl Trainer {
             let (n, c, h, w) = b.shape;
             let x = Tensor::from_vec(b.images, (n, c, h, w), &device)?;
             let y = Tensor::from_vec(b.targets, (n, b.classes), &device)?;
-            let (lv, mut gs) =
-                step::loss_and_grads(&self.net, &self.params, &x, &y, &mut self.mask_rng)?;
+            let (lv, mut gs) = self
+                .net
+                .loss_and_grads(&self.params, &x, &y, &mut self.mask_rng)?;
             if !lv.is_finite() {
                 let kept = match &self.out_dir {
                     Some(d) if epoch > 0 => format!(

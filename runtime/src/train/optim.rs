@@ -16,29 +16,12 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Tensor, Var};
+use candle_core::Tensor;
 use effnet_compiler::ir::Optimizer as OptimizerSpec;
 
 use super::{TrainError, TrainResult};
 
-/// A trainable tensor and whether weight decay applies to it.
-#[derive(Debug, Clone)]
-pub struct Param {
-    pub name: String,
-    pub var: Var,
-    pub decay: bool,
-}
-
-impl Param {
-    pub fn new(name: impl Into<String>, var: Var) -> Self {
-        let decay = var.as_tensor().rank() > 1;
-        Param {
-            name: name.into(),
-            var,
-            decay,
-        }
-    }
-}
+pub use crate::nn::Param;
 
 /// An optimizer and its per-parameter state.
 #[derive(Debug)]

@@ -1,0 +1,171 @@
+//! The candle plan's backend: every layer operation as candle ops on NCHW tensors, on any
+//! device and dtype, in eval or train mode, differentiable by candle's autograd. It is the
+//! reference the effnet kernels are tested against and the fallback where they do not run.
+//! Depthwise and 1x1 convolutions, and on the CPU in f32 the dense ones, are still effnet's
+//! own ops (`crate::ops`): candle's grouped `conv2d` runs one convolution per channel.
+
+use candle_core::{D, DType, Result, Tensor};
+use effnet_compiler::ir::Activation;
+
+use super::forward::ForwardOps;
+use super::shared::update_running_stats;
+use crate::nn::{BatchNorm, Classifier, Conv2d, ConvBnAct, SqueezeExcite};
+use crate::ops::{conv2d_train, depthwise_conv2d, linear, pointwise_conv2d};
+
+/// candle ops in eval mode (running statistics) or train mode (batch statistics, updating the
+/// running ones).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CandleOps {
+    pub train: bool,
+}
+
+impl ForwardOps for CandleOps {
+    type Map = Tensor;
+
+    fn input(&mut self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+
+    fn conv_bn_act(
+        &mut self,
+        l: &ConvBnAct,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        _squeeze: bool,
+    ) -> Result<Tensor> {
+        if residual.is_some() {
+            candle_core::bail!("the candle plan adds residuals after the block");
+        }
+        let y = batch_norm(&l.bn, &conv(&l.conv, x)?, self.train)?;
+        match l.activation {
+            Some(a) => activate(&y, a),
+            None => Ok(y),
+        }
+    }
+
+    fn fuses_residual(&self, _: &ConvBnAct) -> bool {
+        false
+    }
+
+    fn squeeze_excite(&mut self, se: &SqueezeExcite, x: Tensor) -> Result<Tensor> {
+        let (n, c, _, _) = x.dims4()?;
+        let pooled = x.mean((2, 3))?;
+        let r = linear(&pooled, &se.reduce.weight, se.reduce.bias.as_ref())?;
+        let r = activate(&r, se.activation)?;
+        let e = linear(&r, &se.expand.weight, se.expand.bias.as_ref())?;
+        let gate = candle_nn::ops::sigmoid(&e)?.reshape((n, c, 1, 1))?;
+        x.broadcast_mul(&gate)
+    }
+
+    fn add_residual(&mut self, y: Tensor, x: &Tensor, keep: Option<Vec<f32>>) -> Result<Tensor> {
+        let y = match keep {
+            Some(k) => {
+                let n = k.len();
+                let mask = Tensor::from_vec(k, (n, 1, 1, 1), y.device())?.to_dtype(y.dtype())?;
+                y.broadcast_mul(&mask)?
+            }
+            None => y,
+        };
+        y + x
+    }
+
+    fn batch(&self, x: &Tensor) -> Result<usize> {
+        x.dim(0)
+    }
+
+    fn output(&mut self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+
+    fn pool(&mut self, x: Tensor) -> Result<Tensor> {
+        x.mean((2, 3))
+    }
+
+    fn classify(&mut self, c: &Classifier, pooled: &Tensor) -> Result<Tensor> {
+        linear(pooled, &c.weight, Some(&c.bias))
+    }
+}
+
+/// A convolution on candle tensors: depthwise and 1x1 on effnet's ops, dense ones on the CPU
+/// in f32 as one autograd node with a GEMM backward of our own (candle's would run
+/// `conv_transpose2d`), elsewhere candle's `conv2d`.
+pub(crate) fn conv(c: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let pad = c.pad(h, w);
+    let s = &c.spec;
+    let y = if s.is_depthwise() {
+        depthwise_conv2d(x, &c.weight, s.stride, pad)?
+    } else if s.kernel == 1 && s.stride == 1 && pad.is_zero() && s.groups == 1 {
+        // The matmul formulation adds the bias itself.
+        return pointwise_conv2d(x, &c.weight, c.bias.as_ref());
+    } else if s.groups == 1
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && c.weight.dtype() == DType::F32
+    {
+        conv2d_train(x, &c.weight, s.stride, pad)?
+    } else if pad.top == pad.bottom && pad.left == pad.right && pad.top == pad.left {
+        x.conv2d(&c.weight, pad.top, s.stride, 1, s.groups)?
+    } else {
+        // TensorFlow "same" on stride 2: the extra row and column go after.
+        let x = x
+            .pad_with_zeros(2, pad.top, pad.bottom)?
+            .pad_with_zeros(3, pad.left, pad.right)?;
+        x.conv2d(&c.weight, 0, s.stride, 1, s.groups)?
+    };
+    match &c.bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// BatchNorm: running statistics in eval mode; in train mode batch statistics (computed in
+/// f32 whatever the compute dtype) and PyTorch's running-statistic update.
+pub(crate) fn batch_norm(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
+    let c = bn.spec.channels;
+    let dtype = x.dtype();
+    if !train {
+        let (scale, shift) = bn.folded()?;
+        return x
+            .broadcast_mul(&scale.reshape((1, c, 1, 1))?.to_dtype(dtype)?)?
+            .broadcast_add(&shift.reshape((1, c, 1, 1))?.to_dtype(dtype)?);
+    }
+    let xf = x.to_dtype(DType::F32)?;
+    let (n, _, h, w) = x.dims4()?;
+    let count = (n * h * w) as f64;
+    let mean = xf
+        .mean_keepdim(D::Minus1)?
+        .mean_keepdim(D::Minus2)?
+        .mean_keepdim(0)?;
+    let centered = xf.broadcast_sub(&mean)?;
+    let var = centered
+        .sqr()?
+        .mean_keepdim(D::Minus1)?
+        .mean_keepdim(D::Minus2)?
+        .mean_keepdim(0)?;
+    let inv = (var.clone() + bn.spec.eps)?.sqrt()?.recip()?;
+    let wt = bn.weight.to_dtype(DType::F32)?.reshape((1, c, 1, 1))?;
+    let b = bn.bias.to_dtype(DType::F32)?.reshape((1, c, 1, 1))?;
+    let y = centered.broadcast_mul(&(inv * wt)?)?.broadcast_add(&b)?;
+    let unbias = if count > 1.0 {
+        count / (count - 1.0)
+    } else {
+        1.0
+    };
+    update_running_stats(bn, &mean.flatten_all()?, &(var.flatten_all()? * unbias)?)?;
+    y.to_dtype(dtype)
+}
+
+/// An activation as candle ops.
+pub(crate) fn activate(x: &Tensor, a: Activation) -> Result<Tensor> {
+    match a {
+        Activation::Silu => x.silu(),
+        Activation::Relu => x.relu(),
+        Activation::Relu6 => x.clamp(0f32, 6f32),
+        Activation::HardSwish => {
+            let gate = ((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?;
+            x * gate
+        }
+        Activation::Gelu => x.gelu_erf(),
+    }
+}

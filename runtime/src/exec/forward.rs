@@ -1,0 +1,162 @@
+//! The forward walk: the one place a network's forward pass is written, for every plan that
+//! runs one (eval-mode inference on the fused CPU kernels, eval or train mode on candle's
+//! ops). A backend ([`ForwardOps`]) implements the layer operations on its own activation
+//! maps; the walk decides their order, the residuals, the masks and what is returned.
+
+use candle_core::{Result, Tensor};
+use rand_chacha::ChaCha8Rng;
+
+use super::shared::keep_mask;
+use crate::nn::{Block, Classifier, ConvBnAct, NetworkParts, SqueezeExcite};
+
+/// The layer operations of a forward pass, on a backend's activation maps.
+pub(crate) trait ForwardOps {
+    /// An activation map (the backend's layout and dtype).
+    type Map;
+
+    /// An `[N, C, H, W]` input as a map.
+    fn input(&mut self, x: &Tensor) -> Result<Self::Map>;
+    /// conv, BatchNorm, activation, then `+ residual` when given; `squeeze` asks the backend
+    /// to keep what a following squeeze-excitation needs (the per-channel means).
+    fn conv_bn_act(
+        &mut self,
+        l: &ConvBnAct,
+        x: &Self::Map,
+        residual: Option<&Self::Map>,
+        squeeze: bool,
+    ) -> Result<Self::Map>;
+    /// Whether [`ForwardOps::conv_bn_act`] can add a residual after `l`'s activation.
+    fn fuses_residual(&self, l: &ConvBnAct) -> bool;
+    /// The excitation of `x` by its squeeze.
+    fn squeeze_excite(&mut self, se: &SqueezeExcite, x: Self::Map) -> Result<Self::Map>;
+    /// `y * keep + x`, `keep` one factor per image (drop-path), or `y + x`.
+    fn add_residual(
+        &mut self,
+        y: Self::Map,
+        x: &Self::Map,
+        keep: Option<Vec<f32>>,
+    ) -> Result<Self::Map>;
+    /// The map's batch size.
+    fn batch(&self, x: &Self::Map) -> Result<usize>;
+    /// The map as an `[N, C, H, W]` tensor of the input's dtype (stage features).
+    fn output(&mut self, x: &Self::Map) -> Result<Tensor>;
+    /// Global average pooling: `[N, C]`.
+    fn pool(&mut self, x: Self::Map) -> Result<Tensor>;
+    /// The classifier on pooled features.
+    fn classify(&mut self, c: &Classifier, pooled: &Tensor) -> Result<Tensor>;
+}
+
+/// Train mode's masks come from `rng`; eval mode draws none.
+pub(crate) type Masks<'r> = Option<&'r mut ChaCha8Rng>;
+
+/// One block: its layers with the squeeze-excitation after `se_after`, then the residual
+/// (added in the last layer's epilogue where the backend can and no drop-path applies).
+pub(crate) fn block<O: ForwardOps>(
+    ops: &mut O,
+    b: &Block,
+    x: &O::Map,
+    drop_path_scale: f64,
+    masks: &mut Masks,
+) -> Result<O::Map> {
+    let last = b.layers.len().saturating_sub(1);
+    let rate = b.spec.drop_path * drop_path_scale;
+    let draws = masks.is_some() && rate > 0.0;
+    let fuse_residual = b.spec.residual
+        && !draws
+        && !b.se_on_last_layer()
+        && b.layers.last().is_some_and(|l| ops.fuses_residual(l));
+    let mut cur: Option<O::Map> = None;
+    for (i, l) in b.layers.iter().enumerate() {
+        let input = cur.as_ref().unwrap_or(x);
+        let se_here = i == b.se_after && b.se.is_some();
+        let residual = (fuse_residual && i == last).then_some(x);
+        let mut y = ops.conv_bn_act(l, input, residual, se_here)?;
+        if se_here && let Some(se) = &b.se {
+            y = ops.squeeze_excite(se, y)?;
+        }
+        cur = Some(y);
+    }
+    let Some(y) = cur else {
+        candle_core::bail!("block `{}` has no layers", b.spec.path);
+    };
+    if !b.spec.residual || fuse_residual {
+        return Ok(y);
+    }
+    let keep = match masks {
+        Some(rng) if rate > 0.0 => Some(keep_mask(ops.batch(x)?, 1.0 - rate, rng)),
+        _ => None,
+    };
+    ops.add_residual(y, x, keep)
+}
+
+/// Stem and blocks; with `features`, each stage's output as a tensor too.
+fn body<O: ForwardOps>(
+    ops: &mut O,
+    net: &NetworkParts,
+    x: &Tensor,
+    masks: &mut Masks,
+    features: bool,
+) -> Result<(O::Map, Vec<Tensor>)> {
+    let input = ops.input(x)?;
+    let mut y = ops.conv_bn_act(net.stem, &input, None, false)?;
+    drop(input);
+    let mut outs = Vec::new();
+    for stage in net.stages {
+        for b in *stage {
+            y = block(ops, b, &y, net.drop_path_scale, masks)?;
+        }
+        if features {
+            outs.push(ops.output(&y)?);
+        }
+    }
+    Ok((y, outs))
+}
+
+/// The logits: body, head, pooling, dropout in train mode, classifier.
+pub(crate) fn logits<O: ForwardOps>(
+    ops: &mut O,
+    net: &NetworkParts,
+    x: &Tensor,
+    mut masks: Masks,
+) -> Result<Tensor> {
+    let (mut y, _) = body(ops, net, x, &mut masks, false)?;
+    if let Some(h) = net.head {
+        y = ops.conv_bn_act(h, &y, None, false)?;
+    }
+    let pooled = ops.pool(y)?;
+    let pooled = match masks {
+        Some(rng) if net.dropout > 0.0 => {
+            let keep = keep_mask(pooled.elem_count(), 1.0 - net.dropout, rng);
+            let mask = Tensor::from_vec(keep, pooled.shape(), pooled.device())?
+                .to_dtype(pooled.dtype())?;
+            (pooled * mask)?
+        }
+        _ => pooled,
+    };
+    ops.classify(net.classifier, &pooled)
+}
+
+/// Each stage's output (stem excluded), like timm's `features_only`.
+pub(crate) fn features<O: ForwardOps>(
+    ops: &mut O,
+    net: &NetworkParts,
+    x: &Tensor,
+    mut masks: Masks,
+) -> Result<Vec<Tensor>> {
+    body(ops, net, x, &mut masks, true).map(|(_, outs)| outs)
+}
+
+/// A run of blocks on an `[N, C, H, W]` tensor (what a generated stage struct runs).
+pub(crate) fn blocks<O: ForwardOps>(
+    ops: &mut O,
+    blocks: &[Block],
+    x: &Tensor,
+    drop_path_scale: f64,
+    mut masks: Masks,
+) -> Result<Tensor> {
+    let mut y = ops.input(x)?;
+    for b in blocks {
+        y = block(ops, b, &y, drop_path_scale, &mut masks)?;
+    }
+    ops.output(&y)
+}

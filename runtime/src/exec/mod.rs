@@ -1,0 +1,220 @@
+//! How a network runs. One dispatch ([`plan`]) picks an execution plan per call from facts
+//! about the call; one walk per purpose is written once over the layer operations a backend
+//! implements:
+//!
+//! - [`forward`]: the forward walk (eval-mode inference, train-mode logits for autograd),
+//!   over [`cpu_fused`] (effnet's NHWC CPU kernels) or [`candle`] (candle's ops, any device);
+//! - [`step`]: the training-step walk (forward with tapes, then backward), over [`cpu_step`]
+//!   (effnet's CPU kernels), with candle's autograd through the forward walk as the fallback;
+//! - [`shared`]: what every plan shares (keep-masks, the running-statistic update, the
+//!   soft-target cross-entropy).
+//!
+//! A new device adds a backend of each kind and a line in [`plan`], not another walk.
+
+pub(crate) mod candle;
+pub(crate) mod cpu_fused;
+pub(crate) mod cpu_step;
+pub(crate) mod forward;
+pub(crate) mod host;
+pub mod plan;
+pub mod shared;
+pub mod step;
+
+use std::sync::PoisonError;
+
+use candle_core::{Result, Tensor, bail};
+use rand_chacha::ChaCha8Rng;
+
+use self::candle::CandleOps;
+use self::cpu_fused::CpuFusedOps;
+use self::forward::Masks;
+use crate::nn::Param;
+use crate::nn::{Block, NetRng, Network, NetworkParts, PreparedCache};
+pub use plan::{Choice, Facts, Plan, Purpose};
+pub use shared::{keep_mask, one_hot, soft_cross_entropy, update_running_stats};
+pub use step::{loss_and_grads, loss_and_grads_on};
+
+fn purpose(train: bool) -> Purpose {
+    if train {
+        Purpose::TrainForward
+    } else {
+        Purpose::Infer
+    }
+}
+
+/// `plan` when the facts allow it, else an error saying what they choose and why.
+fn allowed(net: &NetworkParts, x: &Tensor, purpose: Purpose, plan: Plan) -> Result<()> {
+    let choice = Facts::of(net, x, purpose).choose();
+    if !choice.allows(plan) {
+        bail!("the {plan} plan cannot run this call: the facts choose {choice}");
+    }
+    if plan == Plan::CpuStep {
+        bail!("the cpu-step plan runs training steps only (`loss_and_grads_on`)");
+    }
+    if plan == Plan::CpuFused && purpose != Purpose::Infer {
+        bail!("the cpu-fused plan runs inference only");
+    }
+    Ok(())
+}
+
+impl NetworkParts<'_> {
+    /// The plan a call on `x` for `purpose` runs, and why when it is the fallback.
+    pub fn plan(&self, x: &Tensor, purpose: Purpose) -> Choice {
+        Facts::of(self, x, purpose).choose()
+    }
+
+    /// The logits; `train` selects batch statistics, stochastic depth and dropout (masks from
+    /// the network's own generator).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_input(x)?;
+        let plan = self.plan(x, purpose(train)).plan;
+        self.forward_on(plan, x, train)
+    }
+
+    /// [`NetworkParts::forward_t`] on a named plan; an error when the facts do not allow it.
+    pub fn forward_on(&self, plan: Plan, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_input(x)?;
+        allowed(self, x, purpose(train), plan)?;
+        if train {
+            let mut rng = self.rng.0.lock().unwrap_or_else(PoisonError::into_inner);
+            return self.logits_on(plan, x, Some(&mut rng));
+        }
+        self.logits_on(plan, x, None)
+    }
+
+    /// The logits in train mode with the masks drawn from `rng` (the trainer's generator),
+    /// differentiable by candle's autograd.
+    pub fn forward_train(&self, x: &Tensor, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        self.check_input(x)?;
+        self.logits_on(Plan::Candle, x, Some(rng))
+    }
+
+    fn logits_on(&self, plan: Plan, x: &Tensor, masks: Masks) -> Result<Tensor> {
+        match plan {
+            Plan::CpuFused => forward::logits(&mut self.cpu_fused(x), self, x, None),
+            Plan::Candle => {
+                let mut ops = CandleOps {
+                    train: masks.is_some(),
+                };
+                forward::logits(&mut ops, self, x, masks)
+            }
+            Plan::CpuStep => bail!("the cpu-step plan runs training steps only"),
+        }
+    }
+
+    fn cpu_fused(&self, x: &Tensor) -> CpuFusedOps<'_> {
+        CpuFusedOps {
+            prepared: self.prepared,
+            dtype: x.dtype(),
+        }
+    }
+
+    /// Each stage's output (stem excluded), like timm's `features_only`.
+    pub fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        self.check_input(x)?;
+        match self.plan(x, purpose(train)).plan {
+            Plan::CpuFused => forward::features(&mut self.cpu_fused(x), self, x, None),
+            _ if train => {
+                let mut rng = self.rng.0.lock().unwrap_or_else(PoisonError::into_inner);
+                forward::features(&mut CandleOps { train }, self, x, Some(&mut rng))
+            }
+            _ => forward::features(&mut CandleOps { train }, self, x, None),
+        }
+    }
+}
+
+/// A run of blocks on an `[N, C, H, W]` tensor, on the plan the facts choose (what a
+/// generated stage struct's `forward_t` runs). The fused plan prepares the blocks' weights
+/// afresh on each call: a lone stage has no network cache to keep them in.
+pub fn forward_blocks(
+    blocks: &[Block],
+    x: &Tensor,
+    train: bool,
+    drop_path_scale: f64,
+    rng: &NetRng,
+) -> Result<Tensor> {
+    if Facts::of_blocks(blocks, x, purpose(train)).choose().plan == Plan::CpuFused {
+        let prepared = PreparedCache::default();
+        let mut ops = CpuFusedOps {
+            prepared: &prepared,
+            dtype: x.dtype(),
+        };
+        return forward::blocks(&mut ops, blocks, x, drop_path_scale, None);
+    }
+    let mut ops = CandleOps { train };
+    if train {
+        let mut g = rng.0.lock().unwrap_or_else(PoisonError::into_inner);
+        return forward::blocks(&mut ops, blocks, x, drop_path_scale, Some(&mut g));
+    }
+    forward::blocks(&mut ops, blocks, x, drop_path_scale, None)
+}
+
+impl Network {
+    /// The plan a call on `x` for `purpose` runs (see [`NetworkParts::plan`]).
+    pub fn plan(&self, x: &Tensor, purpose: Purpose) -> Choice {
+        self.parts(&self.stage_slices()).plan(x, purpose)
+    }
+
+    /// The logits (see [`NetworkParts::forward_t`]).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.parts(&self.stage_slices()).forward_t(x, train)
+    }
+
+    /// The logits on a named plan (see [`NetworkParts::forward_on`]).
+    pub fn forward_on(&self, plan: Plan, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.parts(&self.stage_slices()).forward_on(plan, x, train)
+    }
+
+    /// Train-mode logits with the masks from `rng` (see [`NetworkParts::forward_train`]).
+    pub fn forward_train(&self, x: &Tensor, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        self.parts(&self.stage_slices()).forward_train(x, rng)
+    }
+
+    /// Each stage's output, like timm's `features_only` (stem excluded).
+    pub fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        self.parts(&self.stage_slices())
+            .forward_features_t(x, train)
+    }
+
+    pub fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        self.forward_features_t(x, false)
+    }
+
+    /// One training batch's loss and the gradients of `params` (see [`loss_and_grads`]).
+    pub fn loss_and_grads(
+        &self,
+        params: &[Param],
+        x: &Tensor,
+        targets: &Tensor,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(f64, Vec<Tensor>)> {
+        loss_and_grads(&self.parts(&self.stage_slices()), params, x, targets, rng)
+    }
+
+    /// [`Network::loss_and_grads`] on a named plan (see [`loss_and_grads_on`]).
+    pub fn loss_and_grads_on(
+        &self,
+        plan: Plan,
+        params: &[Param],
+        x: &Tensor,
+        targets: &Tensor,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(f64, Vec<Tensor>)> {
+        loss_and_grads_on(
+            plan,
+            &self.parts(&self.stage_slices()),
+            params,
+            x,
+            targets,
+            rng,
+        )
+    }
+}
+
+// `Network` implements `ModuleT` only: candle's blanket `ModuleT for M: Module` would drop the
+// train flag.
+impl candle_core::ModuleT for Network {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Network::forward_t(self, x, train)
+    }
+}

@@ -1,0 +1,199 @@
+//! Which execution plan runs a call, decided in one place from facts about the call (the
+//! device, the dtypes, whether the parameters are training variables, the activations and
+//! convolution kinds the network uses, and what the call is for), never from how a tensor
+//! happens to have been produced.
+//!
+//! | plan | runs | where |
+//! |---|---|---|
+//! | [`Plan::CpuFused`] | inference | CPU; f32 compute (f16/bf16 weights widened); effnet's NHWC kernels, BatchNorm, activation and residual in each convolution's epilogue |
+//! | [`Plan::CpuStep`] | the training step | CPU, f32; effnet's NHWC kernels, forward and backward written by hand |
+//! | [`Plan::Candle`] | everything | any device and dtype; candle's ops and autograd: the reference, and the fallback |
+
+use std::fmt;
+
+use candle_core::{DType, Device, Tensor};
+use effnet_compiler::ir::Activation;
+
+use crate::nn::{Block, ConvBnAct, NetworkParts, SqueezeExcite};
+
+/// How a call runs; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Plan {
+    CpuFused,
+    CpuStep,
+    Candle,
+}
+
+impl Plan {
+    /// The plan's name as `bench --json` and `train` print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Plan::CpuFused => "cpu-fused",
+            Plan::CpuStep => "cpu-step",
+            Plan::Candle => "candle",
+        }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a call is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// Eval-mode logits or features (running BatchNorm statistics, no masks).
+    Infer,
+    /// Train-mode logits (batch statistics, drop-path and dropout masks) that candle's
+    /// autograd can differentiate.
+    TrainForward,
+    /// One training batch: loss and every trainable tensor's gradient.
+    TrainStep,
+}
+
+/// The facts a plan is chosen from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub purpose: Purpose,
+    /// `cpu`, `cuda` or `metal`: where the input lives.
+    pub device: &'static str,
+    pub input_dtype: DType,
+    pub param_dtype: DType,
+    /// The parameters are training variables (`Var`s): eval mode must then stay
+    /// differentiable, and their values change between calls.
+    pub params_are_variables: bool,
+    /// The first activation the CPU kernels do not implement, if any.
+    pub activation_without_kernel: Option<Activation>,
+    /// The first grouped convolution that is not depthwise, if any (by its timm path).
+    pub grouped_conv: Option<String>,
+}
+
+/// The activations the CPU kernels implement (forward, and derivative for the step).
+pub fn cpu_kernels_implement(a: Activation) -> bool {
+    !matches!(a, Activation::Gelu)
+}
+
+fn device_name(d: &Device) -> &'static str {
+    match d {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+        Device::Metal(_) => "metal",
+    }
+}
+
+impl Facts {
+    /// The facts of running `net` on `x` for `purpose`.
+    pub fn of(net: &NetworkParts, x: &Tensor, purpose: Purpose) -> Self {
+        let layers: Vec<&ConvBnAct> = net.layers().collect();
+        let se: Vec<&SqueezeExcite> = net.blocks().filter_map(|b| b.se.as_ref()).collect();
+        Self::of_layers(&layers, &se, x, purpose)
+    }
+
+    /// The facts of running a run of `blocks` alone on `x` for `purpose`.
+    pub fn of_blocks(blocks: &[Block], x: &Tensor, purpose: Purpose) -> Self {
+        let layers: Vec<&ConvBnAct> = blocks.iter().flat_map(|b| b.layers.iter()).collect();
+        let se: Vec<&SqueezeExcite> = blocks.iter().filter_map(|b| b.se.as_ref()).collect();
+        Self::of_layers(&layers, &se, x, purpose)
+    }
+
+    fn of_layers(
+        layers: &[&ConvBnAct],
+        se: &[&SqueezeExcite],
+        x: &Tensor,
+        purpose: Purpose,
+    ) -> Self {
+        let activation_without_kernel = layers
+            .iter()
+            .filter_map(|l| l.activation)
+            .chain(se.iter().map(|s| s.activation))
+            .find(|&a| !cpu_kernels_implement(a));
+        let grouped_conv = layers
+            .iter()
+            .find(|l| l.conv.spec.groups != 1 && !l.conv.spec.is_depthwise())
+            .map(|l| l.conv.spec.path.clone());
+        let params_are_variables = layers.iter().any(|l| l.conv.weight.is_variable());
+        Facts {
+            purpose,
+            device: device_name(x.device()),
+            input_dtype: x.dtype(),
+            param_dtype: layers.first().map_or(x.dtype(), |l| l.conv.weight.dtype()),
+            params_are_variables,
+            activation_without_kernel,
+            grouped_conv,
+        }
+    }
+
+    /// The plan for these facts, with the reason when it is the fallback.
+    pub fn choose(&self) -> Choice {
+        match self.purpose {
+            // candle's autograd is what differentiates a train-mode forward.
+            Purpose::TrainForward => Choice::new(Plan::Candle, None),
+            Purpose::Infer => {
+                self.cpu_kernels(Plan::CpuFused, &[DType::F32, DType::F16, DType::BF16])
+            }
+            Purpose::TrainStep => self.cpu_kernels(Plan::CpuStep, &[DType::F32]),
+        }
+    }
+
+    /// `plan` (one of the CPU kernel plans) when the facts allow it, else the candle plan
+    /// with the first reason they do not.
+    fn cpu_kernels(&self, plan: Plan, dtypes: &[DType]) -> Choice {
+        let why = if self.device != "cpu" {
+            Some(format!("no effnet kernels for {} yet", self.device))
+        } else if plan == Plan::CpuFused && self.params_are_variables {
+            Some("the parameters are training variables (eval mode stays differentiable)".into())
+        } else if !dtypes.contains(&self.input_dtype) {
+            Some(format!(
+                "{} input has no {plan} kernels",
+                self.input_dtype.as_str()
+            ))
+        } else if !dtypes.contains(&self.param_dtype) {
+            Some(format!(
+                "{} parameters have no {plan} kernels",
+                self.param_dtype.as_str()
+            ))
+        } else if let Some(a) = self.activation_without_kernel {
+            Some(format!("{} has no CPU kernel", a.name()))
+        } else {
+            self.grouped_conv
+                .as_ref()
+                .map(|p| format!("`{p}` is a grouped convolution that is not depthwise"))
+        };
+        match why {
+            Some(w) => Choice::new(Plan::Candle, Some(w)),
+            None => Choice::new(plan, None),
+        }
+    }
+}
+
+/// A chosen plan, and why the fallback was taken when it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub plan: Plan,
+    pub fallback_reason: Option<String>,
+}
+
+impl Choice {
+    fn new(plan: Plan, fallback_reason: Option<String>) -> Self {
+        Choice {
+            plan,
+            fallback_reason,
+        }
+    }
+
+    /// Whether `plan` can run these facts: the chosen plan and the candle plan always can.
+    pub fn allows(&self, plan: Plan) -> bool {
+        plan == self.plan || plan == Plan::Candle
+    }
+}
+
+impl fmt::Display for Choice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.fallback_reason {
+            Some(r) => write!(f, "{} (fallback: {r})", self.plan),
+            None => write!(f, "{}", self.plan),
+        }
+    }
+}
