@@ -251,6 +251,10 @@ fn b0_runs_and_matches_interpreter() -> TestResult {
     let f = typed.forward_features(&x)?;
     assert_eq!(f.stage0.dims(), &[2, 16, 80, 80]);
     assert_eq!(f.stage5.dims(), &[2, 192, 5, 5]);
+    // A stage struct run on its own continues the network's walk exactly.
+    let rng = effnet::runtime::nn::NetRng::seeded(0);
+    let s1 = typed.stage1.forward_t(&f.stage0, false, 1.0, &rng)?;
+    assert_same("B0 stage 1 on its own", &s1, &f.stage1)?;
     assert_eq!(f.into_vec().len(), 6);
     // The inherent API, ModuleT and the trait agree.
     let a = typed.forward(&x)?;
