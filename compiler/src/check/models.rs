@@ -396,9 +396,10 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
             Diagnostic::error(
                 "effnet::normalize",
                 format!(
-                    "`normalize` gives {} values for {} input channels",
+                    "`normalize` gives {} values for {} input channel{}",
                     mean.len(),
-                    input_channels
+                    input_channels,
+                    if input_channels == 1 { "" } else { "s" }
                 ),
                 m.name.span,
             )
