@@ -6,6 +6,7 @@
 pub mod analysis;
 pub mod check;
 pub mod codegen;
+pub mod defaults;
 pub mod diagnostic;
 pub mod format;
 pub mod import;

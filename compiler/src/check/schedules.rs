@@ -6,6 +6,7 @@ use effnet_grammar::*;
 
 use super::cx::{Cx, duplicate};
 use super::{ScheduleDef, ScheduleValue};
+use crate::defaults;
 use crate::diagnostic::{Diagnostic, did_you_mean};
 use crate::ir::{Interpolation, LrDecay, LrSchedule, Optimizer};
 
@@ -56,7 +57,7 @@ pub(super) fn check_schedule(
         name: s
             .name
             .as_ref()
-            .map_or_else(|| "default".to_string(), |n| n.name.clone()),
+            .map_or_else(|| defaults::SCHEDULE_NAME.to_string(), |n| n.name.clone()),
         model: s.model.name.clone(),
         docs: s.docs.iter().map(|d| d.text.clone()).collect(),
         span: s.span,
@@ -364,26 +365,27 @@ fn required_image(
     }
 }
 
+/// `optimizer NAME(key = value, ...)`: every argument left out takes the optimizer's default
+/// ([`Optimizer::named`]).
 fn check_optimizer(kind: &Ident, args: &[KwArg], cx: &mut Cx) -> Option<Optimizer> {
-    let names = ["rmsprop", "adamw", "sgd"];
-    let known: &[&str] = match kind.name.as_str() {
-        "rmsprop" => &["decay", "momentum", "eps", "weight_decay"],
-        "adamw" => &["beta1", "beta2", "eps", "weight_decay"],
-        "sgd" => &["momentum", "nesterov", "weight_decay"],
-        other => {
-            let mut d = Diagnostic::error(
-                "effnet::unknown_optimizer",
-                format!("unknown optimizer `{other}`"),
-                kind.span,
-            )
-            .label("not an optimizer");
-            d = d.help(match did_you_mean(other, names) {
-                Some(n) => format!("did you mean `{n}`? The optimizers are rmsprop, adamw and sgd"),
-                None => "the optimizers are rmsprop, adamw and sgd".to_string(),
-            });
-            cx.push(d);
-            return None;
-        }
+    let Some(defaults) = Optimizer::named(&kind.name) else {
+        let mut d = Diagnostic::error(
+            "effnet::unknown_optimizer",
+            format!("unknown optimizer `{}`", kind.name),
+            kind.span,
+        )
+        .label("not an optimizer");
+        d = d.help(match did_you_mean(&kind.name, Optimizer::NAMES) {
+            Some(n) => format!("did you mean `{n}`? The optimizers are rmsprop, adamw and sgd"),
+            None => "the optimizers are rmsprop, adamw and sgd".to_string(),
+        });
+        cx.push(d);
+        return None;
+    };
+    let known: &[&str] = match defaults {
+        Optimizer::Rmsprop { .. } => &["decay", "momentum", "eps", "weight_decay"],
+        Optimizer::Adamw { .. } => &["beta1", "beta2", "eps", "weight_decay"],
+        Optimizer::Sgd { .. } => &["momentum", "nesterov", "weight_decay"],
     };
     let what = format!("`optimizer {}`", kind.name);
     let kw = cx.kwargs(args, &what, known);
@@ -399,23 +401,37 @@ fn check_optimizer(kind: &Ident, args: &[KwArg], cx: &mut Cx) -> Option<Optimize
             None => default,
         }
     };
-    let opt = match kind.name.as_str() {
-        "rmsprop" => Optimizer::Rmsprop {
-            decay: get("decay", 0.9, 0.0, 1.0, cx),
-            momentum: get("momentum", 0.9, 0.0, 1.0, cx),
-            eps: get("eps", 1e-3, 0.0, 1.0, cx),
-            weight_decay: get("weight_decay", 1e-5, 0.0, 1.0, cx),
+    let opt = match defaults {
+        Optimizer::Rmsprop {
+            decay,
+            momentum,
+            eps,
+            weight_decay,
+        } => Optimizer::Rmsprop {
+            decay: get("decay", decay, 0.0, 1.0, cx),
+            momentum: get("momentum", momentum, 0.0, 1.0, cx),
+            eps: get("eps", eps, 0.0, 1.0, cx),
+            weight_decay: get("weight_decay", weight_decay, 0.0, 1.0, cx),
         },
-        "adamw" => Optimizer::Adamw {
-            beta1: get("beta1", 0.9, 0.0, 1.0, cx),
-            beta2: get("beta2", 0.999, 0.0, 1.0, cx),
-            eps: get("eps", 1e-8, 0.0, 1.0, cx),
-            weight_decay: get("weight_decay", 0.05, 0.0, 1.0, cx),
+        Optimizer::Adamw {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => Optimizer::Adamw {
+            beta1: get("beta1", beta1, 0.0, 1.0, cx),
+            beta2: get("beta2", beta2, 0.0, 1.0, cx),
+            eps: get("eps", eps, 0.0, 1.0, cx),
+            weight_decay: get("weight_decay", weight_decay, 0.0, 1.0, cx),
         },
-        _ => Optimizer::Sgd {
-            momentum: get("momentum", 0.9, 0.0, 1.0, cx),
-            nesterov: get("nesterov", 0.0, 0.0, 1.0, cx) != 0.0,
-            weight_decay: get("weight_decay", 1e-4, 0.0, 1.0, cx),
+        Optimizer::Sgd {
+            momentum,
+            nesterov,
+            weight_decay,
+        } => Optimizer::Sgd {
+            momentum: get("momentum", momentum, 0.0, 1.0, cx),
+            nesterov: get("nesterov", f64::from(u8::from(nesterov)), 0.0, 1.0, cx) != 0.0,
+            weight_decay: get("weight_decay", weight_decay, 0.0, 1.0, cx),
         },
     };
     (!bad).then_some(opt)
@@ -441,11 +457,11 @@ fn check_lr(
                 let kw = cx.kwargs(&d.args, "`exponential`", &["rate", "every"]);
                 let rate = match kw.get("rate").and_then(|v| cx.num_arg(v, "rate")) {
                     Some(n) => cx.within(n, "the decay rate", 0.0, 1.0, false),
-                    None => Some(0.97),
+                    None => Some(defaults::EXPONENTIAL_RATE),
                 };
                 let every = match kw.get("every").and_then(|v| cx.num_arg(v, "every")) {
                     Some(n) => cx.within(n, "the decay period (epochs)", 1e-3, 1e6, false),
-                    None => Some(2.4),
+                    None => Some(defaults::EXPONENTIAL_EVERY),
                 };
                 match (rate, every) {
                     (Some(rate), Some(every)) => Some(LrDecay::Exponential { rate, every }),
