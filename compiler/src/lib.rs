@@ -5,6 +5,7 @@
 
 pub mod analysis;
 pub mod check;
+#[cfg(feature = "codegen")]
 pub mod codegen;
 pub mod defaults;
 pub mod diagnostic;
