@@ -12,20 +12,18 @@
 //!   (`train_gemm`): dense convolutions as single autograd nodes on GEMM kernels, forward and
 //!   backward, so training does not go through candle's `conv_transpose2d` backward.
 
-#[cfg(target_arch = "x86_64")]
-mod avx512_gemm;
-pub(crate) mod cpu_data;
-pub mod depthwise;
-mod elem;
-pub mod fused;
-mod kernels;
-pub mod pointwise;
-mod train_gemm;
-pub mod train_nhwc;
+pub mod candle;
+pub mod cpu;
 
-pub use depthwise::{depthwise_conv2d, depthwise_conv2d_backward, depthwise_conv2d_tensor_ops};
-pub use pointwise::{global_avg_pool, linear, pointwise_conv2d, squeeze_excite};
-pub use train_gemm::conv2d_train;
+pub use candle::{
+    conv2d_train, depthwise_conv2d, depthwise_conv2d_backward, depthwise_conv2d_tensor_ops,
+    global_avg_pool, linear, pointwise_conv2d, squeeze_excite,
+};
+// The old module paths, until the split of `cpu::conv` lands.
+pub(crate) use candle::cpu_data;
+pub use candle::{depthwise, pointwise};
+pub use cpu::backward as train_nhwc;
+pub use cpu::conv as fused;
 
 use candle_core::{Result, bail};
 

@@ -16,7 +16,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
 use super::cpu_data::{cpu_f32, sum_partials, with_cpu_f32};
-use super::fused::Mat;
+use crate::ops::cpu::conv::Mat;
 use rayon::prelude::*;
 
 const OP: &str = "pointwise-train";
@@ -364,7 +364,7 @@ pub fn conv2d_train(
     x: &Tensor,
     w: &Tensor,
     stride: usize,
-    pad: super::Padding2d,
+    pad: crate::ops::Padding2d,
 ) -> Result<Tensor> {
     let (h, wd, k) = match (x.dims(), w.dims()) {
         (&[_, _, h, wd], &[_, _, k, k2]) if k == k2 && k > 0 => (h, wd, k),

@@ -31,9 +31,9 @@ use std::sync::OnceLock;
 use candle_core::{Result, bail};
 use rayon::prelude::*;
 
-use super::Padding2d;
+use crate::ops::Padding2d;
 #[cfg(target_arch = "x86_64")]
-use super::avx512_gemm::{PackedWeight, Tile, TileEpilogue, gemm_tile};
+use super::gemm_avx512::{PackedWeight, Tile, TileEpilogue, gemm_tile};
 
 /// An activation the fused kernels apply in their epilogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

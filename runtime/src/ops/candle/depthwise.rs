@@ -15,9 +15,9 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, Var, bail};
 
-use super::Padding2d;
-use super::elem::{Elem, Kernel2, dispatch2};
-use super::kernels::{self, Geom};
+use crate::ops::Padding2d;
+use super::dtype::{Elem, Kernel2, dispatch2};
+use crate::ops::cpu::depthwise_nchw::{self as kernels, Geom};
 
 /// Depthwise convolution of `x` (`[N, C, H, W]`) with `w` (`[C, 1, kh, kw]`): every channel
 /// is correlated with its own filter, `stride` applies to both spatial dimensions and `pad`

@@ -27,8 +27,8 @@
 use candle_core::{Result, bail};
 use rayon::prelude::*;
 
-use super::Padding2d;
-use super::elem::Elem;
+use crate::ops::Padding2d;
+use crate::ops::candle::dtype::Elem;
 
 /// Shape bookkeeping of one depthwise convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

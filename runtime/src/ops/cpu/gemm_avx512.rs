@@ -27,7 +27,7 @@
 
 use std::arch::x86_64::*;
 
-use super::fused::{Act, silu_zmm};
+use super::conv::{Act, silu_zmm};
 
 /// Weights `[O, K]` repacked into groups of 64 channels (see the module docs).
 pub(crate) struct PackedWeight {
@@ -119,7 +119,7 @@ pub(crate) unsafe fn gemm_tile(
     out: *mut f32,
     ldo: usize,
 ) -> bool {
-    if super::fused::level() != super::fused::Level::Avx512 {
+    if super::conv::level() != super::conv::Level::Avx512 {
         return false;
     }
     let k = w.k;
@@ -355,7 +355,7 @@ fn activate(v: __m512, act: Act) -> __m512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::fused::tests::data as values;
+    use crate::ops::cpu::conv::tests::data as values;
 
     /// `out[p, o] = sum_k a[p, k] * w[o, k]`, in f64.
     fn product(a: &[f32], w: &[f32], rows: usize, o: usize, k: usize) -> Vec<f32> {
@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn plain_product_and_rejected_tiles() {
-        if super::super::fused::level() != super::super::fused::Level::Avx512 {
+        if super::super::conv::level() != super::super::conv::Level::Avx512 {
             return;
         }
         // 1000 steps of K: three blocks for 4-vector groups; 150 channels: two whole groups

@@ -17,13 +17,13 @@ use std::mem::MaybeUninit;
 use candle_core::{Result, bail};
 use rayon::prelude::*;
 
-use super::cpu_data::sum_partials;
-use super::fused::{
+use crate::ops::candle::cpu_data::sum_partials;
+use super::conv::{
     Act, ConvGeom, Mat, act_one, gemm_into, im2col_rows, multiversion, nchw_to_nhwc, nhwc_to_nchw,
     sigmoid, with_act,
 };
 #[cfg(target_arch = "x86_64")]
-use super::fused::{Level, level};
+use super::conv::{Level, level};
 
 /// Rows (pixels) per task for element-wise and reduction passes over `[rows, c]` data:
 /// about 16 K floats, enough to amortize a task, small enough to stay in L2.
