@@ -10,7 +10,7 @@ use effnet_compiler::ir::{self, Activation, PaddingMode};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::ops::fused::{self, Act, ConvGeom, Epilogue};
+use crate::ops::cpu::{self as fused, Act, ConvGeom, Epilogue};
 use crate::ops::{Padding2d, depthwise_conv2d, linear, pointwise_conv2d};
 
 pub type CResult<T> = candle_core::Result<T>;
@@ -508,7 +508,7 @@ impl Module for Classifier {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The fused eval path: plain f32 slices through `ops::fused`.
+// The fused eval path: plain f32 slices through `ops::cpu`.
 
 /// The data of a contiguous CPU f32 tensor, borrowed under its storage's read lock.
 pub(crate) struct F32View<'a> {

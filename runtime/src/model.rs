@@ -340,7 +340,7 @@ impl NetworkParts<'_> {
             y = next;
         }
         let [n, hh, ww, c] = y.dims;
-        let pooled = crate::ops::fused::channel_means(&y.data, n, hh * ww, c);
+        let pooled = crate::ops::cpu::channel_means(&y.data, n, hh * ww, c);
         let pooled = Tensor::from_vec(pooled, (n, c), &candle_core::Device::Cpu)?;
         let f32 = candle_core::DType::F32;
         let w = self.classifier.weight.to_dtype(f32)?;

@@ -194,7 +194,7 @@ impl Block {
                 let Some(gate) = se.fused_gates(&means, n)? else {
                     return Ok(None);
                 };
-                crate::ops::fused::gate_channels(&mut out.data, &gate, n, h * w, c);
+                crate::ops::cpu::gate_channels(&mut out.data, &gate, n, h * w, c);
             }
             cur = Some(out);
         }

@@ -29,7 +29,7 @@ use effnet_compiler::ir::Activation;
 use rayon::prelude::*;
 
 use crate::layers::{BatchNorm, activate};
-use crate::ops::cpu_data::{cpu_f32, with_cpu_f32};
+use crate::ops::candle::cpu_data::{cpu_f32, with_cpu_f32};
 
 const OP: &str = "batchnorm-train";
 use crate::network::{Block, ConvBnAct, Network};

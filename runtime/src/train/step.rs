@@ -1,6 +1,6 @@
 //! The training step written out by hand: forward and backward through the whole network on
 //! the CPU in f32, activations in NHWC order from the stem to the pooling, every layer a
-//! whole-batch operation (`crate::ops::fused` forward, `crate::ops::train_nhwc` backward).
+//! whole-batch operation (`crate::ops::cpu` forward, `crate::ops::cpu::backward` backward).
 //!
 //! It computes what [`Network::forward_train`] followed by candle's `backward` computes (same
 //! layers, batch statistics and running-statistic update, the same drop-path and dropout masks
@@ -24,9 +24,9 @@ use super::optim::Param;
 use super::soft_cross_entropy;
 use crate::layers::{BatchNorm, HostData, SqueezeExcite, fused_act};
 use crate::network::{Block, ConvBnAct, Network};
-use crate::ops::cpu_data::with_cpu_f32;
-use crate::ops::fused::{self, Act, ConvGeom, Epilogue, Mat};
-use crate::ops::train_nhwc::{self as kernels, BnAct};
+use crate::ops::candle::cpu_data::with_cpu_f32;
+use crate::ops::cpu::backward::{self as kernels, BnAct};
+use crate::ops::cpu::{self as fused, Act, ConvGeom, Epilogue, Mat};
 
 const OP: &str = "training step";
 

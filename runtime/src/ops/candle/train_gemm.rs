@@ -15,9 +15,12 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
-use super::cpu_data::{cpu_f32, sum_partials, with_cpu_f32};
-use crate::ops::cpu::conv::Mat;
 use rayon::prelude::*;
+
+use crate::ops::cpu::gemm::Mat;
+use crate::ops::cpu::tasks::sum_partials;
+
+use super::cpu_data::{cpu_f32, with_cpu_f32};
 
 const OP: &str = "pointwise-train";
 const CONV: &str = "conv2d-train";
