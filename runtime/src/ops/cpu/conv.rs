@@ -14,6 +14,9 @@
 //!
 //! Work is split into tasks (pixel x channel tiles) run on rayon's pool, so the thread count
 //! is `RAYON_NUM_THREADS`.
+//!
+//! Also here: the im2col matrix of one NCHW image and its adjoint ([`im2col_nchw`],
+//! [`col2im_nchw`]), on which the candle training op runs dense convolutions.
 
 use candle_core::{Result, bail};
 use rayon::prelude::*;
@@ -375,6 +378,58 @@ pub fn conv2d_prepared(
     // overwrites its destination).
     unsafe { out.set_len(m * o) };
     Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// One NCHW image, for the candle training op (`crate::ops::candle::train_gemm`).
+
+/// The input position read by output `(oy, ox)` at kernel tap `(ky, kx)` of `g`, if inside.
+#[inline]
+fn nchw_src(g: &ConvGeom, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+    let y = (oy * g.stride + ky).checked_sub(g.pad.top)?;
+    let x = (ox * g.stride + kx).checked_sub(g.pad.left)?;
+    (y < g.h && x < g.w).then_some((y, x))
+}
+
+/// One image's `[C*k*k, OH*OW]` im2col matrix, from its `[C, H, W]` input; `(oh, ow)` is the
+/// output size of `g` (only `c`, `h`, `w`, `k`, `stride` and the top and left padding are read).
+pub(crate) fn im2col_nchw(g: &ConvGeom, (oh, ow): (usize, usize), x: &[f32], cols: &mut [f32]) {
+    let (k, p) = (g.k, oh * ow);
+    for ci in 0..g.c {
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut cols[((ci * k + ky) * k + kx) * p..][..p];
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        row[oy * ow + ox] = match nchw_src(g, oy, ox, ky, kx) {
+                            Some((y, xx)) => x[(ci * g.h + y) * g.w + xx],
+                            None => 0.0,
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col_nchw`]: scatter-add a `[C*k*k, OH*OW]` matrix into one image.
+pub(crate) fn col2im_nchw(g: &ConvGeom, (oh, ow): (usize, usize), cols: &[f32], dx: &mut [f32]) {
+    let (k, p) = (g.k, oh * ow);
+    dx.fill(0.0);
+    for ci in 0..g.c {
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &cols[((ci * k + ky) * k + kx) * p..][..p];
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        if let Some((y, xx)) = nchw_src(g, oy, ox, ky, kx) {
+                            dx[(ci * g.h + y) * g.w + xx] += row[oy * ow + ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! Matrix products on the `gemm` crate (AVX2 or portable kernels, chosen at run time): the
-//! [`Mat`] view and [`gemm_into`], the product every kernel without AVX-512 runs on.
+//! Matrix products on the `gemm` crate (AVX2 or portable kernels, chosen at run time), each
+//! single-threaded (the callers split the work): the [`Mat`] view, [`gemm_into`] (a strided
+//! destination, overwritten: the fused kernels' path without AVX-512) and [`gemm_acc`] (a
+//! contiguous destination, overwritten or accumulated into: the candle training op's).
 
 use candle_core::{Result, bail};
 
@@ -106,6 +108,64 @@ pub(crate) unsafe fn gemm_into(
             b.cs as isize,
             b.rs as isize,
             0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    Ok(())
+}
+
+/// `dst = a x b`, or `dst += a x b` with `accumulate`, for a contiguous row-major `dst` of
+/// `a.rows x b.cols`; single-threaded (callers parallelize over images). Errors name `op`.
+pub(crate) fn gemm_acc(
+    op: &str,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Mat<'_>,
+    b: Mat<'_>,
+) -> Result<()> {
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    if b.rows != k || !a.fits() || !b.fits() || dst.len() != m * n {
+        bail!(
+            "{op}: bad GEMM operands {}x{} x {}x{} into {} elements",
+            a.rows,
+            a.cols,
+            b.rows,
+            b.cols,
+            dst.len()
+        );
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return Ok(());
+    }
+    // SAFETY: both operand views were checked to lie inside their slices, `dst` holds exactly
+    // `m * n` elements written at `i * n + j`, and nothing else can touch it (it is borrowed
+    // mutably). Strides fit in isize because the slices do.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
             1.0,
             false,
             false,
