@@ -124,7 +124,9 @@ fn dw_block_tail(
                 Some(&mut *sums),
             );
             let pix = (b * oh + oy) * ow + ox;
-            // SAFETY: as in `dw_block`.
+            // SAFETY: as in `dw_block`: pixel `pix`, channels `c0..c0 + cw` of the output are in
+            // range and written by this task only; a raw copy, as the output may be
+            // uninitialized memory.
             unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out.at(pix * g.c + c0), cw) };
         }
     }
