@@ -256,9 +256,10 @@ unsafe fn micro<const V: usize, const NP: usize>(
     last: bool,
     act: Option<Act>,
 ) {
-    // SAFETY (every raw access below): rows `r..r + NP` of `a`, `out` and `res`, steps
-    // `k0..k1 < k` of the group's weights and its channels are inside the tile checked by
-    // `gemm_tile`; the last vector's loads and stores are masked to the real channels.
+    // SAFETY: every raw access below is in bounds: rows `r..r + NP` of `a`, `out` and `res`,
+    // steps `k0..k1 < k` of the group's weights and its channels are inside the tile checked
+    // by `gemm_tile`; the last vector's loads and stores are masked to the real channels.
+    // AVX-512F is this function's own target feature.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); V]; NP];
         if !first {
