@@ -97,7 +97,8 @@ pub enum Act {
     HardSwish,
 }
 
-/// Geometry of a convolution over a batch (data in NHWC order).
+/// Geometry of a convolution with a square kernel over a batch. The layout is the kernel's:
+/// the fused kernels read NHWC maps, the candle training op one NCHW image at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeom {
     /// Batch, input channels, input height and width.
