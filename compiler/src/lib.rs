@@ -3,6 +3,8 @@
 //! Each stage is a public function; [`compile`] chains them:
 //! [`parse`] -> [`check()`] -> [`lower()`] -> [`analysis::summarize`].
 
+#![forbid(unsafe_code)]
+
 pub mod analysis;
 pub mod check;
 #[cfg(feature = "codegen")]
