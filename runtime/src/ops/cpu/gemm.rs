@@ -17,6 +17,7 @@ pub(crate) struct Mat<'a> {
 
 impl<'a> Mat<'a> {
     /// A contiguous row-major `rows x cols` matrix.
+    #[inline]
     pub(crate) fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
         Mat {
             data,
@@ -28,6 +29,7 @@ impl<'a> Mat<'a> {
     }
 
     /// The transpose, as a view of the same data.
+    #[inline]
     pub(crate) fn t(self) -> Self {
         Mat {
             rows: self.cols,
@@ -41,6 +43,7 @@ impl<'a> Mat<'a> {
 
 impl Mat<'_> {
     /// Whether every element lies inside `data`.
+    #[inline]
     pub(crate) fn fits(&self) -> bool {
         self.rows == 0
             || self.cols == 0

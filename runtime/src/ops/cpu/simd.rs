@@ -31,6 +31,8 @@ pub(crate) enum Level {
     Avx512,
 }
 
+/// The best instruction set this CPU has, detected once.
+#[inline]
 pub(crate) fn level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
     *LEVEL.get_or_init(|| {

@@ -14,6 +14,7 @@ unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// The pointer (a method, so closures capture the whole `Send + Sync` wrapper).
+    #[inline]
     pub(crate) fn at(&self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
