@@ -17,6 +17,8 @@
 //! }
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub use candle_core as candle;
 pub use candle_nn as nn;
 pub use effnet_compiler as compiler;

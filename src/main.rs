@@ -1,5 +1,7 @@
 //! The `effnet` command line.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

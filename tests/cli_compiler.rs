@@ -161,3 +161,18 @@ fn garbage_never_panics() {
         }
     }
 }
+
+/// `expand` (the `expand` feature, on by default) prints the typed struct the macro generates.
+#[cfg(feature = "expand")]
+#[test]
+fn expand_prints_the_generated_struct() {
+    let o = effnet(&["expand", "tests/fixtures/ok/minimal.effnet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let code = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        code.starts_with("// #[effnet::model(\"tests/fixtures/ok/minimal.effnet\"")
+            && code.contains("pub struct")
+            && code.contains("pub fn load"),
+        "{code}"
+    );
+}

@@ -3,9 +3,13 @@
 //! Each stage is a public function; [`compile`] chains them:
 //! [`parse`] -> [`check()`] -> [`lower()`] -> [`analysis::summarize`].
 
+#![forbid(unsafe_code)]
+
 pub mod analysis;
 pub mod check;
+#[cfg(feature = "codegen")]
 pub mod codegen;
+pub mod defaults;
 pub mod diagnostic;
 pub mod format;
 pub mod import;

@@ -50,3 +50,47 @@ fn err_fixtures() {
         insta::assert_snapshot!("diagnostics", render(&file, &diagnostics, false));
     });
 }
+
+/// The `"effnet::..."` codes written in the Rust files under `dir`.
+fn codes_in(dir: &Path, out: &mut std::collections::BTreeSet<String>) {
+    for entry in std::fs::read_dir(dir).expect("source folder is readable") {
+        let path = entry.expect("source entry").path();
+        if path.is_dir() {
+            codes_in(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).expect("source is readable");
+            for (i, _) in text.match_indices("\"effnet::") {
+                let rest = &text[i + 1..];
+                let end = rest.find('"').expect("code string is closed");
+                out.insert(rest[..end].to_string());
+            }
+        }
+    }
+}
+
+/// Every diagnostic code the compiler emits heads a snapshot, so a new code without a fixture
+/// (in `tests/fixtures/err`, or `ok` for a warning) fails here.
+#[test]
+fn every_diagnostic_code_has_a_fixture() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut codes = std::collections::BTreeSet::new();
+    codes_in(&root.join("src"), &mut codes);
+    codes_in(&root.join("../grammar/src"), &mut codes);
+    assert!(codes.len() > 20, "found only {codes:?}");
+    let mut snapshots = String::new();
+    for entry in std::fs::read_dir(root.join("tests/snapshots")).expect("snapshots exist") {
+        let path = entry.expect("snapshot entry").path();
+        if path.to_string_lossy().contains("fixtures__") {
+            snapshots += &std::fs::read_to_string(&path).expect("snapshot is readable");
+        }
+    }
+    let missing: Vec<&String> = codes
+        .iter()
+        .filter(|c| !snapshots.lines().any(|l| l == c.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no fixture snapshot shows {missing:?}: add a fixture under tests/fixtures/err (or ok, \
+         for a warning) that triggers each"
+    );
+}

@@ -2,6 +2,8 @@
 //!
 //! `parse` is the only entry point; nothing outside this crate sees pest.
 
+#![forbid(unsafe_code)]
+
 pub mod ast;
 mod parse;
 

@@ -1,4 +1,4 @@
-//! The fused dense convolution (`effnet_runtime::ops::fused::conv2d`: GEMM + BatchNorm +
+//! The fused dense convolution (`effnet_runtime::ops::cpu::conv2d`: GEMM + BatchNorm +
 //! activation) on tf_efficientnetv2_b0's shapes at 224x224, batch 8: the layers that hold
 //! most of its inference time, each on our AVX-512 GEMM kernel (the default) and on the
 //! `gemm` crate (`/gemm_crate`, the portable path), side by side in one run.
@@ -10,9 +10,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use effnet_runtime::ops::Padding2d;
-use effnet_runtime::ops::fused::{
-    Act, ConvGeom, ConvWeights, Epilogue, GemmKernel, conv2d_prepared,
-};
+use effnet_runtime::ops::cpu::{Act, ConvGeom, ConvWeights, Epilogue, GemmKernel, conv2d_prepared};
 
 /// One dense layer: input channels, output channels, input size, kernel, stride.
 struct Shape {

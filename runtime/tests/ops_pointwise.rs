@@ -1,7 +1,9 @@
 //! Pointwise (1x1) convolution and squeeze-and-excitation helpers against candle's `conv2d`.
 
 use candle_core::{DType, Result, Tensor, Var};
-use effnet_runtime::ops::{global_avg_pool, linear, pointwise_conv2d, squeeze_excite};
+use effnet_runtime::ops::{
+    global_avg_pool, linear, pointwise_conv2d, pointwise_conv2d_for_training, squeeze_excite,
+};
 
 mod common;
 use common::{max_abs_diff, tensor};
@@ -59,9 +61,14 @@ fn pointwise_gradients_match_conv2d() -> Result<()> {
             .collect()
     };
     let want = grads(&|x, w, b| reference(x, w, Some(b)))?;
-    let got = grads(&|x, w, b| pointwise_conv2d(x, w, Some(b)))?;
-    for (g, w) in got.iter().zip(&want) {
-        assert!(max_abs_diff(g, w)? < 1e-4);
+    // Both formulations differentiate to the reference's gradients.
+    for got in [
+        grads(&|x, w, b| pointwise_conv2d(x, w, Some(b)))?,
+        grads(&|x, w, b| pointwise_conv2d_for_training(x, w, Some(b)))?,
+    ] {
+        for (g, w) in got.iter().zip(&want) {
+            assert!(max_abs_diff(g, w)? < 1e-4);
+        }
     }
     // Without a bias (every EfficientNet 1x1 convolution), training on the CPU takes the
     // single-node GEMM op.
@@ -80,13 +87,13 @@ fn pointwise_gradients_match_conv2d() -> Result<()> {
             .collect()
     };
     let want = grads2(&|x, w| reference(x, w, None))?;
-    let got = grads2(&|x, w| pointwise_conv2d(x, w, None))?;
+    let got = grads2(&|x, w| pointwise_conv2d_for_training(x, w, None))?;
     for (g, w) in got.iter().zip(&want) {
         assert!(max_abs_diff(g, w)? < 1e-4);
     }
     // Values too, in train mode (a variable weight).
     let wv = Var::from_tensor(&w4)?;
-    let y = pointwise_conv2d(&x, wv.as_tensor(), None)?;
+    let y = pointwise_conv2d_for_training(&x, wv.as_tensor(), None)?;
     assert!(max_abs_diff(&y, &reference(&x, &w4, None)?)? < 1e-5);
     Ok(())
 }

@@ -10,6 +10,7 @@ use effnet_compiler::{Compiled, Diagnostic, SourceFile, compile, render};
 mod bench;
 mod check;
 mod eval;
+#[cfg(feature = "expand")]
 mod expand;
 mod fmt;
 mod import;
@@ -54,6 +55,7 @@ pub enum Command {
         model: Option<String>,
     },
     /// Print the Rust code `#[effnet::model]` generates for a model, formatted.
+    #[cfg(feature = "expand")]
     Expand {
         file: PathBuf,
         #[arg(long)]
@@ -212,6 +214,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Import { source } => import::run(source),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        #[cfg(feature = "expand")]
         Command::Expand { file, model } => expand::run(&file, model.as_deref()),
         Command::Ir { file, model } => {
             let (_, compiled) = load(&file)?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use candle_core::Device;
-use effnet_compiler::ir::{self, Interpolation, LrDecay, Optimizer, Schedule, ScheduleStage};
+use effnet_compiler::ir::{self, LrDecay, Optimizer, Schedule};
 use effnet_runtime::data::{self, Split};
 use effnet_runtime::train::metrics::write_csv;
 use effnet_runtime::train::{
@@ -82,118 +82,6 @@ pub fn parse_device(name: &str) -> Result<Device, String> {
             format!("--device cuda: {e} (CUDA needs a build with `--features cuda` and a GPU)")
         }),
         other => Err(format!("--device `{other}`: expected cpu or cuda")),
-    }
-}
-
-/// The schedule to train with: chosen by name, or a single fixed stage when the model has
-/// none (then --epochs is required).
-fn pick_schedule(
-    net: &ir::Network,
-    name: Option<&str>,
-    epochs: Option<usize>,
-) -> Result<Schedule, String> {
-    let names = || {
-        net.schedules
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if let Some(n) = name {
-        return net
-            .schedules
-            .iter()
-            .find(|s| s.name == n)
-            .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "model `{}` has no schedule `{n}` (it has: {})",
-                    net.name,
-                    if net.schedules.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names()
-                    }
-                )
-            });
-    }
-    match net.schedules.as_slice() {
-        [] => {
-            let epochs = epochs.ok_or_else(|| {
-                format!(
-                    "model `{}` has no schedule: add one to the spec, or give --epochs",
-                    net.name
-                )
-            })?;
-            let size = net.train_resolution.unwrap_or(net.resolution);
-            Ok(Schedule {
-                name: "fixed".into(),
-                docs: vec![],
-                epochs,
-                interpolation: Interpolation::Table,
-                stages: vec![ScheduleStage {
-                    index: 0,
-                    epochs: (0, epochs),
-                    image_size: size,
-                    randaug: 0.0,
-                    mixup: 0.0,
-                    cutmix: 0.0,
-                    dropout: net.dropout,
-                    drop_path: None,
-                    batch_size: None,
-                }],
-                optimizer: None,
-                lr: None,
-                label_smoothing: None,
-                ema: None,
-                grad_clip: None,
-            })
-        }
-        [only] => Ok(only.clone()),
-        many => many
-            .iter()
-            .find(|s| s.name == "default")
-            .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "model `{}` has several schedules ({}): choose one with --schedule",
-                    net.name,
-                    names()
-                )
-            }),
-    }
-}
-
-/// All epochs at the last stage's values.
-fn fixed(s: &Schedule) -> Schedule {
-    let mut out = s.clone();
-    if let Some(last) = s.stages.last() {
-        let mut st = last.clone();
-        st.index = 0;
-        st.epochs = (0, s.epochs);
-        out.stages = vec![st];
-    }
-    out.name = format!("{}-fixed", s.name);
-    out
-}
-
-fn optimizer_override(name: &str) -> Result<Optimizer, String> {
-    match name {
-        "rmsprop" => Ok(tr::DEFAULT_OPTIMIZER),
-        "adamw" => Ok(Optimizer::Adamw {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.05,
-        }),
-        "sgd" => Ok(Optimizer::Sgd {
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: 1e-4,
-        }),
-        other => Err(format!(
-            "--optimizer `{other}`: expected rmsprop, adamw or sgd"
-        )),
     }
 }
 
@@ -302,7 +190,8 @@ pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
     }
     let (_, compiled) = load(&a.spec)?;
     let net = compiled.network(a.model.as_deref())?;
-    let mut schedule = pick_schedule(net, a.schedule.as_deref(), a.epochs)?;
+    // The schedule and every default come from the compiler; here only the user's overrides.
+    let mut schedule = net.training_schedule(a.schedule.as_deref(), a.epochs)?;
     if let Some(e) = a.epochs {
         if e == 0 {
             return Err("--epochs must be at least 1".into());
@@ -310,17 +199,19 @@ pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
         schedule = tr::with_epochs(&schedule, e);
     }
     if a.fixed {
-        schedule = fixed(&schedule);
+        schedule = schedule.last_stage_only();
     }
     if let Some(o) = &a.optimizer {
-        schedule.optimizer = Some(optimizer_override(o)?);
+        schedule.optimizer = Some(
+            Optimizer::named(o)
+                .ok_or_else(|| format!("--optimizer `{o}`: expected rmsprop, adamw or sgd"))?,
+        );
     }
     if let Some(lr) = a.lr {
         if !(lr > 0.0 && lr.is_finite()) {
             return Err(format!("--lr {lr}: expected a positive number"));
         }
-        let opt = schedule.optimizer.clone().unwrap_or(tr::DEFAULT_OPTIMIZER);
-        let mut l = schedule.lr.clone().unwrap_or_else(|| tr::default_lr(&opt));
+        let mut l = schedule.lr_or_default();
         l.peak = lr;
         schedule.lr = Some(l);
     }

@@ -1,6 +1,8 @@
 //! `#[effnet::model("path/to/spec.effnet")]` (use it through the `effnet` crate). Everything
 //! happens in `effnet_compiler::codegen`; this crate only forwards the tokens.
 
+#![forbid(unsafe_code)]
+
 use proc_macro::TokenStream;
 
 /// Generate a typed network from a `.effnet` spec: see `effnet_compiler::codegen`.

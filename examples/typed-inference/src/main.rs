@@ -7,6 +7,8 @@
 //! The weights are timm's `state_dict` for `tf_efficientnetv2_b0` saved as safetensors
 //! (torchvision names are accepted too); `labels.txt`, one class name a line, is optional.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

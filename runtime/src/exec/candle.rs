@@ -10,13 +10,27 @@ use effnet_compiler::ir::Activation;
 use super::forward::ForwardOps;
 use super::shared::update_running_stats;
 use crate::nn::{BatchNorm, Classifier, Conv2d, ConvBnAct, SqueezeExcite};
-use crate::ops::{conv2d_train, depthwise_conv2d, linear, pointwise_conv2d};
+use crate::ops::{
+    conv2d_train, depthwise_conv2d, linear, pointwise_conv2d, pointwise_conv2d_for_training,
+};
 
 /// candle ops in eval mode (running statistics) or train mode (batch statistics, updating the
-/// running ones).
+/// running ones); `grads` says candle's autograd will differentiate the result (train mode,
+/// or parameters that are training variables), which picks the ops' training formulations.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CandleOps {
     pub train: bool,
+    pub grads: bool,
+}
+
+impl CandleOps {
+    /// Train mode, for autograd.
+    pub fn differentiable() -> Self {
+        CandleOps {
+            train: true,
+            grads: true,
+        }
+    }
 }
 
 impl ForwardOps for CandleOps {
@@ -36,7 +50,7 @@ impl ForwardOps for CandleOps {
         if residual.is_some() {
             candle_core::bail!("the candle plan adds residuals after the block");
         }
-        let y = batch_norm(&l.bn, &conv(&l.conv, x)?, self.train)?;
+        let y = batch_norm(&l.bn, &conv(&l.conv, x, self.grads)?, self.train)?;
         match l.activation {
             Some(a) => activate(&y, a),
             None => Ok(y),
@@ -86,19 +100,23 @@ impl ForwardOps for CandleOps {
     }
 }
 
-/// A convolution on candle tensors: depthwise and 1x1 on effnet's ops, dense ones on the CPU
-/// in f32 as one autograd node with a GEMM backward of our own (candle's would run
-/// `conv_transpose2d`), elsewhere candle's `conv2d`.
-pub(crate) fn conv(c: &Conv2d, x: &Tensor) -> Result<Tensor> {
+/// A convolution on candle tensors: depthwise and 1x1 on effnet's ops; with `grads`, dense
+/// ones on the CPU in f32 as one autograd node with a GEMM backward of our own (candle's would
+/// run `conv_transpose2d`); otherwise candle's `conv2d`.
+pub(crate) fn conv(c: &Conv2d, x: &Tensor, grads: bool) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let pad = c.pad(h, w);
     let s = &c.spec;
     let y = if s.is_depthwise() {
         depthwise_conv2d(x, &c.weight, s.stride, pad)?
     } else if s.kernel == 1 && s.stride == 1 && pad.is_zero() && s.groups == 1 {
-        // The matmul formulation adds the bias itself.
+        // The matmul formulations add the bias themselves.
+        if grads {
+            return pointwise_conv2d_for_training(x, &c.weight, c.bias.as_ref());
+        }
         return pointwise_conv2d(x, &c.weight, c.bias.as_ref());
-    } else if s.groups == 1
+    } else if grads
+        && s.groups == 1
         && x.device().is_cpu()
         && x.dtype() == DType::F32
         && c.weight.dtype() == DType::F32

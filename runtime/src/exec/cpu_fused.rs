@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Result, Tensor, bail};
 use super::forward::ForwardOps;
 use super::host::host;
 use crate::nn::{BatchNorm, Classifier, Conv2d, ConvBnAct, PreparedCache, SqueezeExcite};
-use crate::ops::fused::{self, Act, ConvGeom, Epilogue};
+use crate::ops::cpu::{self as fused, Act, ConvGeom, Epilogue};
 use crate::ops::linear;
 
 const OP: &str = "cpu-fused plan";

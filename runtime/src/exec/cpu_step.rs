@@ -1,6 +1,6 @@
 //! The CPU training-step plan's backend: forward and backward by hand in f32, activations in
 //! NHWC order from the stem to the pooling, every layer a whole-batch operation on effnet's
-//! kernels (`crate::ops::fused` forward, `crate::ops::train_nhwc` backward). It computes what
+//! kernels (`crate::ops::cpu` forward, `crate::ops::cpu::backward` backward). It computes what
 //! candle's autograd computes through the forward walk (`runtime/tests/train_step.rs` checks
 //! loss, gradients and statistics), without candle's per-node costs: autograd accumulates
 //! every node's gradient into a freshly zeroed tensor, and its NCHW layout runs a 1x1
@@ -18,9 +18,9 @@ use super::shared::update_running_stats;
 use super::step::StepOps;
 use crate::nn::Param;
 use crate::nn::{ConvBnAct, SqueezeExcite};
-use crate::ops::cpu_data::with_cpu_f32;
-use crate::ops::fused::{self, Act, ConvGeom, Epilogue, Mat};
-use crate::ops::train_nhwc::{self as kernels, BnAct};
+use crate::ops::candle::cpu_data::with_cpu_f32;
+use crate::ops::cpu::backward::{self as kernels, BnAct};
+use crate::ops::cpu::{self as fused, Act, ConvGeom, Epilogue, Mat};
 
 const OP: &str = "cpu-step plan";
 

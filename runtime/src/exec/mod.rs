@@ -27,7 +27,6 @@ use rand_chacha::ChaCha8Rng;
 
 use self::candle::CandleOps;
 use self::cpu_fused::CpuFusedOps;
-use self::forward::Masks;
 use crate::nn::Param;
 use crate::nn::{Block, NetRng, Network, NetworkParts, PreparedCache};
 pub use plan::{Choice, Facts, Plan, Purpose};
@@ -43,18 +42,27 @@ fn purpose(train: bool) -> Purpose {
 }
 
 /// `plan` when the facts allow it, else an error saying what they choose and why.
-fn allowed(net: &NetworkParts, x: &Tensor, purpose: Purpose, plan: Plan) -> Result<()> {
-    let choice = Facts::of(net, x, purpose).choose();
+fn allowed(facts: &Facts, plan: Plan) -> Result<()> {
+    let choice = facts.choose();
     if !choice.allows(plan) {
         bail!("the {plan} plan cannot run this call: the facts choose {choice}");
     }
     if plan == Plan::CpuStep {
         bail!("the cpu-step plan runs training steps only (`loss_and_grads_on`)");
     }
-    if plan == Plan::CpuFused && purpose != Purpose::Infer {
+    if plan == Plan::CpuFused && facts.purpose != Purpose::Infer {
         bail!("the cpu-fused plan runs inference only");
     }
     Ok(())
+}
+
+/// The candle backend for a call with these facts.
+fn candle_ops(facts: &Facts) -> CandleOps {
+    let train = facts.purpose != Purpose::Infer;
+    CandleOps {
+        train,
+        grads: train || facts.params_are_variables,
+    }
 }
 
 impl NetworkParts<'_> {
@@ -67,36 +75,35 @@ impl NetworkParts<'_> {
     /// the network's own generator).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
-        let plan = self.plan(x, purpose(train)).plan;
-        self.forward_on(plan, x, train)
+        let facts = Facts::of(self, x, purpose(train));
+        self.logits_on(facts.choose().plan, &facts, x)
     }
 
     /// [`NetworkParts::forward_t`] on a named plan; an error when the facts do not allow it.
     pub fn forward_on(&self, plan: Plan, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
-        allowed(self, x, purpose(train), plan)?;
-        if train {
-            let mut rng = self.rng.0.lock().unwrap_or_else(PoisonError::into_inner);
-            return self.logits_on(plan, x, Some(&mut rng));
-        }
-        self.logits_on(plan, x, None)
+        let facts = Facts::of(self, x, purpose(train));
+        allowed(&facts, plan)?;
+        self.logits_on(plan, &facts, x)
     }
 
     /// The logits in train mode with the masks drawn from `rng` (the trainer's generator),
     /// differentiable by candle's autograd.
     pub fn forward_train(&self, x: &Tensor, rng: &mut ChaCha8Rng) -> Result<Tensor> {
         self.check_input(x)?;
-        self.logits_on(Plan::Candle, x, Some(rng))
+        forward::logits(&mut CandleOps::differentiable(), self, x, Some(rng))
     }
 
-    fn logits_on(&self, plan: Plan, x: &Tensor, masks: Masks) -> Result<Tensor> {
+    /// The logits on `plan`; train mode's masks from the network's own generator.
+    fn logits_on(&self, plan: Plan, facts: &Facts, x: &Tensor) -> Result<Tensor> {
         match plan {
             Plan::CpuFused => forward::logits(&mut self.cpu_fused(x), self, x, None),
+            Plan::Candle if facts.purpose == Purpose::Infer => {
+                forward::logits(&mut candle_ops(facts), self, x, None)
+            }
             Plan::Candle => {
-                let mut ops = CandleOps {
-                    train: masks.is_some(),
-                };
-                forward::logits(&mut ops, self, x, masks)
+                let mut rng = self.rng.0.lock().unwrap_or_else(PoisonError::into_inner);
+                forward::logits(&mut candle_ops(facts), self, x, Some(&mut rng))
             }
             Plan::CpuStep => bail!("the cpu-step plan runs training steps only"),
         }
@@ -112,13 +119,14 @@ impl NetworkParts<'_> {
     /// Each stage's output (stem excluded), like timm's `features_only`.
     pub fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         self.check_input(x)?;
-        match self.plan(x, purpose(train)).plan {
+        let facts = Facts::of(self, x, purpose(train));
+        match facts.choose().plan {
             Plan::CpuFused => forward::features(&mut self.cpu_fused(x), self, x, None),
             _ if train => {
                 let mut rng = self.rng.0.lock().unwrap_or_else(PoisonError::into_inner);
-                forward::features(&mut CandleOps { train }, self, x, Some(&mut rng))
+                forward::features(&mut candle_ops(&facts), self, x, Some(&mut rng))
             }
-            _ => forward::features(&mut CandleOps { train }, self, x, None),
+            _ => forward::features(&mut candle_ops(&facts), self, x, None),
         }
     }
 }
@@ -133,7 +141,8 @@ pub fn forward_blocks(
     drop_path_scale: f64,
     rng: &NetRng,
 ) -> Result<Tensor> {
-    if Facts::of_blocks(blocks, x, purpose(train)).choose().plan == Plan::CpuFused {
+    let facts = Facts::of_blocks(blocks, x, purpose(train));
+    if facts.choose().plan == Plan::CpuFused {
         let prepared = PreparedCache::default();
         let mut ops = CpuFusedOps {
             prepared: &prepared,
@@ -141,7 +150,7 @@ pub fn forward_blocks(
         };
         return forward::blocks(&mut ops, blocks, x, drop_path_scale, None);
     }
-    let mut ops = CandleOps { train };
+    let mut ops = candle_ops(&facts);
     if train {
         let mut g = rng.0.lock().unwrap_or_else(PoisonError::into_inner);
         return forward::blocks(&mut ops, blocks, x, drop_path_scale, Some(&mut g));

@@ -272,7 +272,7 @@ pub fn loss_and_grads_on(
             Ok((loss, ops.into_grads(params)?))
         }
         Plan::Candle => {
-            let logits = forward::logits(&mut CandleOps { train: true }, net, x, Some(rng))?;
+            let logits = forward::logits(&mut CandleOps::differentiable(), net, x, Some(rng))?;
             let loss = soft_cross_entropy(&logits, targets)?;
             let lv = f64::from(loss.to_scalar::<f32>()?);
             let grads = loss.backward()?;

@@ -6,8 +6,7 @@ use candle_core::{Tensor, Var};
 use candle_nn::VarBuilder;
 use effnet_compiler::ir::{self, Activation, PaddingMode};
 
-use crate::ops::Padding2d;
-use crate::ops::fused::ConvGeom;
+use crate::ops::{ConvGeom, Padding2d};
 
 pub type CResult<T> = candle_core::Result<T>;
 

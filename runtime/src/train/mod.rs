@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use effnet_compiler::ir::{self, LrDecay, LrSchedule, Optimizer as OptimizerSpec, Schedule};
+use effnet_compiler::ir::{self, LrSchedule, Optimizer as OptimizerSpec, Schedule};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -85,27 +85,15 @@ pub fn with_epochs(s: &Schedule, epochs: usize) -> Schedule {
     out
 }
 
-/// The optimizer when the schedule names none: the paper's RMSProp.
-pub const DEFAULT_OPTIMIZER: OptimizerSpec = OptimizerSpec::Rmsprop {
-    decay: 0.9,
-    momentum: 0.9,
-    eps: 1e-3,
-    weight_decay: 1e-5,
-};
+/// The optimizer when the schedule names none: the compiler's
+/// [`effnet_compiler::defaults::OPTIMIZER`] (the paper's RMSProp), named here for callers of
+/// the runtime.
+pub const DEFAULT_OPTIMIZER: OptimizerSpec = effnet_compiler::defaults::OPTIMIZER;
 
-/// The learning rate when the schedule gives none: a cosine from a peak that suits the
-/// optimizer (RMSProp 0.016, automl's rate for batch 256; AdamW 1e-3; SGD 0.1).
+/// The learning rate when the schedule gives none: the compiler's
+/// [`OptimizerSpec::default_lr`].
 pub fn default_lr(opt: &OptimizerSpec) -> LrSchedule {
-    let peak = match opt {
-        OptimizerSpec::Rmsprop { .. } => 0.016,
-        OptimizerSpec::Adamw { .. } => 1e-3,
-        OptimizerSpec::Sgd { .. } => 0.1,
-    };
-    LrSchedule {
-        peak,
-        warmup_epochs: 0.0,
-        decay: LrDecay::Cosine,
-    }
+    opt.default_lr()
 }
 
 /// Settings of a run that the schedule does not give.

@@ -33,18 +33,3 @@ pub(crate) fn with_cpu_f32<R>(
         _ => bail!("{op}: CPU tensors only"),
     }
 }
-
-/// Element-wise sum of equally long per-thread partial results (an empty list sums to
-/// `len` zeros).
-pub(crate) fn sum_partials<T>(partials: &[Vec<T>], len: usize) -> Vec<T>
-where
-    T: Copy + Default + std::ops::AddAssign,
-{
-    let mut out = vec![T::default(); len];
-    for p in partials {
-        for (o, &v) in out.iter_mut().zip(p) {
-            *o += v;
-        }
-    }
-    out
-}

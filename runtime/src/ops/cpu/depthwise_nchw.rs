@@ -24,11 +24,28 @@
 //! `wq = ceil(wp / s)`, from which `u + tap_offset(i, j) < s * s * hq * wq` for every
 //! `u < wide_len` and tap (the largest such index is the last used padded pixel).
 
+use std::ops::{Add, AddAssign, Mul};
+
 use candle_core::{Result, bail};
 use rayon::prelude::*;
 
-use super::Padding2d;
-use super::elem::Elem;
+use crate::ops::Padding2d;
+
+/// A floating-point element the kernels compute in natively (`f16` and `bf16` are widened to
+/// `f32` by the candle op's dtype dispatch, `crate::ops::candle::dtype`).
+pub(crate) trait Elem:
+    Copy + Send + Sync + 'static + Add<Output = Self> + Mul<Output = Self> + AddAssign
+{
+    const ZERO: Self;
+}
+
+impl Elem for f32 {
+    const ZERO: Self = 0.0;
+}
+
+impl Elem for f64 {
+    const ZERO: Self = 0.0;
+}
 
 /// Shape bookkeeping of one depthwise convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

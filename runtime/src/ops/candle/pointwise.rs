@@ -24,53 +24,65 @@ fn check_bias(bias: Option<&Tensor>, o: usize, op: &str) -> Result<()> {
 }
 
 /// 1x1 convolution, stride 1, of `x` (`[N, C, H, W]`) with `w` (`[O, C]` or `[O, C, 1, 1]`)
-/// and an optional `bias` (`[O]`): `[N, C, H*W]` is multiplied on the left by the weight
-/// (broadcast over the batch without copying it) to give `[N, O, H, W]`.
+/// and an optional `bias` (`[O]`), formulated for inference: `[N, C, H*W]` is multiplied on the
+/// left by the weight (broadcast over the batch without copying it) to give `[N, O, H, W]`.
+/// Autograd works through it, but see [`pointwise_conv2d_for_training`] for a backward that
+/// pays.
 pub fn pointwise_conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     const OP: &str = "pointwise_conv2d";
-    let (n, c, h, wd) = match x.dims() {
-        &[n, c, h, w] => (n, c, h, w),
-        d => bail!("{OP}: input must be [N, C, H, W], got {d:?}"),
-    };
+    let (n, c, h, wd) = dims(x, OP)?;
     let w2 = weight_2d(w, c, OP)?;
     let o = w2.dim(0)?;
     check_bias(bias, o, OP)?;
     let x3 = x.reshape((n, c, h * wd))?;
-    if w.track_op()
-        && bias.is_none()
-        && x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && w2.dtype() == DType::F32
-    {
-        // Training on the CPU: one autograd node with GEMM kernels of our own.
-        return super::train_gemm::pointwise_conv2d_train(x, &w2);
-    }
-    if w.track_op() {
-        // Training elsewhere: one [O, C] x [C, N*HW] product. Its backward gives the weight gradient as
-        // one [O, N*HW] x [N*HW, C] product, where the broadcast form below would materialize
-        // N per-batch [O, C] gradients and sum them over the batch with candle's generic
-        // (single-threaded, per-element) reduction: that sum was the largest cost of a
-        // training step. The price is two transposed copies of the activations.
-        let xt = x3.transpose(0, 1)?.contiguous()?.reshape((c, n * h * wd))?;
-        let y = w2.matmul(&xt)?;
-        let y = match bias {
-            Some(b) => y.broadcast_add(&b.reshape((o, 1))?)?,
-            None => y,
-        };
-        return y
-            .reshape((o, n, h * wd))?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((n, o, h, wd));
-    }
-    // Inference: a stride-0 batch dimension on the left operand, so the matmul reads the same
-    // [O, C] matrix for every batch element without copying anything.
     let y = w2.broadcast_as((n, o, c))?.matmul(&x3)?;
     let y = match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, o, 1))?)?,
         None => y,
     };
     y.reshape((n, o, h, wd))
+}
+
+/// [`pointwise_conv2d`] formulated for candle's autograd (the caller says gradients are
+/// wanted; nothing here guesses it from the tensors). On the CPU in f32 without a bias, one
+/// autograd node with GEMM kernels of our own; elsewhere one `[O, C] x [C, N*HW]` product,
+/// whose backward gives the weight gradient as one `[O, N*HW] x [N*HW, C]` product where the
+/// broadcast form of [`pointwise_conv2d`] would materialize N per-batch `[O, C]` gradients and
+/// sum them over the batch with candle's generic (single-threaded, per-element) reduction:
+/// that sum was the largest cost of a training step. The price is two transposed copies of
+/// the activations.
+pub fn pointwise_conv2d_for_training(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    const OP: &str = "pointwise_conv2d_for_training";
+    let (n, c, h, wd) = dims(x, OP)?;
+    let w2 = weight_2d(w, c, OP)?;
+    let o = w2.dim(0)?;
+    check_bias(bias, o, OP)?;
+    if bias.is_none() && x.device().is_cpu() && x.dtype() == DType::F32 && w2.dtype() == DType::F32
+    {
+        return super::train_gemm::pointwise_conv2d_train(x, &w2);
+    }
+    let x3 = x.reshape((n, c, h * wd))?;
+    let xt = x3.transpose(0, 1)?.contiguous()?.reshape((c, n * h * wd))?;
+    let y = w2.matmul(&xt)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(&b.reshape((o, 1))?)?,
+        None => y,
+    };
+    y.reshape((o, n, h * wd))?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((n, o, h, wd))
+}
+
+fn dims(x: &Tensor, op: &str) -> Result<(usize, usize, usize, usize)> {
+    match x.dims() {
+        &[n, c, h, w] => Ok((n, c, h, w)),
+        d => bail!("{op}: input must be [N, C, H, W], got {d:?}"),
+    }
 }
 
 /// Global average pooling over the spatial dimensions: `[N, C, H, W] -> [N, C]`.

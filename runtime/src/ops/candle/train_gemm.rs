@@ -15,64 +15,17 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
-use super::cpu_data::{cpu_f32, sum_partials, with_cpu_f32};
-use super::fused::Mat;
 use rayon::prelude::*;
+
+use crate::ops::cpu::conv::{col2im_nchw, im2col_nchw};
+use crate::ops::cpu::gemm::{Mat, gemm_acc};
+use crate::ops::cpu::tasks::sum_partials;
+use crate::ops::{ConvGeom, Padding2d};
+
+use super::cpu_data::{cpu_f32, with_cpu_f32};
 
 const OP: &str = "pointwise-train";
 const CONV: &str = "conv2d-train";
-
-/// `dst = a x b`, or `dst += a x b` with `accumulate`, for a contiguous row-major `dst` of
-/// `a.rows x b.cols`; single-threaded (callers parallelize over images).
-fn gemm(dst: &mut [f32], accumulate: bool, a: Mat<'_>, b: Mat<'_>) -> Result<()> {
-    let (m, n, k) = (a.rows, b.cols, a.cols);
-    if b.rows != k || !a.fits() || !b.fits() || dst.len() != m * n {
-        bail!(
-            "{OP}: bad GEMM operands {}x{} x {}x{} into {} elements",
-            a.rows,
-            a.cols,
-            b.rows,
-            b.cols,
-            dst.len()
-        );
-    }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
-        return Ok(());
-    }
-    // SAFETY: both operand views were checked to lie inside their slices, `dst` holds exactly
-    // `m * n` elements written at `i * n + j`, and nothing else can touch it (it is borrowed
-    // mutably). Strides fit in isize because the slices do.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-    Ok(())
-}
 
 /// `[N, C, H, W]` input and `[O, C]` weight dimensions: `(n, c, hw, o)`.
 fn dims(x: &[usize], w: &[usize]) -> Result<(usize, usize, usize, usize)> {
@@ -106,7 +59,7 @@ impl CustomOp2 for PointwiseTrain {
                 .zip(x.par_chunks(c * hw))
                 .try_for_each(|(yn, xn)| {
                     let xv = Mat::row_major(xn, c, hw);
-                    gemm(yn, false, wv, xv)
+                    gemm_acc(OP, yn, false, wv, xv)
                 })?;
         }
         let [_, _, h, wd] = l1.dims() else {
@@ -136,7 +89,7 @@ impl CustomOp2 for PointwiseTrain {
                         .zip(g.par_chunks(o * hw))
                         .try_for_each(|(dxn, gn)| {
                             let gv = Mat::row_major(gn, o, hw);
-                            gemm(dxn, false, wt, gv)
+                            gemm_acc(OP, dxn, false, wt, gv)
                         })?;
                     // dW = sum over images of dy[n] x[n]^T: [O, HW] x [HW, C], one partial
                     // sum per thread's share of the batch, then the partials added.
@@ -151,7 +104,7 @@ impl CustomOp2 for PointwiseTrain {
                                 let gv = Mat::row_major(&g[i * o * hw..(i + 1) * o * hw], o, hw);
                                 let xt =
                                     Mat::row_major(&xs[i * c * hw..(i + 1) * c * hw], c, hw).t();
-                                gemm(&mut acc, i != start, gv, xt)?;
+                                gemm_acc(OP, &mut acc, i != start, gv, xt)?;
                             }
                             Ok(acc)
                         })
@@ -174,75 +127,9 @@ pub fn pointwise_conv2d_train(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, PointwiseTrain)
 }
 
-/// Geometry of a dense convolution: input `[C, H, W]` per image, `k x k` kernel, stride,
-/// zeros `top` rows above and `left` columns left (the far sides follow from the output size).
-#[derive(Clone, Copy, Debug)]
-struct ConvGeom {
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    stride: usize,
-    top: usize,
-    left: usize,
-    oh: usize,
-    ow: usize,
-}
-
-impl ConvGeom {
-    /// The input position read by output `(oy, ox)` at kernel tap `(ky, kx)`, if inside.
-    #[inline]
-    fn src(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
-        let y = (oy * self.stride + ky).checked_sub(self.top)?;
-        let x = (ox * self.stride + kx).checked_sub(self.left)?;
-        (y < self.h && x < self.w).then_some((y, x))
-    }
-
-    /// One image's `[C*k*k, OH*OW]` im2col matrix.
-    fn im2col(&self, x: &[f32], cols: &mut [f32]) {
-        let (k, p) = (self.k, self.oh * self.ow);
-        for ci in 0..self.c {
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &mut cols[((ci * k + ky) * k + kx) * p..][..p];
-                    for oy in 0..self.oh {
-                        for ox in 0..self.ow {
-                            row[oy * self.ow + ox] = match self.src(oy, ox, ky, kx) {
-                                Some((y, xx)) => x[(ci * self.h + y) * self.w + xx],
-                                None => 0.0,
-                            };
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The adjoint of `im2col`: scatter-add a `[C*k*k, OH*OW]` matrix into one image.
-    fn col2im(&self, cols: &[f32], dx: &mut [f32]) {
-        let (k, p) = (self.k, self.oh * self.ow);
-        dx.fill(0.0);
-        for ci in 0..self.c {
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &cols[((ci * k + ky) * k + kx) * p..][..p];
-                    for oy in 0..self.oh {
-                        for ox in 0..self.ow {
-                            if let Some((y, xx)) = self.src(oy, ox, ky, kx) {
-                                dx[(ci * self.h + y) * self.w + xx] += row[oy * self.ow + ox];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 struct ConvTrain {
     stride: usize,
-    top: usize,
-    left: usize,
+    pad: Padding2d,
     oh: usize,
     ow: usize,
 }
@@ -255,15 +142,14 @@ impl ConvTrain {
                 n,
                 o,
                 ConvGeom {
+                    n,
                     c,
                     h,
                     w: wd,
+                    o,
                     k,
                     stride: self.stride,
-                    top: self.top,
-                    left: self.left,
-                    oh: self.oh,
-                    ow: self.ow,
+                    pad: self.pad,
                 },
             )),
             _ => bail!(
@@ -286,9 +172,10 @@ impl CustomOp2 for ConvTrain {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, o, g) = self.geom(l1.dims(), l2.dims())?;
+        let (oh, ow) = (self.oh, self.ow);
         let x = cpu_f32(s1, l1, self.name(), "input")?;
         let w = cpu_f32(s2, l2, self.name(), "weight")?;
-        let (p, ck) = (g.oh * g.ow, g.c * g.k * g.k);
+        let (p, ck) = (oh * ow, g.c * g.k * g.k);
         let mut y = vec![0f32; n * o * p];
         if p > 0 && o > 0 && g.c * g.h * g.w > 0 {
             let wv = Mat::row_major(w, o, ck);
@@ -296,12 +183,12 @@ impl CustomOp2 for ConvTrain {
                 .zip(x.par_chunks(g.c * g.h * g.w))
                 .try_for_each(|(yn, xn)| {
                     let mut cols = vec![0f32; ck * p];
-                    g.im2col(xn, &mut cols);
+                    im2col_nchw(&g, (oh, ow), xn, &mut cols);
                     let cv = Mat::row_major(&cols, ck, p);
-                    gemm(yn, false, wv, cv)
+                    gemm_acc(OP, yn, false, wv, cv)
                 })?;
         }
-        Ok((CpuStorage::F32(y), Shape::from((n, o, g.oh, g.ow))))
+        Ok((CpuStorage::F32(y), Shape::from((n, o, oh, ow))))
     }
 
     fn bwd(
@@ -312,7 +199,8 @@ impl CustomOp2 for ConvTrain {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, o, g) = self.geom(x.dims(), w.dims())?;
-        let (p, ck, img) = (g.oh * g.ow, g.c * g.k * g.k, g.c * g.h * g.w);
+        let (oh, ow) = (self.oh, self.ow);
+        let (p, ck, img) = (oh * ow, g.c * g.k * g.k, g.c * g.h * g.w);
         if n == 0 || o == 0 || p == 0 || img == 0 {
             return Ok((Some(x.zeros_like()?), Some(w.zeros_like()?)));
         }
@@ -335,12 +223,12 @@ impl CustomOp2 for ConvTrain {
                                 let i = t * per + j;
                                 let gv = Mat::row_major(&gy[i * o * p..(i + 1) * o * p], o, p);
                                 // dW += dy[i] cols[i]^T.
-                                g.im2col(&xs[i * img..(i + 1) * img], &mut cols);
+                                im2col_nchw(&g, (oh, ow), &xs[i * img..(i + 1) * img], &mut cols);
                                 let ct = Mat::row_major(&cols, ck, p).t();
-                                gemm(&mut acc, j != 0, gv, ct)?;
+                                gemm_acc(OP, &mut acc, j != 0, gv, ct)?;
                                 // dx[i] = col2im(W^T dy[i]).
-                                gemm(&mut cols, false, wt, gv)?;
-                                g.col2im(&cols, dxn);
+                                gemm_acc(OP, &mut cols, false, wt, gv)?;
+                                col2im_nchw(&g, (oh, ow), &cols, dxn);
                             }
                             Ok(acc)
                         })
@@ -360,12 +248,7 @@ impl CustomOp2 for ConvTrain {
 /// A dense (`groups = 1`) convolution of `x` (`[N, C, H, W]`, f32, CPU) with `w`
 /// (`[O, C, k, k]`) at `stride`, with the given zero padding on each side, as one autograd
 /// node.
-pub fn conv2d_train(
-    x: &Tensor,
-    w: &Tensor,
-    stride: usize,
-    pad: super::Padding2d,
-) -> Result<Tensor> {
+pub fn conv2d_train(x: &Tensor, w: &Tensor, stride: usize, pad: Padding2d) -> Result<Tensor> {
     let (h, wd, k) = match (x.dims(), w.dims()) {
         (&[_, _, h, wd], &[_, _, k, k2]) if k == k2 && k > 0 => (h, wd, k),
         (xd, wdims) => bail!(
@@ -381,8 +264,7 @@ pub fn conv2d_train(
     }
     let op = ConvTrain {
         stride,
-        top: pad.top,
-        left: pad.left,
+        pad,
         oh: (ph - k) / stride + 1,
         ow: (pw - k) / stride + 1,
     };

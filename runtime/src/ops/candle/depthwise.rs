@@ -2,9 +2,10 @@
 //!
 //! * On the CPU, [`depthwise_conv2d`] applies the custom op [`DepthwiseConv2d`]
 //!   (`CustomOp2` on `(input NCHW, weight [C, 1, kh, kw])`), whose multi-threaded direct loops
-//!   live in `ops::kernels`. Its backward pass is two further custom ops (input gradient, a
-//!   transposed depthwise convolution, and weight gradient), which in turn have backward passes
-//!   expressed with the same three ops, so candle's autograd works to any order.
+//!   live in `ops::cpu::depthwise_nchw`. Its backward pass is two further custom ops (input
+//!   gradient, a transposed depthwise convolution, and weight gradient), which in turn have
+//!   backward passes expressed with the same three ops, so candle's autograd works to any
+//!   order.
 //! * On any other device it uses [`depthwise_conv2d_tensor_ops`], built from zero padding,
 //!   strided views and broadcast multiply-adds: `kh * kw` element-wise kernels instead of
 //!   the one-convolution-per-channel loop of candle's grouped `conv2d`.
@@ -15,9 +16,10 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, Var, bail};
 
-use super::Padding2d;
-use super::elem::{Elem, Kernel2, dispatch2};
-use super::kernels::{self, Geom};
+use crate::ops::Padding2d;
+use crate::ops::cpu::depthwise_nchw::{self as kernels, Elem, Geom};
+
+use super::dtype::{Kernel2, dispatch2};
 
 /// Depthwise convolution of `x` (`[N, C, H, W]`) with `w` (`[C, 1, kh, kw]`): every channel
 /// is correlated with its own filter, `stride` applies to both spatial dimensions and `pad`

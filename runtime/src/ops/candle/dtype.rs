@@ -1,28 +1,13 @@
-//! Element types of the CPU kernels and the dtype dispatch shared by the custom ops.
+//! The dtype dispatch of the custom ops whose kernels are generic over the element type.
 //!
-//! The kernels are generic over [`Elem`], implemented for `f32` and `f64`. `f16` and `bf16`
+//! Those kernels are generic over [`Elem`], implemented for `f32` and `f64`. `f16` and `bf16`
 //! tensors are converted to `f32`, computed in `f32` (so accumulation happens in `f32`) and
 //! converted back. Every other dtype is rejected with an error.
-
-use std::ops::{Add, AddAssign, Mul};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, WithDType, bail};
 
-/// A floating-point element the CPU kernels compute in natively.
-pub(crate) trait Elem:
-    Copy + Send + Sync + 'static + Add<Output = Self> + Mul<Output = Self> + AddAssign
-{
-    const ZERO: Self;
-}
-
-impl Elem for f32 {
-    const ZERO: Self = 0.0;
-}
-
-impl Elem for f64 {
-    const ZERO: Self = 0.0;
-}
+use crate::ops::cpu::depthwise_nchw::Elem;
 
 /// A CPU computation with two contiguous inputs of the same element type.
 pub(crate) trait Kernel2: Sync {

@@ -27,7 +27,9 @@
 
 use std::arch::x86_64::*;
 
-use super::fused::{Act, silu_zmm};
+use crate::ops::Act;
+
+use super::simd::{Epilogue, Level, level, silu_zmm};
 
 /// Weights `[O, K]` repacked into groups of 64 channels (see the module docs).
 pub(crate) struct PackedWeight {
@@ -63,14 +65,6 @@ impl PackedWeight {
 /// Width in floats of the packed group starting at channel `c0` of `o`.
 fn group_width(o: usize, c0: usize) -> usize {
     (o - c0).min(GROUP).div_ceil(16) * 16
-}
-
-/// The per-channel epilogue: `act(acc * scale + shift)`, then `+ res`.
-#[derive(Clone, Copy)]
-pub(crate) struct TileEpilogue<'a> {
-    pub(crate) scale: &'a [f32],
-    pub(crate) shift: &'a [f32],
-    pub(crate) act: Act,
 }
 
 /// A tile's operands and destination, checked by [`gemm_tile`] before any raw access.
@@ -115,11 +109,11 @@ struct Ptrs {
 pub(crate) unsafe fn gemm_tile(
     t: &Tile<'_>,
     w: &PackedWeight,
-    epi: Option<&TileEpilogue<'_>>,
+    epi: Option<&Epilogue<'_>>,
     out: *mut f32,
     ldo: usize,
 ) -> bool {
-    if super::fused::level() != super::fused::Level::Avx512 {
+    if level() != Level::Avx512 {
         return false;
     }
     let k = w.k;
@@ -156,7 +150,7 @@ const fn k_block(v: usize) -> usize {
 unsafe fn run_tile(
     t: &Tile<'_>,
     w: &PackedWeight,
-    epi: Option<&TileEpilogue<'_>>,
+    epi: Option<&Epilogue<'_>>,
     out: *mut f32,
     ldo: usize,
 ) {
@@ -262,9 +256,10 @@ unsafe fn micro<const V: usize, const NP: usize>(
     last: bool,
     act: Option<Act>,
 ) {
-    // SAFETY (every raw access below): rows `r..r + NP` of `a`, `out` and `res`, steps
-    // `k0..k1 < k` of the group's weights and its channels are inside the tile checked by
-    // `gemm_tile`; the last vector's loads and stores are masked to the real channels.
+    // SAFETY: every raw access below is in bounds: rows `r..r + NP` of `a`, `out` and `res`,
+    // steps `k0..k1 < k` of the group's weights and its channels are inside the tile checked
+    // by `gemm_tile`; the last vector's loads and stores are masked to the real channels.
+    // AVX-512F is this function's own target feature.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); V]; NP];
         if !first {
@@ -330,7 +325,7 @@ unsafe fn epilogue(p: Ptrs, r: usize, np: usize, v: usize, act: Act) {
     }
 }
 
-/// The activation on one vector, as `fused::act_one` does it lane by lane.
+/// The activation on one vector, as `super::simd::act_one` does it lane by lane.
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn activate(v: __m512, act: Act) -> __m512 {
@@ -355,7 +350,7 @@ fn activate(v: __m512, act: Act) -> __m512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::fused::tests::data as values;
+    use crate::ops::cpu::testing::data as values;
 
     /// `out[p, o] = sum_k a[p, k] * w[o, k]`, in f64.
     fn product(a: &[f32], w: &[f32], rows: usize, o: usize, k: usize) -> Vec<f32> {
@@ -373,7 +368,7 @@ mod tests {
 
     #[test]
     fn plain_product_and_rejected_tiles() {
-        if super::super::fused::level() != super::super::fused::Level::Avx512 {
+        if level() != Level::Avx512 {
             return;
         }
         // 1000 steps of K: three blocks for 4-vector groups; 150 channels: two whole groups
@@ -422,7 +417,7 @@ mod tests {
         }
         assert!(untouched.iter().all(|&v| v == 7.0));
         let scale = vec![1.0; 10];
-        let epi = TileEpilogue {
+        let epi = Epilogue {
             scale: &scale,
             shift: &scale,
             act: Act::Identity,

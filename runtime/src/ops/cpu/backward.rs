@@ -1,6 +1,7 @@
 //! Training kernels on f32 activations in NHWC order (channels last), for the hand-written
-//! training step (`crate::train::step`): the backward passes of the layers whose forward
-//! passes are the fused inference kernels ([`super::fused`]), and train-mode BatchNorm.
+//! training step (`crate::exec::cpu_step`): train-mode BatchNorm, and the backward passes of the
+//! layers whose forward passes are the fused kernels ([`super::conv`], [`super::depthwise`],
+//! [`super::se`]).
 //!
 //! Channels last makes every layer a sequence of whole-batch operations: a 1x1 convolution's
 //! gradients are two GEMMs over all `N * H * W` pixels at once (candle's NCHW layout needs
@@ -17,13 +18,13 @@ use std::mem::MaybeUninit;
 use candle_core::{Result, bail};
 use rayon::prelude::*;
 
-use super::cpu_data::sum_partials;
-use super::fused::{
-    Act, ConvGeom, Mat, act_one, gemm_into, im2col_rows, multiversion, nchw_to_nhwc, nhwc_to_nchw,
-    sigmoid, with_act,
-};
-#[cfg(target_arch = "x86_64")]
-use super::fused::{Level, level};
+use crate::ops::{Act, ConvGeom};
+
+use super::conv::im2col_rows;
+use super::gemm::{Mat, gemm_into};
+use super::layout::{nchw_to_nhwc, nhwc_to_nchw};
+use super::simd::{act_one, multiversion, sigmoid, with_act};
+use super::tasks::sum_partials;
 
 /// Rows (pixels) per task for element-wise and reduction passes over `[rows, c]` data:
 /// about 16 K floats, enough to amortize a task, small enough to stay in L2.

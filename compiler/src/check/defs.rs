@@ -1,0 +1,175 @@
+//! What `check` returns: models and schedules with every setting known and valid.
+
+use effnet_grammar::Span;
+
+use crate::diagnostic::Diagnostic;
+use crate::ir::{Activation, Interpolation, LrSchedule, Optimizer, PaddingMode};
+
+/// How stage channels are rounded (timm's `round_channels` / `make_divisible`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ChannelRounding {
+    pub divisor: usize,
+    pub min: Option<usize>,
+    /// Round up by one divisor when rounding lost more than `1 - limit`; 0 turns it off.
+    pub limit: f64,
+}
+
+impl Default for ChannelRounding {
+    fn default() -> Self {
+        ChannelRounding {
+            divisor: 8,
+            min: None,
+            limit: 0.9,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum DepthRounding {
+    Ceil,
+    Round,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum StageKind {
+    Conv,
+    Ds,
+    Fused,
+    Edge,
+    MbConv,
+}
+
+impl StageKind {
+    pub const ALL: [(&'static str, StageKind); 5] = [
+        ("conv", StageKind::Conv),
+        ("ds", StageKind::Ds),
+        ("fused", StageKind::Fused),
+        ("edge", StageKind::Edge),
+        ("mbconv", StageKind::MbConv),
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::Conv => "conv",
+            StageKind::Ds => "ds",
+            StageKind::Fused => "fused",
+            StageKind::Edge => "edge",
+            StageKind::MbConv => "mbconv",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Skip {
+    /// The standard rule: residual when stride 1 and in == out.
+    Auto,
+    /// `skip`: asked for (needed by `conv` stages).
+    On,
+    /// `noskip`.
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StageDef {
+    pub docs: Vec<String>,
+    pub kind: StageKind,
+    pub kernel: usize,
+    pub expansion: f64,
+    pub stride: usize,
+    pub channels: usize,
+    pub repeats: usize,
+    pub se: Option<f64>,
+    pub skip: Skip,
+    pub activation: Option<Activation>,
+    /// This stage's own depth multiplier (`depth D` on the stage line).
+    pub depth: f64,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StemDef {
+    pub kernel: usize,
+    pub stride: usize,
+    pub channels: usize,
+    pub fixed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HeadDef {
+    pub kernel: usize,
+    pub channels: usize,
+}
+
+/// A model after checking: every setting known and valid.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelDef {
+    pub name: String,
+    pub docs: Vec<String>,
+    pub span: Span,
+    pub input_channels: usize,
+    pub resolution: usize,
+    pub train_resolution: Option<usize>,
+    pub classes: usize,
+    pub activation: Activation,
+    pub bn_eps: f64,
+    pub bn_momentum: f64,
+    pub padding: PaddingMode,
+    pub dropout: f64,
+    pub drop_path: f64,
+    pub round_channels: ChannelRounding,
+    pub round_depth: DepthRounding,
+    pub normalize: Option<(Vec<f64>, Vec<f64>)>,
+    pub width: f64,
+    pub depth: f64,
+    pub stage_depths: Option<Vec<f64>>,
+    pub stem: StemDef,
+    pub stages: Vec<StageDef>,
+    pub head: Option<HeadDef>,
+}
+
+/// A value per schedule stage, or a range to interpolate.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub enum ScheduleValue {
+    Fixed(f64),
+    Range(f64, f64),
+    PerStage(Vec<f64>),
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ScheduleDef {
+    pub name: String,
+    pub model: String,
+    pub docs: Vec<String>,
+    pub span: Span,
+    pub epochs: usize,
+    pub stages: usize,
+    pub interpolation: Interpolation,
+    pub image: ScheduleValue,
+    pub randaug: ScheduleValue,
+    pub mixup: ScheduleValue,
+    pub cutmix: ScheduleValue,
+    pub dropout: Option<ScheduleValue>,
+    pub drop_path: Option<ScheduleValue>,
+    pub batch: Option<ScheduleValue>,
+    pub optimizer: Option<Optimizer>,
+    pub lr: Option<LrSchedule>,
+    pub label_smoothing: Option<f64>,
+    pub ema: Option<f64>,
+    pub grad_clip: Option<f64>,
+}
+
+/// A checked file: its models in source order, its schedules, and any warnings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Checked {
+    pub models: Vec<ModelDef>,
+    pub schedules: Vec<ScheduleDef>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Checked {
+    pub fn model(&self, name: &str) -> Option<&ModelDef> {
+        self.models.iter().find(|m| m.name == name)
+    }
+    pub fn schedules_for<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a ScheduleDef> {
+        self.schedules.iter().filter(move |s| s.model == model)
+    }
+}

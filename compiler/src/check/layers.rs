@@ -1,0 +1,288 @@
+//! Layer lines: the stem, the head and each `stage` (block kind, kernel, stride, expansion,
+//! channels and options such as repeats, squeeze-excitation and skip).
+
+use std::collections::HashMap;
+
+use effnet_grammar::*;
+
+use super::cx::{Cx, duplicate};
+use super::{Skip, StageDef, StageKind};
+use crate::diagnostic::{Diagnostic, did_you_mean};
+
+fn kernel_ok(n: &Number, cx: &mut Cx) -> Option<usize> {
+    match n.as_usize() {
+        Some(k) if k >= 1 && k % 2 == 1 && k <= 31 => Some(k),
+        _ => {
+            cx.push(
+                Diagnostic::error(
+                    "effnet::kernel",
+                    format!("kernel size must be odd and at least 1, not {}", n.text),
+                    n.span,
+                )
+                .label("invalid kernel size")
+                .help("EfficientNets use 3x3 and 5x5 kernels: `k3` or `k5`"),
+            );
+            None
+        }
+    }
+}
+
+fn stride_ok(n: &Number, cx: &mut Cx) -> Option<usize> {
+    match n.as_usize() {
+        Some(s @ (1 | 2)) => Some(s),
+        _ => {
+            cx.push(
+                Diagnostic::error(
+                    "effnet::stride",
+                    format!("stride must be 1 or 2, not {}", n.text),
+                    n.span,
+                )
+                .label("invalid stride")
+                .help("use `s1` to keep the resolution or `s2` to halve it"),
+            );
+            None
+        }
+    }
+}
+
+/// The k/e/s parameters of a layer line, each at most once.
+fn params(layer: &Layer, cx: &mut Cx) -> HashMap<char, Number> {
+    let mut out: HashMap<char, Number> = HashMap::new();
+    let mut spans: HashMap<char, Span> = HashMap::new();
+    for p in &layer.params {
+        if let Some(first) = spans.get(&p.letter) {
+            cx.push(
+                Diagnostic::error(
+                    "effnet::duplicate_setting",
+                    format!("`{}` is given twice", p.letter),
+                    p.span,
+                )
+                .with_secondary(*first, "first given here"),
+            );
+        } else {
+            spans.insert(p.letter, p.span);
+            out.insert(p.letter, p.value.clone());
+        }
+    }
+    out
+}
+
+/// Returns (kernel, stride, channels, fixed).
+pub(super) fn stem_or_head(
+    layer: &Layer,
+    what: &str,
+    cx: &mut Cx,
+) -> Option<(usize, usize, usize, bool)> {
+    if layer.kind.name != "conv" {
+        cx.push(
+            Diagnostic::error(
+                "effnet::unknown_block",
+                format!("the {what} must be a `conv`, not `{}`", layer.kind.name),
+                layer.kind.span,
+            )
+            .label("expected `conv`")
+            .help(format!("write `{what} conv k3 s2 -> 24`")),
+        );
+    }
+    let ps = params(layer, cx);
+    let default_k = if what == "head" { 1 } else { 3 };
+    let kernel = match ps.get(&'k') {
+        Some(n) => kernel_ok(n, cx),
+        None => Some(default_k),
+    };
+    let stride = match ps.get(&'s') {
+        Some(n) => stride_ok(n, cx),
+        None => Some(1),
+    };
+    if let Some(e) = ps.get(&'e') {
+        cx.push(
+            Diagnostic::error(
+                "effnet::expansion",
+                format!("the {what} has no expansion ratio"),
+                e.span,
+            )
+            .help(format!("drop `e{}`", e.text)),
+        );
+    }
+    let channels = cx.whole(&layer.channels, "the channel count", 1);
+    let mut fixed = false;
+    for o in &layer.options {
+        match o.kind {
+            LayerOptKind::Fixed if what == "stem" => fixed = true,
+            _ => cx.push(
+                Diagnostic::error(
+                    "effnet::option",
+                    format!("`{}` does not apply to the {what}", o.kind.keyword()),
+                    o.span,
+                )
+                .label("not allowed here")
+                .help(if what == "stem" {
+                    "the stem takes only `fixed` (not width-scaled)".to_string()
+                } else {
+                    "the head takes no options".to_string()
+                }),
+            ),
+        }
+    }
+    Some((kernel?, stride?, channels?, fixed))
+}
+
+pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Option<StageDef> {
+    let kind = StageKind::ALL
+        .iter()
+        .find(|(n, _)| *n == layer.kind.name)
+        .map(|(_, k)| *k);
+    if kind.is_none() {
+        let names = StageKind::ALL.map(|(n, _)| n);
+        let mut d = Diagnostic::error(
+            "effnet::unknown_block",
+            format!("unknown block kind `{}`", layer.kind.name),
+            layer.kind.span,
+        )
+        .label("not a block kind");
+        d = d.help(match did_you_mean(&layer.kind.name, names) {
+            Some(s) => format!(
+                "did you mean `{s}`? The block kinds are {}",
+                names.join(", ")
+            ),
+            None => format!("the block kinds are {}", names.join(", ")),
+        });
+        cx.push(d);
+    }
+    let ps = params(layer, cx);
+    let kernel = match ps.get(&'k') {
+        Some(n) => kernel_ok(n, cx),
+        None => {
+            cx.push(
+                Diagnostic::error(
+                    "effnet::kernel",
+                    "the stage has no kernel size",
+                    layer.kind.span,
+                )
+                .label("kernel missing")
+                .help("add the kernel after the block kind, like `k3`"),
+            );
+            None
+        }
+    };
+    let stride = match ps.get(&'s') {
+        Some(n) => stride_ok(n, cx),
+        None => Some(1),
+    };
+    let expansion = match (kind, ps.get(&'e')) {
+        (_, Some(n)) => {
+            let e = cx.within(n, "the expansion ratio", 1.0, 64.0, false);
+            if let (Some(StageKind::Conv | StageKind::Ds), Some(e)) = (kind, e)
+                && e != 1.0
+            {
+                cx.push(
+                    Diagnostic::error(
+                        "effnet::expansion",
+                        format!(
+                            "a `{}` stage has no expansion; `e{}` must be `e1`",
+                            layer.kind.name, n.text
+                        ),
+                        n.span,
+                    )
+                    .help("use `fused` or `mbconv` for an expanding block"),
+                );
+            }
+            e
+        }
+        (Some(StageKind::Fused | StageKind::Edge | StageKind::MbConv), None) => {
+            cx.push(
+                Diagnostic::error(
+                    "effnet::expansion",
+                    format!("a `{}` stage needs an expansion ratio", layer.kind.name),
+                    layer.kind.span,
+                )
+                .label("expansion missing")
+                .help("add it after the kernel, like `k3 e4`"),
+            );
+            None
+        }
+        _ => Some(1.0),
+    };
+    let channels = cx.whole(&layer.channels, "the channel count", 1);
+    let mut repeats = Some(1);
+    let mut se = None;
+    let mut skip = Skip::Auto;
+    let mut activation = None;
+    let mut depth = 1.0;
+    let mut seen: HashMap<&'static str, Span> = HashMap::new();
+    for o in &layer.options {
+        let key = match o.kind {
+            LayerOptKind::Skip | LayerOptKind::NoSkip => "skip",
+            _ => o.kind.keyword(),
+        };
+        if duplicate(cx, &mut seen, key, o.span) {
+            continue;
+        }
+        match &o.kind {
+            LayerOptKind::Repeats(n) => repeats = cx.whole(n, "the number of repeats", 1),
+            LayerOptKind::Se(n) => {
+                if n.value.is_finite() && n.value > 0.0 && n.value <= 1.0 {
+                    se = Some(n.value);
+                } else {
+                    cx.push(
+                        Diagnostic::error(
+                            "effnet::se_ratio",
+                            format!("the squeeze-excitation ratio must be in (0, 1], not {}", n.text),
+                            n.span,
+                        )
+                        .label("out of range")
+                        .help("it is relative to the block's input channels; EfficientNets use `se 0.25`"),
+                    );
+                }
+            }
+            LayerOptKind::Skip => skip = Skip::On,
+            LayerOptKind::NoSkip => skip = Skip::Off,
+            LayerOptKind::Act(id) => activation = cx.activation(id),
+            LayerOptKind::Depth(n) => {
+                depth = cx
+                    .within(n, "a stage depth multiplier", 1e-3, 100.0, false)
+                    .unwrap_or(1.0)
+            }
+            LayerOptKind::Fixed => cx.push(
+                Diagnostic::error("effnet::option", "`fixed` applies only to the stem", o.span)
+                    .label("not allowed on a stage"),
+            ),
+        }
+    }
+    if let (Some(StageKind::Conv), Some(_)) = (kind, se) {
+        cx.push(
+            Diagnostic::error(
+                "effnet::se_ratio",
+                "a `conv` stage has no squeeze-excitation",
+                layer.kind.span,
+            )
+            .help("use `edge` (timm `er`) or `mbconv` for a block with SE"),
+        );
+    }
+    if let (Some(StageKind::Fused), Some(e), Some(_)) = (kind, expansion, se)
+        && e == 1.0
+    {
+        cx.push(
+            Diagnostic::error(
+                "effnet::se_ratio",
+                "a `fused` stage with `e1` is a single convolution and has no squeeze-excitation",
+                layer.kind.span,
+            )
+            .help("use `edge ... e1` for timm's EdgeResidual with an SE layer"),
+        );
+    }
+    Some(StageDef {
+        docs: docs.iter().map(|d| d.text.clone()).collect(),
+        kind: kind?,
+        kernel: kernel?,
+        expansion: expansion?,
+        stride: stride?,
+        channels: channels?,
+        repeats: repeats?,
+        se,
+        skip,
+        activation,
+        depth,
+        span,
+    })
+}

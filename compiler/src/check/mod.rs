@@ -1,0 +1,120 @@
+//! `check`: every rule of the language, all diagnostics at once. What it returns is validated
+//! and fully resolved (derived models merged with their bases, defaults filled in), so that
+//! lowering never fails.
+//!
+//! The driver here checks names (models defined twice, schedules defined twice) and hands each
+//! part to the module that knows its rules: `models` (derivations, model bodies, the finished
+//! model), `layers` (stem, head and stage lines), `schedules` (training schedules, optimizer,
+//! learning rate). `cx` holds the value checks they share, and `defs` what `check` returns.
+
+use std::collections::HashMap;
+
+use effnet_grammar::*;
+
+use crate::diagnostic::Diagnostic;
+
+mod cx;
+mod defs;
+mod layers;
+mod models;
+mod schedules;
+
+pub use defs::{
+    ChannelRounding, Checked, DepthRounding, HeadDef, ModelDef, ScheduleDef, ScheduleValue, Skip,
+    StageDef, StageKind, StemDef,
+};
+
+use cx::Cx;
+use models::{Resolver, finish_model};
+use schedules::check_schedule;
+
+/// The largest whole number any setting may take (channels, resolution, repeats, epochs).
+pub const MAX_WHOLE: usize = 65_536;
+
+/// The most blocks a model may expand to (EfficientNetV2-XL has 100).
+pub const MAX_BLOCKS: usize = 10_000;
+
+/// Check a parsed file. On failure the error holds every error and every warning found.
+pub fn check(file: &File) -> Result<Checked, Vec<Diagnostic>> {
+    let mut cx = Cx::default();
+    let models: Vec<&Model> = file
+        .items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Model(m) => Some(m),
+            Item::Schedule(_) => None,
+        })
+        .collect();
+
+    // Names first: duplicates, then resolve each model (bases before derived ones).
+    let mut by_name: HashMap<&str, &Model> = HashMap::new();
+    for m in &models {
+        if let Some(first) = by_name.get(m.name.name.as_str()) {
+            cx.push(
+                Diagnostic::error(
+                    "effnet::duplicate_model",
+                    format!("model `{}` is defined twice", m.name.name),
+                    m.name.span,
+                )
+                .label("defined again here")
+                .with_secondary(first.name.span, "first defined here")
+                .help("give each model its own name"),
+            );
+        } else {
+            by_name.insert(&m.name.name, m);
+        }
+    }
+    let mut resolver = Resolver {
+        by_name: &by_name,
+        done: HashMap::new(),
+        in_progress: Vec::new(),
+    };
+    let mut defs = Vec::new();
+    for m in &models {
+        if by_name
+            .get(m.name.name.as_str())
+            .is_some_and(|first| std::ptr::eq(*first, *m))
+            && let Some(partial) = resolver.resolve(m, &mut cx)
+            && let Some(def) = finish_model(m, partial, &mut cx)
+        {
+            defs.push(def);
+        }
+    }
+
+    let mut schedules: Vec<ScheduleDef> = Vec::new();
+    for item in &file.items {
+        if let Item::Schedule(s) = item
+            && let Some(def) = check_schedule(s, &by_name, &mut cx)
+        {
+            if let Some(prev) = schedules
+                .iter()
+                .find(|p| p.model == def.model && p.name == def.name)
+            {
+                cx.push(
+                    Diagnostic::error(
+                        "effnet::duplicate_schedule",
+                        format!(
+                            "model `{}` already has a schedule named `{}`",
+                            def.model, def.name
+                        ),
+                        s.span,
+                    )
+                    .with_secondary(prev.span, "first defined here")
+                    .help("name them: `schedule NAME for MODEL { ... }`"),
+                );
+            } else {
+                schedules.push(def);
+            }
+        }
+    }
+
+    if cx.diagnostics.iter().any(Diagnostic::is_error) {
+        Err(cx.diagnostics)
+    } else {
+        Ok(Checked {
+            models: defs,
+            schedules,
+            warnings: cx.diagnostics,
+        })
+    }
+}

@@ -1,0 +1,490 @@
+//! Models: names and derivations (`model b0 = a(width 1.1)`), the settings of a model body,
+//! and the finished model with its defaults filled in and its size bounded.
+
+use std::collections::HashMap;
+
+use effnet_grammar::*;
+
+use super::cx::{Cx, duplicate};
+use super::layers::{stage, stem_or_head};
+use super::{ChannelRounding, DepthRounding, HeadDef, MAX_BLOCKS, ModelDef, StageDef, StemDef};
+use crate::diagnostic::{Diagnostic, did_you_mean};
+use crate::ir::{Activation, PaddingMode};
+
+/// A model's settings as written, before defaults: derived models start from their base's.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Partial {
+    input: Option<(usize, usize, Option<usize>)>,
+    /// Where the resolution and the training resolution were written.
+    input_spans: Option<(Span, Option<Span>)>,
+    classes: Option<usize>,
+    activation: Option<Activation>,
+    bn_eps: Option<f64>,
+    bn_momentum: Option<f64>,
+    padding: Option<PaddingMode>,
+    dropout: Option<f64>,
+    drop_path: Option<f64>,
+    round_channels: Option<ChannelRounding>,
+    round_depth: Option<DepthRounding>,
+    normalize: Option<(Vec<f64>, Vec<f64>)>,
+    width: Option<f64>,
+    depth: Option<f64>,
+    stage_depths: Option<(Vec<f64>, Span)>,
+    stem: Option<StemDef>,
+    stages: Option<Vec<StageDef>>,
+    head: Option<Option<HeadDef>>,
+    /// Where the stages were written, for messages about them.
+    stages_span: Option<Span>,
+    /// A `stem` line exists (it may have had errors, already reported).
+    stem_written: bool,
+}
+
+pub(super) struct Resolver<'a> {
+    pub(super) by_name: &'a HashMap<&'a str, &'a Model>,
+    pub(super) done: HashMap<String, Option<Partial>>,
+    pub(super) in_progress: Vec<String>,
+}
+
+impl Resolver<'_> {
+    pub(super) fn resolve(&mut self, m: &Model, cx: &mut Cx) -> Option<Partial> {
+        if let Some(done) = self.done.get(&m.name.name) {
+            return done.clone();
+        }
+        self.in_progress.push(m.name.name.clone());
+        let result = self.resolve_inner(m, cx);
+        self.in_progress.pop();
+        self.done.insert(m.name.name.clone(), result.clone());
+        result
+    }
+
+    fn resolve_inner(&mut self, m: &Model, cx: &mut Cx) -> Option<Partial> {
+        let mut partial = Partial::default();
+        if let Some(d) = &m.derivation {
+            let base_name = d.base.name.as_str();
+            if self.in_progress.iter().any(|n| n == base_name) {
+                let mut cycle: Vec<&str> = self
+                    .in_progress
+                    .iter()
+                    .skip_while(|n| *n != base_name)
+                    .map(String::as_str)
+                    .collect();
+                cycle.push(base_name);
+                cx.push(
+                    Diagnostic::error(
+                        "effnet::derivation_cycle",
+                        format!(
+                            "models are scaled from each other in a cycle: {}",
+                            cycle.join(" -> ")
+                        ),
+                        d.base.span,
+                    )
+                    .label("this makes a cycle")
+                    .help("one model of the cycle must be written out in full"),
+                );
+                return None;
+            }
+            let Some(base) = self.by_name.get(base_name).copied() else {
+                let mut diag = Diagnostic::error(
+                    "effnet::unknown_model",
+                    format!(
+                        "`{}` scales model `{base_name}`, which does not exist",
+                        m.name.name
+                    ),
+                    d.base.span,
+                )
+                .label("no model of this name in the file");
+                let names: Vec<&str> = self
+                    .by_name
+                    .keys()
+                    .copied()
+                    .filter(|n| *n != m.name.name)
+                    .collect();
+                if let Some(s) = did_you_mean(base_name, names) {
+                    diag = diag.help(format!("did you mean `{s}`?"));
+                }
+                cx.push(diag);
+                return None;
+            };
+            partial = self.resolve(base, cx)?;
+            // The derivation replaces the base's scaling.
+            partial.width = None;
+            partial.depth = None;
+            partial.stage_depths = None;
+            scale_args(&d.scale, &mut partial, cx);
+        }
+        if let Some(body) = &m.body {
+            apply_body(body, &mut partial, cx);
+        }
+        Some(partial)
+    }
+}
+
+fn scale_args(args: &[ScaleArg], p: &mut Partial, cx: &mut Cx) {
+    for a in args {
+        match (a.key.name.as_str(), &a.value) {
+            ("width", ScaleValue::Number(n)) => {
+                p.width = cx.within(n, "the width multiplier", 1e-3, 100.0, false);
+            }
+            ("depth", ScaleValue::Number(n)) => {
+                p.depth = cx.within(n, "the depth multiplier", 1e-3, 100.0, false);
+            }
+            ("stages", ScaleValue::Tuple(v)) => {
+                let vals: Option<Vec<f64>> = v
+                    .iter()
+                    .map(|n| cx.within(n, "a stage depth multiplier", 1e-3, 100.0, false))
+                    .collect();
+                p.stage_depths = vals.map(|v| (v, a.span));
+            }
+            (key, _) => cx.push(
+                Diagnostic::error(
+                    "effnet::scale",
+                    format!(
+                        "`{key}` takes {}",
+                        if key == "stages" {
+                            "a list like `(1.2, 1.6)`"
+                        } else {
+                            "one number"
+                        }
+                    ),
+                    a.span,
+                )
+                .label("wrong kind of value"),
+            ),
+        }
+    }
+}
+
+fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
+    let mut seen: HashMap<&'static str, Span> = HashMap::new();
+    let mut stages: Vec<StageDef> = Vec::new();
+    let mut stages_span: Option<Span> = None;
+    for stmt in body {
+        let kw = stmt.kind.keyword();
+        if !matches!(stmt.kind, ModelStmtKind::Stage(_)) && duplicate(cx, &mut seen, kw, stmt.span)
+        {
+            continue;
+        }
+        match &stmt.kind {
+            ModelStmtKind::Input {
+                channels,
+                resolution,
+                train,
+            } => {
+                let c = cx.whole(channels, "the number of input channels", 1);
+                let r = cx.whole(resolution, "the resolution", 1);
+                let t = match train {
+                    Some(t) => cx.whole(t, "the training resolution", 1).map(Some),
+                    None => Some(None),
+                };
+                if let (Some(c), Some(r), Some(t)) = (c, r, t) {
+                    p.input = Some((c, r, t));
+                    p.input_spans = Some((resolution.span, train.as_ref().map(|t| t.span)));
+                }
+            }
+            ModelStmtKind::Classes(n) => {
+                if let Some(v) = cx.whole(n, "the number of classes", 1) {
+                    p.classes = Some(v);
+                }
+            }
+            ModelStmtKind::Activation(id) => {
+                if let Some(a) = cx.activation(id) {
+                    p.activation = Some(a);
+                }
+            }
+            ModelStmtKind::Norm { kind, args } => {
+                if kind.name != "batch" {
+                    let mut d = Diagnostic::error(
+                        "effnet::unknown_norm",
+                        format!("unknown normalization `{}`", kind.name),
+                        kind.span,
+                    )
+                    .label("not a normalization layer");
+                    d = d.help(match did_you_mean(&kind.name, ["batch"]) {
+                        Some(_) => "did you mean `batch`? The EfficientNet family uses BatchNorm: `norm batch(eps = 1e-3, momentum = 0.01)`".to_string(),
+                        None => "the EfficientNet family uses BatchNorm: `norm batch(eps = 1e-3, momentum = 0.01)`".to_string(),
+                    });
+                    cx.push(d);
+                }
+                let kw = cx.kwargs(args, "`norm batch`", &["eps", "momentum"]);
+                if let Some(v) = kw.get("eps").and_then(|v| cx.num_arg(v, "eps"))
+                    && let Some(e) = cx.within(v, "BatchNorm eps", 0.0, 1.0, true) {
+                        if e > 0.0 {
+                            p.bn_eps = Some(e);
+                        } else {
+                            cx.push(Diagnostic::error("effnet::number", "BatchNorm eps must be above 0", v.span).label("must be positive"));
+                        }
+                    }
+                if let Some(v) = kw.get("momentum").and_then(|v| cx.num_arg(v, "momentum"))
+                    && let Some(m) = cx.within(v, "BatchNorm momentum", 0.0, 1.0, false) {
+                        p.bn_momentum = Some(m);
+                    }
+            }
+            ModelStmtKind::Padding(id) => match id.name.as_str() {
+                "same" => p.padding = Some(PaddingMode::Same),
+                "symmetric" => p.padding = Some(PaddingMode::Symmetric),
+                other => {
+                    let mut d = Diagnostic::error(
+                        "effnet::unknown_padding",
+                        format!("unknown padding `{other}`"),
+                        id.span,
+                    )
+                    .label("expected `same` or `symmetric`");
+                    d = d.help(match did_you_mean(other, ["same", "symmetric"]) {
+                        Some(s) => format!("did you mean `{s}`? `same` is TensorFlow's (the `tf_` models), `symmetric` PyTorch's"),
+                        None => "`same` is TensorFlow's (the `tf_` models), `symmetric` PyTorch's".to_string(),
+                    });
+                    cx.push(d);
+                }
+            },
+            ModelStmtKind::Dropout(n) => {
+                p.dropout = cx.within(n, "dropout", 0.0, 1.0, true).or(p.dropout);
+            }
+            ModelStmtKind::DropPath(n) => {
+                p.drop_path = cx.within(n, "drop_path", 0.0, 1.0, true).or(p.drop_path);
+            }
+            ModelStmtKind::RoundChannels(args) => {
+                let kw = cx.kwargs(args, "`round channels`", &["divisor", "min", "limit"]);
+                let mut r = ChannelRounding::default();
+                if let Some(n) = kw.get("divisor").and_then(|v| cx.num_arg(v, "divisor")) {
+                    r.divisor = cx.whole(n, "the channel divisor", 1).unwrap_or(r.divisor);
+                }
+                if let Some(n) = kw.get("min").and_then(|v| cx.num_arg(v, "min")) {
+                    r.min = cx.whole(n, "the minimum channel count", 1);
+                }
+                if let Some(n) = kw.get("limit").and_then(|v| cx.num_arg(v, "limit")) {
+                    r.limit = cx.within(n, "the round limit", 0.0, 1.0, false).unwrap_or(r.limit);
+                }
+                p.round_channels = Some(r);
+            }
+            ModelStmtKind::RoundDepth(id) => match id.name.as_str() {
+                "ceil" => p.round_depth = Some(DepthRounding::Ceil),
+                "round" => p.round_depth = Some(DepthRounding::Round),
+                other => cx.push(
+                    Diagnostic::error(
+                        "effnet::unknown_rounding",
+                        format!("unknown depth rounding `{other}`"),
+                        id.span,
+                    )
+                    .label("expected `ceil` or `round`")
+                    .help("timm scales repeats with `ceil(repeats * depth)`; a few models use `round`"),
+                ),
+            },
+            ModelStmtKind::Normalize { mean, std } => {
+                let m: Option<Vec<f64>> = mean.iter().map(|n| cx.within(n, "a mean", -1e6, 1e6, false)).collect();
+                let s: Option<Vec<f64>> = std
+                    .iter()
+                    .map(|n| {
+                        let v = cx.within(n, "a standard deviation", 0.0, 1e6, false)?;
+                        if v > 0.0 {
+                            Some(v)
+                        } else {
+                            cx.push(Diagnostic::error("effnet::number", "a standard deviation must be above 0", n.span).label("must be positive"));
+                            None
+                        }
+                    })
+                    .collect();
+                if let (Some(m), Some(s)) = (m, s) {
+                    if m.len() != s.len() {
+                        cx.push(
+                            Diagnostic::error(
+                                "effnet::normalize",
+                                format!("`normalize` has {} means but {} standard deviations", m.len(), s.len()),
+                                stmt.span,
+                            )
+                            .label("lengths differ")
+                            .help("give one mean and one standard deviation per input channel"),
+                        );
+                    } else {
+                        p.normalize = Some((m, s));
+                    }
+                }
+            }
+            ModelStmtKind::Scale(args) => scale_args(args, p, cx),
+            ModelStmtKind::Stem(layer) => {
+                p.stem_written = true;
+                if let Some(s) = stem_or_head(layer, "stem", cx) {
+                    p.stem = Some(StemDef {
+                        kernel: s.0,
+                        stride: s.1,
+                        channels: s.2,
+                        fixed: s.3,
+                    });
+                }
+            }
+            ModelStmtKind::Head(None) => p.head = Some(None),
+            ModelStmtKind::Head(Some(layer)) => {
+                if let Some(h) = stem_or_head(layer, "head", cx) {
+                    if h.1 != 1 {
+                        cx.push(Diagnostic::error("effnet::stride", "the head convolution cannot have a stride", stmt.span).help("drop the `s` parameter; the head is a 1x1 convolution"));
+                    }
+                    p.head = Some(Some(HeadDef {
+                        kernel: h.0,
+                        channels: h.2,
+                    }));
+                }
+            }
+            ModelStmtKind::Stage(layer) => {
+                stages_span = Some(stages_span.map_or(stmt.span, |s| s.to(stmt.span)));
+                if let Some(s) = stage(layer, &stmt.docs, stmt.span, cx) {
+                    stages.push(s);
+                }
+            }
+        }
+    }
+    if stages_span.is_some() {
+        p.stages = Some(stages);
+        p.stages_span = stages_span;
+    }
+}
+
+pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDef> {
+    let Some(stem) = p.stem else {
+        if p.stem_written {
+            return None; // the stem line had errors, already reported
+        }
+        cx.push(
+            Diagnostic::error(
+                "effnet::missing_stem",
+                format!("model `{}` has no stem", m.name.name),
+                m.name.span,
+            )
+            .label("no `stem` in this model")
+            .help("add one, like `stem conv k3 s2 -> 32`"),
+        );
+        return None;
+    };
+    let stages = match p.stages {
+        Some(s) if !s.is_empty() => s,
+        Some(_) => return None, // every stage line had an error, already reported
+        None => {
+            cx.push(
+                Diagnostic::error(
+                    "effnet::missing_stages",
+                    format!("model `{}` has no stages", m.name.name),
+                    m.name.span,
+                )
+                .label("no `stage` in this model")
+                .help("add stages, like `stage mbconv k3 e4 s2 -> 64 x2 se 0.25`"),
+            );
+            return None;
+        }
+    };
+    let (input_channels, resolution, train_resolution) = p.input.unwrap_or((3, 224, None));
+    let (res_span, train_span) = p.input_spans.unwrap_or((m.name.span, None));
+    if let Some((depths, span)) = &p.stage_depths
+        && depths.len() != stages.len()
+    {
+        cx.push(
+            Diagnostic::error(
+                "effnet::scale",
+                format!(
+                    "{} per-stage depth multipliers for {} stages",
+                    depths.len(),
+                    stages.len()
+                ),
+                *span,
+            )
+            .label("one multiplier per stage")
+            .help("give exactly one depth multiplier for each `stage` line"),
+        );
+        return None;
+    }
+    if let Some((mean, _)) = &p.normalize
+        && mean.len() != input_channels
+    {
+        cx.push(
+            Diagnostic::error(
+                "effnet::normalize",
+                format!(
+                    "`normalize` gives {} values for {} input channel{}",
+                    mean.len(),
+                    input_channels,
+                    if input_channels == 1 { "" } else { "s" }
+                ),
+                m.name.span,
+            )
+            .help("give one mean and one standard deviation per input channel"),
+        );
+    }
+    let def = ModelDef {
+        name: m.name.name.clone(),
+        docs: m.docs.iter().map(|d| d.text.clone()).collect(),
+        span: m.span,
+        input_channels,
+        resolution,
+        train_resolution,
+        classes: p.classes.unwrap_or(1000),
+        activation: p.activation.unwrap_or(Activation::Silu),
+        bn_eps: p.bn_eps.unwrap_or(1e-5),
+        bn_momentum: p.bn_momentum.unwrap_or(0.1),
+        padding: p.padding.unwrap_or(PaddingMode::Symmetric),
+        dropout: p.dropout.unwrap_or(0.0),
+        drop_path: p.drop_path.unwrap_or(0.0),
+        round_channels: p.round_channels.unwrap_or_default(),
+        round_depth: p.round_depth.unwrap_or(DepthRounding::Ceil),
+        normalize: p.normalize,
+        width: p.width.unwrap_or(1.0),
+        depth: p.depth.unwrap_or(1.0),
+        stage_depths: p.stage_depths.map(|(d, _)| d),
+        stem,
+        stages,
+        head: p.head.unwrap_or(None),
+    };
+    // Scaling multiplies repeats: bound the expanded network so that lowering stays cheap.
+    let blocks: f64 = def
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let per_stage = def
+                .stage_depths
+                .as_ref()
+                .and_then(|d| d.get(i))
+                .copied()
+                .unwrap_or(1.0);
+            (s.repeats as f64 * def.depth * s.depth * per_stage).ceil()
+        })
+        .sum();
+    if blocks > MAX_BLOCKS as f64 {
+        cx.push(
+            Diagnostic::error(
+                "effnet::too_deep",
+                format!("`{}` expands to {blocks} blocks after depth scaling; at most {MAX_BLOCKS} are supported", def.name),
+                m.name.span,
+            )
+            .help("lower the repeats or the depth multipliers"),
+        );
+        return None;
+    }
+    // A resolution the network does not divide evenly loses pixels (or pads) at each stride.
+    let total_stride = def.stem.stride * def.stages.iter().map(|s| s.stride).product::<usize>();
+    for (what, r, span) in [
+        ("evaluation", Some(def.resolution), res_span),
+        (
+            "training",
+            def.train_resolution,
+            train_span.unwrap_or(res_span),
+        ),
+    ] {
+        if let Some(r) = r
+            && r % total_stride != 0
+        {
+            cx.push(
+                    Diagnostic::warning(
+                        "effnet::resolution",
+                        format!(
+                            "the {what} resolution {r} is not divisible by the network's total stride {total_stride}"
+                        ),
+                        span,
+                    )
+                    .label(format!("`{}` downsamples by {total_stride}", def.name))
+                    .help(format!(
+                        "feature maps will be rounded at each stride; {} or {} divide evenly",
+                        r / total_stride * total_stride,
+                        (r / total_stride + 1) * total_stride
+                    )),
+                );
+        }
+    }
+    Some(def)
+}
