@@ -15,8 +15,9 @@ use effnet_runtime::Network;
 use effnet_runtime::train::optim::{Optimizer, Param};
 use effnet_runtime::train::step::{loss_and_grads, one_hot};
 
+use super::compute::{DeviceArg, device};
 use super::load;
-use super::run::{DeviceArg, DtypeArg, device};
+use super::run::DtypeArg;
 
 /// What `bench` measures.
 #[derive(Debug, Clone)]
@@ -152,6 +153,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
             "resolution": res,
             "batch": a.batch,
             "train": a.train,
+            "threads": rayon::current_num_threads(),
             "images_per_sec": (ips * 100.0).round() / 100.0,
             "peak_rss_mb": rss.map(|r| (r * 10.0).round() / 10.0),
         });
@@ -163,9 +165,10 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
             _ => "cuda",
         };
         println!(
-            "{} @{res} batch {} {mode} on {dev_name}: {ips:.2} images/s ({:.2} ms/batch, {} timed iterations after {} warm-up)",
+            "{} @{res} batch {} {mode} on {dev_name} ({} threads): {ips:.2} images/s ({:.2} ms/batch, {} timed iterations after {} warm-up)",
             net_ir.name,
             a.batch,
+            rayon::current_num_threads(),
             1000.0 * secs / a.iters as f64,
             a.iters,
             a.warmup
