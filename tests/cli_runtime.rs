@@ -221,28 +221,189 @@ fn bench_json_reports_a_throughput() {
         assert_eq!(v["train"], train);
         assert!(v["images_per_sec"].as_f64().is_some_and(|x| x > 0.0), "{v}");
         assert!(v["peak_rss_mb"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+        // The plan the facts choose on the CPU in f32: the effnet kernels, no fallback.
+        let want = if train { "cpu-step" } else { "cpu-fused" };
+        assert_eq!(v["plan"], want, "{v}");
+        assert!(v["plan_fallback_reason"].is_null(), "{v}");
     }
 }
 
+/// `bench --plan` runs a named plan, says which, and refuses one the call cannot use.
+#[test]
+fn bench_runs_a_named_plan_and_says_why_when_it_cannot() {
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "tests/fixtures/runtime/fx_v2s_sym64.effnet",
+            "--resolution",
+            "32",
+            "--batch",
+            "2",
+            "--iters",
+            "1",
+            "--warmup",
+            "1",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        effnet(&args)
+    };
+    for extra in [
+        &["--plan", "candle"][..],
+        &["--plan", "candle", "--train"][..],
+    ] {
+        let o = bench(extra);
+        assert_eq!(o.status.code(), Some(0), "{extra:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("JSON");
+        assert_eq!(v["plan"], "candle", "{v}");
+    }
+    let o = bench(&["--plan", "cpu-step"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("runs training steps only"),
+        "{}",
+        stderr(&o)
+    );
+    let o = bench(&["--plan", "cpu-fused", "--train"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("runs inference only"), "{}", stderr(&o));
+    // f16 weights run inference on the fused plan (widened to f32) but train on candle.
+    let o = bench(&["--dtype", "f16", "--train"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("JSON");
+    assert_eq!(v["plan"], "candle", "{v}");
+    let why = v["plan_fallback_reason"].as_str().unwrap_or_default();
+    assert!(why.contains("f16"), "{v}");
+}
+
+/// Every command that computes parses `--device` the same way: CUDA in a build without it is
+/// one error that says how to rebuild, and an unknown device is a usage error listing both.
 #[test]
 fn cuda_without_the_feature_is_a_clear_error() {
     if cfg!(feature = "cuda") {
         return;
     }
-    let o = effnet(&[
+    let bench = [
         "bench",
         "tests/fixtures/runtime/fx_v2s_sym64.effnet",
-        "--device",
-        "cuda",
         "--iters",
         "1",
-    ]);
+    ];
+    let train = [
+        "train",
+        "specs/efficientnetv2_nano.effnet",
+        "--data",
+        "data/mnist",
+        "--out",
+        "target/never-written",
+        "--epochs",
+        "1",
+    ];
+    let eval = [
+        "eval",
+        "specs/efficientnetv2_nano.effnet",
+        "--weights",
+        "no/such/weights.safetensors",
+        "--data",
+        "data/mnist",
+    ];
+    for command in [&bench[..], &train[..], &eval[..]] {
+        let mut args = command.to_vec();
+        args.extend(["--device", "cuda"]);
+        let o = effnet(&args);
+        assert_eq!(o.status.code(), Some(1), "{command:?}");
+        assert!(
+            stderr(&o).contains("`--device cuda`: this effnet was built without CUDA support")
+                && stderr(&o).contains("--features cuda"),
+            "{command:?}: {}",
+            stderr(&o)
+        );
+        let mut args = command.to_vec();
+        args.extend(["--device", "gpu"]);
+        let o = effnet(&args);
+        assert_eq!(o.status.code(), Some(2), "{command:?}");
+        assert!(
+            stderr(&o).contains("[possible values: cpu, cuda]"),
+            "{command:?}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+/// `--threads N` sizes the one pool every CPU kernel runs on (bench reports it), on every
+/// command that computes; 0 is an error.
+#[test]
+fn threads_sizes_the_compute_pool() {
+    let bench = |threads: &str| {
+        effnet(&[
+            "bench",
+            "tests/fixtures/runtime/fx_v2s_sym64.effnet",
+            "--resolution",
+            "32",
+            "--batch",
+            "2",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--train",
+            "--json",
+            "--threads",
+            threads,
+        ])
+    };
+    for n in [1, 3] {
+        let o = bench(&n.to_string());
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("JSON");
+        assert_eq!(v["threads"], n, "{v}");
+    }
+    let o = bench("0");
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("without CUDA support"),
+        stderr(&o).contains("--threads 0: expected at least 1"),
         "{}",
         stderr(&o)
     );
+    for command in [
+        &[
+            "train",
+            "specs/efficientnetv2_nano.effnet",
+            "--data",
+            "x",
+            "--out",
+            "y",
+        ][..],
+        &[
+            "eval",
+            "specs/efficientnetv2_nano.effnet",
+            "--weights",
+            "w",
+            "--data",
+            "x",
+        ],
+        &[
+            "run",
+            FIXTURE,
+            "--weights",
+            "w",
+            "--input",
+            "x",
+            "--output",
+            "y",
+        ],
+        &["predict", FIXTURE, "--weights", "w", "x.png"],
+    ] {
+        let mut args = command.to_vec();
+        args.extend(["--threads", "0"]);
+        let o = effnet(&args);
+        assert_eq!(o.status.code(), Some(1), "{command:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--threads 0: expected at least 1"),
+            "{command:?}: {}",
+            stderr(&o)
+        );
+    }
 }
 
 /// The main job in miniature: `effnet train` on the bundled digits writes the run directory
@@ -279,6 +440,11 @@ fn train_then_eval_on_bundled_mnist() {
     assert!(
         text.contains("stage") && text.contains("image"),
         "stage table:\n{text}"
+    );
+    assert!(text.contains("compute cpu, "), "compute line:\n{text}");
+    assert!(
+        text.contains("training step plan: cpu-step"),
+        "plan line:\n{text}"
     );
 
     let csv = std::fs::read_to_string(out.join("metrics.csv")).expect("metrics.csv");

@@ -12,11 +12,12 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use effnet_compiler::ir::Optimizer as OptimizerSpec;
 use effnet_runtime::Network;
-use effnet_runtime::exec::{Purpose, one_hot};
+use effnet_runtime::exec::{Choice, Plan, Purpose, one_hot};
 use effnet_runtime::train::optim::{Optimizer, Param};
 
+use super::compute::{DeviceArg, device};
 use super::load;
-use super::run::{DeviceArg, DtypeArg, device};
+use super::run::DtypeArg;
 
 /// What `bench` measures.
 #[derive(Debug, Clone)]
@@ -30,7 +31,26 @@ pub struct BenchArgs<'a> {
     pub warmup: usize,
     pub device: DeviceArg,
     pub dtype: DtypeArg,
+    pub plan: Option<PlanArg>,
     pub json: bool,
+}
+
+/// An execution plan named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanArg {
+    CpuFused,
+    CpuStep,
+    Candle,
+}
+
+impl PlanArg {
+    pub fn plan(self) -> Plan {
+        match self {
+            PlanArg::CpuFused => Plan::CpuFused,
+            PlanArg::CpuStep => Plan::CpuStep,
+            PlanArg::Candle => Plan::Candle,
+        }
+    }
 }
 
 /// Peak resident set size of this process in MiB (`VmHWM`), when the kernel reports it.
@@ -122,27 +142,35 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
     };
     let mut optimizer = Optimizer::new(sgd, &params).map_err(|e| e.to_string())?;
     let mut masks = effnet_runtime::data::sample_rng(0, &[]);
-    let mut step = || -> Result<(), String> {
-        if a.train {
-            let (_, grads) = net
-                .loss_and_grads(&params, &x, &targets, &mut masks)
-                .map_err(ce)?;
-            optimizer
-                .step(&params, &grads, 0.01)
-                .map_err(|e| e.to_string())?;
-        } else {
-            let y = net.forward_t(&x, false).map_err(ce)?;
-            // Wait for the device (a no-op on the CPU).
-            y.device().synchronize().map_err(ce)?;
-        }
-        Ok(())
-    };
     let purpose = if a.train {
         Purpose::TrainStep
     } else {
         Purpose::Infer
     };
-    let plan = net.plan(&x, purpose);
+    // The plan the facts choose, or the one asked for (whose refusal, if the facts do not
+    // allow it, comes from the first step and says why).
+    let plan = match a.plan {
+        None => net.plan(&x, purpose),
+        Some(p) => Choice {
+            plan: p.plan(),
+            fallback_reason: None,
+        },
+    };
+    let mut step = || -> Result<(), String> {
+        if a.train {
+            let (_, grads) = net
+                .loss_and_grads_on(plan.plan, &params, &x, &targets, &mut masks)
+                .map_err(ce)?;
+            optimizer
+                .step(&params, &grads, 0.01)
+                .map_err(|e| e.to_string())?;
+        } else {
+            let y = net.forward_on(plan.plan, &x, false).map_err(ce)?;
+            // Wait for the device (a no-op on the CPU).
+            y.device().synchronize().map_err(ce)?;
+        }
+        Ok(())
+    };
     for _ in 0..a.warmup {
         step()?;
     }
@@ -162,6 +190,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
             "train": a.train,
             "plan": plan.plan.name(),
             "plan_fallback_reason": plan.fallback_reason,
+            "threads": rayon::current_num_threads(),
             "images_per_sec": (ips * 100.0).round() / 100.0,
             "peak_rss_mb": rss.map(|r| (r * 10.0).round() / 10.0),
         });
@@ -173,9 +202,10 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
             _ => "cuda",
         };
         println!(
-            "{} @{res} batch {} {mode} on {dev_name}: {ips:.2} images/s ({:.2} ms/batch, {} timed iterations after {} warm-up)",
+            "{} @{res} batch {} {mode} on {dev_name} ({} threads): {ips:.2} images/s ({:.2} ms/batch, {} timed iterations after {} warm-up)",
             net_ir.name,
             a.batch,
+            rayon::current_num_threads(),
             1000.0 * secs / a.iters as f64,
             a.iters,
             a.warmup

@@ -9,8 +9,8 @@ use effnet_runtime::Network;
 use effnet_runtime::data::{self, Split};
 use effnet_runtime::train::{evaluate, network_transform};
 
+use super::compute::{ComputeArgs, device};
 use super::load;
-use super::train::parse_device;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -32,8 +32,8 @@ pub struct EvalArgs {
     pub train_split: bool,
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
 }
@@ -41,7 +41,7 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> Result<ExitCode, String> {
     let (_, compiled) = load(&a.spec)?;
     let net_ir = compiled.network(a.model.as_deref())?;
-    let device = parse_device(&a.device)?;
+    let device = device(a.compute.device)?;
     let resolution = a.resolution.unwrap_or(net_ir.resolution);
     if resolution == 0 {
         return Err("--resolution must be at least 1".into());

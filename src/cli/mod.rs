@@ -9,6 +9,7 @@ use effnet_compiler::{Compiled, Diagnostic, SourceFile, compile, render};
 
 mod bench;
 mod check;
+mod compute;
 mod eval;
 #[cfg(feature = "expand")]
 mod expand;
@@ -75,8 +76,8 @@ pub enum Command {
         /// Where to write the logits (`.npy`, float32).
         #[arg(long)]
         output: PathBuf,
-        #[arg(long, value_enum, default_value_t)]
-        device: run::DeviceArg,
+        #[command(flatten)]
+        compute: compute::ComputeArgs,
         #[arg(long, value_enum, default_value_t)]
         dtype: run::DtypeArg,
     },
@@ -94,8 +95,8 @@ pub enum Command {
         labels: Option<PathBuf>,
         #[arg(long, default_value_t = 5)]
         top: usize,
-        #[arg(long, value_enum, default_value_t)]
-        device: run::DeviceArg,
+        #[command(flatten)]
+        compute: compute::ComputeArgs,
         #[arg(long, value_enum, default_value_t)]
         dtype: run::DtypeArg,
     },
@@ -115,10 +116,15 @@ pub enum Command {
         iters: usize,
         #[arg(long, default_value_t = 5)]
         warmup: usize,
-        #[arg(long, value_enum, default_value_t)]
-        device: run::DeviceArg,
+        #[command(flatten)]
+        compute: compute::ComputeArgs,
         #[arg(long, value_enum, default_value_t)]
         dtype: run::DtypeArg,
+        /// Run on this execution plan instead of the one the facts choose (an error when
+        /// they do not allow it): cpu-fused and candle for inference, cpu-step and candle
+        /// for --train.
+        #[arg(long, value_enum)]
+        plan: Option<bench::PlanArg>,
         #[arg(long)]
         json: bool,
     },
@@ -142,7 +148,25 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The device and thread options of a command that computes.
+    fn compute(&self) -> Option<&compute::ComputeArgs> {
+        match self {
+            Command::Run { compute, .. }
+            | Command::Predict { compute, .. }
+            | Command::Bench { compute, .. } => Some(compute),
+            Command::Train(a) => Some(&a.compute),
+            Command::Eval(a) => Some(&a.compute),
+            _ => None,
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> Result<ExitCode, String> {
+    // One compute pool, sized before anything computes.
+    if let Some(c) = cli.command.compute() {
+        compute::configure_threads(c.threads)?;
+    }
     match cli.command {
         Command::Check { files } => check::run(&files),
         Command::Summary {
@@ -157,7 +181,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
             weights,
             input,
             output,
-            device,
+            compute,
             dtype,
         } => run::run(
             &spec,
@@ -165,7 +189,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
             &weights,
             &input,
             &output,
-            device,
+            compute.device,
             dtype,
         ),
         Command::Predict {
@@ -175,7 +199,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
             images,
             labels,
             top,
-            device,
+            compute,
             dtype,
         } => predict::run(
             &spec,
@@ -184,7 +208,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
             &images,
             labels.as_deref(),
             top,
-            device,
+            compute.device,
             dtype,
         ),
         Command::Bench {
@@ -195,8 +219,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
             train,
             iters,
             warmup,
-            device,
+            compute,
             dtype,
+            plan,
             json,
         } => bench::run(&bench::BenchArgs {
             spec: &spec,
@@ -206,8 +231,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
             train,
             iters,
             warmup,
-            device,
+            device: compute.device,
             dtype,
+            plan,
             json,
         }),
         Command::Fmt { files, check } => fmt::run(&files, check),

@@ -9,7 +9,8 @@ use candle_core::{DType, Device, Tensor};
 use effnet_compiler::ir;
 use image::imageops::FilterType;
 
-use super::run::{DeviceArg, DtypeArg, device, load_network};
+use super::compute::{DeviceArg, device};
+use super::run::{DtypeArg, load_network};
 
 const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];

@@ -1,4 +1,4 @@
-//! `effnet run`: logits for a NumPy batch, written as NumPy. Also the device, dtype and
+//! `effnet run`: logits for a NumPy batch, written as NumPy. Also the dtype and
 //! network-loading helpers that `predict` and `bench` share.
 
 use std::io::Read;
@@ -10,15 +10,8 @@ use clap::ValueEnum;
 use effnet_compiler::ir;
 use effnet_runtime::{Network, weights};
 
+use super::compute::{DeviceArg, device};
 use super::load;
-
-/// Where to run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum DeviceArg {
-    #[default]
-    Cpu,
-    Cuda,
-}
 
 /// The compute dtype of weights and activations.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -35,21 +28,6 @@ impl DtypeArg {
             DtypeArg::F32 => DType::F32,
             DtypeArg::F16 => DType::F16,
             DtypeArg::Bf16 => DType::BF16,
-        }
-    }
-}
-
-/// The candle device for `--device`, with a clear error when CUDA was not compiled in.
-pub fn device(arg: DeviceArg) -> Result<Device, String> {
-    match arg {
-        DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Cuda => {
-            if !cfg!(feature = "cuda") {
-                return Err("`--device cuda`: this effnet was built without CUDA support; \
-                     rebuild it with `cargo build --release --features cuda` (needs the CUDA toolkit)"
-                    .into());
-            }
-            Device::new_cuda(0).map_err(|e| format!("`--device cuda`: cannot open GPU 0: {e}"))
         }
     }
 }

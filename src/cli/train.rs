@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use candle_core::Device;
 use effnet_compiler::ir::{self, LrDecay, Optimizer, Schedule};
 use effnet_runtime::data::{self, Split};
 use effnet_runtime::train::metrics::write_csv;
@@ -14,6 +13,7 @@ use effnet_runtime::train::{
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::compute::{ComputeArgs, device};
 use super::load;
 
 #[derive(clap::Args, Debug)]
@@ -36,9 +36,8 @@ pub struct TrainArgs {
     /// Continue from RUN_DIR/checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// cpu or cuda (cuda needs a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Seed of the weights, the data order and every augmentation (default 0; a resumed run
     /// keeps its checkpoint's).
     #[arg(long)]
@@ -62,27 +61,12 @@ pub struct TrainArgs {
     /// Data worker threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Compute threads for candle's CPU kernels (sets CANDLE_NUM_THREADS; default: candle's,
-    /// one per core). On a busy machine 1 is often faster: candle's workers spin-wait at every
-    /// operation while their partner core is taken.
-    #[arg(long)]
-    pub threads: Option<usize>,
     /// Use only the first N training images.
     #[arg(long)]
     pub train_limit: Option<usize>,
     /// Also report the test accuracy of the raw weights when the schedule has EMA.
     #[arg(long)]
     pub eval_raw: bool,
-}
-
-pub fn parse_device(name: &str) -> Result<Device, String> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).map_err(|e| {
-            format!("--device cuda: {e} (CUDA needs a build with `--features cuda` and a GPU)")
-        }),
-        other => Err(format!("--device `{other}`: expected cpu or cuda")),
-    }
 }
 
 fn describe_optimizer(o: &Optimizer) -> String {
@@ -121,6 +105,16 @@ fn describe_lr(l: &ir::LrSchedule) -> String {
     format!("peak {} warmup {} epochs, {decay}", l.peak, l.warmup_epochs)
 }
 
+/// Where the run computes, and on how many threads (`--threads` sizes the one pool).
+pub fn compute_line(device: &candle_core::Device) -> String {
+    let threads = rayon::current_num_threads();
+    let where_ = if device.is_cpu() { "cpu" } else { "cuda" };
+    format!(
+        "compute {where_}, {threads} thread{}",
+        if threads == 1 { "" } else { "s" }
+    )
+}
+
 fn print_table(t: &Trainer, data_desc: &str) {
     let s = &t.schedule;
     println!(
@@ -136,6 +130,7 @@ fn print_table(t: &Trainer, data_desc: &str) {
         Ok(plan) => println!("training step plan: {plan}"),
         Err(e) => println!("training step plan: unknown ({e})"),
     }
+    println!("{}", compute_line(&t.opts.device));
     println!(
         "schedule {}: {} epochs, {} stage{} ({:?}); optimizer {}; lr {}; label smoothing {}; ema {}; grad clip {}; seed {}",
         s.name,
@@ -171,23 +166,7 @@ fn print_table(t: &Trainer, data_desc: &str) {
     }
 }
 
-/// Set candle's CPU thread count. Must run before the first tensor operation: candle reads
-/// CANDLE_NUM_THREADS once, when its thread pool starts.
-fn set_compute_threads(n: usize) -> Result<(), String> {
-    if n == 0 {
-        return Err("--threads must be at least 1".into());
-    }
-    // SAFETY: called first thing in `run`, while the process has a single thread (argument
-    // parsing and spec compilation spawn none; candle's pool and the data workers start
-    // later), so no other thread can read the environment concurrently.
-    unsafe { std::env::set_var("CANDLE_NUM_THREADS", n.to_string()) };
-    Ok(())
-}
-
 pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
-    if let Some(n) = a.threads {
-        set_compute_threads(n)?;
-    }
     let (_, compiled) = load(&a.spec)?;
     let net = compiled.network(a.model.as_deref())?;
     // The schedule and every default come from the compiler; here only the user's overrides.
@@ -223,7 +202,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
             st.batch_size = Some(b);
         }
     }
-    let device = parse_device(&a.device)?;
+    let device = device(a.compute.device)?;
     let err = |e: effnet_runtime::Error| e.to_string();
     let mut train_data = data::load(&a.data, Split::Train).map_err(err)?;
     if let Some(n) = a.train_limit {

@@ -18,7 +18,7 @@ pub(crate) mod forward;
 pub(crate) mod host;
 pub mod plan;
 pub mod shared;
-pub mod step;
+pub(crate) mod step;
 
 use std::sync::PoisonError;
 
@@ -27,11 +27,12 @@ use rand_chacha::ChaCha8Rng;
 
 use self::candle::CandleOps;
 use self::cpu_fused::CpuFusedOps;
+use self::cpu_step::CpuStepOps;
+use self::step::StepOps;
 use crate::nn::Param;
 use crate::nn::{Block, NetRng, Network, NetworkParts, PreparedCache};
 pub use plan::{Choice, Facts, Plan, Purpose};
 pub use shared::{keep_mask, one_hot, soft_cross_entropy, update_running_stats};
-pub use step::{loss_and_grads, loss_and_grads_on};
 
 fn purpose(train: bool) -> Purpose {
     if train {
@@ -43,15 +44,15 @@ fn purpose(train: bool) -> Purpose {
 
 /// `plan` when the facts allow it, else an error saying what they choose and why.
 fn allowed(facts: &Facts, plan: Plan) -> Result<()> {
-    let choice = facts.choose();
-    if !choice.allows(plan) {
-        bail!("the {plan} plan cannot run this call: the facts choose {choice}");
-    }
-    if plan == Plan::CpuStep {
-        bail!("the cpu-step plan runs training steps only (`loss_and_grads_on`)");
+    if plan == Plan::CpuStep && facts.purpose != Purpose::TrainStep {
+        bail!("the cpu-step plan runs training steps only (`bench --train`, `loss_and_grads_on`)");
     }
     if plan == Plan::CpuFused && facts.purpose != Purpose::Infer {
         bail!("the cpu-fused plan runs inference only");
+    }
+    let choice = facts.choose();
+    if !choice.allows(plan) {
+        bail!("the {plan} plan cannot run this call: the facts choose {choice}");
     }
     Ok(())
 }
@@ -128,6 +129,56 @@ impl NetworkParts<'_> {
             }
             _ => forward::features(&mut candle_ops(&facts), self, x, None),
         }
+    }
+}
+
+/// The loss of one batch and the gradients of `params` (in their order), on the plan the
+/// facts choose. `targets` is `[N, classes]`.
+pub fn loss_and_grads(
+    net: &NetworkParts,
+    params: &[Param],
+    x: &Tensor,
+    targets: &Tensor,
+    rng: &mut ChaCha8Rng,
+) -> Result<(f64, Vec<Tensor>)> {
+    let plan = Facts::of(net, x, Purpose::TrainStep).choose().plan;
+    loss_and_grads_on(plan, net, params, x, targets, rng)
+}
+
+/// [`loss_and_grads`] on a named plan; an error when the facts do not allow it.
+pub fn loss_and_grads_on(
+    plan: Plan,
+    net: &NetworkParts,
+    params: &[Param],
+    x: &Tensor,
+    targets: &Tensor,
+    rng: &mut ChaCha8Rng,
+) -> Result<(f64, Vec<Tensor>)> {
+    allowed(&Facts::of(net, x, Purpose::TrainStep), plan)?;
+    match plan {
+        Plan::CpuStep => {
+            let mut ops = CpuStepOps::default();
+            let loss = step::step(&mut ops, net, x, targets, rng)?;
+            Ok((loss, ops.into_grads(params)?))
+        }
+        Plan::Candle => {
+            let logits = forward::logits(&mut CandleOps::differentiable(), net, x, Some(rng))?;
+            let loss = soft_cross_entropy(&logits, targets)?;
+            let lv = f64::from(loss.to_scalar::<f32>()?);
+            let grads = loss.backward()?;
+            let out = params
+                .iter()
+                .map(|p| {
+                    let t = p.var.as_tensor();
+                    match grads.get(t) {
+                        Some(g) => Ok(g.clone()),
+                        None => t.zeros_like(),
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((lv, out))
+        }
+        Plan::CpuFused => bail!("the cpu-fused plan runs inference only"),
     }
 }
 

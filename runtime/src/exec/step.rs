@@ -6,20 +6,16 @@
 //! tail (dropout, classifier, soft-target cross-entropy and their backward) once for every
 //! backend, as candle ops on the small pooled matrix.
 //!
-//! [`loss_and_grads`] is what the trainer and `effnet bench --train` call: it picks the plan
-//! ([`super::plan`]) and runs this walk on the CPU kernels ([`Plan::CpuStep`]) or candle's
-//! autograd through the forward walk ([`Plan::Candle`]).
+//! `super::loss_and_grads` (what the trainer and `effnet bench --train` call) picks the plan
+//! and runs this walk on the CPU kernels (`Plan::CpuStep`), or candle's autograd through the
+//! forward walk (`Plan::Candle`).
 
 use std::rc::Rc;
 
 use candle_core::{DType, Result, Tensor, bail};
 use rand_chacha::ChaCha8Rng;
 
-use super::candle::CandleOps;
-use super::cpu_step::CpuStepOps;
-use super::forward;
-use super::plan::{Facts, Plan, Purpose};
-use super::shared::{keep_mask, soft_cross_entropy, soft_cross_entropy_and_grad};
+use super::shared::{keep_mask, soft_cross_entropy_and_grad};
 use crate::nn::Param;
 use crate::nn::{Block, ConvBnAct, NetworkParts, SqueezeExcite};
 
@@ -237,57 +233,4 @@ pub(crate) fn step<O: StepOps>(
     }
     ops.layer_backward(net.stem, &stem_tape, d, false)?;
     Ok(loss)
-}
-
-/// The loss of one batch and the gradients of `params` (in their order), on the plan the
-/// facts choose. `targets` is `[N, classes]`.
-pub fn loss_and_grads(
-    net: &NetworkParts,
-    params: &[Param],
-    x: &Tensor,
-    targets: &Tensor,
-    rng: &mut ChaCha8Rng,
-) -> Result<(f64, Vec<Tensor>)> {
-    let plan = Facts::of(net, x, Purpose::TrainStep).choose().plan;
-    loss_and_grads_on(plan, net, params, x, targets, rng)
-}
-
-/// [`loss_and_grads`] on a named plan; an error when the facts do not allow it.
-pub fn loss_and_grads_on(
-    plan: Plan,
-    net: &NetworkParts,
-    params: &[Param],
-    x: &Tensor,
-    targets: &Tensor,
-    rng: &mut ChaCha8Rng,
-) -> Result<(f64, Vec<Tensor>)> {
-    let choice = Facts::of(net, x, Purpose::TrainStep).choose();
-    if !choice.allows(plan) {
-        bail!("the {plan} plan cannot run this training step: the facts choose {choice}");
-    }
-    match plan {
-        Plan::CpuStep => {
-            let mut ops = CpuStepOps::default();
-            let loss = step(&mut ops, net, x, targets, rng)?;
-            Ok((loss, ops.into_grads(params)?))
-        }
-        Plan::Candle => {
-            let logits = forward::logits(&mut CandleOps::differentiable(), net, x, Some(rng))?;
-            let loss = soft_cross_entropy(&logits, targets)?;
-            let lv = f64::from(loss.to_scalar::<f32>()?);
-            let grads = loss.backward()?;
-            let out = params
-                .iter()
-                .map(|p| {
-                    let t = p.var.as_tensor();
-                    match grads.get(t) {
-                        Some(g) => Ok(g.clone()),
-                        None => t.zeros_like(),
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok((lv, out))
-        }
-        Plan::CpuFused => bail!("the cpu-fused plan runs inference only"),
-    }
 }
