@@ -64,7 +64,7 @@ impl CpuFusedOps<'_> {
         {
             return Ok(Arc::clone(&p.packed));
         }
-        let w = host(&conv.weight, OP, &format!("{key}.weight"))?;
+        let w = host(&conv.weight, OP, format_args!("{key}.weight"))?;
         let packed = Arc::new(fused::ConvWeights::new(
             w.get(),
             g,
@@ -83,14 +83,14 @@ impl CpuFusedOps<'_> {
 /// bias folded into the shift: `BN(conv + b) = scale * conv + (scale * b + shift)`.
 fn eval_affine(bn: &BatchNorm, conv_bias: Option<&Tensor>) -> Result<(Vec<f32>, Vec<f32>)> {
     let p = &bn.spec.path;
-    let w = host(&bn.weight, OP, &format!("{p}.weight"))?;
-    let b = host(&bn.bias, OP, &format!("{p}.bias"))?;
+    let w = host(&bn.weight, OP, format_args!("{p}.weight"))?;
+    let b = host(&bn.bias, OP, format_args!("{p}.bias"))?;
     let rm = host(
         bn.running_mean.as_tensor(),
         OP,
-        &format!("{p}.running_mean"),
+        format_args!("{p}.running_mean"),
     )?;
-    let rv = host(bn.running_var.as_tensor(), OP, &format!("{p}.running_var"))?;
+    let rv = host(bn.running_var.as_tensor(), OP, format_args!("{p}.running_var"))?;
     let (w, b, rm, rv) = (w.get(), b.get(), rm.get(), rv.get());
     let c = bn.spec.channels;
     if [w.len(), b.len(), rm.len(), rv.len()] != [c; 4] {
@@ -163,7 +163,7 @@ impl ForwardOps for CpuFusedOps<'_> {
             if residual.is_some() {
                 bail!("{OP}: the depthwise kernel adds no residual");
             }
-            let wv = host(&conv.weight, OP, &format!("{}.weight", conv.spec.path))?;
+            let wv = host(&conv.weight, OP, format_args!("{}.weight", conv.spec.path))?;
             let (data, means) = fused::depthwise(&x.data, wv.get(), &g, &epi, squeeze)?;
             return Ok(FusedMap { data, dims, means });
         }
@@ -187,11 +187,11 @@ impl ForwardOps for CpuFusedOps<'_> {
         let act = kernel_act(Some(se.activation))?;
         let r = se.reduce.spec.out_channels;
         let (rp, ep) = (&se.reduce.spec.path, &se.expand.spec.path);
-        let wr = host(&se.reduce.weight, OP, &format!("{rp}.weight"))?;
-        let we = host(&se.expand.weight, OP, &format!("{ep}.weight"))?;
+        let wr = host(&se.reduce.weight, OP, format_args!("{rp}.weight"))?;
+        let we = host(&se.expand.weight, OP, format_args!("{ep}.weight"))?;
         let bias = |b: &Option<Tensor>, len: usize, p: &str| -> Result<Vec<f32>> {
             match b {
-                Some(t) => Ok(host(t, OP, &format!("{p}.bias"))?.get().to_vec()),
+                Some(t) => Ok(host(t, OP, format_args!("{p}.bias"))?.get().to_vec()),
                 None => Ok(vec![0.0; len]),
             }
         };

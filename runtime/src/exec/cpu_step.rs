@@ -38,7 +38,7 @@ pub(crate) struct CpuStepOps {
     grads: HashMap<String, Vec<f32>>,
 }
 
-fn view<'a>(t: &'a Tensor, what: &str) -> Result<HostData<'a>> {
+fn view<'a>(t: &'a Tensor, what: impl std::fmt::Display) -> Result<HostData<'a>> {
     host(t, OP, what)
 }
 
@@ -71,9 +71,9 @@ fn layer_forward(l: &ConvBnAct, x: Rc<Map>) -> Result<(LayerTape, Map)> {
     let o = g.o;
     let path = &l.conv.spec.path;
     let z = {
-        let wv = view(&l.conv.weight, &format!("{path}.weight"))?;
+        let wv = view(&l.conv.weight, format_args!("{path}.weight"))?;
         let bias = match &l.conv.bias {
-            Some(b) => Some(view(b, &format!("{path}.bias"))?),
+            Some(b) => Some(view(b, format_args!("{path}.bias"))?),
             None => None,
         };
         let ones = vec![1f32; o];
@@ -109,8 +109,8 @@ fn layer_forward(l: &ConvBnAct, x: Rc<Map>) -> Result<(LayerTape, Map)> {
         .collect();
     let y = {
         let bp = &l.bn.spec.path;
-        let gamma = view(&l.bn.weight, &format!("{bp}.weight"))?;
-        let beta = view(&l.bn.bias, &format!("{bp}.bias"))?;
+        let gamma = view(&l.bn.weight, format_args!("{bp}.weight"))?;
+        let beta = view(&l.bn.bias, format_args!("{bp}.bias"))?;
         let (gamma, beta) = (gamma.get(), beta.get());
         if gamma.len() != o || beta.len() != o {
             bail!(
@@ -156,8 +156,8 @@ fn layer_backward(
     let o = t.geom.o;
     let bp = &l.bn.spec.path;
     let (dgamma, dbeta) = {
-        let gamma = view(&l.bn.weight, &format!("{bp}.weight"))?;
-        let beta = view(&l.bn.bias, &format!("{bp}.bias"))?;
+        let gamma = view(&l.bn.weight, format_args!("{bp}.weight"))?;
+        let beta = view(&l.bn.bias, format_args!("{bp}.bias"))?;
         let bn = BnAct {
             mean: &t.mean,
             inv_std: &t.inv_std,
@@ -173,7 +173,7 @@ fn layer_backward(
     if l.conv.bias.is_some() {
         add_grad(grads, format!("{path}.bias"), kernels::column_sums(&d, o));
     }
-    let wv = view(&l.conv.weight, &format!("{path}.weight"))?;
+    let wv = view(&l.conv.weight, format_args!("{path}.weight"))?;
     let (dw, dx) = if l.conv.spec.is_depthwise() {
         let (dw, dx) = kernels::depthwise_backward(&t.input.data, wv.get(), &t.geom, &d)?;
         (dw, Some(dx))
@@ -210,14 +210,14 @@ impl<'a> SeWeights<'a> {
     fn new(se: &'a SqueezeExcite) -> Result<Self> {
         let bias = |b: &'a Option<Tensor>, p: &str| -> Result<Option<HostData<'a>>> {
             b.as_ref()
-                .map(|t| view(t, &format!("{p}.bias")))
+                .map(|t| view(t, format_args!("{p}.bias")))
                 .transpose()
         };
         let (rp, ep) = (&se.reduce.spec.path, &se.expand.spec.path);
         Ok(SeWeights {
-            reduce: view(&se.reduce.weight, &format!("{rp}.weight"))?,
+            reduce: view(&se.reduce.weight, format_args!("{rp}.weight"))?,
             reduce_bias: bias(&se.reduce.bias, rp)?,
-            expand: view(&se.expand.weight, &format!("{ep}.weight"))?,
+            expand: view(&se.expand.weight, format_args!("{ep}.weight"))?,
             expand_bias: bias(&se.expand.bias, ep)?,
         })
     }

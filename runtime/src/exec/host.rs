@@ -58,8 +58,13 @@ impl<'a> HostData<'a> {
     }
 }
 
-/// The host values of `t`, or an error naming the tensor (`what`) and the plan (`op`).
-pub(crate) fn host<'a>(t: &'a Tensor, op: &str, what: &str) -> Result<HostData<'a>> {
+/// The host values of `t`, or an error naming the tensor (`what`) and the plan (`op`). `what`
+/// is formatted only for the error: the fused plan asks for a few hundred tensors per call.
+pub(crate) fn host<'a>(
+    t: &'a Tensor,
+    op: &str,
+    what: impl std::fmt::Display,
+) -> Result<HostData<'a>> {
     match HostData::new(t) {
         Some(v) => Ok(v),
         None => bail!(
