@@ -90,7 +90,11 @@ fn eval_affine(bn: &BatchNorm, conv_bias: Option<&Tensor>) -> Result<(Vec<f32>, 
         OP,
         format_args!("{p}.running_mean"),
     )?;
-    let rv = host(bn.running_var.as_tensor(), OP, format_args!("{p}.running_var"))?;
+    let rv = host(
+        bn.running_var.as_tensor(),
+        OP,
+        format_args!("{p}.running_var"),
+    )?;
     let (w, b, rm, rv) = (w.get(), b.get(), rm.get(), rv.get());
     let c = bn.spec.channels;
     if [w.len(), b.len(), rm.len(), rv.len()] != [c; 4] {

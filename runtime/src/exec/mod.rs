@@ -14,6 +14,7 @@
 pub(crate) mod candle;
 pub(crate) mod cpu_fused;
 pub(crate) mod cpu_step;
+pub mod cuda;
 pub(crate) mod forward;
 pub(crate) mod host;
 pub mod plan;
