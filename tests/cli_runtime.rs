@@ -222,6 +222,8 @@ fn bench_json_reports_a_throughput() {
         assert!(v["images_per_sec"].as_f64().is_some_and(|x| x > 0.0), "{v}");
         assert!(v["peak_rss_mb"].as_f64().is_some_and(|x| x > 0.0), "{v}");
         // The plan the facts choose on the CPU in f32: the effnet kernels, no fallback.
+        assert_eq!(v["device"], "cpu", "{v}");
+        assert_eq!(v["dtype"], "f32", "{v}");
         let want = if train { "cpu-step" } else { "cpu-fused" };
         assert_eq!(v["plan"], want, "{v}");
         assert!(v["plan_fallback_reason"].is_null(), "{v}");

@@ -15,7 +15,8 @@
 #
 # Environment: PYTHON (a Python with timm, torch, safetensors, numpy; default python3),
 # RES (input resolution, default 128), BATCH (default 2), EFFNET (the binary; default: build
-# target/release/effnet), RAYON_NUM_THREADS.
+# target/release/effnet), EFFNET_ARGS (more arguments for `effnet run`, e.g. `--device cuda`),
+# RAYON_NUM_THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -86,8 +87,9 @@ for m in "${MODELS[@]}"; do
     fi
     weights=${files[0]} input=${files[1]} logits=${files[2]}
     out="$tmp/${m}_effnet.npy"
+    read -ra extra <<<"${EFFNET_ARGS:-}"
     if ! "$EFFNET" run "$spec" --model "$m" --weights "$weights" --input "$input" \
-        --output "$out" 2>"$tmp/$m.run.log"; then
+        --output "$out" "${extra[@]}" 2>"$tmp/$m.run.log"; then
         echo "error: effnet run failed for $m:" >&2
         cat "$tmp/$m.run.log" >&2
         exit 2

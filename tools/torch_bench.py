@@ -35,12 +35,20 @@ def main():
     ap.add_argument("--train", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--num-classes", type=int, default=1000)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False, num_classes=args.num_classes)
     x = torch.randn(args.batch, 3, args.resolution, args.resolution)
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        # cuDNN picks its fastest algorithms per shape; TF32 off, as effnet's f32 is full f32.
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    model, x = model.to(dev), x.to(dev)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -48,7 +56,7 @@ def main():
     if args.train:
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        target = torch.randint(0, args.num_classes, (args.batch,))
+        target = torch.randint(0, args.num_classes, (args.batch,)).to(dev)
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -62,12 +70,20 @@ def main():
             with torch.no_grad():
                 model(x)
 
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
     for _ in range(args.warmup):
         step()
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     for _ in range(args.iters):
         step()
+    sync()
     dt = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
@@ -84,7 +100,9 @@ def main():
         "cpu_s": round(cpu, 2),
         "cpu_bound_images_per_sec": round(args.batch * args.iters / (cpu / args.threads), 2),
         "loadavg": [float(v) for v in open("/proc/loadavg").read().split()[:3]],
-        "torch": torch.__version__, "timm": timm.__version__,
+        "torch": torch.__version__, "timm": timm.__version__, "device": args.device,
+        "peak_device_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                           if dev.type == "cuda" else None),
     }))
 
 

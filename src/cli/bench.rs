@@ -40,6 +40,7 @@ pub struct BenchArgs<'a> {
 pub enum PlanArg {
     CpuFused,
     CpuStep,
+    CudaFused,
     Candle,
 }
 
@@ -48,6 +49,7 @@ impl PlanArg {
         match self {
             PlanArg::CpuFused => Plan::CpuFused,
             PlanArg::CpuStep => Plan::CpuStep,
+            PlanArg::CudaFused => Plan::CudaFused,
             PlanArg::Candle => Plan::Candle,
         }
     }
@@ -188,6 +190,11 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
             "resolution": res,
             "batch": a.batch,
             "train": a.train,
+            "device": match dev {
+                Device::Cpu => "cpu",
+                _ => "cuda",
+            },
+            "dtype": dtype.as_str(),
             "plan": plan.plan.name(),
             "plan_fallback_reason": plan.fallback_reason,
             "threads": rayon::current_num_threads(),

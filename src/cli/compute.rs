@@ -36,7 +36,18 @@ pub fn device(arg: DeviceArg) -> Result<Device, String> {
                      rebuild it with `cargo build --release --features cuda` (needs the CUDA toolkit)"
                     .into());
             }
-            Device::new_cuda(0).map_err(|e| format!("`--device cuda`: cannot open GPU 0: {e}"))
+            let dev = Device::new_cuda(0)
+                .map_err(|e| format!("`--device cuda`: cannot open GPU 0: {e}"))?;
+            #[cfg(feature = "cuda")]
+            if let Device::Cuda(d) = &dev {
+                // cudarc records two CUDA events per allocation while event tracking is on,
+                // to order uses across streams; effnet runs everything on candle's one stream
+                // per device, where they are never needed.
+                // SAFETY: every tensor of this process is made and used on this device's one
+                // stream (no other stream exists in effnet), so no cross-stream ordering is lost.
+                unsafe { d.disable_event_tracking() };
+            }
+            Ok(dev)
         }
     }
 }

@@ -26,8 +26,8 @@ void emu_channel_means_nhwc(unsigned grid, unsigned block, const float* x, float
     effnet_launch(grid, block, [&] { effnet_channel_means_nhwc(x, means, n, p, c); });
 }
 
-void emu_gate_channels_nhwc(unsigned grid, unsigned block, float* x, const float* gate, int n,
-                            long p, int c) {
-    effnet_launch(grid, block, [&] { effnet_gate_channels_nhwc(x, gate, n, p, c); });
+void emu_gate_channels_nhwc(unsigned grid, unsigned block, const float* x, const float* gate,
+                            float* y, int n, long p, int c) {
+    effnet_launch(grid, block, [&] { effnet_gate_channels_nhwc(x, gate, y, n, p, c); });
 }
 }

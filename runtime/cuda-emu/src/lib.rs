@@ -56,8 +56,9 @@ unsafe extern "C" {
     fn emu_gate_channels_nhwc(
         grid: c_uint,
         block: c_uint,
-        x: *mut f32,
+        x: *const f32,
         gate: *const f32,
+        y: *mut f32,
         n: c_int,
         p: c_long,
         c: c_int,
@@ -183,7 +184,7 @@ pub fn channel_means_nhwc(x: &[f32], n: usize, p: usize, c: usize) -> Result<Vec
     Ok(means)
 }
 
-/// `effnet_gate_channels_nhwc`: `x[b, q, ch] *= gate[b, ch]` in place.
+/// `effnet_gate_channels_nhwc` in place (`y` is `x`): `x[b, q, ch] *= gate[b, ch]`.
 pub fn gate_channels_nhwc(x: &mut [f32], gate: &[f32], n: usize, p: usize, c: usize) -> Result<()> {
     if x.len() != n * p * c || gate.len() != n * c {
         bail!(
@@ -193,14 +194,17 @@ pub fn gate_channels_nhwc(x: &mut [f32], gate: &[f32], n: usize, p: usize, c: us
         );
     }
     let (grid, block) = grid_1d(x.len())?;
+    let y = x.as_mut_ptr();
     // SAFETY: x holds n*p*c values and gate n*c (checked above); the kernel returns past
-    // n*p*c; the grid runs on this thread.
+    // n*p*c and reads each x[i] only in the thread that writes y[i], so y may alias x; the
+    // grid runs on this thread.
     unsafe {
         emu_gate_channels_nhwc(
             grid,
             block,
-            x.as_mut_ptr(),
+            y,
             gate.as_ptr(),
+            y,
             int(n, "n")?,
             long(p, "p")?,
             int(c, "c")?,

@@ -48,14 +48,27 @@ fn allowed(facts: &Facts, plan: Plan) -> Result<()> {
     if plan == Plan::CpuStep && facts.purpose != Purpose::TrainStep {
         bail!("the cpu-step plan runs training steps only (`bench --train`, `loss_and_grads_on`)");
     }
-    if plan == Plan::CpuFused && facts.purpose != Purpose::Infer {
-        bail!("the cpu-fused plan runs inference only");
+    if matches!(plan, Plan::CpuFused | Plan::CudaFused) && facts.purpose != Purpose::Infer {
+        bail!("the {plan} plan runs inference only");
     }
     let choice = facts.choose();
     if !choice.allows(plan) {
         bail!("the {plan} plan cannot run this call: the facts choose {choice}");
     }
     Ok(())
+}
+
+/// The CUDA kernels' backend for an input on a GPU.
+#[cfg(feature = "cuda")]
+fn cuda_ops(x: &Tensor) -> Result<cuda::backend::CudaOps> {
+    Ok(cuda::backend::CudaOps { dtype: x.dtype() })
+}
+
+/// Without the `cuda` feature the cuda-fused plan is never chosen; asked for by name, it says
+/// how to get it.
+#[cfg(not(feature = "cuda"))]
+fn cuda_ops(_: &Tensor) -> Result<CpuFusedOps<'static>> {
+    bail!("the cuda-fused plan needs a build with `--features cuda`")
 }
 
 /// The candle backend for a call with these facts.
@@ -100,6 +113,7 @@ impl NetworkParts<'_> {
     fn logits_on(&self, plan: Plan, facts: &Facts, x: &Tensor) -> Result<Tensor> {
         match plan {
             Plan::CpuFused => forward::logits(&mut self.cpu_fused(x), self, x, None),
+            Plan::CudaFused => forward::logits(&mut cuda_ops(x)?, self, x, None),
             Plan::Candle if facts.purpose == Purpose::Infer => {
                 forward::logits(&mut candle_ops(facts), self, x, None)
             }
@@ -124,6 +138,7 @@ impl NetworkParts<'_> {
         let facts = Facts::of(self, x, purpose(train));
         match facts.choose().plan {
             Plan::CpuFused => forward::features(&mut self.cpu_fused(x), self, x, None),
+            Plan::CudaFused => forward::features(&mut cuda_ops(x)?, self, x, None),
             _ if train => {
                 let mut rng = self.rng.0.lock().unwrap_or_else(PoisonError::into_inner);
                 forward::features(&mut candle_ops(&facts), self, x, Some(&mut rng))
@@ -179,7 +194,7 @@ pub fn loss_and_grads_on(
                 .collect::<Result<Vec<_>>>()?;
             Ok((lv, out))
         }
-        Plan::CpuFused => bail!("the cpu-fused plan runs inference only"),
+        Plan::CpuFused | Plan::CudaFused => bail!("the {plan} plan runs inference only"),
     }
 }
 
@@ -201,6 +216,9 @@ pub fn forward_blocks(
             dtype: x.dtype(),
         };
         return forward::blocks(&mut ops, blocks, x, drop_path_scale, None);
+    }
+    if facts.choose().plan == Plan::CudaFused {
+        return forward::blocks(&mut cuda_ops(x)?, blocks, x, drop_path_scale, None);
     }
     let mut ops = candle_ops(&facts);
     if train {

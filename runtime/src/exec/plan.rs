@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`Plan::CpuFused`] | inference | CPU; f32 compute (f16/bf16 weights widened); effnet's NHWC kernels, BatchNorm, activation and residual in each convolution's epilogue |
 //! | [`Plan::CpuStep`] | the training step | CPU, f32; effnet's NHWC kernels, forward and backward written by hand |
+//! | [`Plan::CudaFused`] | inference | CUDA (a build with the `cuda` feature), f32; effnet's NHWC CUDA kernels, cuBLAS for 1x1 convolutions |
 //! | [`Plan::Candle`] | everything | any device and dtype; candle's ops and autograd: the reference, and the fallback |
 
 use std::fmt;
@@ -21,6 +22,7 @@ use crate::nn::{Block, ConvBnAct, NetworkParts, SqueezeExcite};
 pub enum Plan {
     CpuFused,
     CpuStep,
+    CudaFused,
     Candle,
 }
 
@@ -30,6 +32,7 @@ impl Plan {
         match self {
             Plan::CpuFused => "cpu-fused",
             Plan::CpuStep => "cpu-step",
+            Plan::CudaFused => "cuda-fused",
             Plan::Candle => "candle",
         }
     }
@@ -130,19 +133,29 @@ impl Facts {
         match self.purpose {
             // candle's autograd is what differentiates a train-mode forward.
             Purpose::TrainForward => Choice::new(Plan::Candle, None),
-            Purpose::Infer => {
-                self.cpu_kernels(Plan::CpuFused, &[DType::F32, DType::F16, DType::BF16])
-            }
-            Purpose::TrainStep => self.cpu_kernels(Plan::CpuStep, &[DType::F32]),
+            Purpose::Infer if self.device == "cuda" => self.kernels(Plan::CudaFused, &[DType::F32]),
+            Purpose::Infer => self.kernels(Plan::CpuFused, &[DType::F32, DType::F16, DType::BF16]),
+            Purpose::TrainStep => self.kernels(Plan::CpuStep, &[DType::F32]),
         }
     }
 
-    /// `plan` (one of the CPU kernel plans) when the facts allow it, else the candle plan
+    /// `plan` (one of the effnet kernel plans) when the facts allow it, else the candle plan
     /// with the first reason they do not.
-    fn cpu_kernels(&self, plan: Plan, dtypes: &[DType]) -> Choice {
-        let why = if self.device != "cpu" {
-            Some(format!("no effnet kernels for {} yet", self.device))
-        } else if plan == Plan::CpuFused && self.params_are_variables {
+    fn kernels(&self, plan: Plan, dtypes: &[DType]) -> Choice {
+        let device = if plan == Plan::CudaFused {
+            "cuda"
+        } else {
+            "cpu"
+        };
+        let why = if self.device != device {
+            Some(format!(
+                "no effnet {} kernels for {} yet",
+                self.purpose_name(),
+                self.device
+            ))
+        } else if plan == Plan::CudaFused && !cfg!(feature = "cuda") {
+            Some("this build has no CUDA kernels (rebuild with `--features cuda`)".into())
+        } else if plan != Plan::CpuStep && self.params_are_variables {
             Some("the parameters are training variables (eval mode stays differentiable)".into())
         } else if !dtypes.contains(&self.input_dtype) {
             Some(format!(
@@ -155,7 +168,7 @@ impl Facts {
                 self.param_dtype.as_str()
             ))
         } else if let Some(a) = self.activation_without_kernel {
-            Some(format!("{} has no CPU kernel", a.name()))
+            Some(format!("{} has no {device} kernel", a.name()))
         } else {
             self.grouped_conv
                 .as_ref()
@@ -164,6 +177,16 @@ impl Facts {
         match why {
             Some(w) => Choice::new(Plan::Candle, Some(w)),
             None => Choice::new(plan, None),
+        }
+    }
+}
+
+impl Facts {
+    fn purpose_name(&self) -> &'static str {
+        match self.purpose {
+            Purpose::Infer => "inference",
+            Purpose::TrainForward => "train-mode forward",
+            Purpose::TrainStep => "training-step",
         }
     }
 }
@@ -195,5 +218,66 @@ impl fmt::Display for Choice {
             Some(r) => write!(f, "{} (fallback: {r})", self.plan),
             None => write!(f, "{}", self.plan),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(purpose: Purpose, device: &'static str, dtype: DType) -> Facts {
+        Facts {
+            purpose,
+            device,
+            input_dtype: dtype,
+            param_dtype: dtype,
+            params_are_variables: false,
+            activation_without_kernel: None,
+            grouped_conv: None,
+        }
+    }
+
+    #[test]
+    fn each_device_and_purpose_gets_its_kernels_or_the_candle_plan_with_a_reason() {
+        let f32 = DType::F32;
+        let plan = |f: Facts| f.choose();
+        assert_eq!(plan(facts(Purpose::Infer, "cpu", f32)).plan, Plan::CpuFused);
+        assert_eq!(
+            plan(facts(Purpose::Infer, "cpu", DType::BF16)).plan,
+            Plan::CpuFused
+        );
+        assert_eq!(
+            plan(facts(Purpose::TrainStep, "cpu", f32)).plan,
+            Plan::CpuStep
+        );
+        assert_eq!(
+            plan(facts(Purpose::TrainForward, "cpu", f32)).plan,
+            Plan::Candle
+        );
+        let cuda = plan(facts(Purpose::Infer, "cuda", f32));
+        if cfg!(feature = "cuda") {
+            assert_eq!(cuda, Choice::new(Plan::CudaFused, None));
+        } else {
+            assert_eq!(cuda.plan, Plan::Candle);
+            assert!(cuda.to_string().contains("--features cuda"), "{cuda}");
+        }
+        let half = plan(facts(Purpose::Infer, "cuda", DType::F16));
+        assert_eq!(half.plan, Plan::Candle);
+        let step = plan(facts(Purpose::TrainStep, "cuda", f32));
+        assert_eq!(
+            step.to_string(),
+            "candle (fallback: no effnet training-step kernels for cuda yet)"
+        );
+        let metal = plan(facts(Purpose::Infer, "metal", f32));
+        assert_eq!(metal.plan, Plan::Candle);
+        let mut gelu = facts(Purpose::Infer, "cpu", f32);
+        gelu.activation_without_kernel = Some(Activation::Gelu);
+        assert!(gelu.choose().to_string().contains("gelu"));
+        let mut vars = facts(Purpose::Infer, "cpu", f32);
+        vars.params_are_variables = true;
+        assert!(vars.choose().to_string().contains("training variables"));
+        // The training step's kernels do not care: they differentiate by hand.
+        vars.purpose = Purpose::TrainStep;
+        assert_eq!(vars.choose().plan, Plan::CpuStep);
     }
 }

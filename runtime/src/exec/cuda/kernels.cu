@@ -85,12 +85,12 @@ extern "C" __global__ void effnet_channel_means_nhwc(
     means[i] = acc / (float)p;
 }
 
-// The excitation: `x[b, q, ch] *= gate[b, ch]`, in place.
+// The excitation: `y[b, q, ch] = x[b, q, ch] * gate[b, ch]`; `y` may be `x`.
 extern "C" __global__ void effnet_gate_channels_nhwc(
-    float* x, const float* __restrict__ gate, int n, long p, int c) {
+    const float* x, const float* __restrict__ gate, float* y, int n, long p, int c) {
     long i = effnet_index();
     if (i >= (long)n * p * c) return;
     int ch = (int)(i % c);
     long b = i / (p * c);
-    x[i] *= gate[b * c + ch];
+    y[i] = x[i] * gate[b * c + ch];
 }

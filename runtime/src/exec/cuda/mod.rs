@@ -1,9 +1,14 @@
-//! effnet's CUDA kernels, the part of the CUDA backend that needs no GPU to exist: their
-//! source ([`SOURCE`], compiled by NVRTC at run time on a GPU machine so the PTX always matches
-//! the driver, and compiled for the CPU by the `effnet-cuda-emu` crate in `cargo test`), their
-//! names, and their launch geometry. The backend that launches them on candle's CUDA stream
-//! (a `ForwardOps` for NHWC device maps, 1x1 convolutions as cuBLAS GEMMs with this file's
-//! epilogue) is the next step of the GPU issue, and needs a GPU to verify.
+//! The CUDA inference plan: effnet's kernels ([`SOURCE`], compiled by NVRTC at run time on a
+//! GPU machine so the PTX always matches the driver, and compiled for the CPU by the
+//! `effnet-cuda-emu` crate in `cargo test`), their launch geometry, and, with the `cuda`
+//! feature, the candle custom ops that launch them (`ops`) and the backend of the forward walk
+//! (`backend`). The kernels' arithmetic is tested on every machine; the launches and the
+//! backend only on a GPU (`runtime/tests/gpu.rs`, `tools/gpu-check.sh`).
+
+#[cfg(feature = "cuda")]
+pub(crate) mod backend;
+#[cfg(feature = "cuda")]
+pub(crate) mod ops;
 
 use candle_core::{Result, bail};
 

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The GPU checks of the CUDA inference plan, in two halves, for a GPU machine without Rust.
+#
+#   bash tools/gpu-check.sh --bundle   # here (no GPU needed): build with the CUDA toolkit
+#                                      # (tools/cuda-toolkit.sh) the release `effnet` and the
+#                                      # GPU test binary (runtime/tests/gpu.rs), xz-compressed
+#                                      # into gpu-bundle/ (ignored; carry it to the GPU machine)
+#   bash tools/gpu-check.sh            # there: with nvidia-smi, Python, torch and timm
+#
+# The second half writes one report, $OUT/gpu-report.md (./gpu-report.md without OUT):
+#   1. the GPU: nvidia-smi's name, driver and memory;
+#   2. the GPU tests: the cuda-fused plan against the candle plan on the CPU, every block kind,
+#      both paddings, odd sizes, batch 1 and 7;
+#   3. full-size parity with timm at an odd resolution (225 px) on `--device cuda`:
+#      tf_efficientnetv2_b0, efficientnetv2_s, efficientnetv2_rw_t, efficientnet_b0
+#      (tools/parity.sh: random weights, calibrated BatchNorm, float64 reference);
+#   4. side by side, alternating, best of ROUNDS (default 2): `effnet bench --device cuda`
+#      (the cuda-fused plan, and the candle plan for comparison) against
+#      `tools/torch_bench.py --device cuda --channels-last` (cuDNN benchmark mode, TF32 off):
+#      efficientnetv2_s 384 batch 32, tf_efficientnetv2_b0 224 batch 1 and 128;
+#   5. the device memory after 1,000 inference calls against after 100 (no growth expected).
+# Each part records its failure and the script goes on, so one run gives every answer.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bundle=gpu-bundle
+
+if [ "${1:-}" = "--bundle" ]; then
+    set -e
+    eval "$(bash tools/cuda-toolkit.sh)"
+    cargo build --release --features cuda --bin effnet
+    tests=$(cargo test --release --features cuda -p effnet-runtime --test gpu --no-run \
+        --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
+        print(m["executable"])' | tail -1)
+    [ -n "$tests" ] || { echo "no GPU test binary was built" >&2; exit 1; }
+    mkdir -p "$bundle"
+    strip -o "$bundle/effnet" target/release/effnet
+    strip -o "$bundle/gpu-tests" "$tests"
+    xz -6 -f -T2 "$bundle/effnet" "$bundle/gpu-tests"
+    ls -l "$bundle"
+    exit 0
+fi
+
+report=${OUT:-.}/gpu-report.md
+PYTHON=${PYTHON:-python3}
+ROUNDS=${ROUNDS:-2}
+for f in effnet gpu-tests; do
+    if [ -f "$bundle/$f.xz" ]; then xz -d -k -f "$bundle/$f.xz"; fi
+    chmod +x "$bundle/$f" 2>/dev/null
+done
+EFFNET=$bundle/effnet
+say() { echo "$@" | tee -a "$report"; }
+: >"$report"
+say "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC')"
+say
+say '```'
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$report"
+say '```'
+
+say
+say "## GPU tests (cuda-fused against the candle plan on the CPU)"
+say '```'
+"$bundle/gpu-tests" --nocapture --test-threads 1 2>&1 | tail -20 | tee -a "$report"
+say '```'
+
+say
+say "## Full-size parity with timm on --device cuda (225 px, batch 2)"
+EFFNET=$EFFNET EFFNET_ARGS="--device cuda" RES=225 PYTHON=$PYTHON bash tools/parity.sh \
+    tf_efficientnetv2_b0 efficientnetv2_s efficientnetv2_rw_t efficientnet_b0 2>&1 | tee -a "$report"
+
+say
+say "## Inference side by side (best of $ROUNDS alternating rounds)"
+rows=(
+    "efficientnetv2_s specs/efficientnetv2_s.effnet 384 32 20"
+    "tf_efficientnetv2_b0 specs/tf_efficientnetv2_b0.effnet 224 1 200"
+    "tf_efficientnetv2_b0 specs/tf_efficientnetv2_b0.effnet 224 128 20"
+)
+out=$(mktemp)
+for round in $(seq "$ROUNDS"); do
+    for row in "${rows[@]}"; do
+        read -r model spec res batch iters <<<"$row"
+        for plan in cuda-fused candle; do
+            j=$("$EFFNET" bench "$spec" --model "$model" --resolution "$res" --batch "$batch" \
+                --iters "$iters" --warmup 5 --device cuda --plan "$plan" --json 2>&1 | tail -1)
+            printf 'effnet-%s\t%s\t%s\t%s\t%s\n' "$plan" "$model" "$res" "$batch" "$j" >>"$out"
+        done
+        t=$("$PYTHON" tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch" \
+            --iters "$iters" --warmup 5 --device cuda --channels-last 2>&1 | tail -1)
+        printf 'torch\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$t" >>"$out"
+    done
+done
+"$PYTHON" - "$out" <<'PY' | tee -a "$report"
+import json, sys
+best, raw = {}, []
+for line in open(sys.argv[1]):
+    side, model, res, batch, j = line.rstrip("\n").split("\t", 4)
+    raw.append(f"{side} {model} {res} {batch}: {j}")
+    try:
+        v = json.loads(j)["images_per_sec"]
+    except Exception:
+        continue
+    k = (model, res, batch)
+    best.setdefault(k, {})[side] = max(best.get(k, {}).get(side, 0.0), v)
+print("| model | input | batch | effnet cuda-fused | effnet candle | PyTorch eager (channels_last) | cuda-fused / PyTorch |")
+print("|---|---|---|---|---|---|---|")
+for (m, r, b), s in best.items():
+    e, c, t = s.get("effnet-cuda-fused"), s.get("effnet-candle"), s.get("torch")
+    ratio = f"{e / t:.2f}x" if e and t else "n/a"
+    print(f"| {m} | {r} | {b} | {e} | {c} | {t} | {ratio} |")
+print()
+print("Every measurement:")
+print()
+for r in raw:
+    print(f"    {r}")
+PY
+
+say
+say "## Device memory: 100 against 1,000 inference calls (tf_efficientnetv2_b0 224 batch 8)"
+for iters in 100 1000; do
+    "$EFFNET" bench specs/tf_efficientnetv2_b0.effnet --resolution 224 --batch 8 --iters "$iters" \
+        --warmup 5 --device cuda --json >/dev/null 2>&1 &
+    pid=$!
+    peak=0
+    while kill -0 "$pid" 2>/dev/null; do
+        used=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null |
+            awk -F', ' -v p="$pid" '$1 == p { print $2 }')
+        [ -n "$used" ] && [ "$used" -gt "$peak" ] && peak=$used
+        sleep 0.2
+    done
+    say "- $iters calls: peak $peak MiB"
+done
+echo "report: $report"
