@@ -154,3 +154,37 @@ fn wrong_operands_are_refused_before_any_launch() {
     assert!(channel_means_nhwc(&x, 2, 10, 4).is_err());
     assert!(affine_act_nhwc(&x, 3, &[1.0; 3], &[0.0; 3], None, Act::Relu).is_err());
 }
+
+/// Where a CUDA toolkit is on the PATH (`eval "$(bash tools/cuda-toolkit.sh)"`), the kernel
+/// source also compiles as CUDA: nvcc to PTX for sm_90, every kernel an entry. Elsewhere
+/// (CI, whose nvcc is the type-checking stand-in, or none) it says so and passes.
+#[test]
+fn the_source_compiles_as_cuda_where_a_toolkit_is_present() {
+    use effnet_runtime::exec::cuda::{KERNELS, SOURCE};
+    let version = std::process::Command::new("nvcc").arg("--version").output();
+    let real = matches!(&version, Ok(o) if o.status.success()
+        && !String::from_utf8_lossy(&o.stdout).contains("stand-in"));
+    if !real {
+        eprintln!("skipped: no CUDA toolkit on the PATH (eval \"$(bash tools/cuda-toolkit.sh)\")");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("effnet-cuda-ptx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (src, ptx) = (dir.join("kernels.cu"), dir.join("kernels.ptx"));
+    std::fs::write(&src, SOURCE).expect("write source");
+    let o = std::process::Command::new("nvcc")
+        .args(["--ptx", "-arch=compute_90", "-o"])
+        .arg(&ptx)
+        .arg(&src)
+        .output()
+        .expect("run nvcc");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&ptx).expect("ptx");
+    for k in KERNELS {
+        assert!(
+            text.contains(&format!(".entry {k}(")),
+            "no entry {k} in the PTX"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
