@@ -3,12 +3,9 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::{max_diff, values as vals};
-use effnet_runtime::train::init::init_varmap;
 use effnet_runtime::{Network, Plan, Purpose};
 
 const SPEC: &str = r#"
@@ -28,22 +25,8 @@ model fused_eval {
 /// The spec's network with plain (non-`Var`) weights, so that eval mode takes the fused
 /// kernels, with BatchNorm statistics away from the identity.
 fn plain_network(dev: &Device) -> Network {
-    let c = effnet_compiler::compile(SPEC).unwrap_or_else(|d| panic!("{d:?}"));
-    let ir = c.network(None).expect("model");
-    let vm = init_varmap(ir, 3, dev).expect("init");
-    let mut tensors = HashMap::new();
-    for (name, var) in vm.data().lock().expect("varmap").iter() {
-        let t = var.as_tensor().detach();
-        let t = if name.ends_with("running_var") {
-            (t.affine(0.0, 0.5).expect("var") + 0.75).expect("var")
-        } else if name.ends_with("running_mean") {
-            (t.affine(0.0, 0.1).expect("mean") + 0.05).expect("mean")
-        } else {
-            t
-        };
-        tensors.insert(name.clone(), t);
-    }
-    Network::from_ir(ir, VarBuilder::from_tensors(tensors, DType::F32, dev)).expect("net")
+    let (ir, tensors) = common::plain_tensors(SPEC);
+    Network::from_ir(&ir, VarBuilder::from_tensors(tensors, DType::F32, dev)).expect("net")
 }
 
 /// Eval logits on the candle plan, the reference.

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::{max_diff, values as vals};
-use effnet_runtime::train::init::init_varmap;
 use effnet_runtime::{Network, Plan, Purpose};
 
 /// Every block kind, "same" padding (asymmetric on stride 2), SE in MBConv and ds blocks, a
@@ -60,31 +59,16 @@ fn gpu() -> Option<Device> {
     }
 }
 
-/// The spec's network on `devs` (the same weights on each), with BatchNorm statistics away
-/// from the identity.
+/// The spec's network on `devs` (the same weights on each: `common::plain_tensors`).
 fn networks(spec: &str, devs: &[&Device]) -> Vec<Network> {
-    let c = effnet_compiler::compile(spec).unwrap_or_else(|d| panic!("{d:?}"));
-    let ir = c.network(None).expect("model");
-    let vm = init_varmap(ir, 3, &Device::Cpu).expect("init");
-    let mut tensors = HashMap::new();
-    for (name, var) in vm.data().lock().expect("varmap").iter() {
-        let t = var.as_tensor().detach();
-        let t = if name.ends_with("running_var") {
-            (t.affine(0.0, 0.5).expect("var") + 0.75).expect("var")
-        } else if name.ends_with("running_mean") {
-            (t.affine(0.0, 0.1).expect("mean") + 0.05).expect("mean")
-        } else {
-            t
-        };
-        tensors.insert(name.clone(), t);
-    }
+    let (ir, tensors) = common::plain_tensors(spec);
     devs.iter()
         .map(|d| {
             let on: HashMap<String, Tensor> = tensors
                 .iter()
                 .map(|(k, v)| (k.clone(), v.to_device(d).expect("to device")))
                 .collect();
-            Network::from_ir(ir, VarBuilder::from_tensors(on, DType::F32, d)).expect("net")
+            Network::from_ir(&ir, VarBuilder::from_tensors(on, DType::F32, d)).expect("net")
         })
         .collect()
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the op and training tests (each test binary uses some of them).
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use effnet_runtime::Network;
@@ -48,4 +50,26 @@ pub fn trainable_network(spec: &str, dev: &Device) -> Network {
     let ir = c.network(None).expect("model");
     let vm = init_varmap(ir, 5, dev).expect("init");
     Network::from_ir(ir, VarBuilder::from_varmap(&vm, DType::F32, dev)).expect("net")
+}
+
+/// The spec's only model as plain (non-`Var`) tensors on the CPU, initialized as the trainer
+/// initializes it with seed 3, with BatchNorm statistics moved away from the identity (so
+/// eval mode's folding of them is exercised): what inference tests load.
+pub fn plain_tensors(spec: &str) -> (effnet_compiler::ir::Network, HashMap<String, Tensor>) {
+    let c = effnet_compiler::compile(spec).unwrap_or_else(|d| panic!("{d:?}"));
+    let ir = c.network(None).expect("model").clone();
+    let vm = init_varmap(&ir, 3, &Device::Cpu).expect("init");
+    let mut tensors = HashMap::new();
+    for (name, var) in vm.data().lock().expect("varmap").iter() {
+        let t = var.as_tensor().detach();
+        let t = if name.ends_with("running_var") {
+            (t.affine(0.0, 0.5).expect("var") + 0.75).expect("var")
+        } else if name.ends_with("running_mean") {
+            (t.affine(0.0, 0.1).expect("mean") + 0.05).expect("mean")
+        } else {
+            t
+        };
+        tensors.insert(name.clone(), t);
+    }
+    (ir, tensors)
 }
