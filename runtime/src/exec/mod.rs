@@ -2,9 +2,10 @@
 //! about the call; one walk per purpose is written once over the layer operations a backend
 //! implements:
 //!
-//! - [`forward`]: the forward walk (eval-mode inference, train-mode logits for autograd),
-//!   over [`cpu_fused`] (effnet's NHWC CPU kernels) or [`candle`] (candle's ops, any device);
-//! - [`step`]: the training-step walk (forward with tapes, then backward), over [`cpu_step`]
+//! - `forward`: the forward walk (eval-mode inference, train-mode logits for autograd),
+//!   over `cpu_fused` (effnet's NHWC CPU kernels), [`cuda`] (effnet's NHWC CUDA kernels,
+//!   with the `cuda` feature) or `candle` (candle's ops, any device);
+//! - `step`: the training-step walk (forward with tapes, then backward), over `cpu_step`
 //!   (effnet's CPU kernels), with candle's autograd through the forward walk as the fallback;
 //! - [`shared`]: what every plan shares (keep-masks, the running-statistic update, the
 //!   soft-target cross-entropy).
