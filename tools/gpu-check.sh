@@ -8,7 +8,7 @@
 #   bash tools/gpu-check.sh            # there: with nvidia-smi, Python, torch and timm
 #
 # The second half writes one report, $OUT/gpu-report.md (./gpu-report.md without OUT):
-#   1. the GPU: nvidia-smi's name, driver and memory;
+#   1. the GPU: nvidia-smi's name, driver and memory; NVRTC compiling the kernels;
 #   2. the GPU tests: the cuda-fused plan against the candle plan on the CPU, every block kind,
 #      both paddings, odd sizes, batch 1 and 7;
 #   3. full-size parity with timm at an odd resolution (225 px) on `--device cuda`:
@@ -58,6 +58,12 @@ say "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC')"
 say
 say '```'
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$report"
+say '```'
+
+say
+say "## NVRTC compiles the kernels (tools/nvrtc_check.py)"
+say '```'
+"$PYTHON" tools/nvrtc_check.py 2>&1 | tee -a "$report"
 say '```'
 
 say
