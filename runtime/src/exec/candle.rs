@@ -63,11 +63,7 @@ impl ForwardOps for CandleOps {
 
     fn squeeze_excite(&mut self, se: &SqueezeExcite, x: Tensor) -> Result<Tensor> {
         let (n, c, _, _) = x.dims4()?;
-        let pooled = x.mean((2, 3))?;
-        let r = linear(&pooled, &se.reduce.weight, se.reduce.bias.as_ref())?;
-        let r = activate(&r, se.activation)?;
-        let e = linear(&r, &se.expand.weight, se.expand.bias.as_ref())?;
-        let gate = candle_nn::ops::sigmoid(&e)?.reshape((n, c, 1, 1))?;
+        let gate = se_gates(se, &x.mean((2, 3))?)?.reshape((n, c, 1, 1))?;
         x.broadcast_mul(&gate)
     }
 
@@ -172,6 +168,16 @@ pub(crate) fn batch_norm(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tens
     };
     update_running_stats(bn, &mean.flatten_all()?, &(var.flatten_all()? * unbias)?)?;
     y.to_dtype(dtype)
+}
+
+/// A squeeze-excitation's gates `[N, C]` from the pooled input `[N, C]`: the reduce layer,
+/// the block's activation, the expand layer, a sigmoid. The candle and CUDA plans share it
+/// (they differ in how they pool and how they gate).
+pub(crate) fn se_gates(se: &SqueezeExcite, pooled: &Tensor) -> Result<Tensor> {
+    let r = linear(pooled, &se.reduce.weight, se.reduce.bias.as_ref())?;
+    let r = activate(&r, se.activation)?;
+    let e = linear(&r, &se.expand.weight, se.expand.bias.as_ref())?;
+    candle_nn::ops::sigmoid(&e)
 }
 
 /// An activation as candle ops.

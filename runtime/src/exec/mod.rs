@@ -159,7 +159,7 @@ pub fn loss_and_grads(
     rng: &mut ChaCha8Rng,
 ) -> Result<(f64, Vec<Tensor>)> {
     let plan = Facts::of(net, x, Purpose::TrainStep).choose().plan;
-    loss_and_grads_on(plan, net, params, x, targets, rng)
+    step_on(plan, net, params, x, targets, rng)
 }
 
 /// [`loss_and_grads`] on a named plan; an error when the facts do not allow it.
@@ -172,6 +172,18 @@ pub fn loss_and_grads_on(
     rng: &mut ChaCha8Rng,
 ) -> Result<(f64, Vec<Tensor>)> {
     allowed(&Facts::of(net, x, Purpose::TrainStep), plan)?;
+    step_on(plan, net, params, x, targets, rng)
+}
+
+/// One training step on `plan`, which the facts allow.
+fn step_on(
+    plan: Plan,
+    net: &NetworkParts,
+    params: &[Param],
+    x: &Tensor,
+    targets: &Tensor,
+    rng: &mut ChaCha8Rng,
+) -> Result<(f64, Vec<Tensor>)> {
     match plan {
         Plan::CpuStep => {
             let mut ops = CpuStepOps::default();

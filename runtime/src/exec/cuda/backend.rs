@@ -13,7 +13,7 @@ use candle_core::{DType, Result, Tensor, bail};
 
 use super::act_code;
 use super::ops::{AffineAct, AffineActResidual, ChannelMeans, Depthwise, GateChannels};
-use crate::exec::candle::{activate, conv};
+use crate::exec::candle::{conv, se_gates};
 use crate::exec::cpu_fused::kernel_act;
 use crate::exec::forward::ForwardOps;
 use crate::nn::{BatchNorm, Classifier, ConvBnAct, SqueezeExcite};
@@ -126,20 +126,8 @@ impl ForwardOps for CudaOps {
             Some(m) => m,
             None => x.t.apply_op1(ChannelMeans)?,
         };
-        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-        let bias = |b: &Option<Tensor>| b.as_ref().map(f32).transpose();
-        let r = linear(
-            &means,
-            &f32(&se.reduce.weight)?,
-            bias(&se.reduce.bias)?.as_ref(),
-        )?;
-        let r = activate(&r, se.activation)?;
-        let e = linear(
-            &r,
-            &f32(&se.expand.weight)?,
-            bias(&se.expand.bias)?.as_ref(),
-        )?;
-        let gate = candle_nn::ops::sigmoid(&e)?.contiguous()?;
+        // The plan runs only on f32 parameters, the dtype of the pooled means.
+        let gate = se_gates(se, &means)?.contiguous()?;
         let t = x.t.apply_op2(&gate, GateChannels)?;
         Ok(CudaMap { t, means: None })
     }
