@@ -2,6 +2,7 @@
 """Full-size parity data: a timm model with random weights, an input and its logits.
 
     python tools/parity.py MODEL RESOLUTION OUT_DIR [--seed 0] [--batch 2] [--plain-bn] [--num-classes N]
+                           [--torchvision]
 
 builds `timm.create_model(MODEL, pretrained=False)`, randomizes it with the same recipe as the
 runtime fixtures (tools/timm_fixtures.py `randomize_`: conv/linear weights N(0, 1/fan_in), biases
@@ -14,7 +15,10 @@ instead, which lets activations drift by orders of magnitude in deep models), an
     OUT_DIR/MODEL_rRES_input.npy       NCHW float32 input, torch.randn(batch, 3, RES, RES)
     OUT_DIR/MODEL_rRES_logits.npy      float32 logits (batch, classes), eval mode
 
-then prints the three paths, one per line (and a summary on stderr). The files are large (a
+With --torchvision the model is torchvision's (`torchvision.models.get_model(MODEL,
+weights=None)`, e.g. efficientnet_v2_s) and the tensors keep torchvision's names.
+
+Then it prints the three paths, one per line (and a summary on stderr). The files are large (a
 full model is 20-800 MB): write them outside the repository, never commit them.
 """
 import argparse
@@ -42,11 +46,16 @@ def main():
     ap.add_argument("--num-classes", type=int, default=None, help="default: the model's 1000")
     ap.add_argument("--plain-bn", action="store_true", help="no BN calibration (see above)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--torchvision", action="store_true", help="torchvision's model and names")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     kw = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    model = timm.create_model(args.model, pretrained=False, **kw)
+    if args.torchvision:
+        import torchvision
+        model = torchvision.models.get_model(args.model, weights=None, **kw)
+    else:
+        model = timm.create_model(args.model, pretrained=False, **kw)
     randomize_(model, args.seed, calib_size=None if args.plain_bn else args.resolution, calib_batch=2)
     model.eval()
     torch.manual_seed(args.seed + 1000)

@@ -19,6 +19,16 @@ pub enum Error {
         /// (name, expected shape, found shape)
         mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
     },
+    #[error("{}", conventions_message(.path, .model, .torchvision, .mismatches))]
+    TorchvisionConventions {
+        path: PathBuf,
+        /// The spec's model.
+        model: String,
+        /// The torchvision network the weights are.
+        torchvision: String,
+        /// One line per setting: the spec's value and torchvision's.
+        mismatches: Vec<String>,
+    },
     #[error("input: {0}")]
     Input(String),
     #[error(transparent)]
@@ -51,5 +61,26 @@ fn weights_message(
             "\n  shape:      {name}: expected {want:?}, found {got:?}"
         ));
     }
+    s
+}
+
+fn conventions_message(
+    path: &std::path::Path,
+    model: &str,
+    torchvision: &str,
+    mismatches: &[String],
+) -> String {
+    let mut s = format!(
+        "`{}` holds torchvision's `{torchvision}` (its tensor names and shapes), but the spec's \
+         model `{model}` would not compute torchvision's numbers from it:",
+        path.display()
+    );
+    for m in mismatches {
+        s.push_str(&format!("\n  {m}"));
+    }
+    s.push_str(&format!(
+        "\nuse `{torchvision}` from specs/torchvision/efficientnet.effnet, or change these \
+         settings in the spec, or pass --keep-spec-conventions to run with the spec's settings"
+    ));
     s
 }
