@@ -176,3 +176,35 @@ fn expand_prints_the_generated_struct() {
         "{code}"
     );
 }
+
+/// `effnet import automl` writes automl's conventions (the bundled `tf_efficientnetv2_b0` is
+/// automl's `efficientnetv2-b0`: same padding, eps 1e-3, no rounding guard) unless told
+/// otherwise, and the written model checks.
+#[test]
+fn import_automl_writes_automls_conventions() {
+    let blocks = "r1_k3_s1_e1_i32_o16_c1 r2_k3_s2_e4_i16_o32_c1 r2_k3_s2_e4_i32_o48_c1 \
+                  r3_k3_s2_e4_i48_o96_se0.25 r5_k3_s1_e6_i96_o112_se0.25 \
+                  r8_k3_s2_e6_i112_o192_se0.25";
+    let o = effnet(&["import", "automl", blocks, "--name", "b0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    for line in ["padding same", "eps = 1e-3", "limit = 0)"] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    let o = effnet(&[
+        "import",
+        "automl",
+        blocks,
+        "--padding",
+        "symmetric",
+        "--bn-eps",
+        "1e-5",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        text.contains("padding symmetric") && text.contains("eps = 1e-5"),
+        "{text}"
+    );
+    assert!(text.contains("/// Not automl's"), "{text}");
+}

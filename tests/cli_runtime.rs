@@ -515,3 +515,71 @@ fn train_names_a_missing_dataset() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no/such/dataset"), "{}", stderr(&o));
 }
+
+/// torchvision's `efficientnet_b0` weights (constant: only names and shapes matter here) run
+/// through a B0 spec with TensorFlow's `same` padding (timm's `tf_efficientnet_b0`), which is
+/// not torchvision's: an error naming both, unless `--keep-spec-conventions`.
+#[test]
+fn torchvision_weights_meet_the_spec_conventions_or_the_flag() {
+    let dir = tmp_dir("torchvision-conventions");
+    let bundled = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/efficientnet.effnet"),
+    )
+    .expect("the bundled spec");
+    // timm's B0 alone, with `same` padding.
+    let b0_end = bundled.find("\n}\n").expect("the first model ends") + 3;
+    let text = bundled[..b0_end].replace("padding symmetric", "padding same");
+    assert!(text.contains("padding same"), "{text}");
+    let spec_path = dir.join("tf_b0.effnet");
+    std::fs::write(&spec_path, &text).expect("write spec");
+    let compiled = effnet_compiler::compile(&text).expect("the B0 spec compiles");
+    let net = &compiled.networks[0];
+    let prefixes = effnet_runtime::weights::torchvision_prefixes(net);
+    let mut tensors = HashMap::new();
+    for t in net.tensors() {
+        let name = prefixes
+            .iter()
+            .find_map(|(ours, theirs)| {
+                t.name
+                    .strip_prefix(ours.as_str())
+                    .filter(|rest| rest.starts_with('.'))
+                    .map(|rest| format!("{theirs}{rest}"))
+            })
+            .unwrap_or_else(|| panic!("no torchvision name for {}", t.name));
+        let value = Tensor::ones(t.shape.as_slice(), candle_core::DType::F32, &Device::Cpu)
+            .expect("tensor");
+        tensors.insert(name, value);
+    }
+    let w = dir.join("tv_b0.safetensors");
+    candle_core::safetensors::save(&tensors, &w).expect("save weights");
+    let input = dir.join("x.npy");
+    Tensor::zeros((1, 3, 32, 32), candle_core::DType::F32, &Device::Cpu)
+        .and_then(|t| t.write_npy(&input))
+        .expect("write input");
+    let output = dir.join("y.npy");
+    let run = |extra: &[&str]| {
+        let (spec, w, input, output) = (s(&spec_path), s(&w), s(&input), s(&output));
+        let mut args = vec!["run", &spec, "--weights"];
+        args.push(&w);
+        args.extend(["--input", &input, "--output", &output]);
+        args.extend(extra);
+        effnet(&args)
+    };
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("padding same") && e.contains("efficientnet_b0"),
+        "names the spec's padding and torchvision's network: {e}"
+    );
+    assert!(
+        e.contains("--keep-spec-conventions"),
+        "suggests the flag: {e}"
+    );
+    assert!(!output.exists(), "nothing written on error");
+    let o = run(&["--keep-spec-conventions"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let y = Tensor::read_npy(&output).expect("logits written");
+    assert_eq!(y.dims(), &[1, 1000]);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -26,6 +26,11 @@
 //! (automl's MBConv without an expansion conv is a depthwise-separable block). Each block's `i`
 //! must equal the previous block's `o`; the first block's `i` is the stem width unless the options
 //! say otherwise.
+//!
+//! Each import carries its source's [`Conventions`] (padding, BatchNorm eps, channel rounding)
+//! unless the options override them, and its doc comment says which it has: automl's networks
+//! use TensorFlow's `same` padding and eps 1e-3, so automl-converted weights give automl's
+//! numbers only through a spec that says so.
 
 use crate::format::format_source;
 
@@ -46,6 +51,58 @@ impl Padding {
     }
 }
 
+/// How a source builds what its block strings do not say: padding, BatchNorm eps and channel
+/// rounding. An imported model carries its source's, so that weights converted from that source
+/// give that source's numbers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Conventions {
+    pub padding: Padding,
+    pub bn_eps: f64,
+    /// timm's `round_limit`: round a channel count up one divisor when rounding to the nearest
+    /// would lose more than (1 - limit) of it; 0 never does.
+    pub round_limit: f64,
+}
+
+impl Conventions {
+    /// timm's native models: PyTorch's symmetric padding, eps 1e-5, the 0.9 rounding guard.
+    pub const TIMM: Conventions = Conventions {
+        padding: Padding::Symmetric,
+        bn_eps: 1e-5,
+        round_limit: 0.9,
+    };
+    /// automl's `efficientnet` (V1, strides written `s11`/`s22`): TensorFlow `same` padding,
+    /// `batch_norm_epsilon` 1e-3, and its `round_filters` keeps the 0.9 guard (timm's
+    /// `tf_efficientnet_b*` ports agree).
+    pub const AUTOML_V1: Conventions = Conventions {
+        padding: Padding::Same,
+        bn_eps: 1e-3,
+        round_limit: 0.9,
+    };
+    /// automl's `efficientnetv2` (strides `s1`/`s2`): `same` padding, eps 1e-3, and a
+    /// `round_filters` without the guard (timm's `tf_efficientnetv2_b*` use `round_limit=0`).
+    pub const AUTOML_V2: Conventions = Conventions {
+        padding: Padding::Same,
+        bn_eps: 1e-3,
+        round_limit: 0.0,
+    };
+
+    fn describe(&self) -> String {
+        format!(
+            "{} padding, BatchNorm eps {}, {}",
+            match self.padding {
+                Padding::Symmetric => "PyTorch's symmetric",
+                Padding::Same => "TensorFlow's `same`",
+            },
+            num(self.bn_eps),
+            if self.round_limit == 0.0 {
+                "channels rounded without timm's 0.9 guard".to_string()
+            } else {
+                format!("channels rounded with a {} guard", num(self.round_limit))
+            }
+        )
+    }
+}
+
 /// What the block strings do not say.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImportOptions {
@@ -56,13 +113,25 @@ pub struct ImportOptions {
     pub width: f64,
     pub depth: f64,
     pub classes: usize,
-    pub padding: Padding,
-    /// BatchNorm epsilon (timm's native models 1e-5, the `tf_` ones 1e-3).
-    pub bn_eps: f64,
-    /// timm's `round_limit` for channel rounding: 0.9, or 0 for the automl-exact B-series.
-    pub round_limit: f64,
+    /// `None`: the source's ([`Conventions`]).
+    pub padding: Option<Padding>,
+    /// BatchNorm epsilon; `None`: the source's (timm's native models 1e-5, automl 1e-3).
+    pub bn_eps: Option<f64>,
+    /// timm's `round_limit` for channel rounding; `None`: the source's (0.9, automl V2 0).
+    pub round_limit: Option<f64>,
     /// Evaluation resolution.
     pub resolution: usize,
+}
+
+impl ImportOptions {
+    /// The source's conventions with this import's overrides.
+    fn conventions(&self, source: Conventions) -> Conventions {
+        Conventions {
+            padding: self.padding.unwrap_or(source.padding),
+            bn_eps: self.bn_eps.unwrap_or(source.bn_eps),
+            round_limit: self.round_limit.unwrap_or(source.round_limit),
+        }
+    }
 }
 
 impl Default for ImportOptions {
@@ -73,9 +142,9 @@ impl Default for ImportOptions {
             width: 1.0,
             depth: 1.0,
             classes: 1000,
-            padding: Padding::Symmetric,
-            bn_eps: 1e-5,
-            round_limit: 0.9,
+            padding: None,
+            bn_eps: None,
+            round_limit: None,
             resolution: 224,
         }
     }
@@ -186,7 +255,13 @@ pub fn import_timm(
         return Err(ImportError::Empty);
     }
     let stem = opts.stem.unwrap_or(32);
-    render_model(name, "timm", "effnet import timm", stem, &stages, opts)
+    let source = Source {
+        name: "timm",
+        command: "effnet import timm",
+        conventions: Conventions::TIMM,
+        what: "timm's native models",
+    };
+    render_model(name, &source, stem, &stages, opts)
 }
 
 /// Import automl's block strings (`r1_k3_s1_e1_i24_o24_c1`, ...), one per stage, as a Python
@@ -201,9 +276,11 @@ pub fn import_automl(
     let mut stages = Vec::new();
     let mut first_in = None;
     let mut prev_out: Option<usize> = None;
+    let mut v1_strides = false;
     for group in groups {
         for block in group {
-            let (stage, input) = decode_automl(&block)?;
+            let (stage, input, v1) = decode_automl(&block)?;
+            v1_strides |= v1;
             if let Some(expected) = prev_out
                 && input != expected
             {
@@ -222,7 +299,22 @@ pub fn import_automl(
         return Err(ImportError::Empty);
     };
     let stem = opts.stem.unwrap_or(first_in);
-    render_model(name, "automl", "effnet import automl", stem, &stages, opts)
+    let source = if v1_strides {
+        Source {
+            name: "automl",
+            command: "effnet import automl",
+            conventions: Conventions::AUTOML_V1,
+            what: "automl's efficientnet (V1)",
+        }
+    } else {
+        Source {
+            name: "automl",
+            command: "effnet import automl",
+            conventions: Conventions::AUTOML_V2,
+            what: "automl's efficientnetv2",
+        }
+    };
+    render_model(name, &source, stem, &stages, opts)
 }
 
 fn check_name(name: &str) -> Result<(), ImportError> {
@@ -537,7 +629,8 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
 }
 
 /// A stage and the block's input filters.
-fn decode_automl(block: &str) -> Result<(StageLine, usize), ImportError> {
+/// The stage, its input filters, and whether the stride is written as automl V1 does (`s22`).
+fn decode_automl(block: &str) -> Result<(StageLine, usize, bool), ImportError> {
     let mut fields = Fields {
         block,
         values: Vec::new(),
@@ -563,6 +656,7 @@ fn decode_automl(block: &str) -> Result<(StageLine, usize), ImportError> {
     let (v, t) = fields.require("k", "the kernel size, like `k3`")?;
     let kernel = whole(block, t, v, "the kernel size")?;
     let (v, t) = fields.require("s", "the stride, like `s2` or `s22`")?;
+    let v1_stride = v.len() == 2;
     let stride_text = match v.as_bytes() {
         [a] => Some(*a),
         [a, b] if a == b => Some(*a),
@@ -616,7 +710,7 @@ fn decode_automl(block: &str) -> Result<(StageLine, usize), ImportError> {
         act: None,
         source: format!("automl {block}"),
     };
-    Ok((stage, input))
+    Ok((stage, input, v1_stride))
 }
 
 /// A number as the language writes it: `4`, `0.25`, `1e-5`.
@@ -637,7 +731,7 @@ fn multiplier(v: f64) -> String {
     }
 }
 
-fn check_options(opts: &ImportOptions, stem: usize) -> Result<(), ImportError> {
+fn check_options(opts: &ImportOptions, conv: &Conventions, stem: usize) -> Result<(), ImportError> {
     let positive = |v: f64, what: &str| {
         if v.is_finite() && v > 0.0 {
             Ok(())
@@ -649,16 +743,16 @@ fn check_options(opts: &ImportOptions, stem: usize) -> Result<(), ImportError> {
     };
     positive(opts.width, "width multiplier")?;
     positive(opts.depth, "depth multiplier")?;
-    if !(opts.bn_eps.is_finite() && opts.bn_eps > 0.0 && opts.bn_eps < 1.0) {
+    if !(conv.bn_eps.is_finite() && conv.bn_eps > 0.0 && conv.bn_eps < 1.0) {
         return Err(ImportError::BadOption(format!(
             "the BatchNorm eps must be in (0, 1), not {}",
-            opts.bn_eps
+            conv.bn_eps
         )));
     }
-    if !(0.0..=1.0).contains(&opts.round_limit) {
+    if !(0.0..=1.0).contains(&conv.round_limit) {
         return Err(ImportError::BadOption(format!(
             "the round limit must be in [0, 1], not {}",
-            opts.round_limit
+            conv.round_limit
         )));
     }
     for (v, what) in [
@@ -680,31 +774,54 @@ fn check_options(opts: &ImportOptions, stem: usize) -> Result<(), ImportError> {
     Ok(())
 }
 
+/// Where block strings come from, and what that source does where they are silent.
+struct Source {
+    name: &'static str,
+    command: &'static str,
+    conventions: Conventions,
+    /// The networks the conventions are those of, for the model's doc comment.
+    what: &'static str,
+}
+
 fn render_model(
     name: &str,
-    from: &str,
-    command: &str,
+    source: &Source,
     stem: usize,
     stages: &[StageLine],
     opts: &ImportOptions,
 ) -> Result<String, ImportError> {
-    check_options(opts, stem)?;
+    let conv = opts.conventions(source.conventions);
+    check_options(opts, &conv, stem)?;
     let mut s = String::new();
     s.push_str(&format!(
-        "/// Imported from {from} block strings by `{command}`.\n"
+        "/// Imported from {} block strings by `{}`.\n",
+        source.name, source.command
     ));
+    if conv == source.conventions {
+        s.push_str(&format!(
+            "/// {}'s conventions: {}.\n",
+            source.what,
+            conv.describe()
+        ));
+    } else {
+        s.push_str(&format!(
+            "/// Not {}'s conventions: {}.\n",
+            source.what,
+            conv.describe()
+        ));
+    }
     s.push_str(&format!("model {name} {{\n"));
     s.push_str(&format!("input 3 x {}\n", opts.resolution));
     s.push_str(&format!("classes {}\n", opts.classes));
     s.push_str("activation silu\n");
     s.push_str(&format!(
         "norm batch(eps = {}, momentum = 0.1)\n",
-        num(opts.bn_eps)
+        num(conv.bn_eps)
     ));
-    s.push_str(&format!("padding {}\n", opts.padding.name()));
+    s.push_str(&format!("padding {}\n", conv.padding.name()));
     s.push_str(&format!(
         "round channels(divisor = 8, limit = {})\n",
-        num(opts.round_limit)
+        num(conv.round_limit)
     ));
     if opts.width != 1.0 || opts.depth != 1.0 {
         s.push_str(&format!(

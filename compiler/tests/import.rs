@@ -112,13 +112,13 @@ fn options(c: &Case) -> ImportOptions {
         head: Some(c.head),
         width: c.width,
         depth: c.depth,
-        round_limit: c.round_limit,
-        padding: if c.tf {
+        round_limit: Some(c.round_limit),
+        padding: Some(if c.tf {
             Padding::Same
         } else {
             Padding::Symmetric
-        },
-        bn_eps: if c.tf { 1e-3 } else { 1e-5 },
+        }),
+        bn_eps: Some(if c.tf { 1e-3 } else { 1e-5 }),
         ..ImportOptions::default()
     }
 }
@@ -254,9 +254,9 @@ fn timm_flat_lists_and_block_kinds() {
         head: None,
         classes: 10,
         resolution: 64,
-        padding: Padding::Same,
-        bn_eps: 1e-3,
-        round_limit: 0.0,
+        padding: Some(Padding::Same),
+        bn_eps: Some(1e-3),
+        round_limit: Some(0.0),
         width: 1.25,
         depth: 1.5,
     };
@@ -314,14 +314,17 @@ fn automl_block_strings_give_timms_parameter_counts() {
     // V2-B0 (automl's `efficientnetv2-b0`), rounded without timm's guard.
     let b0 = "r1_k3_s1_e1_i32_o16_c1 r2_k3_s2_e4_i16_o32_c1 r2_k3_s2_e4_i32_o48_c1 \
               r3_k3_s2_e4_i48_o96_se0.25 r5_k3_s1_e6_i96_o112_se0.25 r8_k3_s2_e6_i112_o192_se0.25";
-    let opts = ImportOptions {
-        round_limit: 0.0,
-        padding: Padding::Same,
-        bn_eps: 1e-3,
-        ..ImportOptions::default()
-    };
-    let text = import_automl("b0", b0, &opts).expect("imports");
+    // automl's own conventions are the defaults: `same` padding, eps 1e-3, no guard.
+    let text = import_automl("b0", b0, &ImportOptions::default()).expect("imports");
     assert_eq!(params(&text), 7_139_704);
+    for line in [
+        "padding same",
+        "norm batch(eps = 1e-3, momentum = 0.1)",
+        "round channels(divisor = 8, limit = 0)",
+        "/// automl's efficientnetv2's conventions: TensorFlow's `same` padding",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
 
     // EfficientNet-B0 in automl's V1 notation (`s11`, `s22`; MBConv e1 is a `ds` block).
     let v1 = "r1_k3_s11_e1_i32_o16_se0.25 r2_k3_s22_e6_i16_o24_se0.25 r2_k5_s22_e6_i24_o40_se0.25 \
@@ -330,6 +333,49 @@ fn automl_block_strings_give_timms_parameter_counts() {
     let text = import_automl("b0", v1, &ImportOptions::default()).expect("imports");
     assert!(text.contains("stage ds     k3 s1 -> 16"), "{text}");
     assert_eq!(params(&text), 5_288_548);
+    // automl V1 keeps the 0.9 guard in its round_filters.
+    for line in [
+        "padding same",
+        "norm batch(eps = 1e-3, momentum = 0.1)",
+        "round channels(divisor = 8, limit = 0.9)",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+}
+
+/// The same blocks and the same width multiplier give automl's channel counts only with
+/// automl's rounding: V2-B3 (width 1.2) rounds 1.2 * 40 = 48 either way but 1.2 * 16 = 19.2 to
+/// 16 without the guard and to 24 with it.
+#[test]
+fn automl_imports_carry_automls_conventions_and_say_when_overridden() {
+    let blocks = "r1_k3_s1_e1_i32_o16_c1 r2_k3_s2_e4_i16_o32_c1";
+    let automl = ImportOptions {
+        width: 1.2,
+        head: None,
+        ..ImportOptions::default()
+    };
+    let text = import_automl("m", blocks, &automl).expect("imports");
+    assert!(text.contains("limit = 0)"), "{text}");
+    let timm_rounding = ImportOptions {
+        round_limit: Some(0.9),
+        padding: Some(Padding::Symmetric),
+        ..automl.clone()
+    };
+    let other = import_automl("m", blocks, &timm_rounding).expect("imports");
+    assert!(
+        other.contains("/// Not automl's efficientnetv2's conventions: PyTorch's symmetric"),
+        "{other}"
+    );
+    assert_ne!(params(&text), params(&other));
+    // timm's native conventions stay timm's default.
+    let timm = import_timm("m", "ir_r1_k3_s1_e6_c16", &ImportOptions::default()).expect("imports");
+    for line in [
+        "padding symmetric",
+        "norm batch(eps = 1e-5, momentum = 0.1)",
+        "limit = 0.9)",
+    ] {
+        assert!(timm.contains(line), "{line} in\n{timm}");
+    }
 }
 
 fn timm_err(arch_def: &str) -> ImportError {

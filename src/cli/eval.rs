@@ -5,12 +5,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use candle_core::DType;
-use effnet_runtime::Network;
 use effnet_runtime::data::{self, Split};
 use effnet_runtime::train::{evaluate, network_transform};
 
 use super::compute::{ComputeArgs, device};
 use super::load;
+use super::run::WeightsArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -18,9 +18,9 @@ pub struct EvalArgs {
     pub spec: PathBuf,
     #[arg(long)]
     pub model: Option<String>,
-    /// Safetensors weights (timm or torchvision names), e.g. RUN_DIR/model.safetensors.
-    #[arg(long)]
-    pub weights: PathBuf,
+    /// e.g. RUN_DIR/model.safetensors
+    #[command(flatten)]
+    pub weights: WeightsArgs,
     /// Dataset: MNIST IDX directory or image folder (its test/ split is used).
     #[arg(long)]
     pub data: PathBuf,
@@ -61,10 +61,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode, String> {
             net_ir.num_classes
         ));
     }
-    let vb = effnet_runtime::weights::load(net_ir, &a.weights, DType::F32, &device)
-        .map_err(|e| e.to_string())?;
-    let net =
-        Network::from_ir(net_ir, vb).map_err(|e| format!("cannot build `{}`: {e}", net_ir.name))?;
+    let net = a.weights.network(net_ir, DType::F32, &device)?;
     let tf = network_transform(net_ir, dataset.kind, resolution, false, 0.0, 0);
     let start = std::time::Instant::now();
     let acc = evaluate(&net, Arc::new(dataset), tf, a.batch, a.workers, &device)

@@ -26,10 +26,9 @@ pub enum Source {
     },
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum PaddingArg {
     /// PyTorch's symmetric padding (timm's native models).
-    #[default]
     Symmetric,
     /// TensorFlow's `same` padding (timm's `tf_` models, automl).
     Same,
@@ -55,15 +54,16 @@ pub struct Opts {
     /// Number of classes.
     #[arg(long, default_value_t = 1000)]
     classes: usize,
-    /// Padding of the convolutions.
-    #[arg(long, value_enum, default_value_t = PaddingArg::Symmetric)]
-    padding: PaddingArg,
-    /// BatchNorm epsilon (timm native 1e-5, `tf_` models 1e-3).
-    #[arg(long, default_value_t = 1e-5)]
-    bn_eps: f64,
-    /// Channel round limit: 0.9 (timm), 0 (automl, timm's `tf_efficientnetv2_b*`).
-    #[arg(long, default_value_t = 0.9)]
-    round_limit: f64,
+    /// Padding of the convolutions [default: the source's: symmetric for timm, same for automl].
+    #[arg(long, value_enum)]
+    padding: Option<PaddingArg>,
+    /// BatchNorm epsilon [default: the source's: 1e-5 for timm's native models, 1e-3 for automl].
+    #[arg(long)]
+    bn_eps: Option<f64>,
+    /// Channel round limit [default: the source's: 0.9 for timm and automl V1 (`s22` strides),
+    /// 0 for automl V2 (`s2` strides)].
+    #[arg(long)]
+    round_limit: Option<f64>,
     /// Evaluation resolution.
     #[arg(long, default_value_t = 224)]
     resolution: usize,
@@ -80,10 +80,10 @@ impl Opts {
             width: self.width,
             depth: self.depth,
             classes: self.classes,
-            padding: match self.padding {
+            padding: self.padding.map(|p| match p {
                 PaddingArg::Symmetric => Padding::Symmetric,
                 PaddingArg::Same => Padding::Same,
-            },
+            }),
             bn_eps: self.bn_eps,
             round_limit: self.round_limit,
             resolution: self.resolution,

@@ -67,9 +67,8 @@ pub enum Command {
         spec: PathBuf,
         #[arg(long)]
         model: Option<String>,
-        /// Safetensors weights, timm or torchvision names.
-        #[arg(long)]
-        weights: PathBuf,
+        #[command(flatten)]
+        weights: run::WeightsArgs,
         /// Input batch, `.npy`, [batch, channels, height, width].
         #[arg(long)]
         input: PathBuf,
@@ -86,8 +85,8 @@ pub enum Command {
         spec: PathBuf,
         #[arg(long)]
         model: Option<String>,
-        #[arg(long)]
-        weights: PathBuf,
+        #[command(flatten)]
+        weights: run::WeightsArgs,
         #[arg(required = true)]
         images: Vec<PathBuf>,
         /// Class names, one per line.

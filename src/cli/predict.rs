@@ -10,7 +10,7 @@ use effnet_compiler::ir;
 use image::imageops::FilterType;
 
 use super::compute::{DeviceArg, device};
-use super::run::{DtypeArg, load_network};
+use super::run::{DtypeArg, WeightsArgs, load_network};
 
 const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
@@ -107,7 +107,7 @@ fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
 pub fn run(
     spec: &Path,
     model: Option<&str>,
-    weights_path: &Path,
+    weights: &WeightsArgs,
     images: &[PathBuf],
     labels: Option<&Path>,
     top: usize,
@@ -119,7 +119,7 @@ pub fn run(
     }
     let dev = device(device_arg)?;
     let dtype = dtype_arg.dtype();
-    let net = load_network(spec, model, weights_path, dtype, &dev)?;
+    let net = load_network(spec, model, weights, dtype, &dev)?;
     let ir = &net.ir;
     let labels = labels.map(|p| read_labels(p, ir.num_classes)).transpose()?;
     let batch = images

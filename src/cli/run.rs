@@ -2,7 +2,7 @@
 //! network-loading helpers that `predict` and `bench` share.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use candle_core::{DType, Device, Tensor};
@@ -32,24 +32,55 @@ impl DtypeArg {
     }
 }
 
-/// Compile `spec`, pick the model, load `weights_path` into it.
+/// The weights a command runs with, and how strictly they must fit the spec.
+#[derive(clap::Args, Debug)]
+pub struct WeightsArgs {
+    /// Safetensors weights, timm or torchvision names.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// With torchvision's weights, run with the spec's BatchNorm eps and padding even where
+    /// torchvision's network uses others (by default an error: the logits would be wrong).
+    #[arg(long)]
+    pub keep_spec_conventions: bool,
+}
+
+impl WeightsArgs {
+    pub fn options(&self) -> weights::LoadOptions {
+        weights::LoadOptions {
+            keep_spec_conventions: self.keep_spec_conventions,
+        }
+    }
+
+    /// Load these weights into `net_ir`'s network.
+    pub fn network(
+        &self,
+        net_ir: &ir::Network,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Network, String> {
+        let vb = weights::load_with(net_ir, &self.weights, dtype, device, self.options())
+            .map_err(|e| e.to_string())?;
+        Network::from_ir(net_ir, vb).map_err(|e| {
+            format!(
+                "cannot build `{}` from `{}`: {e}",
+                net_ir.name,
+                self.weights.display()
+            )
+        })
+    }
+}
+
+/// Compile `spec`, pick the model, load the weights into it.
 pub fn load_network(
     spec: &Path,
     model: Option<&str>,
-    weights_path: &Path,
+    weights: &WeightsArgs,
     dtype: DType,
     device: &Device,
 ) -> Result<Network, String> {
     let (_, compiled) = load(spec)?;
     let net_ir: &ir::Network = compiled.network(model)?;
-    let vb = weights::load(net_ir, weights_path, dtype, device).map_err(|e| e.to_string())?;
-    Network::from_ir(net_ir, vb).map_err(|e| {
-        format!(
-            "cannot build `{}` from `{}`: {e}",
-            net_ir.name,
-            weights_path.display()
-        )
-    })
+    weights.network(net_ir, dtype, device)
 }
 
 /// Checks that `path` exists and starts with the NumPy magic string, then reads it.
@@ -120,7 +151,7 @@ fn input_batch(
 pub fn run(
     spec: &Path,
     model: Option<&str>,
-    weights_path: &Path,
+    weights: &WeightsArgs,
     input: &Path,
     output: &Path,
     device_arg: DeviceArg,
@@ -128,7 +159,7 @@ pub fn run(
 ) -> Result<ExitCode, String> {
     let device = device(device_arg)?;
     let dtype = dtype_arg.dtype();
-    let net = load_network(spec, model, weights_path, dtype, &device)?;
+    let net = load_network(spec, model, weights, dtype, &device)?;
     let x = input_batch(input, &net.ir, dtype, &device)?;
     let logits = net
         .forward_t(&x, false)
