@@ -206,5 +206,8 @@ fn import_automl_writes_automls_conventions() {
         text.contains("padding symmetric") && text.contains("eps = 1e-5"),
         "{text}"
     );
-    assert!(text.contains("/// Not automl's"), "{text}");
+    assert!(
+        text.contains("/// Not the conventions of automl's"),
+        "{text}"
+    );
 }

@@ -799,13 +799,13 @@ fn render_model(
     ));
     if conv == source.conventions {
         s.push_str(&format!(
-            "/// {}'s conventions: {}.\n",
+            "/// The conventions of {}: {}.\n",
             source.what,
             conv.describe()
         ));
     } else {
         s.push_str(&format!(
-            "/// Not {}'s conventions: {}.\n",
+            "/// Not the conventions of {}: {}.\n",
             source.what,
             conv.describe()
         ));

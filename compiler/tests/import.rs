@@ -163,6 +163,7 @@ fn timm_efficientnetv2_s_output() {
     };
     let text = import_timm("efficientnetv2_s", V2_S_SOURCE, &opts).expect("imports");
     let expected = "/// Imported from timm block strings by `effnet import timm`.
+/// The conventions of timm's native models: PyTorch's symmetric padding, BatchNorm eps 1e-5, channels rounded with a 0.9 guard.
 model efficientnetv2_s {
     input 3 x 384
     classes 1000
@@ -321,7 +322,7 @@ fn automl_block_strings_give_timms_parameter_counts() {
         "padding same",
         "norm batch(eps = 1e-3, momentum = 0.1)",
         "round channels(divisor = 8, limit = 0)",
-        "/// automl's efficientnetv2's conventions: TensorFlow's `same` padding",
+        "/// The conventions of automl's efficientnetv2: TensorFlow's `same` padding",
     ] {
         assert!(text.contains(line), "{line} in\n{text}");
     }
@@ -363,7 +364,7 @@ fn automl_imports_carry_automls_conventions_and_say_when_overridden() {
     };
     let other = import_automl("m", blocks, &timm_rounding).expect("imports");
     assert!(
-        other.contains("/// Not automl's efficientnetv2's conventions: PyTorch's symmetric"),
+        other.contains("/// Not the conventions of automl's efficientnetv2: PyTorch's symmetric"),
         "{other}"
     );
     assert_ne!(params(&text), params(&other));
