@@ -44,9 +44,9 @@ pub mod __private {
     pub use ::effnet_runtime::Result as EffnetResult;
     pub use ::effnet_runtime::exec::forward_blocks;
     pub use ::effnet_runtime::model::{
-        ChaCha8Rng, EffNet, ScheduleConst, ScheduleStageConst, load_blocks, load_classifier,
-        load_head, load_stem, network_ir, new_rng, rng_from_state, rng_state, spec_has_errors,
-        stage_array,
+        ChaCha8Rng, EffNet, ScheduleConst, ScheduleStageConst, level_array, load_blocks,
+        load_classifier, load_head, load_stem, network_ir, new_rng, rng_from_state, rng_state,
+        spec_has_errors, stage_array,
     };
     pub use ::effnet_runtime::nn::{
         Block, Classifier, ConvBnAct, NamedTensor, NetRng, NetworkParts, PreparedCache,

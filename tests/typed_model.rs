@@ -124,6 +124,15 @@ fn compare<T: EffNet>(what: &str, typed: &mut T, net: &mut Network, x: &Tensor) 
     for (i, (a, b)) in fa.iter().zip(&fb).enumerate() {
         assert_same(&format!("{what}: stage {i}"), a, b)?;
     }
+    let levels: Vec<usize> = (0..net.ir.feature_info().len()).collect();
+    let (pa, pb) = (
+        typed.forward_pyramid_t(x, &levels, false)?,
+        net.forward_pyramid_t(x, &levels, false)?,
+    );
+    assert_eq!(pa.len(), levels.len());
+    for (i, (a, b)) in pa.iter().zip(&pb).enumerate() {
+        assert_same(&format!("{what}: level {i}"), a, b)?;
+    }
     typed.seed(7);
     net.seed(7);
     for step in 0..3 {
@@ -278,6 +287,9 @@ fn constants_match_the_ir() -> TestResult {
     assert_eq!(B0::STAGE_BLOCKS, [1, 2, 2, 3, 5, 8]);
     assert_eq!(B0::STAGE_CHANNELS, [16, 32, 48, 96, 112, 192]);
     assert_eq!(B0Stage5::BLOCKS, 8);
+    // timm's `features_only` levels of tf_efficientnetv2_b0.
+    assert_eq!(B0::FEATURE_STRIDES, [2, 4, 8, 16, 32]);
+    assert_eq!(B0::FEATURE_CHANNELS, [16, 32, 48, 112, 192]);
     assert!(B0::SPEC.contains("model tf_efficientnetv2_b0"));
     assert!(B0::SCHEDULES.is_empty());
 
@@ -306,6 +318,54 @@ fn constants_match_the_ir() -> TestResult {
         assert_eq!(c.stage_at(10_000).map(|s| s.image_size), last);
     }
     assert_eq!(V2S::SCHEDULE_PAPER.name, "paper");
+    Ok(())
+}
+
+/// `forward_pyramid` returns the requested levels as an array, in the order asked, equal to
+/// timm's `features_only` maps (the fixture's `.features.safetensors`); the stem is level 0 of
+/// a network whose first stage downsamples. A level out of range is an error naming the valid
+/// ones.
+#[test]
+fn forward_pyramid_returns_the_requested_levels() -> TestResult {
+    let path = root().join("tests/fixtures/runtime/fx_conv_nohead.effnet");
+    let data = weights::read_safetensors(&path.with_extension("safetensors"), &Device::Cpu)?;
+    let x = data.get("__input__").ok_or("no __input__")?.clone();
+    let tensors: HashMap<String, Tensor> = data
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("__"))
+        .collect();
+    let typed = FxConvNohead::load(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))?;
+    assert_eq!(FxConvNohead::FEATURE_STRIDES, [2, 4, 8, 16]);
+    assert_eq!(FxConvNohead::FEATURE_CHANNELS, [8, 16, 24, 32]);
+    let timm =
+        weights::read_safetensors(&path.with_extension("features.safetensors"), &Device::Cpu)?;
+    let [p4, stem, p16] = typed.forward_pyramid(&x, [1, 0, 3])?;
+    for (level, ours) in [(1, &p4), (0, &stem), (3, &p16)] {
+        let theirs = timm.get(&format!("level{level}")).ok_or("no level")?;
+        assert_eq!(ours.dims(), theirs.dims(), "level {level}");
+        assert_eq!(ours.dims()[1], FxConvNohead::FEATURE_CHANNELS[level]);
+        let diff = (ours - theirs)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        let scale = theirs.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(
+            diff <= 1e-5 * scale,
+            "level {level}: {diff} against timm's max {scale}"
+        );
+    }
+    assert_eq!(stem.dims(), &[2, 8, 32, 32]);
+    let e = typed
+        .forward_pyramid(&x, [4])
+        .err()
+        .ok_or("accepted level 4")?;
+    assert!(e.to_string().contains("no feature level 4"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("3 (`blocks.3`, stride 16, 32 channels)"),
+        "{e}"
+    );
     Ok(())
 }
 

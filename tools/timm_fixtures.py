@@ -12,10 +12,14 @@ the script
   * writes `tests/fixtures/runtime/<name>.effnet`: the same network in the .effnet language
     (docs/language.md), model name = fixture name,
   * checks that a fresh timm model loaded from the file reproduces the stored logits bit for bit,
+  * for the fixtures marked `features=True`, runs the same weights through timm's feature
+    extractor (`EfficientNetFeatures`, what `timm.create_model(..., features_only=True)` builds)
+    with every level in `out_indices` and writes `tests/fixtures/runtime/<name>.features.safetensors`:
+    `level{i}` (2, C, H, W) for each level i, and timm's `feature_info` in the metadata,
   * and (when all fixtures are made) writes `tests/fixtures/runtime/README.md`.
 
 Usage (from the repository root):
-    python tools/timm_fixtures.py [--out tests/fixtures/runtime] [NAME ...]
+    python tools/timm_fixtures.py [--out tests/fixtures/runtime] [--features-only] [NAME ...]
 """
 import argparse
 import json
@@ -29,17 +33,19 @@ from safetensors.torch import save_file
 
 import timm
 from timm.models._efficientnet_builder import decode_arch_def, round_channels
-from timm.models.efficientnet import EfficientNet
+from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
 
 # ---------------------------------------------------------------------------------------------
 # Fixture descriptions.
 #
 # stage = (kind, k, e, s, c, r, opts) with kind in conv | ds | fused | edge | mbconv (the .effnet
 # names) and opts a dict with any of: se (ratio), skip (True = `skip`, False = `noskip`).
+# features=True also stores timm's feature maps (features_only) for the fixture's input.
 # ---------------------------------------------------------------------------------------------
 FIXTURES = [
     dict(
         name="fx_v2s_sym64",
+        features=True,
         doc="EfficientNetV2-S shape at small width: cn+skip, er, ir+SE, kernel 5; symmetric padding, silu",
         covers="`fused e1 ... skip` (timm `cn` with residual), `fused e4` (timm `er`), `mbconv` + SE "
                "(timm `ir`), kernel 5 mbconv, symmetric padding, silu, eps 1e-5, limit 0.9, head conv",
@@ -55,6 +61,7 @@ FIXTURES = [
     ),
     dict(
         name="fx_v2b_same67",
+        features=True,
         doc="tf_efficientnetv2_b* shape: TF SAME padding on an odd input, eps 1e-3, round limit 0, SE on a fused block",
         covers="TF `same` padding from odd input 67: stride-2 pads 1/1 on 67 and 17, 0/1 on 34, 2/2 for k5 "
                "on 9 (67 -> 34 -> 17 -> 9 -> 5), stride 1 static symmetric; eps 1e-3, `round channels(limit = 0)`, SE on a Fused-MBConv (`er` + se), "
@@ -87,6 +94,7 @@ FIXTURES = [
     ),
     dict(
         name="fx_conv_nohead",
+        features=True,
         doc="plain conv stages (timm `cn`) with and without skip, stride 2 in conv and fused stages, no head",
         covers="`conv` without skip (no residual even at stride 1 / equal channels), `conv ... skip` "
                "(residual), stride-2 conv stage, stride-2 fused stage, `head none` (timm num_features=0: "
@@ -327,6 +335,50 @@ def build(fx):
     return model
 
 
+def build_features(fx, levels):
+    """timm's feature extractor for the fixture's network, every one of its `levels` levels out."""
+    act = {"silu": nn.SiLU, "relu": nn.ReLU}[fx["act"]]
+    round_chs_fn = partial(round_channels, multiplier=fx["width"], round_limit=fx["limit"])
+    return EfficientNetFeatures(
+        block_args=decode_arch_def(arch_def(fx), fx["depth"]),
+        out_indices=tuple(range(levels)),
+        stem_size=fx["stem"],
+        fix_stem=fx.get("fix_stem", False),
+        round_chs_fn=round_chs_fn,
+        pad_type="same" if fx["padding"] == "same" else "",
+        act_layer=act,
+        norm_layer=partial(nn.BatchNorm2d, eps=fx["eps"]),
+    )
+
+
+def make_features(fx, base):
+    """timm's feature maps of the fixture's stored input through its stored weights (read back
+    from `<base>.safetensors`, so they belong to the committed file), written beside it."""
+    from safetensors.torch import load_file
+    stored = load_file(base + ".safetensors")
+    levels = len(build(fx).feature_info)
+    feat = build_features(fx, levels)
+    state = {k: v for k, v in stored.items() if k in feat.state_dict()}
+    missing = set(k for k in feat.state_dict() if not k.endswith("num_batches_tracked")) - set(state)
+    assert not missing, missing
+    feat.load_state_dict(state, strict=False)
+    feat.eval()
+    with torch.no_grad():
+        maps = feat(stored["__input__"])
+    info = [[f["index"], f["module"], f["reduction"], f["num_chs"], f["stage"]]
+            for f in feat.feature_info.get_dicts()]
+    assert len(maps) == levels == len(info)
+    tensors = {f"level{i}": m.float().contiguous() for i, m in enumerate(maps)}
+    for t in tensors.values():
+        assert torch.isfinite(t).all()
+    save_file(tensors, base + ".features.safetensors",
+              metadata={"effnet_fixture": json.dumps(
+                  {"timm": timm.__version__, "torch": torch.__version__,
+                   "feature_info": info}, sort_keys=True)})
+    os.chmod(base + ".features.safetensors", 0o644)
+    return [list(m.shape) for m in maps]
+
+
 def describe(model):
     """One line per block: class, in -> mid -> out, SE reduce, kernel, stride, residual."""
     cs = model.conv_stem
@@ -386,9 +438,10 @@ def make(fx, out_dir):
         again = fresh(loaded["__input__"])
     assert torch.equal(again, loaded["__logits__"]), float((again - loaded["__logits__"]).abs().max())
     params = sum(p.numel() for p in model.parameters())
+    maps = make_features(fx, base) if fx.get("features") else None
     return dict(name=fx["name"], params=params, logits_std=float(logits.std()),
                 logits=logits[0, :4].tolist(), size=os.path.getsize(base + ".safetensors"),
-                blocks=describe(model))
+                blocks=describe(model), maps=maps)
 
 
 README_HEAD = """# Runtime logits fixtures (generated by timm)
@@ -406,7 +459,14 @@ Generated by `python tools/timm_fixtures.py` (this README too; see tools/README.
 each network with timm's own builder (`decode_arch_def`, `round_channels`, `EfficientNet`),
 randomizes all weights and BatchNorm statistics with a fixed seed (BN statistics calibrated on a
 random batch, then perturbed, so activations stay O(1)), and checks that a fresh timm model loaded
-from the file reproduces `__logits__` bit for bit. Regenerating gives byte-identical files.
+from the file reproduces `__logits__` bit for bit. Regenerating gives byte-identical files with the
+same torch build on the same kind of CPU (elsewhere the calibrated BatchNorm statistics can differ
+in their last bits); `--features-only` rewrites only the feature maps, from the stored files.
+
+Three fixtures (marked "features" below) also have `<name>.features.safetensors`: timm's feature
+maps for the same input and weights from its feature extractor (`EfficientNetFeatures`, what
+`features_only=True` builds) with every level out, as `level0`, `level1`, ... (2, C, H, W), and
+timm's `feature_info` ([index, module, reduction, channels, stage] per level) in the metadata.
 
 No input normalization is applied (`normalize` is absent): feed `__input__` straight to the network.
 Logits have a standard deviation of about 0.25 .. 1.5 and differ between the two samples, so an
@@ -445,7 +505,10 @@ def write_readme(out_dir, results):
     text = README_HEAD + "\n".join(rows) + "\n" + README_MID
     for fx in FIXTURES:
         if fx["name"] in results:
-            text += f"\n### {fx['name']}\n```\n" + "\n".join(results[fx["name"]]["blocks"]) + "\n```\n"
+            r = results[fx["name"]]
+            text += f"\n### {fx['name']}\n```\n" + "\n".join(r["blocks"]) + "\n```\n"
+            if r["maps"]:
+                text += "features: " + ", ".join(f"level{i} {s}" for i, s in enumerate(r["maps"])) + "\n"
     with open(os.path.join(out_dir, "README.md"), "w") as f:
         f.write(text)
 
@@ -454,10 +517,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="tests/fixtures/runtime")
     ap.add_argument("--verbose", "-v", action="store_true", help="print every block")
+    ap.add_argument("--features-only", action="store_true",
+                    help="only (re)write the .features.safetensors files, from the stored fixtures")
     ap.add_argument("names", nargs="*")
     args = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     os.makedirs(args.out, exist_ok=True)
+    if args.features_only:
+        for fx in FIXTURES:
+            if fx.get("features") and (not args.names or fx["name"] in args.names):
+                maps = make_features(fx, os.path.join(args.out, fx["name"]))
+                print(f"{fx['name']:22s} features {maps}")
+        return
     results = {}
     for fx in FIXTURES:
         if args.names and fx["name"] not in args.names:

@@ -14,6 +14,9 @@ For every model in MODELS this script runs `timm.create_model(name, pretrained=F
                                 se_rd_chs = SE conv_reduce out channels, 0 without SE)
     tensors                     [[state_dict key, [shape...]], ...] in state_dict order, without
                                 `num_batches_tracked`
+    feature_info                [index, module, reduction, num_chs, stage] for every level of
+                                `timm.create_model(name, features_only=True).feature_info` (timm's
+                                `stage` counts the stem as 0, so blocks.S is stage S + 1)
 
 and `tests/reference/timm/arch_defs.json`: for every model the arch_def block strings and the
 generator arguments exactly as timm's own `_gen_*` function passes them. They are captured, not
@@ -157,6 +160,9 @@ def reference(name):
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     blocks = [[f"blocks.{si}.{bi}", type(b).__name__]
               for si, st in enumerate(model.blocks) for bi, b in enumerate(st)]
+    features = timm.create_model(name, pretrained=False, features_only=True)
+    feature_info = [[f["index"], f["module"], f["reduction"], f["num_chs"], f["stage"]]
+                    for f in features.feature_info.get_dicts()]
     data = {
         "model": name,
         "timm": timm.__version__,
@@ -167,6 +173,7 @@ def reference(name):
         "blocks": blocks,
         "block_details": block_details(model),
         "tensors": tensors,
+        "feature_info": feature_info,
     }
     return data, arch
 

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::ir::{Block, Conv, Network, PaddingMode};
+use crate::ir::{Block, Conv, FeatureLevel, Network, PaddingMode};
 
 /// One block's (or the stem's, or the head's) figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -47,6 +47,17 @@ pub struct Summary {
     pub stages: Vec<StageStats>,
     pub head: Option<LayerStats>,
     pub classifier: LayerStats,
+    /// The feature maps the network provides (timm's `features_only` levels).
+    pub features: Vec<FeatureMap>,
+}
+
+/// One feature-pyramid level at the summary's resolution.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeatureMap {
+    #[serde(flatten)]
+    pub level: FeatureLevel,
+    /// `[channels, height, width]` of the map.
+    pub output: [usize; 3],
 }
 
 /// Output spatial size of a convolution on a square input.
@@ -187,6 +198,21 @@ pub fn summarize(net: &Network, resolution: usize) -> Summary {
         macs += l.macs;
         acts += l.activations;
     }
+    let features = net
+        .feature_info()
+        .into_iter()
+        .map(|level| {
+            let output = match level.stage {
+                None => stem.output,
+                Some(i) => stages
+                    .iter()
+                    .find(|s| s.index == i)
+                    .and_then(|s| s.blocks.last())
+                    .map_or(stem.output, |b| b.output),
+            };
+            FeatureMap { level, output }
+        })
+        .collect();
     Summary {
         model: net.name.clone(),
         resolution,
@@ -197,5 +223,6 @@ pub fn summarize(net: &Network, resolution: usize) -> Summary {
         stages,
         head,
         classifier,
+        features,
     }
 }

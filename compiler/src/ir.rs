@@ -452,6 +452,116 @@ impl Network {
     }
 }
 
+/// One level of the feature pyramid a network provides: what timm's `features_only=True` lists
+/// in `feature_info` (with the default `feature_location`) and what `out_indices` picks from.
+/// A level is the output of a stage whose next stage downsamples, and of the last stage; the
+/// stem's output is a level too when the first stage downsamples. The head is never a level.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureLevel {
+    /// What `out_indices` (and `effnet run --features`) call this level.
+    pub index: usize,
+    /// The stage whose output this is (`blocks.{stage}`); `None` for the stem.
+    pub stage: Option<usize>,
+    /// timm's module name for it: `bn1` (the stem) or `blocks.{stage}`.
+    pub module: String,
+    /// Input size over the map's size (timm's `reduction`).
+    pub stride: usize,
+    pub channels: usize,
+}
+
+impl fmt::Display for FeatureLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (`{}`, stride {}, {} channels)",
+            self.index, self.module, self.stride, self.channels
+        )
+    }
+}
+
+impl Network {
+    /// The feature pyramid's levels in order, as timm's `feature_info` lists them.
+    pub fn feature_info(&self) -> Vec<FeatureLevel> {
+        // Stages without blocks cannot come out of the compiler; skipping them keeps "the next
+        // stage" meaning the next one that runs.
+        let stages: Vec<&Stage> = self
+            .stages
+            .iter()
+            .filter(|s| !s.blocks.is_empty())
+            .collect();
+        let downsamples = |s: &Stage| s.blocks.first().is_some_and(|b| b.stride > 1);
+        let mut out = Vec::new();
+        let mut stride = self.stem.conv.stride;
+        let push = |out: &mut Vec<FeatureLevel>, stage, module, stride, channels| {
+            let index = out.len();
+            out.push(FeatureLevel {
+                index,
+                stage,
+                module,
+                stride,
+                channels,
+            });
+        };
+        if stages.first().is_some_and(|s| downsamples(s)) {
+            push(
+                &mut out,
+                None,
+                "bn1".to_string(),
+                stride,
+                self.stem.conv.out_channels,
+            );
+        }
+        for (i, s) in stages.iter().enumerate() {
+            stride *= s.blocks.iter().map(|b| b.stride).product::<usize>();
+            let last = stages.get(i + 1).is_none_or(|next| downsamples(next));
+            if last && let Some(b) = s.blocks.last() {
+                push(
+                    &mut out,
+                    Some(s.index),
+                    format!("blocks.{}", s.index),
+                    stride,
+                    b.out_channels,
+                );
+            }
+        }
+        out
+    }
+
+    /// The levels `indices` names, in that order; an error naming the valid levels when one is
+    /// out of range, and one when a level is asked for twice or none is.
+    pub fn feature_levels(&self, indices: &[usize]) -> Result<Vec<FeatureLevel>, String> {
+        let all = self.feature_info();
+        let valid = || {
+            all.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if indices.is_empty() {
+            return Err(format!(
+                "no feature level requested; `{}` has levels {}",
+                self.name,
+                valid()
+            ));
+        }
+        let mut out: Vec<FeatureLevel> = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let Some(level) = all.get(i) else {
+                return Err(format!(
+                    "`{}` has no feature level {i}: its levels are {}",
+                    self.name,
+                    valid()
+                ));
+            };
+            if out.iter().any(|l| l.index == i) {
+                return Err(format!("feature level {i} is requested twice"));
+            }
+            out.push(level.clone());
+        }
+        Ok(out)
+    }
+}
+
 /// Values of one progressive-learning stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleStage {

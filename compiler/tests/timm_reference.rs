@@ -1,5 +1,6 @@
 //! Every bundled spec against timm: the parameter count, the (name, shape) list of the
-//! `state_dict` in order, BatchNorm eps, block classes and resolutions. The reference files
+//! `state_dict` in order, BatchNorm eps, block classes, resolutions and the feature pyramid
+//! (`features_only`). The reference files
 //! are produced by `tools/timm_reference.py` with timm itself.
 
 use std::collections::HashMap;
@@ -147,6 +148,31 @@ fn every_reference_model_is_bundled_and_matches_timm() {
                 net.resolution
             ));
         }
+        // Feature pyramid: timm's `features_only=True` feature_info, level by level. timm's
+        // `stage` counts the stem as 0, so `blocks.S` is its stage S + 1.
+        let theirs: Vec<(usize, String, usize, usize, usize)> = r["feature_info"]
+            .as_array()
+            .expect("feature_info")
+            .iter()
+            .map(|f| {
+                let n = |i: usize| f[i].as_u64().expect("number") as usize;
+                let module = f[1].as_str().expect("module").to_string();
+                (n(0), module, n(2), n(3), n(4))
+            })
+            .collect();
+        let ours: Vec<(usize, String, usize, usize, usize)> = net
+            .feature_info()
+            .into_iter()
+            .map(|l| {
+                let stage = l.stage.map_or(0, |s| s + 1);
+                (l.index, l.module, l.stride, l.channels, stage)
+            })
+            .collect();
+        if ours != theirs {
+            failures.push(format!(
+                "{name}: feature levels {ours:?} vs timm {theirs:?}"
+            ));
+        }
         let mean: Vec<f64> = cfg["mean"]
             .as_array()
             .expect("mean")
@@ -172,4 +198,50 @@ fn v2_s_multiply_adds_match_automl() {
     let s = effnet_compiler::analysis::summarize(&nets["efficientnetv2_s"], 384);
     assert_eq!(s.params, 21_458_488);
     assert!((8.3e9..8.5e9).contains(&(s.macs as f64)), "{} MACs", s.macs);
+}
+
+/// The levels of a network whose first stage downsamples start at the stem (timm takes `bn1`'s
+/// output then), a stride-1 stage is not a level of its own, and a bad index names the valid ones.
+#[test]
+fn feature_levels_follow_timms_rule() {
+    let text = "model m {\n    classes 10\n    stem conv k3 s2 -> 8\n    stage conv k3 e1 s2 -> 16 x2\n    stage mbconv k3 e4 s2 -> 24 x2 se 0.25\n    stage mbconv k3 e4 s1 -> 32 x1 se 0.25\n    stage mbconv k3 e6 s2 -> 48 x2 se 0.25\n    head conv k1 -> 64\n}\n";
+    let compiled = compile(text).expect("compiles");
+    let net = compiled.network(None).expect("one model");
+    let levels: Vec<(Option<usize>, String, usize, usize)> = net
+        .feature_info()
+        .into_iter()
+        .map(|l| (l.stage, l.module, l.stride, l.channels))
+        .collect();
+    let want = [
+        (None, "bn1", 2, 8),
+        (Some(0), "blocks.0", 4, 16),
+        (Some(2), "blocks.2", 8, 32),
+        (Some(3), "blocks.3", 16, 48),
+    ];
+    let want: Vec<(Option<usize>, String, usize, usize)> = want
+        .iter()
+        .map(|&(s, m, st, c)| (s, m.to_string(), st, c))
+        .collect();
+    assert_eq!(levels, want);
+    let picked = net.feature_levels(&[3, 1]).expect("valid levels");
+    assert_eq!(
+        picked.iter().map(|l| l.index).collect::<Vec<_>>(),
+        vec![3, 1]
+    );
+    let err = net.feature_levels(&[1, 4]).expect_err("4 is out of range");
+    assert!(err.contains("no feature level 4"), "{err}");
+    assert!(
+        err.contains("3 (`blocks.3`, stride 16, 48 channels)"),
+        "{err}"
+    );
+    let err = net.feature_levels(&[2, 2]).expect_err("twice");
+    assert!(err.contains("level 2 is requested twice"), "{err}");
+    assert!(net.feature_levels(&[]).is_err());
+    // The summary lists the same levels with their sizes at its resolution.
+    let s = effnet_compiler::analysis::summarize(net, 64);
+    let sizes: Vec<[usize; 3]> = s.features.iter().map(|f| f.output).collect();
+    assert_eq!(
+        sizes,
+        vec![[8, 32, 32], [16, 16, 16], [32, 8, 8], [48, 4, 4]]
+    );
 }

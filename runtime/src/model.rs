@@ -23,6 +23,9 @@ pub trait EffNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor>;
     /// Each stage's output, like timm's `features_only` (stem excluded).
     fn forward_features_t(&self, x: &Tensor, train: bool) -> CResult<Vec<Tensor>>;
+    /// The feature-pyramid levels `levels` names (timm's `out_indices` into
+    /// [`ir::Network::feature_info`]), in that order, like timm's `features_only=True`.
+    fn forward_pyramid_t(&self, x: &Tensor, levels: &[usize], train: bool) -> CResult<Vec<Tensor>>;
     /// Every tensor the network holds, under timm's names, in `state_dict` order.
     fn named_tensors(&self) -> Vec<NamedTensor>;
     /// Head dropout used in training.
@@ -47,6 +50,9 @@ impl EffNet for Network {
     }
     fn forward_features_t(&self, x: &Tensor, train: bool) -> CResult<Vec<Tensor>> {
         Network::forward_features_t(self, x, train)
+    }
+    fn forward_pyramid_t(&self, x: &Tensor, levels: &[usize], train: bool) -> CResult<Vec<Tensor>> {
+        Network::forward_pyramid_t(self, x, levels, train)
     }
     fn named_tensors(&self) -> Vec<NamedTensor> {
         Network::named_tensors(self)
@@ -211,6 +217,13 @@ pub fn stage_array<const N: usize>(stages: Vec<Tensor>) -> crate::Result<[Tensor
     let found = stages.len();
     <[Tensor; N]>::try_from(stages)
         .map_err(|_| spec_error(format!("expected {N} stage outputs, found {found}")))
+}
+
+/// `N` feature-pyramid levels as an array (for a generated `forward_pyramid`).
+pub fn level_array<const N: usize>(levels: Vec<Tensor>) -> crate::Result<[Tensor; N]> {
+    let found = levels.len();
+    <[Tensor; N]>::try_from(levels)
+        .map_err(|_| spec_error(format!("expected {N} feature maps, found {found}")))
 }
 
 /// Error for the skeleton a spec with errors expands to.

@@ -192,6 +192,22 @@ pub(super) fn network(req: &Request, net: &Network) -> TokenStream {
         })
         .collect();
     let stage_channels = stage_out.iter().map(|&c| usize_lit(c));
+    let levels = net.feature_info();
+    let n_levels = usize_lit(levels.len());
+    let level_strides = levels.iter().map(|l| usize_lit(l.stride));
+    let level_channels = levels.iter().map(|l| usize_lit(l.channels));
+    let mut pyramid_doc = vec![
+        "The feature-pyramid levels `levels` names, in that order, in evaluation mode: timm's"
+            .to_string(),
+        "`features_only=True` with `out_indices = levels`. The levels:".to_string(),
+        String::new(),
+    ];
+    pyramid_doc.extend(levels.iter().map(|l| format!("- {l}")));
+    pyramid_doc.extend([
+        String::new(),
+        "An index out of range is an error naming these.".to_string(),
+    ]);
+    let pyramid_doc = doc_lines(&pyramid_doc);
 
     let mut schedule_items = Vec::new();
     let mut schedule_refs = Vec::new();
@@ -364,6 +380,10 @@ pub(super) fn network(req: &Request, net: &Network) -> TokenStream {
             pub const STAGE_BLOCKS: [usize; #n_stages] = [#(#stage_blocks),*];
             /// Output channels per stage.
             pub const STAGE_CHANNELS: [usize; #n_stages] = [#(#stage_channels),*];
+            /// The stride of each feature-pyramid level (see `forward_pyramid`).
+            pub const FEATURE_STRIDES: [usize; #n_levels] = [#(#level_strides),*];
+            /// The channels of each feature-pyramid level.
+            pub const FEATURE_CHANNELS: [usize; #n_levels] = [#(#level_channels),*];
             #(#schedule_items)*
             /// Every schedule the spec defines for this model.
             pub const SCHEDULES: &'static [#p::ScheduleConst] = &[#(#schedule_refs),*];
@@ -426,6 +446,27 @@ pub(super) fn network(req: &Request, net: &Network) -> TokenStream {
                 #p::Ok(#features_name { #(#stage_fields),* })
             }
 
+            #pyramid_doc
+            pub fn forward_pyramid<const N: usize>(
+                &self,
+                x: &#p::Tensor,
+                levels: [usize; N],
+            ) -> #p::EffnetResult<[#p::Tensor; N]> {
+                Self::forward_pyramid_t(self, x, levels, false)
+            }
+
+            /// The feature-pyramid levels `levels` names; `train` selects batch statistics
+            /// and stochastic depth.
+            pub fn forward_pyramid_t<const N: usize>(
+                &self,
+                x: &#p::Tensor,
+                levels: [usize; N],
+                train: bool,
+            ) -> #p::EffnetResult<[#p::Tensor; N]> {
+                let maps = <Self as #p::EffNet>::forward_pyramid_t(self, x, &levels, train)?;
+                #p::level_array::<N>(maps)
+            }
+
             /// Every tensor the network holds, under timm's names, in `state_dict` order.
             pub fn named_tensors(&self) -> #p::Vec<#p::NamedTensor> {
                 let stages = Self::stages(self);
@@ -478,6 +519,15 @@ pub(super) fn network(req: &Request, net: &Network) -> TokenStream {
             ) -> #p::CandleResult<#p::Vec<#p::Tensor>> {
                 let stages = Self::stages(self);
                 #p::NetworkParts::forward_features_t(&Self::parts(self, &stages), x, train)
+            }
+            fn forward_pyramid_t(
+                &self,
+                x: &#p::Tensor,
+                levels: &[usize],
+                train: bool,
+            ) -> #p::CandleResult<#p::Vec<#p::Tensor>> {
+                let stages = Self::stages(self);
+                #p::NetworkParts::forward_pyramid_t(&Self::parts(self, &stages), x, levels, train)
             }
             fn named_tensors(&self) -> #p::Vec<#p::NamedTensor> {
                 Self::named_tensors(self)

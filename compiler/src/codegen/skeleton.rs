@@ -84,6 +84,23 @@ pub(super) fn skeleton(item: &ItemStruct, text: &str) -> TokenStream {
             ) -> #p::EffnetResult<#features> {
                 match self.never {}
             }
+            /// The feature-pyramid levels in evaluation mode.
+            pub fn forward_pyramid<const N: usize>(
+                &self,
+                _x: &#p::Tensor,
+                _levels: [usize; N],
+            ) -> #p::EffnetResult<[#p::Tensor; N]> {
+                match self.never {}
+            }
+            /// The feature-pyramid levels.
+            pub fn forward_pyramid_t<const N: usize>(
+                &self,
+                _x: &#p::Tensor,
+                _levels: [usize; N],
+                _train: bool,
+            ) -> #p::EffnetResult<[#p::Tensor; N]> {
+                match self.never {}
+            }
             /// Every tensor the network holds.
             pub fn named_tensors(&self) -> #p::Vec<#p::NamedTensor> {
                 match self.never {}
@@ -116,6 +133,14 @@ pub(super) fn skeleton(item: &ItemStruct, text: &str) -> TokenStream {
             fn forward_features_t(
                 &self,
                 _x: &#p::Tensor,
+                _train: bool,
+            ) -> #p::CandleResult<#p::Vec<#p::Tensor>> {
+                match self.never {}
+            }
+            fn forward_pyramid_t(
+                &self,
+                _x: &#p::Tensor,
+                _levels: &[usize],
                 _train: bool,
             ) -> #p::CandleResult<#p::Vec<#p::Tensor>> {
                 match self.never {}

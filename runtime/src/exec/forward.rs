@@ -89,23 +89,54 @@ pub(crate) fn block<O: ForwardOps>(
     ops.add_residual(y, x, keep)
 }
 
-/// Stem and blocks; with `features`, each stage's output as a tensor too.
+/// The intermediate outputs a walk keeps: the stem's and those of some stages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Taps {
+    pub stem: bool,
+    /// Positions in [`NetworkParts::stages`], ascending.
+    pub stages: Vec<usize>,
+}
+
+impl Taps {
+    /// Every stage's output.
+    pub fn every_stage(n: usize) -> Taps {
+        Taps {
+            stem: false,
+            stages: (0..n).collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.stem && self.stages.is_empty()
+    }
+}
+
+/// Stem and blocks, keeping the outputs `taps` names (in walk order). With taps, the walk ends
+/// after the last of them: what follows would be computed for nothing.
 fn body<O: ForwardOps>(
     ops: &mut O,
     net: &NetworkParts,
     x: &Tensor,
     masks: &mut Masks,
-    features: bool,
+    taps: &Taps,
 ) -> Result<(O::Map, Vec<Tensor>)> {
     let input = ops.input(x)?;
     let mut y = ops.conv_bn_act(net.stem, &input, None, false)?;
     drop(input);
     let mut outs = Vec::new();
-    for stage in net.stages {
+    if taps.stem {
+        outs.push(ops.output(&y)?);
+    }
+    let end = match taps.stages.last() {
+        Some(&last) => last + 1,
+        None if taps.is_empty() => net.stages.len(),
+        None => 0,
+    };
+    for (i, stage) in net.stages.iter().enumerate().take(end) {
         for b in *stage {
             y = block(ops, b, &y, net.drop_path_scale, masks)?;
         }
-        if features {
+        if taps.stages.contains(&i) {
             outs.push(ops.output(&y)?);
         }
     }
@@ -119,7 +150,7 @@ pub(crate) fn logits<O: ForwardOps>(
     x: &Tensor,
     mut masks: Masks,
 ) -> Result<Tensor> {
-    let (mut y, _) = body(ops, net, x, &mut masks, false)?;
+    let (mut y, _) = body(ops, net, x, &mut masks, &Taps::default())?;
     if let Some(h) = net.head {
         y = ops.conv_bn_act(h, &y, None, false)?;
     }
@@ -136,14 +167,16 @@ pub(crate) fn logits<O: ForwardOps>(
     ops.classify(net.classifier, &pooled)
 }
 
-/// Each stage's output (stem excluded), like timm's `features_only`.
-pub(crate) fn features<O: ForwardOps>(
+/// The outputs `taps` names, in walk order (stem first, then by stage); the head and the
+/// classifier do not run.
+pub(crate) fn tapped<O: ForwardOps>(
     ops: &mut O,
     net: &NetworkParts,
     x: &Tensor,
     mut masks: Masks,
+    taps: &Taps,
 ) -> Result<Vec<Tensor>> {
-    body(ops, net, x, &mut masks, true).map(|(_, outs)| outs)
+    body(ops, net, x, &mut masks, taps).map(|(_, outs)| outs)
 }
 
 /// A run of blocks on an `[N, C, H, W]` tensor (what a generated stage struct runs).

@@ -30,6 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use self::candle::CandleOps;
 use self::cpu_fused::CpuFusedOps;
 use self::cpu_step::CpuStepOps;
+use self::forward::Taps;
 use self::step::StepOps;
 use crate::nn::Param;
 use crate::nn::{Block, NetRng, Network, NetworkParts, PreparedCache};
@@ -133,18 +134,70 @@ impl NetworkParts<'_> {
         }
     }
 
-    /// Each stage's output (stem excluded), like timm's `features_only`.
+    /// Each stage's output (stem excluded).
     pub fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         self.check_input(x)?;
+        self.tapped(x, train, &Taps::every_stage(self.stages.len()))
+    }
+
+    /// The feature-pyramid levels `levels` names (indices into the IR's
+    /// [`feature_info`](effnet_compiler::ir::Network::feature_info), timm's `out_indices`), in
+    /// that order: timm's `features_only=True` model. One walk computes them all and stops at
+    /// the deepest; an index out of range is an error naming the valid levels.
+    pub fn forward_pyramid_t(
+        &self,
+        x: &Tensor,
+        levels: &[usize],
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        self.check_input(x)?;
+        let picked = self
+            .ir
+            .feature_levels(levels)
+            .map_err(candle_core::Error::Msg)?;
+        let mut taps = Taps::default();
+        for level in &picked {
+            match level.stage {
+                None => taps.stem = true,
+                Some(stage) => {
+                    let Some(at) = self.ir.stages.iter().position(|s| s.index == stage) else {
+                        bail!("`{}` has no stage {stage}", self.ir.name);
+                    };
+                    taps.stages.push(at);
+                }
+            }
+        }
+        taps.stages.sort_unstable();
+        let outs = self.tapped(x, train, &taps)?;
+        // The walk returns the levels in ascending order; hand them back as requested.
+        let mut ascending: Vec<usize> = picked.iter().map(|l| l.index).collect();
+        ascending.sort_unstable();
+        picked
+            .iter()
+            .map(|l| {
+                let rank = ascending.partition_point(|&i| i < l.index);
+                outs.get(rank).cloned().ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "the walk returned {} feature maps for {} levels",
+                        outs.len(),
+                        picked.len()
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The outputs `taps` names, on the plan the facts choose.
+    fn tapped(&self, x: &Tensor, train: bool, taps: &Taps) -> Result<Vec<Tensor>> {
         let facts = Facts::of(self, x, purpose(train));
         match facts.choose().plan {
-            Plan::CpuFused => forward::features(&mut self.cpu_fused(x), self, x, None),
-            Plan::CudaFused => forward::features(&mut cuda_ops(x)?, self, x, None),
+            Plan::CpuFused => forward::tapped(&mut self.cpu_fused(x), self, x, None, taps),
+            Plan::CudaFused => forward::tapped(&mut cuda_ops(x)?, self, x, None, taps),
             _ if train => {
                 let mut rng = self.rng.0.lock().unwrap_or_else(PoisonError::into_inner);
-                forward::features(&mut candle_ops(&facts), self, x, Some(&mut rng))
+                forward::tapped(&mut candle_ops(&facts), self, x, Some(&mut rng), taps)
             }
-            _ => forward::features(&mut candle_ops(&facts), self, x, None),
+            _ => forward::tapped(&mut candle_ops(&facts), self, x, None, taps),
         }
     }
 }
@@ -270,6 +323,23 @@ impl Network {
 
     pub fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         self.forward_features_t(x, false)
+    }
+
+    /// The feature-pyramid levels `levels` names, in that order (see
+    /// [`NetworkParts::forward_pyramid_t`]).
+    pub fn forward_pyramid_t(
+        &self,
+        x: &Tensor,
+        levels: &[usize],
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        self.parts(&self.stage_slices())
+            .forward_pyramid_t(x, levels, train)
+    }
+
+    /// The feature-pyramid levels in evaluation mode.
+    pub fn forward_pyramid(&self, x: &Tensor, levels: &[usize]) -> Result<Vec<Tensor>> {
+        self.forward_pyramid_t(x, levels, false)
     }
 
     /// One training batch's loss and the gradients of `params` (see [`loss_and_grads`]).
