@@ -93,6 +93,47 @@ fn summary_json_has_the_totals_and_stages() {
     assert!(v["macs"].as_u64().is_some_and(|m| m > 8_000_000_000));
 }
 
+/// The feature maps a spec provides (timm's `features_only` levels of efficientnet_b0: strides
+/// 2..32, channels 16, 24, 40, 112, 320), in the table and in --json.
+#[test]
+fn summary_lists_the_feature_maps() {
+    let args = [
+        "summary",
+        "specs/efficientnet.effnet",
+        "--model",
+        "efficientnet_b0",
+    ];
+    let o = effnet(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let table = text
+        .split_once("feature maps")
+        .map(|(_, t)| t)
+        .unwrap_or_else(|| panic!("no feature maps in\n{text}"));
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 5, "{table}");
+    assert_eq!(rows[3], ["3", "4", "blocks.4", "16", "112", "14x14"]);
+    let o = effnet(&[args[0], args[1], args[2], args[3], "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let features = v["features"].as_array().expect("features");
+    let strides: Vec<u64> = features
+        .iter()
+        .filter_map(|f| f["stride"].as_u64())
+        .collect();
+    let channels: Vec<u64> = features
+        .iter()
+        .filter_map(|f| f["channels"].as_u64())
+        .collect();
+    assert_eq!(strides, [2, 4, 8, 16, 32]);
+    assert_eq!(channels, [16, 24, 40, 112, 320]);
+    assert_eq!(features[4]["module"], "blocks.6");
+    assert_eq!(features[4]["output"], serde_json::json!([320, 7, 7]));
+}
+
 #[test]
 fn summary_needs_a_model_name_in_a_multi_model_file() {
     let o = effnet(&["summary", "specs/efficientnet.effnet"]);

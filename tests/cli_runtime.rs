@@ -83,6 +83,79 @@ fn run_reproduces_timm_logits() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `run --features` writes each requested level beside OUTPUT, equal to timm's
+/// `features_only` maps (the fixture's `.features.safetensors`); both spellings of the list
+/// work, and a level out of range is an error naming the valid ones.
+#[test]
+fn run_writes_the_requested_feature_levels() {
+    let dir = tmp_dir("run-features");
+    let (w, x, _) = fixture_files(&dir);
+    let input = dir.join("x.npy");
+    x.write_npy(&input).expect("write input");
+    let output = dir.join("feats.npy");
+    let run = |levels: &str| {
+        effnet(&[
+            "run",
+            &spec(),
+            "--weights",
+            &s(&w),
+            "--input",
+            &s(&input),
+            "--output",
+            &s(&output),
+            "--features",
+            levels,
+        ])
+    };
+    let timm: HashMap<String, Tensor> = candle_core::safetensors::load(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("{FIXTURE}.features.safetensors")),
+        &Device::Cpu,
+    )
+    .expect("timm's feature maps");
+    for (levels, written) in [("1,3", [1, 3].as_slice()), ("[0, 2]", [0, 2].as_slice())] {
+        let o = run(levels);
+        assert_eq!(o.status.code(), Some(0), "{levels}: {}", stderr(&o));
+        assert!(!output.exists(), "--features writes no logits");
+        for &i in written {
+            let path = dir.join(format!("feats.level{i}.npy"));
+            let got = Tensor::read_npy(&path).expect("level file");
+            let want = &timm[&format!("level{i}")];
+            assert_eq!(got.dims(), want.dims(), "level {i}");
+            let max_abs = |t: &Tensor| {
+                t.abs()
+                    .and_then(|d| d.flatten_all())
+                    .and_then(|d| d.max(0))
+                    .and_then(|d| d.to_scalar::<f32>())
+                    .expect("max")
+            };
+            let rel = max_abs(&(got - want).expect("diff")) / max_abs(want);
+            assert!(rel < 1e-5, "level {i}: {rel} relative to timm");
+            assert!(
+                stderr(&o).contains(&format!("wrote level {i} (")),
+                "{}",
+                stderr(&o)
+            );
+            std::fs::remove_file(path).expect("remove level file");
+        }
+    }
+    let o = run("1,4");
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("no feature level 4"), "{err}");
+    assert!(
+        err.contains("3 (`blocks.4`, stride 16, 32 channels)"),
+        "{err}"
+    );
+    let o = run("1,x");
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+    assert!(
+        stderr(&o).contains("`x` is not a level index"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn run_errors_name_the_file() {
     let dir = tmp_dir("run-errors");

@@ -75,6 +75,11 @@ pub enum Command {
         /// Where to write the logits (`.npy`, float32).
         #[arg(long)]
         output: PathBuf,
+        /// Write these feature-pyramid levels instead of the logits (timm's `out_indices`:
+        /// `1,2,3,4` or `[1,2,3,4]`; `effnet summary` lists them), each to OUTPUT with
+        /// `.level{i}` before its extension.
+        #[arg(long, value_parser = run::parse_levels)]
+        features: Option<run::Levels>,
         #[command(flatten)]
         compute: compute::ComputeArgs,
         #[arg(long, value_enum, default_value_t)]
@@ -180,6 +185,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
             weights,
             input,
             output,
+            features,
             compute,
             dtype,
         } => run::run(
@@ -188,6 +194,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
             &weights,
             &input,
             &output,
+            features.as_ref(),
             compute.device,
             dtype,
         ),

@@ -1,4 +1,4 @@
-//! `effnet run`: logits for a NumPy batch, written as NumPy. Also the dtype and
+//! `effnet run`: logits (or feature-pyramid levels) for a NumPy batch, written as NumPy. Also the dtype and
 //! network-loading helpers that `predict` and `bench` share.
 
 use std::io::Read;
@@ -147,6 +147,73 @@ fn input_batch(
         .map_err(|e| e.to_string())
 }
 
+/// Feature-pyramid level indices as `--features` takes them: `1,2,3,4` or `[1,2,3,4]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Levels(pub Vec<usize>);
+
+/// clap's parser for [`Levels`].
+pub fn parse_levels(text: &str) -> Result<Levels, String> {
+    let usage = "expected level indices such as `1,2,3,4` or `[1,2,3,4]` \
+                 (`effnet summary` lists a model's levels)";
+    let trimmed = text.trim();
+    let inner = match (trimmed.strip_prefix('['), trimmed.strip_suffix(']')) {
+        (Some(_), Some(_)) => &trimmed[1..trimmed.len() - 1],
+        (None, None) => trimmed,
+        _ => return Err(format!("unbalanced brackets in `{text}`: {usage}")),
+    };
+    let levels = inner
+        .split(',')
+        .map(|part| {
+            let part = part.trim();
+            part.parse::<usize>()
+                .map_err(|_| format!("`{part}` is not a level index: {usage}"))
+        })
+        .collect::<Result<Vec<usize>, String>>()?;
+    Ok(Levels(levels))
+}
+
+/// Where level `index` goes: `OUTPUT` with `.level{index}` before its extension
+/// (`feats.npy` -> `feats.level2.npy`).
+fn level_path(output: &Path, index: usize) -> std::path::PathBuf {
+    let ext = output
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("npy")
+        .to_string();
+    output.with_extension(format!("level{index}.{ext}"))
+}
+
+/// The requested feature-pyramid levels of `x`, each written beside `output`.
+fn write_levels(
+    net: &Network,
+    x: &Tensor,
+    picked: &[ir::FeatureLevel],
+    input: &Path,
+    output: &Path,
+) -> Result<ExitCode, String> {
+    let indices: Vec<usize> = picked.iter().map(|l| l.index).collect();
+    let maps = net
+        .forward_pyramid(x, &indices)
+        .map_err(|e| format!("forward pass on `{}`: {e}", input.display()))?;
+    for (level, map) in picked.iter().zip(maps) {
+        let path = level_path(output, level.index);
+        let map = map
+            .to_dtype(DType::F32)
+            .and_then(|m| m.to_device(&Device::Cpu))
+            .map_err(|e| format!("feature level {}: {e}", level.index))?;
+        map.write_npy(&path)
+            .map_err(|e| format!("cannot write output `{}`: {e}", path.display()))?;
+        eprintln!(
+            "wrote level {level} {:?} to `{}`",
+            map.dims(),
+            path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `effnet run`: the logits of `input`, or with `features` the requested feature-pyramid
+/// levels (timm's `features_only` / `out_indices`; the head and classifier do not run).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     spec: &Path,
@@ -154,13 +221,21 @@ pub fn run(
     weights: &WeightsArgs,
     input: &Path,
     output: &Path,
+    features: Option<&Levels>,
     device_arg: DeviceArg,
     dtype_arg: DtypeArg,
 ) -> Result<ExitCode, String> {
     let device = device(device_arg)?;
     let dtype = dtype_arg.dtype();
     let net = load_network(spec, model, weights, dtype, &device)?;
+    // Checked before the input is read: a bad index is the first thing to hear about.
+    let picked = features
+        .map(|levels| net.ir.feature_levels(&levels.0))
+        .transpose()?;
     let x = input_batch(input, &net.ir, dtype, &device)?;
+    if let Some(picked) = picked {
+        return write_levels(&net, &x, &picked, input, output);
+    }
     let logits = net
         .forward_t(&x, false)
         .and_then(|y| y.to_dtype(DType::F32))

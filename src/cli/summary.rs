@@ -115,5 +115,29 @@ pub fn run(
         s.macs as f64 / 1e9,
         s.activation_bytes as f64 / (1024.0 * 1024.0)
     );
+    if !s.features.is_empty() {
+        println!(
+            "feature maps (timm's features_only levels; `effnet run --features 1,2,3,4` writes them):"
+        );
+        println!(
+            "{:<6} {:<6} {:<9} {:>6} {:>8} {:>9}",
+            "level", "stage", "module", "stride", "channels", "size"
+        );
+        for f in &s.features {
+            let stage = f
+                .level
+                .stage
+                .map_or_else(|| "stem".to_string(), |i| i.to_string());
+            println!(
+                "{:<6} {:<6} {:<9} {:>6} {:>8} {:>9}",
+                f.level.index,
+                stage,
+                f.level.module,
+                f.level.stride,
+                f.level.channels,
+                format!("{}x{}", f.output[1], f.output[2])
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
