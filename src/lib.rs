@@ -12,6 +12,7 @@
 //!     let net = B0::load(vb)?;
 //!     let logits = net.forward(x)?;
 //!     let features = net.forward_features(x)?; // B0Features { stage0, ..., stage5 }
+//!     let [p4, p5] = net.forward_pyramid(x, [3, 4])?; // timm's features_only levels 3 and 4
 //!     println!("{} params, {} MACs, {:?}", B0::PARAMS, B0::MACS, logits.dims());
 //!     Ok(())
 //! }

@@ -9,6 +9,8 @@
 //! `[Block; N]`), constants (`SPEC`, `PARAMS`, `MACS`, `INPUT`, `NUM_CLASSES`, a
 //! `SCHEDULE_*` per schedule and `SCHEDULES`), `load(vb)` asking for timm's tensor names,
 //! `forward`, `forward_t`, `forward_features` (a `B0Features` struct with a tensor per stage),
+//! `forward_pyramid` (the feature-pyramid levels asked for, as an array; `FEATURE_STRIDES` and
+//! `FEATURE_CHANNELS` describe them),
 //! and impls of candle's `ModuleT` and the runtime's `EffNet`. The blocks are the runtime's own
 //! `Block`s, so a generated struct computes exactly what the interpreter does.
 //!
