@@ -21,7 +21,8 @@ pub trait EffNet {
     fn ir(&self) -> &ir::Network;
     /// The logits; `train` selects batch statistics, stochastic depth and dropout.
     fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor>;
-    /// Each stage's output, like timm's `features_only` (stem excluded).
+    /// Each stage's output (stem excluded); timm's `features_only` levels are
+    /// [`EffNet::forward_pyramid_t`].
     fn forward_features_t(&self, x: &Tensor, train: bool) -> CResult<Vec<Tensor>>;
     /// The feature-pyramid levels `levels` names (timm's `out_indices` into
     /// [`ir::Network::feature_info`]), in that order, like timm's `features_only=True`.

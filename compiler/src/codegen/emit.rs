@@ -310,8 +310,9 @@ pub(super) fn network(req: &Request, net: &Network) -> TokenStream {
         None => (quote!(), quote!(), quote!(#p::None)),
     };
 
-    let features_doc =
-        format!(" Each stage's output of [`{name}`] (timm's `features_only`, stem excluded).");
+    let features_doc = format!(
+        " Each stage's output of [`{name}`] (stem excluded); timm's `features_only` levels are `forward_pyramid`."
+    );
 
     let include = with_include(req, TokenStream::new());
 

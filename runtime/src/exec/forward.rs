@@ -127,6 +127,7 @@ fn body<O: ForwardOps>(
     if taps.stem {
         outs.push(ops.output(&y)?);
     }
+    // No taps: the whole body, which the logits need. Only the stem: no stage at all.
     let end = match taps.stages.last() {
         Some(&last) => last + 1,
         None if taps.is_empty() => net.stages.len(),

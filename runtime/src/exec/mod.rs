@@ -315,7 +315,8 @@ impl Network {
         self.parts(&self.stage_slices()).forward_train(x, rng)
     }
 
-    /// Each stage's output, like timm's `features_only` (stem excluded).
+    /// Each stage's output (stem excluded); timm's `features_only` levels are
+    /// [`Network::forward_pyramid`].
     pub fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         self.parts(&self.stage_slices())
             .forward_features_t(x, train)
