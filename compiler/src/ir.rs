@@ -482,8 +482,8 @@ impl fmt::Display for FeatureLevel {
 impl Network {
     /// The feature pyramid's levels in order, as timm's `feature_info` lists them.
     pub fn feature_info(&self) -> Vec<FeatureLevel> {
-        // Stages without blocks cannot come out of the compiler; skipping them keeps "the next
-        // stage" meaning the next one that runs.
+        // The checker rejects `x0`, so every stage has blocks; skipping empty ones anyway keeps
+        // "the next stage" meaning the next one that runs.
         let stages: Vec<&Stage> = self
             .stages
             .iter()
@@ -513,8 +513,8 @@ impl Network {
         }
         for (i, s) in stages.iter().enumerate() {
             stride *= s.blocks.iter().map(|b| b.stride).product::<usize>();
-            let last = stages.get(i + 1).is_none_or(|next| downsamples(next));
-            if last && let Some(b) = s.blocks.last() {
+            let ends_level = stages.get(i + 1).is_none_or(|next| downsamples(next));
+            if ends_level && let Some(b) = s.blocks.last() {
                 push(
                     &mut out,
                     Some(s.index),
