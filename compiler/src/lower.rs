@@ -235,7 +235,11 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
     }
 
     let head = model.head.as_ref().map(|h| {
-        let ch = round_channels(h.channels, model.width, rc);
+        let ch = if h.fixed {
+            h.channels
+        } else {
+            round_channels(h.channels, model.width, rc)
+        };
         ConvBnAct {
             conv: conv("conv_head".into(), in_ch, ch, h.kernel, 1, 1),
             bn: bn("bn2".into(), ch),

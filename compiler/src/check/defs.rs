@@ -97,6 +97,8 @@ pub struct StemDef {
 pub struct HeadDef {
     pub kernel: usize,
     pub channels: usize,
+    /// Not width-scaled (`head conv k1 -> 1280 fixed`: EfficientNet-Lite, MnasNet-0.5, ...).
+    pub fixed: bool,
 }
 
 /// A model after checking: every setting known and valid.

@@ -108,7 +108,7 @@ pub(super) fn stem_or_head(
     let mut fixed = false;
     for o in &layer.options {
         match o.kind {
-            LayerOptKind::Fixed if what == "stem" => fixed = true,
+            LayerOptKind::Fixed => fixed = true,
             _ => cx.push(
                 Diagnostic::error(
                     "effnet::option",
@@ -116,11 +116,7 @@ pub(super) fn stem_or_head(
                     o.span,
                 )
                 .label("not allowed here")
-                .help(if what == "stem" {
-                    "the stem takes only `fixed` (not width-scaled)".to_string()
-                } else {
-                    "the head takes no options".to_string()
-                }),
+                .help(format!("the {what} takes only `fixed` (not width-scaled)")),
             ),
         }
     }
@@ -244,8 +240,12 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
                     .unwrap_or(1.0)
             }
             LayerOptKind::Fixed => cx.push(
-                Diagnostic::error("effnet::option", "`fixed` applies only to the stem", o.span)
-                    .label("not allowed on a stage"),
+                Diagnostic::error(
+                    "effnet::option",
+                    "`fixed` applies only to the stem and the head",
+                    o.span,
+                )
+                .label("not allowed on a stage"),
             ),
         }
     }

@@ -320,6 +320,7 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
                     p.head = Some(Some(HeadDef {
                         kernel: h.0,
                         channels: h.2,
+                        fixed: h.3,
                     }));
                 }
             }
