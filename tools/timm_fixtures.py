@@ -184,6 +184,21 @@ FIXTURES = [
         ],
         head=32,
     ),
+    dict(
+        name="fx_fixed_head_relu6",
+        doc="width 0.5 with a fixed stem and head, ReLU6 (EfficientNet-Lite, MobileNetV2-0.5, MnasNet)",
+        covers="`head ... fixed` (timm's `num_features` not passed through round_chs_fn: 64 stays 64 "
+               "at width 0.5), `stem ... fixed`, relu6 in every block and in SE, `ds noskip`; "
+               "symmetric padding, input 32",
+        size=32, seed=10, classes=10, act="relu6", eps=1e-5, padding="symmetric",
+        width=0.5, depth=1.0, limit=0.9, stem=16, fix_stem=True, fix_head=True,
+        stages=[
+            ("ds", 3, 1, 1, 16, 1, dict(skip=False)),
+            ("mbconv", 3, 6, 2, 24, 2, {}),
+            ("mbconv", 5, 3, 2, 40, 2, dict(se=0.25)),
+        ],
+        head=64,
+    ),
 ]
 
 
@@ -313,18 +328,19 @@ def effnet_text(fx):
     if fx["head"] is None:
         L.append("    head none")
     else:
-        L.append(f"    head conv k1 -> {fx['head']}")
+        fixed = " fixed" if fx.get("fix_head") else ""
+        L.append(f"    head conv k1 -> {fx['head']}{fixed}")
     L.append("}")
     return "\n".join(L) + "\n"
 
 
 def build(fx):
-    act = {"silu": nn.SiLU, "relu": nn.ReLU}[fx["act"]]
+    act = {"silu": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6}[fx["act"]]
     round_chs_fn = partial(round_channels, multiplier=fx["width"], round_limit=fx["limit"])
     model = EfficientNet(
         block_args=decode_arch_def(arch_def(fx), fx["depth"]),
         num_classes=fx["classes"],
-        num_features=0 if fx["head"] is None else round_chs_fn(fx["head"]),
+        num_features=0 if fx["head"] is None else fx["head"] if fx.get("fix_head") else round_chs_fn(fx["head"]),
         stem_size=fx["stem"],
         fix_stem=fx.get("fix_stem", False),
         round_chs_fn=round_chs_fn,
@@ -337,7 +353,7 @@ def build(fx):
 
 def build_features(fx, levels):
     """timm's feature extractor for the fixture's network, every one of its `levels` levels out."""
-    act = {"silu": nn.SiLU, "relu": nn.ReLU}[fx["act"]]
+    act = {"silu": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6}[fx["act"]]
     round_chs_fn = partial(round_channels, multiplier=fx["width"], round_limit=fx["limit"])
     return EfficientNetFeatures(
         block_args=decode_arch_def(arch_def(fx), fx["depth"]),

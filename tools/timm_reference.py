@@ -45,7 +45,16 @@ MODELS = [
     "tf_efficientnetv2_s", "tf_efficientnetv2_m", "tf_efficientnetv2_l", "tf_efficientnetv2_xl",
     "tf_efficientnetv2_b0", "tf_efficientnetv2_b1", "tf_efficientnetv2_b2", "tf_efficientnetv2_b3",
     "efficientnetv2_rw_t", "efficientnetv2_rw_s", "efficientnetv2_rw_m",
-] + [f"efficientnet_b{i}" for i in range(8)]
+] + [f"efficientnet_b{i}" for i in range(9)] + ["efficientnet_l2"] + [
+    f"tf_efficientnet_b{i}" for i in range(9)
+] + ["tf_efficientnet_l2"] + [f"efficientnet_lite{i}" for i in range(5)] + [
+    f"tf_efficientnet_lite{i}" for i in range(5)
+] + [
+    "mnasnet_050", "mnasnet_075", "mnasnet_100", "mnasnet_140",
+    "semnasnet_050", "semnasnet_075", "semnasnet_100", "semnasnet_140", "mnasnet_small",
+    "mobilenetv2_035", "mobilenetv2_050", "mobilenetv2_075", "mobilenetv2_100",
+    "mobilenetv2_110d", "mobilenetv2_120d", "mobilenetv2_140",
+] + [f"tinynet_{c}" for c in "abcde"]
 
 # Counts from /work/shared/reference/efficientnet.md (timm 1.0.31); checked after building.
 EXPECTED_PARAMS = {
