@@ -252,3 +252,57 @@ fn import_automl_writes_automls_conventions() {
         "{text}"
     );
 }
+
+/// The model-level options of `effnet import timm`: EfficientNet-Lite2 from its arch_def and
+/// `_gen_efficientnet_lite`'s arguments has timm's 6,092,072 parameters.
+#[test]
+fn import_timm_takes_every_model_level_option() {
+    let arch_def = "[['ds_r1_k3_s1_e1_c16'], ['ir_r2_k3_s2_e6_c24'], ['ir_r2_k5_s2_e6_c40'], \
+                    ['ir_r3_k3_s2_e6_c80'], ['ir_r3_k5_s1_e6_c112'], ['ir_r4_k5_s2_e6_c192'], \
+                    ['ir_r1_k3_s1_e6_c320']]";
+    let out = std::env::temp_dir().join(format!("effnet-lite2-{}.effnet", std::process::id()));
+    let o = effnet(&[
+        "import",
+        "timm",
+        arch_def,
+        "--name",
+        "lite2",
+        "--width",
+        "1.1",
+        "--depth",
+        "1.2",
+        "--fix-first-last",
+        "--fix-stem",
+        "--fix-head",
+        "--activation",
+        "relu6",
+        "--resolution",
+        "260",
+        "-o",
+        &out.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).expect("written");
+    for line in [
+        "activation relu6",
+        "scale width 1.1 stages(1.0, 1.2, 1.2, 1.2, 1.2, 1.2, 1.0)",
+        "stem conv k3 s2 -> 32 fixed",
+        "head conv k1 -> 1280 fixed",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    let o = effnet(&["summary", &out.display().to_string(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("summary --json is JSON");
+    assert_eq!(summary["params"], 6_092_072, "{summary}");
+    // A per-stage list of the wrong length names both counts.
+    let o = effnet(&["import", "timm", arch_def, "--stage-depths", "1.0,1.2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("2 per-stage depth multipliers for 7 stages"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_file(out);
+}

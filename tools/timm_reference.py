@@ -93,6 +93,7 @@ def capture_arch(name):
         dm = depth_multiplier
         captured["depth_multiplier"] = list(dm) if isinstance(dm, tuple) else dm
         captured["depth_trunc"] = kwargs.get("depth_trunc", args[0] if args else "ceil")
+        captured["fix_first_last"] = kwargs.get("fix_first_last", args[2] if len(args) > 2 else False)
         return orig_decode(arch_def, depth_multiplier, *args, **kwargs)
 
     def create(variant, pretrained=False, **kwargs):

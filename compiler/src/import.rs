@@ -27,6 +27,13 @@
 //! must equal the previous block's `o`; the first block's `i` is the stem width unless the options
 //! say otherwise.
 //!
+//! Block strings say nothing of the model around them; [`ImportOptions`] carries what timm's
+//! `_gen_*` functions pass to the builder: width and depth (or per-stage depths, with
+//! `fix_first_last`), depth rounding, channel divisor and round limit, stem and head widths and
+//! whether they are fixed, activation, input channels. Every model timm's builder makes in
+//! `tests/reference/timm/arch_defs.json` imports with its generator's arguments to timm's
+//! parameter count (compiler/tests/import.rs).
+//!
 //! Each import carries its source's [`Conventions`] (padding, BatchNorm eps, channel rounding)
 //! unless the options override them, and its doc comment says which it has: automl's networks
 //! use TensorFlow's `same` padding and eps 1e-3, so automl-converted weights give automl's
@@ -121,6 +128,33 @@ pub struct ImportOptions {
     pub round_limit: Option<f64>,
     /// Evaluation resolution.
     pub resolution: usize,
+    /// Input channels (timm's `in_chans`).
+    pub input_channels: usize,
+    /// The model's activation (`silu`, `relu`, `relu6`, ...; timm's `act_layer`). Blocks whose
+    /// strings name another (`nre`, ...) keep theirs.
+    pub activation: String,
+    /// The stem keeps its width (timm's `fix_stem`).
+    pub fix_stem: bool,
+    /// The head keeps its width: timm's generators pass `num_features` already scaled (or not),
+    /// so a head taken from a generator's `num_features` is fixed.
+    pub fix_head: bool,
+    /// timm's `channel_divisor`.
+    pub divisor: usize,
+    /// Repeats rounded up (timm's default `ceil`) or to the nearest (`round`, TinyNet).
+    pub depth_round: DepthRound,
+    /// Per-stage depth multipliers instead of `depth` (timm passes a tuple).
+    pub stage_depths: Option<Vec<f64>>,
+    /// The first and last stages are not depth-scaled (timm's `fix_first_last`: Lite,
+    /// MobileNetV2's `d` variants).
+    pub fix_first_last: bool,
+}
+
+/// How scaled repeats are rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DepthRound {
+    #[default]
+    Ceil,
+    Round,
 }
 
 impl ImportOptions {
@@ -146,6 +180,14 @@ impl Default for ImportOptions {
             bn_eps: None,
             round_limit: None,
             resolution: 224,
+            input_channels: 3,
+            activation: "silu".to_string(),
+            fix_stem: false,
+            fix_head: false,
+            divisor: 8,
+            depth_round: DepthRound::Ceil,
+            stage_depths: None,
+            fix_first_last: false,
         }
     }
 }
@@ -731,6 +773,34 @@ fn multiplier(v: f64) -> String {
     }
 }
 
+/// Per-stage depth multipliers when the options need them: given ones, or `depth` everywhere but
+/// the first and last stages (`fix_first_last`).
+fn stage_depths(opts: &ImportOptions, stages: usize) -> Result<Option<Vec<f64>>, ImportError> {
+    let mut depths = match &opts.stage_depths {
+        Some(d) if d.len() != stages => {
+            return Err(ImportError::BadOption(format!(
+                "{} per-stage depth multipliers for {stages} stages",
+                d.len()
+            )));
+        }
+        Some(d) => d.clone(),
+        None if opts.fix_first_last => vec![opts.depth; stages],
+        None => return Ok(None),
+    };
+    if opts.fix_first_last && stages > 0 {
+        depths[0] = 1.0;
+        depths[stages - 1] = 1.0;
+    }
+    for &d in &depths {
+        if !(d.is_finite() && d > 0.0) {
+            return Err(ImportError::BadOption(format!(
+                "a stage depth multiplier must be a positive number, not {d}"
+            )));
+        }
+    }
+    Ok(Some(depths))
+}
+
 fn check_options(opts: &ImportOptions, conv: &Conventions, stem: usize) -> Result<(), ImportError> {
     let positive = |v: f64, what: &str| {
         if v.is_finite() && v > 0.0 {
@@ -755,8 +825,26 @@ fn check_options(opts: &ImportOptions, conv: &Conventions, stem: usize) -> Resul
             conv.round_limit
         )));
     }
+    let act_ok = !opts.activation.is_empty()
+        && opts
+            .activation
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !act_ok {
+        return Err(ImportError::BadOption(format!(
+            "the activation must be a name like `silu` or `relu6`, not `{}`",
+            opts.activation
+        )));
+    }
+    if !matches!(opts.divisor, 1..=256) {
+        return Err(ImportError::BadOption(format!(
+            "the channel divisor must be in 1..=256, not {}",
+            opts.divisor
+        )));
+    }
     for (v, what) in [
         (stem, "stem width"),
+        (opts.input_channels, "number of input channels"),
         (opts.classes, "number of classes"),
         (opts.resolution, "resolution"),
     ] {
@@ -811,27 +899,48 @@ fn render_model(
         ));
     }
     s.push_str(&format!("model {name} {{\n"));
-    s.push_str(&format!("input 3 x {}\n", opts.resolution));
+    s.push_str(&format!(
+        "input {} x {}\n",
+        opts.input_channels, opts.resolution
+    ));
     s.push_str(&format!("classes {}\n", opts.classes));
-    s.push_str("activation silu\n");
+    s.push_str(&format!("activation {}\n", opts.activation));
     s.push_str(&format!(
         "norm batch(eps = {}, momentum = 0.1)\n",
         num(conv.bn_eps)
     ));
     s.push_str(&format!("padding {}\n", conv.padding.name()));
     s.push_str(&format!(
-        "round channels(divisor = 8, limit = {})\n",
+        "round channels(divisor = {}, limit = {})\n",
+        opts.divisor,
         num(conv.round_limit)
     ));
-    if opts.width != 1.0 || opts.depth != 1.0 {
-        s.push_str(&format!(
+    if opts.depth_round == DepthRound::Round {
+        s.push_str("round depth round\n");
+    }
+    let depths = stage_depths(opts, stages.len())?;
+    match depths {
+        Some(d) => s.push_str(&format!(
+            "scale width {} stages({})\n",
+            multiplier(opts.width),
+            d.iter()
+                .map(|&v| multiplier(v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        None if opts.width != 1.0 || opts.depth != 1.0 => s.push_str(&format!(
             "scale width {} depth {}\n",
             multiplier(opts.width),
             multiplier(opts.depth)
-        ));
+        )),
+        None => {}
     }
     s.push('\n');
-    s.push_str(&format!("stem conv k3 s2 -> {stem}\n"));
+    let fixed = |f: bool| if f { " fixed" } else { "" };
+    s.push_str(&format!(
+        "stem conv k3 s2 -> {stem}{}\n",
+        fixed(opts.fix_stem)
+    ));
     for st in stages {
         let mut line = format!("stage {} k{}", st.kind, st.kernel);
         if let Some(e) = st.expansion {
@@ -855,7 +964,7 @@ fn render_model(
         s.push_str(&format!("{line} // {}\n", st.source));
     }
     match opts.head {
-        Some(h) => s.push_str(&format!("head conv k1 -> {h}\n")),
+        Some(h) => s.push_str(&format!("head conv k1 -> {h}{}\n", fixed(opts.fix_head))),
         None => s.push_str("head none\n"),
     }
     s.push_str("}\n");

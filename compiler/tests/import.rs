@@ -5,7 +5,9 @@ use std::path::Path;
 
 use effnet_compiler::compile;
 use effnet_compiler::format::format_source;
-use effnet_compiler::import::{ImportError, ImportOptions, Padding, import_automl, import_timm};
+use effnet_compiler::import::{
+    DepthRound, ImportError, ImportOptions, Padding, import_automl, import_timm,
+};
 
 /// Compile imported text and return its parameter count.
 fn params(text: &str) -> usize {
@@ -260,6 +262,7 @@ fn timm_flat_lists_and_block_kinds() {
         round_limit: Some(0.0),
         width: 1.25,
         depth: 1.5,
+        ..ImportOptions::default()
     };
     let text = import_timm(
         "tiny",
@@ -541,4 +544,78 @@ fn imported_models_check_or_fail_in_compile() {
     )
     .expect("imports");
     assert!(compile(&text).is_err(), "{text}");
+}
+
+/// Every model timm's builder makes in `tests/reference/timm/arch_defs.json`, imported with the
+/// arguments its `_gen_*` function passed (captured by tools/timm_reference.py), has timm's
+/// parameter count: every model-level option the language has goes through the importer.
+#[test]
+fn every_captured_timm_model_imports_with_its_generator_arguments() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/timm");
+    let text = std::fs::read_to_string(root.join("arch_defs.json")).expect("arch_defs.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let models = json["models"].as_object().expect("models");
+    assert!(models.len() >= 60, "{} models", models.len());
+    let mut wrong = Vec::new();
+    for (name, m) in models {
+        let f = |k: &str| m[k].as_f64().unwrap_or_else(|| panic!("{name}: {k}"));
+        let (depth, stage_depths) = match &m["depth_multiplier"] {
+            serde_json::Value::Array(v) => {
+                (1.0, Some(v.iter().filter_map(|d| d.as_f64()).collect()))
+            }
+            d => (d.as_f64().expect("depth"), None),
+        };
+        let activation = match m["act_layer"].as_str().expect("act_layer") {
+            "SiLU" | "Swish" => "silu",
+            "ReLU6" => "relu6",
+            // EfficientNet's default act_layer.
+            "ReLU" | "None" => "relu",
+            other => panic!("{name}: activation {other}"),
+        };
+        let width = f("channel_multiplier");
+        let opts = ImportOptions {
+            stem: Some(f("stem_size") as usize),
+            head: Some(f("num_features") as usize),
+            width,
+            depth,
+            padding: Some(if m["pad_type"] == "same" {
+                Padding::Same
+            } else {
+                Padding::Symmetric
+            }),
+            bn_eps: Some(f("bn_eps")),
+            round_limit: Some(f("round_limit")),
+            activation: activation.to_string(),
+            fix_stem: m["fix_stem"].as_bool().expect("fix_stem"),
+            // `num_features` is what the generator computed (scaled or not): keep it.
+            fix_head: true,
+            divisor: f("channel_divisor") as usize,
+            depth_round: if m["depth_trunc"] == "round" {
+                DepthRound::Round
+            } else {
+                DepthRound::Ceil
+            },
+            stage_depths,
+            fix_first_last: m["fix_first_last"].as_bool().unwrap_or(false),
+            ..ImportOptions::default()
+        };
+        let arch_def = timm_arch_def(name);
+        let text = match import_timm(name, &arch_def, &opts) {
+            Ok(t) => t,
+            Err(e) => {
+                wrong.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let reference: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join(format!("{name}.json"))).expect("reference"),
+        )
+        .expect("json");
+        let want = reference["params"].as_u64().expect("params") as usize;
+        let got = params(&text);
+        if got != want {
+            wrong.push(format!("{name}: {got} parameters, timm {want}\n{text}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use effnet_compiler::import::{ImportOptions, Padding, import_automl, import_timm};
+use effnet_compiler::import::{DepthRound, ImportOptions, Padding, import_automl, import_timm};
 use effnet_compiler::{SourceFile, compile};
 
 #[derive(clap::Subcommand, Debug)]
@@ -32,6 +32,12 @@ pub enum PaddingArg {
     Symmetric,
     /// TensorFlow's `same` padding (timm's `tf_` models, automl).
     Same,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DepthRoundArg {
+    Ceil,
+    Round,
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,6 +73,30 @@ pub struct Opts {
     /// Evaluation resolution.
     #[arg(long, default_value_t = 224)]
     resolution: usize,
+    /// Input channels (timm's `in_chans`).
+    #[arg(long, default_value_t = 3)]
+    input_channels: usize,
+    /// The model's activation (timm's `act_layer`: silu, relu, relu6, hard_swish, gelu, ...).
+    #[arg(long, default_value = "silu")]
+    activation: String,
+    /// The stem keeps its width under --width (timm's `fix_stem`).
+    #[arg(long)]
+    fix_stem: bool,
+    /// The head keeps its width under --width (a head given as timm's final `num_features`).
+    #[arg(long)]
+    fix_head: bool,
+    /// Channel divisor (timm's `channel_divisor`).
+    #[arg(long, default_value_t = 8)]
+    divisor: usize,
+    /// How scaled repeats are rounded: ceil (timm's default) or round (TinyNet).
+    #[arg(long, value_enum, default_value_t = DepthRoundArg::Ceil)]
+    depth_round: DepthRoundArg,
+    /// Per-stage depth multipliers, comma-separated (instead of --depth).
+    #[arg(long, value_delimiter = ',')]
+    stage_depths: Option<Vec<f64>>,
+    /// Leave the first and last stages' depth alone (timm's `fix_first_last`).
+    #[arg(long)]
+    fix_first_last: bool,
     /// Write the model here instead of to stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -87,6 +117,17 @@ impl Opts {
             bn_eps: self.bn_eps,
             round_limit: self.round_limit,
             resolution: self.resolution,
+            input_channels: self.input_channels,
+            activation: self.activation.clone(),
+            fix_stem: self.fix_stem,
+            fix_head: self.fix_head,
+            divisor: self.divisor,
+            depth_round: match self.depth_round {
+                DepthRoundArg::Ceil => DepthRound::Ceil,
+                DepthRoundArg::Round => DepthRound::Round,
+            },
+            stage_depths: self.stage_depths.clone(),
+            fix_first_last: self.fix_first_last,
         }
     }
 }
