@@ -1,7 +1,8 @@
 //! The effnet compiler: `.effnet` text to checked definitions, the IR and its analyses.
 //!
 //! Each stage is a public function; [`compile`] chains them:
-//! [`parse`] -> [`check()`] -> [`lower()`] -> [`analysis::summarize`].
+//! [`parse`] -> [`check()`] -> [`lower()`] -> [`analysis::summarize`]. [`compile_each`] does the
+//! same model by model, for a command that uses one model of a file.
 
 #![forbid(unsafe_code)]
 
@@ -11,14 +12,16 @@ pub mod check;
 pub mod codegen;
 pub mod defaults;
 pub mod diagnostic;
+pub mod focus;
 pub mod format;
 pub mod import;
 pub mod ir;
 pub mod lower;
 
-pub use check::{Checked, check};
-pub use diagnostic::{Diagnostic, Severity, SourceFile, render};
+pub use check::{Checked, Findings, Items, check, check_each, chosen_resolution};
+pub use diagnostic::{Diagnostic, NotUtf8, Severity, SourceFile, render};
 pub use effnet_grammar::{self as grammar, parse};
+pub use focus::{Chosen, Compilation, Refusal, compile_each};
 pub use lower::lower;
 
 use effnet_grammar::ParseError;

@@ -15,8 +15,6 @@ use crate::ir::{Activation, PaddingMode};
 #[derive(Debug, Clone, Default)]
 pub(super) struct Partial {
     input: Option<(usize, usize, Option<usize>)>,
-    /// Where the resolution and the training resolution were written.
-    input_spans: Option<(Span, Option<Span>)>,
     classes: Option<usize>,
     activation: Option<Activation>,
     bn_eps: Option<f64>,
@@ -51,7 +49,7 @@ impl Resolver<'_> {
             return done.clone();
         }
         self.in_progress.push(m.name.name.clone());
-        let result = self.resolve_inner(m, cx);
+        let result = cx.within_item(&m.name.name, |cx| self.resolve_inner(m, cx));
         self.in_progress.pop();
         self.done.insert(m.name.name.clone(), result.clone());
         result
@@ -178,7 +176,6 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
                 };
                 if let (Some(c), Some(r), Some(t)) = (c, r, t) {
                     p.input = Some((c, r, t));
-                    p.input_spans = Some((resolution.span, train.as_ref().map(|t| t.span)));
                 }
             }
             ModelStmtKind::Classes(n) => {
@@ -371,7 +368,6 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
         }
     };
     let (input_channels, resolution, train_resolution) = p.input.unwrap_or((3, 224, None));
-    let (res_span, train_span) = p.input_spans.unwrap_or((m.name.span, None));
     if let Some((depths, span)) = &p.stage_depths
         && depths.len() != stages.len()
     {
@@ -456,36 +452,6 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
             .help("lower the repeats or the depth multipliers"),
         );
         return None;
-    }
-    // A resolution the network does not divide evenly loses pixels (or pads) at each stride.
-    let total_stride = def.stem.stride * def.stages.iter().map(|s| s.stride).product::<usize>();
-    for (what, r, span) in [
-        ("evaluation", Some(def.resolution), res_span),
-        (
-            "training",
-            def.train_resolution,
-            train_span.unwrap_or(res_span),
-        ),
-    ] {
-        if let Some(r) = r
-            && r % total_stride != 0
-        {
-            cx.push(
-                    Diagnostic::warning(
-                        "effnet::resolution",
-                        format!(
-                            "the {what} resolution {r} is not divisible by the network's total stride {total_stride}"
-                        ),
-                        span,
-                    )
-                    .label(format!("`{}` downsamples by {total_stride}", def.name))
-                    .help(format!(
-                        "feature maps will be rounded at each stride; {} or {} divide evenly",
-                        r / total_stride * total_stride,
-                        (r / total_stride + 1) * total_stride
-                    )),
-                );
-        }
     }
     Some(def)
 }
