@@ -35,6 +35,11 @@ pub(super) struct Partial {
     stages_span: Option<Span>,
     /// A `stem` line exists (it may have had errors, already reported).
     stem_written: bool,
+    /// A stage line had an error and is left out: comparing the stage count with the
+    /// per-stage multipliers would report an error that is not there.
+    stages_incomplete: bool,
+    /// The `input` line had an error: the channel count is a default, not what was written.
+    input_invalid: bool,
 }
 
 pub(super) struct Resolver<'a> {
@@ -156,6 +161,7 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
     let mut seen: HashMap<&'static str, Span> = HashMap::new();
     let mut stages: Vec<StageDef> = Vec::new();
     let mut stages_span: Option<Span> = None;
+    let mut stages_incomplete = false;
     for stmt in body {
         let kw = stmt.kind.keyword();
         if !matches!(stmt.kind, ModelStmtKind::Stage(_)) && duplicate(cx, &mut seen, kw, stmt.span)
@@ -176,6 +182,9 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
                 };
                 if let (Some(c), Some(r), Some(t)) = (c, r, t) {
                     p.input = Some((c, r, t));
+                    p.input_invalid = false;
+                } else {
+                    p.input_invalid = true;
                 }
             }
             ModelStmtKind::Classes(n) => {
@@ -323,8 +332,9 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
             }
             ModelStmtKind::Stage(layer) => {
                 stages_span = Some(stages_span.map_or(stmt.span, |s| s.to(stmt.span)));
-                if let Some(s) = stage(layer, &stmt.docs, stmt.span, cx) {
-                    stages.push(s);
+                match stage(layer, &stmt.docs, stmt.span, cx) {
+                    Some(s) => stages.push(s),
+                    None => stages_incomplete = true,
                 }
             }
         }
@@ -332,6 +342,7 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
     if stages_span.is_some() {
         p.stages = Some(stages);
         p.stages_span = stages_span;
+        p.stages_incomplete = stages_incomplete;
     }
 }
 
@@ -370,6 +381,7 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
     let (input_channels, resolution, train_resolution) = p.input.unwrap_or((3, 224, None));
     if let Some((depths, span)) = &p.stage_depths
         && depths.len() != stages.len()
+        && !p.stages_incomplete
     {
         cx.push(
             Diagnostic::error(
@@ -388,6 +400,7 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
     }
     if let Some((mean, _)) = &p.normalize
         && mean.len() != input_channels
+        && !p.input_invalid
     {
         cx.push(
             Diagnostic::error(
