@@ -76,7 +76,8 @@ pub fn parse_error_diagnostic(e: &ParseError) -> Diagnostic {
     Diagnostic::error("effnet::syntax", e.message.clone(), e.span).label(e.found.clone())
 }
 
-/// Parse, check and lower `source`. On failure, every diagnostic (errors and warnings).
+/// Parse, check and lower `source`. On failure, every error (and the warnings of the models
+/// without errors).
 pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
     let file = parse(source).map_err(|e| vec![parse_error_diagnostic(&e)])?;
     let checked = check(&file)?;
