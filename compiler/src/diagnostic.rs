@@ -29,6 +29,10 @@ pub struct Diagnostic {
     pub primary: Label,
     pub secondary: Vec<Label>,
     pub help: Option<String>,
+    /// The model it belongs to (a schedule's diagnostics belong to its model); `None` for the
+    /// file as a whole (a syntax error). Lets a command show only the model it uses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
 }
 
 impl Diagnostic {
@@ -43,6 +47,7 @@ impl Diagnostic {
             },
             secondary: vec![],
             help: None,
+            item: None,
         }
     }
     pub fn warning(code: &'static str, message: impl Into<String>, span: Span) -> Self {
@@ -69,6 +74,11 @@ impl Diagnostic {
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
+    /// Say which model this diagnostic belongs to.
+    pub fn for_item(mut self, model: impl Into<String>) -> Self {
+        self.item = Some(model.into());
+        self
+    }
 }
 
 /// A source file, named as the user gave it, that diagnostics point into.
@@ -86,6 +96,38 @@ impl SourceFile {
         }
     }
 
+    /// A spec read as bytes. Text that is not UTF-8 is an error at the line and column of the
+    /// first invalid byte, pointing into the text with the invalid bytes replaced (U+FFFD).
+    pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>) -> Result<Self, Box<NotUtf8>> {
+        let invalid = match String::from_utf8(bytes) {
+            Ok(text) => return Ok(SourceFile::new(name, text)),
+            Err(e) => e,
+        };
+        let at = invalid.utf8_error().valid_up_to();
+        let bytes = invalid.as_bytes();
+        // `error_len` is `None` when the text ends inside a character.
+        let bad = &bytes[at..at + invalid.utf8_error().error_len().unwrap_or(bytes.len() - at)];
+        let shown = bad
+            .iter()
+            .map(|b| format!("0x{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        // The replaced text keeps every byte before `at`, so the offset still points there.
+        let file = SourceFile::new(name, String::from_utf8_lossy(bytes).into_owned());
+        let (line, col) = file.line_col(at);
+        let diagnostic = Diagnostic::error(
+            "effnet::encoding",
+            format!(
+                "the spec is not valid UTF-8: {} {shown} at line {line}, column {col}",
+                if bad.len() == 1 { "byte" } else { "bytes" }
+            ),
+            Span::new(at, at + char::REPLACEMENT_CHARACTER.len_utf8()),
+        )
+        .label("not UTF-8")
+        .help("save the file as UTF-8 (Latin-1 writes `é` as the single byte 0xE9)");
+        Err(Box::new(NotUtf8 { file, diagnostic }))
+    }
+
     /// 1-based line and column of a byte offset (columns count characters).
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
@@ -99,6 +141,14 @@ impl SourceFile {
             + 1;
         (line, col)
     }
+}
+
+/// A spec that is not UTF-8: the diagnostic at its first invalid byte and the text it points
+/// into (invalid bytes replaced), ready for [`render`].
+#[derive(Debug, Clone)]
+pub struct NotUtf8 {
+    pub file: SourceFile,
+    pub diagnostic: Diagnostic,
 }
 
 /// A diagnostic together with its source, as miette wants it.

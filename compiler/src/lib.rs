@@ -1,7 +1,8 @@
 //! The effnet compiler: `.effnet` text to checked definitions, the IR and its analyses.
 //!
 //! Each stage is a public function; [`compile`] chains them:
-//! [`parse`] -> [`check()`] -> [`lower()`] -> [`analysis::summarize`].
+//! [`parse`] -> [`check()`] -> [`lower()`] -> [`analysis::summarize`]. [`compile_each`] does the
+//! same model by model, for a command that uses one model of a file.
 
 #![forbid(unsafe_code)]
 
@@ -11,14 +12,16 @@ pub mod check;
 pub mod codegen;
 pub mod defaults;
 pub mod diagnostic;
+pub mod focus;
 pub mod format;
 pub mod import;
 pub mod ir;
 pub mod lower;
 
-pub use check::{Checked, check};
-pub use diagnostic::{Diagnostic, Severity, SourceFile, render};
+pub use check::{Checked, Findings, Items, check, check_each, chosen_resolution};
+pub use diagnostic::{Diagnostic, NotUtf8, Severity, SourceFile, render};
 pub use effnet_grammar::{self as grammar, parse};
+pub use focus::{Chosen, Compilation, Refusal, compile_each};
 pub use lower::lower;
 
 use effnet_grammar::ParseError;
@@ -73,7 +76,8 @@ pub fn parse_error_diagnostic(e: &ParseError) -> Diagnostic {
     Diagnostic::error("effnet::syntax", e.message.clone(), e.span).label(e.found.clone())
 }
 
-/// Parse, check and lower `source`. On failure, every diagnostic (errors and warnings).
+/// Parse, check and lower `source`. On failure, every error (and the warnings of the models
+/// without errors).
 pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
     let file = parse(source).map_err(|e| vec![parse_error_diagnostic(&e)])?;
     let checked = check(&file)?;

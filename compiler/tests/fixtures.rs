@@ -1,6 +1,7 @@
 //! One fixture folder drives the parse, IR and diagnostic snapshots: every
 //! `tests/fixtures/ok/*.effnet` must compile (its AST, IR and warnings are snapshotted), every
-//! `tests/fixtures/err/*.effnet` must fail (its rendered diagnostics are snapshotted).
+//! `tests/fixtures/err/*.effnet` must fail (its rendered diagnostics are snapshotted), every
+//! `tests/fixtures/encoding/*.effnet` is not UTF-8 (its diagnostic is snapshotted).
 
 use std::path::Path;
 
@@ -48,6 +49,26 @@ fn err_fixtures() {
         };
         assert!(diagnostics.iter().any(|d| d.is_error()));
         insta::assert_snapshot!("diagnostics", render(&file, &diagnostics, false));
+    });
+}
+
+/// A spec that is not UTF-8 (`tests/fixtures/encoding`) is one diagnostic at the line and
+/// column of its first invalid byte.
+#[test]
+fn encoding_fixtures() {
+    insta::glob!("../../tests/fixtures/encoding", "*.effnet", |path| {
+        let bytes = std::fs::read(path).expect("fixture is readable");
+        let name = format!(
+            "encoding/{}",
+            path.file_name().expect("file name").to_string_lossy()
+        );
+        let not_utf8 = match SourceFile::from_bytes(name, bytes) {
+            Ok(_) => panic!("{} should not be UTF-8", path.display()),
+            Err(e) => e,
+        };
+        assert!(not_utf8.diagnostic.is_error());
+        let text = render(&not_utf8.file, &[not_utf8.diagnostic], false);
+        insta::assert_snapshot!("encoding", text);
     });
 }
 

@@ -128,22 +128,24 @@ fn spec_error(msg: String) -> crate::Error {
 }
 
 /// Compile the embedded spec again and take the model `name` (generated `load` calls this; the
-/// macro has already compiled the same text, so the errors here cannot happen in practice).
+/// macro has already compiled the same text, so the errors here cannot happen in practice). As
+/// the macro does, only what concerns `name` counts: errors in other models of the file do not.
 pub fn network_ir(spec: &str, name: &str) -> crate::Result<ir::Network> {
-    let compiled = effnet_compiler::compile(spec).map_err(|d| {
-        spec_error(format!(
+    let compilation = effnet_compiler::compile_each(spec);
+    match compilation.choose(Some(name)) {
+        Ok(chosen) => Ok(chosen.network.clone()),
+        Err(refusal) => Err(spec_error(format!(
             "the embedded spec no longer compiles: {}",
-            d.iter()
-                .map(|d| d.message.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-        ))
-    })?;
-    compiled
-        .networks
-        .into_iter()
-        .find(|n| n.name == name)
-        .ok_or_else(|| spec_error(format!("the embedded spec has no model `{name}`")))
+            match refusal.diagnostics() {
+                [] => refusal.message("the embedded spec", "by name"),
+                diagnostics => diagnostics
+                    .iter()
+                    .map(|d| d.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
+        ))),
+    }
 }
 
 /// The stem: conv, BatchNorm, the network's activation.

@@ -90,12 +90,13 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
     }
     let dev = device(a.device)?;
     let dtype = a.dtype.dtype();
-    let (_, compiled) = load(a.spec)?;
-    let net_ir = compiled.network(a.model)?;
+    let loaded = load(a.spec, a.model)?;
+    let net_ir = &loaded.network;
     let res = a.resolution.unwrap_or(net_ir.resolution);
     if res == 0 {
         return Err("--resolution must be at least 1".into());
     }
+    super::warn_chosen_resolution(net_ir, res, false);
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, dtype, &dev);
     let ce = |e: candle_core::Error| e.to_string();

@@ -39,13 +39,14 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<ExitCode, String> {
-    let (_, compiled) = load(&a.spec)?;
-    let net_ir = compiled.network(a.model.as_deref())?;
+    let loaded = load(&a.spec, a.model.as_deref())?;
+    let net_ir = &loaded.network;
     let device = device(a.compute.device)?;
     let resolution = a.resolution.unwrap_or(net_ir.resolution);
     if resolution == 0 {
         return Err("--resolution must be at least 1".into());
     }
+    super::warn_chosen_resolution(net_ir, resolution, false);
     let split = if a.train_split {
         Split::Train
     } else {

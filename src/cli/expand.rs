@@ -7,8 +7,10 @@ use std::process::ExitCode;
 use effnet_compiler::codegen;
 
 pub fn run(file: &Path, model: Option<&str>) -> Result<ExitCode, String> {
-    let (source, compiled) = super::load(file)?;
-    let net = compiled.network(model)?;
+    let super::Loaded {
+        file: source,
+        network: net,
+    } = super::load(file, model)?;
     // The macro embeds the absolute path (so editing the spec rebuilds the crate).
     let include = file
         .canonicalize()

@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
-use effnet_compiler::{Compiled, Diagnostic, SourceFile, compile, render};
+use effnet_compiler::{Diagnostic, SourceFile, compile_each, ir, render};
 
 mod bench;
 mod check;
@@ -29,6 +30,9 @@ mod train;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Also show the warnings of the model a command uses (`check` always shows every warning).
+    #[arg(long, global = true)]
+    pub warnings: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,6 +175,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
     if let Some(c) = cli.command.compute() {
         compute::configure_threads(c.threads)?;
     }
+    SHOW_WARNINGS.store(cli.warnings, Ordering::Relaxed);
     match cli.command {
         Command::Check { files } => check::run(&files),
         Command::Summary {
@@ -249,8 +254,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
         #[cfg(feature = "expand")]
         Command::Expand { file, model } => expand::run(&file, model.as_deref()),
         Command::Ir { file, model } => {
-            let (_, compiled) = load(&file)?;
-            let net = compiled.network(model.as_deref())?;
+            let net = &load(&file, model.as_deref())?.network;
             // The network plus the flat list of every tensor (timm name, shape) and the count.
             let mut value = serde_json::to_value(net).map_err(|e| e.to_string())?;
             if let Some(obj) = value.as_object_mut() {
@@ -265,11 +269,15 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
     }
 }
 
-/// Read a spec file with an error that names it.
+/// Read a spec file with an error that names it. A file that is not UTF-8 gets its diagnostic
+/// (line and column of the first invalid byte) printed.
 pub fn read_spec(path: &Path) -> Result<SourceFile, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read spec `{}`: {e}", path.display()))?;
-    Ok(SourceFile::new(path.display().to_string(), text))
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read spec `{}`: {e}", path.display()))?;
+    SourceFile::from_bytes(path.display().to_string(), bytes).map_err(|not_utf8| {
+        print_diagnostics(&not_utf8.file, std::slice::from_ref(&not_utf8.diagnostic));
+        format!("`{}` is not valid UTF-8", path.display())
+    })
 }
 
 fn use_color() -> bool {
@@ -283,22 +291,53 @@ pub fn print_diagnostics(file: &SourceFile, diagnostics: &[Diagnostic]) {
     }
 }
 
-/// Read and compile a spec; diagnostics go to stderr, and errors become an `Err`.
-pub fn load(path: &Path) -> Result<(SourceFile, Compiled), String> {
+/// `--warnings`: commands that use one model show its warnings too, not only its errors.
+static SHOW_WARNINGS: AtomicBool = AtomicBool::new(false);
+
+fn show_warnings() -> bool {
+    SHOW_WARNINGS.load(Ordering::Relaxed)
+}
+
+/// A spec read and compiled, and the model a command uses.
+pub struct Loaded {
+    pub file: SourceFile,
+    pub network: ir::Network,
+}
+
+/// Read and compile a spec and take the model a command uses (`model`, or the file's only one).
+/// Only what concerns that model is shown: its errors (then an `Err`), its warnings with
+/// `--warnings`, and a one-line note when other models of the file have errors.
+pub fn load(path: &Path, model: Option<&str>) -> Result<Loaded, String> {
     let file = read_spec(path)?;
-    match compile(&file.text) {
-        Ok(c) => {
-            print_diagnostics(&file, c.warnings());
-            Ok((file, c))
-        }
-        Err(diags) => {
-            print_diagnostics(&file, &diags);
-            let n = diags.iter().filter(|d| d.is_error()).count();
-            Err(format!(
-                "`{}` has {n} error{}",
-                path.display(),
-                if n == 1 { "" } else { "s" }
-            ))
-        }
+    let compilation = compile_each(&file.text);
+    let chosen = compilation.choose(model).map_err(|refusal| {
+        print_diagnostics(&file, refusal.diagnostics());
+        refusal.message(&file.name, "with --model")
+    })?;
+    if show_warnings() {
+        let warnings: Vec<Diagnostic> = chosen.warnings.iter().map(|d| (*d).clone()).collect();
+        print_diagnostics(&file, &warnings);
+    }
+    if chosen.errors_elsewhere > 0 {
+        let n = chosen.errors_elsewhere;
+        eprintln!(
+            "note: `{}` has {n} error{} in other models; `effnet check {}` shows them",
+            file.name,
+            if n == 1 { "" } else { "s" },
+            file.name
+        );
+    }
+    let network = chosen.network.clone();
+    Ok(Loaded { file, network })
+}
+
+/// The warning for a `--resolution` the user chose that the model's strides do not divide:
+/// always when `always` (`summary`, which describes the model at that resolution), otherwise
+/// with `--warnings`.
+pub fn warn_chosen_resolution(net: &ir::Network, resolution: usize, always: bool) {
+    if (always || show_warnings())
+        && let Some(w) = effnet_compiler::chosen_resolution(net, resolution)
+    {
+        eprintln!("warning: {w}");
     }
 }

@@ -78,9 +78,8 @@ pub fn load_network(
     dtype: DType,
     device: &Device,
 ) -> Result<Network, String> {
-    let (_, compiled) = load(spec)?;
-    let net_ir: &ir::Network = compiled.network(model)?;
-    weights.network(net_ir, dtype, device)
+    let loaded = load(spec, model)?;
+    weights.network(&loaded.network, dtype, device)
 }
 
 /// Checks that `path` exists and starts with the NumPy magic string, then reads it.

@@ -23,8 +23,8 @@ pub fn run(
     resolution: Option<usize>,
     json: bool,
 ) -> Result<ExitCode, String> {
-    let (_, compiled) = load(path)?;
-    let net = compiled.network(model)?;
+    let loaded = load(path, model)?;
+    let net = &loaded.network;
     let resolution = resolution.unwrap_or(net.resolution);
     if resolution == 0 || resolution > effnet_compiler::check::MAX_WHOLE {
         return Err(format!(
@@ -32,6 +32,7 @@ pub fn run(
             effnet_compiler::check::MAX_WHOLE
         ));
     }
+    super::warn_chosen_resolution(net, resolution, true);
     let s = summarize(net, resolution);
     if json {
         let text = serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?;

@@ -167,8 +167,8 @@ fn print_table(t: &Trainer, data_desc: &str) {
 }
 
 pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
-    let (_, compiled) = load(&a.spec)?;
-    let net = compiled.network(a.model.as_deref())?;
+    let loaded = load(&a.spec, a.model.as_deref())?;
+    let net = &loaded.network;
     // The schedule and every default come from the compiler; here only the user's overrides.
     let mut schedule = net.training_schedule(a.schedule.as_deref(), a.epochs)?;
     if let Some(e) = a.epochs {

@@ -13,11 +13,25 @@ use crate::ir::Activation;
 #[derive(Default)]
 pub(super) struct Cx {
     pub(super) diagnostics: Vec<Diagnostic>,
+    /// The model being checked: every diagnostic pushed meanwhile belongs to it.
+    pub(super) item: Option<String>,
 }
 
 impl Cx {
-    pub(super) fn push(&mut self, d: Diagnostic) {
+    pub(super) fn push(&mut self, mut d: Diagnostic) {
+        if d.item.is_none() {
+            d.item.clone_from(&self.item);
+        }
         self.diagnostics.push(d);
+    }
+
+    /// Check `f` as part of `model` (the item its diagnostics belong to), then go back to the
+    /// item before: resolving a derived model resolves its base in the middle of it.
+    pub(super) fn within_item<T>(&mut self, model: &str, f: impl FnOnce(&mut Cx) -> T) -> T {
+        let outer = self.item.replace(model.to_string());
+        let out = f(self);
+        self.item = outer;
+        out
     }
 
     /// A whole number in `[min, max]`. The upper bounds keep every later product (shapes,

@@ -15,14 +15,18 @@ use crate::diagnostic::Diagnostic;
 
 mod cx;
 mod defs;
+mod items;
 mod layers;
 mod models;
+mod resolution;
 mod schedules;
 
 pub use defs::{
     ChannelRounding, Checked, DepthRounding, HeadDef, ModelDef, ScheduleDef, ScheduleValue, Skip,
     StageDef, StageKind, StemDef,
 };
+pub use items::Items;
+pub use resolution::chosen_resolution;
 
 use cx::Cx;
 use models::{Resolver, finish_model};
@@ -34,8 +38,37 @@ pub const MAX_WHOLE: usize = 65_536;
 /// The most blocks a model may expand to (EfficientNetV2-XL has 100).
 pub const MAX_BLOCKS: usize = 10_000;
 
-/// Check a parsed file. On failure the error holds every error and every warning found.
+/// Check a parsed file. On failure the error holds every error, and the warnings of the models
+/// without errors.
 pub fn check(file: &File) -> Result<Checked, Vec<Diagnostic>> {
+    let found = check_each(file);
+    if found.diagnostics.iter().any(Diagnostic::is_error) {
+        Err(found.diagnostics)
+    } else {
+        Ok(Checked {
+            models: found.models,
+            schedules: found.schedules,
+            warnings: found.diagnostics,
+        })
+    }
+}
+
+/// What checking a file found, model by model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Findings {
+    /// The models free of errors (their own, their schedules', their bases'), in source order.
+    pub models: Vec<ModelDef>,
+    /// The schedules of those models.
+    pub schedules: Vec<ScheduleDef>,
+    /// Every diagnostic, each tagged with its model; the warnings of a model with errors are
+    /// left out.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The file's models and what each depends on.
+    pub items: Items,
+}
+
+/// Check a parsed file model by model: an error in one model leaves the others usable.
+pub fn check_each(file: &File) -> Findings {
     let mut cx = Cx::default();
     let models: Vec<&Model> = file
         .items
@@ -58,7 +91,8 @@ pub fn check(file: &File) -> Result<Checked, Vec<Diagnostic>> {
                 )
                 .label("defined again here")
                 .with_secondary(first.name.span, "first defined here")
-                .help("give each model its own name"),
+                .help("give each model its own name")
+                .for_item(&m.name.name),
             );
         } else {
             by_name.insert(&m.name.name, m);
@@ -75,7 +109,7 @@ pub fn check(file: &File) -> Result<Checked, Vec<Diagnostic>> {
             .get(m.name.name.as_str())
             .is_some_and(|first| std::ptr::eq(*first, *m))
             && let Some(partial) = resolver.resolve(m, &mut cx)
-            && let Some(def) = finish_model(m, partial, &mut cx)
+            && let Some(def) = cx.within_item(&m.name.name, |cx| finish_model(m, partial, cx))
         {
             defs.push(def);
         }
@@ -83,8 +117,9 @@ pub fn check(file: &File) -> Result<Checked, Vec<Diagnostic>> {
 
     let mut schedules: Vec<ScheduleDef> = Vec::new();
     for item in &file.items {
+        // A schedule's diagnostics belong to its model: `train` uses them together.
         if let Item::Schedule(s) = item
-            && let Some(def) = check_schedule(s, &by_name, &mut cx)
+            && let Some(def) = cx.within_item(&s.model.name, |cx| check_schedule(s, &by_name, cx))
         {
             if let Some(prev) = schedules
                 .iter()
@@ -100,7 +135,8 @@ pub fn check(file: &File) -> Result<Checked, Vec<Diagnostic>> {
                         s.span,
                     )
                     .with_secondary(prev.span, "first defined here")
-                    .help("name them: `schedule NAME for MODEL { ... }`"),
+                    .help("name them: `schedule NAME for MODEL { ... }`")
+                    .for_item(&def.model),
                 );
             } else {
                 schedules.push(def);
@@ -108,13 +144,14 @@ pub fn check(file: &File) -> Result<Checked, Vec<Diagnostic>> {
         }
     }
 
-    if cx.diagnostics.iter().any(Diagnostic::is_error) {
-        Err(cx.diagnostics)
-    } else {
-        Ok(Checked {
-            models: defs,
-            schedules,
-            warnings: cx.diagnostics,
-        })
+    let items = Items::of(file);
+    let diagnostics = items.without_cascades(cx.diagnostics);
+    defs.retain(|m| !items.has_error(&m.name, &diagnostics));
+    schedules.retain(|s| defs.iter().any(|m| m.name == s.model));
+    Findings {
+        models: defs,
+        schedules,
+        diagnostics,
+        items,
     }
 }

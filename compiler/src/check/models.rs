@@ -15,8 +15,6 @@ use crate::ir::{Activation, PaddingMode};
 #[derive(Debug, Clone, Default)]
 pub(super) struct Partial {
     input: Option<(usize, usize, Option<usize>)>,
-    /// Where the resolution and the training resolution were written.
-    input_spans: Option<(Span, Option<Span>)>,
     classes: Option<usize>,
     activation: Option<Activation>,
     bn_eps: Option<f64>,
@@ -37,6 +35,11 @@ pub(super) struct Partial {
     stages_span: Option<Span>,
     /// A `stem` line exists (it may have had errors, already reported).
     stem_written: bool,
+    /// A stage line had an error and is left out: comparing the stage count with the
+    /// per-stage multipliers would report an error that is not there.
+    stages_incomplete: bool,
+    /// The `input` line had an error: the channel count is a default, not what was written.
+    input_invalid: bool,
 }
 
 pub(super) struct Resolver<'a> {
@@ -51,7 +54,7 @@ impl Resolver<'_> {
             return done.clone();
         }
         self.in_progress.push(m.name.name.clone());
-        let result = self.resolve_inner(m, cx);
+        let result = cx.within_item(&m.name.name, |cx| self.resolve_inner(m, cx));
         self.in_progress.pop();
         self.done.insert(m.name.name.clone(), result.clone());
         result
@@ -158,6 +161,7 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
     let mut seen: HashMap<&'static str, Span> = HashMap::new();
     let mut stages: Vec<StageDef> = Vec::new();
     let mut stages_span: Option<Span> = None;
+    let mut stages_incomplete = false;
     for stmt in body {
         let kw = stmt.kind.keyword();
         if !matches!(stmt.kind, ModelStmtKind::Stage(_)) && duplicate(cx, &mut seen, kw, stmt.span)
@@ -178,7 +182,9 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
                 };
                 if let (Some(c), Some(r), Some(t)) = (c, r, t) {
                     p.input = Some((c, r, t));
-                    p.input_spans = Some((resolution.span, train.as_ref().map(|t| t.span)));
+                    p.input_invalid = false;
+                } else {
+                    p.input_invalid = true;
                 }
             }
             ModelStmtKind::Classes(n) => {
@@ -326,8 +332,9 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
             }
             ModelStmtKind::Stage(layer) => {
                 stages_span = Some(stages_span.map_or(stmt.span, |s| s.to(stmt.span)));
-                if let Some(s) = stage(layer, &stmt.docs, stmt.span, cx) {
-                    stages.push(s);
+                match stage(layer, &stmt.docs, stmt.span, cx) {
+                    Some(s) => stages.push(s),
+                    None => stages_incomplete = true,
                 }
             }
         }
@@ -335,6 +342,7 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
     if stages_span.is_some() {
         p.stages = Some(stages);
         p.stages_span = stages_span;
+        p.stages_incomplete = stages_incomplete;
     }
 }
 
@@ -371,9 +379,9 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
         }
     };
     let (input_channels, resolution, train_resolution) = p.input.unwrap_or((3, 224, None));
-    let (res_span, train_span) = p.input_spans.unwrap_or((m.name.span, None));
     if let Some((depths, span)) = &p.stage_depths
         && depths.len() != stages.len()
+        && !p.stages_incomplete
     {
         cx.push(
             Diagnostic::error(
@@ -392,6 +400,7 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
     }
     if let Some((mean, _)) = &p.normalize
         && mean.len() != input_channels
+        && !p.input_invalid
     {
         cx.push(
             Diagnostic::error(
@@ -456,36 +465,6 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
             .help("lower the repeats or the depth multipliers"),
         );
         return None;
-    }
-    // A resolution the network does not divide evenly loses pixels (or pads) at each stride.
-    let total_stride = def.stem.stride * def.stages.iter().map(|s| s.stride).product::<usize>();
-    for (what, r, span) in [
-        ("evaluation", Some(def.resolution), res_span),
-        (
-            "training",
-            def.train_resolution,
-            train_span.unwrap_or(res_span),
-        ),
-    ] {
-        if let Some(r) = r
-            && r % total_stride != 0
-        {
-            cx.push(
-                    Diagnostic::warning(
-                        "effnet::resolution",
-                        format!(
-                            "the {what} resolution {r} is not divisible by the network's total stride {total_stride}"
-                        ),
-                        span,
-                    )
-                    .label(format!("`{}` downsamples by {total_stride}", def.name))
-                    .help(format!(
-                        "feature maps will be rounded at each stride; {} or {} divide evenly",
-                        r / total_stride * total_stride,
-                        (r / total_stride + 1) * total_stride
-                    )),
-                );
-        }
     }
     Some(def)
 }

@@ -17,8 +17,9 @@
 //! The proc-macro crate (`effnet-macros`) only forwards to [`expand_attribute`]; everything here
 //! works on `proc_macro2` tokens, so it is unit-testable and `effnet expand` prints the same code.
 //!
-//! A spec with errors expands to `compile_error!` with the text `effnet check` prints, next to a
-//! skeleton struct with the same API (its `load` fails), so no follow-on errors appear.
+//! A spec whose model has errors expands to `compile_error!` with the text `effnet check` prints
+//! for that model (errors in other models of the file do not stop it), next to a skeleton struct
+//! with the same API (its `load` fails), so no follow-on errors appear.
 
 mod emit;
 mod skeleton;
@@ -30,7 +31,7 @@ use quote::quote;
 use syn::parse::{Parse, ParseStream};
 use syn::{Fields, Ident, ItemStruct, LitStr, Token};
 
-use crate::{Compiled, SourceFile, compile, ir, render};
+use crate::{Refusal, SourceFile, compile, compile_each, render};
 
 /// Where the macro runs: the user crate's manifest directory and the file holding the attribute.
 #[derive(Debug, Clone, Default)]
@@ -118,8 +119,14 @@ pub fn expand_attribute(attr: TokenStream, item: TokenStream, ctx: &Context) -> 
         Ok(p) => p,
         Err(msg) => return with_skeleton(&item, "", error_at(span, &msg)),
     };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let text = match std::fs::read(&path) {
+        Ok(bytes) => match SourceFile::from_bytes(given.as_str(), bytes) {
+            Ok(file) => file.text,
+            Err(not_utf8) => {
+                let msg = render(&not_utf8.file, &[not_utf8.diagnostic], false);
+                return with_skeleton(&item, "", error_at(span, msg.trim_end()));
+            }
+        },
         Err(e) => {
             let msg = format!("cannot read spec `{given}` (`{}`): {e}", path.display());
             return with_skeleton(&item, "", error_at(span, &msg));
@@ -142,23 +149,28 @@ pub fn generate(req: &Request) -> TokenStream {
     if let Err(e) = check_item(req.item) {
         return with_skeleton(req.item, req.text, e.to_compile_error());
     }
-    let file = SourceFile::new(req.display_name, req.text);
-    let compiled = match compile(req.text) {
-        Ok(c) => c,
-        Err(diags) => {
-            let msg = render(&file, &diags, false);
-            let err = error_at(req.span, msg.trim_end());
-            return with_skeleton(req.item, req.text, emit::with_include(req, err));
-        }
-    };
-    let net = match select(&compiled, req.model, req.display_name) {
-        Ok(n) => n,
-        Err(msg) => {
+    // Only what concerns the chosen model: errors in other models of the file do not stop it.
+    let compilation = compile_each(req.text);
+    match compilation.choose(req.model) {
+        Ok(chosen) => emit::network(req, chosen.network),
+        Err(refusal) => {
+            let msg = refused(&refusal, req.text, req.display_name);
             let err = error_at(req.span, &msg);
-            return with_skeleton(req.item, req.text, emit::with_include(req, err));
+            with_skeleton(req.item, req.text, emit::with_include(req, err))
         }
-    };
-    emit::network(req, net)
+    }
+}
+
+/// A refusal as `effnet check` shows it: the model's diagnostics, or a line naming the models.
+fn refused(refusal: &Refusal, text: &str, display_name: &str) -> String {
+    if refusal.diagnostics().is_empty() {
+        refusal.message(display_name, "with `name = \"...\"`")
+    } else {
+        let file = SourceFile::new(display_name, text);
+        render(&file, refusal.diagnostics(), false)
+            .trim_end()
+            .to_string()
+    }
 }
 
 /// Parse `tokens` as a file and format them with prettyplease.
@@ -176,12 +188,11 @@ pub fn expand_source(
     display_name: &str,
     model: Option<&str>,
 ) -> Result<String, String> {
-    let compiled = compile(text).map_err(|d| {
-        render(&SourceFile::new(display_name, text), &d, false)
-            .trim_end()
-            .to_string()
-    })?;
-    let net = select(&compiled, model, display_name)?;
+    let compilation = compile_each(text);
+    let net = compilation
+        .choose(model)
+        .map_err(|r| refused(&r, text, display_name))?
+        .network;
     let item = unit_struct(&struct_name(&net.name))?;
     let tokens = generate(&Request {
         item: &item,
@@ -252,43 +263,6 @@ fn check_item(item: &ItemStruct) -> syn::Result<()> {
         ));
     }
     Ok(())
-}
-
-/// The model `name`, or the only one in the file.
-fn select<'c>(
-    compiled: &'c Compiled,
-    name: Option<&str>,
-    display_name: &str,
-) -> Result<&'c ir::Network, String> {
-    let names = || {
-        compiled
-            .networks
-            .iter()
-            .map(|n| format!("`{}`", n.name))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match name {
-        Some(n) => compiled
-            .networks
-            .iter()
-            .find(|net| net.name == n)
-            .ok_or_else(|| {
-                format!(
-                    "`{display_name}` has no model named `{n}`; it defines {}",
-                    names()
-                )
-            }),
-        None => match compiled.networks.as_slice() {
-            [one] => Ok(one),
-            [] => Err(format!("`{display_name}` defines no model")),
-            _ => Err(format!(
-                "`{display_name}` defines several models ({}); choose one with \
-                 `name = \"...\"`",
-                names()
-            )),
-        },
-    }
 }
 
 /// The spec file: relative paths are looked up under the manifest directory, then beside the

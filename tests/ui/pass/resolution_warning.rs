@@ -1,6 +1,6 @@
 #![deny(warnings)]
 
-// The spec has a warning (100 is not divisible by the total stride): it still expands.
+// 100 is not divisible by the total stride, but it is the spec's own resolution: no warning.
 #[effnet::model("../../fixtures/ok/resolution_warning.effnet")]
 pub struct OddRes;
 
