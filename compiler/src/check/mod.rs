@@ -15,9 +15,12 @@ use crate::diagnostic::Diagnostic;
 
 mod cx;
 mod defs;
+mod finetune;
 mod layers;
 mod models;
 mod schedules;
+
+pub use finetune::{freeze_flag, lr_scale_flag};
 
 pub use defs::{
     ChannelRounding, Checked, DepthRounding, HeadDef, ModelDef, ScheduleDef, ScheduleValue, Skip,
@@ -83,8 +86,15 @@ pub fn check(file: &File) -> Result<Checked, Vec<Diagnostic>> {
 
     let mut schedules: Vec<ScheduleDef> = Vec::new();
     for item in &file.items {
+        // The model's stage count bounds `freeze` and `lr_scale` stage ranges (unknown when
+        // the model had errors of its own).
+        let stages = |s: &Schedule| {
+            defs.iter()
+                .find(|d: &&ModelDef| d.name == s.model.name)
+                .map(|d| d.stages.len())
+        };
         if let Item::Schedule(s) = item
-            && let Some(def) = check_schedule(s, &by_name, &mut cx)
+            && let Some(def) = check_schedule(s, &by_name, stages(s), &mut cx)
         {
             if let Some(prev) = schedules
                 .iter()
