@@ -574,6 +574,100 @@ fn train_then_eval_on_bundled_mnist() {
     );
 }
 
+/// Fine-tuning from the command line: `--init` takes a run's weights, `--freeze` and
+/// `--lr-scale` add to the schedule and are reported (the frozen parts per epoch too), a
+/// resumed run must have the same settings, and a bad flag or weights that do not fit are
+/// errors that say where.
+#[test]
+fn train_fine_tunes_from_weights_with_frozen_parts() {
+    let dir = tmp_dir("finetune");
+    // A network small enough for a debug build, trained at its 12 px.
+    let spec_path = dir.join("digits.effnet");
+    std::fs::write(
+        &spec_path,
+        "model digits {\n    input 1 x 12\n    classes 10\n    normalize mean(0.1307) std(0.3081)\n    \
+         stem conv k3 s2 -> 8\n    stage fused k3 e1 s1 -> 8 x1 skip\n    \
+         stage fused k3 e4 s2 -> 16 x1\n    stage mbconv k3 e4 s1 -> 24 x1 se 0.25\n    \
+         head conv k1 -> 48\n}\n",
+    )
+    .expect("spec");
+    let spec = spec_path.to_str().expect("utf-8 path");
+    let run = |out: &str, extra: &[&str]| {
+        let out = dir.join(out);
+        let mut args = vec![
+            "train",
+            spec,
+            "--data",
+            "data/mnist",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+            "--train-limit",
+            "64",
+            "--batch",
+            "32",
+        ];
+        args.extend_from_slice(extra);
+        effnet(&args)
+    };
+    let o = run("source", &["--epochs", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let weights = dir.join("source/model.safetensors");
+    let w = weights.to_str().expect("utf-8 path");
+    let tuned = [
+        "--epochs",
+        "2",
+        "--init",
+        w,
+        "--freeze",
+        "stem, stages 0..2 for 1 epoch",
+        "--lr-scale",
+        "backbone 0.5",
+    ];
+    let o = run("tuned", &tuned);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    for line in [
+        "init from `",
+        "fine-tune: freeze stem, stages 0..2 for 1 epoch",
+        "fine-tune: lr_scale backbone 0.5",
+        "epoch   1: frozen stem, stages 0..2 (BatchNorm in eval mode)",
+    ] {
+        assert!(text.contains(line), "`{line}` missing:\n{text}");
+    }
+    assert!(!text.contains("epoch   2: frozen"), "{text}");
+    // Resuming with other fine-tuning settings is refused.
+    let o = run("tuned", &["--epochs", "2", "--resume"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("fine-tuning"), "{}", stderr(&o));
+
+    // A stage the model does not have, shown in the flag's text.
+    let o = run("bad", &["--epochs", "1", "--freeze", "stages 2..9"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("stage 8 does not exist: the model has 3 stages") && err.contains("--freeze"),
+        "{err}"
+    );
+    // Weights of another network: every misfit tensor named.
+    let (other, _, _) = fixture_files(&dir);
+    let o = run(
+        "misfit",
+        &[
+            "--epochs",
+            "1",
+            "--init",
+            other.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("weights.safetensors") && err.contains("conv_stem.weight"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn train_names_a_missing_dataset() {
     let dir = tmp_dir("train-missing");

@@ -112,6 +112,8 @@ impl Schedule {
             label_smoothing: None,
             ema: None,
             grad_clip: None,
+            freeze: vec![],
+            lr_scale: vec![],
         }
     }
 

@@ -23,7 +23,7 @@
 
 use effnet_grammar::{
     Comment, Decay, Doc, File, Item, KwArg, Layer, LayerOpt, LayerOptKind, Model, ModelStmt,
-    ModelStmtKind, Number, ParseError, ScaleArg, ScaleValue, Schedule, ScheduleStmt,
+    ModelStmtKind, Number, ParseError, Part, ScaleArg, ScaleValue, Schedule, ScheduleStmt,
     ScheduleStmtKind, SettingValue, Span, Value, parse,
 };
 
@@ -387,7 +387,13 @@ impl<'a> Formatter<'a> {
         let end = m
             .derivation
             .as_ref()
-            .and_then(|d| d.scale.iter().map(|a| a.span.end).max())
+            .map(|d| {
+                d.scale
+                    .iter()
+                    .map(|a| a.span.end)
+                    .max()
+                    .unwrap_or(d.base.span.end)
+            })
             .unwrap_or(m.name.span.end);
         self.close_end(end.max(m.name.span.end))
     }
@@ -490,6 +496,22 @@ impl<'a> Formatter<'a> {
                 };
                 (format!("{} {v}", key.name), end)
             }
+            ScheduleStmtKind::Freeze { parts, epochs } => {
+                let mut s = format!("freeze {}", parts_text(parts));
+                let mut end = parts_end(parts).max(stmt.span.start);
+                if let Some(n) = epochs {
+                    let unit = if n.value == 1.0 { "epoch" } else { "epochs" };
+                    s.push_str(&format!(" for {} {unit}", n.text));
+                    // The statement ends with the `epochs` keyword, which has no node of its
+                    // own: the statement's span ends there.
+                    end = end.max(n.span.end).max(stmt.span.end);
+                }
+                (s, end)
+            }
+            ScheduleStmtKind::LrScale { parts, scale } => (
+                format!("lr_scale {} {}", parts_text(parts), scale.text),
+                parts_end(parts).max(scale.span.end),
+            ),
         };
         (Code::Plain(code), self.close_end(last.max(start)))
     }
@@ -639,13 +661,30 @@ fn render(lines: &[Line]) -> String {
 fn model_header(m: &Model) -> String {
     let mut s = format!("model {}", m.name.name);
     if let Some(d) = &m.derivation {
-        s.push_str(&format!(
-            " = {} scaled {}",
-            d.base.name,
-            scale_args(&d.scale)
-        ));
+        s.push_str(&format!(" = {}", d.base.name));
+        if !d.scale.is_empty() {
+            s.push_str(&format!(" scaled {}", scale_args(&d.scale)));
+        }
     }
     s
+}
+
+fn parts_text(parts: &[Part]) -> String {
+    parts
+        .iter()
+        .map(|p| match p {
+            Part::Named(id) => id.name.clone(),
+            Part::Stages { from, to, .. } => match to {
+                Some(t) => format!("stages {}..{}", from.text, t.text),
+                None => format!("stages {}", from.text),
+            },
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn parts_end(parts: &[Part]) -> usize {
+    parts.iter().map(|p| p.span().end).max().unwrap_or(0)
 }
 
 fn schedule_header(s: &Schedule) -> String {

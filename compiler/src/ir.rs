@@ -432,6 +432,38 @@ impl Network {
         self.stages.iter().flat_map(|s| s.blocks.iter())
     }
 
+    /// Every tensor's name (as [`Network::tensors`] lists them) with where it is in the
+    /// network: what `freeze` and `lr_scale` parts are matched against.
+    pub fn tensor_places(&self) -> Vec<(String, Place)> {
+        let mut out = Vec::new();
+        let mut stem = Vec::new();
+        push_conv(&mut stem, &self.stem.conv);
+        push_bn(&mut stem, &self.stem.bn);
+        out.extend(stem.into_iter().map(|t| (t.name, Place::Stem)));
+        for s in &self.stages {
+            for b in &s.blocks {
+                out.extend(
+                    b.tensors()
+                        .into_iter()
+                        .map(|t| (t.name, Place::Stage(s.index))),
+                );
+            }
+        }
+        if let Some(h) = &self.head {
+            let mut head = Vec::new();
+            push_conv(&mut head, &h.conv);
+            push_bn(&mut head, &h.bn);
+            out.extend(head.into_iter().map(|t| (t.name, Place::Head)));
+        }
+        for suffix in ["weight", "bias"] {
+            out.push((
+                format!("{}.{suffix}", self.classifier.path),
+                Place::Classifier,
+            ));
+        }
+        out
+    }
+
     /// The number of trainable parameters, as `sum(p.numel() for p in model.parameters())`.
     pub fn param_count(&self) -> usize {
         self.tensors()
@@ -641,9 +673,125 @@ pub struct Schedule {
     pub label_smoothing: Option<f64>,
     pub ema: Option<f64>,
     pub grad_clip: Option<f64>,
+    /// Fine-tuning: parts whose parameters do not train (and whose BatchNorm layers run in
+    /// eval mode), each for the first epochs or throughout.
+    #[serde(default)]
+    pub freeze: Vec<Freeze>,
+    /// Fine-tuning: learning-rate multipliers per part; where two name the same part, the
+    /// later one holds.
+    #[serde(default)]
+    pub lr_scale: Vec<LrScale>,
+}
+
+/// A part of a network, as `freeze` and `lr_scale` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Part {
+    Stem,
+    /// Stages `from..to` (`to` excluded).
+    Stages {
+        from: usize,
+        to: usize,
+    },
+    Head,
+    Classifier,
+    /// Everything but the classifier.
+    Backbone,
+}
+
+/// Where a tensor of the network is: what a [`Part`] is matched against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Stem,
+    Stage(usize),
+    Head,
+    Classifier,
+}
+
+impl Part {
+    pub fn covers(self, place: Place) -> bool {
+        match (self, place) {
+            (Part::Backbone, p) => p != Place::Classifier,
+            (Part::Stem, Place::Stem)
+            | (Part::Head, Place::Head)
+            | (Part::Classifier, Place::Classifier) => true,
+            (Part::Stages { from, to }, Place::Stage(i)) => from <= i && i < to,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Part::Stem => write!(f, "stem"),
+            Part::Stages { from, to } if to == &(from + 1) => write!(f, "stages {from}"),
+            Part::Stages { from, to } => write!(f, "stages {from}..{to}"),
+            Part::Head => write!(f, "head"),
+            Part::Classifier => write!(f, "classifier"),
+            Part::Backbone => write!(f, "backbone"),
+        }
+    }
+}
+
+fn join_parts(parts: &[Part]) -> String {
+    parts
+        .iter()
+        .map(Part::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `freeze PARTS [for N epochs]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freeze {
+    pub parts: Vec<Part>,
+    /// Frozen for epochs `0..N`; `None`: for the whole run.
+    pub epochs: Option<usize>,
+}
+
+impl fmt::Display for Freeze {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", join_parts(&self.parts))?;
+        match self.epochs {
+            Some(1) => write!(f, " for 1 epoch"),
+            Some(n) => write!(f, " for {n} epochs"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `lr_scale PARTS F`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LrScale {
+    pub parts: Vec<Part>,
+    pub scale: f64,
+}
+
+impl fmt::Display for LrScale {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", join_parts(&self.parts), self.scale)
+    }
 }
 
 impl Schedule {
+    /// Whether parameters at `place` are frozen in `epoch` (0-based).
+    pub fn frozen(&self, place: Place, epoch: usize) -> bool {
+        self.freeze.iter().any(|fz| {
+            fz.epochs.is_none_or(|n| epoch < n) && fz.parts.iter().any(|p| p.covers(place))
+        })
+    }
+
+    /// The learning-rate multiplier of parameters at `place`: the last `lr_scale` naming a
+    /// part that covers it, else 1.
+    pub fn lr_scale_at(&self, place: Place) -> f64 {
+        self.lr_scale
+            .iter()
+            .rev()
+            .find(|l| l.parts.iter().any(|p| p.covers(place)))
+            .map_or(1.0, |l| l.scale)
+    }
+
     /// The stage that covers `epoch` (0-based); the last stage for epochs past the end.
     pub fn stage_at(&self, epoch: usize) -> Option<&ScheduleStage> {
         self.stages

@@ -329,5 +329,7 @@ pub fn lower_schedule(s: &ScheduleDef, model: &ModelDef) -> Schedule {
         label_smoothing: s.label_smoothing,
         ema: s.ema,
         grad_clip: s.grad_clip,
+        freeze: s.freeze.clone(),
+        lr_scale: s.lr_scale.clone(),
     }
 }

@@ -461,3 +461,46 @@ fn numbers_and_names_keep_their_text() {
     assert!(out.contains("dropout 0.20"), "{out}");
     assert!(out.contains("drop_path 2.e-1"), "{out}");
 }
+
+/// Fine-tuning's syntax: a derivation without `scaled`, and `freeze` / `lr_scale` with their
+/// parts and `for N epoch(s)`, from any layout to one line each, comments kept.
+#[test]
+fn fine_tuning_statements_get_the_canonical_layout() {
+    let messy = "model a { classes 10 stem conv k3 s2 -> 8 stage mbconv k3 e1 s1 -> 8 x1 }
+model flowers   =   a{classes 5}   // five flowers
+schedule tune for flowers { epochs 3 image 32
+  freeze stem ,stages 0..1
+     for 2 epochs   // the early layers
+  freeze   head for 1 epoch lr_scale backbone,
+  classifier 0.1 lr_scale stages 0 1e-1 }
+";
+    let want = "model a {
+    classes 10
+    stem conv k3 s2 -> 8
+    stage mbconv k3 e1 s1 -> 8   x1
+}
+
+model flowers = a {
+    classes 5
+}  // five flowers
+
+schedule tune for flowers {
+    epochs 3
+    image 32
+    freeze stem, stages 0..1 for 2 epochs  // the early layers
+    freeze head for 1 epoch
+    lr_scale backbone, classifier 0.1
+    lr_scale stages 0 1e-1
+}
+";
+    let out = check_roundtrip("fine-tuning", messy);
+    assert_eq!(out, want, "got:\n{out}");
+    // Without a body: the header alone.
+    assert_eq!(
+        check_roundtrip(
+            "alias",
+            "model a { classes 2 stem conv k3 s1 -> 8 }\nmodel b = a\n"
+        ),
+        "model a {\n    classes 2\n    stem conv k3 s1 -> 8\n}\n\nmodel b = a\n"
+    );
+}

@@ -84,7 +84,8 @@ impl Item {
     }
 }
 
-/// `model NAME { ... }` or `model NAME = BASE scaled width W depth D [{ ... }]`.
+/// `model NAME { ... }`, `model NAME = BASE scaled width W depth D [{ ... }]`, or
+/// `model NAME = BASE { ... }` (the base with some items overridden).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Model {
     pub docs: Vec<Doc>,
@@ -105,6 +106,7 @@ pub struct Doc {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Derivation {
     pub base: Ident,
+    /// Empty when the derivation has no `scaled`: the base's own scaling is kept.
     pub scale: Vec<ScaleArg>,
     pub span: Span,
 }
@@ -281,11 +283,57 @@ pub enum ScheduleStmtKind {
         warmup: Option<Number>,
         decay: Option<Decay>,
     },
+    /// `freeze stem, stages 0..3 for 2 epochs` (no `for`: every epoch).
+    Freeze {
+        parts: Vec<Part>,
+        epochs: Option<Number>,
+    },
+    /// `lr_scale backbone 0.1`.
+    LrScale {
+        parts: Vec<Part>,
+        scale: Number,
+    },
     /// `image 128 -> 300`, `epochs 350`, `batch [64, 32]`.
     Setting {
         key: Ident,
         value: SettingValue,
     },
+}
+
+/// A part of a network named by `freeze` and `lr_scale`: `stem`, `head`, `classifier`,
+/// `backbone` (a name, checked later), or `stages 2` / `stages 0..3` (`to` excluded, as in
+/// Rust).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Part {
+    Named(Ident),
+    Stages {
+        from: Number,
+        to: Option<Number>,
+        span: Span,
+    },
+}
+
+impl Part {
+    pub fn span(&self) -> Span {
+        match self {
+            Part::Named(id) => id.span,
+            Part::Stages { span, .. } => *span,
+        }
+    }
+}
+
+/// `effnet train --freeze TEXT`: the parts and epochs of a `freeze` statement.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FreezeFlag {
+    pub parts: Vec<Part>,
+    pub epochs: Option<Number>,
+}
+
+/// `effnet train --lr-scale TEXT`: the parts and factor of an `lr_scale` statement.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LrScaleFlag {
+    pub parts: Vec<Part>,
+    pub scale: Number,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

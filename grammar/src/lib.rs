@@ -8,4 +8,4 @@ pub mod ast;
 mod parse;
 
 pub use ast::*;
-pub use parse::{ParseError, parse};
+pub use parse::{ParseError, parse, parse_freeze_flag, parse_lr_scale_flag};

@@ -480,6 +480,24 @@ fn schedule_stmt(p: Pair<Rule>) -> ScheduleStmt {
                     decay,
                 }
             }
+            Rule::freeze => {
+                let (parts, mut nums) = parts_and_numbers(c);
+                ScheduleStmtKind::Freeze {
+                    parts,
+                    epochs: nums.pop(),
+                }
+            }
+            Rule::lr_scale => {
+                let (parts, mut nums) = parts_and_numbers(c);
+                ScheduleStmtKind::LrScale {
+                    parts,
+                    scale: nums.pop().unwrap_or(Number {
+                        value: f64::NAN,
+                        text: String::new(),
+                        span: sp,
+                    }),
+                }
+            }
             _ => setting(c),
         },
         None => ScheduleStmtKind::Interpolate(Ident {
@@ -492,6 +510,72 @@ fn schedule_stmt(p: Pair<Rule>) -> ScheduleStmt {
         kind,
         span: sp,
     }
+}
+
+/// The parts of a `freeze` or `lr_scale` (statement or flag), and the numbers after them.
+fn parts_and_numbers(p: Pair<Rule>) -> (Vec<Part>, Vec<Number>) {
+    let mut parts = Vec::new();
+    let mut nums = Vec::new();
+    for c in children(p) {
+        match c.as_rule() {
+            Rule::parts => parts = children(c).filter_map(part).collect(),
+            Rule::number => nums.push(number(c)),
+            _ => {}
+        }
+    }
+    (parts, nums)
+}
+
+fn part(p: Pair<Rule>) -> Option<Part> {
+    let c = children(p).next()?;
+    match c.as_rule() {
+        // `stem` and `head` are keywords, which `children` leaves out: the rule's own text.
+        Rule::part_name => Some(Part::Named(Ident {
+            name: c.as_str().to_string(),
+            span: span(&c),
+        })),
+        Rule::part_stages => {
+            let range = children(c).find(|r| r.as_rule() == Rule::stage_range)?;
+            let sp = span(&range);
+            let mut idx = children(range).map(number);
+            Some(Part::Stages {
+                from: idx.next()?,
+                to: idx.next(),
+                span: sp,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Parse the text of `effnet train --freeze` (`stem, stages 0..3 for 2 epochs`).
+pub fn parse_freeze_flag(text: &str) -> Result<FreezeFlag, ParseError> {
+    let mut pairs =
+        EffnetParser::parse(Rule::freeze_flag, text).map_err(|e| convert_error(text, e))?;
+    let (parts, mut nums) = match pairs.next() {
+        Some(p) => parts_and_numbers(p),
+        None => (Vec::new(), Vec::new()),
+    };
+    Ok(FreezeFlag {
+        parts,
+        epochs: nums.pop(),
+    })
+}
+
+/// Parse the text of `effnet train --lr-scale` (`backbone 0.1`).
+pub fn parse_lr_scale_flag(text: &str) -> Result<LrScaleFlag, ParseError> {
+    let mut pairs =
+        EffnetParser::parse(Rule::lr_scale_flag, text).map_err(|e| convert_error(text, e))?;
+    let (parts, mut nums) = match pairs.next() {
+        Some(p) => parts_and_numbers(p),
+        None => (Vec::new(), Vec::new()),
+    };
+    let scale = nums.pop().unwrap_or(Number {
+        value: f64::NAN,
+        text: String::new(),
+        span: Span::new(0, text.len()),
+    });
+    Ok(LrScaleFlag { parts, scale })
 }
 
 fn setting(p: Pair<Rule>) -> ScheduleStmtKind {
@@ -533,7 +617,11 @@ fn rule_display(rule: Rule) -> String {
         Rule::doc => "a doc comment".into(),
         Rule::model => "`model`".into(),
         Rule::schedule => "`schedule`".into(),
-        Rule::derivation => "`=` (a model scaled from another)".into(),
+        Rule::derivation => "`=` (a model derived from another)".into(),
+        Rule::parts | Rule::part | Rule::part_name | Rule::part_stages => {
+            "a part (`stem`, `stages 0..3`, `head`, `classifier`, `backbone`)".into()
+        }
+        Rule::stage_range | Rule::index => "a stage index or range like `0..3`".into(),
         Rule::model_body | Rule::schedule_body => "`{`".into(),
         Rule::model_stmt => {
             "a model statement (`input`, `classes`, `stem`, `stage`, `head`, ...)".into()

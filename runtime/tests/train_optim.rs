@@ -147,7 +147,7 @@ fn rmsprop_state_starts_at_one_and_round_trips() {
         weight_decay: 0.0,
     };
     let opt = Optimizer::new(spec.clone(), &params).expect("opt");
-    let state = opt.state(&params);
+    let state = opt.state(&params).expect("state");
     assert_eq!(state.len(), 2);
     assert_eq!(state[0].0, "w.ms");
     assert_eq!(state[1].0, "w.mom");

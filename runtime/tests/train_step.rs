@@ -79,9 +79,16 @@ fn targets(n: usize, classes: usize, dev: &Device) -> Tensor {
 }
 
 fn compare(spec: &str, n: usize, size: usize) {
+    compare_prepared(spec, n, size, |_| {});
+}
+
+/// `compare`, with both networks changed by `prepare` first (the same way).
+fn compare_prepared(spec: &str, n: usize, size: usize, prepare: impl Fn(&mut Network)) {
     let dev = Device::Cpu;
-    let (a, params_a) = build(spec, &dev);
-    let (b, params_b) = build(spec, &dev);
+    let (mut a, params_a) = build(spec, &dev);
+    let (mut b, params_b) = build(spec, &dev);
+    prepare(&mut a);
+    prepare(&mut b);
     let probe = Tensor::zeros((1, 3, 4, 4), DType::F32, &dev).expect("x");
     assert_eq!(b.plan(&probe, Purpose::TrainStep).plan, Plan::CpuStep);
     let classes = a.ir.num_classes;
@@ -146,6 +153,147 @@ fn hand_step_matches_autograd_same_padding_every_block_kind() {
     compare(SAME, 5, 18);
     // An odd size: "same" pads asymmetrically on every stride-2 layer.
     compare(SAME, 3, 19);
+}
+
+/// Fine-tuning's frozen BatchNorm layers run in eval mode in a training step: normalized with
+/// their running statistics (here moved away from the identity), which stay as they are, and
+/// differentiated as the fixed affine map they then are. The stem, the first stage and the
+/// head are frozen; the stages between train in train mode.
+#[test]
+fn hand_step_matches_autograd_with_frozen_batchnorm() {
+    let freeze = |net: &mut Network| {
+        let layers = std::iter::once(&mut net.stem)
+            .chain(net.stages[0].iter_mut().flat_map(|b| b.layers.iter_mut()))
+            .chain(net.head.as_mut());
+        for (i, l) in layers.enumerate() {
+            let c = l.bn.spec.channels;
+            let mean: Vec<f32> = (0..c).map(|j| 0.05 * ((i + j) % 5) as f32 - 0.1).collect();
+            let var: Vec<f32> = (0..c)
+                .map(|j| 0.5 + 0.1 * ((i * 3 + j) % 7) as f32)
+                .collect();
+            let dev = Device::Cpu;
+            l.bn.running_mean
+                .set(&Tensor::from_vec(mean, c, &dev).expect("mean"))
+                .expect("set mean");
+            l.bn.running_var
+                .set(&Tensor::from_vec(var, c, &dev).expect("var"))
+                .expect("set var");
+            l.bn.frozen = true;
+        }
+    };
+    compare_prepared(SYMMETRIC, 6, 15, freeze);
+    // The frozen statistics are the ones set, on both plans.
+    let dev = Device::Cpu;
+    for plan in [Plan::Candle, Plan::CpuStep] {
+        let (mut net, params) = build(SYMMETRIC, &dev);
+        freeze(&mut net);
+        let before: Vec<Vec<f32>> = [&net.stem.bn, &net.head.as_ref().expect("head").bn]
+            .iter()
+            .flat_map(|bn| {
+                [
+                    vals(bn.running_mean.as_tensor()),
+                    vals(bn.running_var.as_tensor()),
+                ]
+            })
+            .collect();
+        let x = Tensor::randn(0f32, 1.0, (4, 3, 15, 15), &dev).expect("x");
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        net.loss_and_grads_on(plan, &params, &x, &targets(4, 5, &dev), &mut rng)
+            .expect("step");
+        let after: Vec<Vec<f32>> = [&net.stem.bn, &net.head.as_ref().expect("head").bn]
+            .iter()
+            .flat_map(|bn| {
+                [
+                    vals(bn.running_mean.as_tensor()),
+                    vals(bn.running_var.as_tensor()),
+                ]
+            })
+            .collect();
+        assert_eq!(
+            before, after,
+            "{plan:?}: a frozen BatchNorm's statistics moved"
+        );
+        // An unfrozen one did move.
+        let bn = &net.stages[1][0].layers[0].bn;
+        assert_ne!(
+            vals(bn.running_var.as_tensor()),
+            vec![1.0; bn.spec.channels]
+        );
+    }
+}
+
+/// With the stem and the first stage's parameters frozen, the hand-written step stops its
+/// backward at the second stage: their gradients stay zero, and every other gradient and the
+/// loss are the ones of the full backward, bit for bit.
+#[test]
+fn hand_step_skips_the_backward_of_a_frozen_prefix() {
+    let dev = Device::Cpu;
+    let (a, params_a) = build(SYMMETRIC, &dev);
+    let (b, mut params_b) = build(SYMMETRIC, &dev);
+    let prefix = |name: &str| {
+        name.starts_with("conv_stem.") || name.starts_with("bn1.") || name.starts_with("blocks.0.")
+    };
+    for p in &mut params_b {
+        p.frozen = prefix(&p.name);
+    }
+    let x = Tensor::randn(0f32, 1.0, (4, 3, 15, 15), &dev).expect("x");
+    let t = targets(4, 5, &dev);
+    let (la, ga) = a
+        .loss_and_grads_on(
+            Plan::CpuStep,
+            &params_a,
+            &x,
+            &t,
+            &mut ChaCha8Rng::seed_from_u64(3),
+        )
+        .expect("full");
+    let (lb, gb) = b
+        .loss_and_grads_on(
+            Plan::CpuStep,
+            &params_b,
+            &x,
+            &t,
+            &mut ChaCha8Rng::seed_from_u64(3),
+        )
+        .expect("frozen prefix");
+    assert_eq!(la, lb);
+    let mut skipped = 0;
+    for ((p, ga), gb) in params_b.iter().zip(&ga).zip(&gb) {
+        if prefix(&p.name) {
+            assert!(
+                vals(gb).iter().all(|&v| v == 0.0),
+                "`{}` was computed",
+                p.name
+            );
+            assert!(
+                vals(ga).iter().any(|&v| v != 0.0),
+                "`{}` is zero anyway",
+                p.name
+            );
+            skipped += 1;
+        } else {
+            assert_eq!(vals(ga), vals(gb), "`{}`", p.name);
+        }
+    }
+    assert!(skipped >= 6, "{skipped}");
+    // A frozen block after a trainable one still passes its gradient on: nothing skipped.
+    let (c, mut params_c) = build(SYMMETRIC, &dev);
+    for p in &mut params_c {
+        p.frozen = p.name.starts_with("blocks.0.");
+    }
+    let (_, gc) = c
+        .loss_and_grads_on(
+            Plan::CpuStep,
+            &params_c,
+            &x,
+            &t,
+            &mut ChaCha8Rng::seed_from_u64(3),
+        )
+        .expect("frozen middle");
+    assert_eq!(
+        gc.iter().map(vals).collect::<Vec<_>>(),
+        ga.iter().map(vals).collect::<Vec<_>>()
+    );
 }
 
 #[test]

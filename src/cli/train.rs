@@ -67,6 +67,48 @@ pub struct TrainArgs {
     /// Also report the test accuracy of the raw weights when the schedule has EMA.
     #[arg(long)]
     pub eval_raw: bool,
+    /// Fine-tune: start from these weights (safetensors with timm or torchvision names). A
+    /// classifier whose class count differs from the model's is new and freshly initialized;
+    /// any other difference is an error.
+    #[arg(long, value_name = "W.safetensors")]
+    pub init: Option<PathBuf>,
+    /// Fine-tune: freeze parts, as the schedule's `freeze` (repeatable), e.g.
+    /// "stem, stages 0..3 for 2 epochs". Parts: stem, stages A..B (B excluded) or stages A,
+    /// head, classifier, backbone (all but the classifier).
+    #[arg(long, value_name = "PARTS [for N epochs]")]
+    pub freeze: Vec<String>,
+    /// Fine-tune: scale the learning rate of parts, as the schedule's `lr_scale` (repeatable),
+    /// e.g. "backbone 0.1".
+    #[arg(long = "lr-scale", value_name = "PARTS FACTOR")]
+    pub lr_scale: Vec<String>,
+    /// With torchvision's weights for --init, train with the spec's BatchNorm eps and padding
+    /// even where torchvision's network uses others (by default an error).
+    #[arg(long)]
+    pub keep_spec_conventions: bool,
+}
+
+/// The `--freeze` and `--lr-scale` flags added to the schedule's own statements (after them,
+/// so a flag's `lr_scale` overrides the spec's for the parts it names). A mistake is reported
+/// like a spec's, with the flag's text as the source.
+fn add_fine_tune_flags(a: &TrainArgs, net: &ir::Network, s: &mut Schedule) -> Result<(), String> {
+    let report = |flag: &str, text: &str, diags: &[effnet_compiler::Diagnostic]| {
+        super::print_diagnostics(
+            &effnet_compiler::SourceFile::new(format!("{flag} \"{text}\""), text.to_string()),
+            diags,
+        );
+        format!("{flag} \"{text}\" is not valid")
+    };
+    for text in &a.freeze {
+        let f = effnet_compiler::check::freeze_flag(text, net)
+            .map_err(|d| report("--freeze", text, &d))?;
+        s.freeze.push(f);
+    }
+    for text in &a.lr_scale {
+        let l = effnet_compiler::check::lr_scale_flag(text, net)
+            .map_err(|d| report("--lr-scale", text, &d))?;
+        s.lr_scale.push(l);
+    }
+    Ok(())
 }
 
 fn describe_optimizer(o: &Optimizer) -> String {
@@ -202,6 +244,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
             st.batch_size = Some(b);
         }
     }
+    add_fine_tune_flags(&a, net, &mut schedule)?;
     let device = device(a.compute.device)?;
     let err = |e: effnet_runtime::Error| e.to_string();
     let mut train_data = data::load(&a.data, Split::Train).map_err(err)?;
@@ -227,6 +270,18 @@ pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
     let mut trainer =
         Trainer::new(net, schedule, opts, train_data, Some(test_data)).map_err(terr)?;
     trainer.out_dir = Some(a.out.clone());
+    let mut init_line = None;
+    if let Some(w) = a.init.as_ref().filter(|_| !a.resume) {
+        let init = trainer
+            .init_from(
+                w,
+                effnet_runtime::weights::LoadOptions {
+                    keep_spec_conventions: a.keep_spec_conventions,
+                },
+            )
+            .map_err(terr)?;
+        init_line = Some(init.to_string());
+    }
     if a.resume {
         trainer.resume(&a.out).map_err(terr)?;
         if let Some(seed) = a.seed.filter(|&s| s != trainer.opts.seed) {
@@ -251,6 +306,17 @@ pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
     std::fs::create_dir_all(&a.out)
         .map_err(|e| format!("cannot create run directory `{}`: {e}", a.out.display()))?;
     print_table(&trainer, &data_desc);
+    if let Some(line) = init_line {
+        println!("{line}");
+    } else if let Some(w) = a.init.as_ref().filter(|_| a.resume) {
+        println!(
+            "init: the weights come from the checkpoint (`{}` is not read again)",
+            w.display()
+        );
+    }
+    for line in checkpoint::fine_tune_lines(&trainer.schedule) {
+        println!("fine-tune: {line}");
+    }
     if trainer.done() {
         println!(
             "nothing to do: all {} epochs are done",
@@ -258,6 +324,14 @@ pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
         );
     }
     while !trainer.done() {
+        let frozen = trainer.frozen_parts(trainer.epoch);
+        if !frozen.is_empty() {
+            println!(
+                "epoch {:>3}: frozen {} (BatchNorm in eval mode)",
+                trainer.epoch + 1,
+                frozen.join(", ")
+            );
+        }
         let m = run_epoch_with_bar(&mut trainer)?;
         trainer.save_checkpoint(&a.out).map_err(terr)?;
         write_csv(&trainer.history, &a.out.join("metrics.csv")).map_err(terr)?;

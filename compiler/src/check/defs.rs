@@ -3,7 +3,7 @@
 use effnet_grammar::Span;
 
 use crate::diagnostic::Diagnostic;
-use crate::ir::{Activation, Interpolation, LrSchedule, Optimizer, PaddingMode};
+use crate::ir::{Activation, Freeze, Interpolation, LrScale, LrSchedule, Optimizer, PaddingMode};
 
 /// How stage channels are rounded (timm's `round_channels` / `make_divisible`).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -157,6 +157,8 @@ pub struct ScheduleDef {
     pub label_smoothing: Option<f64>,
     pub ema: Option<f64>,
     pub grad_clip: Option<f64>,
+    pub freeze: Vec<Freeze>,
+    pub lr_scale: Vec<LrScale>,
 }
 
 /// A checked file: its models in source order, its schedules, and any warnings.

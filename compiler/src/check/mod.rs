@@ -15,11 +15,14 @@ use crate::diagnostic::Diagnostic;
 
 mod cx;
 mod defs;
+mod finetune;
 mod items;
 mod layers;
 mod models;
 mod resolution;
 mod schedules;
+
+pub use finetune::{freeze_flag, lr_scale_flag};
 
 pub use defs::{
     ChannelRounding, Checked, DepthRounding, HeadDef, ModelDef, ScheduleDef, ScheduleValue, Skip,
@@ -117,9 +120,18 @@ pub fn check_each(file: &File) -> Findings {
 
     let mut schedules: Vec<ScheduleDef> = Vec::new();
     for item in &file.items {
+        // The model's stage count bounds `freeze` and `lr_scale` stage ranges (unknown when
+        // the model had errors of its own).
+        let stages = |s: &Schedule| {
+            defs.iter()
+                .find(|d: &&ModelDef| d.name == s.model.name)
+                .map(|d| d.stages.len())
+        };
         // A schedule's diagnostics belong to its model: `train` uses them together.
         if let Item::Schedule(s) = item
-            && let Some(def) = cx.within_item(&s.model.name, |cx| check_schedule(s, &by_name, cx))
+            && let Some(def) = cx.within_item(&s.model.name, |cx| {
+                check_schedule(s, &by_name, stages(s), cx)
+            })
         {
             if let Some(prev) = schedules
                 .iter()

@@ -90,8 +90,13 @@ impl Resolver<'_> {
                 let mut diag = Diagnostic::error(
                     "effnet::unknown_model",
                     format!(
-                        "`{}` scales model `{base_name}`, which does not exist",
-                        m.name.name
+                        "`{}` {} model `{base_name}`, which does not exist",
+                        m.name.name,
+                        if d.scale.is_empty() {
+                            "derives from"
+                        } else {
+                            "scales"
+                        }
                     ),
                     d.base.span,
                 )
@@ -109,11 +114,14 @@ impl Resolver<'_> {
                 return None;
             };
             partial = self.resolve(base, cx)?;
-            // The derivation replaces the base's scaling.
-            partial.width = None;
-            partial.depth = None;
-            partial.stage_depths = None;
-            scale_args(&d.scale, &mut partial, cx);
+            // `scaled` replaces the base's scaling; without it (`model flowers = b0 { classes
+            // 5 }`) the base is kept as it is, scaling included, and only the body overrides.
+            if !d.scale.is_empty() {
+                partial.width = None;
+                partial.depth = None;
+                partial.stage_depths = None;
+                scale_args(&d.scale, &mut partial, cx);
+            }
         }
         if let Some(body) = &m.body {
             apply_body(body, &mut partial, cx);

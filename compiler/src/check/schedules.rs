@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use effnet_grammar::*;
 
 use super::cx::{Cx, duplicate};
+use super::finetune;
 use super::{ScheduleDef, ScheduleValue};
 use crate::defaults;
 use crate::diagnostic::{Diagnostic, did_you_mean};
-use crate::ir::{Interpolation, LrDecay, LrSchedule, Optimizer};
+use crate::ir::{Freeze, Interpolation, LrDecay, LrScale, LrSchedule, Optimizer};
 
 /// The schedule settings, in the order `unknown_setting` lists them.
 const SETTING_KEYS: [&str; 12] = [
@@ -29,14 +30,16 @@ const SETTING_KEYS: [&str; 12] = [
 const SCALAR_KEYS: [&str; 5] = ["epochs", "stages", "label_smoothing", "ema", "grad_clip"];
 
 /// A schedule: its model must exist, its statements be known and given once, its stages fit
-/// in its epochs, and every value be in range. `None` when anything was wrong (reported).
+/// in its epochs, and every value be in range; `freeze` and `lr_scale` name stages the model
+/// (of `model_stages` stages, when it checked) has. `None` when anything was wrong (reported).
 pub(super) fn check_schedule(
     s: &Schedule,
     models: &HashMap<&str, &Model>,
+    model_stages: Option<usize>,
     cx: &mut Cx,
 ) -> Option<ScheduleDef> {
     let mut ok = known_model(s, models, cx);
-    let body = read_body(s, cx);
+    let body = read_body(s, model_stages, cx);
     ok &= body.ok;
     let name_span = s.name.as_ref().map_or(s.model.span, |n| n.span);
     let (epochs, stages, fits) = epochs_and_stages(&body, name_span, cx);
@@ -76,6 +79,8 @@ pub(super) fn check_schedule(
         label_smoothing: label_smoothing?,
         ema: ema?,
         grad_clip: grad_clip?,
+        freeze: body.freeze,
+        lr_scale: body.lr_scale,
     })
     .filter(|_| ok)
 }
@@ -106,18 +111,23 @@ struct Body<'a> {
     interpolation: Option<Interpolation>,
     optimizer: Option<Optimizer>,
     lr: Option<LrSchedule>,
+    /// Any number of each, in source order.
+    freeze: Vec<Freeze>,
+    lr_scale: Vec<LrScale>,
     /// False once a statement had an error that leaves the schedule unusable.
     ok: bool,
 }
 
 /// Read the statements of `s`: names known, none twice, scalar settings given one number;
 /// interpolation, optimizer and learning rate checked on the way.
-fn read_body<'a>(s: &'a Schedule, cx: &mut Cx) -> Body<'a> {
+fn read_body<'a>(s: &'a Schedule, model_stages: Option<usize>, cx: &mut Cx) -> Body<'a> {
     let mut body = Body {
         values: HashMap::new(),
         interpolation: None,
         optimizer: None,
         lr: None,
+        freeze: Vec::new(),
+        lr_scale: Vec::new(),
         ok: true,
     };
     let mut seen: HashMap<&'static str, Span> = HashMap::new();
@@ -147,6 +157,18 @@ fn read_body<'a>(s: &'a Schedule, cx: &mut Cx) -> Body<'a> {
                 }
                 body.lr = check_lr(peak, warmup.as_ref(), decay.as_ref(), cx);
                 body.ok &= body.lr.is_some();
+            }
+            ScheduleStmtKind::Freeze { parts, epochs } => {
+                match finetune::freeze(parts, epochs.as_ref(), model_stages, cx) {
+                    Some(f) => body.freeze.push(f),
+                    None => body.ok = false,
+                }
+            }
+            ScheduleStmtKind::LrScale { parts, scale } => {
+                match finetune::lr_scale(parts, scale, model_stages, cx) {
+                    Some(l) => body.lr_scale.push(l),
+                    None => body.ok = false,
+                }
             }
             ScheduleStmtKind::Setting { key, value } => {
                 let Some(k) = setting_key(key, cx) else {

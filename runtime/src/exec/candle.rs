@@ -50,7 +50,9 @@ impl ForwardOps for CandleOps {
         if residual.is_some() {
             candle_core::bail!("the candle plan adds residuals after the block");
         }
-        let y = batch_norm(&l.bn, &conv(&l.conv, x, self.grads)?, self.train)?;
+        // A frozen BatchNorm stays in eval mode while the rest trains.
+        let train = self.train && !l.bn.frozen;
+        let y = batch_norm(&l.bn, &conv(&l.conv, x, self.grads)?, train)?;
         match l.activation {
             Some(a) => activate(&y, a),
             None => Ok(y),

@@ -62,6 +62,8 @@ pub(crate) struct LayerTape {
     z: Vec<f32>,
     mean: Vec<f32>,
     inv_std: Vec<f32>,
+    /// The BatchNorm ran in eval mode (frozen): `mean` and `inv_std` are its running ones.
+    eval_bn: bool,
 }
 
 fn layer_forward(l: &ConvBnAct, x: Rc<Map>) -> Result<(LayerTape, Map)> {
@@ -89,24 +91,52 @@ fn layer_forward(l: &ConvBnAct, x: Rc<Map>) -> Result<(LayerTape, Map)> {
             fused::conv2d(&x.data, wv.get(), &g, &epi, None)?
         }
     };
-    let (mean64, var64) = kernels::channel_stats(&z, o);
-    let count = (n * oh * ow) as f64;
+    // A frozen BatchNorm (fine-tuning) normalizes with its running statistics and keeps
+    // them; otherwise the batch's statistics, and the running ones are updated below.
     let eps = l.bn.spec.eps;
-    let mean: Vec<f32> = mean64.iter().map(|&v| v as f32).collect();
-    let inv_std: Vec<f32> = var64
-        .iter()
-        .map(|&v| (1.0 / (v + eps).sqrt()) as f32)
-        .collect();
-    let unbiased: Vec<f32> = var64
-        .iter()
-        .map(|&v| {
-            if count > 1.0 {
-                (v * count / (count - 1.0)) as f32
-            } else {
-                v as f32
-            }
-        })
-        .collect();
+    let (mean, inv_std, unbiased) = if l.bn.frozen {
+        let bp = &l.bn.spec.path;
+        let rm = view(
+            l.bn.running_mean.as_tensor(),
+            format_args!("{bp}.running_mean"),
+        )?;
+        let rv = view(
+            l.bn.running_var.as_tensor(),
+            format_args!("{bp}.running_var"),
+        )?;
+        let inv_std: Vec<f32> = rv
+            .get()
+            .iter()
+            .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
+            .collect();
+        (rm.get().to_vec(), inv_std, None)
+    } else {
+        let (mean64, var64) = kernels::channel_stats(&z, o);
+        let count = (n * oh * ow) as f64;
+        let mean: Vec<f32> = mean64.iter().map(|&v| v as f32).collect();
+        let inv_std: Vec<f32> = var64
+            .iter()
+            .map(|&v| (1.0 / (v + eps).sqrt()) as f32)
+            .collect();
+        let unbiased: Vec<f32> = var64
+            .iter()
+            .map(|&v| {
+                if count > 1.0 {
+                    (v * count / (count - 1.0)) as f32
+                } else {
+                    v as f32
+                }
+            })
+            .collect();
+        (mean, inv_std, Some(unbiased))
+    };
+    if mean.len() != o || inv_std.len() != o {
+        bail!(
+            "{OP}: `{}` has statistics for {} channels, the convolution {o}",
+            l.bn.spec.path,
+            mean.len()
+        );
+    }
     let y = {
         let bp = &l.bn.spec.path;
         let gamma = view(&l.bn.weight, format_args!("{bp}.weight"))?;
@@ -122,18 +152,21 @@ fn layer_forward(l: &ConvBnAct, x: Rc<Map>) -> Result<(LayerTape, Map)> {
         let shift: Vec<f32> = (0..o).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
         kernels::affine_act(&z, o, &scale, &shift, kernel_act(l.activation)?)
     };
-    let dev = Device::Cpu;
-    update_running_stats(
-        &l.bn,
-        &Tensor::from_vec(mean.clone(), o, &dev)?,
-        &Tensor::from_vec(unbiased, o, &dev)?,
-    )?;
+    if let Some(unbiased) = unbiased {
+        let dev = Device::Cpu;
+        update_running_stats(
+            &l.bn,
+            &Tensor::from_vec(mean.clone(), o, &dev)?,
+            &Tensor::from_vec(unbiased, o, &dev)?,
+        )?;
+    }
     let tape = LayerTape {
         input: x,
         geom: g,
         z,
         mean,
         inv_std,
+        eval_bn: l.bn.frozen,
     };
     Ok((
         tape,
@@ -165,7 +198,11 @@ fn layer_backward(
             beta: beta.get(),
             act: kernel_act(l.activation)?,
         };
-        kernels::bn_act_backward(&mut d, &t.z, o, &bn)
+        if t.eval_bn {
+            kernels::bn_act_backward_eval(&mut d, &t.z, o, &bn)
+        } else {
+            kernels::bn_act_backward(&mut d, &t.z, o, &bn)
+        }
     };
     add_grad(grads, format!("{bp}.weight"), dgamma);
     add_grad(grads, format!("{bp}.bias"), dbeta);

@@ -203,7 +203,9 @@ impl NetworkParts<'_> {
 }
 
 /// The loss of one batch and the gradients of `params` (in their order), on the plan the
-/// facts choose. `targets` is `[N, classes]`.
+/// facts choose. `targets` is `[N, classes]`. A frozen parameter's gradient may be left at
+/// zero: the CPU step does not run the backward through a frozen stem and frozen leading
+/// blocks, which nothing trainable precedes.
 pub fn loss_and_grads(
     net: &NetworkParts,
     params: &[Param],
@@ -240,7 +242,14 @@ fn step_on(
     match plan {
         Plan::CpuStep => {
             let mut ops = CpuStepOps::default();
-            let loss = step::step(&mut ops, net, x, targets, rng)?;
+            // Fine-tuning: no backward through a frozen stem and frozen leading blocks.
+            let frozen = params
+                .iter()
+                .filter(|p| p.frozen)
+                .map(|p| p.name.as_str())
+                .collect();
+            let to = step::BackwardTo::of(net, &frozen);
+            let loss = step::step(&mut ops, net, x, targets, rng, to)?;
             Ok((loss, ops.into_grads(params)?))
         }
         Plan::Candle => {

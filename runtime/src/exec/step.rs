@@ -10,6 +10,7 @@
 //! and runs this walk on the CPU kernels (`Plan::CpuStep`), or candle's autograd through the
 //! forward walk (`Plan::Candle`).
 
+use std::collections::HashSet;
 use std::rc::Rc;
 
 use candle_core::{DType, Result, Tensor, bail};
@@ -17,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::shared::{keep_mask, soft_cross_entropy_and_grad};
 use crate::nn::Param;
-use crate::nn::{Block, ConvBnAct, NetworkParts, SqueezeExcite};
+use crate::nn::{Block, ConvBnAct, NamedTensor, NetworkParts, SqueezeExcite};
 
 /// The layer operations of a training step, forward (keeping a tape) and backward, on a
 /// backend's maps; the backend accumulates every gradient by tensor name.
@@ -160,15 +161,55 @@ fn block_backward<O: StepOps>(
     }
 }
 
+/// How far back the backward pass must go: the stem and the first blocks may all be frozen
+/// (fine-tuning), and then no gradient is needed there or before them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum BackwardTo {
+    /// Through the stem: every gradient.
+    #[default]
+    Input,
+    /// The stem and the first `n` blocks have no parameter to train: the backward stops at
+    /// block `n`'s input, and their gradients stay zero.
+    Block(usize),
+}
+
+impl BackwardTo {
+    /// From the names of the frozen parameters: the stem's and the leading blocks' parameters
+    /// all among them.
+    pub(crate) fn of(net: &NetworkParts, frozen: &HashSet<&str>) -> Self {
+        let all_frozen = |tensors: Vec<NamedTensor>| {
+            tensors
+                .iter()
+                .filter(|t| t.trainable)
+                .all(|t| frozen.contains(t.name.as_str()))
+        };
+        let mut stem = Vec::new();
+        net.stem.named(&mut stem);
+        if frozen.is_empty() || !all_frozen(stem) {
+            return BackwardTo::Input;
+        }
+        let n = net
+            .blocks()
+            .take_while(|b| {
+                let mut v = Vec::new();
+                b.named(&mut v);
+                all_frozen(v)
+            })
+            .count();
+        BackwardTo::Block(n)
+    }
+}
+
 /// The loss of one batch (before the update); the gradients stay in `ops`. `x` is
 /// `[N, C, H, W]`, `targets` `[N, classes]`; updates the BatchNorm running statistics and
-/// draws the drop-path and dropout masks from `rng`.
+/// draws the drop-path and dropout masks from `rng`. The backward runs back to `to`.
 pub(crate) fn step<O: StepOps>(
     ops: &mut O,
     net: &NetworkParts,
     x: &Tensor,
     targets: &Tensor,
     rng: &mut ChaCha8Rng,
+    to: BackwardTo,
 ) -> Result<f64> {
     net.check_input(x)?;
     let n = x.dim(0)?;
@@ -228,9 +269,15 @@ pub(crate) fn step<O: StepOps>(
         };
     }
     let blocks: Vec<&Block> = net.blocks().collect();
-    for (b, t) in blocks.into_iter().zip(&tapes).rev() {
+    let first = match to {
+        BackwardTo::Input => 0,
+        BackwardTo::Block(n) => n,
+    };
+    for (b, t) in blocks.into_iter().zip(&tapes).skip(first).rev() {
         d = block_backward(ops, b, t, d)?;
     }
-    ops.layer_backward(net.stem, &stem_tape, d, false)?;
+    if to == BackwardTo::Input {
+        ops.layer_backward(net.stem, &stem_tape, d, false)?;
+    }
     Ok(loss)
 }

@@ -20,12 +20,16 @@ pub struct NamedTensor {
 
 /// A trainable tensor by its (timm) name, as the trainer's variable, and whether weight decay
 /// applies to it: only to tensors of more than one dimension (BatchNorm parameters and biases
-/// are exempt, as timm's `param_groups_weight_decay` does).
+/// are exempt, as timm's `param_groups_weight_decay` does). Fine-tuning sets `frozen` (the
+/// optimizer leaves the tensor and its state alone, weight decay included) and `lr_scale`
+/// (its learning rate is the schedule's times this).
 #[derive(Debug, Clone)]
 pub struct Param {
     pub name: String,
     pub var: Var,
     pub decay: bool,
+    pub frozen: bool,
+    pub lr_scale: f64,
 }
 
 impl Param {
@@ -35,6 +39,8 @@ impl Param {
             name: name.into(),
             var,
             decay,
+            frozen: false,
+            lr_scale: 1.0,
         }
     }
 }
@@ -117,6 +123,8 @@ impl Conv2d {
 }
 
 /// BatchNorm2d. Running statistics are `Var`s so that training can update them in place.
+/// A `frozen` BatchNorm (a part frozen for fine-tuning) runs in eval mode in training too:
+/// it normalizes with its running statistics and does not update them.
 #[derive(Debug, Clone)]
 pub struct BatchNorm {
     pub spec: ir::BatchNorm,
@@ -124,6 +132,7 @@ pub struct BatchNorm {
     pub bias: Tensor,
     pub running_mean: Var,
     pub running_var: Var,
+    pub frozen: bool,
 }
 
 impl BatchNorm {
@@ -143,6 +152,7 @@ impl BatchNorm {
             // Statistics are state, not parameters: detached copies the optimizer never sees.
             running_mean: Var::from_tensor(&running_mean.detach())?,
             running_var: Var::from_tensor(&running_var.detach())?,
+            frozen: false,
         })
     }
 

@@ -78,6 +78,19 @@ pub struct State {
     pub data_rng: String,
     pub elapsed_s: f64,
     pub metrics: Vec<EpochMetrics>,
+    /// The fine-tuning settings (`freeze ...`, `lr_scale ...`) of the run, from the schedule
+    /// and the command line: a resumed run must have the same.
+    #[serde(default)]
+    pub fine_tune: Vec<String>,
+}
+
+/// A schedule's fine-tuning settings, one line each, as checkpoints record them.
+pub fn fine_tune_lines(s: &effnet_compiler::ir::Schedule) -> Vec<String> {
+    s.freeze
+        .iter()
+        .map(|f| format!("freeze {f}"))
+        .chain(s.lr_scale.iter().map(|l| format!("lr_scale {l}")))
+        .collect()
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
@@ -116,7 +129,7 @@ impl Trainer {
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         save_map(self.weights(false), &tmp.join("weights.safetensors"))?;
         save_map(
-            self.optimizer.state(&self.params),
+            self.optimizer.state(&self.params)?,
             &tmp.join("optimizer.safetensors"),
         )?;
         if let Some(ema) = &self.ema {
@@ -139,6 +152,7 @@ impl Trainer {
                 .into(),
             elapsed_s: self.history.last().map_or(0.0, |m| m.elapsed_s),
             metrics: self.history.clone(),
+            fine_tune: fine_tune_lines(&self.schedule),
         };
         let json = serde_json::to_string_pretty(&state)
             .map_err(|e| TrainError::Checkpoint(format!("cannot encode state: {e}")))?;
@@ -203,6 +217,17 @@ impl Trainer {
         }
         if state.optimizer != optimizer_name(self) {
             return Err(mismatch("optimizer", state.optimizer, optimizer_name(self)));
+        }
+        let ours = fine_tune_lines(&self.schedule);
+        if state.fine_tune != ours {
+            let text = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join("; ")
+                }
+            };
+            return Err(mismatch("fine-tuning", text(&state.fine_tune), text(&ours)));
         }
         let device = self.opts.device.clone();
         // Weights and statistics.

@@ -4,6 +4,8 @@
 //! `d = min(decay, (1 + n) / (10 + n))` at the n-th update, so a short run is not stuck near
 //! its random initialization with a decay like 0.9999.
 
+use std::collections::HashSet;
+
 use candle_core::Tensor;
 
 use crate::nn::NamedTensor;
@@ -37,8 +39,22 @@ impl Ema {
 
     /// `ema = d * ema + (1 - d) * current`.
     pub fn update(&mut self, current: &[NamedTensor]) -> candle_core::Result<()> {
+        self.update_except(current, &HashSet::new())
+    }
+
+    /// [`Ema::update`], leaving the tensors named in `frozen` as they are: a frozen tensor
+    /// equals its average already (both start from the same weights), and `d * w + (1 - d) * w`
+    /// would move it by rounding.
+    pub fn update_except(
+        &mut self,
+        current: &[NamedTensor],
+        frozen: &HashSet<String>,
+    ) -> candle_core::Result<()> {
         let d = self.current_decay();
-        for ((_, e), c) in self.tensors.iter_mut().zip(current) {
+        for ((name, e), c) in self.tensors.iter_mut().zip(current) {
+            if frozen.contains(name) {
+                continue;
+            }
             let cur = c.tensor.detach();
             *e = ((&*e * d)? + (cur * (1.0 - d))?)?;
         }

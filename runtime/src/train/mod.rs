@@ -7,6 +7,12 @@
 //! (label smoothing and mixing make them soft), and the optimizer of the schedule updates the
 //! weights. An EMA of the weights is kept when the schedule has `ema`, and evaluation uses it.
 //!
+//! Fine-tuning: [`Trainer::init_from`] starts from pretrained weights (a classifier of another
+//! class count stays freshly initialized), and the schedule's `freeze` and `lr_scale` are
+//! applied at each epoch's start ([`Trainer::apply_fine_tune`]): a frozen parameter is not
+//! updated, and the BatchNorm layers of a frozen part run in eval mode (running statistics,
+//! not updated) while the rest of the network trains.
+//!
 //! Reproducibility: the weights are initialized from the seed, every data-pipeline draw
 //! is seeded by `(seed, epoch, index)`, and the network's dropout / drop-path generator is
 //! re-seeded from `(seed, epoch)` at the start of each epoch. A checkpoint therefore holds
@@ -21,13 +27,15 @@ pub mod lr;
 pub mod metrics;
 pub mod optim;
 
+use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use effnet_compiler::ir::{self, LrSchedule, Optimizer as OptimizerSpec, Schedule};
+use effnet_compiler::ir::{self, LrSchedule, Optimizer as OptimizerSpec, Place, Schedule};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -179,7 +187,46 @@ pub struct Trainer {
     pub out_dir: Option<PathBuf>,
     /// Drop-path and dropout masks; re-seeded from `(seed, epoch)` at each epoch's start.
     pub mask_rng: ChaCha8Rng,
+    /// Where each tensor is in the network, for the schedule's `freeze` and `lr_scale`.
+    places: HashMap<String, Place>,
+    /// The tensors frozen in the current epoch (parameters and BatchNorm statistics).
+    frozen: HashSet<String>,
     started: Instant,
+}
+
+/// What [`Trainer::init_from`] loaded.
+#[derive(Debug, Clone)]
+pub struct Initialized {
+    pub path: PathBuf,
+    /// Tensors taken from the file.
+    pub tensors: usize,
+    pub torchvision_names: bool,
+    /// `(the weights' classes, the model's)` when the classifier is new.
+    pub new_classifier: Option<(usize, usize)>,
+}
+
+impl fmt::Display for Initialized {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "init from `{}`: {} tensors{}",
+            self.path.display(),
+            self.tensors,
+            if self.torchvision_names {
+                " (torchvision names)"
+            } else {
+                ""
+            }
+        )?;
+        if let Some((theirs, ours)) = self.new_classifier {
+            write!(
+                f,
+                "; the classifier is new ({theirs} classes in the weights, {ours} in the \
+                 model): freshly initialized"
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl Trainer {
@@ -252,8 +299,80 @@ impl Trainer {
             test_data: test_data.map(Arc::new),
             out_dir: None,
             mask_rng: ChaCha8Rng::seed_from_u64(0),
+            places: ir.tensor_places().into_iter().collect(),
+            frozen: HashSet::new(),
             started: Instant::now(),
         })
+    }
+
+    /// Start from pretrained weights (timm or torchvision names) instead of the seed's: every
+    /// tensor but a classifier whose class count differs (kept freshly initialized, and
+    /// reported). Any other difference is an error naming the tensors. Call it before
+    /// training; a resumed run takes its weights from the checkpoint instead.
+    pub fn init_from(
+        &mut self,
+        path: &Path,
+        options: crate::weights::LoadOptions,
+    ) -> TrainResult<Initialized> {
+        let mut init = crate::weights::load_init(&self.ir, path, options)?;
+        let device = self.opts.device.clone();
+        let mut count = 0;
+        for (name, var) in self
+            .params
+            .iter()
+            .map(|p| (&p.name, &p.var))
+            .chain(self.stats.iter().map(|(n, v)| (n, v)))
+        {
+            if let Some(t) = init.tensors.remove(name) {
+                var.set(&t.to_device(&device)?)?;
+                count += 1;
+            }
+        }
+        // The average starts from the weights training starts from.
+        if let Some(ema) = &self.ema {
+            self.ema = Some(Ema::new(ema.decay, &self.net.named_tensors())?);
+        }
+        Ok(Initialized {
+            path: path.to_path_buf(),
+            tensors: count,
+            torchvision_names: init.torchvision_names,
+            new_classifier: init.new_classifier.map(|k| (k, self.ir.num_classes)),
+        })
+    }
+
+    /// The schedule's fine-tuning settings for `epoch`: which parameters are frozen (their
+    /// BatchNorm layers in eval mode) and each parameter's learning-rate scale.
+    pub fn apply_fine_tune(&mut self, epoch: usize) {
+        let s = &self.schedule;
+        let places = &self.places;
+        let frozen_name = |name: &str| places.get(name).is_some_and(|&p| s.frozen(p, epoch));
+        for p in &mut self.params {
+            p.frozen = frozen_name(&p.name);
+            p.lr_scale = places.get(&p.name).map_or(1.0, |&pl| s.lr_scale_at(pl));
+        }
+        let net = &mut self.net;
+        let layers = std::iter::once(&mut net.stem)
+            .chain(
+                net.stages
+                    .iter_mut()
+                    .flatten()
+                    .flat_map(|b| b.layers.iter_mut()),
+            )
+            .chain(net.head.as_mut());
+        for l in layers {
+            l.bn.frozen = frozen_name(&format!("{}.weight", l.bn.spec.path));
+        }
+        self.frozen = places.keys().filter(|n| frozen_name(n)).cloned().collect();
+    }
+
+    /// The parts frozen in `epoch`, as the schedule names them (for reports).
+    pub fn frozen_parts(&self, epoch: usize) -> Vec<String> {
+        self.schedule
+            .freeze
+            .iter()
+            .filter(|f| f.epochs.is_none_or(|n| epoch < n))
+            .flat_map(|f| f.parts.iter().map(ToString::to_string))
+            .collect()
     }
 
     /// The plan the training step runs (and why, when it is the fallback).
@@ -293,6 +412,7 @@ impl Trainer {
             Some(d) if self.ir.drop_path > 0.0 => d / self.ir.drop_path,
             _ => 1.0,
         };
+        self.apply_fine_tune(epoch);
         let net_seed = derive_seed(seed, &[stream::NETWORK, epoch as u64]);
         self.net.seed(net_seed);
         self.mask_rng = ChaCha8Rng::seed_from_u64(net_seed);
@@ -363,11 +483,17 @@ impl Trainer {
                 });
             }
             if let Some(max) = self.schedule.grad_clip {
+                // The norm of what trains: a frozen parameter has no gradient in PyTorch.
+                for (p, g) in self.params.iter().zip(gs.iter_mut()) {
+                    if p.frozen {
+                        *g = g.zeros_like()?;
+                    }
+                }
                 optim::clip_grad_norm(&mut gs, max)?;
             }
             self.optimizer.step(&self.params, &gs, lr)?;
             if let Some(ema) = &mut self.ema {
-                ema.update(&self.net.named_tensors())?;
+                ema.update_except(&self.net.named_tensors(), &self.frozen)?;
             }
             self.step += 1;
             loss_sum += lv;

@@ -13,6 +13,10 @@
 //! Weight decay (L2 added to the gradient for RMSProp and SGD, decoupled for AdamW) applies
 //! only to tensors with more than one dimension: BatchNorm parameters and biases are exempt,
 //! as timm's `param_groups_weight_decay` does.
+//!
+//! Fine-tuning: a frozen parameter is skipped altogether (no update, no weight decay, its state
+//! untouched, as PyTorch skips a parameter without a gradient), and each parameter's learning
+//! rate is the step's times its `lr_scale` (a parameter group with its own rate).
 
 use std::collections::HashMap;
 
@@ -27,8 +31,11 @@ pub use crate::nn::Param;
 #[derive(Debug)]
 pub struct Optimizer {
     pub spec: OptimizerSpec,
-    /// Steps taken so far (AdamW's bias correction uses it).
+    /// Steps taken so far.
     pub steps: u64,
+    /// Per parameter, the steps that updated it (AdamW's bias correction uses it): fewer than
+    /// `steps` for a parameter that was frozen for a while, as PyTorch counts per parameter.
+    pub param_steps: Vec<u64>,
     /// Per parameter, its state tensors in the order of [`Optimizer::slot_names`].
     pub slots: Vec<Vec<Tensor>>,
 }
@@ -60,6 +67,7 @@ impl Optimizer {
         Ok(Optimizer {
             spec,
             steps: 0,
+            param_steps: vec![0; params.len()],
             slots,
         })
     }
@@ -86,8 +94,19 @@ impl Optimizer {
             )));
         }
         self.steps += 1;
-        let t = self.steps as i32;
-        for ((p, g), slots) in params.iter().zip(grads).zip(self.slots.iter_mut()) {
+        let base_lr = lr;
+        for (((p, g), slots), steps) in params
+            .iter()
+            .zip(grads)
+            .zip(self.slots.iter_mut())
+            .zip(self.param_steps.iter_mut())
+        {
+            if p.frozen {
+                continue;
+            }
+            *steps += 1;
+            let t = (*steps).min(i32::MAX as u64) as i32;
+            let lr = base_lr * p.lr_scale;
             let w = p.var.as_tensor().detach();
             let g = g.detach();
             let new_w = match self.spec {
@@ -166,16 +185,24 @@ impl Optimizer {
         Ok(())
     }
 
-    /// The state as named tensors, `{param}.{slot}`.
-    pub fn state(&self, params: &[Param]) -> Vec<(String, Tensor)> {
+    /// The state as named tensors, `{param}.{slot}`, and `{param}.step` (a one-element u32)
+    /// for a parameter updated fewer times than the optimizer stepped (frozen for a while).
+    pub fn state(&self, params: &[Param]) -> TrainResult<Vec<(String, Tensor)>> {
         let names = self.slot_names();
         let mut out = Vec::new();
-        for (p, slots) in params.iter().zip(&self.slots) {
+        for ((p, slots), &steps) in params.iter().zip(&self.slots).zip(&self.param_steps) {
             for (n, t) in names.iter().zip(slots) {
                 out.push((format!("{}.{n}", p.name), t.clone()));
             }
+            if steps != self.steps {
+                let s = u32::try_from(steps).unwrap_or(u32::MAX);
+                out.push((
+                    format!("{}.step", p.name),
+                    Tensor::new(&[s], &candle_core::Device::Cpu)?,
+                ));
+            }
         }
-        out
+        Ok(out)
     }
 
     /// Restore the state saved by [`Optimizer::state`]; `what` names the file for errors.
@@ -202,6 +229,18 @@ impl Optimizer {
                 }
                 *slot = t.to_device(slot.device())?.to_dtype(slot.dtype())?;
             }
+        }
+        for (p, ps) in params.iter().zip(self.param_steps.iter_mut()) {
+            *ps = match tensors.remove(&format!("{}.step", p.name)) {
+                Some(t) => {
+                    let v = t
+                        .flatten_all()?
+                        .to_dtype(candle_core::DType::U32)?
+                        .to_vec1::<u32>()?;
+                    v.first().copied().map_or(steps, u64::from)
+                }
+                None => steps,
+            };
         }
         self.steps = steps;
         Ok(())

@@ -113,6 +113,67 @@ pub fn load_with(
     Ok(VarBuilder::from_tensors(out, dtype, device))
 }
 
+/// Weights to start training from (`effnet train --init`), checked against the network.
+#[derive(Debug)]
+pub struct InitWeights {
+    /// Every tensor under its timm name, in f32 on the CPU; without the classifier when it is
+    /// new.
+    pub tensors: HashMap<String, Tensor>,
+    /// The file carried torchvision's names (mapped to timm's).
+    pub torchvision_names: bool,
+    /// The weights' class count when it differs from the network's: their classifier is left
+    /// out, and the network's keeps its fresh initialization.
+    pub new_classifier: Option<usize>,
+}
+
+/// Load weights to fine-tune `ir` from (timm or torchvision names, as [`load_with`]). The one
+/// difference allowed is the class count: when the file's classifier is `[K, F]` / `[K]` with
+/// `F` the network's features and `K` another class count, it is left out and reported in
+/// [`InitWeights::new_classifier`]. Every other missing, unexpected or misshapen tensor is an
+/// error naming them all, as for `load`.
+pub fn load_init(ir: &IrNetwork, path: &Path, options: LoadOptions) -> Result<InitWeights> {
+    let mut tensors = read_safetensors(path, &Device::Cpu)?;
+    let torchvision_names = torchvision::has_torchvision_names(&tensors);
+    if torchvision_names {
+        if !options.keep_spec_conventions {
+            torchvision::check_conventions(ir, &tensors, path)?;
+        }
+        tensors = torchvision::to_timm_names(ir, tensors);
+    }
+    let cw = format!("{}.weight", ir.classifier.path);
+    let cb = format!("{}.bias", ir.classifier.path);
+    let features = ir.classifier.in_features;
+    let theirs = match (
+        tensors.get(&cw).map(Tensor::dims),
+        tensors.get(&cb).map(Tensor::dims),
+    ) {
+        (Some(&[k, f]), Some(&[kb])) if f == features && kb == k && k != ir.num_classes => Some(k),
+        _ => None,
+    };
+    // Checked against the network with the file's class count, so that everything but the
+    // class count is held to what `run` requires.
+    let mut expected = ir.clone();
+    if let Some(k) = theirs {
+        expected.num_classes = k;
+        expected.classifier.out_features = k;
+    }
+    validate(&expected, &tensors, path)?;
+    tensors.retain(|k, _| !k.ends_with("num_batches_tracked"));
+    if theirs.is_some() {
+        tensors.remove(&cw);
+        tensors.remove(&cb);
+    }
+    let tensors = tensors
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    Ok(InitWeights {
+        tensors,
+        torchvision_names,
+        new_classifier: theirs,
+    })
+}
+
 /// Save named tensors (timm names) as safetensors, writing a temporary file first and renaming
 /// it, so an interrupted save never leaves a half-written file behind.
 pub fn save(tensors: &[NamedTensor], path: &Path) -> Result<()> {

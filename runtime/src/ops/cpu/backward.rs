@@ -266,6 +266,43 @@ pub fn bn_act_backward(d: &mut [f32], z: &[f32], c: usize, bn: &BnAct<'_>) -> (V
     (dw, db)
 }
 
+/// Backward of eval-mode BatchNorm (fixed statistics: `bn.mean` and `bn.inv_std` are the
+/// running ones) + activation: `d` becomes the gradient at `z`, `d * act' * gamma * inv_std`.
+/// Returns the gradients of gamma and beta.
+pub fn bn_act_backward_eval(
+    d: &mut [f32],
+    z: &[f32],
+    c: usize,
+    bn: &BnAct<'_>,
+) -> (Vec<f32>, Vec<f32>) {
+    if c == 0 || d.is_empty() || d.len() != z.len() {
+        return (vec![0.0; c], vec![0.0; c]);
+    }
+    let chunk = rows_per_task(c) * c;
+    let parts: Vec<Vec<f64>> = d
+        .par_chunks_mut(chunk)
+        .zip(z.par_chunks(chunk))
+        .map(|(dp, zp)| {
+            let mut acc = vec![0f64; 2 * c];
+            bn_grad_rows(dp, zp, c, bn, &mut acc);
+            acc
+        })
+        .collect();
+    let sums = sum_partials(&parts, 2 * c);
+    let db: Vec<f32> = sums[..c].iter().map(|&v| v as f32).collect();
+    let dw: Vec<f32> = sums[c..].iter().map(|&v| v as f32).collect();
+    // Without batch statistics the normalization is a fixed per-channel affine map.
+    let k: Vec<f32> = (0..c).map(|ch| bn.gamma[ch] * bn.inv_std[ch]).collect();
+    d.par_chunks_mut(chunk).for_each(|dp| {
+        for row in dp.chunks_exact_mut(c) {
+            for (v, &kc) in row.iter_mut().zip(&k) {
+                *v *= kc;
+            }
+        }
+    });
+    (dw, db)
+}
+
 /// Per-channel sums of `[rows, c]` data (a bias gradient).
 pub fn column_sums(d: &[f32], c: usize) -> Vec<f32> {
     if c == 0 {
