@@ -199,6 +199,20 @@ FIXTURES = [
         ],
         head=64,
     ),
+    dict(
+        name="fx_mish16",
+        doc="Mish everywhere (timm's `nmi`), in the blocks and in SE",
+        covers="`activation mish` (x * tanh(softplus(x)); timm nn.Mish) in conv, fused, MBConv and "
+               "SE; symmetric padding, input 16",
+        size=16, seed=11, classes=10, act="mish", eps=1e-5, padding="symmetric",
+        width=1.0, depth=1.0, limit=0.9, stem=16,
+        stages=[
+            ("fused", 3, 1, 1, 16, 1, dict(skip=True)),
+            ("fused", 3, 4, 2, 24, 1, {}),
+            ("mbconv", 3, 4, 2, 32, 2, dict(se=0.25)),
+        ],
+        head=64,
+    ),
 ]
 
 
@@ -335,7 +349,7 @@ def effnet_text(fx):
 
 
 def build(fx):
-    act = {"silu": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6}[fx["act"]]
+    act = {"silu": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6, "mish": nn.Mish}[fx["act"]]
     round_chs_fn = partial(round_channels, multiplier=fx["width"], round_limit=fx["limit"])
     model = EfficientNet(
         block_args=decode_arch_def(arch_def(fx), fx["depth"]),
@@ -353,7 +367,7 @@ def build(fx):
 
 def build_features(fx, levels):
     """timm's feature extractor for the fixture's network, every one of its `levels` levels out."""
-    act = {"silu": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6}[fx["act"]]
+    act = {"silu": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6, "mish": nn.Mish}[fx["act"]]
     round_chs_fn = partial(round_channels, multiplier=fx["width"], round_limit=fx["limit"])
     return EfficientNetFeatures(
         block_args=decode_arch_def(arch_def(fx), fx["depth"]),

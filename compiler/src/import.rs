@@ -14,7 +14,8 @@
 //! | `ir` | `mbconv` |
 //! | `ds` | `ds` (`e` is ignored, as timm does) |
 //!
-//! `nre`, `nr6`, `nhs`, `nsw` become `act relu`, `act relu6`, `act hard_swish`, `act silu`;
+//! `nre`, `nr6`, `nhs`, `nsw`, `nmi` become `act relu`, `act relu6`, `act hard_swish`, `act silu`,
+//! `act mish` (every activation timm's block strings name);
 //! `a1` / `p1` (1x1 expansion / projection kernels) are accepted, other sizes are not. A stage
 //! of timm's `arch_def` holding several block strings is an error: timm numbers those blocks
 //! within one stage (`blocks.3.0`, `blocks.3.1`, ...), which `stage` lines cannot reproduce, so
@@ -195,7 +196,7 @@ impl Default for ImportOptions {
 const TIMM_TYPES: &str = "cn, er, ir, ds";
 const TIMM_KEYS: &str = "r (repeats), k (kernel), s (stride), e (expansion), c (channels), \
 se (SE ratio), a1 / p1 (1x1 expansion / projection kernel), noskip, skip, \
-nre / nr6 / nhs / nsw (activation)";
+nre / nr6 / nhs / nsw / nmi (activation)";
 const AUTOML_KEYS: &str = "r (repeats), k (kernel), s (stride: s1, s2, s11, s22), e (expansion), \
 i (input filters), o (output filters), c (conv type: 0 MBConv, 1 Fused-MBConv), se (SE ratio), noskip";
 
@@ -590,6 +591,7 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
                     "r6" => "relu6",
                     "hs" => "hard_swish",
                     "sw" => "silu",
+                    "mi" => "mish",
                     _ => return Err(unknown(token)),
                 });
             }

@@ -14,15 +14,18 @@ pub enum Activation {
     Relu6,
     HardSwish,
     Gelu,
+    /// x * tanh(softplus(x)) (Misra 2019; timm's `nmi` block option).
+    Mish,
 }
 
 impl Activation {
-    pub const ALL: [(&'static str, Activation); 5] = [
+    pub const ALL: [(&'static str, Activation); 6] = [
         ("silu", Activation::Silu),
         ("relu", Activation::Relu),
         ("relu6", Activation::Relu6),
         ("hard_swish", Activation::HardSwish),
         ("gelu", Activation::Gelu),
+        ("mish", Activation::Mish),
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -31,6 +34,7 @@ impl Activation {
             Activation::Relu6 => "relu6",
             Activation::HardSwish => "hard_swish",
             Activation::Gelu => "gelu",
+            Activation::Mish => "mish",
         }
     }
     pub fn from_name(name: &str) -> Option<Activation> {

@@ -445,9 +445,14 @@ fn timm_errors() {
         ImportError::BadValue { .. }
     ));
     assert!(matches!(
-        timm_err("ir_r1_k3_s1_e6_c16_nmi"),
+        timm_err("ir_r1_k3_s1_e6_c16_nxx"),
         ImportError::UnknownKey { .. }
     ));
+    // Mish (`nmi`) is an activation the language has.
+    let text =
+        import_timm("m", "ir_r1_k3_s1_e6_c16_nmi", &ImportOptions::default()).expect("nmi imports");
+    assert!(text.contains("act mish"), "{text}");
+    params(&text);
     assert!(matches!(
         timm_err("er_r1_k3_s1_e6_c16_fc"),
         ImportError::UnknownKey { .. }

@@ -321,6 +321,15 @@ fn hand_step_declines_what_it_cannot_run() {
         .loss_and_grads(&params, &x, &t, &mut rng)
         .expect("fallback");
     assert!(loss.is_finite() && grads.len() == params.len());
+    // Mish likewise: candle's autograd differentiates it.
+    let mish = SYMMETRIC.replace("classes 5", "classes 5\n    activation mish");
+    let (net, params) = build(&mish, &dev);
+    let choice = net.plan(&x, Purpose::TrainStep);
+    assert!(choice.to_string().contains("mish"), "{choice}");
+    let (loss, grads) = net
+        .loss_and_grads(&params, &x, &t, &mut rng)
+        .expect("mish through autograd");
+    assert!(loss.is_finite() && grads.len() == params.len());
     // f64 input: not the hand-written path either.
     let (net, _) = build(SYMMETRIC, &dev);
     let x64 = x.to_dtype(DType::F64).expect("f64");

@@ -75,7 +75,7 @@ pub struct Facts {
 
 /// The activations the CPU kernels implement (forward, and derivative for the step).
 pub fn cpu_kernels_implement(a: Activation) -> bool {
-    !matches!(a, Activation::Gelu)
+    !matches!(a, Activation::Gelu | Activation::Mish)
 }
 
 fn device_name(d: &Device) -> &'static str {
