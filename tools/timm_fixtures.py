@@ -200,6 +200,21 @@ FIXTURES = [
         head=64,
     ),
     dict(
+        name="fx_edge_fc20",
+        doc="EdgeTPU's forced input width: the first EdgeResidual expands 16 channels, not the stem's 24",
+        covers="`fused ... fc 16` and `edge ... fc 8` (timm `er` with `fc`: the expansion from the forced "
+               "width, scaled by 1.5 and rounded: 24 and 16 channels), noskip; relu, TF `same` padding, "
+               "eps 1e-3, input 20",
+        size=20, seed=12, classes=10, act="relu", eps=1e-3, padding="same",
+        width=1.5, depth=1.0, limit=0.9, stem=16,
+        stages=[
+            ("fused", 3, 4, 1, 16, 1, dict(skip=False, fc=16)),
+            ("edge", 3, 1, 2, 24, 2, dict(fc=8, se=0.25)),
+            ("mbconv", 5, 4, 2, 32, 1, {}),
+        ],
+        head=48,
+    ),
+    dict(
         name="fx_mish16",
         doc="Mish everywhere (timm's `nmi`), in the blocks and in SE",
         covers="`activation mish` (x * tanh(softplus(x)); timm nn.Mish) in conv, fused, MBConv and "
@@ -286,7 +301,8 @@ def block_string(stage):
         return f"cn_r{r}_k{k}_s{s}_e1_c{c}" + ("_skip" if o.get("skip") else "")
     tail = "_noskip" if o.get("skip") is False else ""
     if kind in ("fused", "edge"):
-        return f"er_r{r}_k{k}_s{s}_e{e}_c{c}{se}{tail}"
+        fc = f"_fc{o['fc']}" if o.get("fc") else ""
+        return f"er_r{r}_k{k}_s{s}_e{e}_c{c}{se}{fc}{tail}"
     if kind == "mbconv":
         return f"ir_r{r}_k{k}_s{s}_e{e}_c{c}{se}{tail}"
     if kind == "ds":
@@ -333,6 +349,8 @@ def effnet_text(fx):
             opts.append("skip")
         elif o.get("skip") is False:
             opts.append("noskip")
+        if o.get("fc"):
+            opts.append(f"fc {o['fc']}")
         left = f"    stage {kind:<6} k{k} {ee:<2} s{s} -> {c:<3}"
         rows.append((left, f"x{r}", " ".join(opts), block_string(st)))
     w = max(len(a) for a, *_ in rows)

@@ -54,7 +54,10 @@ MODELS = [
     "semnasnet_050", "semnasnet_075", "semnasnet_100", "semnasnet_140", "mnasnet_small",
     "mobilenetv2_035", "mobilenetv2_050", "mobilenetv2_075", "mobilenetv2_100",
     "mobilenetv2_110d", "mobilenetv2_120d", "mobilenetv2_140",
-] + [f"tinynet_{c}" for c in "abcde"]
+] + [f"tinynet_{c}" for c in "abcde"] + [
+    "efficientnet_es", "efficientnet_em", "efficientnet_el",
+    "tf_efficientnet_es", "tf_efficientnet_em", "tf_efficientnet_el",
+]
 
 # Counts from /work/shared/reference/efficientnet.md (timm 1.0.31); checked after building.
 EXPECTED_PARAMS = {

@@ -764,6 +764,7 @@ fn option(o: &LayerOpt) -> String {
         LayerOptKind::Act(i) => format!("act {}", i.name),
         LayerOptKind::Depth(n) => format!("depth {}", n.text),
         LayerOptKind::Fixed => "fixed".to_string(),
+        LayerOptKind::ForceIn(n) => format!("fc {}", n.text),
     }
 }
 

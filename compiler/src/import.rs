@@ -195,7 +195,7 @@ impl Default for ImportOptions {
 
 const TIMM_TYPES: &str = "cn, er, ir, ds";
 const TIMM_KEYS: &str = "r (repeats), k (kernel), s (stride), e (expansion), c (channels), \
-se (SE ratio), a1 / p1 (1x1 expansion / projection kernel), noskip, skip, \
+se (SE ratio), a1 / p1 (1x1 expansion / projection kernel), fc (forced input width, `er`), noskip, skip, \
 nre / nr6 / nhs / nsw / nmi (activation)";
 const AUTOML_KEYS: &str = "r (repeats), k (kernel), s (stride: s1, s2, s11, s22), e (expansion), \
 i (input filters), o (output filters), c (conv type: 0 MBConv, 1 Fused-MBConv), se (SE ratio), noskip";
@@ -271,6 +271,8 @@ struct StageLine {
     /// `Some(true)`: `skip`, `Some(false)`: `noskip`.
     skip: Option<bool>,
     act: Option<&'static str>,
+    /// `fc N` (timm's `force_in_chs`, `er` blocks only).
+    force_in: Option<usize>,
     /// The block string, for the trailing comment.
     source: String,
 }
@@ -598,7 +600,7 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
             _ => {
                 let (key, value) = split_token(token);
                 if value.is_empty()
-                    || !matches!(key, "r" | "k" | "a" | "p" | "s" | "e" | "c" | "se")
+                    || !matches!(key, "r" | "k" | "a" | "p" | "s" | "e" | "c" | "se" | "fc")
                 {
                     return Err(unknown(token));
                 }
@@ -641,6 +643,17 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
         Some((v, t)) => Some(ratio(block, t, v, "the SE ratio")?),
         None => None,
     };
+    let force_in = match fields.get("fc") {
+        Some((v, t)) if kind == "er" => Some(whole(block, t, v, "the forced input width")?),
+        Some((_, t)) => {
+            return Err(bad(
+                block,
+                t,
+                "`fc` (force_in_chs) is an option of `er` blocks only",
+            ));
+        }
+        None => None,
+    };
     let expansion = match kind {
         "er" | "ir" => {
             let (v, t) = fields.require("e", "the expansion ratio, like `e4`")?;
@@ -668,11 +681,11 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
         se,
         skip,
         act,
+        force_in,
         source: format!("timm {block}"),
     })
 }
 
-/// A stage and the block's input filters.
 /// The stage, its input filters, and whether the stride is written as automl V1 does (`s22`).
 fn decode_automl(block: &str) -> Result<(StageLine, usize, bool), ImportError> {
     let mut fields = Fields {
@@ -752,6 +765,7 @@ fn decode_automl(block: &str) -> Result<(StageLine, usize, bool), ImportError> {
         se,
         skip: noskip.then_some(false),
         act: None,
+        force_in: None,
         source: format!("automl {block}"),
     };
     Ok((stage, input, v1_stride))
@@ -962,6 +976,9 @@ fn render_model(
         }
         if let Some(a) = st.act {
             line.push_str(&format!(" act {a}"));
+        }
+        if let Some(f) = st.force_in {
+            line.push_str(&format!(" fc {f}"));
         }
         s.push_str(&format!("{line} // {}\n", st.source));
     }

@@ -122,7 +122,11 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
             let p = |name: &str| format!("{path}.{name}");
             // Mid channels always use timm's default rounding (divisor 8, limit 0.9), whatever
             // the model's stage rounding is.
-            let mid = make_divisible(in_ch as f64 * s.expansion, 8, None, 0.9);
+            // `fc N` (EdgeTPU) expands N width-scaled channels instead of the input's.
+            let expanded = s
+                .force_in
+                .map_or(in_ch, |f| round_channels(f, model.width, rc));
+            let mid = make_divisible(expanded as f64 * s.expansion, 8, None, 0.9);
             // The SE gates the mid channels, except in a depthwise-separable block, which has
             // no expansion: its SE sits on the depthwise output, the block's input channels
             // (timm's `DepthwiseSeparableConv`), whatever rounding would make of them.

@@ -238,6 +238,9 @@ pub enum LayerOptKind {
     Act(Ident),
     Depth(Number),
     Fixed,
+    /// `fc N`: the expansion width is computed from N channels instead of the block's input
+    /// (timm's `fc`, `force_in_chs`, in EdgeTPU's EfficientNets).
+    ForceIn(Number),
 }
 
 impl LayerOptKind {
@@ -250,6 +253,7 @@ impl LayerOptKind {
             LayerOptKind::Act(_) => "act",
             LayerOptKind::Depth(_) => "depth",
             LayerOptKind::Fixed => "fixed",
+            LayerOptKind::ForceIn(_) => "fc",
         }
     }
 }

@@ -363,6 +363,7 @@ fn layer(p: Pair<Rule>) -> Layer {
                         Rule::noskip => LayerOptKind::NoSkip,
                         Rule::act => LayerOptKind::Act(first_ident(o)),
                         Rule::depth => LayerOptKind::Depth(first_number(o)),
+                        Rule::fc => LayerOptKind::ForceIn(first_number(o)),
                         _ => LayerOptKind::Fixed,
                     };
                     options.push(LayerOpt { kind, span: osp });
@@ -635,7 +636,7 @@ fn rule_display(rule: Rule) -> String {
         }
         Rule::arrow => "`->`".into(),
         Rule::layer_opt => {
-            "a stage option (`x2`, `se 0.25`, `skip`, `noskip`, `act`, `depth`)".into()
+            "a stage option (`x2`, `se 0.25`, `skip`, `noskip`, `act`, `depth`, `fc`)".into()
         }
         Rule::repeats => "repeats like `x2`".into(),
         Rule::none => "`none`".into(),

@@ -82,6 +82,8 @@ pub struct StageDef {
     pub activation: Option<Activation>,
     /// This stage's own depth multiplier (`depth D` on the stage line).
     pub depth: f64,
+    /// `fc N`: the expansion width is `e` times N (width-scaled) channels, not the input's.
+    pub force_in: Option<usize>,
     pub span: Span,
 }
 

@@ -205,6 +205,7 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
     let mut skip = Skip::Auto;
     let mut activation = None;
     let mut depth = 1.0;
+    let mut force_in = None;
     let mut seen: HashMap<&'static str, Span> = HashMap::new();
     for o in &layer.options {
         let key = match o.kind {
@@ -247,6 +248,24 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
                 )
                 .label("not allowed on a stage"),
             ),
+            LayerOptKind::ForceIn(n) => {
+                let edge = matches!(kind, Some(StageKind::Edge))
+                    || (matches!(kind, Some(StageKind::Fused)) && expansion != Some(1.0));
+                if edge {
+                    force_in = cx.whole(n, "the forced input width", 1);
+                } else if kind.is_some() {
+                    cx.push(
+                        Diagnostic::error(
+                            "effnet::option",
+                            "`fc` applies only to blocks with an expansion convolution: `edge`, \
+                             or `fused` with an expansion above 1",
+                            o.span,
+                        )
+                        .label("not allowed on this stage")
+                        .help("timm's `fc` (force_in_chs) is an EdgeResidual (`er`) option"),
+                    );
+                }
+            }
         }
     }
     if let (Some(StageKind::Conv), Some(_)) = (kind, se) {
@@ -283,6 +302,7 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
         skip,
         activation,
         depth,
+        force_in,
         span,
     })
 }
