@@ -215,6 +215,23 @@ FIXTURES = [
         head=48,
     ),
     dict(
+        name="fx_then_depth",
+        doc="several block strings in one stage (SPNASNet, FBNet), depth-scaled as a whole",
+        covers="`then` lines: blocks numbered on within the stage (`blocks.1.0` .. `blocks.1.4`), and "
+               "timm's `_scale_stage_depth` at depth 1.6: the stage's 1 + 2 repeats become ceil(4.8) = 5, "
+               "shared out from the last string back (3, then 2); relu, symmetric padding, input 24",
+        size=24, seed=13, classes=10, act="relu", eps=1e-5, padding="symmetric",
+        width=1.0, depth=1.6, limit=0.9, stem=16,
+        stages=[
+            ("ds", 3, 1, 1, 16, 1, {}),
+            ("mbconv", 5, 6, 2, 24, 1, {}),
+            ("mbconv", 3, 3, 1, 24, 2, dict(then=True)),
+            ("mbconv", 3, 6, 2, 32, 1, dict(se=0.25)),
+            ("fused", 3, 4, 1, 32, 1, dict(then=True)),
+        ],
+        head=64,
+    ),
+    dict(
         name="fx_mish16",
         doc="Mish everywhere (timm's `nmi`), in the blocks and in SE",
         covers="`activation mish` (x * tanh(softplus(x)); timm nn.Mish) in conv, fused, MBConv and "
@@ -311,7 +328,14 @@ def block_string(stage):
 
 
 def arch_def(fx):
-    return [[block_string(st)] for st in fx["stages"]]
+    """One list of block strings per stage; a stage option `then=True` joins the stage above."""
+    stages = []
+    for st in fx["stages"]:
+        if st[6].get("then") and stages:
+            stages[-1].append(block_string(st))
+        else:
+            stages.append([block_string(st)])
+    return stages
 
 
 def fmt_num(v):
@@ -351,7 +375,8 @@ def effnet_text(fx):
             opts.append("noskip")
         if o.get("fc"):
             opts.append(f"fc {o['fc']}")
-        left = f"    stage {kind:<6} k{k} {ee:<2} s{s} -> {c:<3}"
+        keyword = "then " if o.get("then") else "stage"
+        left = f"    {keyword} {kind:<6} k{k} {ee:<2} s{s} -> {c:<3}"
         rows.append((left, f"x{r}", " ".join(opts), block_string(st)))
     w = max(len(a) for a, *_ in rows)
     for left, rep, opts, bs in rows:

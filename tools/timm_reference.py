@@ -57,6 +57,7 @@ MODELS = [
 ] + [f"tinynet_{c}" for c in "abcde"] + [
     "efficientnet_es", "efficientnet_em", "efficientnet_el",
     "tf_efficientnet_es", "tf_efficientnet_em", "tf_efficientnet_el",
+    "spnasnet_100", "fbnetc_100",
 ]
 
 # Counts from /work/shared/reference/efficientnet.md (timm 1.0.31); checked after building.

@@ -89,6 +89,8 @@ enum Code {
 
 /// The cells of a `stage` line, aligned with its neighbours.
 struct StageRow {
+    /// A `then` line (more blocks of the stage above).
+    then: bool,
     kind: String,
     params: String,
     channels: String,
@@ -447,7 +449,8 @@ impl<'a> Formatter<'a> {
                 args.iter().map(|a| a.span.end).max().unwrap_or(0),
             ),
             ModelStmtKind::Stem(l) => (Code::Plain(format!("stem {}", layer(l))), layer_end(l)),
-            ModelStmtKind::Stage(l) => (Code::Stage(stage_row(l)), layer_end(l)),
+            ModelStmtKind::Stage(l) => (Code::Stage(stage_row(l, false)), layer_end(l)),
+            ModelStmtKind::Then(l) => (Code::Stage(stage_row(l, true)), layer_end(l)),
             ModelStmtKind::Head(None) => (
                 Code::Plain("head none".to_string()),
                 self.skip_word(self.skip_word(start)),
@@ -588,7 +591,9 @@ impl<'a> Formatter<'a> {
 }
 
 fn stage_text(r: &StageRow, (kind_w, ch_w, rep_w): (usize, usize, usize)) -> String {
-    let mut cells = vec!["stage".to_string(), format!("{:<kind_w$}", r.kind)];
+    // `then` is padded to `stage`'s width so that a stage's block strings line up.
+    let keyword = if r.then { "then " } else { "stage" };
+    let mut cells = vec![keyword.to_string(), format!("{:<kind_w$}", r.kind)];
     if !r.params.is_empty() {
         cells.push(r.params.clone());
     }
@@ -792,7 +797,7 @@ fn layer_end(l: &Layer) -> usize {
     end
 }
 
-fn stage_row(l: &Layer) -> StageRow {
+fn stage_row(l: &Layer, then: bool) -> StageRow {
     let (repeats, rest) = match l.options.split_first() {
         Some((
             LayerOpt {
@@ -804,6 +809,7 @@ fn stage_row(l: &Layer) -> StageRow {
         _ => (None, l.options.as_slice()),
     };
     StageRow {
+        then,
         kind: l.kind.name.clone(),
         params: params(l),
         channels: l.channels.text.clone(),

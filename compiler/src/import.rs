@@ -17,9 +17,9 @@
 //! `nre`, `nr6`, `nhs`, `nsw`, `nmi` become `act relu`, `act relu6`, `act hard_swish`, `act silu`,
 //! `act mish` (every activation timm's block strings name);
 //! `a1` / `p1` (1x1 expansion / projection kernels) are accepted, other sizes are not. A stage
-//! of timm's `arch_def` holding several block strings is an error: timm numbers those blocks
-//! within one stage (`blocks.3.0`, `blocks.3.1`, ...), which `stage` lines cannot reproduce, so
-//! parameter names would not match timm's.
+//! of timm's `arch_def` holding several block strings becomes a `stage` line and a `then` line
+//! per further string, so that its blocks are numbered within one stage as timm numbers them
+//! (`blocks.3.0`, `blocks.3.1`, ...).
 //!
 //! automl block strings: `rN_kN_sN_eN_iN_oN[_cN][_seF][_noskip]`, with `s11`/`s22` (automl V1)
 //! or `s1`/`s2` (V2). `c1` is Fused-MBConv (`fused`; automl's `e1` fused block is one conv,
@@ -232,14 +232,6 @@ pub enum ImportError {
         reason: String,
     },
     #[error(
-        "stage {stage} holds {} block strings ({}): timm numbers them as one stage \
-         (`blocks.{stage}.0`, `blocks.{stage}.1`, ...), which `stage` lines cannot reproduce; \
-         give one block string per stage",
-        blocks.len(),
-        blocks.join(", ")
-    )]
-    MultiBlockStage { stage: usize, blocks: Vec<String> },
-    #[error(
         "block `{block}` takes {found} input filters (`i{found}`), but the block before it \
          outputs {expected} (`o{expected}`)"
     )]
@@ -273,6 +265,8 @@ struct StageLine {
     act: Option<&'static str>,
     /// `fc N` (timm's `force_in_chs`, `er` blocks only).
     force_in: Option<usize>,
+    /// A further block string of the stage above: a `then` line.
+    then: bool,
     /// The block string, for the trailing comment.
     source: String,
 }
@@ -288,12 +282,12 @@ pub fn import_timm(
     check_name(name)?;
     let groups = parse_list(arch_def)?;
     let mut stages = Vec::new();
-    for (i, group) in groups.into_iter().enumerate() {
-        match <[String; 1]>::try_from(group) {
-            Ok([block]) => stages.push(decode_timm(&block)?),
-            Err(blocks) => {
-                return Err(ImportError::MultiBlockStage { stage: i, blocks });
-            }
+    for group in groups {
+        for (j, block) in group.iter().enumerate() {
+            stages.push(StageLine {
+                then: j > 0,
+                ..decode_timm(block)?
+            });
         }
     }
     if stages.is_empty() {
@@ -682,6 +676,7 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
         skip,
         act,
         force_in,
+        then: false,
         source: format!("timm {block}"),
     })
 }
@@ -766,6 +761,7 @@ fn decode_automl(block: &str) -> Result<(StageLine, usize, bool), ImportError> {
         skip: noskip.then_some(false),
         act: None,
         force_in: None,
+        then: false,
         source: format!("automl {block}"),
     };
     Ok((stage, input, v1_stride))
@@ -934,7 +930,7 @@ fn render_model(
     if opts.depth_round == DepthRound::Round {
         s.push_str("round depth round\n");
     }
-    let depths = stage_depths(opts, stages.len())?;
+    let depths = stage_depths(opts, stages.iter().filter(|s| !s.then).count())?;
     match depths {
         Some(d) => s.push_str(&format!(
             "scale width {} stages({})\n",
@@ -958,7 +954,8 @@ fn render_model(
         fixed(opts.fix_stem)
     ));
     for st in stages {
-        let mut line = format!("stage {} k{}", st.kind, st.kernel);
+        let keyword = if st.then { "then" } else { "stage" };
+        let mut line = format!("{keyword} {} k{}", st.kind, st.kernel);
         if let Some(e) = st.expansion {
             line.push_str(&format!(" e{}", num(e)));
         }

@@ -45,6 +45,31 @@ pub fn scale_repeats(repeats: usize, multiplier: f64, rounding: DepthRounding) -
     (scaled as usize).max(1)
 }
 
+/// A stage's repeats, one count per block string (`stage` and its `then` lines), scaled as timm's
+/// `_scale_stage_depth` does: the stage's total is scaled, then shared out over its strings from
+/// the last one back, each getting its share rounded (Python's `round`) and at least 1.
+pub fn scale_stage_repeats(
+    repeats: &[usize],
+    multiplier: f64,
+    rounding: DepthRounding,
+) -> Vec<usize> {
+    let total: usize = repeats.iter().sum();
+    let mut left = total as f64;
+    let mut left_scaled = scale_repeats(total, multiplier, rounding) as f64;
+    let mut out: Vec<usize> = repeats
+        .iter()
+        .rev()
+        .map(|&r| {
+            let share = (round_half_even(r as f64 / left * left_scaled) as usize).max(1);
+            left -= r as f64;
+            left_scaled -= share as f64;
+            share
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
 fn conv(
     path: String,
     in_channels: usize,
@@ -90,150 +115,164 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
         bn: bn("bn1".into(), stem_channels),
     };
 
-    // Repeats per stage first: drop-path rates are counted over all blocks of the network.
-    let repeats: Vec<usize> = model
-        .stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let m = model.depth
-                * s.depth
-                * model
-                    .stage_depths
-                    .as_ref()
-                    .and_then(|d| d.get(i))
-                    .copied()
-                    .unwrap_or(1.0);
-            scale_repeats(s.repeats, m, model.round_depth)
-        })
-        .collect();
+    // Repeats per stage line first: drop-path rates are counted over all blocks of the network.
+    let groups = model.stage_groups();
+    let mut repeats = vec![0usize; model.stages.len()];
+    for (g, range) in groups.iter().enumerate() {
+        let m = model.depth
+            * model.stages[range.start].depth
+            * model
+                .stage_depths
+                .as_ref()
+                .and_then(|d| d.get(g))
+                .copied()
+                .unwrap_or(1.0);
+        let lines: Vec<usize> = model.stages[range.clone()]
+            .iter()
+            .map(|s| s.repeats)
+            .collect();
+        for (slot, n) in
+            repeats[range.clone()]
+                .iter_mut()
+                .zip(scale_stage_repeats(&lines, m, model.round_depth))
+        {
+            *slot = n;
+        }
+    }
     let total_blocks: usize = repeats.iter().sum();
 
     let mut in_ch = stem_channels;
     let mut block_counter = 0usize;
     let mut stages = Vec::new();
-    for (si, (s, &n)) in model.stages.iter().zip(&repeats).enumerate() {
-        let out_ch = round_channels(s.channels, model.width, rc);
-        let act = s.activation.unwrap_or(model.activation);
+    for (si, range) in groups.iter().enumerate() {
         let mut blocks = Vec::new();
-        for bi in 0..n {
-            let stride = if bi == 0 { s.stride } else { 1 };
-            let path = format!("blocks.{si}.{bi}");
-            let p = |name: &str| format!("{path}.{name}");
-            // Mid channels always use timm's default rounding (divisor 8, limit 0.9), whatever
-            // the model's stage rounding is.
-            // `fc N` (EdgeTPU) expands N width-scaled channels instead of the input's.
-            let expanded = s
-                .force_in
-                .map_or(in_ch, |f| round_channels(f, model.width, rc));
-            let mid = make_divisible(expanded as f64 * s.expansion, 8, None, 0.9);
-            // The SE gates the mid channels, except in a depthwise-separable block, which has
-            // no expansion: its SE sits on the depthwise output, the block's input channels
-            // (timm's `DepthwiseSeparableConv`), whatever rounding would make of them.
-            let se_on = if s.kind == StageKind::Ds { in_ch } else { mid };
-            // timm builds SE with ratio `se / expansion` on those channels, rounding with
-            // Python's round().
-            let se_ch =
-                s.se.map(|r| (round_half_even(se_on as f64 * (r / s.expansion)) as usize).max(1));
-            let se = se_ch.map(|reduced| SqueezeExcite {
-                path: p("se"),
-                channels: se_on,
-                reduced,
-                conv_reduce: Conv {
-                    bias: true,
-                    ..conv(p("se.conv_reduce"), se_on, reduced, 1, 1, 1)
-                },
-                conv_expand: Conv {
-                    bias: true,
-                    ..conv(p("se.conv_expand"), reduced, se_on, 1, 1, 1)
-                },
-            });
-            let same_shape = stride == 1 && in_ch == out_ch;
-            let (kind, layers, mid_channels, residual) = match s.kind {
-                StageKind::Conv => (
-                    BlockKind::Conv,
-                    BlockLayers::Conv {
-                        conv: conv(p("conv"), in_ch, out_ch, s.kernel, stride, 1),
-                        bn1: bn(p("bn1"), out_ch),
+        let mut bi = 0usize;
+        for di in range.clone() {
+            let s = &model.stages[di];
+            let n = repeats[di];
+            let out_ch = round_channels(s.channels, model.width, rc);
+            let act = s.activation.unwrap_or(model.activation);
+            for k in 0..n {
+                let stride = if k == 0 { s.stride } else { 1 };
+                let path = format!("blocks.{si}.{bi}");
+                let p = |name: &str| format!("{path}.{name}");
+                // Mid channels always use timm's default rounding (divisor 8, limit 0.9), whatever
+                // the model's stage rounding is.
+                // `fc N` (EdgeTPU) expands N width-scaled channels instead of the input's.
+                let expanded = s
+                    .force_in
+                    .map_or(in_ch, |f| round_channels(f, model.width, rc));
+                let mid = make_divisible(expanded as f64 * s.expansion, 8, None, 0.9);
+                // The SE gates the mid channels, except in a depthwise-separable block, which has
+                // no expansion: its SE sits on the depthwise output, the block's input channels
+                // (timm's `DepthwiseSeparableConv`), whatever rounding would make of them.
+                let se_on = if s.kind == StageKind::Ds { in_ch } else { mid };
+                // timm builds SE with ratio `se / expansion` on those channels, rounding with
+                // Python's round().
+                let se_ch = s
+                    .se
+                    .map(|r| (round_half_even(se_on as f64 * (r / s.expansion)) as usize).max(1));
+                let se = se_ch.map(|reduced| SqueezeExcite {
+                    path: p("se"),
+                    channels: se_on,
+                    reduced,
+                    conv_reduce: Conv {
+                        bias: true,
+                        ..conv(p("se.conv_reduce"), se_on, reduced, 1, 1, 1)
                     },
-                    out_ch,
-                    same_shape && s.skip == Skip::On,
-                ),
-                // A Fused-MBConv with expansion 1 is a single conv-bn-act (paper, automl).
-                StageKind::Fused if s.expansion == 1.0 => (
-                    BlockKind::Conv,
-                    BlockLayers::Conv {
-                        conv: conv(p("conv"), in_ch, out_ch, s.kernel, stride, 1),
-                        bn1: bn(p("bn1"), out_ch),
+                    conv_expand: Conv {
+                        bias: true,
+                        ..conv(p("se.conv_expand"), reduced, se_on, 1, 1, 1)
                     },
-                    out_ch,
-                    same_shape && s.skip != Skip::Off,
-                ),
-                StageKind::Ds => (
-                    BlockKind::DepthwiseSeparable,
-                    BlockLayers::DepthwiseSeparable {
-                        conv_dw: conv(p("conv_dw"), in_ch, in_ch, s.kernel, stride, in_ch),
-                        bn1: bn(p("bn1"), in_ch),
-                        se,
-                        conv_pw: conv(p("conv_pw"), in_ch, out_ch, 1, 1, 1),
-                        bn2: bn(p("bn2"), out_ch),
-                    },
-                    in_ch,
-                    same_shape && s.skip != Skip::Off,
-                ),
-                StageKind::Fused | StageKind::Edge => (
-                    BlockKind::Edge,
-                    BlockLayers::Edge {
-                        conv_exp: conv(p("conv_exp"), in_ch, mid, s.kernel, stride, 1),
-                        bn1: bn(p("bn1"), mid),
-                        se,
-                        conv_pwl: conv(p("conv_pwl"), mid, out_ch, 1, 1, 1),
-                        bn2: bn(p("bn2"), out_ch),
-                    },
-                    mid,
-                    same_shape && s.skip != Skip::Off,
-                ),
-                StageKind::MbConv => (
-                    BlockKind::MbConv,
-                    BlockLayers::MbConv {
-                        conv_pw: conv(p("conv_pw"), in_ch, mid, 1, 1, 1),
-                        bn1: bn(p("bn1"), mid),
-                        conv_dw: conv(p("conv_dw"), mid, mid, s.kernel, stride, mid),
-                        bn2: bn(p("bn2"), mid),
-                        se,
-                        conv_pwl: conv(p("conv_pwl"), mid, out_ch, 1, 1, 1),
-                        bn3: bn(p("bn3"), out_ch),
-                    },
-                    mid,
-                    same_shape && s.skip != Skip::Off,
-                ),
-            };
-            let se_channels = match &layers {
-                BlockLayers::Conv { .. } => None,
-                _ => se_ch,
-            };
-            blocks.push(Block {
-                path,
-                stage: si,
-                index: bi,
-                kind,
-                in_channels: in_ch,
-                mid_channels,
-                out_channels: out_ch,
-                kernel: s.kernel,
-                stride,
-                se_channels,
-                residual,
-                drop_path: model.drop_path * block_counter as f64 / total_blocks.max(1) as f64,
-                activation: act,
-                layers,
-            });
-            block_counter += 1;
-            in_ch = out_ch;
+                });
+                let same_shape = stride == 1 && in_ch == out_ch;
+                let (kind, layers, mid_channels, residual) = match s.kind {
+                    StageKind::Conv => (
+                        BlockKind::Conv,
+                        BlockLayers::Conv {
+                            conv: conv(p("conv"), in_ch, out_ch, s.kernel, stride, 1),
+                            bn1: bn(p("bn1"), out_ch),
+                        },
+                        out_ch,
+                        same_shape && s.skip == Skip::On,
+                    ),
+                    // A Fused-MBConv with expansion 1 is a single conv-bn-act (paper, automl).
+                    StageKind::Fused if s.expansion == 1.0 => (
+                        BlockKind::Conv,
+                        BlockLayers::Conv {
+                            conv: conv(p("conv"), in_ch, out_ch, s.kernel, stride, 1),
+                            bn1: bn(p("bn1"), out_ch),
+                        },
+                        out_ch,
+                        same_shape && s.skip != Skip::Off,
+                    ),
+                    StageKind::Ds => (
+                        BlockKind::DepthwiseSeparable,
+                        BlockLayers::DepthwiseSeparable {
+                            conv_dw: conv(p("conv_dw"), in_ch, in_ch, s.kernel, stride, in_ch),
+                            bn1: bn(p("bn1"), in_ch),
+                            se,
+                            conv_pw: conv(p("conv_pw"), in_ch, out_ch, 1, 1, 1),
+                            bn2: bn(p("bn2"), out_ch),
+                        },
+                        in_ch,
+                        same_shape && s.skip != Skip::Off,
+                    ),
+                    StageKind::Fused | StageKind::Edge => (
+                        BlockKind::Edge,
+                        BlockLayers::Edge {
+                            conv_exp: conv(p("conv_exp"), in_ch, mid, s.kernel, stride, 1),
+                            bn1: bn(p("bn1"), mid),
+                            se,
+                            conv_pwl: conv(p("conv_pwl"), mid, out_ch, 1, 1, 1),
+                            bn2: bn(p("bn2"), out_ch),
+                        },
+                        mid,
+                        same_shape && s.skip != Skip::Off,
+                    ),
+                    StageKind::MbConv => (
+                        BlockKind::MbConv,
+                        BlockLayers::MbConv {
+                            conv_pw: conv(p("conv_pw"), in_ch, mid, 1, 1, 1),
+                            bn1: bn(p("bn1"), mid),
+                            conv_dw: conv(p("conv_dw"), mid, mid, s.kernel, stride, mid),
+                            bn2: bn(p("bn2"), mid),
+                            se,
+                            conv_pwl: conv(p("conv_pwl"), mid, out_ch, 1, 1, 1),
+                            bn3: bn(p("bn3"), out_ch),
+                        },
+                        mid,
+                        same_shape && s.skip != Skip::Off,
+                    ),
+                };
+                let se_channels = match &layers {
+                    BlockLayers::Conv { .. } => None,
+                    _ => se_ch,
+                };
+                blocks.push(Block {
+                    path,
+                    stage: si,
+                    index: bi,
+                    kind,
+                    in_channels: in_ch,
+                    mid_channels,
+                    out_channels: out_ch,
+                    kernel: s.kernel,
+                    stride,
+                    se_channels,
+                    residual,
+                    drop_path: model.drop_path * block_counter as f64 / total_blocks.max(1) as f64,
+                    activation: act,
+                    layers,
+                });
+                block_counter += 1;
+                bi += 1;
+                in_ch = out_ch;
+            }
         }
         stages.push(Stage {
             index: si,
-            docs: s.docs.clone(),
+            docs: model.stages[range.start].docs.clone(),
             blocks,
         });
     }

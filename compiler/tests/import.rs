@@ -419,13 +419,24 @@ fn timm_errors() {
     }
 
     // Several block strings in one stage.
-    let e =
-        timm_err("[['ir_r1_k3_s1_e6_c16'], ['ir_r1_k3_s2_e6_c24', 'ir_r2_k3_s1_e6_c24_se0.25']]");
-    assert!(
-        matches!(&e, ImportError::MultiBlockStage { stage: 1, blocks } if blocks.len() == 2),
-        "{e:?}"
-    );
-    assert!(e.to_string().contains("blocks.1.0"), "{e}");
+    // Several block strings in one stage: a `stage` line, then `then` lines, numbered as one
+    // stage (`blocks.1.0` .. `blocks.1.2`).
+    let text = import_timm(
+        "m",
+        "[['ir_r1_k3_s1_e6_c16'], ['ir_r1_k3_s2_e6_c24', 'ir_r2_k3_s1_e6_c24_se0.25']]",
+        &ImportOptions::default(),
+    )
+    .expect("imports");
+    assert!(text.contains("\n    then  mbconv k3 e6 s1 -> 24"), "{text}");
+    let compiled = compile(&text).expect("compiles");
+    let net = compiled.network(None).expect("one model");
+    assert_eq!(net.stages.len(), 2, "{text}");
+    let paths: Vec<&str> = net.stages[1]
+        .blocks
+        .iter()
+        .map(|b| b.path.as_str())
+        .collect();
+    assert_eq!(paths, ["blocks.1.0", "blocks.1.1", "blocks.1.2"]);
 
     // Bad values and missing keys.
     assert!(matches!(

@@ -157,6 +157,8 @@ pub enum ModelStmtKind {
     Scale(Vec<ScaleArg>),
     Stem(Layer),
     Stage(Layer),
+    /// `then KIND ...`: more blocks of the stage above, numbered on from its blocks.
+    Then(Layer),
     /// `head none` is `Head(None)`.
     Head(Option<Layer>),
 }
@@ -178,6 +180,7 @@ impl ModelStmtKind {
             ModelStmtKind::Scale(_) => "scale",
             ModelStmtKind::Stem(_) => "stem",
             ModelStmtKind::Stage(_) => "stage",
+            ModelStmtKind::Then(_) => "then",
             ModelStmtKind::Head(_) => "head",
         }
     }

@@ -312,6 +312,7 @@ fn model_stmt_kind(p: Pair<Rule>) -> ModelStmtKind {
         ),
         Rule::stem => ModelStmtKind::Stem(layer(p)),
         Rule::stage => ModelStmtKind::Stage(layer(p)),
+        Rule::then_stage => ModelStmtKind::Then(layer(p)),
         Rule::head => {
             let is_none = p.clone().into_inner().any(|c| c.as_rule() == Rule::none);
             if is_none {

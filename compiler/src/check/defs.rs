@@ -84,6 +84,9 @@ pub struct StageDef {
     pub depth: f64,
     /// `fc N`: the expansion width is `e` times N (width-scaled) channels, not the input's.
     pub force_in: Option<usize>,
+    /// A `then` line: more blocks of the stage above (timm: another block string of the same
+    /// stage), numbered on from its blocks.
+    pub continues: bool,
     pub span: Span,
 }
 
@@ -126,8 +129,29 @@ pub struct ModelDef {
     pub depth: f64,
     pub stage_depths: Option<Vec<f64>>,
     pub stem: StemDef,
+    /// Every `stage` and `then` line in order.
     pub stages: Vec<StageDef>,
     pub head: Option<HeadDef>,
+}
+
+impl ModelDef {
+    /// The stages as timm counts them (`blocks.S`): each `stage` line with the `then` lines
+    /// after it, as ranges of [`ModelDef::stages`].
+    pub fn stage_groups(&self) -> Vec<std::ops::Range<usize>> {
+        let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, s) in self.stages.iter().enumerate() {
+            match groups.last_mut() {
+                Some(g) if s.continues => g.end = i + 1,
+                _ => groups.push(i..i + 1),
+            }
+        }
+        groups
+    }
+
+    /// The number of stages as timm counts them.
+    pub fn stage_count(&self) -> usize {
+        self.stages.iter().filter(|s| !s.continues).count()
+    }
 }
 
 /// A value per schedule stage, or a range to interpolate.

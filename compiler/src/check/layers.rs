@@ -303,6 +303,7 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
         activation,
         depth,
         force_in,
+        continues: false,
         span,
     })
 }

@@ -125,7 +125,7 @@ pub fn check_each(file: &File) -> Findings {
         let stages = |s: &Schedule| {
             defs.iter()
                 .find(|d: &&ModelDef| d.name == s.model.name)
-                .map(|d| d.stages.len())
+                .map(|d| d.stage_count())
         };
         // A schedule's diagnostics belong to its model: `train` uses them together.
         if let Item::Schedule(s) = item

@@ -10,6 +10,7 @@ use super::layers::{stage, stem_or_head};
 use super::{ChannelRounding, DepthRounding, HeadDef, MAX_BLOCKS, ModelDef, StageDef, StemDef};
 use crate::diagnostic::{Diagnostic, did_you_mean};
 use crate::ir::{Activation, PaddingMode};
+use crate::lower::scale_stage_repeats;
 
 /// A model's settings as written, before defaults: derived models start from their base's.
 #[derive(Debug, Clone, Default)]
@@ -172,7 +173,8 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
     let mut stages_incomplete = false;
     for stmt in body {
         let kw = stmt.kind.keyword();
-        if !matches!(stmt.kind, ModelStmtKind::Stage(_)) && duplicate(cx, &mut seen, kw, stmt.span)
+        if !matches!(stmt.kind, ModelStmtKind::Stage(_) | ModelStmtKind::Then(_))
+            && duplicate(cx, &mut seen, kw, stmt.span)
         {
             continue;
         }
@@ -345,6 +347,45 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
                     None => stages_incomplete = true,
                 }
             }
+            ModelStmtKind::Then(layer) => {
+                let first = stages_span.is_none();
+                stages_span = Some(stages_span.map_or(stmt.span, |s| s.to(stmt.span)));
+                if first {
+                    cx.push(
+                        Diagnostic::error(
+                            "effnet::then",
+                            "`then` continues a stage, but no `stage` line comes before it",
+                            stmt.span,
+                        )
+                        .label("nothing to continue")
+                        .help("start the stage with `stage`; `then` adds more blocks to it"),
+                    );
+                    stages_incomplete = true;
+                    continue;
+                }
+                if let Some(o) = layer
+                    .options
+                    .iter()
+                    .find(|o| matches!(o.kind, LayerOptKind::Depth(_)))
+                {
+                    cx.push(
+                        Diagnostic::error(
+                            "effnet::then",
+                            "a stage is depth-scaled as a whole: `depth` belongs on its `stage` line",
+                            o.span,
+                        )
+                        .label("not on a `then` line")
+                        .help("timm scales a stage's total repeats, then shares them out over its block strings"),
+                    );
+                }
+                match stage(layer, &stmt.docs, stmt.span, cx) {
+                    Some(s) => stages.push(StageDef {
+                        continues: true,
+                        ..s
+                    }),
+                    None => stages_incomplete = true,
+                }
+            }
         }
     }
     if stages_span.is_some() {
@@ -387,8 +428,9 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
         }
     };
     let (input_channels, resolution, train_resolution) = p.input.unwrap_or((3, 224, None));
+    let stage_count = stages.iter().filter(|s| !s.continues).count();
     if let Some((depths, span)) = &p.stage_depths
-        && depths.len() != stages.len()
+        && depths.len() != stage_count
         && !p.stages_incomplete
     {
         cx.push(
@@ -397,7 +439,7 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
                 format!(
                     "{} per-stage depth multipliers for {} stages",
                     depths.len(),
-                    stages.len()
+                    stage_count
                 ),
                 *span,
             )
@@ -450,17 +492,25 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
     };
     // Scaling multiplies repeats: bound the expanded network so that lowering stays cheap.
     let blocks: f64 = def
-        .stages
-        .iter()
+        .stage_groups()
+        .into_iter()
         .enumerate()
-        .map(|(i, s)| {
+        .map(|(g, range)| {
             let per_stage = def
                 .stage_depths
                 .as_ref()
-                .and_then(|d| d.get(i))
+                .and_then(|d| d.get(g))
                 .copied()
                 .unwrap_or(1.0);
-            (s.repeats as f64 * def.depth * s.depth * per_stage).ceil()
+            let lines: Vec<usize> = def.stages[range.clone()]
+                .iter()
+                .map(|s| s.repeats)
+                .collect();
+            let own = def.stages[range.start].depth;
+            scale_stage_repeats(&lines, def.depth * own * per_stage, def.round_depth)
+                .iter()
+                .map(|&n| n as f64)
+                .sum::<f64>()
         })
         .sum();
     if blocks > MAX_BLOCKS as f64 {
