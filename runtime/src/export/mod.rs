@@ -173,7 +173,7 @@ pub fn export(net: &dyn EffNet, options: &ExportOptions) -> Result<ModelProto, E
         }
         (n, _) => n.as_ref(),
     };
-    let mut b = Builder::new(ir, net, options)?;
+    let mut b = Builder::new(ir, net, options);
     let hw = match options.resolution {
         Size::Fixed(r) => Some((r, r)),
         Size::Dynamic => None,
@@ -342,24 +342,20 @@ fn float_value_info(name: &str, dims: Vec<Dimension>, doc: &str) -> ValueInfoPro
 }
 
 impl<'a> Builder<'a> {
-    fn new(
-        ir: &'a ir::Network,
-        net: &dyn EffNet,
-        options: &ExportOptions,
-    ) -> Result<Self, ExportError> {
+    fn new(ir: &'a ir::Network, net: &dyn EffNet, options: &ExportOptions) -> Self {
         let tensors = net
             .named_tensors()
             .into_iter()
             .map(|t| (t.name, t.tensor))
             .collect();
-        Ok(Builder {
+        Builder {
             ir,
             options: *options,
             tensors,
             nodes: Vec::new(),
             initializers: Vec::new(),
             written: HashSet::new(),
-        })
+        }
     }
 
     /// One node with one output, named `output` (node and value share the name).
@@ -462,9 +458,13 @@ impl<'a> Builder<'a> {
                 let (top, bottom, out_h) = mode.resolve(h, c.kernel, c.stride);
                 let (left, right, out_w) = mode.resolve(w, c.kernel, c.stride);
                 if out_h == 0 || out_w == 0 {
+                    let resolution = match self.options.resolution {
+                        Size::Fixed(r) => r,
+                        Size::Dynamic => self.ir.resolution,
+                    };
                     return Err(ExportError::Resolution {
                         model: self.ir.name.clone(),
-                        resolution: self.ir_resolution(),
+                        resolution,
                         what: format!(
                             "`{}` gets a {h}x{w} input, too small for its {k}x{k} kernel",
                             c.path
@@ -511,13 +511,6 @@ impl<'a> Builder<'a> {
         let out = c.path.clone();
         self.node("Conv", &inputs, &out, attrs);
         Ok(Value { name: out, hw })
-    }
-
-    fn ir_resolution(&self) -> usize {
-        match self.options.resolution {
-            Size::Fixed(r) => r,
-            Size::Dynamic => self.ir.resolution,
-        }
     }
 
     /// Eval-mode BatchNorm on the running statistics.
