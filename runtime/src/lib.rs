@@ -9,6 +9,7 @@
 //!   convolutions for training).
 //! - [`model`]: the [`EffNet`] trait every network implements, and what generated code calls.
 //! - [`weights`]: safetensors loading (timm or torchvision names), validation, saving.
+//! - [`export`]: the network as an ONNX model (standard operators, timm's tensor names).
 //! - [`train`]: the trainer (schedule, optimizers, checkpoints); [`data`]: datasets and loaders.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -16,6 +17,7 @@
 pub mod data;
 pub mod error;
 pub mod exec;
+pub mod export;
 pub mod model;
 pub mod nn;
 pub mod ops;

@@ -14,6 +14,7 @@ mod compute;
 mod eval;
 #[cfg(feature = "expand")]
 mod expand;
+mod export;
 mod fmt;
 mod import;
 mod predict;
@@ -149,6 +150,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Top-1 / top-5 accuracy of a model with given weights on a dataset.
     Eval(eval::EvalArgs),
+    /// Write a model with its weights as ONNX: standard operators, timm's tensor names.
+    Export(export::ExportArgs),
     /// Write a .effnet model from timm's or automl's block strings.
     Import {
         #[command(subcommand)]
@@ -251,6 +254,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Import { source } => import::run(source),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Export(args) => export::run(args),
         #[cfg(feature = "expand")]
         Command::Expand { file, model } => expand::run(&file, model.as_deref()),
         Command::Ir { file, model } => {

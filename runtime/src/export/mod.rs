@@ -1,0 +1,765 @@
+//! ONNX export: a network written as a standard ONNX graph from its IR and its loaded weights.
+//!
+//! The graph is built layer by layer from the IR, one function per node kind: `Conv` (with
+//! `group` for depthwise convolutions, and the padding of the spec's mode), an eval-mode
+//! `BatchNormalization` after every convolution (running statistics; BatchNorm is not folded,
+//! so every tensor keeps timm's name), the activations as standard operators (SiLU as
+//! `Sigmoid` and `Mul`; HardSwish and GELU as their own operators where the opset has them,
+//! decomposed where it does not), squeeze-excitation as `GlobalAveragePool`, two 1x1 `Conv`s
+//! and a `Sigmoid` gate, residuals as `Add`, and the classifier as `GlobalAveragePool`,
+//! `Flatten` and `Gemm`. Dropout and drop-path are training-only and have no node.
+//!
+//! Every initializer is named as timm names the tensor (`blocks.1.0.conv_pw.weight`,
+//! `bn1.running_var`, `classifier.bias`); node outputs are named after the timm module that
+//! computes them (`blocks.1.0.bn1.act`, `blocks.1.0.se.gate`).
+//!
+//! TensorFlow `same` padding (the `tf_` models) depends on the input size on stride-2
+//! convolutions. At a fixed export resolution each convolution gets its explicit `pads` for
+//! that resolution; with a dynamic resolution those convolutions use `auto_pad = SAME_UPPER`,
+//! which is TensorFlow's rule for every input size (output `ceil(in / stride)`, the odd pixel
+//! of padding after).
+//!
+//! The input is the network's input as `effnet run` takes it: already normalized. With
+//! [`ExportOptions::normalize`] the graph takes pixels in `[0, 1]` and subtracts the spec's
+//! mean and divides by its std first (`Sub`, `Div`); the model's metadata says which, and
+//! holds the mean and std either way.
+
+pub mod onnx;
+
+use std::collections::{HashMap, HashSet};
+
+use candle_core::{DType, Device, Tensor};
+use effnet_compiler::ir::{self, Activation, PaddingMode};
+use prost::Message;
+
+use crate::model::EffNet;
+use onnx::{
+    AttributeProto, AttributeType, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    tensor_shape_proto::{Dimension, dimension},
+    type_proto,
+};
+
+/// The oldest opset effnet writes: `Clip` takes its bounds as inputs from 11 on.
+pub const MIN_OPSET: i64 = 11;
+/// The newest opset effnet writes: the newest of onnx 1.23, whose checker and onnxruntime 1.32
+/// accept every opset from [`MIN_OPSET`] up to it (`tools/onnx_reference.py` runs them all).
+/// No operator effnet writes changed its meaning in between.
+pub const MAX_OPSET: i64 = 28;
+/// What `effnet export` writes without `--opset`: supported by every current runtime.
+pub const DEFAULT_OPSET: i64 = 17;
+/// `HardSwish` is an operator from opset 14 on.
+const HARD_SWISH_OPSET: i64 = 14;
+/// `Gelu` is an operator from opset 20 on.
+const GELU_OPSET: i64 = 20;
+
+/// The name of the graph's input and output.
+pub const INPUT: &str = "input";
+pub const OUTPUT: &str = "logits";
+
+/// A dimension of the graph's input: fixed, or a named symbol the runtime binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    Fixed(usize),
+    Dynamic,
+}
+
+/// What to export, besides the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportOptions {
+    /// The `ai.onnx` opset, [`MIN_OPSET`]..=[`MAX_OPSET`].
+    pub opset: i64,
+    /// The batch dimension (`batch` when dynamic).
+    pub batch: Size,
+    /// Height and width (`height`, `width` when dynamic).
+    pub resolution: Size,
+    /// Put the spec's mean/std normalization in the graph.
+    pub normalize: bool,
+}
+
+impl ExportOptions {
+    /// The default opset, a dynamic batch and the network's eval resolution, no normalization.
+    pub fn for_network(net: &ir::Network) -> Self {
+        ExportOptions {
+            opset: DEFAULT_OPSET,
+            batch: Size::Dynamic,
+            resolution: Size::Fixed(net.resolution),
+            normalize: false,
+        }
+    }
+}
+
+/// Why a network could not be exported.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(
+        "opset {0} is out of range: effnet writes ONNX opsets {MIN_OPSET} to {MAX_OPSET} \
+         (default {DEFAULT_OPSET})"
+    )]
+    Opset(i64),
+    #[error("cannot export `{model}`: {what}")]
+    Unsupported { model: String, what: String },
+    #[error("cannot export `{model}` at resolution {resolution}: {what}")]
+    Resolution {
+        model: String,
+        resolution: usize,
+        what: String,
+    },
+    #[error("the network has no tensor `{0}`")]
+    MissingTensor(String),
+    #[error("tensor `{name}` has shape {found:?}, the network expects {expected:?}")]
+    TensorShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// What an export wrote, for the command's report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportSummary {
+    pub opset: i64,
+    pub ir_version: i64,
+    /// Node count per operator, sorted by operator.
+    pub operators: Vec<(String, usize)>,
+    pub initializers: usize,
+    /// Float values in the initializers.
+    pub values: usize,
+    /// The input's dimensions, numbers or symbols.
+    pub input_shape: Vec<String>,
+}
+
+/// The smallest ONNX IR version that carries `opset` (onnx's `Versioning.md` table): a
+/// reader older than that release does not know the opset anyway.
+pub fn ir_version(opset: i64) -> i64 {
+    match opset {
+        ..=11 => 6,
+        12..=14 => 7,
+        15..=18 => 8,
+        19..=20 => 9,
+        21..=22 => 10,
+        23 => 11,
+        24 => 12,
+        25..=27 => 13,
+        _ => 14,
+    }
+}
+
+/// The network as an ONNX model.
+pub fn export(net: &dyn EffNet, options: &ExportOptions) -> Result<ModelProto, ExportError> {
+    if !(MIN_OPSET..=MAX_OPSET).contains(&options.opset) {
+        return Err(ExportError::Opset(options.opset));
+    }
+    let ir = net.ir();
+    let unsupported = |what: String| ExportError::Unsupported {
+        model: ir.name.clone(),
+        what,
+    };
+    if options.batch == Size::Fixed(0) {
+        return Err(unsupported("a batch of 0 images".into()));
+    }
+    if options.resolution == Size::Fixed(0) {
+        return Err(unsupported("a resolution of 0 pixels".into()));
+    }
+    let normalize = match (&ir.normalize, options.normalize) {
+        (None, true) => {
+            return Err(unsupported(
+                "the graph cannot include the input normalization: the spec has no \
+                 `normalize` line (add one, or export without it and normalize outside)"
+                    .into(),
+            ));
+        }
+        (n, _) => n.as_ref(),
+    };
+    let mut b = Builder::new(ir, net, options);
+    let hw = match options.resolution {
+        Size::Fixed(r) => Some((r, r)),
+        Size::Dynamic => None,
+    };
+    let mut x = Value {
+        name: INPUT.to_string(),
+        hw,
+    };
+    if let (Some(n), true) = (normalize, options.normalize) {
+        x = b.normalize(&x, n)?;
+    }
+    x = b.conv_bn_act(&x, &ir.stem.conv, &ir.stem.bn, Some(ir.activation))?;
+    for block in ir.blocks() {
+        x = b.block(&x, block)?;
+    }
+    if let Some(h) = &ir.head {
+        x = b.conv_bn_act(&x, &h.conv, &h.bn, Some(ir.activation))?;
+    }
+    b.classifier(&x, &ir.classifier)?;
+    Ok(b.finish(normalize))
+}
+
+/// The model's bytes, as an `.onnx` file holds them.
+pub fn to_bytes(model: &ModelProto) -> Vec<u8> {
+    model.encode_to_vec()
+}
+
+/// A model from an `.onnx` file's bytes (what [`to_bytes`] wrote, or any ONNX model, with the
+/// fields these messages declare).
+pub fn from_bytes(bytes: &[u8]) -> Result<ModelProto, prost::DecodeError> {
+    ModelProto::decode(bytes)
+}
+
+/// What `model` holds, counted.
+pub fn summarize(model: &ModelProto) -> ExportSummary {
+    let graph = model.graph.clone().unwrap_or_default();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for n in &graph.node {
+        *counts
+            .entry(n.op_type.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    let mut operators: Vec<(String, usize)> = counts.into_iter().collect();
+    operators.sort();
+    let values = graph
+        .initializer
+        .iter()
+        .map(|t| t.dims.iter().product::<i64>().max(0) as usize)
+        .sum();
+    let input_shape = graph
+        .input
+        .first()
+        .and_then(|i| i.r#type.as_ref())
+        .and_then(|t| match &t.value {
+            Some(type_proto::Value::TensorType(t)) => t.shape.as_ref(),
+            None => None,
+        })
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match &d.value {
+                    Some(dimension::Value::DimValue(v)) => v.to_string(),
+                    Some(dimension::Value::DimParam(p)) => p.clone(),
+                    None => "?".into(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ExportSummary {
+        opset: model
+            .opset_import
+            .first()
+            .and_then(|o| o.version)
+            .unwrap_or(0),
+        ir_version: model.ir_version.unwrap_or(0),
+        operators,
+        initializers: graph.initializer.len(),
+        values,
+        input_shape,
+    }
+}
+
+/// A value in the graph: its name and, at a fixed resolution, its height and width.
+#[derive(Debug, Clone)]
+struct Value {
+    name: String,
+    hw: Option<(usize, usize)>,
+}
+
+struct Builder<'a> {
+    ir: &'a ir::Network,
+    options: ExportOptions,
+    tensors: HashMap<String, Tensor>,
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    /// Initializer names already written (the shared constants are written once).
+    written: HashSet<String>,
+}
+
+fn attr_int(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        i: Some(i),
+        r#type: Some(AttributeType::Int as i32),
+        ..Default::default()
+    }
+}
+
+fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        ints: ints.to_vec(),
+        r#type: Some(AttributeType::Ints as i32),
+        ..Default::default()
+    }
+}
+
+fn attr_float(name: &str, f: f32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        f: Some(f),
+        r#type: Some(AttributeType::Float as i32),
+        ..Default::default()
+    }
+}
+
+fn attr_string(name: &str, s: &str) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        s: Some(s.as_bytes().to_vec()),
+        r#type: Some(AttributeType::String as i32),
+        ..Default::default()
+    }
+}
+
+fn float_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+    TensorProto {
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(onnx::FLOAT),
+        name: Some(name.into()),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+fn dim(size: Size, symbol: &str) -> Dimension {
+    Dimension {
+        value: Some(match size {
+            Size::Fixed(n) => dimension::Value::DimValue(n as i64),
+            Size::Dynamic => dimension::Value::DimParam(symbol.into()),
+        }),
+    }
+}
+
+fn float_value_info(name: &str, dims: Vec<Dimension>, doc: &str) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(onnx::FLOAT),
+                shape: Some(TensorShapeProto { dim: dims }),
+            })),
+        }),
+        doc_string: Some(doc.into()),
+    }
+}
+
+impl<'a> Builder<'a> {
+    fn new(ir: &'a ir::Network, net: &dyn EffNet, options: &ExportOptions) -> Self {
+        let tensors = net
+            .named_tensors()
+            .into_iter()
+            .map(|t| (t.name, t.tensor))
+            .collect();
+        Builder {
+            ir,
+            options: *options,
+            tensors,
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            written: HashSet::new(),
+        }
+    }
+
+    /// One node with one output, named `output` (node and value share the name).
+    fn node(&mut self, op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) {
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.to_string()],
+            name: Some(output.to_string()),
+            op_type: Some(op.to_string()),
+            attribute,
+            domain: None,
+        });
+    }
+
+    /// The network's tensor `name` as an initializer of that name, checked against `shape`.
+    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<String, ExportError> {
+        if self.written.insert(name.to_string()) {
+            let t = self
+                .tensors
+                .get(name)
+                .ok_or_else(|| ExportError::MissingTensor(name.to_string()))?;
+            if t.dims() != shape {
+                return Err(ExportError::TensorShape {
+                    name: name.to_string(),
+                    expected: shape.to_vec(),
+                    found: t.dims().to_vec(),
+                });
+            }
+            let values: Vec<f32> = t
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1()?;
+            self.initializers.push(float_tensor(name, shape, &values));
+        }
+        Ok(name.to_string())
+    }
+
+    /// A float scalar the graph's arithmetic needs, written once under `name`.
+    fn scalar(&mut self, name: &str, value: f32) -> String {
+        if self.written.insert(name.to_string()) {
+            self.initializers.push(float_tensor(name, &[], &[value]));
+        }
+        name.to_string()
+    }
+
+    fn normalize(&mut self, x: &Value, n: &ir::Normalize) -> Result<Value, ExportError> {
+        let c = self.ir.input_channels;
+        if n.mean.len() != c || n.std.len() != c {
+            return Err(ExportError::Unsupported {
+                model: self.ir.name.clone(),
+                what: format!(
+                    "the spec's normalization has {} means and {} stds for {c} input channels",
+                    n.mean.len(),
+                    n.std.len()
+                ),
+            });
+        }
+        let to_f32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        for (name, values) in [("normalize.mean", &n.mean), ("normalize.std", &n.std)] {
+            self.written.insert(name.to_string());
+            self.initializers
+                .push(float_tensor(name, &[1, c, 1, 1], &to_f32(values)));
+        }
+        self.node(
+            "Sub",
+            &[&x.name, "normalize.mean"],
+            "normalize.centered",
+            vec![],
+        );
+        self.node(
+            "Div",
+            &["normalize.centered", "normalize.std"],
+            "normalize",
+            vec![],
+        );
+        Ok(Value {
+            name: "normalize".into(),
+            hw: x.hw,
+        })
+    }
+
+    /// A convolution with the padding of `mode`, as explicit `pads` where the input size is
+    /// known or does not matter, as `auto_pad = SAME_UPPER` where TensorFlow's rule must be
+    /// applied to an input size known only at run time.
+    fn conv(&mut self, x: &Value, c: &ir::Conv, mode: PaddingMode) -> Result<Value, ExportError> {
+        let weight = self.weight(&format!("{}.weight", c.path), &c.weight_shape())?;
+        let bias = if c.bias {
+            Some(self.weight(&format!("{}.bias", c.path), &[c.out_channels])?)
+        } else {
+            None
+        };
+        let (k, s) = (c.kernel as i64, c.stride as i64);
+        let mut attrs = vec![
+            attr_ints("kernel_shape", &[k, k]),
+            attr_ints("strides", &[s, s]),
+        ];
+        let hw = match x.hw {
+            Some((h, w)) => {
+                let (top, bottom, out_h) = mode.resolve(h, c.kernel, c.stride);
+                let (left, right, out_w) = mode.resolve(w, c.kernel, c.stride);
+                if out_h == 0 || out_w == 0 {
+                    let resolution = match self.options.resolution {
+                        Size::Fixed(r) => r,
+                        Size::Dynamic => self.ir.resolution,
+                    };
+                    return Err(ExportError::Resolution {
+                        model: self.ir.name.clone(),
+                        resolution,
+                        what: format!(
+                            "`{}` gets a {h}x{w} input, too small for its {k}x{k} kernel",
+                            c.path
+                        ),
+                    });
+                }
+                attrs.push(attr_ints(
+                    "pads",
+                    &[top as i64, left as i64, bottom as i64, right as i64],
+                ));
+                Some((out_h, out_w))
+            }
+            None => {
+                let needs_input_size = mode == PaddingMode::Same && s > 1 && k > 1;
+                if !needs_input_size {
+                    // Symmetric padding, and `same` at stride 1 or for a 1x1 kernel, does not
+                    // depend on the input size: any size gives the same pads.
+                    let (p, q, _) = mode.resolve(c.kernel.max(c.stride), c.kernel, c.stride);
+                    attrs.push(attr_ints("pads", &[p as i64, p as i64, q as i64, q as i64]));
+                } else if k >= s {
+                    attrs.push(attr_string("auto_pad", "SAME_UPPER"));
+                } else {
+                    // ONNX does not clamp SAME_UPPER's padding at 0, TensorFlow does: they
+                    // differ when the kernel is smaller than the stride.
+                    return Err(ExportError::Unsupported {
+                        model: self.ir.name.clone(),
+                        what: format!(
+                            "`{}` ({k}x{k}, stride {s}) has `same` padding that ONNX cannot \
+                             express for any input size; export at a fixed --resolution",
+                            c.path
+                        ),
+                    });
+                }
+                None
+            }
+        };
+        if c.groups > 1 {
+            attrs.push(attr_int("group", c.groups as i64));
+        }
+        let mut inputs = vec![x.name.as_str(), weight.as_str()];
+        if let Some(b) = &bias {
+            inputs.push(b);
+        }
+        let out = c.path.clone();
+        self.node("Conv", &inputs, &out, attrs);
+        Ok(Value { name: out, hw })
+    }
+
+    /// Eval-mode BatchNorm on the running statistics.
+    fn batch_norm(&mut self, x: &Value, bn: &ir::BatchNorm) -> Result<Value, ExportError> {
+        let p = &bn.path;
+        let c = [bn.channels];
+        let inputs = [
+            x.name.clone(),
+            self.weight(&format!("{p}.weight"), &c)?,
+            self.weight(&format!("{p}.bias"), &c)?,
+            self.weight(&format!("{p}.running_mean"), &c)?,
+            self.weight(&format!("{p}.running_var"), &c)?,
+        ];
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        self.node(
+            "BatchNormalization",
+            &inputs,
+            p,
+            vec![attr_float("epsilon", bn.eps as f32)],
+        );
+        Ok(Value {
+            name: p.clone(),
+            hw: x.hw,
+        })
+    }
+
+    /// `act` on `x`, its output named `out`, in the operators of the export's opset.
+    fn activation(&mut self, x: &Value, act: Activation, out: &str) -> Value {
+        let opset = self.options.opset;
+        let x_name = x.name.as_str();
+        match act {
+            Activation::Silu => {
+                let gate = format!("{out}.sigmoid");
+                self.node("Sigmoid", &[x_name], &gate, vec![]);
+                self.node("Mul", &[x_name, &gate], out, vec![]);
+            }
+            Activation::Relu => self.node("Relu", &[x_name], out, vec![]),
+            Activation::Relu6 => {
+                let lo = self.scalar("const.zero", 0.0);
+                let hi = self.scalar("const.six", 6.0);
+                self.node("Clip", &[x_name, &lo, &hi], out, vec![]);
+            }
+            Activation::HardSwish if opset >= HARD_SWISH_OPSET => {
+                self.node("HardSwish", &[x_name], out, vec![]);
+            }
+            Activation::HardSwish => {
+                // x * relu6(x + 3) / 6, the gate as HardSigmoid: what HardSwish is defined as.
+                let gate = format!("{out}.hard_sigmoid");
+                self.node(
+                    "HardSigmoid",
+                    &[x_name],
+                    &gate,
+                    vec![attr_float("alpha", 1.0 / 6.0), attr_float("beta", 0.5)],
+                );
+                self.node("Mul", &[x_name, &gate], out, vec![]);
+            }
+            Activation::Gelu if opset >= GELU_OPSET => {
+                self.node("Gelu", &[x_name], out, vec![]);
+            }
+            Activation::Gelu => {
+                // The exact (erf) GELU, as torch writes it: x * 0.5 * (1 + erf(x / sqrt 2)).
+                let sqrt2 = self.scalar("const.sqrt2", std::f32::consts::SQRT_2);
+                let one = self.scalar("const.one", 1.0);
+                let half = self.scalar("const.half", 0.5);
+                let scaled = format!("{out}.scaled");
+                let erf = format!("{out}.erf");
+                let plus1 = format!("{out}.erf_plus_one");
+                let prod = format!("{out}.x_times");
+                self.node("Div", &[x_name, &sqrt2], &scaled, vec![]);
+                self.node("Erf", &[&scaled], &erf, vec![]);
+                self.node("Add", &[&erf, &one], &plus1, vec![]);
+                self.node("Mul", &[x_name, &plus1], &prod, vec![]);
+                self.node("Mul", &[&prod, &half], out, vec![]);
+            }
+        }
+        Value {
+            name: out.to_string(),
+            hw: x.hw,
+        }
+    }
+
+    /// conv, BatchNorm and (unless a linear projection) the activation, named `{bn}.act` as
+    /// timm's `BatchNormAct2d` names it.
+    fn conv_bn_act(
+        &mut self,
+        x: &Value,
+        conv: &ir::Conv,
+        bn: &ir::BatchNorm,
+        act: Option<Activation>,
+    ) -> Result<Value, ExportError> {
+        let y = self.conv(x, conv, self.ir.padding)?;
+        let y = self.batch_norm(&y, bn)?;
+        Ok(match act {
+            Some(a) => self.activation(&y, a, &format!("{}.act", bn.path)),
+            None => y,
+        })
+    }
+
+    /// Squeeze-excitation: the channel means, `conv_reduce`, the block's activation,
+    /// `conv_expand`, a sigmoid gate multiplied into `x`.
+    fn squeeze_excite(
+        &mut self,
+        x: &Value,
+        se: &ir::SqueezeExcite,
+        act: Activation,
+    ) -> Result<Value, ExportError> {
+        let pooled = Value {
+            name: format!("{}.pool", se.path),
+            hw: Some((1, 1)),
+        };
+        self.node("GlobalAveragePool", &[&x.name], &pooled.name, vec![]);
+        // The 1x1 convolutions of a 1x1 map pad nothing whatever the padding mode.
+        let r = self.conv(&pooled, &se.conv_reduce, PaddingMode::Symmetric)?;
+        let r = self.activation(&r, act, &format!("{}.act1", se.path));
+        let e = self.conv(&r, &se.conv_expand, PaddingMode::Symmetric)?;
+        let gate = format!("{}.gate", se.path);
+        self.node("Sigmoid", &[&e.name], &gate, vec![]);
+        let out = se.path.clone();
+        self.node("Mul", &[&x.name, &gate], &out, vec![]);
+        Ok(Value {
+            name: out,
+            hw: x.hw,
+        })
+    }
+
+    /// One block: its layers with the squeeze-excitation after `se_after`, then the residual.
+    fn block(&mut self, x: &Value, b: &ir::Block) -> Result<Value, ExportError> {
+        let se_after = b.layers.se_after();
+        let mut y = x.clone();
+        for (i, l) in b.layers.conv_bns().into_iter().enumerate() {
+            let act = l.activated.then_some(b.activation);
+            y = self.conv_bn_act(&y, l.conv, l.bn, act)?;
+            if i == se_after
+                && let Some(se) = b.layers.se()
+            {
+                y = self.squeeze_excite(&y, se, b.activation)?;
+            }
+        }
+        if !b.residual {
+            return Ok(y);
+        }
+        // Drop-path is the identity at inference.
+        let out = b.path.clone();
+        self.node("Add", &[&y.name, &x.name], &out, vec![]);
+        Ok(Value {
+            name: out,
+            hw: y.hw,
+        })
+    }
+
+    /// Global average pooling, flattened to `[N, C]`, and the classifier as a `Gemm`.
+    fn classifier(&mut self, x: &Value, c: &ir::Linear) -> Result<(), ExportError> {
+        self.node("GlobalAveragePool", &[&x.name], "global_pool", vec![]);
+        self.node(
+            "Flatten",
+            &["global_pool"],
+            "global_pool.flatten",
+            vec![attr_int("axis", 1)],
+        );
+        let w = self.weight(
+            &format!("{}.weight", c.path),
+            &[c.out_features, c.in_features],
+        )?;
+        let b = self.weight(&format!("{}.bias", c.path), &[c.out_features])?;
+        self.node(
+            "Gemm",
+            &["global_pool.flatten", &w, &b],
+            OUTPUT,
+            vec![attr_int("transB", 1)],
+        );
+        Ok(())
+    }
+
+    fn finish(self, normalize: Option<&ir::Normalize>) -> ModelProto {
+        let ir = self.ir;
+        let o = self.options;
+        let in_graph = o.normalize && normalize.is_some();
+        let input_doc = if in_graph {
+            "NCHW float32 pixels in [0, 1]; the graph normalizes them with the spec's mean and std"
+                .to_string()
+        } else {
+            match normalize {
+                Some(n) => format!(
+                    "NCHW float32, normalized outside the graph: (pixel in [0, 1] - mean) / std \
+                     with mean {:?}, std {:?}",
+                    n.mean, n.std
+                ),
+                None => "NCHW float32, as the network was trained on it".to_string(),
+            }
+        };
+        let input = float_value_info(
+            INPUT,
+            vec![
+                dim(o.batch, "batch"),
+                dim(Size::Fixed(ir.input_channels), "channels"),
+                dim(o.resolution, "height"),
+                dim(o.resolution, "width"),
+            ],
+            &input_doc,
+        );
+        let output = float_value_info(
+            OUTPUT,
+            vec![dim(o.batch, "batch"), dim(Size::Fixed(ir.num_classes), "")],
+            "class logits (no softmax)",
+        );
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut meta = vec![
+            ("effnet.model", ir.name.clone()),
+            ("effnet.resolution", ir.resolution.to_string()),
+            ("effnet.padding", ir.padding.name().to_string()),
+            ("effnet.normalize_in_graph", in_graph.to_string()),
+        ];
+        if let Some(n) = normalize {
+            meta.push(("effnet.mean", list(&n.mean)));
+            meta.push(("effnet.std", list(&n.std)));
+        }
+        let graph = GraphProto {
+            node: self.nodes,
+            name: Some(ir.name.clone()),
+            initializer: self.initializers,
+            doc_string: Some(ir.docs.join("\n")).filter(|d| !d.is_empty()),
+            input: vec![input],
+            output: vec![output],
+        };
+        ModelProto {
+            ir_version: Some(ir_version(o.opset)),
+            producer_name: Some("effnet".into()),
+            producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+            doc_string: Some(format!(
+                "{} exported by effnet from its IR; initializers carry timm's state_dict names",
+                ir.name
+            )),
+            graph: Some(graph),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(o.opset),
+            }],
+            metadata_props: meta
+                .into_iter()
+                .map(|(k, v)| StringStringEntryProto {
+                    key: Some(k.into()),
+                    value: Some(v),
+                })
+                .collect(),
+        }
+    }
+}
