@@ -201,7 +201,7 @@ fn random_network(spec: &str) -> Network {
 #[test]
 fn every_activation_exports_in_old_and_new_opsets() {
     let x = common::tensor(&[2, 3, 32, 32], 9).expect("input");
-    for act in ["silu", "relu", "relu6", "hard_swish", "gelu"] {
+    for act in ["silu", "relu", "relu6", "hard_swish", "gelu", "mish"] {
         let net = random_network(&activation_spec(act));
         let want = effnet_logits(&net, &x);
         // 13: HardSwish as HardSigmoid and Mul, GELU through Erf; 17: HardSwish itself.
@@ -222,6 +222,7 @@ fn every_activation_exports_in_old_and_new_opsets() {
                 ("hard_swish", false) => assert!(ops.contains("HardSigmoid"), "{ops:?}"),
                 ("gelu", _) => assert!(ops.contains("Erf"), "{ops:?}"),
                 ("relu6", _) => assert!(ops.contains("Clip"), "{ops:?}"),
+                ("mish", _) => assert!(ops.contains("Softplus") && ops.contains("Tanh"), "{ops:?}"),
                 _ => {}
             }
             let diff = common::max_diff(&tract_logits(&onnx, &x), &want);

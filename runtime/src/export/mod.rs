@@ -5,7 +5,7 @@
 //! `BatchNormalization` after every convolution (running statistics; BatchNorm is not folded,
 //! so every tensor keeps timm's name), the activations as standard operators (SiLU as
 //! `Sigmoid` and `Mul`; HardSwish and GELU as their own operators where the opset has them,
-//! decomposed where it does not), squeeze-excitation as `GlobalAveragePool`, two 1x1 `Conv`s
+//! decomposed where it does not; Mish as `Softplus`, `Tanh`, `Mul`), squeeze-excitation as `GlobalAveragePool`, two 1x1 `Conv`s
 //! and a `Sigmoid` gate, residuals as `Add`, and the classifier as `GlobalAveragePool`,
 //! `Flatten` and `Gemm`. Dropout and drop-path are training-only and have no node.
 //!
@@ -584,6 +584,15 @@ impl<'a> Builder<'a> {
                 self.node("Add", &[&erf, &one], &plus1, vec![]);
                 self.node("Mul", &[x_name, &plus1], &prod, vec![]);
                 self.node("Mul", &[&prod, &half], out, vec![]);
+            }
+            Activation::Mish => {
+                // x * tanh(softplus(x)) in operators every opset has (`Mish` itself is only in
+                // opset 18 on, and not every runtime implements it).
+                let softplus = format!("{out}.softplus");
+                let tanh = format!("{out}.tanh");
+                self.node("Softplus", &[x_name], &softplus, vec![]);
+                self.node("Tanh", &[&softplus], &tanh, vec![]);
+                self.node("Mul", &[x_name, &tanh], out, vec![]);
             }
         }
         Value {
