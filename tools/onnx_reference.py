@@ -14,9 +14,9 @@ the logits with timm's:
     opsets: onnxruntime's logits go to OUT/onnxruntime.json, which `cargo test` (runtime/tests/
     export_onnx.rs) checks effnet's export against, in tract;
   * one fixture at every opset effnet writes (11 to 28), fixed and dynamic resolution;
-  * every activation the language has (silu, relu, relu6, hard_swish, gelu) in a small timm
-    network built like the fixtures, in an opset that decomposes HardSwish / GELU (13) and one
-    that has them as operators (20);
+  * every activation the language has (silu, relu, relu6, hard_swish, gelu, mish) in a small
+    timm network built like the fixtures, in an opset that decomposes HardSwish / GELU / Mish
+    (13) and one that has them as operators (20);
   * with --models, full-size networks from the bundled specs (tf_efficientnetv2_b0 at 224 with
     TensorFlow `same` padding, efficientnet_b0 at 224), exported at a fixed and at a dynamic
     resolution, also compared with `effnet run`.
@@ -64,6 +64,7 @@ ACTIVATIONS = {
     "relu6": nn.ReLU6,
     "hard_swish": nn.Hardswish,
     "gelu": nn.GELU,
+    "mish": nn.Mish,
 }
 
 

@@ -204,9 +204,9 @@ fn every_activation_exports_in_old_and_new_opsets() {
     for act in ["silu", "relu", "relu6", "hard_swish", "gelu", "mish"] {
         let net = random_network(&activation_spec(act));
         let want = effnet_logits(&net, &x);
-        // 13: HardSwish as HardSigmoid and Mul, GELU through Erf; 17: HardSwish itself.
-        // (GELU as one operator needs opset 20, which tract does not read; onnxruntime runs
-        // it in tools/onnx_reference.py.)
+        // 13: HardSwish as HardSigmoid and Mul, GELU through Erf, Mish as Softplus, Tanh and
+        // Mul; 17: HardSwish itself. (GELU and Mish as one operator need opsets 20 and 18,
+        // which tract does not read; onnxruntime runs them in tools/onnx_reference.py.)
         for opset in [export::MIN_OPSET, 13, export::DEFAULT_OPSET] {
             let onnx = export_bytes(&net, &fixed(&net, opset, 32));
             let model = export::from_bytes(&onnx[..]).expect("decodes");
@@ -229,13 +229,15 @@ fn every_activation_exports_in_old_and_new_opsets() {
             assert!(diff < TOL, "{act} at opset {opset}: {diff:e}");
         }
         let native = export::export(&net, &fixed(&net, 20, 32)).expect("opset 20");
-        let has_gelu = native
+        let native: BTreeSet<String> = native
             .graph
             .expect("graph")
             .node
             .iter()
-            .any(|n| n.op_type.as_deref() == Some("Gelu"));
-        assert_eq!(has_gelu, act == "gelu", "{act} at opset 20");
+            .map(|n| n.op_type.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(native.contains("Gelu"), act == "gelu", "{act} at opset 20");
+        assert_eq!(native.contains("Mish"), act == "mish", "{act} at opset 20");
     }
 }
 

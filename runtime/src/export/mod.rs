@@ -4,8 +4,8 @@
 //! `group` for depthwise convolutions, and the padding of the spec's mode), an eval-mode
 //! `BatchNormalization` after every convolution (running statistics; BatchNorm is not folded,
 //! so every tensor keeps timm's name), the activations as standard operators (SiLU as
-//! `Sigmoid` and `Mul`; HardSwish and GELU as their own operators where the opset has them,
-//! decomposed where it does not; Mish as `Softplus`, `Tanh`, `Mul`), squeeze-excitation as `GlobalAveragePool`, two 1x1 `Conv`s
+//! `Sigmoid` and `Mul`; HardSwish, GELU and Mish as their own operators where the opset has
+//! them, decomposed where it does not), squeeze-excitation as `GlobalAveragePool`, two 1x1 `Conv`s
 //! and a `Sigmoid` gate, residuals as `Add`, and the classifier as `GlobalAveragePool`,
 //! `Flatten` and `Gemm`. Dropout and drop-path are training-only and have no node.
 //!
@@ -52,6 +52,8 @@ pub const DEFAULT_OPSET: i64 = 17;
 const HARD_SWISH_OPSET: i64 = 14;
 /// `Gelu` is an operator from opset 20 on.
 const GELU_OPSET: i64 = 20;
+/// `Mish` is an operator from opset 18 on.
+const MISH_OPSET: i64 = 18;
 
 /// The name of the graph's input and output.
 pub const INPUT: &str = "input";
@@ -585,9 +587,11 @@ impl<'a> Builder<'a> {
                 self.node("Mul", &[x_name, &plus1], &prod, vec![]);
                 self.node("Mul", &[&prod, &half], out, vec![]);
             }
+            Activation::Mish if opset >= MISH_OPSET => {
+                self.node("Mish", &[x_name], out, vec![]);
+            }
             Activation::Mish => {
-                // x * tanh(softplus(x)) in operators every opset has (`Mish` itself is only in
-                // opset 18 on, and not every runtime implements it).
+                // x * tanh(softplus(x)): Mish's definition in operators of every opset.
                 let softplus = format!("{out}.softplus");
                 let tanh = format!("{out}.tanh");
                 self.node("Softplus", &[x_name], &softplus, vec![]);
