@@ -38,12 +38,13 @@ if ! "$PYTHON" -c "import timm, torch, safetensors, numpy" 2>/dev/null; then
 fi
 
 # The bundled spec that defines each model.
+# The bundled spec that defines model $1 (specs/$1.effnet, else the family file that has it).
 spec_for() {
-    case "$1" in
-        efficientnet_b[0-7]) echo specs/efficientnet.effnet ;;
-        tf_efficientnetv2_b[1-3]) echo specs/tf_efficientnetv2_b.effnet ;;
-        *) echo "specs/$1.effnet" ;;
-    esac
+    if [ -f "specs/$1.effnet" ]; then
+        echo "specs/$1.effnet"
+    else
+        grep -lE "^model $1( |$)" specs/*.effnet | head -n 1
+    fi
 }
 
 tmp=$(mktemp -d)
