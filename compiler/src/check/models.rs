@@ -524,5 +524,33 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
         );
         return None;
     }
+    // timm's builder caps the total stride at its output stride (32 by default) and turns every
+    // further stride into dilation; effnet has no dilation yet, so such a network would compute
+    // other numbers than timm's from the same weights: refuse it at the stride that goes over.
+    let mut total = def.stem.stride;
+    for s in &def.stages {
+        let next = total.saturating_mul(s.stride);
+        if next > MAX_OUTPUT_STRIDE {
+            cx.push(
+                Diagnostic::error(
+                    "effnet::output_stride",
+                    format!(
+                        "`{}` would downsample by {next} here: timm's builder stops at {MAX_OUTPUT_STRIDE} \
+                         and dilates the convolutions after, which effnet does not do",
+                        def.name
+                    ),
+                    s.span,
+                )
+                .label(format!("stride {} after a total of {total}", s.stride))
+                .help("make this stage `s1`, or drop a stride-2 stage before it"),
+            );
+            return None;
+        }
+        total = next;
+    }
     Some(def)
 }
+
+/// The largest total stride timm's EfficientNet builder builds without dilation (its default
+/// `output_stride`).
+const MAX_OUTPUT_STRIDE: usize = 32;
