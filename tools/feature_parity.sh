@@ -20,30 +20,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
-RES=${RES:-128}
-BATCH=${BATCH:-2}
 if [ $# -gt 0 ]; then
     MODELS=("$@")
 else
     MODELS=(tf_efficientnetv2_b0 efficientnetv2_s efficientnet_b0)
 fi
-if [ -z "${EFFNET:-}" ]; then
-    cargo build --release --quiet
-    EFFNET=target/release/effnet
-fi
-if ! "$PYTHON" -c "import timm, torch, safetensors, numpy" 2>/dev/null; then
-    echo "error: $PYTHON lacks timm/torch/safetensors/numpy (see tools/README.md; set PYTHON)" >&2
-    exit 2
-fi
+source tools/parity_common.sh
 
-spec_for() {
-    case "$1" in
-        efficientnet_b[0-7]) echo specs/efficientnet.effnet ;;
-        tf_efficientnetv2_b[1-3]) echo specs/tf_efficientnetv2_b.effnet ;;
-        *) echo "specs/$1.effnet" ;;
-    esac
-}
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -20,32 +20,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
-RES=${RES:-128}
-BATCH=${BATCH:-2}
 if [ $# -gt 0 ]; then
     MODELS=("$@")
 else
     MODELS=(tf_efficientnetv2_b0 efficientnetv2_s efficientnet_b0 efficientnetv2_rw_t)
 fi
-if [ -z "${EFFNET:-}" ]; then
-    cargo build --release --quiet
-    EFFNET=target/release/effnet
-fi
-if ! "$PYTHON" -c "import timm, torch, safetensors, numpy" 2>/dev/null; then
-    echo "error: $PYTHON lacks timm/torch/safetensors/numpy (see tools/README.md; set PYTHON)" >&2
-    exit 2
-fi
+source tools/parity_common.sh
 
-# The bundled spec that defines each model.
-# The bundled spec that defines model $1 (specs/$1.effnet, else the family file that has it).
-spec_for() {
-    if [ -f "specs/$1.effnet" ]; then
-        echo "specs/$1.effnet"
-    else
-        grep -lE "^model $1( |$)" specs/*.effnet | head -n 1
-    fi
-}
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -236,14 +236,16 @@ multiversion! {
     }
 }
 
-/// Backward of train-mode BatchNorm + activation over `[rows, c]` data: `d` holds the
-/// gradient at the activation's output and becomes the gradient at the BatchNorm's input `z`.
-/// Returns the gradients of gamma and beta.
-pub fn bn_act_backward(d: &mut [f32], z: &[f32], c: usize, bn: &BnAct<'_>) -> (Vec<f32>, Vec<f32>) {
-    if c == 0 || d.is_empty() || d.len() != z.len() {
-        return (vec![0.0; c], vec![0.0; c]);
-    }
-    let chunk = rows_per_task(c) * c;
+/// The first half of a BatchNorm + activation backward, shared by train and eval mode: `d`
+/// becomes the gradient at the activation's input (through `bn_grad_rows`), and the gradients
+/// of beta and gamma are its per-channel sums (f64 partials per task of `chunk` values).
+fn bn_param_grads(
+    d: &mut [f32],
+    z: &[f32],
+    c: usize,
+    bn: &BnAct<'_>,
+    chunk: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let parts: Vec<Vec<f64>> = d
         .par_chunks_mut(chunk)
         .zip(z.par_chunks(chunk))
@@ -254,8 +256,20 @@ pub fn bn_act_backward(d: &mut [f32], z: &[f32], c: usize, bn: &BnAct<'_>) -> (V
         })
         .collect();
     let sums = sum_partials(&parts, 2 * c);
-    let db: Vec<f32> = sums[..c].iter().map(|&v| v as f32).collect();
-    let dw: Vec<f32> = sums[c..].iter().map(|&v| v as f32).collect();
+    let db = sums[..c].iter().map(|&v| v as f32).collect();
+    let dw = sums[c..].iter().map(|&v| v as f32).collect();
+    (db, dw)
+}
+
+/// Backward of train-mode BatchNorm + activation over `[rows, c]` data: `d` holds the
+/// gradient at the activation's output and becomes the gradient at the BatchNorm's input `z`.
+/// Returns the gradients of gamma and beta.
+pub fn bn_act_backward(d: &mut [f32], z: &[f32], c: usize, bn: &BnAct<'_>) -> (Vec<f32>, Vec<f32>) {
+    if c == 0 || d.is_empty() || d.len() != z.len() {
+        return (vec![0.0; c], vec![0.0; c]);
+    }
+    let chunk = rows_per_task(c) * c;
+    let (db, dw) = bn_param_grads(d, z, c, bn, chunk);
     let m = (d.len() / c) as f32;
     let k1: Vec<f32> = (0..c).map(|ch| bn.gamma[ch] * bn.inv_std[ch] / m).collect();
     d.par_chunks_mut(chunk)
@@ -279,18 +293,7 @@ pub fn bn_act_backward_eval(
         return (vec![0.0; c], vec![0.0; c]);
     }
     let chunk = rows_per_task(c) * c;
-    let parts: Vec<Vec<f64>> = d
-        .par_chunks_mut(chunk)
-        .zip(z.par_chunks(chunk))
-        .map(|(dp, zp)| {
-            let mut acc = vec![0f64; 2 * c];
-            bn_grad_rows(dp, zp, c, bn, &mut acc);
-            acc
-        })
-        .collect();
-    let sums = sum_partials(&parts, 2 * c);
-    let db: Vec<f32> = sums[..c].iter().map(|&v| v as f32).collect();
-    let dw: Vec<f32> = sums[c..].iter().map(|&v| v as f32).collect();
+    let (db, dw) = bn_param_grads(d, z, c, bn, chunk);
     // Without batch statistics the normalization is a fixed per-channel affine map.
     let k: Vec<f32> = (0..c).map(|ch| bn.gamma[ch] * bn.inv_std[ch]).collect();
     d.par_chunks_mut(chunk).for_each(|dp| {
