@@ -131,13 +131,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
             .iter()
             .map(|s| s.repeats)
             .collect();
-        for (slot, n) in
-            repeats[range.clone()]
-                .iter_mut()
-                .zip(scale_stage_repeats(&lines, m, model.round_depth))
-        {
-            *slot = n;
-        }
+        repeats[range.clone()].copy_from_slice(&scale_stage_repeats(&lines, m, model.round_depth));
     }
     let total_blocks: usize = repeats.iter().sum();
 
