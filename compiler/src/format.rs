@@ -22,9 +22,9 @@
 //! The result is a fixed point: `format(format(x)) == format(x)`.
 
 use effnet_grammar::{
-    Comment, Decay, Doc, File, Item, KwArg, Layer, LayerOpt, LayerOptKind, Model, ModelStmt,
+    Alternative, Choice, ChoiceTarget, Comment, Decay, Doc, File, Item, KwArg, Layer, LayerOpt, LayerOptKind, Model, ModelStmt,
     ModelStmtKind, Number, ParseError, Part, ScaleArg, ScaleValue, Schedule, ScheduleStmt,
-    ScheduleStmtKind, SettingValue, Span, Value, parse,
+    ScheduleStmtKind, SearchStmt, SearchStmtKind, SettingValue, Span, Value, parse,
 };
 
 /// Indentation of a body.
@@ -307,6 +307,12 @@ impl<'a> Formatter<'a> {
                 m.body.is_some(),
             ),
             Item::Schedule(s) => (&s.docs, schedule_header(s), s.model.span.end, true),
+            Item::Search(s) => (
+                &s.docs,
+                format!("search {} for {}", s.name.name, s.space.name),
+                s.space.span.end,
+                true,
+            ),
         };
         let span = item.span();
         let start = self.code_start(span.start, docs);
@@ -349,6 +355,12 @@ impl<'a> Formatter<'a> {
             Item::Schedule(s) => {
                 for stmt in &s.body {
                     let (code, end) = self.schedule_stmt(stmt);
+                    self.statement(&stmt.docs, stmt.span, code, end, &mut body_para, &mut body);
+                }
+            }
+            Item::Search(s) => {
+                for stmt in &s.body {
+                    let (code, end) = self.search_stmt(stmt);
                     self.statement(&stmt.docs, stmt.span, code, end, &mut body_para, &mut body);
                 }
             }
@@ -515,6 +527,50 @@ impl<'a> Formatter<'a> {
                 format!("lr_scale {} {}", parts_text(parts), scale.text),
                 parts_end(parts).max(scale.span.end),
             ),
+        };
+        (Code::Plain(code), self.close_end(last.max(start)))
+    }
+
+    fn search_stmt(&self, stmt: &SearchStmt) -> (Code, usize) {
+        let start = self.code_start(stmt.span.start, &stmt.docs);
+        let (code, last) = match &stmt.kind {
+            SearchStmtKind::Strategy { kind, args } => (
+                format!("strategy {}{}", kind.name, kwargs(args)),
+                args_end(args).max(kind.span.end),
+            ),
+            SearchStmtKind::Reward(args) => (
+                format!("reward{}", kwargs(args)),
+                args_end(args).max(stmt.span.end),
+            ),
+            SearchStmtKind::Constraint {
+                metric,
+                comparison,
+                bound,
+                relative,
+            } => {
+                let base = if *relative { " * base" } else { "" };
+                (
+                    format!("constraint {} {comparison} {}{base}", metric.name, bound.text),
+                    // `base` has no node of its own: the statement's span ends with it.
+                    if *relative {
+                        stmt.span.end
+                    } else {
+                        bound.span.end
+                    },
+                )
+            }
+            SearchStmtKind::Base(i) => (format!("base {}", i.name), i.span.end),
+            SearchStmtKind::Setting { key, value } => {
+                let (v, end) = match value {
+                    SettingValue::Single(n) => (n.text.clone(), n.span.end),
+                    SettingValue::Range(a, b) => (format!("{} -> {}", a.text, b.text), b.span.end),
+                    SettingValue::List(v) => (
+                        format!("[{}]", join_numbers(&v[..])),
+                        numbers_end(&v[..]).max(key.span.end),
+                    ),
+                };
+                (format!("{} {v}", key.name), end)
+            }
         };
         (Code::Plain(code), self.close_end(last.max(start)))
     }
@@ -752,18 +808,45 @@ fn scale_args(args: &[ScaleArg]) -> String {
         .join(" ")
 }
 
+/// A choice as written: `{fused|mbconv}`, `{3|5}`, `{1..4}`.
+fn choice_text(c: &Choice) -> String {
+    match (c.range, c.alternatives.first(), c.alternatives.last()) {
+        (true, Some(a), Some(b)) => format!("{{{}..{}}}", a.text(), b.text()),
+        _ => format!(
+            "{{{}}}",
+            c.alternatives
+                .iter()
+                .map(Alternative::text)
+                .collect::<Vec<_>>()
+                .join("|")
+        ),
+    }
+}
+
+/// The value of `target` in `l`: its choice when it has one, else `written`.
+fn value_text(l: &Layer, target: ChoiceTarget, written: &str) -> String {
+    l.choices
+        .iter()
+        .find(|c| c.target == target)
+        .map(choice_text)
+        .unwrap_or_else(|| written.to_string())
+}
+
 fn params(l: &Layer) -> String {
     l.params
         .iter()
-        .map(|p| format!("{}{}", p.letter, p.value.text))
+        .map(|p| {
+            let v = value_text(l, ChoiceTarget::Param(p.letter), &p.value.text);
+            format!("{}{v}", p.letter)
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
 
-fn option(o: &LayerOpt) -> String {
+fn option(l: &Layer, o: &LayerOpt) -> String {
     match &o.kind {
-        LayerOptKind::Repeats(n) => format!("x{}", n.text),
-        LayerOptKind::Se(n) => format!("se {}", n.text),
+        LayerOptKind::Repeats(n) => format!("x{}", value_text(l, ChoiceTarget::Repeats, &n.text)),
+        LayerOptKind::Se(n) => format!("se {}", value_text(l, ChoiceTarget::Se, &n.text)),
         LayerOptKind::Skip => "skip".to_string(),
         LayerOptKind::NoSkip => "noskip".to_string(),
         LayerOptKind::Act(i) => format!("act {}", i.name),
@@ -775,14 +858,14 @@ fn option(o: &LayerOpt) -> String {
 
 /// `KIND k3 s2 -> 24 OPTIONS`, single-spaced (stems and heads).
 fn layer(l: &Layer) -> String {
-    let mut cells = vec![l.kind.name.clone()];
+    let mut cells = vec![value_text(l, ChoiceTarget::Kind, &l.kind.name)];
     let p = params(l);
     if !p.is_empty() {
         cells.push(p);
     }
     cells.push("->".to_string());
-    cells.push(l.channels.text.clone());
-    cells.extend(l.options.iter().map(option));
+    cells.push(value_text(l, ChoiceTarget::Channels, &l.channels.text));
+    cells.extend(l.options.iter().map(|o| option(l, o)));
     cells.join(" ")
 }
 
@@ -793,6 +876,9 @@ fn layer_end(l: &Layer) -> usize {
     }
     for o in &l.options {
         end = end.max(o.span.end);
+    }
+    for c in &l.choices {
+        end = end.max(c.span.end);
     }
     end
 }
@@ -805,15 +891,21 @@ fn stage_row(l: &Layer, then: bool) -> StageRow {
                 ..
             },
             rest,
-        )) => (Some(format!("x{}", n.text)), rest),
+        )) => (
+            Some(format!(
+                "x{}",
+                value_text(l, ChoiceTarget::Repeats, &n.text)
+            )),
+            rest,
+        ),
         _ => (None, l.options.as_slice()),
     };
     StageRow {
         then,
-        kind: l.kind.name.clone(),
+        kind: value_text(l, ChoiceTarget::Kind, &l.kind.name),
         params: params(l),
-        channels: l.channels.text.clone(),
+        channels: value_text(l, ChoiceTarget::Channels, &l.channels.text),
         repeats,
-        rest: rest.iter().map(option).collect(),
+        rest: rest.iter().map(|o| option(l, o)).collect(),
     }
 }

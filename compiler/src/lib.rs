@@ -17,6 +17,7 @@ pub mod format;
 pub mod import;
 pub mod ir;
 pub mod lower;
+pub mod search;
 
 pub use check::{Checked, Findings, Items, check, check_each, chosen_resolution};
 pub use diagnostic::{Diagnostic, NotUtf8, Severity, SourceFile, render};

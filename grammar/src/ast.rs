@@ -73,6 +73,7 @@ pub struct Comment {
 pub enum Item {
     Model(Model),
     Schedule(Schedule),
+    Search(Search),
 }
 
 impl Item {
@@ -80,6 +81,7 @@ impl Item {
         match self {
             Item::Model(m) => m.span,
             Item::Schedule(s) => s.span,
+            Item::Search(s) => s.span,
         }
     }
 }
@@ -210,12 +212,77 @@ impl Value {
 }
 
 /// A stem, stage or head line: `KIND k3 e4 s2 -> 48 x4 se 0.25 skip`.
+///
+/// In a search space some values are choices (`{fused|mbconv}`, `k{3|5}`, `x{1..4}`): the
+/// fields then hold each choice's first alternative and `choices` lists the alternatives;
+/// `effnet_compiler::search` turns such a line into an ordinary one for each candidate.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Layer {
     pub kind: Ident,
     pub params: Vec<LayerParam>,
     pub channels: Number,
     pub options: Vec<LayerOpt>,
+    pub choices: Vec<Choice>,
+}
+
+/// `{a|b|c}` or `{1..4}` in place of a value of a layer line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Choice {
+    pub target: ChoiceTarget,
+    pub alternatives: Vec<Alternative>,
+    /// Written as a range `{A..B}` (both ends included) rather than listed.
+    pub range: bool,
+    pub span: Span,
+}
+
+/// Which value of a layer line a choice stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum ChoiceTarget {
+    /// The block kind: `{fused|mbconv}`.
+    Kind,
+    /// A layer parameter: `k{3|5}`, `e{1|4|6}`, `s{1|2}`.
+    Param(char),
+    /// The output channels: `-> {32|48}`.
+    Channels,
+    /// `x{1..4}`.
+    Repeats,
+    /// `se {0|0.25}`; 0 means no squeeze-excitation.
+    Se,
+}
+
+impl ChoiceTarget {
+    /// How the value is written, for messages: `kind`, `k`, `-> channels`, `x`, `se`.
+    pub fn describe(self) -> String {
+        match self {
+            ChoiceTarget::Kind => "block kind".into(),
+            ChoiceTarget::Param(c) => c.to_string(),
+            ChoiceTarget::Channels => "channels".into(),
+            ChoiceTarget::Repeats => "x".into(),
+            ChoiceTarget::Se => "se".into(),
+        }
+    }
+}
+
+/// One alternative of a choice: a name (block kinds) or a number.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Alternative {
+    Ident(Ident),
+    Number(Number),
+}
+
+impl Alternative {
+    pub fn span(&self) -> Span {
+        match self {
+            Alternative::Ident(i) => i.span,
+            Alternative::Number(n) => n.span,
+        }
+    }
+    pub fn text(&self) -> &str {
+        match self {
+            Alternative::Ident(i) => &i.name,
+            Alternative::Number(n) => &n.text,
+        }
+    }
 }
 
 /// `k3`, `e4` or `s2`.
@@ -368,4 +435,42 @@ impl SettingValue {
             },
         }
     }
+}
+
+/// `search NAME for SPACE { ... }`: how `effnet search` explores model SPACE's choices.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Search {
+    pub docs: Vec<Doc>,
+    pub name: Ident,
+    pub space: Ident,
+    pub body: Vec<SearchStmt>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SearchStmt {
+    pub docs: Vec<Doc>,
+    pub kind: SearchStmtKind,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum SearchStmtKind {
+    /// `strategy evolution(population = 8, sample = 3)`.
+    Strategy { kind: Ident, args: Vec<KwArg> },
+    /// `reward(step_time = -0.07, params = -0.05)`: the exponents of each measure.
+    Reward(Vec<KwArg>),
+    /// `constraint step_time < 1.2 * base`.
+    Constraint {
+        metric: Ident,
+        /// `<` or `<=`.
+        comparison: String,
+        bound: Number,
+        /// `* base`: the bound is relative to the base model's value.
+        relative: bool,
+    },
+    /// `base efficientnetv2_nano`: the model step time and parameters are normalized by.
+    Base(Ident),
+    /// `candidates 24`, `epochs 2`, `image 20`, `batch 64`, `images 2000`.
+    Setting { key: Ident, value: SettingValue },
 }

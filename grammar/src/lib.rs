@@ -9,3 +9,7 @@ mod parse;
 
 pub use ast::*;
 pub use parse::{ParseError, parse, parse_freeze_flag, parse_lr_scale_flag};
+
+/// The most alternatives a range choice `{A..B}` expands to; a longer (or empty) range keeps
+/// only its two ends, for the checker to report.
+pub const MAX_RANGE_ALTERNATIVES: usize = 1024;

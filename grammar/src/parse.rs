@@ -47,6 +47,7 @@ pub fn parse(source: &str) -> Result<File, ParseError> {
         match p.as_rule() {
             Rule::model => items.push(Item::Model(model(p))),
             Rule::schedule => items.push(Item::Schedule(schedule(p))),
+            Rule::search => items.push(Item::Search(search(p))),
             _ => {}
         }
     }
@@ -331,9 +332,25 @@ fn layer(p: Pair<Rule>) -> Layer {
     let mut params = Vec::new();
     let mut channels = None;
     let mut options = Vec::new();
+    let mut choices = Vec::new();
     for c in children(p) {
         match c.as_rule() {
             Rule::ident => kind = Some(ident(c)),
+            Rule::name_choice => {
+                let choice = Choice {
+                    target: ChoiceTarget::Kind,
+                    alternatives: children(c.clone())
+                        .map(|a| Alternative::Ident(ident(a)))
+                        .collect(),
+                    range: false,
+                    span: span(&c),
+                };
+                kind = choice.alternatives.first().and_then(|a| match a {
+                    Alternative::Ident(i) => Some(i.clone()),
+                    Alternative::Number(_) => None,
+                });
+                choices.push(choice);
+            }
             Rule::layer_param => {
                 let psp = span(&c);
                 let mut letter = ' ';
@@ -342,6 +359,9 @@ fn layer(p: Pair<Rule>) -> Layer {
                     match q.as_rule() {
                         Rule::param_letter => letter = q.as_str().chars().next().unwrap_or(' '),
                         Rule::number => value = Some(number(q)),
+                        Rule::num_choice => {
+                            value = number_choice(q, ChoiceTarget::Param(letter), &mut choices)
+                        }
                         _ => {}
                     }
                 }
@@ -354,12 +374,19 @@ fn layer(p: Pair<Rule>) -> Layer {
                 }
             }
             Rule::number => channels = Some(number(c)),
+            Rule::num_choice => channels = number_choice(c, ChoiceTarget::Channels, &mut choices),
             Rule::layer_opt => {
                 if let Some(o) = c.into_inner().next() {
                     let osp = span(&o);
                     let kind = match o.as_rule() {
-                        Rule::repeats => LayerOptKind::Repeats(first_number(o)),
-                        Rule::se => LayerOptKind::Se(first_number(o)),
+                        Rule::repeats => LayerOptKind::Repeats(option_number(
+                            o,
+                            ChoiceTarget::Repeats,
+                            &mut choices,
+                        )),
+                        Rule::se => {
+                            LayerOptKind::Se(option_number(o, ChoiceTarget::Se, &mut choices))
+                        }
                         Rule::skip => LayerOptKind::Skip,
                         Rule::noskip => LayerOptKind::NoSkip,
                         Rule::act => LayerOptKind::Act(first_ident(o)),
@@ -385,6 +412,84 @@ fn layer(p: Pair<Rule>) -> Layer {
             span: sp,
         }),
         options,
+        choices,
+    }
+}
+
+/// A `num_choice` pair: records the choice and returns its first alternative, which stands
+/// for the value in the layer's fields.
+fn number_choice(p: Pair<Rule>, target: ChoiceTarget, choices: &mut Vec<Choice>) -> Option<Number> {
+    let sp = span(&p);
+    let mut alternatives = Vec::new();
+    let mut range = false;
+    for c in children(p) {
+        match c.as_rule() {
+            Rule::number => alternatives.push(Alternative::Number(number(c))),
+            Rule::choice_range => {
+                range = true;
+                let ends: Vec<(usize, Span)> = c
+                    .into_inner()
+                    .filter(|i| i.as_rule() == Rule::index)
+                    .map(|i| (i.as_str().parse::<usize>().unwrap_or(usize::MAX), span(&i)))
+                    .collect();
+                if let [(a, a_sp), (b, b_sp)] = ends[..] {
+                    // Each number of the range points at the whole range `A..B`; an empty or
+                    // huge range is the checker's to report (it sees `range` and the ends).
+                    let whole = a_sp.to(b_sp);
+                    let count = b.saturating_sub(a).saturating_add(1);
+                    if a <= b && count <= crate::MAX_RANGE_ALTERNATIVES {
+                        for v in a..=b {
+                            alternatives.push(Alternative::Number(Number {
+                                value: v as f64,
+                                text: v.to_string(),
+                                span: whole,
+                            }));
+                        }
+                    } else {
+                        for (v, s) in [(a, a_sp), (b, b_sp)] {
+                            alternatives.push(Alternative::Number(Number {
+                                value: v as f64,
+                                text: v.to_string(),
+                                span: s,
+                            }));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let first = alternatives.first().and_then(|a| match a {
+        Alternative::Number(n) => Some(n.clone()),
+        Alternative::Ident(_) => None,
+    });
+    choices.push(Choice {
+        target,
+        alternatives,
+        range,
+        span: sp,
+    });
+    first
+}
+
+/// The number of `x4` or `se 0.25`, or the first alternative of its choice.
+fn option_number(p: Pair<Rule>, target: ChoiceTarget, choices: &mut Vec<Choice>) -> Number {
+    let sp = span(&p);
+    for c in children(p.clone()) {
+        match c.as_rule() {
+            Rule::number => return number(c),
+            Rule::num_choice => {
+                if let Some(n) = number_choice(c, target, choices) {
+                    return n;
+                }
+            }
+            _ => {}
+        }
+    }
+    Number {
+        value: f64::NAN,
+        text: String::new(),
+        span: sp,
     }
 }
 
@@ -580,6 +685,115 @@ pub fn parse_lr_scale_flag(text: &str) -> Result<LrScaleFlag, ParseError> {
     Ok(LrScaleFlag { parts, scale })
 }
 
+fn search(p: Pair<Rule>) -> Search {
+    let sp = span(&p);
+    let (docs, rest) = docs_and_rest(p);
+    let mut idents = Vec::new();
+    let mut body = Vec::new();
+    for c in rest {
+        match c.as_rule() {
+            Rule::ident => idents.push(ident(c)),
+            Rule::search_body => body = children(c).map(search_stmt).collect(),
+            _ => {}
+        }
+    }
+    let empty = Ident {
+        name: String::new(),
+        span: sp,
+    };
+    let mut idents = idents.into_iter();
+    Search {
+        docs,
+        name: idents.next().unwrap_or(empty.clone()),
+        space: idents.next().unwrap_or(empty),
+        body,
+        span: sp,
+    }
+}
+
+fn search_stmt(p: Pair<Rule>) -> SearchStmt {
+    let sp = span(&p);
+    let (docs, rest) = docs_and_rest(p);
+    let empty = Ident {
+        name: String::new(),
+        span: sp,
+    };
+    let kind = match rest.into_iter().next() {
+        Some(c) => match c.as_rule() {
+            Rule::strategy => {
+                let mut kind = empty.clone();
+                let mut args = Vec::new();
+                for d in children(c) {
+                    match d.as_rule() {
+                        Rule::ident => kind = ident(d),
+                        Rule::kwargs => args = kwargs(d),
+                        _ => {}
+                    }
+                }
+                SearchStmtKind::Strategy { kind, args }
+            }
+            Rule::reward => SearchStmtKind::Reward(
+                children(c)
+                    .filter(|d| d.as_rule() == Rule::reward_arg)
+                    .map(|a| {
+                        let asp = span(&a);
+                        let mut key = empty.clone();
+                        let mut value = Value::Ident(empty.clone());
+                        for d in children(a) {
+                            match d.as_rule() {
+                                Rule::ident => key = ident(d),
+                                Rule::signed => value = Value::Number(number(d)),
+                                _ => {}
+                            }
+                        }
+                        KwArg {
+                            key,
+                            value,
+                            span: asp,
+                        }
+                    })
+                    .collect(),
+            ),
+            Rule::constraint => {
+                let mut metric = empty.clone();
+                let mut comparison = String::new();
+                let mut bound = None;
+                let mut relative = false;
+                for d in c.into_inner() {
+                    match d.as_rule() {
+                        Rule::ident => metric = ident(d),
+                        Rule::comparison => comparison = d.as_str().to_string(),
+                        Rule::number => bound = Some(number(d)),
+                        Rule::kw_base => relative = true,
+                        _ => {}
+                    }
+                }
+                SearchStmtKind::Constraint {
+                    metric,
+                    comparison,
+                    bound: bound.unwrap_or(Number {
+                        value: f64::NAN,
+                        text: String::new(),
+                        span: sp,
+                    }),
+                    relative,
+                }
+            }
+            Rule::search_base => SearchStmtKind::Base(first_ident(c)),
+            _ => match setting(c) {
+                ScheduleStmtKind::Setting { key, value } => SearchStmtKind::Setting { key, value },
+                _ => SearchStmtKind::Base(empty),
+            },
+        },
+        None => SearchStmtKind::Base(empty),
+    };
+    SearchStmt {
+        docs,
+        kind,
+        span: sp,
+    }
+}
+
 fn setting(p: Pair<Rule>) -> ScheduleStmtKind {
     let sp = span(&p);
     let mut key = Ident {
@@ -619,6 +833,21 @@ fn rule_display(rule: Rule) -> String {
         Rule::doc => "a doc comment".into(),
         Rule::model => "`model`".into(),
         Rule::schedule => "`schedule`".into(),
+        Rule::search => "`search`".into(),
+        Rule::search_body => "`{`".into(),
+        Rule::search_stmt => {
+            "a search statement (`strategy`, `candidates`, `epochs`, `image`, `reward`, \
+             `constraint`, `base`)"
+                .into()
+        }
+        Rule::name_choice | Rule::num_choice => {
+            "a choice like `{fused|mbconv}`, `{3|5}` or `{1..4}`".into()
+        }
+        Rule::choice_range => "a range like `1..4`".into(),
+        Rule::comparison => "`<` or `<=`".into(),
+        Rule::reward_arg => "a measure and its exponent, like `step_time = -0.07`".into(),
+        Rule::signed => "a number (exponents may be negative)".into(),
+        Rule::times => "`*`".into(),
         Rule::derivation => "`=` (a model derived from another)".into(),
         Rule::parts | Rule::part | Rule::part_name | Rule::part_stages => {
             "a part (`stem`, `stages 0..3`, `head`, `classifier`, `backbone`)".into()

@@ -70,15 +70,26 @@ pub struct Findings {
     pub items: Items,
 }
 
-/// Check a parsed file model by model: an error in one model leaves the others usable.
+/// Check a parsed file model by model: an error in one model leaves the others usable. A model
+/// with choices (a search space) is checked as its default candidate, and its choices and the
+/// file's `search` items by [`crate::search::check_spaces`].
 pub fn check_each(file: &File) -> Findings {
+    let concrete = crate::search::defaults(file);
+    let mut found = check_concrete(&concrete);
+    crate::search::check_spaces(file, &mut found);
+    found
+}
+
+/// [`check_each`] for a file without choices (`search` items are left to
+/// [`crate::search::check_spaces`]).
+pub(crate) fn check_concrete(file: &File) -> Findings {
     let mut cx = Cx::default();
     let models: Vec<&Model> = file
         .items
         .iter()
         .filter_map(|i| match i {
             Item::Model(m) => Some(m),
-            Item::Schedule(_) => None,
+            Item::Schedule(_) | Item::Search(_) => None,
         })
         .collect();
 
