@@ -210,10 +210,11 @@ impl Space {
         out
     }
 
-    /// The file with this space's model replaced by candidate `picks`, and every other space
-    /// by its default candidate.
+    /// The file with this space's model replaced by candidate `picks`, every other space by
+    /// its default candidate, and no `search` items: an ordinary file.
     pub fn concretize_file(&self, file: &File, picks: &[usize]) -> File {
         let mut out = file.clone();
+        out.items.retain(|i| !matches!(i, Item::Search(_)));
         for item in &mut out.items {
             if let Item::Model(m) = item {
                 if m.name.name == self.model {
@@ -940,23 +941,39 @@ pub struct SpaceSummary {
     pub invalid: usize,
 }
 
-/// Parameters and MACs of candidate `picks` at the model's resolution, or `None` when the
-/// candidate is not a valid model.
-pub fn measure(file: &File, space: &Space, picks: &[usize]) -> Option<(usize, u64)> {
+/// Candidate `picks` checked and lowered (with its schedules), or the errors that make it
+/// invalid (its lines may clash with each other, which [`check_spaces`] does not try).
+pub fn candidate_network(
+    file: &File,
+    space: &Space,
+    picks: &[usize],
+) -> Result<crate::ir::Network, Vec<Diagnostic>> {
     let concrete = space.concretize_file(file, picks);
     let found = check_concrete(&concrete);
-    if found.diagnostics.iter().any(|d| {
-        d.is_error() && d.item.as_deref().is_none_or(|i| i == space.model.as_str())
-    }) {
-        return None;
+    let errors: Vec<Diagnostic> = found
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error() && d.item.as_deref().is_none_or(|i| i == space.model.as_str()))
+        .cloned()
+        .collect();
+    if !errors.is_empty() {
+        return Err(errors);
     }
-    let def = found.models.iter().find(|m| m.name == space.model)?;
+    let Some(def) = found.models.iter().find(|m| m.name == space.model) else {
+        return Err(Vec::new());
+    };
     let schedules: Vec<_> = found
         .schedules
         .iter()
         .filter(|s| s.model == def.name)
         .collect();
-    let net = crate::lower(def, &schedules);
+    Ok(crate::lower(def, &schedules))
+}
+
+/// Parameters and MACs of candidate `picks` at the model's resolution, or `None` when the
+/// candidate is not a valid model.
+pub fn measure(file: &File, space: &Space, picks: &[usize]) -> Option<(usize, u64)> {
+    let net = candidate_network(file, space, picks).ok()?;
     Some((net.param_count(), crate::analysis::summarize(&net, net.resolution).macs))
 }
 
@@ -1041,4 +1058,94 @@ pub fn summarize(file: &File, space: &Space) -> SpaceSummary {
         exact,
         invalid,
     }
+}
+
+/// The text of `range` of `source` with the edits inside it applied (edits sorted, disjoint).
+fn splice(source: &str, range: Span, edits: &[(Span, String)]) -> String {
+    let mut out = String::new();
+    let mut at = range.start;
+    for (span, text) in edits {
+        if span.start < at || span.end > range.end {
+            continue;
+        }
+        out.push_str(&source[at..span.start]);
+        out.push_str(text);
+        at = span.end;
+    }
+    out.push_str(&source[at..range.end]);
+    out
+}
+
+/// Candidate `picks` of `space` as a spec of its own: the space's model with each choice
+/// written as the alternative taken, renamed `name`, with `docs` as its doc comment, followed
+/// by the space's schedules (now for `name`); formatted as `effnet fmt` writes it, so that
+/// `effnet train` takes it as it is. Comments inside the model and schedules are kept.
+pub fn candidate_source(
+    source: &str,
+    file: &File,
+    space: &Space,
+    picks: &[usize],
+    name: &str,
+    docs: &[String],
+) -> Result<String, String> {
+    let model = models(file)
+        .find(|m| m.name.name == space.model)
+        .ok_or_else(|| format!("no model named `{}`", space.model))?;
+    let mut edits: Vec<(Span, String)> = vec![(model.name.span, name.to_string())];
+    for (p, &pick) in space.points.iter().zip(picks) {
+        let alt = p
+            .alternatives
+            .get(pick)
+            .ok_or_else(|| format!("candidate picks alternative {pick} of `{}`", p.name()))?;
+        let drop_se = p.target == ChoiceTarget::Se
+            && matches!(alt, Alternative::Number(n) if n.value == 0.0);
+        if drop_se {
+            // `se {0|0.25}` at 0: the whole option goes.
+            let se = model
+                .body
+                .iter()
+                .flatten()
+                .nth(p.stmt)
+                .and_then(|s| match &s.kind {
+                    ModelStmtKind::Stem(l)
+                    | ModelStmtKind::Stage(l)
+                    | ModelStmtKind::Then(l)
+                    | ModelStmtKind::Head(Some(l)) => l.options.iter().find(|o| {
+                        matches!(o.kind, LayerOptKind::Se(_))
+                            && o.span.start <= p.span.start
+                            && p.span.end <= o.span.end
+                    }),
+                    _ => None,
+                });
+            if let Some(o) = se {
+                edits.push((o.span, String::new()));
+                continue;
+            }
+        }
+        edits.push((p.span, alt.text().to_string()));
+    }
+    edits.sort_by_key(|e| e.0.start);
+    // The model from its keyword (its own doc comment is replaced by `docs`).
+    let model_start = model
+        .docs
+        .last()
+        .map_or(model.span.start, |d| d.span.end);
+    let mut text: String = docs.iter().map(|d| format!("/// {d}\n")).collect();
+    text.push_str(splice(source, Span::new(model_start, model.span.end), &edits).trim_start());
+    for item in &file.items {
+        if let Item::Schedule(s) = item
+            && s.model.name == space.model
+        {
+            let renamed = [(s.model.span, name.to_string())];
+            text.push_str("\n\n");
+            text.push_str(&splice(source, s.span, &renamed));
+        }
+    }
+    text.push('\n');
+    crate::format::format_source(&text).map_err(|e| {
+        format!(
+            "the candidate's spec does not parse ({} at byte {}): a bug in effnet",
+            e.message, e.span.start
+        )
+    })
 }

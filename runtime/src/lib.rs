@@ -21,6 +21,7 @@ pub mod export;
 pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod search;
 pub mod train;
 pub mod weights;
 

@@ -17,7 +17,14 @@ pub fn run(files: &[PathBuf]) -> Result<ExitCode, String> {
             }
         };
         match compile(&file.text) {
-            Ok(c) => print_diagnostics(&file, c.warnings()),
+            Ok(c) => {
+                print_diagnostics(&file, c.warnings());
+                for net in &c.networks {
+                    if let Some(sp) = super::space_summary(&file.text, &net.name) {
+                        println!("{}: {}", file.name, super::space_line(&sp));
+                    }
+                }
+            }
             Err(diags) => {
                 print_diagnostics(&file, &diags);
                 failed += 1;

@@ -19,6 +19,7 @@ mod fmt;
 mod import;
 mod predict;
 mod run;
+mod search;
 mod summary;
 mod train;
 
@@ -148,6 +149,9 @@ pub enum Command {
     /// Train a model with its progressive-learning schedule; checkpoints, metrics.csv and
     /// curves.png go to the run directory.
     Train(train::TrainArgs),
+    /// Training-aware architecture search over a spec's choices (`effnet search SPEC --data D
+    /// --out DIR`): search.csv, pareto.png and the best models as specs.
+    Search(search::SearchArgs),
     /// Top-1 / top-5 accuracy of a model with given weights on a dataset.
     Eval(eval::EvalArgs),
     /// Write a model with its weights as ONNX: standard operators, timm's tensor names.
@@ -167,6 +171,7 @@ impl Command {
             | Command::Predict { compute, .. }
             | Command::Bench { compute, .. } => Some(compute),
             Command::Train(a) => Some(&a.compute),
+            Command::Search(a) => Some(&a.compute),
             Command::Eval(a) => Some(&a.compute),
             _ => None,
         }
@@ -253,6 +258,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Fmt { files, check } => fmt::run(&files, check),
         Command::Import { source } => import::run(source),
         Command::Train(args) => train::run(args),
+        Command::Search(args) => search::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Export(args) => export::run(args),
         #[cfg(feature = "expand")]
@@ -333,6 +339,55 @@ pub fn load(path: &Path, model: Option<&str>) -> Result<Loaded, String> {
     }
     let network = chosen.network.clone();
     Ok(Loaded { file, network })
+}
+
+/// The size and parameter / MAC ranges of model `model`'s search space, when it has choices.
+pub fn space_summary(text: &str, model: &str) -> Option<effnet_compiler::search::SpaceSummary> {
+    let file = effnet_compiler::parse(text).ok()?;
+    let space = effnet_compiler::search::Space::all(&file)
+        .into_iter()
+        .find(|s| s.model == model)?;
+    Some(effnet_compiler::search::summarize(&file, &space))
+}
+
+/// `space `m`: 5.3e5 candidates over 18 choices; 0.1-1.3 M parameters, ... (exact)`.
+pub fn space_line(s: &effnet_compiler::search::SpaceSummary) -> String {
+    let size = if s.size < 1e6 {
+        summary::thousands(s.size as u64)
+    } else {
+        format!("{:.2e}", s.size)
+    };
+    let how = if s.exact {
+        "exact: every candidate measured".to_string()
+    } else {
+        "bounds found by coordinate search; too many candidates to measure each".to_string()
+    };
+    format!(
+        "search space `{}`: {size} candidates over {} choices; {}..{} parameters, {}..{} MACs ({how}{})",
+        s.model,
+        s.choices,
+        summary::thousands(s.params.min as u64),
+        summary::thousands(s.params.max as u64),
+        summary::thousands(s.macs.min as u64),
+        summary::thousands(s.macs.max as u64),
+        if s.invalid > 0 {
+            format!("; {} candidates tried were not valid models", s.invalid)
+        } else {
+            String::new()
+        }
+    )
+}
+
+pub fn space_json(s: &effnet_compiler::search::SpaceSummary) -> serde_json::Value {
+    serde_json::json!({
+        "model": s.model,
+        "size": s.size,
+        "choices": s.choices,
+        "params": {"min": s.params.min, "max": s.params.max},
+        "macs": {"min": s.macs.min, "max": s.macs.max},
+        "exact": s.exact,
+        "invalid": s.invalid,
+    })
 }
 
 /// The warning for a `--resolution` the user chose that the model's strides do not divide:

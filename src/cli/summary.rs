@@ -5,7 +5,7 @@ use effnet_compiler::analysis::summarize;
 
 use super::load;
 
-fn thousands(n: u64) -> String {
+pub(super) fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -34,10 +34,19 @@ pub fn run(
     }
     super::warn_chosen_resolution(net, resolution, true);
     let s = summarize(net, resolution);
+    let space = super::space_summary(&loaded.file.text, &net.name);
     if json {
-        let text = serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?;
+        let mut v = serde_json::to_value(&s).map_err(|e| e.to_string())?;
+        if let (Some(sp), Some(obj)) = (&space, v.as_object_mut()) {
+            obj.insert("space".into(), super::space_json(sp));
+        }
+        let text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
         println!("{text}");
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(sp) = &space {
+        println!("{}", super::space_line(sp));
+        println!("the default candidate (every choice at its first alternative):");
     }
     println!(
         "{} at {}x{} ({} input channels, {} classes)",
