@@ -504,3 +504,19 @@ schedule tune for flowers {
         "model a {\n    classes 2\n    stem conv k3 s1 -> 8\n}\n\nmodel b = a\n"
     );
 }
+
+/// Choices and `search` items, from any layout to the canonical one: choices without inner
+/// spaces, `se {..}` spaced like `se 0.25`, stage tables aligned on the written choices.
+#[test]
+fn choices_and_searches_get_the_canonical_layout() {
+    let messy = "model s { classes 10 stem conv k3 s2 -> { 16 | 24 }
+stage { fused|mbconv } k{ 3|5 } e{1 | 4} s1 -> 16 x{ 1..3 } skip
+stage mbconv k3 e4 s2 -> 32 x2 se{0.25|0} // maybe no SE
+}
+search  quick  for s { strategy evolution( population = 8,sample=2 ) candidates 12
+reward( step_time=-0.07 , params = -0.05 ) constraint step_time<1.2*base
+constraint params <= 5e5 }
+";
+    let out = check_roundtrip("choices", messy);
+    insta::assert_snapshot!("choices_and_searches", out);
+}

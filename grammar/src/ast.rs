@@ -222,6 +222,8 @@ pub struct Layer {
     pub params: Vec<LayerParam>,
     pub channels: Number,
     pub options: Vec<LayerOpt>,
+    /// Empty in a model without choices (and then left out of the AST's JSON).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub choices: Vec<Choice>,
 }
 
