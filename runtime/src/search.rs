@@ -124,6 +124,8 @@ pub struct Setup {
     /// Candidates in all (the search's `candidates` unless overridden).
     pub budget: usize,
     pub seed: u64,
+    /// Evaluate each proxy on the first N test images (`None`: all).
+    pub test_images: Option<usize>,
     pub device: Device,
     pub out: PathBuf,
 }
@@ -326,7 +328,10 @@ impl Engine {
         if let Some(n) = setup.def.images {
             train = train.truncate(n);
         }
-        let test = crate::data::load(data, crate::data::Split::Test).map_err(err)?;
+        let mut test = crate::data::load(data, crate::data::Split::Test).map_err(err)?;
+        if let Some(n) = setup.test_images {
+            test = test.truncate(n);
+        }
         let choices: Vec<(String, Vec<String>)> = setup
             .space
             .points

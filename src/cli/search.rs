@@ -37,6 +37,9 @@ pub struct SearchArgs {
     /// Seed of the draws, the weights and the data order (default 0).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Evaluate each proxy on the first N test images (default: all).
+    #[arg(long, value_name = "N")]
+    pub test_images: Option<usize>,
     /// Continue the search in --out.
     #[arg(long)]
     pub resume: bool,
@@ -132,6 +135,7 @@ pub fn run(a: SearchArgs) -> Result<ExitCode, String> {
         strategy,
         budget,
         seed: a.seed,
+        test_images: a.test_images,
         device: device(a.compute.device)?,
         out: a.out.clone(),
     };
