@@ -112,6 +112,15 @@ pub struct State {
     pub records: Vec<Record>,
 }
 
+/// What [`Engine::rank_check`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankCheck {
+    /// `(candidate, proxy accuracy, longer training's accuracy)`.
+    pub rows: Vec<(usize, f64, f64)>,
+    pub tau: f64,
+    pub epochs: usize,
+}
+
 /// Everything a search needs, checked.
 pub struct Setup {
     /// The spec's text and path (for the best models' sources and their doc comments).
@@ -474,13 +483,30 @@ impl Engine {
             record.wall_s = started.elapsed().as_secs_f64();
             return Ok(record);
         }
+        record.accuracy = self.train_accuracy(&net, schedule, index, observe)?;
+        record.reward = s
+            .def
+            .reward
+            .score(record.accuracy, |m| (record.value(m), base.value(m)));
+        record.wall_s = started.elapsed().as_secs_f64();
+        Ok(record)
+    }
+
+    /// Train `net` on the search's data with `schedule`; the final test top-1.
+    fn train_accuracy(
+        &self,
+        net: &ir::Network,
+        schedule: ir::Schedule,
+        index: usize,
+        observe: &mut dyn FnMut(Progress),
+    ) -> Result<f64, String> {
         let opts = TrainOptions {
-            seed: s.seed,
-            device: s.device.clone(),
+            seed: self.setup.seed,
+            device: self.setup.device.clone(),
             ..TrainOptions::default()
         };
         let mut trainer = Trainer::new(
-            &net,
+            net,
             schedule,
             opts,
             self.train.clone(),
@@ -492,17 +518,57 @@ impl Engine {
                 .run_epoch(&mut |event| observe(Progress::Training { index, event: &event }))
                 .map_err(|e| e.to_string())?;
         }
-        record.accuracy = trainer
+        Ok(trainer
             .history
             .last()
             .and_then(|m| m.test_top1)
-            .unwrap_or(0.0);
-        record.reward = s
-            .def
-            .reward
-            .score(record.accuracy, |m| (record.value(m), base.value(m)));
-        record.wall_s = started.elapsed().as_secs_f64();
-        Ok(record)
+            .unwrap_or(0.0))
+    }
+
+    /// The proxy's ranking checked against longer training: `count` trained candidates spread
+    /// evenly over the ranking by proxy accuracy, each trained `epochs` epochs with the spec's
+    /// own schedule (its image sizes, its progressive learning); their accuracies and the
+    /// Kendall tau between the two rankings. Written to `rank.csv`.
+    pub fn rank_check(
+        &self,
+        count: usize,
+        epochs: usize,
+        observe: &mut dyn FnMut(Progress),
+    ) -> Result<RankCheck, String> {
+        let mut trained: Vec<&Record> = self
+            .state
+            .records
+            .iter()
+            .filter(|r| r.status == Status::Trained)
+            .collect();
+        trained.sort_by(|a, b| a.accuracy.total_cmp(&b.accuracy));
+        let n = trained.len();
+        let chosen: Vec<&Record> = if n <= count {
+            trained
+        } else {
+            (0..count)
+                .map(|i| trained[i * (n - 1) / (count - 1).max(1)])
+                .collect()
+        };
+        let s = &self.setup;
+        let mut rows = Vec::new();
+        for r in chosen {
+            let net = candidate_network(&s.file, &s.space, &r.picks)
+                .map_err(|_| format!("candidate {} is no longer a valid model", r.index))?;
+            let schedule = with_epochs(&net.training_schedule(None, Some(epochs))?, epochs);
+            let long = self.train_accuracy(&net, schedule, r.index, observe)?;
+            rows.push((r.index, r.accuracy, long));
+        }
+        let proxy: Vec<f64> = rows.iter().map(|r| r.1).collect();
+        let long: Vec<f64> = rows.iter().map(|r| r.2).collect();
+        let tau = kendall_tau(&proxy, &long);
+        let mut csv = String::from("candidate,proxy_accuracy,long_accuracy\n");
+        for (i, p, l) in &rows {
+            csv.push_str(&format!("{i},{p:.4},{l:.4}\n"));
+        }
+        csv.push_str(&format!("# kendall_tau {tau:.4}, {epochs} epochs\n"));
+        write_atomic(&s.out.join("rank.csv"), &csv)?;
+        Ok(RankCheck { rows, tau, epochs })
     }
 
     /// Write the state, `search.csv` and the best models.

@@ -40,6 +40,14 @@ pub struct SearchArgs {
     /// Evaluate each proxy on the first N test images (default: all).
     #[arg(long, value_name = "N")]
     pub test_images: Option<usize>,
+    /// After the search, train N candidates (spread over the proxy's ranking) for
+    /// --rank-epochs with the spec's own schedule and report how well the proxy ranked them
+    /// (Kendall tau; rank.csv).
+    #[arg(long, value_name = "N")]
+    pub rank_check: Option<usize>,
+    /// Epochs of the --rank-check training (default: the schedule's).
+    #[arg(long, value_name = "E")]
+    pub rank_epochs: Option<usize>,
     /// Continue the search in --out.
     #[arg(long)]
     pub resume: bool,
@@ -212,6 +220,36 @@ pub fn run(a: SearchArgs) -> Result<ExitCode, String> {
     bar.finish_and_clear();
     plot_pareto(&engine, &a.out.join("pareto.png"))?;
     report(&engine, &a.out);
+    if let Some(n) = a.rank_check {
+        if n < 2 {
+            return Err("--rank-check needs 2 candidates at least".into());
+        }
+        let epochs = match a.rank_epochs {
+            Some(e) => e,
+            None => {
+                let net = effnet_compiler::search::candidate_network(
+                    &engine.setup.file,
+                    &engine.setup.space,
+                    &engine.setup.space.default_picks(),
+                )
+                .map_err(|_| "the space's default candidate is not a valid model".to_string())?;
+                net.training_schedule(None, None)?.epochs
+            }
+        };
+        println!("rank check: {n} candidates, {epochs} epochs each with the spec's schedule ...");
+        let check = engine.rank_check(n, epochs, &mut |_| {})?;
+        for (i, proxy, long) in &check.rows {
+            println!(
+                "#{i:<3} proxy top-1 {:5.1}%  after {epochs} epochs {:5.1}%",
+                100.0 * proxy,
+                100.0 * long
+            );
+        }
+        println!(
+            "Kendall tau between the proxy's ranking and the longer training's: {:.3} (rank.csv)",
+            check.tau
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
