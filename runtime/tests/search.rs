@@ -142,6 +142,16 @@ fn a_tiny_search_end_to_end_and_resumed_after_a_kill() {
     let resumed = run(&killed, 3, true);
     assert_eq!(outcome(&resumed), outcome(&records));
 
+    // The proxy's ranking against longer training: two candidates, their accuracies, a tau.
+    let engine = Engine::start(setup(&whole, 3), &data(), true).expect("resumes");
+    assert!(engine.done());
+    let check = engine.rank_check(2, 3, &mut |_| {}).expect("rank check");
+    assert_eq!(check.rows.len(), 2);
+    assert!(check.rows.iter().all(|r| r.2 > 0.0 && r.2 <= 1.0), "{check:?}");
+    assert!((-1.0..=1.0).contains(&check.tau));
+    let rank = std::fs::read_to_string(whole.join("rank.csv")).expect("rank.csv");
+    assert!(rank.contains("kendall_tau"), "{rank}");
+
     // A new search in a directory that holds one is refused; a resumed one with another seed
     // too.
     let err = Engine::start(setup(&whole, 3), &data(), false)
