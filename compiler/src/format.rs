@@ -22,9 +22,10 @@
 //! The result is a fixed point: `format(format(x)) == format(x)`.
 
 use effnet_grammar::{
-    Alternative, Choice, ChoiceTarget, Comment, Decay, Doc, File, Item, KwArg, Layer, LayerOpt, LayerOptKind, Model, ModelStmt,
-    ModelStmtKind, Number, ParseError, Part, ScaleArg, ScaleValue, Schedule, ScheduleStmt,
-    ScheduleStmtKind, SearchStmt, SearchStmtKind, SettingValue, Span, Value, parse,
+    Alternative, Choice, ChoiceTarget, Comment, Decay, Doc, File, Item, KwArg, Layer, LayerOpt,
+    LayerOptKind, Model, ModelStmt, ModelStmtKind, Number, ParseError, Part, ScaleArg, ScaleValue,
+    Schedule, ScheduleStmt, ScheduleStmtKind, SearchStmt, SearchStmtKind, SettingValue, Span,
+    Value, parse,
 };
 
 /// Indentation of a body.
@@ -550,7 +551,10 @@ impl<'a> Formatter<'a> {
             } => {
                 let base = if *relative { " * base" } else { "" };
                 (
-                    format!("constraint {} {comparison} {}{base}", metric.name, bound.text),
+                    format!(
+                        "constraint {} {comparison} {}{base}",
+                        metric.name, bound.text
+                    ),
                     // `base` has no node of its own: the statement's span ends with it.
                     if *relative {
                         stmt.span.end

@@ -286,7 +286,10 @@ pub enum Strategy {
     Random,
     /// Regularized (aging) evolution (Real et al. 2019): a population of the last `population`
     /// candidates; each new one mutates the best of `sample` drawn from it.
-    Evolution { population: usize, sample: usize },
+    Evolution {
+        population: usize,
+        sample: usize,
+    },
 }
 
 impl Strategy {
@@ -479,7 +482,10 @@ fn check_search(s: &Search, file: &File, diags: &mut Vec<Diagnostic>) -> Option<
         Some(m) if Space::of(m).is_none() => diags.push(
             Diagnostic::error(
                 "effnet::search",
-                format!("model `{}` has no choices: there is nothing to search", m.name.name),
+                format!(
+                    "model `{}` has no choices: there is nothing to search",
+                    m.name.name
+                ),
                 s.space.span,
             )
             .label("not a search space")
@@ -974,7 +980,10 @@ pub fn candidate_network(
 /// candidate is not a valid model.
 pub fn measure(file: &File, space: &Space, picks: &[usize]) -> Option<(usize, u64)> {
     let net = candidate_network(file, space, picks).ok()?;
-    Some((net.param_count(), crate::analysis::summarize(&net, net.resolution).macs))
+    Some((
+        net.param_count(),
+        crate::analysis::summarize(&net, net.resolution).macs,
+    ))
 }
 
 /// Size and ranges of `space` (see [`SpaceSummary`]).
@@ -1017,7 +1026,11 @@ pub fn summarize(file: &File, space: &Space) -> SpaceSummary {
         // finds the extremes of such spaces; it is labelled a bound all the same.
         for (measure_index, minimize) in [(0, true), (0, false), (1, true), (1, false)] {
             let key = |m: (usize, u64)| {
-                let v = if measure_index == 0 { m.0 as f64 } else { m.1 as f64 };
+                let v = if measure_index == 0 {
+                    m.0 as f64
+                } else {
+                    m.1 as f64
+                };
                 if minimize { v } else { -v }
             };
             let mut picks = space.default_picks();
@@ -1097,8 +1110,8 @@ pub fn candidate_source(
             .alternatives
             .get(pick)
             .ok_or_else(|| format!("candidate picks alternative {pick} of `{}`", p.name()))?;
-        let drop_se = p.target == ChoiceTarget::Se
-            && matches!(alt, Alternative::Number(n) if n.value == 0.0);
+        let drop_se =
+            p.target == ChoiceTarget::Se && matches!(alt, Alternative::Number(n) if n.value == 0.0);
         if drop_se {
             // `se {0|0.25}` at 0: the whole option goes.
             let se = model
@@ -1126,10 +1139,7 @@ pub fn candidate_source(
     }
     edits.sort_by_key(|e| e.0.start);
     // The model from its keyword (its own doc comment is replaced by `docs`).
-    let model_start = model
-        .docs
-        .last()
-        .map_or(model.span.start, |d| d.span.end);
+    let model_start = model.docs.last().map_or(model.span.start, |d| d.span.end);
     let mut text: String = docs.iter().map(|d| format!("/// {d}\n")).collect();
     text.push_str(splice(source, Span::new(model_start, model.span.end), &edits).trim_start());
     for item in &file.items {

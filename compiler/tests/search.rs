@@ -157,7 +157,10 @@ fn reward_is_the_papers_formula() {
     });
     let want = a * (s / s0).powf(-0.07) * (p / p0).powf(-0.05);
     assert!((got - want).abs() < 1e-15, "{got} vs {want}");
-    assert!(got < a, "a slower, larger candidate scores below its accuracy");
+    assert!(
+        got < a,
+        "a slower, larger candidate scores below its accuracy"
+    );
     // The base itself scores its accuracy.
     assert_eq!(r.score(a, |_| (1.0, 1.0)), a);
 }
@@ -177,9 +180,18 @@ fn a_candidate_written_as_a_spec_is_formatted_and_compiles_to_the_same_network()
     )
     .expect("writes");
     assert_eq!(format_source(&text).expect("parses"), text, "fmt-clean");
-    assert!(text.starts_with("/// Found by a test.\nmodel found {"), "{text}");
-    assert!(!text.contains('{') || !text.contains('|'), "no choice left: {text}");
-    assert!(text.contains("schedule found {"), "the schedule comes along: {text}");
+    assert!(
+        text.starts_with("/// Found by a test.\nmodel found {"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('{') || !text.contains('|'),
+        "no choice left: {text}"
+    );
+    assert!(
+        text.contains("schedule found {"),
+        "the schedule comes along: {text}"
+    );
     assert!(!text.contains("search"), "{text}");
     let compiled = compile(&text).expect("compiles");
     let net = candidate_network(&file, &space, &picks).expect("valid");

@@ -144,10 +144,7 @@ pub enum Progress<'a> {
     /// Measuring the candidate's parameters and step time.
     Measuring { index: usize },
     /// A training step of the candidate's proxy run.
-    Training {
-        index: usize,
-        event: &'a Event<'a>,
-    },
+    Training { index: usize, event: &'a Event<'a> },
 }
 
 /// A search in progress.
@@ -192,8 +189,13 @@ pub fn step_time(
         .map(|t| Var::from_tensor(&t.tensor).map(|v| Param::new(t.name, v)))
         .collect::<candle_core::Result<_>>()
         .map_err(ce)?;
-    let x = Tensor::randn(0f32, 1f32, (batch, net_ir.input_channels, image, image), device)
-        .map_err(ce)?;
+    let x = Tensor::randn(
+        0f32,
+        1f32,
+        (batch, net_ir.input_channels, image, image),
+        device,
+    )
+    .map_err(ce)?;
     let labels: Vec<usize> = (0..batch).map(|i| i % net_ir.num_classes).collect();
     let targets = one_hot(&labels, net_ir.num_classes, device).map_err(|e| e.to_string())?;
     let sgd = OptimizerSpec::Sgd {
@@ -218,7 +220,9 @@ pub fn step_time(
     for _ in 0..2 {
         step()?;
     }
-    let times = (0..7).map(|_| step()).collect::<Result<Vec<f64>, String>>()?;
+    let times = (0..7)
+        .map(|_| step())
+        .collect::<Result<Vec<f64>, String>>()?;
     Ok(times.into_iter().fold(f64::INFINITY, f64::min))
 }
 
@@ -241,7 +245,11 @@ pub fn pareto_front(records: &[Record], metric: Metric) -> Vec<usize> {
         })
         .map(|r| r.index)
         .collect();
-    front.sort_by(|a, b| records[*a].value(metric).total_cmp(&records[*b].value(metric)));
+    front.sort_by(|a, b| {
+        records[*a]
+            .value(metric)
+            .total_cmp(&records[*b].value(metric))
+    });
     front
 }
 
@@ -291,7 +299,10 @@ pub fn next_picks(space: &Space, strategy: Strategy, seed: u64, records: &[Recor
     };
     match strategy {
         Strategy::Random => random(&mut rng),
-        Strategy::Evolution { population, sample: k } => {
+        Strategy::Evolution {
+            population,
+            sample: k,
+        } => {
             // The population: the last `population` candidates that are models (invalid ones
             // never join); until it is full, candidates are drawn at random.
             let alive: Vec<&Record> = records
@@ -353,11 +364,10 @@ impl Engine {
             })
             .collect();
         let state = if existing {
-            let text = std::fs::read_to_string(&state_path)
-                .map_err(|e| io_err("read", &state_path, e))?;
-            let state: State = serde_json::from_str(&text).map_err(|e| {
-                format!("`{}` is not a search state: {e}", state_path.display())
-            })?;
+            let text =
+                std::fs::read_to_string(&state_path).map_err(|e| io_err("read", &state_path, e))?;
+            let state: State = serde_json::from_str(&text)
+                .map_err(|e| format!("`{}` is not a search state: {e}", state_path.display()))?;
             let differs = |what: &str| {
                 format!(
                     "`{}` holds a search with another {what}; resume with the same spec, search \
@@ -515,7 +525,12 @@ impl Engine {
         .map_err(|e| e.to_string())?;
         while !trainer.done() {
             trainer
-                .run_epoch(&mut |event| observe(Progress::Training { index, event: &event }))
+                .run_epoch(&mut |event| {
+                    observe(Progress::Training {
+                        index,
+                        event: &event,
+                    })
+                })
                 .map_err(|e| e.to_string())?;
         }
         Ok(trainer
@@ -584,10 +599,12 @@ impl Engine {
     /// Pareto front.
     pub fn csv(&self) -> String {
         let space = &self.setup.space;
-        let front_time: HashSet<usize> =
-            pareto_front(&self.state.records, Metric::StepTime).into_iter().collect();
-        let front_params: HashSet<usize> =
-            pareto_front(&self.state.records, Metric::Params).into_iter().collect();
+        let front_time: HashSet<usize> = pareto_front(&self.state.records, Metric::StepTime)
+            .into_iter()
+            .collect();
+        let front_params: HashSet<usize> = pareto_front(&self.state.records, Metric::Params)
+            .into_iter()
+            .collect();
         let mut out = String::from("candidate,status");
         for p in &space.points {
             out.push(',');
@@ -633,7 +650,10 @@ impl Engine {
         trained.sort_by(|a, b| b.reward.total_cmp(&a.reward).then(a.index.cmp(&b.index)));
         for (rank, r) in trained.iter().take(n).enumerate() {
             let text = self.candidate_spec(r, rank + 1)?;
-            write_atomic(&self.setup.out.join(format!("best_{}.effnet", rank + 1)), &text)?;
+            write_atomic(
+                &self.setup.out.join(format!("best_{}.effnet", rank + 1)),
+                &text,
+            )?;
         }
         Ok(())
     }
@@ -728,7 +748,9 @@ pub fn proxy_schedule(
         .last()
         .ok_or_else(|| format!("the schedule of `{}` has no stages", net.name))?;
     let image = last.image_size;
-    let batch = last.batch_size.unwrap_or(TrainOptions::default().batch_size);
+    let batch = last
+        .batch_size
+        .unwrap_or(TrainOptions::default().batch_size);
     Ok((schedule, image, batch))
 }
 
@@ -751,7 +773,11 @@ fn measure_base(setup: &Setup) -> Result<Base, String> {
                 .iter()
                 .find(|m| &m.name == name)
                 .ok_or_else(|| format!("the base model `{name}` has errors"))?;
-            let schedules: Vec<_> = found.schedules.iter().filter(|s| &s.model == name).collect();
+            let schedules: Vec<_> = found
+                .schedules
+                .iter()
+                .filter(|s| &s.model == name)
+                .collect();
             effnet_compiler::lower(def, &schedules)
         }
     };

@@ -118,7 +118,10 @@ fn a_tiny_search_end_to_end_and_resumed_after_a_kill() {
     assert!(whole.join(STATE_FILE).exists());
     let csv = std::fs::read_to_string(whole.join("search.csv")).expect("csv");
     assert_eq!(csv.lines().count(), 4, "{csv}");
-    assert!(csv.starts_with("candidate,status,stage 0 block kind,stage 0 k"), "{csv}");
+    assert!(
+        csv.starts_with("candidate,status,stage 0 block kind,stage 0 k"),
+        "{csv}"
+    );
     let best = std::fs::read_to_string(whole.join("best_1.effnet")).expect("best model");
     assert_eq!(
         effnet_compiler::format::format_source(&best).expect("parses"),
@@ -147,7 +150,10 @@ fn a_tiny_search_end_to_end_and_resumed_after_a_kill() {
     assert!(engine.done());
     let check = engine.rank_check(2, 3, &mut |_| {}).expect("rank check");
     assert_eq!(check.rows.len(), 2);
-    assert!(check.rows.iter().all(|r| r.2 > 0.0 && r.2 <= 1.0), "{check:?}");
+    assert!(
+        check.rows.iter().all(|r| r.2 > 0.0 && r.2 <= 1.0),
+        "{check:?}"
+    );
     assert!((-1.0..=1.0).contains(&check.tau));
     let rank = std::fs::read_to_string(whole.join("rank.csv")).expect("rank.csv");
     assert!(rank.contains("kendall_tau"), "{rank}");

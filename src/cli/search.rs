@@ -163,7 +163,9 @@ pub fn run(a: SearchArgs) -> Result<ExitCode, String> {
         setup
             .def
             .image
-            .map_or("the schedule's image size".to_string(), |i| format!("{i} px")),
+            .map_or("the schedule's image size".to_string(), |i| format!(
+                "{i} px"
+            )),
     );
     println!("measuring the base model ...");
     let mut engine = Engine::start(setup, &a.data, a.resume)?;
@@ -263,7 +265,12 @@ fn size_text(size: f64) -> String {
 
 fn best_text(engine: &Engine) -> String {
     match engine.best() {
-        Some(b) => format!("best #{} reward {:.4} top-1 {:.1}%", b.index, b.reward, 100.0 * b.accuracy),
+        Some(b) => format!(
+            "best #{} reward {:.4} top-1 {:.1}%",
+            b.index,
+            b.reward,
+            100.0 * b.accuracy
+        ),
         None => "no candidate yet".to_string(),
     }
 }
@@ -278,11 +285,7 @@ fn record_line(engine: &Engine, r: &Record) -> String {
         .map(|(p, &i)| p.written(i))
         .collect();
     let outcome = match &r.status {
-        Status::Trained => format!(
-            "top-1 {:5.1}%  reward {:.4}",
-            100.0 * r.accuracy,
-            r.reward
-        ),
+        Status::Trained => format!("top-1 {:5.1}%  reward {:.4}", 100.0 * r.accuracy, r.reward),
         Status::Violates(c) => format!("violates {c}: not trained"),
         Status::Invalid(why) => format!("invalid: {why}"),
     };
@@ -313,7 +316,11 @@ fn report(engine: &Engine, out: &Path) {
             .into_iter()
             .map(|i| format!("#{i}"))
             .collect();
-        println!("Pareto front, top-1 against {}: {}", m.name(), front.join(" "));
+        println!(
+            "Pareto front, top-1 against {}: {}",
+            m.name(),
+            front.join(" ")
+        );
     }
     println!(
         "wrote {}/search.csv, pareto.png and best_1.effnet ... (`effnet train {}/best_1.effnet --data ...` trains the best)",
@@ -349,7 +356,10 @@ fn plot_pareto(engine: &Engine, path: &Path) -> Result<(), String> {
     let acc_lo = trained.iter().map(|r| r.accuracy).fold(1.0f64, f64::min);
     let acc_hi = trained.iter().map(|r| r.accuracy).fold(0.0f64, f64::max);
     let pad = ((acc_hi - acc_lo) * 0.1).max(0.01);
-    let (y0, y1) = (100.0 * (acc_lo - pad).max(0.0), 100.0 * (acc_hi + pad).min(1.0));
+    let (y0, y1) = (
+        100.0 * (acc_lo - pad).max(0.0),
+        100.0 * (acc_hi + pad).min(1.0),
+    );
     for (area, metric, label, scale) in [
         (&left, Metric::StepTime, "training step (ms)", 1e3),
         (&right, Metric::Params, "parameters (k)", 1e-3),
@@ -359,7 +369,10 @@ fn plot_pareto(engine: &Engine, path: &Path) -> Result<(), String> {
         let x_hi = xs.iter().copied().fold(0.0f64, f64::max);
         let xpad = ((x_hi - x_lo) * 0.1).max(x_hi * 0.02).max(1e-6);
         let mut chart = ChartBuilder::on(area)
-            .caption(format!("proxy top-1 against {}", metric.name()), ("sans-serif", 20))
+            .caption(
+                format!("proxy top-1 against {}", metric.name()),
+                ("sans-serif", 20),
+            )
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(55)
@@ -382,7 +395,12 @@ fn plot_pareto(engine: &Engine, path: &Path) -> Result<(), String> {
             .map_err(|e| perr(&e))?;
         let front: Vec<(f64, f64)> = pareto_front(records, metric)
             .into_iter()
-            .map(|i| (records[i].value(metric) * scale, 100.0 * records[i].accuracy))
+            .map(|i| {
+                (
+                    records[i].value(metric) * scale,
+                    100.0 * records[i].accuracy,
+                )
+            })
             .collect();
         chart
             .draw_series(LineSeries::new(front, RED.stroke_width(2)))
