@@ -755,7 +755,10 @@ fn scale_args(args: &[ScaleArg]) -> String {
 fn params(l: &Layer) -> String {
     l.params
         .iter()
-        .map(|p| format!("{}{}", p.letter, p.value.text))
+        .map(|p| {
+            let values: Vec<&str> = p.values.iter().map(|v| v.text.as_str()).collect();
+            format!("{}{}", p.letter, values.join("."))
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -770,6 +773,7 @@ fn option(o: &LayerOpt) -> String {
         LayerOptKind::Depth(n) => format!("depth {}", n.text),
         LayerOptKind::Fixed => "fixed".to_string(),
         LayerOptKind::ForceIn(n) => format!("fc {}", n.text),
+        LayerOptKind::GroupSize(n) => format!("gs {}", n.text),
     }
 }
 
