@@ -433,14 +433,14 @@ fn timm_errors() {
     // where timm ignores it (every type but `ir`) is dropped.
     let text = import_timm(
         "m",
-        "[['dsa_r1_k3_s1_c16_a1.1'], ['ir_r2_k3.5.7_a1.1_p1.1_s2_e6_c24_gs1_nsw'], ['cn_r1_k3_s1_c32_gs8']]",
+        "[['dsa_r1_k3_s1_c16_a1.1'], ['ir_r2_k3.5.7_a1.1_p1.1_s2_e6_c24_gs1_nsw'], ['cn_r1_k3_s1_c48_gs8']]",
         &ImportOptions::default(),
     )
     .expect("imports");
     for line in [
         "stage dsa    k3 s1 -> 16",
         "stage mbconv k3.5.7 a1.1 p1.1 e6 s2 -> 24  x2  act silu gs 1",
-        "stage conv   k3 s1 -> 32  x1  gs 8",
+        "stage conv   k3 s1 -> 48  x1  gs 8",
     ] {
         assert!(text.contains(line), "{line} in\n{text}");
     }
