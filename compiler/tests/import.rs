@@ -475,12 +475,12 @@ fn timm_errors() {
         ImportError::BadValue { .. }
     ));
     assert!(matches!(
-        timm_err("ir_r1_k3.5_s1_e6_c16"),
+        timm_err("ir_r1_k3.0_s1_e6_c16"),
         ImportError::BadValue { .. }
     ));
     assert!(matches!(
-        timm_err("ir_r1_k3_s1_e6_c16_a3"),
-        ImportError::BadValue { .. }
+        timm_err("ir_r1_k3_s1_e6_c16_gsx"),
+        ImportError::UnknownKey { .. }
     ));
     assert!(matches!(
         timm_err("ir_r1_k3_s1_e6_c16_c24"),
