@@ -22,10 +22,10 @@ for seed in 0 1 2; do
         echo "== $strategy seed $seed"; tail -5 "$dir.log"
     done
 done
-# The proxy against 6 epochs of the spec's schedule (its 20 -> 24 px progressive learning),
-# on 10 candidates of the first evolution run.
+# The proxy against 4 epochs of the spec's schedule (its 20 -> 24 px progressive learning),
+# on 8 candidates of the first evolution run.
 "$bin" search "$spec" --data data/fashion --out "$out/evolution-0" --seed 0 --budget "$budget" \
-    --resume --rank-check 10 --rank-epochs 6 > "$out/rank.log" 2>&1
+    --resume --rank-check ${RANK:-8} --rank-epochs ${RANK_EPOCHS:-4} > "$out/rank.log" 2>&1
 echo "== rank check"; tail -12 "$out/rank.log"
 # The best of the first evolution run and the default candidate (nano's architecture),
 # trained alike.

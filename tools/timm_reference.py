@@ -58,6 +58,8 @@ MODELS = [
     "efficientnet_es", "efficientnet_em", "efficientnet_el",
     "tf_efficientnet_es", "tf_efficientnet_em", "tf_efficientnet_el",
     "spnasnet_100", "fbnetc_100",
+    "mixnet_s", "mixnet_m", "mixnet_l", "mixnet_xl", "mixnet_xxl",
+    "tf_mixnet_s", "tf_mixnet_m", "tf_mixnet_l",
 ]
 
 # Counts from /work/shared/reference/efficientnet.md (timm 1.0.31); checked after building.
@@ -157,8 +159,11 @@ def block_details(model):
             out_chs = getattr(blk, last).out_channels
             se = getattr(blk, "se", None)
             se_rd = se.conv_reduce.out_channels if se is not None and hasattr(se, "conv_reduce") else 0
-            k = c_sp.kernel_size[0]
-            s = c_sp.stride[0]
+            # A MixedConv2d (MixNet's mixed kernels) holds one conv per kernel: the largest
+            # kernel is what effnet's IR records for the block.
+            parts = list(c_sp.values()) if isinstance(c_sp, torch.nn.ModuleDict) else [c_sp]
+            k = max(p.kernel_size[0] for p in parts)
+            s = parts[0].stride[0]
             rows.append([path, cls, in_chs, mid, out_chs, se_rd, k, s, bool(blk.has_skip)])
     return rows
 

@@ -66,12 +66,11 @@ pub fn conv_output(padding: PaddingMode, input: usize, kernel: usize, stride: us
 }
 
 fn conv_macs(c: &Conv, out_hw: usize) -> u64 {
-    let [o, i, k, _] = c.weight_shape();
-    ((out_hw * out_hw) as u64).saturating_mul((o * i * k * k) as u64)
+    ((out_hw * out_hw) as u64).saturating_mul(c.macs_per_pixel() as u64)
 }
 
 fn conv_params(c: &Conv) -> usize {
-    c.weight_shape().iter().product::<usize>() + if c.bias { c.out_channels } else { 0 }
+    c.param_count()
 }
 
 /// Runs one conv: (macs, params, output size, output elements).

@@ -840,7 +840,8 @@ fn params(l: &Layer) -> String {
     l.params
         .iter()
         .map(|p| {
-            let v = value_text(l, ChoiceTarget::Param(p.letter), &p.value.text);
+            let values: Vec<&str> = p.values.iter().map(|v| v.text.as_str()).collect();
+            let v = value_text(l, ChoiceTarget::Param(p.letter), &values.join("."));
             format!("{}{v}", p.letter)
         })
         .collect::<Vec<_>>()
@@ -857,6 +858,7 @@ fn option(l: &Layer, o: &LayerOpt) -> String {
         LayerOptKind::Depth(n) => format!("depth {}", n.text),
         LayerOptKind::Fixed => "fixed".to_string(),
         LayerOptKind::ForceIn(n) => format!("fc {}", n.text),
+        LayerOptKind::GroupSize(n) => format!("gs {}", n.text),
     }
 }
 

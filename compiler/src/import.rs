@@ -15,8 +15,9 @@
 //! | `ds` | `ds` (`e` is ignored, as timm does) |
 //!
 //! `nre`, `nr6`, `nhs`, `nsw`, `nmi` become `act relu`, `act relu6`, `act hard_swish`, `act silu`,
-//! `act mish` (every activation timm's block strings name);
-//! `a1` / `p1` (1x1 expansion / projection kernels) are accepted, other sizes are not. A stage
+//! `act mish` (every activation timm's block strings name); `dsa` becomes `dsa`. Mixed kernels
+//! (`k3.5.7`, `a1.1`, `p1.1`: MixNet) are written as timm writes them, `gsN` becomes `gs N`;
+//! `a` is dropped where timm ignores it (every type but `ir`), as is `p` on `cn`. A stage
 //! of timm's `arch_def` holding several block strings becomes a `stage` line and a `then` line
 //! per further string, so that its blocks are numbered within one stage as timm numbers them
 //! (`blocks.3.0`, `blocks.3.1`, ...).
@@ -193,9 +194,10 @@ impl Default for ImportOptions {
     }
 }
 
-const TIMM_TYPES: &str = "cn, er, ir, ds";
+const TIMM_TYPES: &str = "cn, er, ir, ds, dsa";
 const TIMM_KEYS: &str = "r (repeats), k (kernel), s (stride), e (expansion), c (channels), \
-se (SE ratio), a1 / p1 (1x1 expansion / projection kernel), fc (forced input width, `er`), noskip, skip, \
+se (SE ratio), a / p (expansion / projection kernels), gs (group size), fc (forced input width, `er`), \
+noskip, skip, \
 nre / nr6 / nhs / nsw / nmi (activation)";
 const AUTOML_KEYS: &str = "r (repeats), k (kernel), s (stride: s1, s2, s11, s22), e (expansion), \
 i (input filters), o (output filters), c (conv type: 0 MBConv, 1 Fused-MBConv), se (SE ratio), noskip";
@@ -254,7 +256,13 @@ pub enum ImportError {
 #[derive(Debug, Clone, PartialEq)]
 struct StageLine {
     kind: &'static str,
-    kernel: usize,
+    /// The kernel as timm writes it: `3`, or mixed kernels `3.5.7`.
+    kernel: String,
+    /// `a` and `p` kernels when not the default 1x1 (`1.1`: two groups).
+    exp_kernels: Option<String>,
+    proj_kernels: Option<String>,
+    /// `gs N` (timm's group size).
+    group_size: Option<usize>,
     expansion: Option<f64>,
     stride: usize,
     channels: usize,
@@ -507,6 +515,15 @@ fn whole(block: &str, token: &str, value: &str, what: &str) -> Result<usize, Imp
     }
 }
 
+/// A kernel, or mixed kernels joined by dots (`3.5.7`), each a whole number of at least 1;
+/// returned as written for the stage line.
+fn kernels(block: &str, token: &str, value: &str) -> Result<String, ImportError> {
+    for k in value.split('.') {
+        whole(block, token, k, "each kernel size")?;
+    }
+    Ok(value.to_string())
+}
+
 fn ratio(block: &str, token: &str, value: &str, what: &str) -> Result<f64, ImportError> {
     match value.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
@@ -557,7 +574,7 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
     let mut tokens = block.split('_');
     let block_type = tokens.next().unwrap_or("");
     let kind = match block_type {
-        "cn" | "er" | "ir" | "ds" => block_type,
+        "cn" | "er" | "ir" | "ds" | "dsa" => block_type,
         _ => {
             return Err(ImportError::UnknownBlockType {
                 block: block.to_string(),
@@ -594,7 +611,10 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
             _ => {
                 let (key, value) = split_token(token);
                 if value.is_empty()
-                    || !matches!(key, "r" | "k" | "a" | "p" | "s" | "e" | "c" | "se" | "fc")
+                    || !matches!(
+                        key,
+                        "r" | "k" | "a" | "p" | "s" | "e" | "c" | "se" | "fc" | "gs"
+                    )
                 {
                     return Err(unknown(token));
                 }
@@ -605,12 +625,7 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
     let (v, t) = fields.require("r", "the number of repeats, like `r2`")?;
     let repeats = whole(block, t, v, "the number of repeats")?;
     let (v, t) = fields.require("k", "the kernel size, like `k3`")?;
-    let kernel = whole(
-        block,
-        t,
-        v,
-        "the kernel size (mixed kernels like `k3.5` are not supported)",
-    )?;
+    let kernel = kernels(block, t, v)?;
     let (v, t) = fields.require("s", "the stride, like `s2`")?;
     if v.len() != 1 {
         return Err(bad(
@@ -622,17 +637,28 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
     let stride = whole(block, t, v, "the stride")?;
     let (v, t) = fields.require("c", "the output channels, like `c24`")?;
     let channels = whole(block, t, v, "the channel count")?;
-    for key in ["a", "p"] {
-        if let Some((v, t)) = fields.get(key)
-            && v != "1"
-        {
-            return Err(bad(
+    // timm reads `a` in `ir` blocks only, and `p` in all but `cn`; elsewhere they are ignored.
+    let kernel_opt = |key: &str, used: bool| -> Result<Option<String>, ImportError> {
+        match fields.get(key) {
+            Some((v, t)) if used => {
+                let ks = kernels(block, t, v)?;
+                Ok((ks != "1").then_some(ks))
+            }
+            _ => Ok(None),
+        }
+    };
+    let exp_kernels = kernel_opt("a", kind == "ir")?;
+    let proj_kernels = kernel_opt("p", kind != "cn")?;
+    let group_size = match fields.get("gs") {
+        Some((v, t)) => Some(v.parse::<usize>().map_err(|_| {
+            bad(
                 block,
                 t,
-                "only 1x1 expansion / projection kernels (`a1`, `p1`) can be imported",
-            ));
-        }
-    }
+                format!("the group size must be a whole number, not `{v}`"),
+            )
+        })?),
+        None => None,
+    };
     let se = match fields.get("se") {
         Some((v, t)) => Some(ratio(block, t, v, "the SE ratio")?),
         None => None,
@@ -663,11 +689,16 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
         "er" if expansion == Some(1.0) => ("edge", skip.filter(|s| !s)),
         "er" => ("fused", skip.filter(|s| !s)),
         "ir" => ("mbconv", skip.filter(|s| !s)),
+        // timm's `dsa` never has a residual, whatever the string says.
+        "dsa" => ("dsa", None),
         _ => ("ds", skip.filter(|s| !s)),
     };
     Ok(StageLine {
         kind,
         kernel,
+        exp_kernels,
+        proj_kernels,
+        group_size,
         expansion,
         stride,
         channels,
@@ -752,7 +783,10 @@ fn decode_automl(block: &str) -> Result<(StageLine, usize, bool), ImportError> {
     };
     let stage = StageLine {
         kind,
-        kernel,
+        kernel: kernel.to_string(),
+        exp_kernels: None,
+        proj_kernels: None,
+        group_size: None,
         expansion,
         stride,
         channels,
@@ -956,6 +990,12 @@ fn render_model(
     for st in stages {
         let keyword = if st.then { "then" } else { "stage" };
         let mut line = format!("{keyword} {} k{}", st.kind, st.kernel);
+        if let Some(a) = &st.exp_kernels {
+            line.push_str(&format!(" a{a}"));
+        }
+        if let Some(p) = &st.proj_kernels {
+            line.push_str(&format!(" p{p}"));
+        }
         if let Some(e) = st.expansion {
             line.push_str(&format!(" e{}", num(e)));
         }
@@ -976,6 +1016,9 @@ fn render_model(
         }
         if let Some(f) = st.force_in {
             line.push_str(&format!(" fc {f}"));
+        }
+        if let Some(g) = st.group_size {
+            line.push_str(&format!(" gs {g}"));
         }
         s.push_str(&format!("{line} // {}\n", st.source));
     }

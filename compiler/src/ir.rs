@@ -108,6 +108,15 @@ impl BlockKind {
 
 /// A convolution's weight lives at `{path}.weight` with shape
 /// `[out_channels, in_channels / groups, kernel, kernel]`, its bias (if any) at `{path}.bias`.
+///
+/// A mixed convolution (timm's `MixedConv2d`, MixNet's `k3.5.7` and `a1.1`) has `mixed`
+/// parts instead: the channels are split by timm's `_split_channels`, part `i` convolves its
+/// slice of the input into its slice of the output with its own kernel, and its weight lives at
+/// `{path}.{i}.weight` ([`Conv::parts`]). `kernel` is then the largest part's kernel and
+/// `groups` is `in_channels` (every part depthwise) or 1 (every part dense over its slice):
+/// with those, [`Conv::weight_shape`] is the one convolution that computes the same (each
+/// part's kernel centred in `kernel x kernel` zeros, placed on its block of channels), which
+/// is how the runtime runs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Conv {
     pub path: String,
@@ -117,9 +126,69 @@ pub struct Conv {
     pub stride: usize,
     pub groups: usize,
     pub bias: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mixed: Vec<ConvPart>,
+}
+
+/// One part of a mixed convolution: its kernel and its slices of the channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvPart {
+    pub kernel: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+}
+
+/// timm's `_split_channels`: `groups` equal shares, the first taking the remainder.
+pub fn split_channels(channels: usize, groups: usize) -> Vec<usize> {
+    let g = groups.max(1);
+    let mut split = vec![channels / g; g];
+    split[0] += channels - channels / g * g;
+    split
 }
 
 impl Conv {
+    /// The convolutions timm holds, as plain convolutions named as its `state_dict` names
+    /// them: this one, or each part of a mixed one (`{path}.{i}`, depthwise when this is).
+    pub fn parts(&self) -> Vec<Conv> {
+        if self.mixed.is_empty() {
+            return vec![self.clone()];
+        }
+        let depthwise = self.groups == self.in_channels && self.groups > 1;
+        self.mixed
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Conv {
+                path: format!("{}.{i}", self.path),
+                in_channels: p.in_channels,
+                out_channels: p.out_channels,
+                kernel: p.kernel,
+                stride: self.stride,
+                groups: if depthwise { p.in_channels } else { 1 },
+                bias: self.bias,
+                mixed: Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Multiply-adds per output pixel, over the parts of a mixed convolution (not the zeros
+    /// of its equivalent single convolution).
+    pub fn macs_per_pixel(&self) -> usize {
+        self.parts()
+            .iter()
+            .map(|p| p.weight_shape().iter().product::<usize>())
+            .sum()
+    }
+
+    /// Trainable parameters: the weights of every part, and the bias.
+    pub fn param_count(&self) -> usize {
+        self.parts()
+            .iter()
+            .map(|p| {
+                p.weight_shape().iter().product::<usize>() + if p.bias { p.out_channels } else { 0 }
+            })
+            .sum()
+    }
+
     pub fn weight_shape(&self) -> [usize; 4] {
         [
             self.out_channels,
@@ -168,6 +237,9 @@ pub enum BlockLayers {
         se: Option<SqueezeExcite>,
         conv_pw: Conv,
         bn2: BatchNorm,
+        /// timm's `dsa`: the pointwise conv is followed by the activation too.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pw_act: bool,
     },
     Edge {
         conv_exp: Conv,
@@ -243,10 +315,11 @@ impl BlockLayers {
                 bn1,
                 conv_pw,
                 bn2,
+                pw_act,
                 ..
             } => vec![
                 cb("conv_dw", conv_dw, "bn1", bn1, true),
-                cb("conv_pw", conv_pw, "bn2", bn2, false),
+                cb("conv_pw", conv_pw, "bn2", bn2, *pw_act),
             ],
             BlockLayers::Edge {
                 conv_exp,
@@ -353,6 +426,12 @@ pub struct TensorSpec {
 }
 
 fn push_conv(out: &mut Vec<TensorSpec>, c: &Conv) {
+    for part in c.parts() {
+        push_plain_conv(out, &part);
+    }
+}
+
+fn push_plain_conv(out: &mut Vec<TensorSpec>, c: &Conv) {
     out.push(TensorSpec {
         name: format!("{}.weight", c.path),
         shape: c.weight_shape().to_vec(),
@@ -813,6 +892,15 @@ fn write_conv(f: &mut fmt::Formatter<'_>, indent: &str, name: &str, c: &Conv) ->
     }
     if c.groups != 1 {
         write!(f, " groups {}", c.groups)?;
+    }
+    if !c.mixed.is_empty() {
+        // The parts as timm holds them: kernel, and the channels of each slice.
+        let parts: Vec<String> = c
+            .mixed
+            .iter()
+            .map(|p| format!("k{} {}->{}", p.kernel, p.in_channels, p.out_channels))
+            .collect();
+        write!(f, " mixed [{}]", parts.join(", "))?;
     }
     if c.bias {
         write!(f, " +bias")?;

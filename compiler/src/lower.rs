@@ -86,7 +86,77 @@ fn conv(
         stride,
         groups,
         bias: false,
+        mixed: Vec::new(),
     }
+}
+
+/// timm's `num_groups`: group size 0 is one group, N is `channels / N` groups (1: depthwise).
+fn num_groups(group_size: usize, channels: usize) -> usize {
+    if group_size == 0 {
+        1
+    } else {
+        (channels / group_size).max(1)
+    }
+}
+
+/// timm's `create_conv2d`: a plain convolution for one kernel; for several, a `MixedConv2d`
+/// whose parts are depthwise when `groups` is the input's channel count, dense over their
+/// slices otherwise (`check` allows nothing else).
+fn mixed_conv(
+    path: String,
+    in_channels: usize,
+    out_channels: usize,
+    kernels: &[usize],
+    stride: usize,
+    groups: usize,
+) -> Conv {
+    let kernel = kernels.iter().copied().max().unwrap_or(1);
+    if kernels.len() <= 1 {
+        return conv(path, in_channels, out_channels, kernel, stride, groups);
+    }
+    let depthwise = groups == in_channels && in_channels == out_channels;
+    let ins = split_channels(in_channels, kernels.len());
+    let outs = split_channels(out_channels, kernels.len());
+    Conv {
+        mixed: kernels
+            .iter()
+            .zip(ins.iter().zip(&outs))
+            .map(|(&kernel, (&i, &o))| ConvPart {
+                kernel,
+                in_channels: i,
+                out_channels: o,
+            })
+            .collect(),
+        ..conv(
+            path,
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            if depthwise { in_channels } else { 1 },
+        )
+    }
+}
+
+/// The blocks each stage line (`stage` or `then`) expands to after depth scaling, in order.
+pub fn line_repeats(model: &ModelDef) -> Vec<usize> {
+    let mut repeats = vec![0usize; model.stages.len()];
+    for (g, range) in model.stage_groups().iter().enumerate() {
+        let m = model.depth
+            * model.stages[range.start].depth
+            * model
+                .stage_depths
+                .as_ref()
+                .and_then(|d| d.get(g))
+                .copied()
+                .unwrap_or(1.0);
+        let lines: Vec<usize> = model.stages[range.clone()]
+            .iter()
+            .map(|s| s.repeats)
+            .collect();
+        repeats[range.clone()].copy_from_slice(&scale_stage_repeats(&lines, m, model.round_depth));
+    }
+    repeats
 }
 
 /// Lower one checked model, with the schedules written for it.
@@ -117,22 +187,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
 
     // Repeats per stage line first: drop-path rates are counted over all blocks of the network.
     let groups = model.stage_groups();
-    let mut repeats = vec![0usize; model.stages.len()];
-    for (g, range) in groups.iter().enumerate() {
-        let m = model.depth
-            * model.stages[range.start].depth
-            * model
-                .stage_depths
-                .as_ref()
-                .and_then(|d| d.get(g))
-                .copied()
-                .unwrap_or(1.0);
-        let lines: Vec<usize> = model.stages[range.clone()]
-            .iter()
-            .map(|s| s.repeats)
-            .collect();
-        repeats[range.clone()].copy_from_slice(&scale_stage_repeats(&lines, m, model.round_depth));
-    }
+    let repeats = line_repeats(model);
     let total_blocks: usize = repeats.iter().sum();
 
     let mut in_ch = stem_channels;
@@ -160,7 +215,13 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                 // The SE gates the mid channels, except in a depthwise-separable block, which has
                 // no expansion: its SE sits on the depthwise output, the block's input channels
                 // (timm's `DepthwiseSeparableConv`), whatever rounding would make of them.
-                let se_on = if s.kind == StageKind::Ds { in_ch } else { mid };
+                let ds = matches!(s.kind, StageKind::Ds | StageKind::Dsa);
+                let se_on = if ds { in_ch } else { mid };
+                // The kxk convolution's groups: depthwise by default in ds and ir blocks, one
+                // group in the others (timm's per-block `group_size` defaults).
+                let gs = |channels: usize, default: usize| {
+                    num_groups(s.group_size.unwrap_or(default), channels)
+                };
                 // timm builds SE with ratio `se / expansion` on those channels, rounding with
                 // Python's round().
                 let se_ch = s
@@ -184,7 +245,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     StageKind::Conv => (
                         BlockKind::Conv,
                         BlockLayers::Conv {
-                            conv: conv(p("conv"), in_ch, out_ch, s.kernel, stride, 1),
+                            conv: conv(p("conv"), in_ch, out_ch, s.kernel, stride, gs(in_ch, 0)),
                             bn1: bn(p("bn1"), out_ch),
                         },
                         out_ch,
@@ -194,31 +255,48 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     StageKind::Fused if s.expansion == 1.0 => (
                         BlockKind::Conv,
                         BlockLayers::Conv {
-                            conv: conv(p("conv"), in_ch, out_ch, s.kernel, stride, 1),
+                            conv: conv(p("conv"), in_ch, out_ch, s.kernel, stride, gs(in_ch, 0)),
                             bn1: bn(p("bn1"), out_ch),
                         },
                         out_ch,
                         same_shape && s.skip != Skip::Off,
                     ),
-                    StageKind::Ds => (
+                    StageKind::Ds | StageKind::Dsa => (
                         BlockKind::DepthwiseSeparable,
                         BlockLayers::DepthwiseSeparable {
-                            conv_dw: conv(p("conv_dw"), in_ch, in_ch, s.kernel, stride, in_ch),
+                            conv_dw: mixed_conv(
+                                p("conv_dw"),
+                                in_ch,
+                                in_ch,
+                                &s.kernels,
+                                stride,
+                                gs(in_ch, 1),
+                            ),
                             bn1: bn(p("bn1"), in_ch),
                             se,
-                            conv_pw: conv(p("conv_pw"), in_ch, out_ch, 1, 1, 1),
+                            conv_pw: mixed_conv(p("conv_pw"), in_ch, out_ch, &s.proj_kernels, 1, 1),
                             bn2: bn(p("bn2"), out_ch),
+                            pw_act: s.kind == StageKind::Dsa,
                         },
                         in_ch,
-                        same_shape && s.skip != Skip::Off,
+                        // timm's `dsa` never has a residual.
+                        same_shape && s.skip != Skip::Off && s.kind == StageKind::Ds,
                     ),
                     StageKind::Fused | StageKind::Edge => (
                         BlockKind::Edge,
                         BlockLayers::Edge {
-                            conv_exp: conv(p("conv_exp"), in_ch, mid, s.kernel, stride, 1),
+                            // timm's EdgeResidual counts its groups on the expanded channels.
+                            conv_exp: mixed_conv(
+                                p("conv_exp"),
+                                in_ch,
+                                mid,
+                                &s.kernels,
+                                stride,
+                                gs(mid, 0),
+                            ),
                             bn1: bn(p("bn1"), mid),
                             se,
-                            conv_pwl: conv(p("conv_pwl"), mid, out_ch, 1, 1, 1),
+                            conv_pwl: mixed_conv(p("conv_pwl"), mid, out_ch, &s.proj_kernels, 1, 1),
                             bn2: bn(p("bn2"), out_ch),
                         },
                         mid,
@@ -227,12 +305,19 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     StageKind::MbConv => (
                         BlockKind::MbConv,
                         BlockLayers::MbConv {
-                            conv_pw: conv(p("conv_pw"), in_ch, mid, 1, 1, 1),
+                            conv_pw: mixed_conv(p("conv_pw"), in_ch, mid, &s.exp_kernels, 1, 1),
                             bn1: bn(p("bn1"), mid),
-                            conv_dw: conv(p("conv_dw"), mid, mid, s.kernel, stride, mid),
+                            conv_dw: mixed_conv(
+                                p("conv_dw"),
+                                mid,
+                                mid,
+                                &s.kernels,
+                                stride,
+                                gs(mid, 1),
+                            ),
                             bn2: bn(p("bn2"), mid),
                             se,
-                            conv_pwl: conv(p("conv_pwl"), mid, out_ch, 1, 1, 1),
+                            conv_pwl: mixed_conv(p("conv_pwl"), mid, out_ch, &s.proj_kernels, 1, 1),
                             bn3: bn(p("bn3"), out_ch),
                         },
                         mid,

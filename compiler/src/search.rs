@@ -233,7 +233,7 @@ fn apply(layer: &mut Layer, target: ChoiceTarget, alt: &Alternative) {
         (ChoiceTarget::Kind, Alternative::Ident(i)) => layer.kind = i.clone(),
         (ChoiceTarget::Param(letter), Alternative::Number(n)) => {
             if let Some(p) = layer.params.iter_mut().find(|p| p.letter == letter) {
-                p.value = n.clone();
+                p.values = vec![n.clone()];
             }
         }
         (ChoiceTarget::Channels, Alternative::Number(n)) => layer.channels = n.clone(),

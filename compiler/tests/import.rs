@@ -393,14 +393,14 @@ fn automl_err(blocks: &str) -> ImportError {
 #[test]
 fn timm_errors() {
     // An unknown key names the block string, the token and the known keys.
-    let e = timm_err("[['ir_r1_k3_s1_e6_c16_gs8']]");
+    let e = timm_err("[['ir_r1_k3_s1_e6_c16_d1']]");
     assert!(
-        matches!(&e, ImportError::UnknownKey { block, token, .. } if block == "ir_r1_k3_s1_e6_c16_gs8" && token == "gs8"),
+        matches!(&e, ImportError::UnknownKey { block, token, .. } if block == "ir_r1_k3_s1_e6_c16_d1" && token == "d1"),
         "{e:?}"
     );
     let msg = e.to_string();
     assert!(
-        msg.contains("ir_r1_k3_s1_e6_c16_gs8") && msg.contains("`gs8`"),
+        msg.contains("ir_r1_k3_s1_e6_c16_d1") && msg.contains("`d1`"),
         "{msg}"
     );
     assert!(
@@ -409,14 +409,45 @@ fn timm_errors() {
     );
 
     // Unknown block types.
-    for block in ["dsa_r1_k3_s1_c16", "uir_r1_k3_s1_e4_c16", "xx"] {
+    for block in ["uir_r1_k3_s1_e4_c16", "xx"] {
         let e = timm_err(block);
         assert!(
             matches!(e, ImportError::UnknownBlockType { .. }),
             "{block}: {e:?}"
         );
-        assert!(e.to_string().contains("cn, er, ir, ds"), "{e}");
+        assert!(e.to_string().contains("cn, er, ir, ds, dsa"), "{e}");
     }
+    // A mixed kernel must be whole numbers.
+    let e = timm_err("ir_r1_k3.x_s1_e6_c16");
+    assert!(
+        matches!(
+            e,
+            ImportError::UnknownKey { .. } | ImportError::BadValue { .. }
+        ),
+        "{e:?}"
+    );
+    let e = timm_err("ir_r1_k3..5_s1_e6_c16");
+    assert!(matches!(e, ImportError::BadValue { .. }), "{e:?}");
+
+    // MixNet's options and the other block-string options: `dsa`, `gs`, `a`/`p` lists; `a`
+    // where timm ignores it (every type but `ir`) is dropped.
+    let text = import_timm(
+        "m",
+        "[['dsa_r1_k3_s1_c16_a1.1'], ['ir_r2_k3.5.7_a1.1_p1.1_s2_e6_c24_gs1_nsw'], ['cn_r1_k3_s1_c48_gs8']]",
+        &ImportOptions::default(),
+    )
+    .expect("imports");
+    for line in [
+        "stage dsa    k3 s1 -> 16",
+        "stage mbconv k3.5.7 a1.1 p1.1 e6 s2 -> 24  x2  act silu gs 1",
+        "stage conv   k3 s1 -> 48  x1  gs 8",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    let net = compile(&text).expect("compiles").networks.remove(0);
+    let dw = &net.stages[1].blocks[0].layers.conv_bns()[1];
+    assert_eq!(dw.conv.mixed.len(), 3, "{text}");
+    assert!(!net.stages[0].blocks[0].residual);
 
     // Several block strings in one stage.
     // Several block strings in one stage: a `stage` line, then `then` lines, numbered as one
@@ -444,12 +475,12 @@ fn timm_errors() {
         ImportError::BadValue { .. }
     ));
     assert!(matches!(
-        timm_err("ir_r1_k3.5_s1_e6_c16"),
+        timm_err("ir_r1_k3.0_s1_e6_c16"),
         ImportError::BadValue { .. }
     ));
     assert!(matches!(
-        timm_err("ir_r1_k3_s1_e6_c16_a3"),
-        ImportError::BadValue { .. }
+        timm_err("ir_r1_k3_s1_e6_c16_gsx"),
+        ImportError::UnknownKey { .. }
     ));
     assert!(matches!(
         timm_err("ir_r1_k3_s1_e6_c16_c24"),

@@ -287,11 +287,12 @@ impl Alternative {
     }
 }
 
-/// `k3`, `e4` or `s2`.
+/// `k3`, `e4` or `s2`; kernels (`k`, `a`, `p`) may be a dotted list, `k3.5.7`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LayerParam {
     pub letter: char,
-    pub value: Number,
+    /// One value, or one per group of a mixed kernel (`k3.5.7`); never empty.
+    pub values: Vec<Number>,
     pub span: Span,
 }
 
@@ -313,6 +314,8 @@ pub enum LayerOptKind {
     /// `fc N`: the expansion width is computed from N channels instead of the block's input
     /// (timm's `fc`, `force_in_chs`, in EdgeTPU's EfficientNets).
     ForceIn(Number),
+    /// `gs N`: the kxk convolution's group size (timm's `gs`; `gs 0` is one group).
+    GroupSize(Number),
 }
 
 impl LayerOptKind {
@@ -326,6 +329,7 @@ impl LayerOptKind {
             LayerOptKind::Depth(_) => "depth",
             LayerOptKind::Fixed => "fixed",
             LayerOptKind::ForceIn(_) => "fc",
+            LayerOptKind::GroupSize(_) => "gs",
         }
     }
 }

@@ -354,21 +354,27 @@ fn layer(p: Pair<Rule>) -> Layer {
             Rule::layer_param => {
                 let psp = span(&c);
                 let mut letter = ' ';
-                let mut value = None;
+                let mut values = Vec::new();
                 for q in c.into_inner() {
                     match q.as_rule() {
-                        Rule::param_letter => letter = q.as_str().chars().next().unwrap_or(' '),
-                        Rule::number => value = Some(number(q)),
-                        Rule::num_choice => {
-                            value = number_choice(q, ChoiceTarget::Param(letter), &mut choices)
+                        Rule::param_letter | Rule::kernel_letter => {
+                            letter = q.as_str().chars().next().unwrap_or(' ')
                         }
+                        Rule::number => values.push(number(q)),
+                        // Each kernel of a list is a number of its own, with its own span.
+                        Rule::kernels => values.extend(q.into_inner().map(number)),
+                        Rule::num_choice => values.extend(number_choice(
+                            q,
+                            ChoiceTarget::Param(letter),
+                            &mut choices,
+                        )),
                         _ => {}
                     }
                 }
-                if let Some(value) = value {
+                if !values.is_empty() {
                     params.push(LayerParam {
                         letter,
-                        value,
+                        values,
                         span: psp,
                     });
                 }
@@ -392,6 +398,7 @@ fn layer(p: Pair<Rule>) -> Layer {
                         Rule::act => LayerOptKind::Act(first_ident(o)),
                         Rule::depth => LayerOptKind::Depth(first_number(o)),
                         Rule::fc => LayerOptKind::ForceIn(first_number(o)),
+                        Rule::gs => LayerOptKind::GroupSize(first_number(o)),
                         _ => LayerOptKind::Fixed,
                     };
                     options.push(LayerOpt { kind, span: osp });
@@ -861,12 +868,13 @@ fn rule_display(rule: Rule) -> String {
             "a schedule statement (`epochs`, `stages`, `image 128 -> 300`, ...)".into()
         }
         Rule::scale_arg | Rule::scale_key => "`width`, `depth` or `stages`".into(),
-        Rule::layer_param | Rule::param_letter => {
+        Rule::layer_param | Rule::param_letter | Rule::kernel_letter => {
             "a layer parameter (`k3` kernel, `e4` expansion, `s2` stride)".into()
         }
+        Rule::kernels | Rule::kernel => "kernel sizes like `3` or `3.5.7`".into(),
         Rule::arrow => "`->`".into(),
         Rule::layer_opt => {
-            "a stage option (`x2`, `se 0.25`, `skip`, `noskip`, `act`, `depth`, `fc`)".into()
+            "a stage option (`x2`, `se 0.25`, `skip`, `noskip`, `act`, `depth`, `fc`, `gs`)".into()
         }
         Rule::repeats => "repeats like `x2`".into(),
         Rule::none => "`none`".into(),

@@ -34,15 +34,19 @@ pub enum DepthRounding {
 pub enum StageKind {
     Conv,
     Ds,
+    /// timm's `dsa`: depthwise-separable with an activation after the pointwise conv, and
+    /// never a residual.
+    Dsa,
     Fused,
     Edge,
     MbConv,
 }
 
 impl StageKind {
-    pub const ALL: [(&'static str, StageKind); 5] = [
+    pub const ALL: [(&'static str, StageKind); 6] = [
         ("conv", StageKind::Conv),
         ("ds", StageKind::Ds),
+        ("dsa", StageKind::Dsa),
         ("fused", StageKind::Fused),
         ("edge", StageKind::Edge),
         ("mbconv", StageKind::MbConv),
@@ -51,6 +55,7 @@ impl StageKind {
         match self {
             StageKind::Conv => "conv",
             StageKind::Ds => "ds",
+            StageKind::Dsa => "dsa",
             StageKind::Fused => "fused",
             StageKind::Edge => "edge",
             StageKind::MbConv => "mbconv",
@@ -72,7 +77,16 @@ pub enum Skip {
 pub struct StageDef {
     pub docs: Vec<String>,
     pub kind: StageKind,
+    /// The kxk convolution's kernel, the largest of `kernels`.
     pub kernel: usize,
+    /// One kernel per channel group (timm's MixConv, `k3.5.7`); one entry for a plain conv.
+    pub kernels: Vec<usize>,
+    /// The 1x1 expansion's kernels (`a`, mbconv only), and the projection's (`p`).
+    pub exp_kernels: Vec<usize>,
+    pub proj_kernels: Vec<usize>,
+    /// `gs N`: the kxk convolution's group size; `None` is the kind's default (depthwise for
+    /// `ds`, `dsa` and `mbconv`, one group otherwise), `Some(0)` one group.
+    pub group_size: Option<usize>,
     pub expansion: f64,
     pub stride: usize,
     pub channels: usize,

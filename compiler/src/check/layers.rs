@@ -45,9 +45,32 @@ fn stride_ok(n: &Number, cx: &mut Cx) -> Option<usize> {
     }
 }
 
+/// Every kernel of a `k`, `a` or `p` list, checked one by one at its own span.
+fn kernels_ok(p: &LayerParam, cx: &mut Cx) -> Option<Vec<usize>> {
+    let ks: Vec<Option<usize>> = p.values.iter().map(|n| kernel_ok(n, cx)).collect();
+    ks.into_iter().collect()
+}
+
+/// A single kernel where a list is not allowed (the stem, the head, a `conv` block).
+fn single_kernel(p: &LayerParam, what: &str, cx: &mut Cx) -> Option<usize> {
+    if p.values.len() > 1 {
+        cx.push(
+            Diagnostic::error(
+                "effnet::mixed_kernel",
+                format!("{what} has one kernel size, not {}", p.values.len()),
+                p.span,
+            )
+            .label("mixed kernels")
+            .help("mixed kernels (timm's MixConv) split a depthwise convolution: use `ds` or `mbconv`"),
+        );
+        return None;
+    }
+    kernel_ok(&p.values[0], cx)
+}
+
 /// The k/e/s parameters of a layer line, each at most once.
-fn params(layer: &Layer, cx: &mut Cx) -> HashMap<char, Number> {
-    let mut out: HashMap<char, Number> = HashMap::new();
+fn params(layer: &Layer, cx: &mut Cx) -> HashMap<char, LayerParam> {
+    let mut out: HashMap<char, LayerParam> = HashMap::new();
     let mut spans: HashMap<char, Span> = HashMap::new();
     for p in &layer.params {
         if let Some(first) = spans.get(&p.letter) {
@@ -61,7 +84,7 @@ fn params(layer: &Layer, cx: &mut Cx) -> HashMap<char, Number> {
             );
         } else {
             spans.insert(p.letter, p.span);
-            out.insert(p.letter, p.value.clone());
+            out.insert(p.letter, p.clone());
         }
     }
     out
@@ -87,14 +110,26 @@ pub(super) fn stem_or_head(
     let ps = params(layer, cx);
     let default_k = if what == "head" { 1 } else { 3 };
     let kernel = match ps.get(&'k') {
-        Some(n) => kernel_ok(n, cx),
+        Some(p) => single_kernel(p, &format!("the {what}"), cx),
         None => Some(default_k),
     };
     let stride = match ps.get(&'s') {
-        Some(n) => stride_ok(n, cx),
+        Some(p) => stride_ok(&p.values[0], cx),
         None => Some(1),
     };
-    if let Some(e) = ps.get(&'e') {
+    for letter in ['a', 'p'] {
+        if let Some(p) = ps.get(&letter) {
+            cx.push(
+                Diagnostic::error(
+                    "effnet::kernel",
+                    format!("the {what} has no expansion or projection kernel"),
+                    p.span,
+                )
+                .help(format!("drop `{letter}`")),
+            );
+        }
+    }
+    if let Some(e) = ps.get(&'e').map(|p| &p.values[0]) {
         cx.push(
             Diagnostic::error(
                 "effnet::expansion",
@@ -146,8 +181,8 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
         cx.push(d);
     }
     let ps = params(layer, cx);
-    let kernel = match ps.get(&'k') {
-        Some(n) => kernel_ok(n, cx),
+    let kernels = match ps.get(&'k') {
+        Some(p) => kernels_ok(p, cx),
         None => {
             cx.push(
                 Diagnostic::error(
@@ -162,13 +197,13 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
         }
     };
     let stride = match ps.get(&'s') {
-        Some(n) => stride_ok(n, cx),
+        Some(p) => stride_ok(&p.values[0], cx),
         None => Some(1),
     };
-    let expansion = match (kind, ps.get(&'e')) {
+    let expansion = match (kind, ps.get(&'e').map(|p| &p.values[0])) {
         (_, Some(n)) => {
             let e = cx.within(n, "the expansion ratio", 1.0, 64.0, false);
-            if let (Some(StageKind::Conv | StageKind::Ds), Some(e)) = (kind, e)
+            if let (Some(StageKind::Conv | StageKind::Ds | StageKind::Dsa), Some(e)) = (kind, e)
                 && e != 1.0
             {
                 cx.push(
@@ -206,6 +241,7 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
     let mut activation = None;
     let mut depth = 1.0;
     let mut force_in = None;
+    let mut group_size = None;
     let mut seen: HashMap<&'static str, Span> = HashMap::new();
     for o in &layer.options {
         let key = match o.kind {
@@ -232,6 +268,17 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
                     );
                 }
             }
+            LayerOptKind::Skip if kind == Some(StageKind::Dsa) => cx.push(
+                Diagnostic::error(
+                    "effnet::option",
+                    "a `dsa` block never has a residual connection",
+                    o.span,
+                )
+                .label("not allowed on a `dsa` stage")
+                .help(
+                    "timm's `dsa` is `ds` with an activated pointwise conv and no skip; use `ds`",
+                ),
+            ),
             LayerOptKind::Skip => skip = Skip::On,
             LayerOptKind::NoSkip => skip = Skip::Off,
             LayerOptKind::Act(id) => activation = cx.activation(id),
@@ -248,6 +295,7 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
                 )
                 .label("not allowed on a stage"),
             ),
+            LayerOptKind::GroupSize(n) => group_size = cx.whole(n, "the group size", 0),
             LayerOptKind::ForceIn(n) => {
                 let edge = matches!(kind, Some(StageKind::Edge))
                     || (matches!(kind, Some(StageKind::Fused)) && expansion != Some(1.0));
@@ -290,10 +338,89 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
             .help("use `edge ... e1` for timm's EdgeResidual with an SE layer"),
         );
     }
+    // `fused ... e1` is timm's `cn`: a single kxk convolution, like `conv`.
+    let single_conv = matches!(kind, Some(StageKind::Conv))
+        || (matches!(kind, Some(StageKind::Fused)) && expansion == Some(1.0));
+    let kernels = match (ps.get(&'k'), kernels) {
+        (Some(p), Some(ks)) if ks.len() > 1 && single_conv => {
+            single_kernel(p, "a single-convolution block", cx);
+            None
+        }
+        (_, ks) => ks,
+    };
+    let kernel_list = |letter: char, allowed: bool, what: &str, cx: &mut Cx| match ps.get(&letter) {
+        None => Some(vec![1]),
+        Some(p) if allowed => kernels_ok(p, cx),
+        Some(p) => {
+            if kind.is_some() {
+                cx.push(
+                    Diagnostic::error(
+                        "effnet::kernel",
+                        format!("a `{}` stage has no {what}", layer.kind.name),
+                        p.span,
+                    )
+                    .label(format!("`{letter}` not allowed here"))
+                    .help(if letter == 'a' {
+                        "`a` (timm's expansion kernel) applies only to `mbconv`"
+                    } else {
+                        "`p` (timm's projection kernel) applies to `ds`, `dsa`, `edge`, `fused` and `mbconv`"
+                    }),
+                );
+            }
+            None
+        }
+    };
+    let exp_kernels = kernel_list(
+        'a',
+        matches!(kind, Some(StageKind::MbConv)),
+        "1x1 expansion convolution",
+        cx,
+    );
+    let proj_kernels = kernel_list('p', !single_conv, "projection convolution", cx);
+    // timm's MixedConv2d is depthwise (group size 1) or one group per kernel (group size 0).
+    let gs_span = layer
+        .options
+        .iter()
+        .find(|o| matches!(o.kind, LayerOptKind::GroupSize(_)))
+        .map_or(layer.kind.span, |o| o.span);
+    if let (Some(ks), Some(g)) = (&kernels, group_size)
+        && ks.len() > 1
+        && g > 1
+    {
+        cx.push(
+            Diagnostic::error(
+                "effnet::group_size",
+                format!("mixed kernels take `gs 1` (depthwise) or `gs 0` (one group), not `gs {g}`"),
+                gs_span,
+            )
+            .label("not with mixed kernels")
+            .help("timm's MixedConv2d splits the channels by kernel; each split is depthwise or dense"),
+        );
+    }
+    let edge_like = matches!(kind, Some(StageKind::Edge | StageKind::Fused)) && !single_conv;
+    if let (Some(ks), Some(1)) = (&kernels, group_size)
+        && ks.len() > 1
+        && edge_like
+    {
+        cx.push(
+            Diagnostic::error(
+                "effnet::group_size",
+                "an expansion convolution with mixed kernels cannot be depthwise",
+                gs_span,
+            )
+            .label("not with mixed kernels")
+            .help("drop `gs 1`: the expansion changes the channel count"),
+        );
+    }
+    let kernels = kernels?;
     Some(StageDef {
         docs: docs.iter().map(|d| d.text.clone()).collect(),
         kind: kind?,
-        kernel: kernel?,
+        kernel: kernels.iter().copied().max().unwrap_or(1),
+        kernels,
+        exp_kernels: exp_kernels?,
+        proj_kernels: proj_kernels?,
+        group_size,
         expansion: expansion?,
         stride: stride?,
         channels: channels?,

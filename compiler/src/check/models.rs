@@ -9,7 +9,7 @@ use super::cx::{Cx, duplicate};
 use super::layers::{stage, stem_or_head};
 use super::{ChannelRounding, DepthRounding, HeadDef, MAX_BLOCKS, ModelDef, StageDef, StemDef};
 use crate::diagnostic::{Diagnostic, did_you_mean};
-use crate::ir::{Activation, PaddingMode};
+use crate::ir::{self, Activation, PaddingMode};
 use crate::lower::scale_stage_repeats;
 
 /// A model's settings as written, before defaults: derived models start from their base's.
@@ -548,7 +548,92 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
         }
         total = next;
     }
+    if !channels_split(&def, cx) {
+        return None;
+    }
     Some(def)
+}
+
+/// What does not split in one convolution of a block from `line`: (code, message, help).
+fn conv_problem(
+    model: &str,
+    line: &StageDef,
+    conv_name: &str,
+    c: &ir::Conv,
+) -> Option<(&'static str, String, &'static str)> {
+    if let Some(p) = c
+        .mixed
+        .iter()
+        .find(|p| p.in_channels == 0 || p.out_channels == 0)
+    {
+        return Some((
+            "effnet::mixed_kernel",
+            format!(
+                "`{}` of `{}` splits {} channels into {} groups: its {}x{} group gets none",
+                c.path,
+                model,
+                c.in_channels.min(c.out_channels),
+                c.mixed.len(),
+                p.kernel,
+                p.kernel
+            ),
+            "use fewer kernels than the block has channels",
+        ));
+    }
+    // `gs N` makes the kxk convolution `channels / N` groups (timm's `num_groups`, which counts
+    // an EdgeResidual's expanded channels): N must divide them, and the groups both sides.
+    let gs = line.group_size.filter(|&g| g > 0)?;
+    let counted = match conv_name {
+        "conv_dw" | "conv" => c.in_channels,
+        "conv_exp" => c.out_channels,
+        _ => return None,
+    };
+    let g = c.groups.max(1);
+    (counted % gs != 0 || c.in_channels % g != 0 || c.out_channels % g != 0).then(|| {
+        (
+            "effnet::group_size",
+            format!(
+                "`gs {gs}` does not divide `{}` of `{}`: {} input and {} output channels",
+                c.path, model, c.in_channels, c.out_channels
+            ),
+            "choose a group size that divides the block's channels after width scaling",
+        )
+    })
+}
+
+/// Group sizes and mixed kernels split channels that are known only after width scaling: lower
+/// the model (which cannot fail) and check every block's convolutions, reporting at the stage
+/// line each block came from, once per line. False when something does not split.
+fn channels_split(def: &ModelDef, cx: &mut Cx) -> bool {
+    let uses_groups = def.stages.iter().any(|s| {
+        s.group_size.is_some()
+            || [&s.kernels, &s.exp_kernels, &s.proj_kernels]
+                .iter()
+                .any(|k| k.len() > 1)
+    });
+    if !uses_groups {
+        return true;
+    }
+    let net = crate::lower::lower(def, &[]);
+    let mut blocks = net.blocks();
+    let mut ok = true;
+    for (line, n) in def.stages.iter().zip(crate::lower::line_repeats(def)) {
+        let problem = blocks.by_ref().take(n).find_map(|b| {
+            b.layers
+                .conv_bns()
+                .into_iter()
+                .find_map(|l| conv_problem(&def.name, line, l.conv_name, l.conv))
+        });
+        if let Some((code, message, help)) = problem {
+            ok = false;
+            cx.push(
+                Diagnostic::error(code, message, line.span)
+                    .label("here")
+                    .help(help),
+            );
+        }
+    }
+    ok
 }
 
 /// The largest total stride timm's EfficientNet builder builds without dilation (its default

@@ -106,28 +106,28 @@ pub(crate) fn conv(c: &Conv2d, x: &Tensor, grads: bool) -> Result<Tensor> {
     let pad = c.pad(h, w);
     let s = &c.spec;
     let y = if s.is_depthwise() {
-        depthwise_conv2d(x, &c.weight, s.stride, pad)?
+        depthwise_conv2d(x, &c.weight()?, s.stride, pad)?
     } else if s.kernel == 1 && s.stride == 1 && pad.is_zero() && s.groups == 1 {
         // The matmul formulations add the bias themselves.
         if grads {
-            return pointwise_conv2d_for_training(x, &c.weight, c.bias.as_ref());
+            return pointwise_conv2d_for_training(x, &c.weight()?, c.bias.as_ref());
         }
-        return pointwise_conv2d(x, &c.weight, c.bias.as_ref());
+        return pointwise_conv2d(x, &c.weight()?, c.bias.as_ref());
     } else if grads
         && s.groups == 1
         && x.device().is_cpu()
         && x.dtype() == DType::F32
-        && c.weight.dtype() == DType::F32
+        && c.weight_dtype() == DType::F32
     {
-        conv2d_train(x, &c.weight, s.stride, pad)?
+        conv2d_train(x, &c.weight()?, s.stride, pad)?
     } else if pad.top == pad.bottom && pad.left == pad.right && pad.top == pad.left {
-        x.conv2d(&c.weight, pad.top, s.stride, 1, s.groups)?
+        x.conv2d(&c.weight()?, pad.top, s.stride, 1, s.groups)?
     } else {
         // TensorFlow "same" on stride 2: the extra row and column go after.
         let x = x
             .pad_with_zeros(2, pad.top, pad.bottom)?
             .pad_with_zeros(3, pad.left, pad.right)?;
-        x.conv2d(&c.weight, 0, s.stride, 1, s.groups)?
+        x.conv2d(&c.weight()?, 0, s.stride, 1, s.groups)?
     };
     match &c.bias {
         Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
@@ -176,9 +176,9 @@ pub(crate) fn batch_norm(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tens
 /// the block's activation, the expand layer, a sigmoid. The candle and CUDA plans share it
 /// (they differ in how they pool and how they gate).
 pub(crate) fn se_gates(se: &SqueezeExcite, pooled: &Tensor) -> Result<Tensor> {
-    let r = linear(pooled, &se.reduce.weight, se.reduce.bias.as_ref())?;
+    let r = linear(pooled, se.reduce.plain_weight(), se.reduce.bias.as_ref())?;
     let r = activate(&r, se.activation)?;
-    let e = linear(&r, &se.expand.weight, se.expand.bias.as_ref())?;
+    let e = linear(&r, se.expand.plain_weight(), se.expand.bias.as_ref())?;
     candle_nn::ops::sigmoid(&e)
 }
 

@@ -60,19 +60,20 @@ impl CpuFusedOps<'_> {
     fn packed(&self, conv: &Conv2d, g: &ConvGeom) -> Result<Arc<fused::ConvWeights>> {
         let key = &conv.spec.path;
         if let Some(p) = self.prepared.get::<Prepared>(key)
-            && p.weight == conv.weight.id()
+            && p.weight == conv.weight_id()
             && p.packed.fits(g)
         {
             return Ok(Arc::clone(&p.packed));
         }
-        let w = host(&conv.weight, OP, format_args!("{key}.weight"))?;
+        let weight = conv.weight()?;
+        let w = host(&weight, OP, format_args!("{key}.weight"))?;
         let packed = Arc::new(fused::ConvWeights::new(
             w.get(),
             g,
             fused::GemmKernel::Best,
         )?);
         let entry = Prepared {
-            weight: conv.weight.id(),
+            weight: conv.weight_id(),
             packed: Arc::clone(&packed),
         };
         self.prepared.insert(key, Arc::new(entry));
@@ -168,7 +169,8 @@ impl ForwardOps for CpuFusedOps<'_> {
             if residual.is_some() {
                 bail!("{OP}: the depthwise kernel adds no residual");
             }
-            let wv = host(&conv.weight, OP, format_args!("{}.weight", conv.spec.path))?;
+            let weight = conv.weight()?;
+            let wv = host(&weight, OP, format_args!("{}.weight", conv.spec.path))?;
             let (data, means) = fused::depthwise(&x.data, wv.get(), &g, &epi, squeeze)?;
             return Ok(FusedMap { data, dims, means });
         }
@@ -192,8 +194,8 @@ impl ForwardOps for CpuFusedOps<'_> {
         let act = kernel_act(Some(se.activation))?;
         let r = se.reduce.spec.out_channels;
         let (rp, ep) = (&se.reduce.spec.path, &se.expand.spec.path);
-        let wr = host(&se.reduce.weight, OP, format_args!("{rp}.weight"))?;
-        let we = host(&se.expand.weight, OP, format_args!("{ep}.weight"))?;
+        let wr = host(se.reduce.plain_weight(), OP, format_args!("{rp}.weight"))?;
+        let we = host(se.expand.plain_weight(), OP, format_args!("{ep}.weight"))?;
         let bias = |b: &Option<Tensor>, len: usize, p: &str| -> Result<Vec<f32>> {
             match b {
                 Some(t) => Ok(host(t, OP, format_args!("{p}.bias"))?.get().to_vec()),

@@ -73,7 +73,8 @@ fn layer_forward(l: &ConvBnAct, x: Rc<Map>) -> Result<(LayerTape, Map)> {
     let o = g.o;
     let path = &l.conv.spec.path;
     let z = {
-        let wv = view(&l.conv.weight, format_args!("{path}.weight"))?;
+        let weight = l.conv.weight()?;
+        let wv = view(&weight, format_args!("{path}.weight"))?;
         let bias = match &l.conv.bias {
             Some(b) => Some(view(b, format_args!("{path}.bias"))?),
             None => None,
@@ -210,14 +211,17 @@ fn layer_backward(
     if l.conv.bias.is_some() {
         add_grad(grads, format!("{path}.bias"), kernels::column_sums(&d, o));
     }
-    let wv = view(&l.conv.weight, format_args!("{path}.weight"))?;
+    let weight = l.conv.weight()?;
+    let wv = view(&weight, format_args!("{path}.weight"))?;
     let (dw, dx) = if l.conv.spec.is_depthwise() {
         let (dw, dx) = kernels::depthwise_backward(&t.input.data, wv.get(), &t.geom, &d)?;
         (dw, Some(dx))
     } else {
         kernels::conv_backward(&t.input.data, wv.get(), &t.geom, &d, need_dx)?
     };
-    add_grad(grads, format!("{path}.weight"), dw);
+    for (name, g) in l.conv.weight_grads(dw) {
+        add_grad(grads, name, g);
+    }
     Ok(dx)
 }
 
@@ -252,9 +256,9 @@ impl<'a> SeWeights<'a> {
         };
         let (rp, ep) = (&se.reduce.spec.path, &se.expand.spec.path);
         Ok(SeWeights {
-            reduce: view(&se.reduce.weight, format_args!("{rp}.weight"))?,
+            reduce: view(se.reduce.plain_weight(), format_args!("{rp}.weight"))?,
             reduce_bias: bias(&se.reduce.bias, rp)?,
-            expand: view(&se.expand.weight, format_args!("{ep}.weight"))?,
+            expand: view(se.expand.plain_weight(), format_args!("{ep}.weight"))?,
             expand_bias: bias(&se.expand.bias, ep)?,
         })
     }

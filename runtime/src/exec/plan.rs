@@ -116,12 +116,12 @@ impl Facts {
             .iter()
             .find(|l| l.conv.spec.groups != 1 && !l.conv.spec.is_depthwise())
             .map(|l| l.conv.spec.path.clone());
-        let params_are_variables = layers.iter().any(|l| l.conv.weight.is_variable());
+        let params_are_variables = layers.iter().any(|l| l.conv.weight_is_variable());
         Facts {
             purpose,
             device: device_name(x.device()),
             input_dtype: x.dtype(),
-            param_dtype: layers.first().map_or(x.dtype(), |l| l.conv.weight.dtype()),
+            param_dtype: layers.first().map_or(x.dtype(), |l| l.conv.weight_dtype()),
             params_are_variables,
             activation_without_kernel,
             grouped_conv,

@@ -444,6 +444,9 @@ impl<'a> Builder<'a> {
     /// known or does not matter, as `auto_pad = SAME_UPPER` where TensorFlow's rule must be
     /// applied to an input size known only at run time.
     fn conv(&mut self, x: &Value, c: &ir::Conv, mode: PaddingMode) -> Result<Value, ExportError> {
+        if !c.mixed.is_empty() {
+            return self.mixed_conv(x, c, mode);
+        }
         let weight = self.weight(&format!("{}.weight", c.path), &c.weight_shape())?;
         let bias = if c.bias {
             Some(self.weight(&format!("{}.bias", c.path), &[c.out_channels])?)
@@ -513,6 +516,61 @@ impl<'a> Builder<'a> {
         let out = c.path.clone();
         self.node("Conv", &inputs, &out, attrs);
         Ok(Value { name: out, hw })
+    }
+
+    /// A mixed convolution as timm computes it: `Split` the channels, one `Conv` per part
+    /// (timm's weights, `{path}.{i}.weight`, each padded for its own kernel), `Concat`.
+    fn mixed_conv(
+        &mut self,
+        x: &Value,
+        c: &ir::Conv,
+        mode: PaddingMode,
+    ) -> Result<Value, ExportError> {
+        let parts = c.parts();
+        let sizes: Vec<i64> = parts.iter().map(|p| p.in_channels as i64).collect();
+        let slices: Vec<String> = (0..parts.len())
+            .map(|i| format!("{}.split.{i}", c.path))
+            .collect();
+        let mut inputs = vec![x.name.clone()];
+        let mut attribute = vec![attr_int("axis", 1)];
+        if self.options.opset >= 13 {
+            // From opset 13 on the sizes are an input.
+            let name = format!("{}.split", c.path);
+            if self.written.insert(name.clone()) {
+                self.initializers.push(TensorProto {
+                    dims: vec![sizes.len() as i64],
+                    data_type: Some(onnx::INT64),
+                    name: Some(name.clone()),
+                    int64_data: sizes.clone(),
+                    ..Default::default()
+                });
+            }
+            inputs.push(name);
+        } else {
+            attribute.push(attr_ints("split", &sizes));
+        }
+        self.nodes.push(NodeProto {
+            input: inputs,
+            output: slices.clone(),
+            name: Some(format!("{}.split", c.path)),
+            op_type: Some("Split".into()),
+            attribute,
+            domain: None,
+        });
+        let mut outs = Vec::with_capacity(parts.len());
+        for (part, slice) in parts.iter().zip(slices) {
+            let v = Value {
+                name: slice,
+                hw: x.hw,
+            };
+            outs.push(self.conv(&v, part, mode)?);
+        }
+        let names: Vec<&str> = outs.iter().map(|v| v.name.as_str()).collect();
+        self.node("Concat", &names, &c.path, vec![attr_int("axis", 1)]);
+        Ok(Value {
+            name: c.path.clone(),
+            hw: outs.first().and_then(|v| v.hw),
+        })
     }
 
     /// Eval-mode BatchNorm on the running statistics.

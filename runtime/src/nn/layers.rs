@@ -46,31 +46,145 @@ impl Param {
 }
 
 /// A convolution as the IR describes it, padded as the network's padding mode says.
+///
+/// A mixed convolution (MixNet's `k3.5.7`, `a1.1`) holds one weight per part, under timm's
+/// names (`conv_dw.0.weight`, ...): those are the parameters (what loads, saves and trains).
+/// Every plan runs it as the single convolution [`ir::Conv::weight_shape`] describes, its
+/// weight assembled from the parts by [`Conv2d::weight`]: each part's kernel centred in zeros
+/// to the largest kernel, on its own block of channels. That one convolution computes exactly
+/// what timm's split, convolve and concatenate computes (a centred odd kernel with the larger
+/// kernel's padding reads the same pixels, for symmetric and TensorFlow-SAME padding alike),
+/// and it runs on every fast kernel as it is: a depthwise kernel reads the NHWC map once for
+/// all channels, instead of once per strided channel slice. The price is the zeros' multiply-
+/// adds: for `k3.5.7.9` the depthwise layer does 81 taps per channel where the parts average
+/// 41, and a two-group 1x1 (`a1.1`) is a dense GEMM twice its parts' work; depthwise layers
+/// are a small share of a MixNet's time, and the GEMMs are our fastest kernels.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     pub spec: ir::Conv,
-    pub weight: Tensor,
+    /// The weight of a plain convolution; for a mixed one, empty parts of it come from `parts`.
+    weight: Tensor,
     pub bias: Option<Tensor>,
     padding: PaddingMode,
+    /// A mixed convolution's parts (timm's names and shapes) with their weights.
+    parts: Vec<(ir::Conv, Tensor)>,
 }
 
 impl Conv2d {
     pub fn load(spec: &ir::Conv, padding: PaddingMode, vb: &VarBuilder) -> CResult<Self> {
-        let weight = vb.get(
-            spec.weight_shape().to_vec(),
-            &format!("{}.weight", spec.path),
-        )?;
         let bias = if spec.bias {
             Some(vb.get(spec.out_channels, &format!("{}.bias", spec.path))?)
         } else {
             None
+        };
+        let parts = if spec.mixed.is_empty() {
+            Vec::new()
+        } else {
+            spec.parts()
+                .into_iter()
+                .map(|p| {
+                    let w = vb.get(p.weight_shape().to_vec(), &format!("{}.weight", p.path))?;
+                    Ok((p, w))
+                })
+                .collect::<CResult<Vec<_>>>()?
+        };
+        let weight = match parts.first() {
+            // A mixed convolution's own weight is assembled when asked for (`weight()`), so
+            // that it always follows its parts, which training updates in place.
+            Some((_, w)) => w.clone(),
+            None => vb.get(
+                spec.weight_shape().to_vec(),
+                &format!("{}.weight", spec.path),
+            )?,
         };
         Ok(Conv2d {
             spec: spec.clone(),
             weight,
             bias,
             padding,
+            parts,
         })
+    }
+
+    /// The weight of the convolution the plans run, `[O, I / groups, k, k]`: the loaded
+    /// tensor, or a mixed convolution's parts assembled (in candle ops, so that autograd
+    /// carries the gradient back to each part).
+    pub fn weight(&self) -> CResult<Tensor> {
+        if self.parts.is_empty() {
+            return Ok(self.weight.clone());
+        }
+        let k = self.spec.kernel;
+        let dense = self.spec.groups == 1;
+        let mut before = 0;
+        let blocks = self
+            .parts
+            .iter()
+            .map(|(p, w)| {
+                let m = (k - p.kernel) / 2;
+                let mut w = w.pad_with_zeros(2, m, m)?.pad_with_zeros(3, m, m)?;
+                if dense {
+                    // Dense over its slice: zeros for the other parts' input channels.
+                    let after = self.spec.in_channels - before - p.in_channels;
+                    w = w.pad_with_zeros(1, before, after)?;
+                    before += p.in_channels;
+                }
+                Ok(w)
+            })
+            .collect::<CResult<Vec<_>>>()?;
+        Tensor::cat(&blocks, 0)
+    }
+
+    /// The stored weight of a convolution that is never mixed (a squeeze-excitation's 1x1s),
+    /// borrowed: `weight()` without the assembly.
+    pub fn plain_weight(&self) -> &Tensor {
+        debug_assert!(self.parts.is_empty(), "`{}` is mixed", self.spec.path);
+        &self.weight
+    }
+
+    /// What identifies the weight's values for a cache of prepared weights: the tensor behind
+    /// the weight (a mixed convolution's first part).
+    pub fn weight_id(&self) -> candle_core::TensorId {
+        self.weight.id()
+    }
+
+    /// Whether the weights are training variables.
+    pub fn weight_is_variable(&self) -> bool {
+        self.weight.is_variable()
+    }
+
+    pub fn weight_dtype(&self) -> candle_core::DType {
+        self.weight.dtype()
+    }
+
+    /// The gradient of [`Conv2d::weight`] (`[O, I / groups, k, k]`, row-major) as the
+    /// gradients of the parameters, by name: itself, or each part's block cut out of it (the
+    /// zeros around a part are not parameters, so their gradient goes nowhere).
+    pub fn weight_grads(&self, dw: Vec<f32>) -> Vec<(String, Vec<f32>)> {
+        if self.parts.is_empty() {
+            return vec![(format!("{}.weight", self.spec.path), dw)];
+        }
+        let [_, ci, k, _] = self.spec.weight_shape();
+        let dense = self.spec.groups == 1;
+        let (mut o0, mut i0) = (0, 0);
+        let mut out = Vec::with_capacity(self.parts.len());
+        for (p, _) in &self.parts {
+            let [po, pi, pk, _] = p.weight_shape();
+            let m = (k - pk) / 2;
+            let mut g = Vec::with_capacity(po * pi * pk * pk);
+            for o in o0..o0 + po {
+                for i in 0..pi {
+                    let i = if dense { i0 + i } else { i };
+                    for y in 0..pk {
+                        let row = ((o * ci + i) * k + y + m) * k + m;
+                        g.extend_from_slice(&dw[row..row + pk]);
+                    }
+                }
+            }
+            out.push((format!("{}.weight", p.path), g));
+            o0 += po;
+            i0 += p.in_channels;
+        }
+        out
     }
 
     /// The padding of each side for an `h x w` input.
@@ -107,11 +221,20 @@ impl Conv2d {
     }
 
     pub fn named(&self, out: &mut Vec<NamedTensor>) {
-        out.push(NamedTensor {
-            name: format!("{}.weight", self.spec.path),
-            tensor: self.weight.clone(),
-            trainable: true,
-        });
+        if self.parts.is_empty() {
+            out.push(NamedTensor {
+                name: format!("{}.weight", self.spec.path),
+                tensor: self.weight.clone(),
+                trainable: true,
+            });
+        }
+        for (p, w) in &self.parts {
+            out.push(NamedTensor {
+                name: format!("{}.weight", p.path),
+                tensor: w.clone(),
+                trainable: true,
+            });
+        }
         if let Some(b) = &self.bias {
             out.push(NamedTensor {
                 name: format!("{}.bias", self.spec.path),

@@ -14,8 +14,9 @@ use rand_distr::{Distribution, Normal};
 
 use crate::data::{sample_rng, stream};
 
-/// Every convolution of the network, by weight name.
-fn convs(net: &ir::Network) -> HashMap<String, &ir::Conv> {
+/// Every convolution of the network as timm holds it (each part of a mixed one is a
+/// convolution of its own, initialized as one), by weight name.
+fn convs(net: &ir::Network) -> HashMap<String, ir::Conv> {
     let mut out: Vec<&ir::Conv> = vec![&net.stem.conv];
     for b in net.blocks() {
         out.extend(b.layers.conv_bns().iter().map(|l| l.conv));
@@ -28,6 +29,7 @@ fn convs(net: &ir::Network) -> HashMap<String, &ir::Conv> {
         out.push(&h.conv);
     }
     out.into_iter()
+        .flat_map(ir::Conv::parts)
         .map(|c| (format!("{}.weight", c.path), c))
         .collect()
 }

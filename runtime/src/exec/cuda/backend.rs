@@ -85,14 +85,14 @@ impl ForwardOps for CudaOps {
                 ow,
                 act,
             };
-            let wt = cv.weight.to_dtype(DType::F32)?.contiguous()?;
+            let wt = cv.weight()?.to_dtype(DType::F32)?.contiguous()?;
             x.t.apply_op3(&wt, &affine(&l.bn, cv.bias.as_ref())?, op)?
         } else {
             let (z, folded_bias) =
                 if s.kernel == 1 && s.stride == 1 && pad.is_zero() && s.groups == 1 {
                     // One GEMM over every pixel of the batch: [n*h*w, c] x [c, o].
                     let o = s.out_channels;
-                    let wt = cv.weight.to_dtype(DType::F32)?.reshape((o, c))?;
+                    let wt = cv.weight()?.to_dtype(DType::F32)?.reshape((o, c))?;
                     let z = x.t.reshape((n * h * w, c))?.matmul(&wt.t()?)?;
                     (z.reshape((n, h, w, o))?, cv.bias.as_ref())
                 } else {
