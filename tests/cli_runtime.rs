@@ -750,3 +750,124 @@ fn torchvision_weights_meet_the_spec_conventions_or_the_flag() {
     assert_eq!(y.dims(), &[1, 1000]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `check` and `summary` report a space's size and ranges; `search` runs a tiny search to its
+/// files, resumes it, and refuses what it cannot do with the file named.
+#[test]
+fn search_reports_runs_and_resumes() {
+    let dir = tmp_dir("search");
+    let spec = dir.join("tiny.effnet");
+    std::fs::write(
+        &spec,
+        "model tiny {
+    input 1 x 16
+    classes 10
+    stem conv k3 s2 -> 8
+    stage {fused|mbconv} k{3|5} e2 s2 -> 16 x1 se {0|0.25}
+    head conv k1 -> 32
+}
+schedule tiny {
+    epochs 2
+    image 16 -> 16
+    batch 50
+    optimizer adamw(weight_decay = 0.0)
+}
+search quick for tiny {
+    strategy random
+    candidates 2
+    epochs 1
+    images 100
+}
+",
+    )
+    .expect("write spec");
+    let o = effnet(&["check", &s(&spec)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("search space `tiny`: 8 candidates over 3 choices"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("(exact: every candidate measured)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = effnet(&["summary", &s(&spec), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["space"]["size"], 8.0);
+    assert!(v["space"]["params"]["min"].as_f64() < v["space"]["params"]["max"].as_f64());
+
+    let out = dir.join("run");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "search".to_string(),
+            s(&spec),
+            "--data".into(),
+            "data/fashion".into(),
+            "--out".into(),
+            s(&out),
+            "--test-images".into(),
+            "100".into(),
+        ];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        effnet(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let o = run(&[]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("2 candidates"), "{}", stdout(&o));
+    for f in ["search.json", "search.csv", "pareto.png", "best_1.effnet"] {
+        assert!(out.join(f).exists(), "{f}: {}", stdout(&o));
+    }
+    // Again without --resume: refused, nothing lost.
+    let o = run(&[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+    // Resumed with a larger budget: one more candidate.
+    let o = run(&["--resume", "--budget", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(out.join("search.csv")).expect("csv");
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    // The best model trains as it is.
+    let o = effnet(&["check", &s(&out.join("best_1.effnet"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A file without choices, an unknown strategy, a missing dataset.
+    let plain = dir.join("plain.effnet");
+    std::fs::write(
+        &plain,
+        "model p { input 1 x 16 classes 10 stem conv k3 s2 -> 8 head conv k1 -> 16 }",
+    )
+    .expect("write");
+    let o = effnet(&[
+        "search",
+        &s(&plain),
+        "--data",
+        "data/fashion",
+        "--out",
+        &s(&dir.join("x")),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no search space"), "{}", stderr(&o));
+    let o = run(&["--strategy", "annealing"]);
+    assert!(
+        stderr(&o).contains("expected random or evolution"),
+        "{}",
+        stderr(&o)
+    );
+    let o = effnet(&[
+        "search",
+        &s(&spec),
+        "--data",
+        &s(&dir.join("nodata")),
+        "--out",
+        &s(&dir.join("y")),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nodata"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,8 +10,11 @@ cd "$(dirname "$0")/.."
 out=${1:-/tmp/effnet-search-evidence}
 budget=${BUDGET:-40}
 spec=specs/search/fashion.effnet
-cargo build --release --quiet
-bin=${CARGO_TARGET_DIR:-target}/release/effnet
+# BIN: an effnet binary to use instead of building one here.
+if [ -z "${BIN:-}" ]; then
+    cargo build --release --quiet
+fi
+bin=${BIN:-${CARGO_TARGET_DIR:-target}/release/effnet}
 mkdir -p "$out"
 for seed in 0 1 2; do
     for strategy in evolution random; do
