@@ -607,7 +607,9 @@ Coverage across the set: every block kind (`conv` with and without `skip`, `fuse
 `fused e4` = timm `er`, `edge e1` and `edge e4` = timm `er`, `mbconv` = timm `ir`, `ds`), SE on
 `mbconv`, `ds`, a fused `er` block and an `edge e1` block; symmetric and TF `same` padding, both on the
 odd input 67 and on even inputs 64 / 32; stride 2 in conv and fused stages; kernel 5; width 1.25 and
-depth 1.5 with round limit 0.9 and with limit 0; silu and relu; `head none`; a fixed 12-channel stem.
+depth 1.5 with round limit 0.9 and with limit 0; silu and relu; `head none`; a fixed 12-channel stem;
+MixNet's options (mixed depthwise kernels, `a1.1` / `p1.1`, `dsa`, `gs`, a dense mixed expansion,
+per-stage activation) in both paddings.
 
 ## What timm builds
 
