@@ -57,6 +57,10 @@ EXTRA = [
     ("fx_conv_nohead", 13, "dynamic"),
     ("fx_w125_d15_limit09", 28, "dynamic"),
     ("fx_v1_relu32", 20, 32),
+    # mixed kernels: Split's sizes as an attribute (opset 11) and as an input (13), SAME
+    # padding per kernel decided at run time
+    ("fx_mixgs_same19", 11, "dynamic"),
+    ("fx_mixnet21", 13, "dynamic"),
 ]
 ACTIVATIONS = {
     "silu": nn.SiLU,

@@ -38,8 +38,10 @@ from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
 # ---------------------------------------------------------------------------------------------
 # Fixture descriptions.
 #
-# stage = (kind, k, e, s, c, r, opts) with kind in conv | ds | fused | edge | mbconv (the .effnet
-# names) and opts a dict with any of: se (ratio), skip (True = `skip`, False = `noskip`).
+# stage = (kind, k, e, s, c, r, opts) with kind in conv | ds | dsa | fused | edge | mbconv (the
+# .effnet names), k an int or mixed kernels as timm writes them ("3.5.7"), and opts a dict with
+# any of: se (ratio), skip (True = `skip`, False = `noskip`), fc, then, a / p (expansion /
+# projection kernels, "1.1"), gs (group size), act (the stage's own activation, `act NAME`).
 # features=True also stores timm's feature maps (features_only) for the fixture's input.
 # ---------------------------------------------------------------------------------------------
 FIXTURES = [
@@ -232,6 +234,43 @@ FIXTURES = [
         head=64,
     ),
     dict(
+        name="fx_mixnet21",
+        doc="MixNet's block options: mixed depthwise kernels, two-group 1x1 expansion and projection, "
+            "dsa, relu early and swish later",
+        covers="`k3.5.7` / `k3.5.7.9` / `k3.5` (timm MixedConv2d depthwise: uneven splits, the first "
+               "taking the remainder), `a1.1` / `p1.1` (grouped 1x1 with timm's split), `dsa` (activated "
+               "pointwise, no skip), `ds ... p1.1`, per-stage `act silu` on a relu model, SE 0.5; "
+               "symmetric padding, odd input 21",
+        size=21, seed=14, classes=10, act="relu", eps=1e-5, padding="symmetric",
+        width=1.0, depth=1.0, limit=0.9, stem=16,
+        stages=[
+            ("dsa", 3, 1, 1, 16, 1, {}),
+            ("ds", "3.5", 1, 1, 16, 1, dict(p="1.1")),
+            ("mbconv", 3, 6, 2, 24, 1, dict(a="1.1", p="1.1")),
+            ("mbconv", "3.5.7", 6, 2, 40, 1, dict(se=0.5, act="silu")),
+            ("mbconv", "3.5", 6, 1, 40, 2, dict(a="1.1", p="1.1", se=0.5, act="silu", then=True)),
+            ("mbconv", "3.5.7.9", 3, 2, 48, 1, dict(p="1.1", se=0.25, act="silu")),
+        ],
+        head=64,
+    ),
+    dict(
+        name="fx_mixgs_same19",
+        doc="TensorFlow-ported MixNet options: mixed kernels with SAME padding per kernel, group sizes",
+        covers="`k3.5.7` at stride 2 with TF `same` padding (each split padded for its own kernel), "
+               "`edge k3.5 ... p1.1` (a dense MixedConv2d expansion), `mbconv ... gs 8` and `conv ... gs 8` "
+               "(grouped convolutions), `mbconv k5 a3` (a 3x3 expansion); eps 1e-3, odd input 19",
+        size=19, seed=15, classes=10, act="silu", eps=1e-3, padding="same",
+        width=1.0, depth=1.0, limit=0.9, stem=16,
+        stages=[
+            ("conv", 3, 1, 1, 16, 1, dict(skip=True, gs=8)),
+            ("mbconv", "3.5.7", 4, 2, 24, 1, dict(a="1.1", se=0.25)),
+            ("edge", "3.5", 4, 2, 32, 1, dict(p="1.1")),
+            ("mbconv", 3, 4, 1, 32, 1, dict(gs=8, se=0.25)),
+            ("mbconv", 5, 4, 2, 40, 1, dict(a=3)),
+        ],
+        head=64,
+    ),
+    dict(
         name="fx_mish16",
         doc="Mish everywhere (timm's `nmi`), in the blocks and in SE",
         covers="`activation mish` (x * tanh(softplus(x)); timm nn.Mish) in conv, fused, MBConv and "
@@ -310,20 +349,26 @@ def randomize_(model, seed, calib_size=None, calib_batch=4, gain=1.0):
 # ---------------------------------------------------------------------------------------------
 # Description -> timm arch_def and -> .effnet text.
 # ---------------------------------------------------------------------------------------------
+ACT_CODES = {"relu": "re", "relu6": "r6", "hard_swish": "hs", "silu": "sw", "mish": "mi"}
+
+
 def block_string(stage):
     kind, k, e, s, c, r, o = stage
     se = f"_se{o['se']}" if o.get("se") else ""
+    # timm's other block-string options, in the order its MixNet strings write them
+    ap = "".join(f"_{key}{o[key]}" for key in ("a", "p") if o.get(key))
+    extra = (f"_gs{o['gs']}" if "gs" in o else "") + (f"_n{ACT_CODES[o['act']]}" if o.get("act") else "")
     if kind == "conv" or (kind == "fused" and e == 1):
         assert not o.get("se"), "SE on a conv-bn-act stage: use `edge`"
-        return f"cn_r{r}_k{k}_s{s}_e1_c{c}" + ("_skip" if o.get("skip") else "")
+        return f"cn_r{r}_k{k}_s{s}_e1_c{c}" + ("_skip" if o.get("skip") else "") + extra
     tail = "_noskip" if o.get("skip") is False else ""
     if kind in ("fused", "edge"):
         fc = f"_fc{o['fc']}" if o.get("fc") else ""
-        return f"er_r{r}_k{k}_s{s}_e{e}_c{c}{se}{fc}{tail}"
+        return f"er_r{r}_k{k}{ap}_s{s}_e{e}_c{c}{se}{fc}{tail}{extra}"
     if kind == "mbconv":
-        return f"ir_r{r}_k{k}_s{s}_e{e}_c{c}{se}{tail}"
-    if kind == "ds":
-        return f"ds_r{r}_k{k}_s{s}_e1_c{c}{se}{tail}"
+        return f"ir_r{r}_k{k}{ap}_s{s}_e{e}_c{c}{se}{tail}{extra}"
+    if kind in ("ds", "dsa"):
+        return f"{kind}_r{r}_k{k}{ap}_s{s}_e1_c{c}{se}{tail}{extra}"
     raise ValueError(kind)
 
 
@@ -366,6 +411,7 @@ def effnet_text(fx):
     for st in fx["stages"]:
         kind, k, e, s, c, r, o = st
         ee = f"e{e}" if kind in ("fused", "edge", "mbconv") else ""
+        kk = f"k{k}" + "".join(f" {key}{o[key]}" for key in ("a", "p") if o.get(key))
         opts = []
         if o.get("se"):
             opts.append(f"se {fmt_num(o['se'])}")
@@ -373,10 +419,14 @@ def effnet_text(fx):
             opts.append("skip")
         elif o.get("skip") is False:
             opts.append("noskip")
+        if o.get("act"):
+            opts.append(f"act {o['act']}")
         if o.get("fc"):
             opts.append(f"fc {o['fc']}")
+        if "gs" in o:
+            opts.append(f"gs {o['gs']}")
         keyword = "then " if o.get("then") else "stage"
-        left = f"    {keyword} {kind:<6} k{k} {ee:<2} s{s} -> {c:<3}"
+        left = f"    {keyword} {kind:<6} {kk} {ee:<2} s{s} -> {c:<3}"
         rows.append((left, f"x{r}", " ".join(opts), block_string(st)))
     w = max(len(a) for a, *_ in rows)
     for left, rep, opts, bs in rows:
@@ -468,8 +518,11 @@ def describe(model):
             else:
                 i, m, o, conv = b.conv_dw.in_channels, b.conv_dw.in_channels, b.conv_pw.out_channels, b.conv_dw
             se = b.se.conv_reduce.out_channels if hasattr(getattr(b, "se", None), "conv_reduce") else 0
-            out.append(f"blocks.{si}.{bi} {cls} {i}->{m}->{o} se_rd={se} k{conv.kernel_size[0]} "
-                       f"s{conv.stride[0]} skip={b.has_skip} ({type(conv).__name__})")
+            # a MixedConv2d (mixed kernels) holds one conv per kernel
+            parts = list(conv.values()) if isinstance(conv, nn.ModuleDict) else [conv]
+            ks = ".".join(str(p.kernel_size[0]) for p in parts)
+            out.append(f"blocks.{si}.{bi} {cls} {i}->{m}->{o} se_rd={se} k{ks} "
+                       f"s{parts[0].stride[0]} skip={b.has_skip} ({type(conv).__name__})")
     head = model.conv_head
     out.append(f"head {head.out_channels if hasattr(head, 'out_channels') else 'none'} "
                f"classifier {model.classifier.in_features}->{model.classifier.out_features}")
@@ -554,7 +607,9 @@ Coverage across the set: every block kind (`conv` with and without `skip`, `fuse
 `fused e4` = timm `er`, `edge e1` and `edge e4` = timm `er`, `mbconv` = timm `ir`, `ds`), SE on
 `mbconv`, `ds`, a fused `er` block and an `edge e1` block; symmetric and TF `same` padding, both on the
 odd input 67 and on even inputs 64 / 32; stride 2 in conv and fused stages; kernel 5; width 1.25 and
-depth 1.5 with round limit 0.9 and with limit 0; silu and relu; `head none`; a fixed 12-channel stem.
+depth 1.5 with round limit 0.9 and with limit 0; silu and relu; `head none`; a fixed 12-channel stem;
+MixNet's options (mixed depthwise kernels, `a1.1` / `p1.1`, `dsa`, `gs`, a dense mixed expansion,
+per-stage activation) in both paddings.
 
 ## What timm builds
 

@@ -92,11 +92,7 @@ fn conv(
 
 /// timm's `num_groups`: group size 0 is one group, N is `channels / N` groups (1: depthwise).
 fn num_groups(group_size: usize, channels: usize) -> usize {
-    if group_size == 0 {
-        1
-    } else {
-        (channels / group_size).max(1)
-    }
+    channels.checked_div(group_size).map_or(1, |g| g.max(1))
 }
 
 /// timm's `create_conv2d`: a plain convolution for one kernel; for several, a `MixedConv2d`

@@ -50,8 +50,19 @@ fn fused_eval_matches_the_layers_and_follows_new_weights() {
 
     // A new weight for the head (a 1x1 convolution) and the stem (3x3, stride 2).
     let head = net.head.as_mut().expect("head");
-    head.conv.weight = head.conv.weight.affine(-0.5, 0.01).expect("head weight");
-    net.stem.conv.weight = net.stem.conv.weight.affine(1.5, 0.0).expect("stem weight");
+    let w = head
+        .conv
+        .plain_weight()
+        .affine(-0.5, 0.01)
+        .expect("head weight");
+    head.conv.set_weight(w);
+    let w = net
+        .stem
+        .conv
+        .plain_weight()
+        .affine(1.5, 0.0)
+        .expect("stem weight");
+    net.stem.conv.set_weight(w);
     let fused2 = vals(&net.forward_t(&x, false).expect("fused, new weights"));
     let want2 = reference(&net, &x);
     let d = max_diff(&fused2, &want2);

@@ -153,3 +153,141 @@ fn feature_maps_match_timm_features_only() {
     }
     println!("{}", report.join("\n"));
 }
+
+/// The fixture's network, weights, input and timm's logits; its weights as training variables
+/// when `variables` (what the training step needs).
+fn load_fixture(
+    spec: &Path,
+    variables: bool,
+) -> (Network, candle_core::Tensor, candle_core::Tensor) {
+    let text = std::fs::read_to_string(spec).expect("spec");
+    let compiled = compile(&text).unwrap_or_else(|d| panic!("{}: {d:?}", spec.display()));
+    let net_ir = compiled.network(None).expect("one model");
+    let mut tensors =
+        read_safetensors(&spec.with_extension("safetensors"), &Device::Cpu).expect("weights");
+    let input = tensors.remove("__input__").expect("fixture input");
+    let logits = tensors.remove("__logits__").expect("fixture logits");
+    let net = if variables {
+        let varmap = candle_nn::VarMap::new();
+        {
+            let mut data = varmap.data().lock().expect("varmap");
+            for (name, t) in tensors {
+                data.insert(name, candle_core::Var::from_tensor(&t).expect("var"));
+            }
+        }
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        Network::from_ir(net_ir, vb).expect("network builds")
+    } else {
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        Network::from_ir(net_ir, vb).expect("network builds")
+    };
+    (net, input, logits)
+}
+
+fn max_abs(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("max abs diff")
+}
+
+/// The MixNet fixtures (mixed depthwise kernels, two-group 1x1s, `dsa`, group sizes, per-stage
+/// activation) on every plan that runs a network: inference on the plan chosen (the CPU fused
+/// kernels, or candle where a grouped convolution sends the network there) and on candle; and
+/// the training step's forward with every BatchNorm frozen (so it normalizes as eval mode
+/// does), whose loss must be the cross-entropy of timm's logits.
+#[test]
+fn mixnet_fixtures_match_timm_on_every_plan() {
+    use effnet_runtime::train::optim::Param;
+    use effnet_runtime::{Plan, Purpose};
+    let specs: Vec<PathBuf> = fixtures()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("fx_mix"))
+        .collect();
+    assert_eq!(specs.len(), 2, "the MixNet fixtures: {specs:?}");
+    let mut report = Vec::new();
+    for spec in &specs {
+        let name = spec.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
+        let (net, input, logits) = load_fixture(spec, false);
+        let grouped = name.contains("gs");
+        let chosen = net.plan(&input, Purpose::Infer).plan;
+        // A grouped convolution that is not depthwise has no CPU kernel: candle runs it.
+        let expected = if grouped {
+            Plan::Candle
+        } else {
+            Plan::CpuFused
+        };
+        assert_eq!(chosen, expected, "{name}");
+        for plan in [Plan::CpuFused, Plan::Candle] {
+            if plan == Plan::CpuFused && grouped {
+                continue;
+            }
+            let ours = net.forward_on(plan, &input, false).expect("forward");
+            let d = max_abs(&ours, &logits);
+            report.push(format!("{name} {plan:?}: max |diff| {d:e}"));
+            assert!(d < 1e-4, "{}", report.join("\n"));
+        }
+
+        // The training step's forward: eval-mode BatchNorm everywhere, no masks (the fixtures
+        // have no dropout or drop-path), soft targets.
+        let (mut tnet, input, logits) = load_fixture(spec, true);
+        let layers = std::iter::once(&mut tnet.stem)
+            .chain(
+                tnet.stages
+                    .iter_mut()
+                    .flatten()
+                    .flat_map(|b| b.layers.iter_mut()),
+            )
+            .chain(tnet.head.as_mut());
+        for l in layers {
+            l.bn.frozen = true;
+        }
+        let params: Vec<Param> = tnet
+            .named_tensors()
+            .into_iter()
+            .filter(|t| t.trainable)
+            .map(|t| {
+                Param::new(
+                    t.name,
+                    candle_core::Var::from_tensor(&t.tensor).expect("var"),
+                )
+            })
+            .collect();
+        let (n, k) = logits.dims2().expect("logits");
+        let mut t = vec![0.05f32 / k as f32; n * k];
+        for i in 0..n {
+            t[i * k + (3 * i + 1) % k] += 0.95;
+        }
+        let targets = candle_core::Tensor::from_vec(t, (n, k), &Device::Cpu).expect("targets");
+        let theirs = effnet_runtime::exec::soft_cross_entropy(&logits, &targets)
+            .and_then(|l| l.to_scalar::<f32>())
+            .expect("timm's loss") as f64;
+        let step = tnet.plan(&input, Purpose::TrainStep).plan;
+        assert_eq!(
+            step,
+            if grouped { Plan::Candle } else { Plan::CpuStep },
+            "{name}"
+        );
+        for plan in [Plan::CpuStep, Plan::Candle] {
+            if plan == Plan::CpuStep && grouped {
+                continue;
+            }
+            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+            let (loss, grads) = tnet
+                .loss_and_grads_on(plan, &params, &input, &targets, &mut rng)
+                .expect("step");
+            assert_eq!(grads.len(), params.len());
+            report.push(format!(
+                "{name} train step {plan:?}: loss {loss} timm {theirs}"
+            ));
+            assert!(
+                (loss - theirs).abs() < 1e-4 * theirs.abs().max(1.0),
+                "{}",
+                report.join("\n")
+            );
+        }
+    }
+    println!("{}", report.join("\n"));
+}

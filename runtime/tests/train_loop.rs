@@ -224,7 +224,9 @@ fn batchnorm_statistics_update_in_train_mode_and_serve_eval() {
 
     // The stem's batch statistics, computed by hand.
     // The stem is a 3x3 stride-2 convolution with symmetric padding 1 and no bias.
-    let conv = x.conv2d(&net.stem.conv.weight, 1, 2, 1, 1).expect("conv");
+    let conv = x
+        .conv2d(net.stem.conv.plain_weight(), 1, 2, 1, 1)
+        .expect("conv");
     let mean = conv
         .mean((0, 2, 3))
         .expect("mean")

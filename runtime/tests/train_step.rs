@@ -52,6 +52,26 @@ model same {
 }
 "#;
 
+/// MixNet's options: mixed depthwise kernels (stride 2 with "same" padding, one kernel per
+/// split), two-group 1x1 expansion and projection, a dense mixed expansion in an edge block,
+/// `dsa` and per-stage activation. The hand-written step runs each mixed convolution as one
+/// (its parts centred in zeros) and must cut each part's gradient out of that one's.
+const MIXED: &str = r#"
+model mixed {
+    input 3 x 17
+    classes 6
+    activation relu
+    padding same
+    drop_path 0.2
+    stem conv k3 s2 -> 16
+    stage dsa    k3 s1 -> 16 x1
+    stage ds     k3.5 p1.1 s1 -> 16 x1
+    stage mbconv k3.5.7 a1.1 p1.1 e4 s2 -> 24 x2 se 0.5 act silu
+    stage edge   k3.5 e4 p1.1 s2 -> 32 x1
+    head conv k1 -> 48
+}
+"#;
+
 fn build(spec: &str, dev: &Device) -> (Network, Vec<Param>) {
     let net = common::trainable_network(spec, dev);
     let params = net
@@ -153,6 +173,11 @@ fn hand_step_matches_autograd_same_padding_every_block_kind() {
     compare(SAME, 5, 18);
     // An odd size: "same" pads asymmetrically on every stride-2 layer.
     compare(SAME, 3, 19);
+}
+
+#[test]
+fn hand_step_matches_autograd_with_mixed_kernels() {
+    compare(MIXED, 4, 17);
 }
 
 /// Fine-tuning's frozen BatchNorm layers run in eval mode in a training step: normalized with

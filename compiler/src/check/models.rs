@@ -589,7 +589,10 @@ fn conv_problem(
         _ => return None,
     };
     let g = c.groups.max(1);
-    (counted % gs != 0 || c.in_channels % g != 0 || c.out_channels % g != 0).then(|| {
+    let whole = counted.is_multiple_of(gs)
+        && c.in_channels.is_multiple_of(g)
+        && c.out_channels.is_multiple_of(g);
+    (!whole).then(|| {
         (
             "effnet::group_size",
             format!(

@@ -535,7 +535,7 @@ impl<'a> Builder<'a> {
         let mut attribute = vec![attr_int("axis", 1)];
         if self.options.opset >= 13 {
             // From opset 13 on the sizes are an input.
-            let name = format!("{}.split", c.path);
+            let name = format!("{}.split_sizes", c.path);
             if self.written.insert(name.clone()) {
                 self.initializers.push(TensorProto {
                     dims: vec![sizes.len() as i64],

@@ -134,11 +134,21 @@ impl Conv2d {
         Tensor::cat(&blocks, 0)
     }
 
-    /// The stored weight of a convolution that is never mixed (a squeeze-excitation's 1x1s),
+    /// The stored weight of a convolution that is not mixed (a squeeze-excitation's 1x1s),
     /// borrowed: `weight()` without the assembly.
     pub fn plain_weight(&self) -> &Tensor {
         debug_assert!(self.parts.is_empty(), "`{}` is mixed", self.spec.path);
         &self.weight
+    }
+
+    /// Replace a plain convolution's weight (a mixed one's weights are its parts').
+    pub fn set_weight(&mut self, weight: Tensor) {
+        assert!(
+            self.parts.is_empty(),
+            "`{}` is mixed: set its parts",
+            self.spec.path
+        );
+        self.weight = weight;
     }
 
     /// What identifies the weight's values for a cache of prepared weights: the tensor behind
