@@ -84,8 +84,65 @@ fn conv(
         out_channels,
         kernel,
         stride,
+        dilation: 1,
         groups,
         bias: false,
+    }
+}
+
+/// A block's kxk convolution: the one that strides, and dilates once the output stride is
+/// reached.
+#[allow(clippy::too_many_arguments)]
+fn spatial_conv(
+    path: String,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Conv {
+    Conv {
+        dilation,
+        ..conv(path, in_channels, out_channels, kernel, stride, groups)
+    }
+}
+
+/// timm's `EfficientNetBuilder` strides and dilations (its `output_stride`): walking the blocks
+/// in order, a stride that would take the network's total stride past `output_stride` becomes
+/// 1 and multiplies the dilation instead. The block where that happens still convolves with
+/// the dilation before it; the blocks after it get the new one.
+#[derive(Debug, Clone, Copy)]
+pub struct Dilator {
+    output_stride: usize,
+    total: usize,
+    dilation: usize,
+}
+
+impl Dilator {
+    /// After a stem of stride `stem_stride`.
+    pub fn new(output_stride: usize, stem_stride: usize) -> Self {
+        Dilator {
+            output_stride,
+            total: stem_stride,
+            dilation: 1,
+        }
+    }
+
+    /// The `(stride, dilation)` of the next block, written with `stride`.
+    pub fn next(&mut self, stride: usize) -> (usize, usize) {
+        let dilation = self.dilation;
+        if stride <= 1 {
+            return (stride, dilation);
+        }
+        let total = self.total.saturating_mul(stride);
+        if total > self.output_stride {
+            self.dilation = dilation.saturating_mul(stride);
+            (1, dilation)
+        } else {
+            self.total = total;
+            (stride, dilation)
+        }
     }
 }
 
@@ -137,6 +194,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
 
     let mut in_ch = stem_channels;
     let mut block_counter = 0usize;
+    let mut dilator = Dilator::new(model.output_stride, model.stem.stride);
     let mut stages = Vec::new();
     for (si, range) in groups.iter().enumerate() {
         let mut blocks = Vec::new();
@@ -147,7 +205,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
             let out_ch = round_channels(s.channels, model.width, rc);
             let act = s.activation.unwrap_or(model.activation);
             for k in 0..n {
-                let stride = if k == 0 { s.stride } else { 1 };
+                let (stride, dilation) = dilator.next(if k == 0 { s.stride } else { 1 });
                 let path = format!("blocks.{si}.{bi}");
                 let p = |name: &str| format!("{path}.{name}");
                 // Mid channels always use timm's default rounding (divisor 8, limit 0.9), whatever
@@ -184,7 +242,15 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     StageKind::Conv => (
                         BlockKind::Conv,
                         BlockLayers::Conv {
-                            conv: conv(p("conv"), in_ch, out_ch, s.kernel, stride, 1),
+                            conv: spatial_conv(
+                                p("conv"),
+                                in_ch,
+                                out_ch,
+                                s.kernel,
+                                stride,
+                                dilation,
+                                1,
+                            ),
                             bn1: bn(p("bn1"), out_ch),
                         },
                         out_ch,
@@ -194,7 +260,15 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     StageKind::Fused if s.expansion == 1.0 => (
                         BlockKind::Conv,
                         BlockLayers::Conv {
-                            conv: conv(p("conv"), in_ch, out_ch, s.kernel, stride, 1),
+                            conv: spatial_conv(
+                                p("conv"),
+                                in_ch,
+                                out_ch,
+                                s.kernel,
+                                stride,
+                                dilation,
+                                1,
+                            ),
                             bn1: bn(p("bn1"), out_ch),
                         },
                         out_ch,
@@ -203,7 +277,15 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     StageKind::Ds => (
                         BlockKind::DepthwiseSeparable,
                         BlockLayers::DepthwiseSeparable {
-                            conv_dw: conv(p("conv_dw"), in_ch, in_ch, s.kernel, stride, in_ch),
+                            conv_dw: spatial_conv(
+                                p("conv_dw"),
+                                in_ch,
+                                in_ch,
+                                s.kernel,
+                                stride,
+                                dilation,
+                                in_ch,
+                            ),
                             bn1: bn(p("bn1"), in_ch),
                             se,
                             conv_pw: conv(p("conv_pw"), in_ch, out_ch, 1, 1, 1),
@@ -215,7 +297,15 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     StageKind::Fused | StageKind::Edge => (
                         BlockKind::Edge,
                         BlockLayers::Edge {
-                            conv_exp: conv(p("conv_exp"), in_ch, mid, s.kernel, stride, 1),
+                            conv_exp: spatial_conv(
+                                p("conv_exp"),
+                                in_ch,
+                                mid,
+                                s.kernel,
+                                stride,
+                                dilation,
+                                1,
+                            ),
                             bn1: bn(p("bn1"), mid),
                             se,
                             conv_pwl: conv(p("conv_pwl"), mid, out_ch, 1, 1, 1),
@@ -229,7 +319,15 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                         BlockLayers::MbConv {
                             conv_pw: conv(p("conv_pw"), in_ch, mid, 1, 1, 1),
                             bn1: bn(p("bn1"), mid),
-                            conv_dw: conv(p("conv_dw"), mid, mid, s.kernel, stride, mid),
+                            conv_dw: spatial_conv(
+                                p("conv_dw"),
+                                mid,
+                                mid,
+                                s.kernel,
+                                stride,
+                                dilation,
+                                mid,
+                            ),
                             bn2: bn(p("bn2"), mid),
                             se,
                             conv_pwl: conv(p("conv_pwl"), mid, out_ch, 1, 1, 1),
@@ -253,6 +351,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     out_channels: out_ch,
                     kernel: s.kernel,
                     stride,
+                    dilation,
                     se_channels,
                     residual,
                     drop_path: model.drop_path * block_counter as f64 / total_blocks.max(1) as f64,
@@ -267,6 +366,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
         stages.push(Stage {
             index: si,
             docs: model.stages[range.start].docs.clone(),
+            stride: model.stages[range.start].stride,
             blocks,
         });
     }
@@ -293,6 +393,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
         num_classes: model.classes,
         activation: model.activation,
         padding: model.padding,
+        output_stride: model.output_stride,
         dropout: model.dropout,
         drop_path: model.drop_path,
         normalize: model.normalize.as_ref().map(|(m, s)| Normalize {
