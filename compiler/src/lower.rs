@@ -113,7 +113,7 @@ fn spatial_conv(
 /// 1 and multiplies the dilation instead. The block where that happens still convolves with
 /// the dilation before it; the blocks after it get the new one.
 #[derive(Debug, Clone, Copy)]
-pub struct Dilator {
+struct Dilator {
     output_stride: usize,
     total: usize,
     dilation: usize,
@@ -121,7 +121,7 @@ pub struct Dilator {
 
 impl Dilator {
     /// After a stem of stride `stem_stride`.
-    pub fn new(output_stride: usize, stem_stride: usize) -> Self {
+    fn new(output_stride: usize, stem_stride: usize) -> Self {
         Dilator {
             output_stride,
             total: stem_stride,
@@ -130,7 +130,7 @@ impl Dilator {
     }
 
     /// The `(stride, dilation)` of the next block, written with `stride`.
-    pub fn next(&mut self, stride: usize) -> (usize, usize) {
+    fn next(&mut self, stride: usize) -> (usize, usize) {
         let dilation = self.dilation;
         if stride <= 1 {
             return (stride, dilation);
