@@ -39,7 +39,12 @@ fn spec() -> String {
 
 /// The fixture's weights alone in `dir/weights.safetensors`, plus its input and logits.
 fn fixture_files(dir: &Path) -> (PathBuf, Tensor, Tensor) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("{FIXTURE}.safetensors"));
+    fixture_files_of(dir, FIXTURE)
+}
+
+/// [`fixture_files`] of the fixture at `fixture` (a path without extension).
+fn fixture_files_of(dir: &Path, fixture: &str) -> (PathBuf, Tensor, Tensor) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("{fixture}.safetensors"));
     let mut t: HashMap<String, Tensor> =
         candle_core::safetensors::load(&src, &Device::Cpu).expect("fixture");
     let x = t.remove("__input__").expect("input");
@@ -153,6 +158,84 @@ fn run_writes_the_requested_feature_levels() {
         "{}",
         stderr(&o)
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// At `output_stride 16` the last levels keep stride 16 (the stage that would go to 32
+/// dilates instead): `summary` lists them so, and `run --features` writes timm's maps, of timm's
+/// shapes, for them.
+#[test]
+fn feature_levels_at_output_stride_16_are_timms() {
+    const OS16: &str = "tests/fixtures/runtime/fx_os16_sym35";
+    let dir = tmp_dir("run-features-os16");
+    let (w, x, _) = fixture_files_of(&dir, OS16);
+    let input = dir.join("x.npy");
+    x.write_npy(&input).expect("write input");
+    let output = dir.join("feats.npy");
+    let spec = format!("{OS16}.effnet");
+    let o = effnet(&["summary", &spec]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.contains("output stride 16"), "{table}");
+    let levels: Vec<(String, String)> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("level"))
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[3].to_string(), f[5].to_string())
+        })
+        .collect();
+    let want = [
+        ("2", "18x18"),
+        ("4", "9x9"),
+        ("8", "5x5"),
+        ("16", "3x3"),
+        ("16", "3x3"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(levels, want, "{table}");
+    let o = effnet(&[
+        "run",
+        &spec,
+        "--weights",
+        &s(&w),
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&output),
+        "--features",
+        "3,4",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("wrote level 4 (`blocks.5`, stride 16, 40 channels)"),
+        "{}",
+        stderr(&o)
+    );
+    let timm: HashMap<String, Tensor> = candle_core::safetensors::load(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("{OS16}.features.safetensors")),
+        &Device::Cpu,
+    )
+    .expect("timm's feature maps");
+    for i in [3, 4] {
+        let got = Tensor::read_npy(dir.join(format!("feats.level{i}.npy"))).expect("level file");
+        let want = &timm[&format!("level{i}")];
+        assert_eq!(got.dims(), want.dims(), "level {i}");
+        assert_eq!(got.dims()[2..], [3, 3], "level {i}");
+        let max_abs = |t: &Tensor| {
+            t.abs()
+                .and_then(|d| d.flatten_all())
+                .and_then(|d| d.max(0))
+                .and_then(|d| d.to_scalar::<f32>())
+                .expect("max")
+        };
+        let rel = max_abs(&(got - want).expect("diff")) / max_abs(want);
+        assert!(rel < 1e-5, "level {i}: {rel} relative to timm");
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 

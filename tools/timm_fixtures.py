@@ -43,6 +43,7 @@ from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
 # any of: se (ratio), skip (True = `skip`, False = `noskip`), fc, then, a / p (expansion /
 # projection kernels, "1.1"), gs (group size), act (the stage's own activation, `act NAME`).
 # features=True also stores timm's feature maps (features_only) for the fixture's input.
+# output_stride=N builds with timm's `output_stride` (strides past N become dilation).
 # ---------------------------------------------------------------------------------------------
 FIXTURES = [
     dict(
@@ -284,6 +285,52 @@ FIXTURES = [
         ],
         head=64,
     ),
+    dict(
+        name="fx_os16_sym35",
+        features=True,
+        output_stride=16,
+        doc="timm's output_stride=16: the last stride-2 stage dilates (MBConv depthwise, then an EdgeResidual)",
+        covers="`output_stride 16` (timm `output_stride=16`): the fifth stride-2 stage's first block "
+               "keeps dilation 1 at stride 1, the blocks after it have dilation 2 (the depthwise of "
+               "`mbconv`, the kxk `conv_exp` of `edge` with a residual); padding `d * (k - 1) / 2`; "
+               "feature levels end where the stride was written (reduction capped at 16); "
+               "symmetric padding on odd input 35, silu",
+        size=35, seed=14, classes=10, act="silu", eps=1e-5, padding="symmetric",
+        width=1.0, depth=1.0, limit=0.9, stem=8,
+        stages=[
+            ("fused", 3, 1, 1, 8, 1, dict(skip=True)),
+            ("fused", 3, 4, 2, 16, 2, {}),
+            ("mbconv", 3, 4, 2, 24, 2, dict(se=0.25)),
+            ("mbconv", 5, 4, 2, 32, 2, dict(se=0.25)),
+            ("mbconv", 3, 4, 2, 40, 3, dict(se=0.25)),
+            ("edge", 3, 3, 1, 40, 1, {}),
+        ],
+        head=64,
+    ),
+    dict(
+        name="fx_os8_same29",
+        features=True,
+        output_stride=8,
+        doc="timm's output_stride=8: every block kind dilated, dilations 2, 4 and 8, TF padding",
+        covers="`output_stride 8`: stride 2 turned into dilation in `ds` (residual on the block whose "
+               "stride became 1), `conv ... skip` (dilated kxk conv), `fused e4` (dilated `conv_exp`, "
+               "with a residual), `mbconv` kernel 5 at dilation 4 (17 pixels wide on a 4x4 map) and "
+               "kernel 3 at dilation 8; TF `same` padding (stride-2 layers dynamic on odd input 29, "
+               "the dilated stride-1 ones static `d * (k - 1) / 2`), relu, eps 1e-3",
+        size=29, seed=15, classes=10, act="relu", eps=1e-3, padding="same",
+        width=1.0, depth=1.0, limit=0.9, stem=16,
+        stages=[
+            ("ds", 3, 1, 1, 16, 1, dict(se=0.25)),
+            ("conv", 3, 1, 2, 24, 1, {}),
+            ("fused", 3, 4, 2, 24, 2, {}),
+            ("ds", 3, 1, 2, 24, 2, {}),
+            ("conv", 3, 1, 2, 32, 2, dict(skip=True)),
+            ("mbconv", 5, 4, 1, 32, 2, dict(se=0.25)),
+            ("fused", 3, 3, 2, 32, 1, {}),
+            ("mbconv", 3, 4, 1, 40, 1, dict(se=0.25)),
+        ],
+        head=64,
+    ),
 ]
 
 
@@ -400,6 +447,8 @@ def effnet_text(fx):
     L.append(f"    activation {fx['act']}")
     L.append(f"    norm batch(eps = {fmt_num(fx['eps'])}, momentum = 0.1)")
     L.append(f"    padding {fx['padding']}")
+    if fx.get("output_stride"):
+        L.append(f"    output_stride {fx['output_stride']}")
     L.append(f"    round channels(divisor = 8, min = 8, limit = {fmt_num(fx['limit'])})")
     L.append("    round depth ceil")
     if fx["width"] != 1.0 or fx["depth"] != 1.0:
@@ -454,6 +503,7 @@ def build(fx):
         pad_type="same" if fx["padding"] == "same" else "",
         act_layer=act,
         norm_layer=partial(nn.BatchNorm2d, eps=fx["eps"]),
+        output_stride=fx.get("output_stride", 32),
     )
     return model
 
@@ -471,6 +521,7 @@ def build_features(fx, levels):
         pad_type="same" if fx["padding"] == "same" else "",
         act_layer=act,
         norm_layer=partial(nn.BatchNorm2d, eps=fx["eps"]),
+        output_stride=fx.get("output_stride", 32),
     )
 
 
@@ -521,8 +572,9 @@ def describe(model):
             # a MixedConv2d (mixed kernels) holds one conv per kernel
             parts = list(conv.values()) if isinstance(conv, nn.ModuleDict) else [conv]
             ks = ".".join(str(p.kernel_size[0]) for p in parts)
+            dil = f" d{parts[0].dilation[0]}" if parts[0].dilation[0] != 1 else ""
             out.append(f"blocks.{si}.{bi} {cls} {i}->{m}->{o} se_rd={se} k{ks} "
-                       f"s{parts[0].stride[0]} skip={b.has_skip} ({type(conv).__name__})")
+                       f"s{parts[0].stride[0]}{dil} skip={b.has_skip} ({type(conv).__name__})")
     head = model.conv_head
     out.append(f"head {head.out_channels if hasattr(head, 'out_channels') else 'none'} "
                f"classifier {model.classifier.in_features}->{model.classifier.out_features}")
@@ -589,7 +641,7 @@ from the file reproduces `__logits__` bit for bit. Regenerating gives byte-ident
 same torch build on the same kind of CPU (elsewhere the calibrated BatchNorm statistics can differ
 in their last bits); `--features-only` rewrites only the feature maps, from the stored files.
 
-Three fixtures (marked "features" below) also have `<name>.features.safetensors`: timm's feature
+Five fixtures (those with a `features:` line below) also have `<name>.features.safetensors`: timm's feature
 maps for the same input and weights from its feature extractor (`EfficientNetFeatures`, what
 `features_only=True` builds) with every level out, as `level0`, `level1`, ... (2, C, H, W), and
 timm's `feature_info` ([index, module, reduction, channels, stage] per level) in the metadata.
@@ -609,7 +661,8 @@ Coverage across the set: every block kind (`conv` with and without `skip`, `fuse
 odd input 67 and on even inputs 64 / 32; stride 2 in conv and fused stages; kernel 5; width 1.25 and
 depth 1.5 with round limit 0.9 and with limit 0; silu and relu; `head none`; a fixed 12-channel stem;
 MixNet's options (mixed depthwise kernels, `a1.1` / `p1.1`, `dsa`, `gs`, a dense mixed expansion,
-per-stage activation) in both paddings.
+per-stage activation) in both paddings;
+`output_stride` 16 and 8 (dilation 2 to 8 in every block kind, symmetric and TF `same` padding).
 
 ## What timm builds
 
@@ -617,7 +670,8 @@ One line per block: class, in -> mid -> out channels, SE reduce channels, kernel
 and the conv class of the spatial conv. `mid` is the expansion conv's output (EdgeResidual
 `conv_exp`, InvertedResidual `conv_pw`); for ConvBnAct and DepthwiseSeparableConv it is the input.
 `Conv2dSame` marks timm's dynamic TF-same padding (stride 2); in `same` mode stride-1 convs with odd
-kernels get static symmetric padding (plain `Conv2d`).
+kernels get static symmetric padding (plain `Conv2d`). `dN` is the spatial conv's dilation where
+the fixture's `output_stride` turned strides into dilation.
 """
 
 

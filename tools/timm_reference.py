@@ -19,13 +19,19 @@ For every model in MODELS this script runs `timm.create_model(name, pretrained=F
                                 `stage` counts the stem as 0, so blocks.S is stage S + 1)
 
 and `tests/reference/timm/arch_defs.json`: for every model the arch_def block strings and the
-generator arguments exactly as timm's own `_gen_*` function passes them. They are captured, not
+generator arguments exactly as timm's own `_gen_*` function passes them.
+
+`tests/reference/timm/output_stride.json` (also written alone by `--output-stride`): for the
+models in OUTPUT_STRIDE_MODELS (every block kind, both paddings, `then` stages) built with
+`timm.create_model(name, output_stride=OS)` for OS 8 and 16, the stem's stride and every block's
+spatial convolution as [path, stride, dilation, padding] (padding: timm's static symmetric
+padding, or "dynamic" for its TF-same `Conv2dSame`), and `feature_info` as above. They are captured, not
 copied: the script wraps `decode_arch_def` and `_create_effnet` inside `timm.models.efficientnet`
 while the model is created, so whatever the installed timm does (including the `rw=True` edits of
 `_gen_efficientnetv2_s`) is what gets recorded.
 
 Usage (from the repository root):
-    python tools/timm_reference.py [--out tests/reference/timm] [MODEL ...]
+    python tools/timm_reference.py [--out tests/reference/timm] [--output-stride] [MODEL ...]
 """
 import argparse
 import functools
@@ -197,6 +203,42 @@ def reference(name):
     return data, arch
 
 
+# Networks for output_stride.json: ds + ir (b0), cn + er + ir (V2-S), TF same padding
+# (tf_efficientnetv2_b0, tf_efficientnet_b0), er e1 (rw_s), EdgeTPU er with fc (efficientnet_es),
+# several block strings per stage (spnasnet_100).
+OUTPUT_STRIDE_MODELS = [
+    "efficientnet_b0", "efficientnetv2_s", "tf_efficientnetv2_b0", "tf_efficientnet_b0",
+    "efficientnetv2_rw_s", "efficientnet_es", "spnasnet_100",
+]
+
+
+def output_stride_reference():
+    out = {"timm": timm.__version__, "models": {}}
+    for name in OUTPUT_STRIDE_MODELS:
+        per = {}
+        for os_ in (8, 16):
+            model = timm.create_model(name, pretrained=False, output_stride=os_)
+            convs = []
+            for si, stage in enumerate(model.blocks):
+                for bi, blk in enumerate(stage):
+                    cls = type(blk).__name__
+                    sp = {"ConvBnAct": "conv", "EdgeResidual": "conv_exp", "InvertedResidual": "conv_dw",
+                          "DepthwiseSeparableConv": "conv_dw"}[cls]
+                    c = getattr(blk, sp)
+                    pad = "dynamic" if type(c).__name__ == "Conv2dSame" else c.padding[0]
+                    convs.append([f"blocks.{si}.{bi}.{sp}", c.stride[0], c.dilation[0], pad])
+            features = timm.create_model(name, pretrained=False, features_only=True, output_stride=os_)
+            per[str(os_)] = {
+                "stem_stride": model.conv_stem.stride[0],
+                "convs": convs,
+                "feature_info": [[f["index"], f["module"], f["reduction"], f["num_chs"], f["stage"]]
+                                 for f in features.feature_info.get_dicts()],
+            }
+        out["models"][name] = per
+        print(f"{name:24s} output_stride 8, 16", flush=True)
+    return out
+
+
 def dump_compact(data):
     """JSON with one list entry per line for the long lists, everything else compact."""
     lines = ["{"]
@@ -217,9 +259,20 @@ def dump_compact(data):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="tests/reference/timm")
+    ap.add_argument("--output-stride", action="store_true",
+                    help="write only output_stride.json")
     ap.add_argument("models", nargs="*", default=MODELS)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.output_stride or set(args.models) == set(MODELS):
+        data = output_stride_reference()
+        # Indented, with each innermost list (a conv, a level) on one line.
+        text = re.sub(r"\[\s+([^\[\]]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]",
+                      json.dumps(data, indent=1))
+        with open(os.path.join(args.out, "output_stride.json"), "w") as f:
+            f.write(text + "\n")
+        if args.output_stride:
+            return
     arch_defs = {}
     bad = []
     for name in args.models:

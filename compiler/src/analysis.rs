@@ -25,6 +25,9 @@ pub struct StageStats {
     pub kernel: usize,
     pub expansion: f64,
     pub stride: usize,
+    /// The largest dilation of the stage's kxk convolutions (its last block's): above 1 where
+    /// the network's `output_stride` turned strides into dilation.
+    pub dilation: usize,
     pub repeats: usize,
     pub in_channels: usize,
     pub out_channels: usize,
@@ -61,8 +64,14 @@ pub struct FeatureMap {
 }
 
 /// Output spatial size of a convolution on a square input.
-pub fn conv_output(padding: PaddingMode, input: usize, kernel: usize, stride: usize) -> usize {
-    padding.resolve(input, kernel, stride).2
+pub fn conv_output(
+    padding: PaddingMode,
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+) -> usize {
+    padding.resolve(input, kernel, stride, dilation).2
 }
 
 fn conv_macs(c: &Conv, out_hw: usize) -> u64 {
@@ -75,7 +84,7 @@ fn conv_params(c: &Conv) -> usize {
 
 /// Runs one conv: (macs, params, output size, output elements).
 fn step(c: &Conv, padding: PaddingMode, hw: usize) -> (u64, usize, usize, u64) {
-    let out = conv_output(padding, hw, c.kernel, c.stride);
+    let out = conv_output(padding, hw, c.kernel, c.stride, c.dilation);
     (
         conv_macs(c, out),
         conv_params(c),
@@ -158,6 +167,7 @@ pub fn summarize(net: &Network, resolution: usize) -> Summary {
             kernel: first.kernel,
             expansion: first.mid_channels as f64 / first.in_channels.max(1) as f64,
             stride: first.stride,
+            dilation: s.blocks.iter().map(|b| b.dilation).max().unwrap_or(1),
             repeats: s.blocks.len(),
             in_channels: first.in_channels,
             out_channels: first.out_channels,

@@ -438,6 +438,9 @@ impl<'a> Formatter<'a> {
                 args_end(args).max(kind.span.end),
             ),
             ModelStmtKind::Padding(i) => (Code::Plain(format!("padding {}", i.name)), i.span.end),
+            ModelStmtKind::OutputStride(n) => {
+                (Code::Plain(format!("output_stride {}", n.text)), n.span.end)
+            }
             ModelStmtKind::Dropout(n) => (Code::Plain(format!("dropout {}", n.text)), n.span.end),
             ModelStmtKind::DropPath(n) => {
                 (Code::Plain(format!("drop_path {}", n.text)), n.span.end)

@@ -149,6 +149,9 @@ pub struct ImportOptions {
     /// The first and last stages are not depth-scaled (timm's `fix_first_last`: Lite,
     /// MobileNetV2's `d` variants).
     pub fix_first_last: bool,
+    /// timm's `output_stride` (`create_model(..., output_stride=16)`): 8, 16 or 32; `None`
+    /// writes none (timm's default 32).
+    pub output_stride: Option<usize>,
 }
 
 /// How scaled repeats are rounded.
@@ -190,6 +193,7 @@ impl Default for ImportOptions {
             depth_round: DepthRound::Ceil,
             stage_depths: None,
             fix_first_last: false,
+            output_stride: None,
         }
     }
 }
@@ -900,6 +904,13 @@ fn check_options(opts: &ImportOptions, conv: &Conventions, stem: usize) -> Resul
             )));
         }
     }
+    if let Some(os) = opts.output_stride
+        && !crate::check::OUTPUT_STRIDES.contains(&os)
+    {
+        return Err(ImportError::BadOption(format!(
+            "the output stride must be 8, 16 or 32, not {os}"
+        )));
+    }
     if opts.head == Some(0) {
         return Err(ImportError::BadOption(
             "the head width must be at least 1 (no head is `None`)".to_string(),
@@ -956,6 +967,9 @@ fn render_model(
         num(conv.bn_eps)
     ));
     s.push_str(&format!("padding {}\n", conv.padding.name()));
+    if let Some(os) = opts.output_stride {
+        s.push_str(&format!("output_stride {os}\n"));
+    }
     s.push_str(&format!(
         "round channels(divisor = {}, limit = {})\n",
         opts.divisor,

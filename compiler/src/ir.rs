@@ -42,11 +42,12 @@ impl Activation {
     }
 }
 
-/// How convolutions pad their input.
+/// How convolutions pad their input. A dilated kernel covers `dilation * (kernel - 1) + 1`
+/// pixels, and pads for that extent (timm's `get_padding` and `get_same_padding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PaddingMode {
-    /// PyTorch style: `((stride - 1) + (kernel - 1)) / 2` on every side.
+    /// PyTorch style: `((stride - 1) + dilation * (kernel - 1)) / 2` on every side.
     Symmetric,
     /// TensorFlow "SAME": output `ceil(input / stride)`, any odd pixel of padding goes after.
     Same,
@@ -60,10 +61,20 @@ impl PaddingMode {
         }
     }
 
-    /// Padding before and after along one axis, and the output size. Works in signed
-    /// arithmetic, so a kernel larger than the padded input gives size 0, never an underflow.
-    pub fn resolve(self, input: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
-        let (i, k, s) = (input as i64, kernel as i64, stride.max(1) as i64);
+    /// Padding before and after along one axis, and the output size, for a kernel of `kernel`
+    /// taps `dilation` pixels apart. Works in signed arithmetic, so a kernel larger than the
+    /// padded input gives size 0, never an underflow.
+    pub fn resolve(
+        self,
+        input: usize,
+        kernel: usize,
+        stride: usize,
+        dilation: usize,
+    ) -> (usize, usize, usize) {
+        // The pixels the kernel spans: timm's formulas with dilation are the undilated ones
+        // on this extent.
+        let k = (dilation.max(1) * (kernel.max(1) - 1) + 1) as i64;
+        let (i, s) = (input as i64, stride.max(1) as i64);
         let (before, after) = match self {
             PaddingMode::Symmetric => {
                 let p = ((s - 1) + (k - 1)) / 2;
@@ -124,6 +135,10 @@ pub struct Conv {
     pub out_channels: usize,
     pub kernel: usize,
     pub stride: usize,
+    /// The spacing of the kernel's taps: above 1 where `output_stride` turned a stride into
+    /// dilation (timm's `dilation`).
+    #[serde(default = "one")]
+    pub dilation: usize,
     pub groups: usize,
     pub bias: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -146,6 +161,14 @@ pub fn split_channels(channels: usize, groups: usize) -> Vec<usize> {
     split
 }
 
+fn one() -> usize {
+    1
+}
+
+fn thirty_two() -> usize {
+    32
+}
+
 impl Conv {
     /// The convolutions timm holds, as plain convolutions named as its `state_dict` names
     /// them: this one, or each part of a mixed one (`{path}.{i}`, depthwise when this is).
@@ -163,6 +186,7 @@ impl Conv {
                 out_channels: p.out_channels,
                 kernel: p.kernel,
                 stride: self.stride,
+                dilation: self.dilation,
                 groups: if depthwise { p.in_channels } else { 1 },
                 bias: self.bias,
                 mixed: Vec::new(),
@@ -271,6 +295,10 @@ pub struct Block {
     pub out_channels: usize,
     pub kernel: usize,
     pub stride: usize,
+    /// The dilation of the block's kxk convolution (the depthwise of ds and ir blocks, the
+    /// first of cn and er blocks); 1 until `output_stride` caps the network's stride.
+    #[serde(default = "one")]
+    pub dilation: usize,
     pub se_channels: Option<usize>,
     pub residual: bool,
     /// Stochastic-depth rate of this block's residual branch.
@@ -372,6 +400,11 @@ impl BlockLayers {
 pub struct Stage {
     pub index: usize,
     pub docs: Vec<String>,
+    /// The stride its `stage` line gives its first block, as written: the first block's
+    /// stride, or 1 there where `output_stride` turned it into dilation. A feature level ends
+    /// before every stage written with a stride, dilated or not (timm's `feature_info`).
+    #[serde(default = "one")]
+    pub stride: usize,
     pub blocks: Vec<Block>,
 }
 
@@ -406,6 +439,10 @@ pub struct Network {
     pub num_classes: usize,
     pub activation: Activation,
     pub padding: PaddingMode,
+    /// The most the network downsamples (timm's `output_stride`: 8, 16 or 32); the strides
+    /// past it are dilation.
+    #[serde(default = "thirty_two")]
+    pub output_stride: usize,
     pub dropout: f64,
     pub drop_path: f64,
     pub normalize: Option<Normalize>,
@@ -604,7 +641,8 @@ impl Network {
             .iter()
             .filter(|s| !s.blocks.is_empty())
             .collect();
-        let downsamples = |s: &Stage| s.blocks.first().is_some_and(|b| b.stride > 1);
+        // As written: a stage whose stride became dilation still starts a level.
+        let downsamples = |s: &Stage| s.stride > 1;
         let mut out = Vec::new();
         let mut stride = self.stem.conv.stride;
         let push = |out: &mut Vec<FeatureLevel>, stage, module, stride, channels| {
@@ -890,6 +928,9 @@ fn write_conv(f: &mut fmt::Formatter<'_>, indent: &str, name: &str, c: &Conv) ->
     if c.stride != 1 {
         write!(f, " stride {}", c.stride)?;
     }
+    if c.dilation != 1 {
+        write!(f, " dilation {}", c.dilation)?;
+    }
     if c.groups != 1 {
         write!(f, " groups {}", c.groups)?;
     }
@@ -928,10 +969,15 @@ impl fmt::Display for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "network {} ({} params, total stride {})",
+            "network {} ({} params, total stride {}{})",
             self.name,
             self.param_count(),
-            self.total_stride()
+            self.total_stride(),
+            if self.output_stride == 32 && self.blocks().all(|b| b.dilation == 1) {
+                String::new()
+            } else {
+                format!(", output stride {}", self.output_stride)
+            }
         )?;
         writeln!(
             f,
@@ -955,7 +1001,7 @@ impl fmt::Display for Network {
             for b in &stage.blocks {
                 writeln!(
                     f,
-                    "    {} {} {}->{}->{} k{} s{}{}{} drop_path {:.4} {}",
+                    "    {} {} {}->{}->{} k{} s{}{}{}{} drop_path {:.4} {}",
                     b.path,
                     b.kind.timm_name(),
                     b.in_channels,
@@ -963,6 +1009,11 @@ impl fmt::Display for Network {
                     b.out_channels,
                     b.kernel,
                     b.stride,
+                    if b.dilation == 1 {
+                        String::new()
+                    } else {
+                        format!(" d{}", b.dilation)
+                    },
                     b.se_channels
                         .map(|c| format!(" se {c}"))
                         .unwrap_or_default(),

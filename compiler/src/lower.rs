@@ -84,6 +84,7 @@ fn conv(
         out_channels,
         kernel,
         stride,
+        dilation: 1,
         groups,
         bias: false,
         mixed: Vec::new(),
@@ -98,22 +99,33 @@ fn num_groups(group_size: usize, channels: usize) -> usize {
 /// timm's `create_conv2d`: a plain convolution for one kernel; for several, a `MixedConv2d`
 /// whose parts are depthwise when `groups` is the input's channel count, dense over their
 /// slices otherwise (`check` allows nothing else).
+#[allow(clippy::too_many_arguments)]
 fn mixed_conv(
     path: String,
     in_channels: usize,
     out_channels: usize,
     kernels: &[usize],
     stride: usize,
+    dilation: usize,
     groups: usize,
 ) -> Conv {
     let kernel = kernels.iter().copied().max().unwrap_or(1);
     if kernels.len() <= 1 {
-        return conv(path, in_channels, out_channels, kernel, stride, groups);
+        return spatial_conv(
+            path,
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            dilation,
+            groups,
+        );
     }
     let depthwise = groups == in_channels && in_channels == out_channels;
     let ins = split_channels(in_channels, kernels.len());
     let outs = split_channels(out_channels, kernels.len());
     Conv {
+        dilation,
         mixed: kernels
             .iter()
             .zip(ins.iter().zip(&outs))
@@ -155,6 +167,62 @@ pub fn line_repeats(model: &ModelDef) -> Vec<usize> {
     repeats
 }
 
+/// A block's kxk convolution: the one that strides, and dilates once the output stride is
+/// reached.
+#[allow(clippy::too_many_arguments)]
+fn spatial_conv(
+    path: String,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Conv {
+    Conv {
+        dilation,
+        ..conv(path, in_channels, out_channels, kernel, stride, groups)
+    }
+}
+
+/// timm's `EfficientNetBuilder` strides and dilations (its `output_stride`): walking the blocks
+/// in order, a stride that would take the network's total stride past `output_stride` becomes
+/// 1 and multiplies the dilation instead. The block where that happens still convolves with
+/// the dilation before it; the blocks after it get the new one.
+#[derive(Debug, Clone, Copy)]
+struct Dilator {
+    output_stride: usize,
+    total: usize,
+    dilation: usize,
+}
+
+impl Dilator {
+    /// After a stem of stride `stem_stride`.
+    fn new(output_stride: usize, stem_stride: usize) -> Self {
+        Dilator {
+            output_stride,
+            total: stem_stride,
+            dilation: 1,
+        }
+    }
+
+    /// The `(stride, dilation)` of the next block, written with `stride`.
+    fn next(&mut self, stride: usize) -> (usize, usize) {
+        let dilation = self.dilation;
+        if stride <= 1 {
+            return (stride, dilation);
+        }
+        let total = self.total.saturating_mul(stride);
+        if total > self.output_stride {
+            self.dilation = dilation.saturating_mul(stride);
+            (1, dilation)
+        } else {
+            self.total = total;
+            (stride, dilation)
+        }
+    }
+}
+
 /// Lower one checked model, with the schedules written for it.
 pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
     let bn = |path: String, channels: usize| BatchNorm {
@@ -188,6 +256,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
 
     let mut in_ch = stem_channels;
     let mut block_counter = 0usize;
+    let mut dilator = Dilator::new(model.output_stride, model.stem.stride);
     let mut stages = Vec::new();
     for (si, range) in groups.iter().enumerate() {
         let mut blocks = Vec::new();
@@ -198,7 +267,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
             let out_ch = round_channels(s.channels, model.width, rc);
             let act = s.activation.unwrap_or(model.activation);
             for k in 0..n {
-                let stride = if k == 0 { s.stride } else { 1 };
+                let (stride, dilation) = dilator.next(if k == 0 { s.stride } else { 1 });
                 let path = format!("blocks.{si}.{bi}");
                 let p = |name: &str| format!("{path}.{name}");
                 // Mid channels always use timm's default rounding (divisor 8, limit 0.9), whatever
@@ -241,7 +310,15 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     StageKind::Conv => (
                         BlockKind::Conv,
                         BlockLayers::Conv {
-                            conv: conv(p("conv"), in_ch, out_ch, s.kernel, stride, gs(in_ch, 0)),
+                            conv: spatial_conv(
+                                p("conv"),
+                                in_ch,
+                                out_ch,
+                                s.kernel,
+                                stride,
+                                dilation,
+                                gs(in_ch, 0),
+                            ),
                             bn1: bn(p("bn1"), out_ch),
                         },
                         out_ch,
@@ -251,7 +328,15 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     StageKind::Fused if s.expansion == 1.0 => (
                         BlockKind::Conv,
                         BlockLayers::Conv {
-                            conv: conv(p("conv"), in_ch, out_ch, s.kernel, stride, gs(in_ch, 0)),
+                            conv: spatial_conv(
+                                p("conv"),
+                                in_ch,
+                                out_ch,
+                                s.kernel,
+                                stride,
+                                dilation,
+                                gs(in_ch, 0),
+                            ),
                             bn1: bn(p("bn1"), out_ch),
                         },
                         out_ch,
@@ -266,11 +351,20 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                                 in_ch,
                                 &s.kernels,
                                 stride,
+                                dilation,
                                 gs(in_ch, 1),
                             ),
                             bn1: bn(p("bn1"), in_ch),
                             se,
-                            conv_pw: mixed_conv(p("conv_pw"), in_ch, out_ch, &s.proj_kernels, 1, 1),
+                            conv_pw: mixed_conv(
+                                p("conv_pw"),
+                                in_ch,
+                                out_ch,
+                                &s.proj_kernels,
+                                1,
+                                1,
+                                1,
+                            ),
                             bn2: bn(p("bn2"), out_ch),
                             pw_act: s.kind == StageKind::Dsa,
                         },
@@ -288,11 +382,20 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                                 mid,
                                 &s.kernels,
                                 stride,
+                                dilation,
                                 gs(mid, 0),
                             ),
                             bn1: bn(p("bn1"), mid),
                             se,
-                            conv_pwl: mixed_conv(p("conv_pwl"), mid, out_ch, &s.proj_kernels, 1, 1),
+                            conv_pwl: mixed_conv(
+                                p("conv_pwl"),
+                                mid,
+                                out_ch,
+                                &s.proj_kernels,
+                                1,
+                                1,
+                                1,
+                            ),
                             bn2: bn(p("bn2"), out_ch),
                         },
                         mid,
@@ -301,7 +404,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     StageKind::MbConv => (
                         BlockKind::MbConv,
                         BlockLayers::MbConv {
-                            conv_pw: mixed_conv(p("conv_pw"), in_ch, mid, &s.exp_kernels, 1, 1),
+                            conv_pw: mixed_conv(p("conv_pw"), in_ch, mid, &s.exp_kernels, 1, 1, 1),
                             bn1: bn(p("bn1"), mid),
                             conv_dw: mixed_conv(
                                 p("conv_dw"),
@@ -309,11 +412,20 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                                 mid,
                                 &s.kernels,
                                 stride,
+                                dilation,
                                 gs(mid, 1),
                             ),
                             bn2: bn(p("bn2"), mid),
                             se,
-                            conv_pwl: mixed_conv(p("conv_pwl"), mid, out_ch, &s.proj_kernels, 1, 1),
+                            conv_pwl: mixed_conv(
+                                p("conv_pwl"),
+                                mid,
+                                out_ch,
+                                &s.proj_kernels,
+                                1,
+                                1,
+                                1,
+                            ),
                             bn3: bn(p("bn3"), out_ch),
                         },
                         mid,
@@ -334,6 +446,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     out_channels: out_ch,
                     kernel: s.kernel,
                     stride,
+                    dilation,
                     se_channels,
                     residual,
                     drop_path: model.drop_path * block_counter as f64 / total_blocks.max(1) as f64,
@@ -348,6 +461,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
         stages.push(Stage {
             index: si,
             docs: model.stages[range.start].docs.clone(),
+            stride: model.stages[range.start].stride,
             blocks,
         });
     }
@@ -374,6 +488,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
         num_classes: model.classes,
         activation: model.activation,
         padding: model.padding,
+        output_stride: model.output_stride,
         dropout: model.dropout,
         drop_path: model.drop_path,
         normalize: model.normalize.as_ref().map(|(m, s)| Normalize {

@@ -539,6 +539,55 @@ fn timm_errors() {
         import_timm("m", "ir_r1_k3_s1_e6_c16", &opts),
         Err(ImportError::BadOption(_))
     ));
+    let opts = ImportOptions {
+        output_stride: Some(12),
+        ..ImportOptions::default()
+    };
+    let e = import_timm("m", "ir_r1_k3_s1_e6_c16", &opts).expect_err("output stride 12");
+    assert!(e.to_string().contains("8, 16 or 32"), "{e}");
+}
+
+/// `output_stride` (timm's `create_model(..., output_stride=16)`) is written into the model,
+/// which then dilates where timm does: EfficientNet-B0's sixth stage from its second block.
+#[test]
+fn timm_import_takes_the_output_stride() {
+    let opts = ImportOptions {
+        output_stride: Some(16),
+        ..ImportOptions::default()
+    };
+    let text = import_timm(
+        "efficientnet_b0_os16",
+        &timm_arch_def("efficientnet_b0"),
+        &opts,
+    )
+    .expect("imports");
+    assert!(text.contains("\n    output_stride 16\n"), "{text}");
+    let compiled = compile(&text).unwrap_or_else(|d| panic!("{d:#?}"));
+    let net = compiled.network(None).expect("one model");
+    assert_eq!(net.output_stride, 16);
+    assert_eq!(net.total_stride(), 16);
+    let dilated: Vec<(&str, usize)> = net
+        .blocks()
+        .filter(|b| b.dilation > 1)
+        .map(|b| (b.path.as_str(), b.dilation))
+        .collect();
+    assert_eq!(
+        dilated,
+        [
+            ("blocks.5.1", 2),
+            ("blocks.5.2", 2),
+            ("blocks.5.3", 2),
+            ("blocks.6.0", 2)
+        ]
+    );
+    // Not asked for: none written (timm's default 32).
+    let text = import_timm(
+        "efficientnet_b0",
+        &timm_arch_def("efficientnet_b0"),
+        &ImportOptions::default(),
+    )
+    .expect("imports");
+    assert!(!text.contains("output_stride"), "{text}");
 }
 
 #[test]

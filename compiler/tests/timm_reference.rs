@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use effnet_compiler::ir::{BlockKind, Network};
+use effnet_compiler::ir::{BlockKind, Network, PaddingMode};
 use effnet_compiler::{SourceFile, compile, render};
 use serde_json::Value;
 
@@ -49,7 +49,10 @@ fn references() -> Vec<(String, Value)> {
             .and_then(|s| s.to_str())
             .unwrap_or("")
             .to_string();
-        if path.extension().is_some_and(|e| e == "json") && name != "arch_defs" {
+        if path.extension().is_some_and(|e| e == "json")
+            && name != "arch_defs"
+            && name != "output_stride"
+        {
             let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("readable"))
                 .expect("json");
             out.push((name, v));
@@ -184,6 +187,110 @@ fn every_reference_model_is_bundled_and_matches_timm() {
             failures.push(format!("{name}: mean {ours_mean:?} vs timm {mean:?}"));
         }
     }
+    assert!(
+        failures.is_empty(),
+        "mismatches with timm:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// `timm.create_model(name, output_stride=8 / 16)` against the bundled spec derived with that
+/// `output_stride` (`tests/reference/timm/output_stride.json`): every block's kxk convolution
+/// with timm's stride, dilation and padding, and the feature levels with their capped
+/// reductions, over every block kind, both paddings and a stage of several block strings.
+#[test]
+fn output_stride_strides_dilations_and_levels_match_timm() {
+    let path = root().join("tests/reference/timm/output_stride.json");
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("readable")).expect("json");
+    let models = r["models"].as_object().expect("models");
+    assert!(models.len() >= 5, "{} models", models.len());
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (name, per) in models {
+        // The spec file that defines the model, with a model derived from it at each stride.
+        let text = std::fs::read_dir(root().join("specs"))
+            .expect("specs/")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "effnet"))
+            .map(|p| std::fs::read_to_string(p).expect("spec"))
+            .find(|t| t.contains(&format!("model {name} ")))
+            .unwrap_or_else(|| panic!("no bundled spec defines {name}"));
+        for (os, want) in per.as_object().expect("output strides") {
+            let src = format!("{text}\nmodel os_check = {name} {{\n    output_stride {os}\n}}\n");
+            let compiled = compile(&src).unwrap_or_else(|d| panic!("{name} at {os}: {d:?}"));
+            let net = compiled.network(Some("os_check")).expect("derived model");
+            let n = |v: &Value| v.as_u64().expect("number") as usize;
+            if net.stem.conv.stride != n(&want["stem_stride"]) {
+                failures.push(format!("{name} at {os}: stem stride"));
+            }
+            // Each block's kxk convolution: the one its SE follows.
+            let ours: Vec<String> = net
+                .blocks()
+                .map(|b| {
+                    let l = b.layers.conv_bns()[b.layers.se_after()];
+                    let c = l.conv;
+                    let pad = if net.padding == PaddingMode::Same && c.stride > 1 {
+                        "dynamic".to_string()
+                    } else {
+                        let (p, _, _) = net.padding.resolve(64, c.kernel, c.stride, c.dilation);
+                        p.to_string()
+                    };
+                    format!(
+                        "{}.{} s{} d{} p{pad}",
+                        b.path, l.conv_name, c.stride, c.dilation
+                    )
+                })
+                .collect();
+            let theirs: Vec<String> = want["convs"]
+                .as_array()
+                .expect("convs")
+                .iter()
+                .map(|c| {
+                    let pad = match &c[3] {
+                        Value::String(s) => s.clone(),
+                        v => n(v).to_string(),
+                    };
+                    format!(
+                        "{} s{} d{} p{pad}",
+                        c[0].as_str().expect("path"),
+                        n(&c[1]),
+                        n(&c[2])
+                    )
+                })
+                .collect();
+            if ours != theirs {
+                failures.push(format!(
+                    "{name} at {os}:\n  ours {ours:?}\n  timm {theirs:?}"
+                ));
+            }
+            let ours: Vec<(usize, String, usize, usize)> = net
+                .feature_info()
+                .into_iter()
+                .map(|l| (l.index, l.module, l.stride, l.channels))
+                .collect();
+            let theirs: Vec<(usize, String, usize, usize)> = want["feature_info"]
+                .as_array()
+                .expect("feature_info")
+                .iter()
+                .map(|f| {
+                    (
+                        n(&f[0]),
+                        f[1].as_str().expect("module").to_string(),
+                        n(&f[2]),
+                        n(&f[3]),
+                    )
+                })
+                .collect();
+            if ours != theirs {
+                failures.push(format!(
+                    "{name} at {os}: levels {ours:?} vs timm {theirs:?}"
+                ));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked} networks checked");
     assert!(
         failures.is_empty(),
         "mismatches with timm:\n{}",

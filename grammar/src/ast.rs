@@ -148,6 +148,9 @@ pub enum ModelStmtKind {
         args: Vec<KwArg>,
     },
     Padding(Ident),
+    /// `output_stride 16`: timm's `output_stride`, the most the network downsamples; strides
+    /// past it become dilation.
+    OutputStride(Number),
     Dropout(Number),
     DropPath(Number),
     RoundChannels(Vec<KwArg>),
@@ -174,6 +177,7 @@ impl ModelStmtKind {
             ModelStmtKind::Activation(_) => "activation",
             ModelStmtKind::Norm { .. } => "norm",
             ModelStmtKind::Padding(_) => "padding",
+            ModelStmtKind::OutputStride(_) => "output_stride",
             ModelStmtKind::Dropout(_) => "dropout",
             ModelStmtKind::DropPath(_) => "drop_path",
             ModelStmtKind::RoundChannels(_) => "round channels",

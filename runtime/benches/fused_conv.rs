@@ -142,6 +142,7 @@ fn bench(c: &mut Criterion) {
             o: s.o,
             k: s.k,
             stride: s.stride,
+            dilation: 1,
             pad,
         };
         let x = values(BATCH * s.hw * s.hw * s.c, 1);

@@ -391,6 +391,78 @@ fn same_padding_is_explicit_at_a_fixed_resolution() {
     assert_eq!(dynamic["blocks.0.0.conv"], at67["blocks.0.0.conv"]);
 }
 
+/// A dilated convolution (past `output_stride`) has ONNX's `dilations` and pads for the
+/// pixels its kernel spans, at a fixed and at a dynamic resolution; undilated ones carry no
+/// `dilations` (the default). The dynamic export runs in tract at other sizes as effnet does.
+#[test]
+fn dilated_convolutions_export_with_dilations_and_their_padding() {
+    let (net, _, _) = fixture("fx_os8_same29");
+    let conv_attrs = |options: &ExportOptions| -> BTreeMap<String, BTreeMap<String, Vec<i64>>> {
+        let model = export::export(&net, options).expect("export");
+        model
+            .graph
+            .expect("graph")
+            .node
+            .into_iter()
+            .filter(|n| n.op_type.as_deref() == Some("Conv"))
+            .map(|n| {
+                let attrs = n
+                    .attribute
+                    .iter()
+                    .map(|a| (a.name.clone().unwrap_or_default(), a.ints.clone()))
+                    .collect();
+                (n.name.clone().unwrap_or_default(), attrs)
+            })
+            .collect()
+    };
+    for options in [
+        fixed(&net, export::DEFAULT_OPSET, 29),
+        ExportOptions {
+            resolution: Size::Dynamic,
+            ..ExportOptions::for_network(&net.ir)
+        },
+    ] {
+        let convs = conv_attrs(&options);
+        // Depthwise of a ds block at dilation 2, a 5x5 depthwise at 4, a conv at 8.
+        for (path, d, pad) in [
+            ("blocks.3.1.conv_dw", 2, 2),
+            ("blocks.4.0.conv", 2, 2),
+            ("blocks.5.1.conv_dw", 4, 8),
+            ("blocks.6.0.conv_exp", 4, 4),
+            ("blocks.7.0.conv_dw", 8, 8),
+        ] {
+            let attrs = &convs[path];
+            assert_eq!(attrs["dilations"], vec![d, d], "{path}");
+            assert_eq!(attrs["pads"], vec![pad; 4], "{path}");
+            assert_eq!(attrs["strides"], vec![1, 1], "{path}");
+        }
+        // The block whose stride became dilation convolves undilated, at stride 1.
+        assert!(!convs["blocks.3.0.conv_dw"].contains_key("dilations"));
+        assert_eq!(convs["blocks.3.0.conv_dw"]["strides"], vec![1, 1]);
+        assert!(!convs["conv_stem"].contains_key("dilations"));
+    }
+    let onnx = export_bytes(
+        &net,
+        &ExportOptions {
+            resolution: Size::Dynamic,
+            ..ExportOptions::for_network(&net.ir)
+        },
+    );
+    // (At 17x17 tract itself panics in its im2col, on the 3x3 map of a 17-pixel kernel.)
+    for (n, r, seed) in [(2, 29, 1), (1, 40, 2), (3, 33, 3)] {
+        let x = common::tensor(&[n, 3, r, r], seed).expect("input");
+        let ours = effnet_logits(&net, &x);
+        // Away from the input the fixture's BatchNorm was calibrated on, the logits are larger
+        // than O(1): f32 summation order, relative to them.
+        let scale = ours.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = common::max_diff(&tract_logits(&onnx, &x), &ours);
+        assert!(
+            diff < TOL * scale,
+            "batch {n}, {r}x{r}: {diff:e} (logits up to {scale})"
+        );
+    }
+}
+
 #[test]
 fn bad_options_are_clear_errors() {
     let (net, _, _) = fixture("fx_v1_relu32");

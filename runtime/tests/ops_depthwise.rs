@@ -1,9 +1,12 @@
 //! Depthwise convolution: the CPU custom op and the tensor-ops path against candle's grouped
-//! `conv2d`, forward and backward, plus finite differences in f64.
+//! `conv2d`, forward and backward, plus finite differences in f64. Dilated cases (what an
+//! `output_stride` makes) against the same reference on the zero-inserted kernel, which is what
+//! a dilated kernel is.
 
 use candle_core::{DType, Device, IndexOp, Result, Tensor, Var};
 use effnet_runtime::ops::{
-    Padding2d, depthwise_conv2d, depthwise_conv2d_backward, depthwise_conv2d_tensor_ops,
+    Padding2d, depthwise_conv2d, depthwise_conv2d_backward, depthwise_conv2d_backward_dilated,
+    depthwise_conv2d_dilated, depthwise_conv2d_tensor_ops, depthwise_conv2d_tensor_ops_dilated,
 };
 
 /// Deterministic pseudo-random values in [-1, 1).
@@ -26,11 +29,43 @@ fn tensor(dims: &[usize], seed: u64, dtype: DType) -> Result<Tensor> {
     Tensor::from_vec(data(len, seed), dims, &Device::Cpu)?.to_dtype(dtype)
 }
 
-/// candle's grouped conv2d on an explicitly padded input. The padded input is cropped to the
-/// rows/columns the strided kernel actually reads, because candle's conv2d backward does not
-/// handle inputs with `(size - k) % stride != 0` (its transposed convolution lacks an output
-/// padding); the cropped cells get a zero gradient either way.
-fn reference(x: &Tensor, w: &Tensor, stride: usize, pad: Padding2d) -> Result<Tensor> {
+/// `w` (`[C, 1, kh, kw]`) with `dilation - 1` zeros between its taps: `[C, 1, (kh - 1) * d + 1,
+/// (kw - 1) * d + 1]`, built as `S w S^T` with 0/1 selection matrices so that autograd reaches
+/// `w` through it.
+fn zero_inserted(w: &Tensor, dilation: usize) -> Result<Tensor> {
+    if dilation == 1 {
+        return Ok(w.clone());
+    }
+    let (c, kh, kw) = (w.dim(0)?, w.dim(2)?, w.dim(3)?);
+    let select = |k: usize| -> Result<Tensor> {
+        let e = (k - 1) * dilation + 1;
+        let mut m = vec![0f64; e * k];
+        for i in 0..k {
+            m[i * dilation * k + i] = 1.0;
+        }
+        Tensor::from_vec(m, (e, k), w.device())?.to_dtype(w.dtype())
+    };
+    let (sh, sw) = (select(kh)?, select(kw)?);
+    let wk = w.reshape((c, kh, kw))?;
+    let wd = sh
+        .broadcast_matmul(&wk)?
+        .broadcast_matmul(&sw.t()?.contiguous()?)?;
+    wd.reshape((c, 1, (kh - 1) * dilation + 1, (kw - 1) * dilation + 1))
+}
+
+/// candle's grouped conv2d on an explicitly padded input, with the zero-inserted kernel when
+/// dilated. The padded input is cropped to the rows/columns the strided kernel actually reads,
+/// because candle's conv2d backward does not handle inputs with `(size - k) % stride != 0` (its
+/// transposed convolution lacks an output padding); the cropped cells get a zero gradient
+/// either way.
+fn reference(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    dilation: usize,
+    pad: Padding2d,
+) -> Result<Tensor> {
+    let w = &zero_inserted(w, dilation)?;
     let c = x.dim(1)?;
     let (kh, kw) = (w.dim(2)?, w.dim(3)?);
     let xp = x
@@ -62,6 +97,7 @@ struct Case {
     kh: usize,
     kw: usize,
     stride: usize,
+    dilation: usize,
     pad: Padding2d,
 }
 
@@ -74,8 +110,14 @@ fn case(n: usize, c: usize, hw: (usize, usize), k: usize, stride: usize, pad: Pa
         kh: k,
         kw: k,
         stride,
+        dilation: 1,
         pad,
     }
+}
+
+/// A dilated case: `pad` is for the kernel's dilated extent.
+fn dilated(c: Case, dilation: usize) -> Case {
+    Case { dilation, ..c }
 }
 
 fn same(h: usize, w: usize, k: usize, s: usize) -> Padding2d {
@@ -112,6 +154,7 @@ fn cases() -> Vec<Case> {
             kh: 3,
             kw: 5,
             stride: 2,
+            dilation: 1,
             pad: Padding2d {
                 top: 1,
                 bottom: 0,
@@ -127,11 +170,41 @@ fn cases() -> Vec<Case> {
             kh: 2,
             kw: 4,
             stride: 1,
+            dilation: 1,
             pad: Padding2d {
                 top: 0,
                 bottom: 1,
                 left: 3,
                 right: 0,
+            },
+        },
+        // Dilated, as an output stride makes them: stride 1, padding `d * (k - 1) / 2`
+        // (symmetric, and TF "same" at stride 1 is the same), on planes smaller than the
+        // kernel's extent too (the 5x5 at dilation 4 spans 17 pixels of a 4x4 plane).
+        dilated(case(2, 3, (9, 8), 3, 1, sym(2)), 2),
+        dilated(case(1, 4, (7, 7), 5, 1, sym(4)), 2),
+        dilated(case(1, 2, (4, 4), 5, 1, sym(8)), 4),
+        dilated(case(2, 3, (6, 5), 3, 1, sym(8)), 8),
+        dilated(case(1, 3, (11, 10), 7, 1, same(11, 10, 13, 1)), 2),
+        // What no network makes but the op takes: dilation with stride 2 or 3, asymmetric,
+        // unpadded, a non-square kernel.
+        dilated(case(2, 3, (14, 13), 3, 2, same(14, 13, 5, 2)), 2),
+        dilated(case(1, 2, (13, 12), 3, 3, same(13, 12, 7, 3)), 3),
+        dilated(case(1, 3, (9, 9), 3, 1, Padding2d::zero()), 3),
+        Case {
+            n: 1,
+            c: 2,
+            h: 10,
+            w: 9,
+            kh: 2,
+            kw: 3,
+            stride: 2,
+            dilation: 3,
+            pad: Padding2d {
+                top: 2,
+                bottom: 0,
+                left: 1,
+                right: 4,
             },
         },
     ]
@@ -147,11 +220,12 @@ fn inputs(cs: &Case, dtype: DType, seed: u64) -> Result<(Tensor, Tensor)> {
 fn forward_matches_grouped_conv2d() -> Result<()> {
     for (i, cs) in cases().into_iter().enumerate() {
         let (x, w) = inputs(&cs, DType::F32, i as u64)?;
-        let want = reference(&x, &w, cs.stride, cs.pad)?;
-        let got = depthwise_conv2d(&x, &w, cs.stride, cs.pad)?;
+        let (s, dl, p) = (cs.stride, cs.dilation, cs.pad);
+        let want = reference(&x, &w, s, dl, p)?;
+        let got = depthwise_conv2d_dilated(&x, &w, s, dl, p)?;
         let d = max_abs_diff(&got, &want)?;
         assert!(d < 1e-5, "{cs:?}: custom op differs by {d}");
-        let got = depthwise_conv2d_tensor_ops(&x, &w, cs.stride, cs.pad)?;
+        let got = depthwise_conv2d_tensor_ops_dilated(&x, &w, s, dl, p)?;
         let d = max_abs_diff(&got, &want)?;
         assert!(d < 1e-5, "{cs:?}: tensor-ops path differs by {d}");
     }
@@ -162,8 +236,8 @@ fn forward_matches_grouped_conv2d() -> Result<()> {
 fn forward_f64_and_half_precision() -> Result<()> {
     for (i, cs) in cases().into_iter().enumerate().step_by(3) {
         let (x, w) = inputs(&cs, DType::F64, 100 + i as u64)?;
-        let want = reference(&x, &w, cs.stride, cs.pad)?;
-        let got = depthwise_conv2d(&x, &w, cs.stride, cs.pad)?;
+        let want = reference(&x, &w, cs.stride, cs.dilation, cs.pad)?;
+        let got = depthwise_conv2d_dilated(&x, &w, cs.stride, cs.dilation, cs.pad)?;
         assert_eq!(got.dtype(), DType::F64);
         let d = max_abs_diff(&got, &want)?;
         assert!(d < 1e-12, "{cs:?}: f64 differs by {d}");
@@ -174,9 +248,10 @@ fn forward_f64_and_half_precision() -> Result<()> {
                 &xh.to_dtype(DType::F64)?,
                 &wh.to_dtype(DType::F64)?,
                 cs.stride,
+                cs.dilation,
                 cs.pad,
             )?;
-            let got = depthwise_conv2d(&xh, &wh, cs.stride, cs.pad)?;
+            let got = depthwise_conv2d_dilated(&xh, &wh, cs.stride, cs.dilation, cs.pad)?;
             assert_eq!(got.dtype(), dt);
             let scale = want
                 .abs()?
@@ -196,7 +271,7 @@ fn forward_f64_and_half_precision() -> Result<()> {
 fn non_contiguous_and_offset_inputs() -> Result<()> {
     let cs = case(2, 3, (9, 8), 3, 2, same(9, 8, 3, 2));
     let (x, w) = inputs(&cs, DType::F32, 7)?;
-    let want = reference(&x, &w, cs.stride, cs.pad)?;
+    let want = reference(&x, &w, cs.stride, 1, cs.pad)?;
     // A transposed-back view (non-contiguous strides) and a narrowed view (start offset).
     let xt = x.transpose(2, 3)?.contiguous()?.transpose(2, 3)?;
     assert!(!xt.is_contiguous());
@@ -215,6 +290,14 @@ fn invalid_arguments_are_errors() -> Result<()> {
     let w = tensor(&[3, 1, 3, 3], 2, DType::F32)?;
     let p = Padding2d::zero();
     assert!(depthwise_conv2d(&x, &w, 0, p).is_err(), "stride 0");
+    assert!(
+        depthwise_conv2d_dilated(&x, &w, 1, 0, p).is_err(),
+        "dilation 0"
+    );
+    assert!(
+        depthwise_conv2d_dilated(&x, &w, 1, 3, p).is_err(),
+        "a 3x3 kernel at dilation 3 spans 7 pixels of a 5x5 input"
+    );
     assert!(depthwise_conv2d(&x, &tensor(&[4, 1, 3, 3], 2, DType::F32)?, 1, p).is_err());
     assert!(depthwise_conv2d(&x, &tensor(&[3, 2, 3, 3], 2, DType::F32)?, 1, p).is_err());
     assert!(depthwise_conv2d(&x, &tensor(&[3, 1, 7, 7], 2, DType::F32)?, 1, p).is_err());
@@ -257,13 +340,26 @@ fn autograd(
 fn backward_matches_grouped_conv2d() -> Result<()> {
     for (i, cs) in cases().into_iter().enumerate() {
         let (x, w) = inputs(&cs, DType::F32, 200 + i as u64)?;
-        let y = reference(&x, &w, cs.stride, cs.pad)?;
+        let (s, dl, p) = (cs.stride, cs.dilation, cs.pad);
+        let y = reference(&x, &w, s, dl, p)?;
         let r = tensor(y.dims(), 300 + i as u64, DType::F32)?;
-        let (s, p) = (cs.stride, cs.pad);
-        let (gx_ref, gw_ref) = autograd(|x, w| reference(x, w, s, p), &x, &w, &r)?;
-        let (gx, gw) = autograd(|x, w| depthwise_conv2d(x, w, s, p), &x, &w, &r)?;
-        let (gx_t, gw_t) = autograd(|x, w| depthwise_conv2d_tensor_ops(x, w, s, p), &x, &w, &r)?;
-        let (gx_d, gw_d) = depthwise_conv2d_backward(&x, &w, &r, s, p)?;
+        let (gx_ref, gw_ref) = autograd(|x, w| reference(x, w, s, dl, p), &x, &w, &r)?;
+        let (gx, gw) = autograd(|x, w| depthwise_conv2d_dilated(x, w, s, dl, p), &x, &w, &r)?;
+        let (gx_t, gw_t) = autograd(
+            |x, w| depthwise_conv2d_tensor_ops_dilated(x, w, s, dl, p),
+            &x,
+            &w,
+            &r,
+        )?;
+        let (gx_d, gw_d) = depthwise_conv2d_backward_dilated(&x, &w, &r, s, dl, p)?;
+        if dl == 1 {
+            // The undilated entry points are the same ops.
+            let (gx_1, gw_1) = depthwise_conv2d_backward(&x, &w, &r, s, p)?;
+            assert_eq!(max_abs_diff(&gx_1, &gx_d)?, 0.0);
+            assert_eq!(max_abs_diff(&gw_1, &gw_d)?, 0.0);
+            let y1 = depthwise_conv2d_tensor_ops(&x, &w, s, p)?;
+            assert!(max_abs_diff(&y1, &depthwise_conv2d(&x, &w, s, p)?)? < 1e-5);
+        }
         // The weight gradient sums n * oh * ow products: scale the tolerance with that.
         let wtol = 1e-6 * (y.elem_count() / cs.c) as f64;
         for (name, a, b, tol) in [
@@ -315,21 +411,29 @@ fn backward_matches_finite_differences_f64() -> Result<()> {
         case(2, 3, (6, 5), 3, 2, same(6, 5, 3, 2)),
         case(1, 2, (5, 6), 3, 1, same(5, 6, 3, 1)),
         case(1, 2, (7, 6), 5, 2, same(7, 6, 5, 2)),
+        dilated(case(2, 2, (6, 7), 3, 1, Padding2d::symmetric(2)), 2),
+        dilated(case(1, 2, (5, 5), 3, 1, Padding2d::symmetric(4)), 4),
+        dilated(case(1, 2, (9, 8), 3, 2, same(9, 8, 7, 2)), 3),
     ];
     for (i, cs) in small.into_iter().enumerate() {
         let (x, w) = inputs(&cs, DType::F64, 400 + i as u64)?;
-        let (s, p) = (cs.stride, cs.pad);
-        let y = depthwise_conv2d(&x, &w, s, p)?;
+        let (s, dl, p) = (cs.stride, cs.dilation, cs.pad);
+        let y = depthwise_conv2d_dilated(&x, &w, s, dl, p)?;
         let r = tensor(y.dims(), 500 + i as u64, DType::F64)?;
         let loss = |x: &Tensor, w: &Tensor| -> Result<f64> {
-            (depthwise_conv2d(x, w, s, p)? * &r)?
+            (depthwise_conv2d_dilated(x, w, s, dl, p)? * &r)?
                 .sum_all()?
                 .to_scalar::<f64>()
         };
-        let (gx, gw) = autograd(|x, w| depthwise_conv2d(x, w, s, p), &x, &w, &r)?;
+        let (gx, gw) = autograd(|x, w| depthwise_conv2d_dilated(x, w, s, dl, p), &x, &w, &r)?;
         assert_close("grad_x", &gx, &finite_diff(&x, |x| loss(x, &w))?, 1e-7)?;
         assert_close("grad_w", &gw, &finite_diff(&w, |w| loss(&x, w))?, 1e-7)?;
-        let (gx_t, gw_t) = autograd(|x, w| depthwise_conv2d_tensor_ops(x, w, s, p), &x, &w, &r)?;
+        let (gx_t, gw_t) = autograd(
+            |x, w| depthwise_conv2d_tensor_ops_dilated(x, w, s, dl, p),
+            &x,
+            &w,
+            &r,
+        )?;
         assert!(
             max_abs_diff(&gx_t, &gx)? < 1e-12,
             "{cs:?}: tensor-ops grad_x"
@@ -385,7 +489,7 @@ fn degenerate_shapes() -> Result<()> {
     // Single output pixel from a 1x1 input with stride larger than the plane.
     let x = tensor(&[2, 3, 1, 1], 3, DType::F32)?;
     let pad = Padding2d::same(1, 1, 3, 4)?;
-    let want = reference(&x, &w, 4, pad)?;
+    let want = reference(&x, &w, 4, 1, pad)?;
     let got = depthwise_conv2d(&x, &w, 4, pad)?;
     assert!(max_abs_diff(&got, &want)? < 1e-6);
     Ok(())

@@ -72,6 +72,32 @@ model mixed {
 }
 "#;
 
+/// `output_stride 8`: every block kind past the cap, dilated (2 to 8): the depthwise of `ds`
+/// and `mbconv` (a 5x5 spanning 9 pixels of a 3x3 map) and the kxk convolution of `conv`,
+/// `fused` and `edge`; the `ds` and `conv` blocks whose stride became 1 get their residual;
+/// TensorFlow "same" padding (the dilated convolutions pad `d * (k - 1) / 2`), drop-path.
+const DILATED: &str = r#"
+model dilated {
+    input 3 x 21
+    classes 6
+    activation silu
+    padding same
+    output_stride 8
+    drop_path 0.2
+    round channels(divisor = 4, min = 8, limit = 0)
+    stem conv k3 s2 -> 8
+    stage fused  k3 e4 s2 -> 12 x1
+    stage mbconv k3 e3 s2 -> 12 x1
+    stage ds     k3 s2 -> 12 x2 se 0.5
+    stage mbconv k5 e3 s1 -> 16 x2 se 0.25
+    stage conv   k3 s2 -> 16 x1 skip
+    stage edge   k3 e2 s1 -> 16 x1
+    stage fused  k3 e1 s2 -> 20 x1
+    stage mbconv k3 e2 s1 -> 20 x1
+    head conv k1 -> 24
+}
+"#;
+
 fn build(spec: &str, dev: &Device) -> (Network, Vec<Param>) {
     let net = common::trainable_network(spec, dev);
     let params = net
@@ -178,6 +204,15 @@ fn hand_step_matches_autograd_same_padding_every_block_kind() {
 #[test]
 fn hand_step_matches_autograd_with_mixed_kernels() {
     compare(MIXED, 4, 17);
+}
+
+#[test]
+fn hand_step_matches_autograd_dilated_past_the_output_stride() {
+    let dev = Device::Cpu;
+    let (net, _) = build(DILATED, &dev);
+    let dilations: Vec<usize> = net.ir.blocks().map(|b| b.dilation).collect();
+    assert_eq!(dilations, [1, 1, 1, 2, 2, 2, 2, 4, 4, 8], "{}", net.ir);
+    compare(DILATED, 4, 21);
 }
 
 /// Fine-tuning's frozen BatchNorm layers run in eval mode in a training step: normalized with

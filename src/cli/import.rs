@@ -97,6 +97,10 @@ pub struct Opts {
     /// Leave the first and last stages' depth alone (timm's `fix_first_last`).
     #[arg(long)]
     fix_first_last: bool,
+    /// timm's `output_stride` (8, 16 or 32): the strides past it become dilation
+    /// [default: none written, timm's 32].
+    #[arg(long)]
+    output_stride: Option<usize>,
     /// Write the model here instead of to stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -128,6 +132,7 @@ impl Opts {
             },
             stage_depths: self.stage_depths.clone(),
             fix_first_last: self.fix_first_last,
+            output_stride: self.output_stride,
         }
     }
 }

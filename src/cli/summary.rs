@@ -48,21 +48,52 @@ pub fn run(
         println!("{}", super::space_line(sp));
         println!("the default candidate (every choice at its first alternative):");
     }
+    // A dilation column only for networks that dilate (an `output_stride` below their
+    // strides): every other table stays as it was.
+    let dilated = net.blocks().any(|b| b.dilation > 1);
+    let d = |v: &dyn std::fmt::Display| {
+        if dilated {
+            format!(" {v:>2}")
+        } else {
+            String::new()
+        }
+    };
     println!(
-        "{} at {}x{} ({} input channels, {} classes)",
-        s.model, resolution, resolution, net.input_channels, net.num_classes
+        "{} at {}x{} ({} input channels, {} classes{})",
+        s.model,
+        resolution,
+        resolution,
+        net.input_channels,
+        net.num_classes,
+        if net.output_stride == 32 && !dilated {
+            String::new()
+        } else {
+            format!(", output stride {}", net.output_stride)
+        }
     );
     println!(
-        "{:<6} {:<5} {:>2} {:>5} {:>2} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
-        "stage", "block", "k", "exp", "s", "x", "in", "out", "res", "params", "MACs"
+        "{:<6} {:<5} {:>2} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+        "stage",
+        "block",
+        "k",
+        "exp",
+        "s",
+        d(&"d"),
+        "x",
+        "in",
+        "out",
+        "res",
+        "params",
+        "MACs"
     );
     println!(
-        "{:<6} {:<5} {:>2} {:>5} {:>2} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+        "{:<6} {:<5} {:>2} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
         "stem",
         "conv",
         net.stem.conv.kernel,
         "",
         net.stem.conv.stride,
+        d(&1),
         1,
         net.input_channels,
         s.stem.output[0],
@@ -72,7 +103,7 @@ pub fn run(
     );
     for st in &s.stages {
         println!(
-            "{:<6} {:<5} {:>2} {:>5} {:>2} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+            "{:<6} {:<5} {:>2} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
             st.index,
             st.kind,
             st.kernel,
@@ -80,6 +111,7 @@ pub fn run(
                 .trim_end_matches('0')
                 .trim_end_matches('.'),
             st.stride,
+            d(&st.dilation),
             st.repeats,
             st.in_channels,
             st.out_channels,
@@ -90,12 +122,13 @@ pub fn run(
     }
     if let Some(h) = &s.head {
         println!(
-            "{:<6} {:<5} {:>2} {:>5} {:>2} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+            "{:<6} {:<5} {:>2} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
             "head",
             "conv",
             1,
             "",
             1,
+            d(&1),
             1,
             "",
             h.output[0],
@@ -105,12 +138,13 @@ pub fn run(
         );
     }
     println!(
-        "{:<6} {:<5} {:>2} {:>5} {:>2} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+        "{:<6} {:<5} {:>2} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
         "fc",
         "",
         "",
         "",
         "",
+        d(&""),
         "",
         net.classifier.in_features,
         net.classifier.out_features,

@@ -134,6 +134,9 @@ pub struct ModelDef {
     pub bn_eps: f64,
     pub bn_momentum: f64,
     pub padding: PaddingMode,
+    /// timm's `output_stride` (8, 16 or 32): the most the network downsamples; the strides
+    /// past it become dilation.
+    pub output_stride: usize,
     pub dropout: f64,
     pub drop_path: f64,
     pub round_channels: ChannelRounding,

@@ -32,6 +32,7 @@ pub use items::Items;
 pub use resolution::chosen_resolution;
 
 use cx::Cx;
+pub use models::OUTPUT_STRIDES;
 use models::{Resolver, finish_model};
 use schedules::check_schedule;
 

@@ -21,6 +21,7 @@ pub(super) struct Partial {
     bn_eps: Option<f64>,
     bn_momentum: Option<f64>,
     padding: Option<PaddingMode>,
+    output_stride: Option<usize>,
     dropout: Option<f64>,
     drop_path: Option<f64>,
     round_channels: Option<ChannelRounding>,
@@ -252,6 +253,21 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
                     cx.push(d);
                 }
             },
+            ModelStmtKind::OutputStride(n) => match n.as_usize() {
+                Some(v) if OUTPUT_STRIDES.contains(&v) => p.output_stride = Some(v),
+                _ => cx.push(
+                    Diagnostic::error(
+                        "effnet::output_stride",
+                        format!("the output stride must be 8, 16 or 32, not {}", n.text),
+                        n.span,
+                    )
+                    .label("not an output stride timm builds")
+                    .help(
+                        "timm's `output_stride`: 32 (the default) downsamples by 32; 16 and 8 \
+                         turn the strides past them into dilation (for dense prediction)",
+                    ),
+                ),
+            },
             ModelStmtKind::Dropout(n) => {
                 p.dropout = cx.within(n, "dropout", 0.0, 1.0, true).or(p.dropout);
             }
@@ -478,6 +494,7 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
         bn_eps: p.bn_eps.unwrap_or(1e-5),
         bn_momentum: p.bn_momentum.unwrap_or(0.1),
         padding: p.padding.unwrap_or(PaddingMode::Symmetric),
+        output_stride: p.output_stride.unwrap_or(32),
         dropout: p.dropout.unwrap_or(0.0),
         drop_path: p.drop_path.unwrap_or(0.0),
         round_channels: p.round_channels.unwrap_or_default(),
@@ -524,29 +541,34 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
         );
         return None;
     }
-    // timm's builder caps the total stride at its output stride (32 by default) and turns every
-    // further stride into dilation; effnet has no dilation yet, so such a network would compute
-    // other numbers than timm's from the same weights: refuse it at the stride that goes over.
-    let mut total = def.stem.stride;
-    for s in &def.stages {
-        let next = total.saturating_mul(s.stride);
-        if next > MAX_OUTPUT_STRIDE {
-            cx.push(
-                Diagnostic::error(
-                    "effnet::output_stride",
-                    format!(
-                        "`{}` would downsample by {next} here: timm's builder stops at {MAX_OUTPUT_STRIDE} \
-                         and dilates the convolutions after, which effnet does not do",
-                        def.name
-                    ),
-                    s.span,
-                )
-                .label(format!("stride {} after a total of {total}", s.stride))
-                .help("make this stage `s1`, or drop a stride-2 stage before it"),
-            );
-            return None;
+    // timm's builder caps the total stride at its output stride and turns every further stride
+    // into dilation, silently (even at its default 32); lowering does the same. A spec that
+    // did not ask for it is told where it starts: writing `output_stride` says it is meant.
+    if p.output_stride.is_none() {
+        let mut total = def.stem.stride;
+        for s in &def.stages {
+            let next = total.saturating_mul(s.stride);
+            if next > def.output_stride {
+                cx.push(
+                    Diagnostic::warning(
+                        "effnet::dilation",
+                        format!(
+                            "`{}` would downsample by {next} here, past its output stride {}: \
+                             from this stage on its strides become dilation, as timm's builder does",
+                            def.name, def.output_stride
+                        ),
+                        s.span,
+                    )
+                    .label(format!("stride {} after a total of {total}", s.stride))
+                    .help(format!(
+                        "write `output_stride {}` to say the dilation is meant, or make this stage `s1`",
+                        def.output_stride
+                    )),
+                );
+                break;
+            }
+            total = next;
         }
-        total = next;
     }
     if !channels_split(&def, cx) {
         return None;
@@ -639,6 +661,6 @@ fn channels_split(def: &ModelDef, cx: &mut Cx) -> bool {
     ok
 }
 
-/// The largest total stride timm's EfficientNet builder builds without dilation (its default
-/// `output_stride`).
-const MAX_OUTPUT_STRIDE: usize = 32;
+/// The output strides timm's EfficientNet builder is built with (`output_stride`; 32 is its
+/// default).
+pub const OUTPUT_STRIDES: [usize; 3] = [8, 16, 32];

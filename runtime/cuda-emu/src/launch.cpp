@@ -6,11 +6,11 @@ extern "C" {
 
 void emu_depthwise_nhwc(unsigned grid, unsigned block, const float* x, const float* w,
                         const float* scale, const float* shift, float* y, int n, int h, int wd,
-                        int c, int k, int stride, int pad_top, int pad_left, int oh, int ow,
-                        int act) {
+                        int c, int k, int stride, int dil, int pad_top, int pad_left, int oh,
+                        int ow, int act) {
     effnet_launch(grid, block, [&] {
-        effnet_depthwise_nhwc(x, w, scale, shift, y, n, h, wd, c, k, stride, pad_top, pad_left,
-                              oh, ow, act);
+        effnet_depthwise_nhwc(x, w, scale, shift, y, n, h, wd, c, k, stride, dil, pad_top,
+                              pad_left, oh, ow, act);
     });
 }
 

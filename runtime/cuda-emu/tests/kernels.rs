@@ -52,45 +52,56 @@ fn depthwise_matches_the_cpu_kernel() {
         (1, 8, 5, 8),
         (1, 1, 1, 5),
     ] {
-        for k in [3usize, 5] {
-            for stride in [1usize, 2] {
-                for same in [true, false] {
-                    let pad = if same {
-                        Padding2d::same(h, w, k, stride).expect("same")
-                    } else {
-                        Padding2d::symmetric(k / 2)
+        // Dilation 2 at stride 1 (past an output stride), and 3 at stride 2 (the kernel takes
+        // it; no network makes it).
+        let kernels = [
+            (3, 1, 1),
+            (3, 2, 1),
+            (5, 1, 1),
+            (5, 2, 1),
+            (3, 1, 2),
+            (5, 1, 2),
+            (3, 2, 3),
+        ];
+        for (k, stride, dilation) in kernels {
+            for same in [true, false] {
+                let extent = (k - 1) * dilation + 1;
+                let pad = if same {
+                    Padding2d::same(h, w, extent, stride).expect("same")
+                } else {
+                    Padding2d::symmetric(extent / 2)
+                };
+                let g = ConvGeom {
+                    n,
+                    c,
+                    h,
+                    w,
+                    o: c,
+                    k,
+                    stride,
+                    dilation,
+                    pad,
+                };
+                for act in ACTS {
+                    case += 1;
+                    let x = values(n * h * w * c, case);
+                    let wt = values(c * k * k, case + 100);
+                    let scale = values(c, case + 200);
+                    let shift = values(c, case + 300);
+                    let epi = Epilogue {
+                        scale: &scale,
+                        shift: &shift,
+                        act,
                     };
-                    let g = ConvGeom {
-                        n,
-                        c,
-                        h,
-                        w,
-                        o: c,
-                        k,
-                        stride,
-                        pad,
-                    };
-                    for act in ACTS {
-                        case += 1;
-                        let x = values(n * h * w * c, case);
-                        let wt = values(c * k * k, case + 100);
-                        let scale = values(c, case + 200);
-                        let shift = values(c, case + 300);
-                        let epi = Epilogue {
-                            scale: &scale,
-                            shift: &shift,
-                            act,
-                        };
-                        let (want, _) = depthwise(&x, &wt, &g, &epi, false).expect("cpu");
-                        let got = depthwise_nhwc(&x, &wt, &g, &scale, &shift, act).expect("cuda");
-                        let d = rel_diff(&got, &want);
-                        assert!(d < 1e-5, "{g:?} {act:?}: relative difference {d}");
-                    }
+                    let (want, _) = depthwise(&x, &wt, &g, &epi, false).expect("cpu");
+                    let got = depthwise_nhwc(&x, &wt, &g, &scale, &shift, act).expect("cuda");
+                    let d = rel_diff(&got, &want);
+                    assert!(d < 1e-5, "{g:?} {act:?}: relative difference {d}");
                 }
             }
         }
     }
-    assert_eq!(case, 6 * 2 * 2 * 2 * 5);
+    assert_eq!(case, 6 * 7 * 2 * 5);
 }
 
 #[test]
@@ -146,6 +157,7 @@ fn wrong_operands_are_refused_before_any_launch() {
         o: 4,
         k: 3,
         stride: 1,
+        dilation: 1,
         pad: Padding2d::symmetric(1),
     };
     let x = values(100, 1);

@@ -11,7 +11,8 @@ use super::forward::ForwardOps;
 use super::shared::update_running_stats;
 use crate::nn::{BatchNorm, Classifier, Conv2d, ConvBnAct, SqueezeExcite};
 use crate::ops::{
-    conv2d_train, depthwise_conv2d, linear, pointwise_conv2d, pointwise_conv2d_for_training,
+    conv2d_train_dilated, depthwise_conv2d_dilated, linear, pointwise_conv2d,
+    pointwise_conv2d_for_training,
 };
 
 /// candle ops in eval mode (running statistics) or train mode (batch statistics, updating the
@@ -100,13 +101,14 @@ impl ForwardOps for CandleOps {
 
 /// A convolution on candle tensors: depthwise and 1x1 on effnet's ops; with `grads`, dense
 /// ones on the CPU in f32 as one autograd node with a GEMM backward of our own (candle's would
-/// run `conv_transpose2d`); otherwise candle's `conv2d`.
+/// run `conv_transpose2d`); otherwise candle's `conv2d`. Each path takes the convolution's
+/// dilation.
 pub(crate) fn conv(c: &Conv2d, x: &Tensor, grads: bool) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let pad = c.pad(h, w);
     let s = &c.spec;
     let y = if s.is_depthwise() {
-        depthwise_conv2d(x, &c.weight()?, s.stride, pad)?
+        depthwise_conv2d_dilated(x, &c.weight()?, s.stride, s.dilation, pad)?
     } else if s.kernel == 1 && s.stride == 1 && pad.is_zero() && s.groups == 1 {
         // The matmul formulations add the bias themselves.
         if grads {
@@ -119,15 +121,15 @@ pub(crate) fn conv(c: &Conv2d, x: &Tensor, grads: bool) -> Result<Tensor> {
         && x.dtype() == DType::F32
         && c.weight_dtype() == DType::F32
     {
-        conv2d_train(x, &c.weight()?, s.stride, pad)?
+        conv2d_train_dilated(x, &c.weight()?, s.stride, s.dilation, pad)?
     } else if pad.top == pad.bottom && pad.left == pad.right && pad.top == pad.left {
-        x.conv2d(&c.weight()?, pad.top, s.stride, 1, s.groups)?
+        x.conv2d(&c.weight()?, pad.top, s.stride, s.dilation, s.groups)?
     } else {
         // TensorFlow "same" on stride 2: the extra row and column go after.
         let x = x
             .pad_with_zeros(2, pad.top, pad.bottom)?
             .pad_with_zeros(3, pad.left, pad.right)?;
-        x.conv2d(&c.weight()?, 0, s.stride, 1, s.groups)?
+        x.conv2d(&c.weight()?, 0, s.stride, s.dilation, s.groups)?
     };
     match &c.bias {
         Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),

@@ -442,7 +442,9 @@ impl<'a> Builder<'a> {
 
     /// A convolution with the padding of `mode`, as explicit `pads` where the input size is
     /// known or does not matter, as `auto_pad = SAME_UPPER` where TensorFlow's rule must be
-    /// applied to an input size known only at run time.
+    /// applied to an input size known only at run time. A dilated convolution (past the
+    /// network's output stride) has `dilations`, and pads for the pixels its kernel spans,
+    /// as timm does (and ONNX's SAME_UPPER does for a dilated kernel).
     fn conv(&mut self, x: &Value, c: &ir::Conv, mode: PaddingMode) -> Result<Value, ExportError> {
         if !c.mixed.is_empty() {
             return self.mixed_conv(x, c, mode);
@@ -453,15 +455,20 @@ impl<'a> Builder<'a> {
         } else {
             None
         };
-        let (k, s) = (c.kernel as i64, c.stride as i64);
+        let (k, s, d) = (c.kernel as i64, c.stride as i64, c.dilation as i64);
+        // The pixels the kernel spans.
+        let extent = d * (k - 1) + 1;
         let mut attrs = vec![
             attr_ints("kernel_shape", &[k, k]),
             attr_ints("strides", &[s, s]),
         ];
+        if d != 1 {
+            attrs.push(attr_ints("dilations", &[d, d]));
+        }
         let hw = match x.hw {
             Some((h, w)) => {
-                let (top, bottom, out_h) = mode.resolve(h, c.kernel, c.stride);
-                let (left, right, out_w) = mode.resolve(w, c.kernel, c.stride);
+                let (top, bottom, out_h) = mode.resolve(h, c.kernel, c.stride, c.dilation);
+                let (left, right, out_w) = mode.resolve(w, c.kernel, c.stride, c.dilation);
                 if out_h == 0 || out_w == 0 {
                     let resolution = match self.options.resolution {
                         Size::Fixed(r) => r,
@@ -471,8 +478,13 @@ impl<'a> Builder<'a> {
                         model: self.ir.name.clone(),
                         resolution,
                         what: format!(
-                            "`{}` gets a {h}x{w} input, too small for its {k}x{k} kernel",
-                            c.path
+                            "`{}` gets a {h}x{w} input, too small for its {k}x{k} kernel{}",
+                            c.path,
+                            if d == 1 {
+                                String::new()
+                            } else {
+                                format!(" (dilation {d}: {extent}x{extent} pixels)")
+                            }
                         ),
                     });
                 }
@@ -487,9 +499,10 @@ impl<'a> Builder<'a> {
                 if !needs_input_size {
                     // Symmetric padding, and `same` at stride 1 or for a 1x1 kernel, does not
                     // depend on the input size: any size gives the same pads.
-                    let (p, q, _) = mode.resolve(c.kernel.max(c.stride), c.kernel, c.stride);
+                    let any = (extent as usize).max(c.stride);
+                    let (p, q, _) = mode.resolve(any, c.kernel, c.stride, c.dilation);
                     attrs.push(attr_ints("pads", &[p as i64, p as i64, q as i64, q as i64]));
-                } else if k >= s {
+                } else if extent >= s {
                     attrs.push(attr_string("auto_pad", "SAME_UPPER"));
                 } else {
                     // ONNX does not clamp SAME_UPPER's padding at 0, TensorFlow does: they

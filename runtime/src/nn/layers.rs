@@ -199,8 +199,9 @@ impl Conv2d {
 
     /// The padding of each side for an `h x w` input.
     pub fn pad(&self, h: usize, w: usize) -> Padding2d {
-        let (top, bottom, _) = self.padding.resolve(h, self.spec.kernel, self.spec.stride);
-        let (left, right, _) = self.padding.resolve(w, self.spec.kernel, self.spec.stride);
+        let s = &self.spec;
+        let (top, bottom, _) = self.padding.resolve(h, s.kernel, s.stride, s.dilation);
+        let (left, right, _) = self.padding.resolve(w, s.kernel, s.stride, s.dilation);
         Padding2d {
             top,
             bottom,
@@ -219,6 +220,7 @@ impl Conv2d {
             o: self.spec.out_channels,
             k: self.spec.kernel,
             stride: self.spec.stride,
+            dilation: self.spec.dilation,
             pad: self.pad(h, w),
         }
     }

@@ -39,7 +39,8 @@ impl Padding2d {
 
     /// TensorFlow `SAME` padding for a square `kernel` with the given `stride` over an
     /// `in_h x in_w` input: per dimension `pad = max((ceil(x / s) - 1) * s + k - x, 0)`,
-    /// `before = pad / 2`, `after = pad - before`.
+    /// `before = pad / 2`, `after = pad - before`. For a dilated kernel, pass the pixels it
+    /// spans ([`ConvGeom::extent`]): timm's `get_same_padding` with dilation.
     ///
     /// Errors when `stride` or `kernel` is zero or the arithmetic overflows.
     pub fn same(in_h: usize, in_w: usize, kernel: usize, stride: usize) -> Result<Self> {
@@ -111,32 +112,45 @@ pub struct ConvGeom {
     /// Square kernel size and stride.
     pub k: usize,
     pub stride: usize,
+    /// The spacing of the kernel's taps (1: adjacent): tap `(i, j)` of output `(y, x)` reads
+    /// padded input `(y * stride + i * dilation, x * stride + j * dilation)`.
+    pub dilation: usize,
     pub pad: Padding2d,
 }
 
+/// The pixels a kernel of `k` taps `dilation` apart spans: `dilation * (k - 1) + 1`.
+pub const fn dilated_extent(k: usize, dilation: usize) -> usize {
+    if k == 0 { 0 } else { dilation * (k - 1) + 1 }
+}
+
 impl ConvGeom {
+    /// The pixels the kernel spans along each axis, `dilation * (k - 1) + 1`.
+    pub const fn extent(&self) -> usize {
+        dilated_extent(self.k, self.dilation)
+    }
+
     /// Output height and width, or an error naming `op` when the kernel or stride is zero or
     /// the padded input is empty or smaller than the kernel.
     pub(crate) fn check(&self, op: &str) -> Result<(usize, usize)> {
-        if self.k == 0 || self.stride == 0 {
+        if self.k == 0 || self.stride == 0 || self.dilation == 0 {
             bail!(
-                "{op}: kernel {} and stride {} must be positive",
+                "{op}: kernel {}, stride {} and dilation {} must be positive",
                 self.k,
-                self.stride
+                self.stride,
+                self.dilation
             );
         }
+        let ek = self.extent();
         let hp = self.h + self.pad.top + self.pad.bottom;
         let wp = self.w + self.pad.left + self.pad.right;
-        if hp < self.k || wp < self.k || self.h == 0 || self.w == 0 {
+        if hp < ek || wp < ek || self.h == 0 || self.w == 0 {
             bail!(
-                "{op}: padded input {hp}x{wp} is empty or smaller than the {0}x{0} kernel",
+                "{op}: padded input {hp}x{wp} is empty or smaller than the {ek}x{ek} extent of \
+                 the {0}x{0} kernel",
                 self.k
             );
         }
-        Ok((
-            (hp - self.k) / self.stride + 1,
-            (wp - self.k) / self.stride + 1,
-        ))
+        Ok(((hp - ek) / self.stride + 1, (wp - ek) / self.stride + 1))
     }
 
     /// Output height and width.

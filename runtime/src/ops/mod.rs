@@ -26,7 +26,9 @@ pub mod cpu;
 pub mod geom;
 
 pub use candle::{
-    conv2d_train, depthwise_conv2d, depthwise_conv2d_backward, depthwise_conv2d_tensor_ops,
-    global_avg_pool, linear, pointwise_conv2d, pointwise_conv2d_for_training, squeeze_excite,
+    conv2d_train, conv2d_train_dilated, depthwise_conv2d, depthwise_conv2d_backward,
+    depthwise_conv2d_backward_dilated, depthwise_conv2d_dilated, depthwise_conv2d_tensor_ops,
+    depthwise_conv2d_tensor_ops_dilated, global_avg_pool, linear, pointwise_conv2d,
+    pointwise_conv2d_for_training, squeeze_excite,
 };
 pub use geom::{Act, ConvGeom, Padding2d};

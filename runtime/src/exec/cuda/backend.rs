@@ -79,6 +79,7 @@ impl ForwardOps for CudaOps {
             let op = Depthwise {
                 k: s.kernel,
                 stride: s.stride,
+                dilation: s.dilation,
                 pad_top: pad.top,
                 pad_left: pad.left,
                 oh,

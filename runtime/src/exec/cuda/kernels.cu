@@ -30,11 +30,12 @@ __device__ __forceinline__ long effnet_index() {
 // Depthwise convolution, `y[b, oy, ox, ch] = act(scale[ch] * sum_k x * w + shift[ch])`, with
 // the eval-mode BatchNorm (and any convolution bias) folded into `scale` / `shift`. `w` is
 // timm's `[C, 1, k, k]`; the padding may be asymmetric (TensorFlow "same" pads the extra row
-// and column after), given by its top and left sides.
+// and column after), given by its top and left sides; the taps are `dil` pixels apart (the
+// dilation an `output_stride` brings; 1 otherwise).
 extern "C" __global__ void effnet_depthwise_nhwc(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ scale,
     const float* __restrict__ shift, float* __restrict__ y, int n, int h, int wd, int c,
-    int k, int stride, int pad_top, int pad_left, int oh, int ow, int act) {
+    int k, int stride, int dil, int pad_top, int pad_left, int oh, int ow, int act) {
     long i = effnet_index();
     long total = (long)n * oh * ow * c;
     if (i >= total) return;
@@ -46,10 +47,10 @@ extern "C" __global__ void effnet_depthwise_nhwc(
     int b = (int)(p / oh);
     float acc = 0.0f;
     for (int ky = 0; ky < k; ky++) {
-        int iy = oy * stride - pad_top + ky;
+        int iy = oy * stride - pad_top + ky * dil;
         if (iy < 0 || iy >= h) continue;
         for (int kx = 0; kx < k; kx++) {
-            int ix = ox * stride - pad_left + kx;
+            int ix = ox * stride - pad_left + kx * dil;
             if (ix < 0 || ix >= wd) continue;
             acc += x[(((long)b * h + iy) * wd + ix) * c + ch] * w[((long)ch * k + ky) * k + kx];
         }

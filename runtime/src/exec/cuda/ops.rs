@@ -82,6 +82,7 @@ fn dims4(l: &Layout, op: &str) -> Result<[usize; 4]> {
 pub(crate) struct Depthwise {
     pub k: usize,
     pub stride: usize,
+    pub dilation: usize,
     pub pad_top: usize,
     pub pad_left: usize,
     pub oh: usize,
@@ -141,6 +142,7 @@ impl CustomOp3 for Depthwise {
             c,
             k,
             self.stride,
+            self.dilation,
             self.pad_top,
             self.pad_left,
             self.oh,
@@ -160,7 +162,7 @@ impl CustomOp3 for Depthwise {
         }
         b.arg(&self.act);
         // SAFETY: the arguments match the kernel's parameters in order and type (pointers to
-        // f32, then eleven ints), every buffer holds what the sizes say (checked above), and
+        // f32, then twelve ints), every buffer holds what the sizes say (checked above), and
         // threads past `total` return.
         unsafe { b.launch(launch_config(total)?) }.w()?;
         Ok((

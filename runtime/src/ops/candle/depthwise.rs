@@ -30,13 +30,34 @@ use super::dtype::{Kernel2, dispatch2};
 /// and `w`); elsewhere it is composed from candle tensor ops (see
 /// [`depthwise_conv2d_tensor_ops`]). `x` and `w` must have the same dtype and device.
 pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: Padding2d) -> Result<Tensor> {
-    geometry(x, w, stride, pad)?;
+    depthwise_conv2d_dilated(x, w, stride, 1, pad)
+}
+
+/// [`depthwise_conv2d`] with the taps `dilation` pixels apart (timm's `dilation`, which an
+/// `output_stride` below the network's strides brings): tap `(i, j)` of output `(y, x)` reads
+/// padded input `(y * stride + i * dilation, x * stride + j * dilation)`, and
+/// `OH = (H + top + bottom - (kh - 1) * dilation - 1) / stride + 1`.
+pub fn depthwise_conv2d_dilated(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    dilation: usize,
+    pad: Padding2d,
+) -> Result<Tensor> {
+    geometry(x, w, stride, dilation, pad)?;
     if x.device().is_cpu() {
         let x = x.contiguous()?;
         let w = w.contiguous()?;
-        x.apply_op2(&w, DepthwiseConv2d { stride, pad })
+        x.apply_op2(
+            &w,
+            DepthwiseConv2d {
+                stride,
+                dilation,
+                pad,
+            },
+        )
     } else {
-        depthwise_conv2d_tensor_ops(x, w, stride, pad)
+        depthwise_conv2d_tensor_ops_dilated(x, w, stride, dilation, pad)
     }
 }
 
@@ -51,7 +72,19 @@ pub fn depthwise_conv2d_backward(
     stride: usize,
     pad: Padding2d,
 ) -> Result<(Tensor, Tensor)> {
-    let g = geometry(x, w, stride, pad)?;
+    depthwise_conv2d_backward_dilated(x, w, grad_out, stride, 1, pad)
+}
+
+/// [`depthwise_conv2d_backward`] of [`depthwise_conv2d_dilated`].
+pub fn depthwise_conv2d_backward_dilated(
+    x: &Tensor,
+    w: &Tensor,
+    grad_out: &Tensor,
+    stride: usize,
+    dilation: usize,
+    pad: Padding2d,
+) -> Result<(Tensor, Tensor)> {
+    let g = geometry(x, w, stride, dilation, pad)?;
     let expected = [g.n, g.c, g.oh, g.ow];
     if grad_out.dims() != expected {
         bail!(
@@ -61,13 +94,19 @@ pub fn depthwise_conv2d_backward(
     }
     if x.device().is_cpu() {
         let (x, w, gy) = (x.contiguous()?, w.contiguous()?, grad_out.contiguous()?);
-        let gx = gy.apply_op2(&w, input_grad_op(stride, pad, g.h, g.w))?;
-        let gw = x.apply_op2(&gy, weight_grad_op(stride, pad, g.kh, g.kw))?;
+        let gx = gy.apply_op2(&w, input_grad_op(&g))?;
+        let gw = x.apply_op2(&gy, weight_grad_op(&g))?;
         Ok((gx, gw))
     } else {
         let xv = Var::from_tensor(&x.detach())?;
         let wv = Var::from_tensor(&w.detach())?;
-        let y = depthwise_conv2d_tensor_ops(xv.as_tensor(), wv.as_tensor(), stride, pad)?;
+        let y = depthwise_conv2d_tensor_ops_dilated(
+            xv.as_tensor(),
+            wv.as_tensor(),
+            stride,
+            dilation,
+            pad,
+        )?;
         let grads = (y * grad_out.detach())?.sum_all()?.backward()?;
         let (Some(gx), Some(gw)) = (grads.get(xv.as_tensor()), grads.get(wv.as_tensor())) else {
             bail!("depthwise_conv2d_backward: autograd produced no gradient");
@@ -88,15 +127,27 @@ pub fn depthwise_conv2d_tensor_ops(
     stride: usize,
     pad: Padding2d,
 ) -> Result<Tensor> {
-    let g = geometry(x, w, stride, pad)?;
-    let s = g.stride;
+    depthwise_conv2d_tensor_ops_dilated(x, w, stride, 1, pad)
+}
+
+/// [`depthwise_conv2d_tensor_ops`] with the taps `dilation` pixels apart: tap `(i, j)` reads
+/// the view of its phase at `(i * dilation / stride, j * dilation / stride)`.
+pub fn depthwise_conv2d_tensor_ops_dilated(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    dilation: usize,
+    pad: Padding2d,
+) -> Result<Tensor> {
+    let g = geometry(x, w, stride, dilation, pad)?;
+    let (s, d) = (g.stride, g.dilation);
     // Rows/columns of each phase: enough to cover the padded input and every tap's view.
     let hq = (g.h + pad.top + pad.bottom)
         .div_ceil(s)
-        .max(g.oh + (g.kh - 1) / s);
+        .max(g.oh + (g.kh - 1) * d / s);
     let wq = (g.w + pad.left + pad.right)
         .div_ceil(s)
-        .max(g.ow + (g.kw - 1) / s);
+        .max(g.ow + (g.kw - 1) * d / s);
     // `hq * s >= h + top + bottom >= h + top`, so these never underflow.
     let xp = x
         .pad_with_zeros(2, pad.top, hq * s - g.h - pad.top)?
@@ -123,8 +174,9 @@ pub fn depthwise_conv2d_tensor_ops(
     let mut acc: Option<Tensor> = None;
     for i in 0..g.kh {
         for j in 0..g.kw {
-            let phase = &phases[(i % s) * s + (j % s)];
-            let view = phase.narrow(2, i / s, g.oh)?.narrow(3, j / s, g.ow)?;
+            let (r, c) = (i * d, j * d);
+            let phase = &phases[(r % s) * s + (c % s)];
+            let view = phase.narrow(2, r / s, g.oh)?.narrow(3, c / s, g.ow)?;
             let wt = wf.narrow(1, i * g.kw + j, 1)?.reshape((1, g.c, 1, 1))?;
             let term = view.broadcast_mul(&wt)?;
             acc = Some(match acc {
@@ -141,7 +193,13 @@ pub fn depthwise_conv2d_tensor_ops(
 }
 
 /// Validates shapes, dtypes and devices and returns the geometry.
-fn geometry(x: &Tensor, w: &Tensor, stride: usize, pad: Padding2d) -> Result<Geom> {
+fn geometry(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    dilation: usize,
+    pad: Padding2d,
+) -> Result<Geom> {
     let (n, c, h, wd) = match x.dims() {
         &[n, c, h, w] => (n, c, h, w),
         d => bail!("depthwise_conv2d: input must be [N, C, H, W], got {d:?}"),
@@ -160,7 +218,7 @@ fn geometry(x: &Tensor, w: &Tensor, stride: usize, pad: Padding2d) -> Result<Geo
     if !x.device().same_device(w.device()) {
         bail!("depthwise_conv2d: input and weight are on different devices");
     }
-    Geom::new(n, c, h, wd, kh, kw, stride, pad)
+    Geom::new(n, c, h, wd, kh, kw, stride, dilation, pad)
 }
 
 fn dims4(op: &str, what: &str, l: &Layout) -> Result<[usize; 4]> {
@@ -181,6 +239,7 @@ fn check_dims(op: &str, what: &str, got: [usize; 4], want: [usize; 4]) -> Result
 #[derive(Clone, Copy, Debug)]
 struct DepthwiseConv2d {
     stride: usize,
+    dilation: usize,
     pad: Padding2d,
 }
 
@@ -189,6 +248,7 @@ struct DepthwiseConv2d {
 #[derive(Clone, Copy, Debug)]
 struct DepthwiseConv2dInputGrad {
     stride: usize,
+    dilation: usize,
     pad: Padding2d,
     h: usize,
     w: usize,
@@ -198,26 +258,31 @@ struct DepthwiseConv2dInputGrad {
 #[derive(Clone, Copy, Debug)]
 struct DepthwiseConv2dWeightGrad {
     stride: usize,
+    dilation: usize,
     pad: Padding2d,
     kh: usize,
     kw: usize,
 }
 
-fn input_grad_op(stride: usize, pad: Padding2d, h: usize, w: usize) -> DepthwiseConv2dInputGrad {
-    DepthwiseConv2dInputGrad { stride, pad, h, w }
+/// The input-gradient op of the convolution `g` describes.
+fn input_grad_op(g: &Geom) -> DepthwiseConv2dInputGrad {
+    DepthwiseConv2dInputGrad {
+        stride: g.stride,
+        dilation: g.dilation,
+        pad: g.pad,
+        h: g.h,
+        w: g.w,
+    }
 }
 
-fn weight_grad_op(
-    stride: usize,
-    pad: Padding2d,
-    kh: usize,
-    kw: usize,
-) -> DepthwiseConv2dWeightGrad {
+/// The weight-gradient op of the convolution `g` describes.
+fn weight_grad_op(g: &Geom) -> DepthwiseConv2dWeightGrad {
     DepthwiseConv2dWeightGrad {
-        stride,
-        pad,
-        kh,
-        kw,
+        stride: g.stride,
+        dilation: g.dilation,
+        pad: g.pad,
+        kh: g.kh,
+        kw: g.kw,
     }
 }
 
@@ -273,7 +338,7 @@ impl CustomOp2 for DepthwiseConv2d {
         let [n, c, h, w] = dims4(op, "input", l1)?;
         let [_, _, kh, kw] = dims4(op, "weight", l2)?;
         check_dims(op, "weight", dims4(op, "weight", l2)?, [c, 1, kh, kw])?;
-        let g = Geom::new(n, c, h, w, kh, kw, self.stride, self.pad)?;
+        let g = Geom::new(n, c, h, w, kh, kw, self.stride, self.dilation, self.pad)?;
         let out = dispatch2(&FwdKernel(g), s1, l1, s2, l2)?;
         Ok((out, Shape::from((n, c, g.oh, g.ow))))
     }
@@ -286,10 +351,11 @@ impl CustomOp2 for DepthwiseConv2d {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, w, gy) = (contiguous(x)?, contiguous(w)?, contiguous(grad_res)?);
-        let (h, wd) = (x.dim(2)?, x.dim(3)?);
+        let (n, c, h, wd) = x.dims4()?;
         let (kh, kw) = (w.dim(2)?, w.dim(3)?);
-        let gx = gy.apply_op2(&w, input_grad_op(self.stride, self.pad, h, wd))?;
-        let gw = x.apply_op2(&gy, weight_grad_op(self.stride, self.pad, kh, kw))?;
+        let g = Geom::new(n, c, h, wd, kh, kw, self.stride, self.dilation, self.pad)?;
+        let gx = gy.apply_op2(&w, input_grad_op(&g))?;
+        let gw = x.apply_op2(&gy, weight_grad_op(&g))?;
         Ok((Some(gx), Some(gw)))
     }
 }
@@ -310,7 +376,17 @@ impl CustomOp2 for DepthwiseConv2dInputGrad {
         let gy = dims4(op, "output gradient", l1)?;
         let [c, _, kh, kw] = dims4(op, "weight", l2)?;
         check_dims(op, "weight", dims4(op, "weight", l2)?, [c, 1, kh, kw])?;
-        let g = Geom::new(gy[0], c, self.h, self.w, kh, kw, self.stride, self.pad)?;
+        let g = Geom::new(
+            gy[0],
+            c,
+            self.h,
+            self.w,
+            kh,
+            kw,
+            self.stride,
+            self.dilation,
+            self.pad,
+        )?;
         check_dims(op, "output gradient", gy, [g.n, g.c, g.oh, g.ow])?;
         let out = dispatch2(&InputGradKernel(g), s1, l1, s2, l2)?;
         Ok((out, Shape::from((g.n, g.c, g.h, g.w))))
@@ -327,14 +403,27 @@ impl CustomOp2 for DepthwiseConv2dInputGrad {
         // d/d gy = conv(G, w), d/d w = weight_grad(G, gy).
         let (gy, w, gg) = (contiguous(gy)?, contiguous(w)?, contiguous(grad_res)?);
         let (kh, kw) = (w.dim(2)?, w.dim(3)?);
+        let (n, c) = (gy.dim(0)?, gy.dim(1)?);
+        let g = Geom::new(
+            n,
+            c,
+            self.h,
+            self.w,
+            kh,
+            kw,
+            self.stride,
+            self.dilation,
+            self.pad,
+        )?;
         let d_gy = gg.apply_op2(
             &w,
             DepthwiseConv2d {
                 stride: self.stride,
+                dilation: self.dilation,
                 pad: self.pad,
             },
         )?;
-        let d_w = gg.apply_op2(&gy, weight_grad_op(self.stride, self.pad, kh, kw))?;
+        let d_w = gg.apply_op2(&gy, weight_grad_op(&g))?;
         Ok((Some(d_gy), Some(d_w)))
     }
 }
@@ -353,7 +442,17 @@ impl CustomOp2 for DepthwiseConv2dWeightGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
         let [n, c, h, w] = dims4(op, "input", l1)?;
-        let g = Geom::new(n, c, h, w, self.kh, self.kw, self.stride, self.pad)?;
+        let g = Geom::new(
+            n,
+            c,
+            h,
+            w,
+            self.kh,
+            self.kw,
+            self.stride,
+            self.dilation,
+            self.pad,
+        )?;
         check_dims(
             op,
             "output gradient",
@@ -374,12 +473,24 @@ impl CustomOp2 for DepthwiseConv2dWeightGrad {
         // grad_w = W(x, gy) is linear in each argument; with G = d loss / d grad_w:
         // d/d x = T(gy, G), d/d gy = conv(x, G).
         let (x, gy, gg) = (contiguous(x)?, contiguous(gy)?, contiguous(grad_res)?);
-        let (h, wd) = (x.dim(2)?, x.dim(3)?);
-        let d_x = gy.apply_op2(&gg, input_grad_op(self.stride, self.pad, h, wd))?;
+        let (n, c, h, wd) = x.dims4()?;
+        let g = Geom::new(
+            n,
+            c,
+            h,
+            wd,
+            self.kh,
+            self.kw,
+            self.stride,
+            self.dilation,
+            self.pad,
+        )?;
+        let d_x = gy.apply_op2(&gg, input_grad_op(&g))?;
         let d_gy = x.apply_op2(
             &gg,
             DepthwiseConv2d {
                 stride: self.stride,
+                dilation: self.dilation,
                 pad: self.pad,
             },
         )?;
@@ -434,14 +545,23 @@ mod tests {
 
     #[test]
     fn gradient_ops_have_correct_backward() -> Result<()> {
-        for (stride, (h, wd), k) in [(2, (6, 5), 3), (1, (5, 4), 3), (2, (7, 6), 5)] {
-            let pad = Padding2d::same(h, wd, k, stride)?;
+        let cases = [
+            (2, (6, 5), 3, 1),
+            (1, (5, 4), 3, 1),
+            (2, (7, 6), 5, 1),
+            // Dilated, as past an output stride (stride 1), and strided too.
+            (1, (6, 7), 3, 2),
+            (2, (9, 8), 3, 3),
+        ];
+        for (stride, (h, wd), k, dilation) in cases {
+            let pad = Padding2d::same(h, wd, (k - 1) * dilation + 1, stride)?;
             let x = tensor(&[2, 2, h, wd], 1)?;
             let w = tensor(&[2, 1, k, k], 2)?;
-            let y = depthwise_conv2d(&x, &w, stride, pad)?;
+            let y = depthwise_conv2d_dilated(&x, &w, stride, dilation, pad)?;
             let gy = tensor(y.dims(), 3)?;
+            let g = Geom::new(2, 2, h, wd, k, k, stride, dilation, pad)?;
 
-            let gi = input_grad_op(stride, pad, h, wd);
+            let gi = input_grad_op(&g);
             let gx = gy.apply_op2_no_bwd(&w, &gi)?;
             let r = tensor(gx.dims(), 4)?;
             let (d_gy, d_w) = gi.bwd(&gy, &w, &gx, &r)?;
@@ -459,7 +579,7 @@ mod tests {
                 &fd(&w, &r, &|t| gy.apply_op2_no_bwd(t, &gi))?,
             )?;
 
-            let gwop = weight_grad_op(stride, pad, k, k);
+            let gwop = weight_grad_op(&g);
             let gw = x.apply_op2_no_bwd(&gy, &gwop)?;
             let r = tensor(gw.dims(), 5)?;
             let (d_x, d_gy) = gwop.bwd(&x, &gy, &gw, &r)?;

@@ -129,6 +129,7 @@ pub fn pointwise_conv2d_train(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 struct ConvTrain {
     stride: usize,
+    dilation: usize,
     pad: Padding2d,
     oh: usize,
     ow: usize,
@@ -149,6 +150,7 @@ impl ConvTrain {
                     o,
                     k,
                     stride: self.stride,
+                    dilation: self.dilation,
                     pad: self.pad,
                 },
             )),
@@ -249,24 +251,40 @@ impl CustomOp2 for ConvTrain {
 /// (`[O, C, k, k]`) at `stride`, with the given zero padding on each side, as one autograd
 /// node.
 pub fn conv2d_train(x: &Tensor, w: &Tensor, stride: usize, pad: Padding2d) -> Result<Tensor> {
+    conv2d_train_dilated(x, w, stride, 1, pad)
+}
+
+/// [`conv2d_train`] with the kernel's taps `dilation` pixels apart (the im2col matrix reads
+/// them so; the GEMMs are the same).
+pub fn conv2d_train_dilated(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    dilation: usize,
+    pad: Padding2d,
+) -> Result<Tensor> {
     let (h, wd, k) = match (x.dims(), w.dims()) {
         (&[_, _, h, wd], &[_, _, k, k2]) if k == k2 && k > 0 => (h, wd, k),
         (xd, wdims) => bail!(
             "{CONV}: input [N, C, H, W] and weight [O, C, k, k] expected, got {xd:?} and {wdims:?}"
         ),
     };
-    if stride == 0 {
-        bail!("{CONV}: stride must be at least 1");
+    if stride == 0 || dilation == 0 {
+        bail!("{CONV}: stride and dilation must be at least 1");
     }
     let (ph, pw) = (h + pad.top + pad.bottom, wd + pad.left + pad.right);
-    if ph < k || pw < k {
-        bail!("{CONV}: a {k}x{k} kernel does not fit the padded {ph}x{pw} input");
+    let ek = crate::ops::geom::dilated_extent(k, dilation);
+    if ph < ek || pw < ek {
+        bail!(
+            "{CONV}: a {k}x{k} kernel (dilation {dilation}) does not fit the padded {ph}x{pw} input"
+        );
     }
     let op = ConvTrain {
         stride,
+        dilation,
         pad,
-        oh: (ph - k) / stride + 1,
-        ow: (pw - k) / stride + 1,
+        oh: (ph - ek) / stride + 1,
+        ow: (pw - ek) / stride + 1,
     };
     x.contiguous()?.apply_op2(&w.contiguous()?, op)
 }

@@ -477,14 +477,35 @@ pub fn conv_backward(
 }
 
 /// Adds one image's im2col gradient (`[OH * OW, k * k * C]`) onto its NHWC input gradient:
-/// the transpose of `im2col_rows`, one contiguous run of valid kernel columns at a time.
+/// the transpose of `im2col_rows`, one contiguous run of valid kernel columns at a time
+/// (undilated; dilated, one tap's `C` values at a time).
 fn col2im_image(dcol: &[f32], g: &ConvGeom, oh: usize, ow: usize, dx: &mut [f32]) {
-    let (h, w, c, k, s) = (g.h, g.w, g.c, g.k, g.stride);
+    let (h, w, c, k, s, d) = (g.h, g.w, g.c, g.k, g.stride, g.dilation);
     let (top, left) = (g.pad.top as isize, g.pad.left as isize);
     let kdim = k * k * c;
     for (r, src) in dcol.chunks_exact(kdim).enumerate().take(oh * ow) {
         let (oy, ox) = (r / ow, r % ow);
         let ix0 = (ox * s) as isize - left;
+        if d != 1 {
+            for i in 0..k {
+                let iy = (oy * s + i * d) as isize - top;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                for j in 0..k {
+                    let ix = ix0 + (j * d) as isize;
+                    if ix < 0 || ix >= w as isize {
+                        continue;
+                    }
+                    let at = (iy as usize * w + ix as usize) * c;
+                    let from = (i * k + j) * c;
+                    for (dv, &v) in dx[at..at + c].iter_mut().zip(&src[from..from + c]) {
+                        *dv += v;
+                    }
+                }
+            }
+            continue;
+        }
         let jlo = (-ix0).clamp(0, k as isize) as usize;
         let jhi = (w as isize - ix0).clamp(jlo as isize, k as isize) as usize;
         if jhi == jlo {
@@ -519,18 +540,18 @@ multiversion! {
         dx: &mut [f32],
         dwt: &mut [f32],
     ) {
-        let (h, w, c, k, s) = (g.h, g.w, g.c, g.k, g.stride);
+        let (h, w, c, k, s, d) = (g.h, g.w, g.c, g.k, g.stride, g.dilation);
         let (top, left) = (g.pad.top as isize, g.pad.left as isize);
         for oy in 0..oh {
             for ox in 0..ow {
                 let gy = &dy[(oy * ow + ox) * c..(oy * ow + ox + 1) * c];
                 for i in 0..k {
-                    let iy = (oy * s + i) as isize - top;
+                    let iy = (oy * s + i * d) as isize - top;
                     if iy < 0 || iy >= h as isize {
                         continue;
                     }
                     for j in 0..k {
-                        let ix = (ox * s + j) as isize - left;
+                        let ix = (ox * s + j * d) as isize - left;
                         if ix < 0 || ix >= w as isize {
                             continue;
                         }

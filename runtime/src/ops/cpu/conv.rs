@@ -95,8 +95,9 @@ fn tiling(m: usize, o: usize, kdim: usize, pointwise: bool, prepacked: bool) -> 
 }
 
 /// Rows `[p0, p0 + rows)` of the im2col matrix: for output pixel `p` (of the whole batch),
-/// column `(i * k + j) * C + ci` holds input `(n, oy * s + i - top, ox * s + j - left, ci)`,
-/// zero outside the input. Each kernel row `i` is one contiguous copy from the NHWC input.
+/// column `(i * k + j) * C + ci` holds input `(n, oy * s + i * d - top, ox * s + j * d - left,
+/// ci)` (`d` the dilation), zero outside the input. Undilated, each kernel row `i` is one
+/// contiguous copy from the NHWC input; dilated, one copy of `C` per tap.
 pub(crate) fn im2col_rows(
     x: &[f32],
     g: &ConvGeom,
@@ -106,7 +107,7 @@ pub(crate) fn im2col_rows(
     rows: usize,
     col: &mut [f32],
 ) {
-    let (h, w, c, k, s) = (g.h, g.w, g.c, g.k, g.stride);
+    let (h, w, c, k, s, d) = (g.h, g.w, g.c, g.k, g.stride, g.dilation);
     let (top, left) = (g.pad.top as isize, g.pad.left as isize);
     let kdim = k * k * c;
     for (r, dst) in col.chunks_exact_mut(kdim).take(rows).enumerate() {
@@ -114,6 +115,22 @@ pub(crate) fn im2col_rows(
         let (b, rest) = (p / (oh * ow), p % (oh * ow));
         let (oy, ox) = (rest / ow, rest % ow);
         let ix0 = (ox * s) as isize - left;
+        if d != 1 {
+            for i in 0..k {
+                let iy = (oy * s + i * d) as isize - top;
+                for j in 0..k {
+                    let t = &mut dst[(i * k + j) * c..(i * k + j + 1) * c];
+                    let ix = ix0 + (j * d) as isize;
+                    if iy < 0 || iy >= h as isize || ix < 0 || ix >= w as isize {
+                        t.fill(0.0);
+                    } else {
+                        let src = ((b * h + iy as usize) * w + ix as usize) * c;
+                        t.copy_from_slice(&x[src..src + c]);
+                    }
+                }
+            }
+            continue;
+        }
         // Kernel columns j with 0 <= ix0 + j < w.
         let jlo = (-ix0).clamp(0, k as isize) as usize;
         let jhi = (w as isize - ix0).clamp(jlo as isize, k as isize) as usize;
@@ -386,13 +403,14 @@ pub fn conv2d_prepared(
 /// The input position read by output `(oy, ox)` at kernel tap `(ky, kx)` of `g`, if inside.
 #[inline]
 fn nchw_src(g: &ConvGeom, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
-    let y = (oy * g.stride + ky).checked_sub(g.pad.top)?;
-    let x = (ox * g.stride + kx).checked_sub(g.pad.left)?;
+    let y = (oy * g.stride + ky * g.dilation).checked_sub(g.pad.top)?;
+    let x = (ox * g.stride + kx * g.dilation).checked_sub(g.pad.left)?;
     (y < g.h && x < g.w).then_some((y, x))
 }
 
 /// One image's `[C*k*k, OH*OW]` im2col matrix, from its `[C, H, W]` input; `(oh, ow)` is the
-/// output size of `g` (only `c`, `h`, `w`, `k`, `stride` and the top and left padding are read).
+/// output size of `g` (only `c`, `h`, `w`, `k`, `stride`, `dilation` and the top and left
+/// padding are read).
 pub(crate) fn im2col_nchw(g: &ConvGeom, (oh, ow): (usize, usize), x: &[f32], cols: &mut [f32]) {
     let (k, p) = (g.k, oh * ow);
     for ci in 0..g.c {
@@ -513,7 +531,34 @@ mod tests {
             (3, 48, 9, 11, 112, 3, 2, Padding2d::symmetric(1)),
             (1, 24, 13, 1, 80, 1, 1, Padding2d::zero()),
         ];
-        for (idx, &(n, c, h, w, o, k, stride, pad)) in cases.iter().enumerate() {
+        // (case, dilation): the dilated kxk convolutions of fused / edge / conv blocks past
+        // the output stride (stride 1, padding `d * (k - 1) / 2`); a 3x3 that would be
+        // Winograd undilated (so must not be), and stride 2 with asymmetric padding.
+        let dilated = [
+            ((2, 16, 9, 7, 64, 3, 1, Padding2d::symmetric(2)), 2),
+            ((1, 5, 8, 9, 6, 5, 1, Padding2d::symmetric(8)), 4),
+            ((2, 24, 6, 6, 72, 3, 1, Padding2d::symmetric(1)), 2),
+            (
+                (
+                    1,
+                    6,
+                    13,
+                    11,
+                    10,
+                    3,
+                    2,
+                    Padding2d {
+                        top: 2,
+                        bottom: 1,
+                        left: 0,
+                        right: 3,
+                    },
+                ),
+                3,
+            ),
+        ];
+        let all = cases.iter().map(|&c| (c, 1)).chain(dilated);
+        for (idx, ((n, c, h, w, o, k, stride, pad), dilation)) in all.enumerate() {
             let g = ConvGeom {
                 n,
                 c,
@@ -522,6 +567,7 @@ mod tests {
                 o,
                 k,
                 stride,
+                dilation,
                 pad,
             };
             let x = data(n * c * h * w, idx as u64);
@@ -583,6 +629,7 @@ mod tests {
             o: 64,
             k: 3,
             stride: 2,
+            dilation: 1,
             pad: Padding2d::symmetric(1),
         };
         let w = data(64 * 16 * 9, 1);

@@ -11,7 +11,9 @@ use super::layout::nchw_to_nhwc;
 use super::simd::{Epilogue, affine_act_channels, multiversion};
 use super::tasks::OutPtr;
 
-/// Output pixel `(b, oy, ox)` of a depthwise convolution for the `W` channels from `c0`
+/// Output pixel `(b, oy, ox)` of a depthwise convolution (dilated when `g.dilation > 1`:
+/// tap `(i, j)` reads `i * dilation` rows and `j * dilation` columns on) for the `W` channels
+/// from `c0`
 /// (`W` a constant, so the accumulators live in registers), before the epilogue.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -24,16 +26,16 @@ fn dw_pixel<const W: usize>(
     ox: usize,
     c0: usize,
 ) -> [f32; W] {
-    let (h, w, c, k, s) = (g.h, g.w, g.c, g.k, g.stride);
+    let (h, w, c, k, s, d) = (g.h, g.w, g.c, g.k, g.stride, g.dilation);
     let mut acc = [0f32; W];
     for i in 0..k {
-        let iy = (oy * s + i) as isize - g.pad.top as isize;
+        let iy = (oy * s + i * d) as isize - g.pad.top as isize;
         if iy < 0 || iy >= h as isize {
             continue;
         }
         let row = (b * h + iy as usize) * w;
         for j in 0..k {
-            let ix = (ox * s + j) as isize - g.pad.left as isize;
+            let ix = (ox * s + j * d) as isize - g.pad.left as isize;
             if ix < 0 || ix >= w as isize {
                 continue;
             }
@@ -96,15 +98,15 @@ fn dw_block_tail(
         for ox in 0..ow {
             let mut acc = [0f32; 16];
             let acc = &mut acc[..cw];
-            let (h, w, c, k, s) = (g.h, g.w, g.c, g.k, g.stride);
+            let (h, w, c, k, s, d) = (g.h, g.w, g.c, g.k, g.stride, g.dilation);
             for i in 0..k {
-                let iy = (oy * s + i) as isize - g.pad.top as isize;
+                let iy = (oy * s + i * d) as isize - g.pad.top as isize;
                 if iy < 0 || iy >= h as isize {
                     continue;
                 }
                 let row = (b * h + iy as usize) * w;
                 for j in 0..k {
-                    let ix = (ox * s + j) as isize - g.pad.left as isize;
+                    let ix = (ox * s + j * d) as isize - g.pad.left as isize;
                     if ix < 0 || ix >= w as isize {
                         continue;
                     }
@@ -277,7 +279,33 @@ mod tests {
             (2, 150, 6, 5, 3, 1, Padding2d::symmetric(1)),
             (1, 100, 9, 9, 5, 2, Padding2d::symmetric(2)),
         ];
-        for (idx, &(n, c, h, w, k, stride, pad)) in cases.iter().enumerate() {
+        // (case, dilation): dilated taps, as output_stride makes them (stride 1, padding
+        // `d * (k - 1) / 2`), on every register block width, and with stride 2 and asymmetric
+        // padding (no network makes those; the kernel takes them).
+        let dilated = [
+            ((2, 70, 9, 8, 3, 1, Padding2d::symmetric(2)), 2),
+            ((1, 24, 7, 7, 5, 1, Padding2d::symmetric(8)), 4),
+            ((1, 3, 5, 6, 3, 1, Padding2d::symmetric(2)), 2),
+            (
+                (
+                    1,
+                    17,
+                    11,
+                    10,
+                    3,
+                    2,
+                    Padding2d {
+                        top: 1,
+                        bottom: 3,
+                        left: 2,
+                        right: 0,
+                    },
+                ),
+                3,
+            ),
+        ];
+        let all = cases.iter().map(|&c| (c, 1)).chain(dilated);
+        for (idx, ((n, c, h, w, k, stride, pad), dilation)) in all.enumerate() {
             let g = ConvGeom {
                 n,
                 c,
@@ -286,6 +314,7 @@ mod tests {
                 o: c,
                 k,
                 stride,
+                dilation,
                 pad,
             };
             let x = data(n * c * h * w, idx as u64);

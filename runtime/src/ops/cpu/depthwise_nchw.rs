@@ -6,9 +6,10 @@
 //! **Phase buffer.** A plane of the input is first copied into a per-thread scratch buffer
 //! that holds the zero-*padded* plane in space-to-depth order: padded pixel `(r, c)` lives in
 //! phase `(r % s, c % s)` (one `hq x wq` grid per phase, `s` the stride) at `(r / s, c / s)`.
-//! The input pixel that tap `(i, j)` reads for output `(y, x)`, padded `(y*s + i, x*s + j)`,
-//! is then at `(y + i / s, x + j / s)` of phase `(i % s, j % s)`: for every tap, the output
-//! grid maps onto a *unit-stride* window of one phase, whatever the stride.
+//! The input pixel that tap `(i, j)` reads for output `(y, x)`, padded `(y*s + i*d, x*s + j*d)`
+//! (`d` the dilation), is then at `(y + i*d / s, x + j*d / s)` of phase `(i*d % s, j*d % s)`:
+//! for every tap, the output grid maps onto a *unit-stride* window of one phase, whatever the
+//! stride and dilation.
 //!
 //! **Wide output.** Output `(y, x)` is computed at index `u = y * wq + x` of a "wide" row of
 //! length `wide_len = (oh - 1) * wq + ow`: tap `(i, j)` reads phase element
@@ -20,7 +21,7 @@
 //!
 //! Slice indexing in this file cannot go out of range: the lengths of all inputs are checked
 //! at the top of each public function (`Geom::check_lens`), and [`Geom::new`] establishes
-//! `(oh - 1) * s + kh <= hp`, `(ow - 1) * s + kw <= wp`, `hq = ceil(hp / s)`,
+//! `(oh - 1) * s + (kh - 1) * d + 1 <= hp` (the same for the width), `hq = ceil(hp / s)`,
 //! `wq = ceil(wp / s)`, from which `u + tap_offset(i, j) < s * s * hq * wq` for every
 //! `u < wide_len` and tap (the largest such index is the last used padded pixel).
 
@@ -57,6 +58,9 @@ pub(crate) struct Geom {
     pub kh: usize,
     pub kw: usize,
     pub stride: usize,
+    /// The spacing of the taps: tap `(i, j)` reads `i * dilation` rows, `j * dilation`
+    /// columns on.
+    pub dilation: usize,
     pub pad: Padding2d,
     pub oh: usize,
     pub ow: usize,
@@ -75,7 +79,7 @@ fn checked(v: Option<usize>, what: &str) -> Result<usize> {
 
 impl Geom {
     /// Validates the configuration and computes the output size
-    /// `oh = (h + top + bottom - kh) / stride + 1` (same for the width).
+    /// `oh = (h + top + bottom - (kh - 1) * dilation - 1) / stride + 1` (same for the width).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         n: usize,
@@ -85,14 +89,28 @@ impl Geom {
         kh: usize,
         kw: usize,
         stride: usize,
+        dilation: usize,
         pad: Padding2d,
     ) -> Result<Self> {
-        if stride == 0 {
-            bail!("depthwise_conv2d: stride must be positive");
+        if stride == 0 || dilation == 0 {
+            bail!("depthwise_conv2d: stride and dilation must be positive");
         }
         if kh == 0 || kw == 0 {
             bail!("depthwise_conv2d: empty {kh}x{kw} kernel");
         }
+        // The rows and columns the dilated kernel spans.
+        let ekh = checked(
+            (kh - 1)
+                .checked_mul(dilation)
+                .and_then(|v| v.checked_add(1)),
+            "dilated kernel height",
+        )?;
+        let ekw = checked(
+            (kw - 1)
+                .checked_mul(dilation)
+                .and_then(|v| v.checked_add(1)),
+            "dilated kernel width",
+        )?;
         let hp = checked(
             h.checked_add(pad.top)
                 .and_then(|v| v.checked_add(pad.bottom)),
@@ -103,11 +121,14 @@ impl Geom {
                 .and_then(|v| v.checked_add(pad.right)),
             "padded width",
         )?;
-        if hp < kh || wp < kw {
-            bail!("depthwise_conv2d: padded input {hp}x{wp} is smaller than the {kh}x{kw} kernel");
+        if hp < ekh || wp < ekw {
+            bail!(
+                "depthwise_conv2d: padded input {hp}x{wp} is smaller than the {kh}x{kw} kernel \
+                 (spanning {ekh}x{ekw})"
+            );
         }
-        let oh = (hp - kh) / stride + 1;
-        let ow = (wp - kw) / stride + 1;
+        let oh = (hp - ekh) / stride + 1;
+        let ow = (wp - ekw) / stride + 1;
         let (hq, wq) = (hp.div_ceil(stride), wp.div_ceil(stride));
         // Every buffer below must be addressable.
         checked(
@@ -136,6 +157,7 @@ impl Geom {
             kh,
             kw,
             stride,
+            dilation,
             pad,
             oh,
             ow,
@@ -170,14 +192,27 @@ impl Geom {
     }
 
     /// For every tap `(i, j)` in row-major order, the offset in the phase buffer of the
-    /// pixel it reads for wide index `u = 0`; index `u` adds `u`.
+    /// pixel it reads for wide index `u = 0` (padded pixel `(i * d, j * d)`); index `u` adds
+    /// `u`.
     fn tap_offsets(&self) -> Vec<usize> {
-        let (s, pl, wq) = (self.stride, self.phase_len(), self.wq);
+        let (s, d, pl, wq) = (self.stride, self.dilation, self.phase_len(), self.wq);
         (0..self.kh)
             .flat_map(|i| {
-                (0..self.kw).map(move |j| ((i % s) * s + j % s) * pl + (i / s) * wq + j / s)
+                (0..self.kw).map(move |j| {
+                    let (r, c) = (i * d, j * d);
+                    ((r % s) * s + c % s) * pl + (r / s) * wq + c / s
+                })
             })
             .collect()
+    }
+
+    /// The rows the dilated kernel spans, `(kh - 1) * dilation + 1` (the columns: `ekw`).
+    fn ekh(&self) -> usize {
+        (self.kh - 1) * self.dilation + 1
+    }
+
+    fn ekw(&self) -> usize {
+        (self.kw - 1) * self.dilation + 1
     }
 
     /// For each column phase `p`, the first unpadded column `c0` that lands in it and that
@@ -474,18 +509,20 @@ pub(crate) fn backward_input<T: Elem>(g: &Geom, gy: &[T], wt: &[T]) -> Result<Ve
         return Ok(Vec::new());
     }
     let p = g.pad;
-    // (With `h, w >= 1` the flipped problem's padded size is `h + kh - 1 >= kh`, so it is
+    let (ekh, ekw) = (g.ekh(), g.ekw());
+    // (With `h, w >= 1` the flipped problem's padded size is `h + ekh - 1 >= ekh`, so it is
     // valid, and its output is exactly `h x w`.)
-    if g.stride == 1 && p.top < g.kh && p.bottom < g.kh && p.left < g.kw && p.right < g.kw {
+    if g.stride == 1 && p.top < ekh && p.bottom < ekh && p.left < ekw && p.right < ekw {
         // Stride 1: the transposed convolution is a plain correlation of the output gradient,
-        // padded by `k - 1 - p` on each side, with the spatially flipped kernel.
+        // padded by `e - 1 - p` on each side (`e` the dilated kernel's span), with the
+        // spatially flipped kernel, as dilated.
         let flipped_pad = Padding2d {
-            top: g.kh - 1 - p.top,
-            bottom: g.kh - 1 - p.bottom,
-            left: g.kw - 1 - p.left,
-            right: g.kw - 1 - p.right,
+            top: ekh - 1 - p.top,
+            bottom: ekh - 1 - p.bottom,
+            left: ekw - 1 - p.left,
+            right: ekw - 1 - p.right,
         };
-        let gt = Geom::new(g.n, g.c, g.oh, g.ow, g.kh, g.kw, 1, flipped_pad)?;
+        let gt = Geom::new(g.n, g.c, g.oh, g.ow, g.kh, g.kw, 1, g.dilation, flipped_pad)?;
         if gt.oh != g.h || gt.ow != g.w {
             bail!(
                 "depthwise_conv2d backward: internal size mismatch {}x{} vs {}x{}",

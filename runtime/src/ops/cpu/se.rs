@@ -161,6 +161,7 @@ mod tests {
             o,
             k: 1,
             stride: 1,
+            dilation: 1,
             pad: Padding2d::zero(),
         };
         let x = data(n * c * h * h, 1);

@@ -30,7 +30,8 @@ pub(crate) fn act_ref(v: f32, a: Act) -> f32 {
     }
 }
 
-/// Direct convolution with groups 1 or C, then the epilogue, gate and residual.
+/// Direct convolution with groups 1 or C (dilated as `g` says), then the epilogue, gate and
+/// residual.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_ref(
     x: &[f32],
@@ -52,8 +53,10 @@ pub(crate) fn conv_ref(
                     for (ci_idx, &ci) in chans.iter().enumerate() {
                         for i in 0..g.k {
                             for j in 0..g.k {
-                                let iy = (y * g.stride + i) as isize - g.pad.top as isize;
-                                let ix = (xx * g.stride + j) as isize - g.pad.left as isize;
+                                let iy =
+                                    (y * g.stride + i * g.dilation) as isize - g.pad.top as isize;
+                                let ix =
+                                    (xx * g.stride + j * g.dilation) as isize - g.pad.left as isize;
                                 if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
                                     continue;
                                 }

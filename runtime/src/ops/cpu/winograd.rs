@@ -25,9 +25,15 @@ pub(super) enum WinogradWeights {
 /// one on every side (PyTorch's padding, and TensorFlow's "same" at stride 1), with enough
 /// channels for the 16 small products to run at speed: the GEMM kernel runs 64 output
 /// channels at a time, and with fewer it loses more than the transform saves (measured on
-/// tf_efficientnetv2_b0's 16-channel first stage).
+/// tf_efficientnetv2_b0's 16-channel first stage). A dilated 3x3 is not Winograd's: it runs
+/// on the im2col GEMM path (`conv2d_prepared` picks it from this test).
 pub(super) fn winograd_applies(g: &ConvGeom) -> bool {
-    g.k == 3 && g.stride == 1 && g.pad == Padding2d::symmetric(1) && g.c >= 16 && g.o >= 64
+    g.k == 3
+        && g.stride == 1
+        && g.dilation == 1
+        && g.pad == Padding2d::symmetric(1)
+        && g.c >= 16
+        && g.o >= 64
 }
 
 /// The weight in the Winograd domain, `U = G w G^T` for each (output, input) channel pair,
