@@ -28,8 +28,29 @@ fn keep_freed_memory() {
     }
 }
 
+/// A reader that stops early (`effnet summary ... | head`) closes the pipe; Rust ignores
+/// SIGPIPE, so the next `println!` panics with "failed printing to stdout: Broken pipe". That is
+/// the reader's choice, not an error: end quietly, as a command killed by SIGPIPE would
+/// (exit status 141), and leave every other panic to the default hook.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
+    quiet_on_closed_pipe();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,

@@ -456,3 +456,45 @@ fn import_timm_takes_every_model_level_option() {
     );
     let _ = std::fs::remove_file(out);
 }
+
+/// A mixed kxk convolution shows its kernels in `summary` (MixNet's `k3.5.7.9.11`), in the
+/// table and in `--json`; a plain one its size alone.
+#[test]
+fn summary_shows_mixed_kernels() {
+    let o = effnet(&["summary", "specs/mixnet.effnet", "--model", "mixnet_s"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(text.contains(" 3.5.7.9.11 "), "{text}");
+    let o = effnet(&["summary", "specs/mixnet.effnet", "--model", "mixnet_s", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["stages"][5]["kernels"], serde_json::json!([3, 5, 7, 9, 11]));
+    assert_eq!(v["stages"][5]["kernel"], 11);
+    assert!(v["stages"][1].get("kernels").is_none(), "{}", v["stages"][1]);
+}
+
+/// A reader that stops early (`effnet ir ... | head`) ends the command quietly, as SIGPIPE
+/// would (status 141), not with a panic.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_effnet"))
+        .args(["ir", "specs/efficientnetv2_xl.effnet"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("some output");
+    // The pipe's read end is dropped here, with megabytes of JSON still to write.
+    let out = child.wait_with_output().expect("ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

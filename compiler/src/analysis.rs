@@ -23,6 +23,10 @@ pub struct StageStats {
     pub index: usize,
     pub kind: &'static str,
     pub kernel: usize,
+    /// The kernels of a mixed kxk convolution (MixNet's `k3.5.7`), one per part; empty for a
+    /// plain one (`kernel` is then its size, and for a mixed one the largest).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<usize>,
     pub expansion: f64,
     pub stride: usize,
     /// The largest dilation of the stage's kxk convolutions (its last block's): above 1 where
@@ -165,6 +169,13 @@ pub fn summarize(net: &Network, resolution: usize) -> Summary {
             index: s.index,
             kind: first.kind.timm_name(),
             kernel: first.kernel,
+            kernels: first
+                .layers
+                .conv_bns()
+                .iter()
+                .find(|r| r.conv.kernel == first.kernel && r.conv.mixed.len() > 1)
+                .map(|r| r.conv.mixed.iter().map(|p| p.kernel).collect())
+                .unwrap_or_default(),
             expansion: first.mid_channels as f64 / first.in_channels.max(1) as f64,
             stride: first.stride,
             dilation: s.blocks.iter().map(|b| b.dilation).max().unwrap_or(1),

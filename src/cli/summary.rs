@@ -71,8 +71,22 @@ pub fn run(
             format!(", output stride {}", net.output_stride)
         }
     );
+    // The kernel column fits MixNet's `3.5.7.9.11`.
+    let kw = s
+        .stages
+        .iter()
+        .map(|st| {
+            st.kernels
+                .iter()
+                .map(|k| k.to_string().len() + 1)
+                .sum::<usize>()
+                .saturating_sub(1)
+        })
+        .max()
+        .unwrap_or(0)
+        .max(2);
     println!(
-        "{:<6} {:<5} {:>2} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+        "{:<6} {:<5} {:>kw$} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
         "stage",
         "block",
         "k",
@@ -87,7 +101,7 @@ pub fn run(
         "MACs"
     );
     println!(
-        "{:<6} {:<5} {:>2} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+        "{:<6} {:<5} {:>kw$} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
         "stem",
         "conv",
         net.stem.conv.kernel,
@@ -103,10 +117,18 @@ pub fn run(
     );
     for st in &s.stages {
         println!(
-            "{:<6} {:<5} {:>2} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+            "{:<6} {:<5} {:>kw$} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
             st.index,
             st.kind,
-            st.kernel,
+            if st.kernels.is_empty() {
+                st.kernel.to_string()
+            } else {
+                st.kernels
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(".")
+            },
             format!("{:.2}", st.expansion)
                 .trim_end_matches('0')
                 .trim_end_matches('.'),
@@ -122,7 +144,7 @@ pub fn run(
     }
     if let Some(h) = &s.head {
         println!(
-            "{:<6} {:<5} {:>2} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+            "{:<6} {:<5} {:>kw$} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
             "head",
             "conv",
             1,
@@ -138,7 +160,7 @@ pub fn run(
         );
     }
     println!(
-        "{:<6} {:<5} {:>2} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
+        "{:<6} {:<5} {:>kw$} {:>5} {:>2}{} {:>3} {:>6} {:>6} {:>5} {:>12} {:>16}",
         "fc",
         "",
         "",
