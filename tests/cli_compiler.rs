@@ -465,11 +465,24 @@ fn summary_shows_mixed_kernels() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(text.contains(" 3.5.7.9.11 "), "{text}");
-    let o = effnet(&["summary", "specs/mixnet.effnet", "--model", "mixnet_s", "--json"]);
+    let o = effnet(&[
+        "summary",
+        "specs/mixnet.effnet",
+        "--model",
+        "mixnet_s",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    assert_eq!(v["stages"][5]["kernels"], serde_json::json!([3, 5, 7, 9, 11]));
+    assert_eq!(
+        v["stages"][5]["kernels"],
+        serde_json::json!([3, 5, 7, 9, 11])
+    );
     assert_eq!(v["stages"][5]["kernel"], 11);
-    assert!(v["stages"][1].get("kernels").is_none(), "{}", v["stages"][1]);
+    assert!(
+        v["stages"][1].get("kernels").is_none(),
+        "{}",
+        v["stages"][1]
+    );
 }
 
 /// A reader that stops early (`effnet ir ... | head`) ends the command quietly, as SIGPIPE
