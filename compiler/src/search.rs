@@ -843,9 +843,6 @@ fn check_choices(space: &Space, diags: &mut Vec<Diagnostic>) {
 /// Every combination of each line's choices (the other lines at their defaults) checked as an
 /// ordinary model: an invalid one is reported with the alternatives that make it.
 fn check_candidates(file: &File, space: &Space, known: &[Diagnostic], diags: &mut Vec<Diagnostic>) {
-    let Some(model) = models(file).find(|m| m.name.name == space.model) else {
-        return;
-    };
     let mut reported: HashSet<(&'static str, Span, String)> = known
         .iter()
         .map(|d| (d.code, d.primary.span, d.message.clone()))
@@ -884,16 +881,7 @@ fn check_candidates(file: &File, space: &Space, known: &[Diagnostic], diags: &mu
                 .collect()
         };
         for picks in candidates {
-            let mut concrete = file.clone();
-            for item in &mut concrete.items {
-                if let Item::Model(m) = item
-                    && m.name.name == model.name.name
-                {
-                    *m = space.concretize(m, &picks);
-                }
-            }
-            let concrete = defaults(&concrete);
-            let found = check_concrete(&concrete);
+            let found = check_concrete(&space.concretize_file(file, &picks));
             for d in found.diagnostics {
                 if !d.is_error() || d.item.as_deref() != Some(space.model.as_str()) {
                     continue;

@@ -438,12 +438,12 @@ impl Engine {
     }
 
     /// Measure, train and score the next candidate, then save the state.
-    pub fn step(&mut self, observe: &mut dyn FnMut(Progress)) -> Result<&Record, String> {
+    pub fn step(&mut self, observe: &mut dyn FnMut(Progress)) -> Result<Record, String> {
         let picks = self.next_picks();
         let record = self.evaluate(picks, observe)?;
-        self.state.records.push(record);
+        self.state.records.push(record.clone());
         self.save()?;
-        Ok(self.state.records.last().expect("just pushed"))
+        Ok(record)
     }
 
     fn evaluate(&self, picks: Picks, observe: &mut dyn FnMut(Progress)) -> Result<Record, String> {

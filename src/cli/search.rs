@@ -214,7 +214,7 @@ pub fn run(a: SearchArgs) -> Result<ExitCode, String> {
                 }
             }
         };
-        let r = engine.step(&mut observe)?.clone();
+        let r = engine.step(&mut observe)?;
         bar.inc(1);
         bar.suspend(|| println!("{}", record_line(&engine, &r)));
         plot_pareto(&engine, &a.out.join("pareto.png"))?;
