@@ -41,7 +41,8 @@ from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
 # stage = (kind, k, e, s, c, r, opts) with kind in conv | ds | dsa | fused | edge | mbconv (the
 # .effnet names), k an int or mixed kernels as timm writes them ("3.5.7"), and opts a dict with
 # any of: se (ratio), skip (True = `skip`, False = `noskip`), fc, then, a / p (expansion /
-# projection kernels, "1.1"), gs (group size), act (the stage's own activation, `act NAME`).
+# projection kernels, "1.1"), gs (group size), act (the stage's own activation, `act NAME`),
+# s2d (True: timm's space-to-depth `d1`).
 # features=True also stores timm's feature maps (features_only) for the fixture's input.
 # output_stride=N builds with timm's `output_stride` (strides past N become dilation).
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +332,25 @@ FIXTURES = [
         ],
         head=64,
     ),
+    dict(
+        name="fx_s2d_sym25",
+        features=True,
+        doc="EfficientNet-X's space-to-depth (timm `d1`): two regions, opened by a ds and an ir block",
+        covers="`ds ... s2d` (a 2x2 stride-2 TF-`same` conv to 4x the channels, padded on the odd "
+               "13x13 map, then a 2x2 `same` depthwise: k3 halved), a second ds inside the region "
+               "(4x wide), `fused ... s2` closing it (stride 1, expansion 4 / 4), `mbconv k5 ... s2d` "
+               "(k5 halved to 3, symmetric), closed by a stride-2 mbconv; SE ratio / 4 in the opening "
+               "blocks; feature levels from the stem; symmetric padding, silu, odd input 25",
+        size=25, seed=16, classes=10, act="silu", eps=1e-5, padding="symmetric",
+        width=1.0, depth=1.0, limit=0.9, stem=8,
+        stages=[
+            ("ds", 3, 1, 1, 8, 2, dict(se=0.25, s2d=True)),
+            ("fused", 3, 4, 2, 16, 1, dict(act="relu")),
+            ("mbconv", 5, 4, 1, 16, 1, dict(se=0.25, s2d=True)),
+            ("mbconv", 3, 4, 2, 24, 2, dict(se=0.25)),
+        ],
+        head=48,
+    ),
 ]
 
 
@@ -405,6 +425,7 @@ def block_string(stage):
     # timm's other block-string options, in the order its MixNet strings write them
     ap = "".join(f"_{key}{o[key]}" for key in ("a", "p") if o.get(key))
     extra = (f"_gs{o['gs']}" if "gs" in o else "") + (f"_n{ACT_CODES[o['act']]}" if o.get("act") else "")
+    extra += "_d1" if o.get("s2d") else ""
     if kind == "conv" or (kind == "fused" and e == 1):
         assert not o.get("se"), "SE on a conv-bn-act stage: use `edge`"
         return f"cn_r{r}_k{k}_s{s}_e1_c{c}" + ("_skip" if o.get("skip") else "") + extra
@@ -474,6 +495,8 @@ def effnet_text(fx):
             opts.append(f"fc {o['fc']}")
         if "gs" in o:
             opts.append(f"gs {o['gs']}")
+        if o.get("s2d"):
+            opts.append("s2d")
         keyword = "then " if o.get("then") else "stage"
         left = f"    {keyword} {kind:<6} {kk} {ee:<2} s{s} -> {c:<3}"
         rows.append((left, f"x{r}", " ".join(opts), block_string(st)))

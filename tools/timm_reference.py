@@ -67,6 +67,8 @@ MODELS = [
     "mixnet_s", "mixnet_m", "mixnet_l", "mixnet_xl", "mixnet_xxl",
     "tf_mixnet_s", "tf_mixnet_m", "tf_mixnet_l",
 ]
+# EfficientNet-X and -H (`_gen_efficientnet_x`): space-to-depth (`d1`).
+MODELS += ["efficientnet_x_b3", "efficientnet_x_b5", "efficientnet_h_b5"]
 
 # Counts from /work/shared/reference/efficientnet.md (timm 1.0.31); checked after building.
 EXPECTED_PARAMS = {

@@ -88,7 +88,7 @@ fn conv_params(c: &Conv) -> usize {
 
 /// Runs one conv: (macs, params, output size, output elements).
 fn step(c: &Conv, padding: PaddingMode, hw: usize) -> (u64, usize, usize, u64) {
-    let out = conv_output(padding, hw, c.kernel, c.stride, c.dilation);
+    let out = conv_output(c.padding_in(padding), hw, c.kernel, c.stride, c.dilation);
     (
         conv_macs(c, out),
         conv_params(c),

@@ -201,7 +201,7 @@ impl Default for ImportOptions {
 const TIMM_TYPES: &str = "cn, er, ir, ds, dsa";
 const TIMM_KEYS: &str = "r (repeats), k (kernel), s (stride), e (expansion), c (channels), \
 se (SE ratio), a / p (expansion / projection kernels), gs (group size), fc (forced input width, `er`), \
-noskip, skip, \
+d1 (space-to-depth), noskip, skip, \
 nre / nr6 / nhs / nsw / nmi (activation)";
 const AUTOML_KEYS: &str = "r (repeats), k (kernel), s (stride: s1, s2, s11, s22), e (expansion), \
 i (input filters), o (output filters), c (conv type: 0 MBConv, 1 Fused-MBConv), se (SE ratio), noskip";
@@ -277,6 +277,8 @@ struct StageLine {
     act: Option<&'static str>,
     /// `fc N` (timm's `force_in_chs`, `er` blocks only).
     force_in: Option<usize>,
+    /// `s2d` (timm's `d1`).
+    space_to_depth: bool,
     /// A further block string of the stage above: a `then` line.
     then: bool,
     /// The block string, for the trailing comment.
@@ -617,7 +619,7 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
                 if value.is_empty()
                     || !matches!(
                         key,
-                        "r" | "k" | "a" | "p" | "s" | "e" | "c" | "se" | "fc" | "gs"
+                        "r" | "k" | "a" | "p" | "s" | "e" | "c" | "se" | "fc" | "gs" | "d"
                     )
                 {
                     return Err(unknown(token));
@@ -678,6 +680,13 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
         }
         None => None,
     };
+    // timm reads `d` (space-to-depth) in `ds`, `dsa` and `ir` blocks: `d1` opens a region.
+    let space_to_depth = match fields.get("d") {
+        Some((v, t)) if matches!(kind, "ds" | "dsa" | "ir") => {
+            whole(block, t, v, "the space-to-depth flag")? > 0
+        }
+        _ => false,
+    };
     let expansion = match kind {
         "er" | "ir" => {
             let (v, t) = fields.require("e", "the expansion ratio, like `e4`")?;
@@ -711,6 +720,7 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
         skip,
         act,
         force_in,
+        space_to_depth,
         then: false,
         source: format!("timm {block}"),
     })
@@ -799,6 +809,7 @@ fn decode_automl(block: &str) -> Result<(StageLine, usize, bool), ImportError> {
         skip: noskip.then_some(false),
         act: None,
         force_in: None,
+        space_to_depth: false,
         then: false,
         source: format!("automl {block}"),
     };
@@ -1027,6 +1038,9 @@ fn render_model(
         }
         if let Some(a) = st.act {
             line.push_str(&format!(" act {a}"));
+        }
+        if st.space_to_depth {
+            line.push_str(" s2d");
         }
         if let Some(f) = st.force_in {
             line.push_str(&format!(" fc {f}"));

@@ -143,6 +143,11 @@ pub struct Conv {
     pub bias: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mixed: Vec<ConvPart>,
+    /// This convolution's own padding, where it is not the network's: timm pads its
+    /// space-to-depth convolution (2x2, stride 2) and the 2x2 depthwise after it TF-`same`
+    /// whatever the model's padding, since a symmetric pad cannot centre an even kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub padding: Option<PaddingMode>,
 }
 
 /// One part of a mixed convolution: its kernel and its slices of the channels.
@@ -170,6 +175,11 @@ fn thirty_two() -> usize {
 }
 
 impl Conv {
+    /// The padding this convolution uses in a network padded `network`.
+    pub fn padding_in(&self, network: PaddingMode) -> PaddingMode {
+        self.padding.unwrap_or(network)
+    }
+
     /// The convolutions timm holds, as plain convolutions named as its `state_dict` names
     /// them: this one, or each part of a mixed one (`{path}.{i}`, depthwise when this is).
     pub fn parts(&self) -> Vec<Conv> {
@@ -190,6 +200,7 @@ impl Conv {
                 groups: if depthwise { p.in_channels } else { 1 },
                 bias: self.bias,
                 mixed: Vec::new(),
+                padding: self.padding,
             })
             .collect()
     }
@@ -256,6 +267,9 @@ pub enum BlockLayers {
         bn1: BatchNorm,
     },
     DepthwiseSeparable {
+        /// timm's space-to-depth opening (`conv_s2d`, `bn_s2d`; `s2d`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        s2d: Option<ConvBnAct>,
         conv_dw: Conv,
         bn1: BatchNorm,
         se: Option<SqueezeExcite>,
@@ -273,6 +287,8 @@ pub enum BlockLayers {
         bn2: BatchNorm,
     },
     MbConv {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        s2d: Option<ConvBnAct>,
         conv_pw: Conv,
         bn1: BatchNorm,
         conv_dw: Conv,
@@ -311,6 +327,24 @@ impl Block {
     pub fn se(&self) -> Option<&SqueezeExcite> {
         self.layers.se()
     }
+
+    /// Whether the block opens with timm's space-to-depth convolution (`s2d`).
+    pub fn space_to_depth(&self) -> bool {
+        matches!(
+            &self.layers,
+            BlockLayers::DepthwiseSeparable { s2d: Some(_), .. }
+                | BlockLayers::MbConv { s2d: Some(_), .. }
+        )
+    }
+
+    /// How much the block shrinks the map: its stride, times 2 after a space-to-depth opening.
+    pub fn reduction(&self) -> usize {
+        self.layers
+            .conv_bns()
+            .iter()
+            .map(|l| l.conv.stride)
+            .product()
+    }
 }
 
 /// One convolution of a block with the BatchNorm after it, as timm names the two modules.
@@ -339,16 +373,21 @@ impl BlockLayers {
         match self {
             BlockLayers::Conv { conv, bn1 } => vec![cb("conv", conv, "bn1", bn1, true)],
             BlockLayers::DepthwiseSeparable {
+                s2d,
                 conv_dw,
                 bn1,
                 conv_pw,
                 bn2,
                 pw_act,
                 ..
-            } => vec![
-                cb("conv_dw", conv_dw, "bn1", bn1, true),
-                cb("conv_pw", conv_pw, "bn2", bn2, *pw_act),
-            ],
+            } => s2d
+                .iter()
+                .map(|l| cb("conv_s2d", &l.conv, "bn_s2d", &l.bn, true))
+                .chain([
+                    cb("conv_dw", conv_dw, "bn1", bn1, true),
+                    cb("conv_pw", conv_pw, "bn2", bn2, *pw_act),
+                ])
+                .collect(),
             BlockLayers::Edge {
                 conv_exp,
                 bn1,
@@ -360,6 +399,7 @@ impl BlockLayers {
                 cb("conv_pwl", conv_pwl, "bn2", bn2, false),
             ],
             BlockLayers::MbConv {
+                s2d,
                 conv_pw,
                 bn1,
                 conv_dw,
@@ -367,11 +407,15 @@ impl BlockLayers {
                 conv_pwl,
                 bn3,
                 ..
-            } => vec![
-                cb("conv_pw", conv_pw, "bn1", bn1, true),
-                cb("conv_dw", conv_dw, "bn2", bn2, true),
-                cb("conv_pwl", conv_pwl, "bn3", bn3, false),
-            ],
+            } => s2d
+                .iter()
+                .map(|l| cb("conv_s2d", &l.conv, "bn_s2d", &l.bn, true))
+                .chain([
+                    cb("conv_pw", conv_pw, "bn1", bn1, true),
+                    cb("conv_dw", conv_dw, "bn2", bn2, true),
+                    cb("conv_pwl", conv_pwl, "bn3", bn3, false),
+                ])
+                .collect(),
         }
     }
 
@@ -386,12 +430,12 @@ impl BlockLayers {
 
     /// The index in [`BlockLayers::conv_bns`] of the layer whose output the SE gates: the
     /// block's kxk convolution (the first of ds and er blocks, the depthwise second of ir).
+    /// A space-to-depth opening (`s2d`) comes first and moves it one on.
     pub fn se_after(&self) -> usize {
         match self {
-            BlockLayers::Conv { .. }
-            | BlockLayers::DepthwiseSeparable { .. }
-            | BlockLayers::Edge { .. } => 0,
-            BlockLayers::MbConv { .. } => 1,
+            BlockLayers::Conv { .. } | BlockLayers::Edge { .. } => 0,
+            BlockLayers::DepthwiseSeparable { s2d, .. } => usize::from(s2d.is_some()),
+            BlockLayers::MbConv { s2d, .. } => 1 + usize::from(s2d.is_some()),
         }
     }
 }
@@ -641,7 +685,9 @@ impl Network {
             .iter()
             .filter(|s| !s.blocks.is_empty())
             .collect();
-        // As written: a stage whose stride became dilation still starts a level.
+        // As written: a stage whose stride became dilation still starts a level. timm's
+        // builder counts a space-to-depth opening as a downsampling only in the first block
+        // (the stem is then a level); elsewhere it starts none.
         let downsamples = |s: &Stage| s.stride > 1;
         let mut out = Vec::new();
         let mut stride = self.stem.conv.stride;
@@ -655,7 +701,10 @@ impl Network {
                 channels,
             });
         };
-        if stages.first().is_some_and(|s| downsamples(s)) {
+        if stages
+            .first()
+            .is_some_and(|s| downsamples(s) || s.blocks.first().is_some_and(Block::space_to_depth))
+        {
             push(
                 &mut out,
                 None,
@@ -665,7 +714,7 @@ impl Network {
             );
         }
         for (i, s) in stages.iter().enumerate() {
-            stride *= s.blocks.iter().map(|b| b.stride).product::<usize>();
+            stride *= s.blocks.iter().map(Block::reduction).product::<usize>();
             let ends_level = stages.get(i + 1).is_none_or(|next| downsamples(next));
             if ends_level && let Some(b) = s.blocks.last() {
                 push(

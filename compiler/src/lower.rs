@@ -88,6 +88,7 @@ fn conv(
         groups,
         bias: false,
         mixed: Vec::new(),
+        padding: None,
     }
 }
 
@@ -223,6 +224,36 @@ impl Dilator {
     }
 }
 
+/// Where a block stands in timm's space-to-depth region (EfficientNet-X, `s2d`): the block
+/// written with `s2d` opens it with a 2x2 stride-2 convolution to four times its input's
+/// channels, and every block from there works on four times its width, until the next block
+/// written with stride 2 closes it: that block keeps the resolution (the opening took its
+/// stride) and expands a quarter as much, since its input is four times wider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpaceToDepth {
+    Off,
+    Opening,
+    Inside,
+}
+
+impl SpaceToDepth {
+    /// For the next block, written with `stride` and `expansion` on a line with `s2d` or not:
+    /// its stride and expansion as built, and its place in the region.
+    fn next(&mut self, s2d: bool, stride: usize, expansion: f64) -> (usize, f64, SpaceToDepth) {
+        match *self {
+            SpaceToDepth::Off if s2d => {
+                *self = SpaceToDepth::Inside;
+                (stride, expansion, SpaceToDepth::Opening)
+            }
+            SpaceToDepth::Inside if stride == 2 => {
+                *self = SpaceToDepth::Off;
+                (1, expansion / 4.0, SpaceToDepth::Off)
+            }
+            region => (stride, expansion, region),
+        }
+    }
+}
+
 /// Lower one checked model, with the schedules written for it.
 pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
     let bn = |path: String, channels: usize| BatchNorm {
@@ -254,29 +285,75 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
     let repeats = line_repeats(model);
     let total_blocks: usize = repeats.iter().sum();
 
-    let mut in_ch = stem_channels;
+    // The next block's input width.
+    let mut carried = stem_channels;
     let mut block_counter = 0usize;
     let mut dilator = Dilator::new(model.output_stride, model.stem.stride);
+    let mut region = SpaceToDepth::Off;
     let mut stages = Vec::new();
     for (si, range) in groups.iter().enumerate() {
         let mut blocks = Vec::new();
         let mut bi = 0usize;
+        // The stride the stage's first block was written with after space-to-depth took its
+        // share: the stride that ends a region starts no feature level (timm's builder).
+        let mut first_stride = None;
         for di in range.clone() {
             let s = &model.stages[di];
             let n = repeats[di];
             let out_ch = round_channels(s.channels, model.width, rc);
             let act = s.activation.unwrap_or(model.activation);
             for k in 0..n {
-                let (stride, dilation) = dilator.next(if k == 0 { s.stride } else { 1 });
+                let written = if k == 0 { s.stride } else { 1 };
+                let (written, expansion, s2d) = region.next(s.space_to_depth, written, s.expansion);
+                if s2d == SpaceToDepth::Opening {
+                    // The space-to-depth convolution halves the resolution ahead of the
+                    // strides: it counts towards the output stride as a stride would.
+                    dilator.total = dilator.total.saturating_mul(2);
+                }
+                if bi == 0 {
+                    first_stride = Some(written);
+                }
+                let (stride, dilation) = dilator.next(written);
                 let path = format!("blocks.{si}.{bi}");
                 let p = |name: &str| format!("{path}.{name}");
+                // Inside a space-to-depth region every block works on four times its channels
+                // (timm multiplies the rounded width by 4), the opening block from after its
+                // 2x2 convolution on.
+                let out_ch = if s2d == SpaceToDepth::Off {
+                    out_ch
+                } else {
+                    out_ch * 4
+                };
+                let s2d_layer = (s2d == SpaceToDepth::Opening).then(|| ConvBnAct {
+                    conv: Conv {
+                        padding: Some(PaddingMode::Same),
+                        ..conv(p("conv_s2d"), carried, carried * 4, 2, 2, 1)
+                    },
+                    bn: bn(p("bn_s2d"), carried * 4),
+                });
+                let block_in = carried;
+                // The width the block's convolutions start from.
+                let in_ch = if s2d_layer.is_some() {
+                    carried * 4
+                } else {
+                    carried
+                };
+                // After it the depthwise kernel halves, `(k + 1) / 2`; a 2x2 one pads `same`.
+                let (kernels, dw_padding) = if s2d_layer.is_some() {
+                    let k = s.kernel.div_ceil(2);
+                    (vec![k], (k == 2).then_some(PaddingMode::Same))
+                } else {
+                    (s.kernels.clone(), None)
+                };
+                // timm divides the SE ratio by 4 in the opening block (its input is 4x wider).
+                let se_ratio = s.se.map(|r| if s2d_layer.is_some() { r / 4.0 } else { r });
                 // Mid channels always use timm's default rounding (divisor 8, limit 0.9), whatever
                 // the model's stage rounding is.
                 // `fc N` (EdgeTPU) expands N width-scaled channels instead of the input's.
                 let expanded = s
                     .force_in
                     .map_or(in_ch, |f| round_channels(f, model.width, rc));
-                let mid = make_divisible(expanded as f64 * s.expansion, 8, None, 0.9);
+                let mid = make_divisible(expanded as f64 * expansion, 8, None, 0.9);
                 // The SE gates the mid channels, except in a depthwise-separable block, which has
                 // no expansion: its SE sits on the depthwise output, the block's input channels
                 // (timm's `DepthwiseSeparableConv`), whatever rounding would make of them.
@@ -289,9 +366,8 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                 };
                 // timm builds SE with ratio `se / expansion` on those channels, rounding with
                 // Python's round().
-                let se_ch = s
-                    .se
-                    .map(|r| (round_half_even(se_on as f64 * (r / s.expansion)) as usize).max(1));
+                let se_ch = se_ratio
+                    .map(|r| (round_half_even(se_on as f64 * (r / expansion)) as usize).max(1));
                 let se = se_ch.map(|reduced| SqueezeExcite {
                     path: p("se"),
                     channels: se_on,
@@ -305,7 +381,8 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                         ..conv(p("se.conv_expand"), reduced, se_on, 1, 1, 1)
                     },
                 });
-                let same_shape = stride == 1 && in_ch == out_ch;
+                // timm decides the residual on the block's input before space-to-depth.
+                let same_shape = stride == 1 && block_in == out_ch;
                 let (kind, layers, mid_channels, residual) = match s.kind {
                     StageKind::Conv => (
                         BlockKind::Conv,
@@ -345,15 +422,19 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     StageKind::Ds | StageKind::Dsa => (
                         BlockKind::DepthwiseSeparable,
                         BlockLayers::DepthwiseSeparable {
-                            conv_dw: mixed_conv(
-                                p("conv_dw"),
-                                in_ch,
-                                in_ch,
-                                &s.kernels,
-                                stride,
-                                dilation,
-                                gs(in_ch, 1),
-                            ),
+                            s2d: s2d_layer,
+                            conv_dw: Conv {
+                                padding: dw_padding,
+                                ..mixed_conv(
+                                    p("conv_dw"),
+                                    in_ch,
+                                    in_ch,
+                                    &kernels,
+                                    stride,
+                                    dilation,
+                                    gs(in_ch, 1),
+                                )
+                            },
                             bn1: bn(p("bn1"), in_ch),
                             se,
                             conv_pw: mixed_conv(
@@ -404,17 +485,21 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     StageKind::MbConv => (
                         BlockKind::MbConv,
                         BlockLayers::MbConv {
+                            s2d: s2d_layer,
                             conv_pw: mixed_conv(p("conv_pw"), in_ch, mid, &s.exp_kernels, 1, 1, 1),
                             bn1: bn(p("bn1"), mid),
-                            conv_dw: mixed_conv(
-                                p("conv_dw"),
-                                mid,
-                                mid,
-                                &s.kernels,
-                                stride,
-                                dilation,
-                                gs(mid, 1),
-                            ),
+                            conv_dw: Conv {
+                                padding: dw_padding,
+                                ..mixed_conv(
+                                    p("conv_dw"),
+                                    mid,
+                                    mid,
+                                    &kernels,
+                                    stride,
+                                    dilation,
+                                    gs(mid, 1),
+                                )
+                            },
                             bn2: bn(p("bn2"), mid),
                             se,
                             conv_pwl: mixed_conv(
@@ -441,10 +526,10 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     stage: si,
                     index: bi,
                     kind,
-                    in_channels: in_ch,
+                    in_channels: block_in,
                     mid_channels,
                     out_channels: out_ch,
-                    kernel: s.kernel,
+                    kernel: kernels.iter().copied().max().unwrap_or(s.kernel),
                     stride,
                     dilation,
                     se_channels,
@@ -455,13 +540,13 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                 });
                 block_counter += 1;
                 bi += 1;
-                in_ch = out_ch;
+                carried = out_ch;
             }
         }
         stages.push(Stage {
             index: si,
             docs: model.stages[range.start].docs.clone(),
-            stride: model.stages[range.start].stride,
+            stride: first_stride.unwrap_or(model.stages[range.start].stride),
             blocks,
         });
     }
@@ -473,11 +558,11 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
             round_channels(h.channels, model.width, rc)
         };
         ConvBnAct {
-            conv: conv("conv_head".into(), in_ch, ch, h.kernel, 1, 1),
+            conv: conv("conv_head".into(), carried, ch, h.kernel, 1, 1),
             bn: bn("bn2".into(), ch),
         }
     });
-    let features = head.as_ref().map_or(in_ch, |h| h.conv.out_channels);
+    let features = head.as_ref().map_or(carried, |h| h.conv.out_channels);
 
     Network {
         name: model.name.clone(),

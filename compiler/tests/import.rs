@@ -393,14 +393,14 @@ fn automl_err(blocks: &str) -> ImportError {
 #[test]
 fn timm_errors() {
     // An unknown key names the block string, the token and the known keys.
-    let e = timm_err("[['ir_r1_k3_s1_e6_c16_d1']]");
+    let e = timm_err("[['ir_r1_k3_s1_e6_c16_z1']]");
     assert!(
-        matches!(&e, ImportError::UnknownKey { block, token, .. } if block == "ir_r1_k3_s1_e6_c16_d1" && token == "d1"),
+        matches!(&e, ImportError::UnknownKey { block, token, .. } if block == "ir_r1_k3_s1_e6_c16_z1" && token == "z1"),
         "{e:?}"
     );
     let msg = e.to_string();
     assert!(
-        msg.contains("ir_r1_k3_s1_e6_c16_d1") && msg.contains("`d1`"),
+        msg.contains("ir_r1_k3_s1_e6_c16_z1") && msg.contains("`z1`"),
         "{msg}"
     );
     assert!(

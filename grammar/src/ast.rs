@@ -320,6 +320,8 @@ pub enum LayerOptKind {
     ForceIn(Number),
     /// `gs N`: the kxk convolution's group size (timm's `gs`; `gs 0` is one group).
     GroupSize(Number),
+    /// `s2d`: the block opens with timm's space-to-depth convolution (`d1`, EfficientNet-X).
+    SpaceToDepth,
 }
 
 impl LayerOptKind {
@@ -334,6 +336,7 @@ impl LayerOptKind {
             LayerOptKind::Fixed => "fixed",
             LayerOptKind::ForceIn(_) => "fc",
             LayerOptKind::GroupSize(_) => "gs",
+            LayerOptKind::SpaceToDepth => "s2d",
         }
     }
 }

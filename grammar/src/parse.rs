@@ -400,6 +400,7 @@ fn layer(p: Pair<Rule>) -> Layer {
                         Rule::depth => LayerOptKind::Depth(first_number(o)),
                         Rule::fc => LayerOptKind::ForceIn(first_number(o)),
                         Rule::gs => LayerOptKind::GroupSize(first_number(o)),
+                        Rule::s2d => LayerOptKind::SpaceToDepth,
                         _ => LayerOptKind::Fixed,
                     };
                     options.push(LayerOpt { kind, span: osp });
@@ -875,7 +876,8 @@ fn rule_display(rule: Rule) -> String {
         Rule::kernels | Rule::kernel => "kernel sizes like `3` or `3.5.7`".into(),
         Rule::arrow => "`->`".into(),
         Rule::layer_opt => {
-            "a stage option (`x2`, `se 0.25`, `skip`, `noskip`, `act`, `depth`, `fc`, `gs`)".into()
+            "a stage option (`x2`, `se 0.25`, `skip`, `noskip`, `act`, `depth`, `fc`, `gs`, `s2d`)"
+                .into()
         }
         Rule::repeats => "repeats like `x2`".into(),
         Rule::none => "`none`".into(),

@@ -205,19 +205,28 @@ fn max_abs(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
 }
 
 /// The MixNet fixtures (mixed depthwise kernels, two-group 1x1s, `dsa`, group sizes, per-stage
-/// activation) on every plan that runs a network: inference on the plan chosen (the CPU fused
+/// activation) and EfficientNet-X's space-to-depth (`s2d`: a 2x2 stride-2 convolution and 2x2
+/// depthwise ones, padded TF-`same` in a symmetric network) on every plan that runs a network: inference on the plan chosen (the CPU fused
 /// kernels, or candle where a grouped convolution sends the network there) and on candle; and
 /// the training step's forward with every BatchNorm frozen (so it normalizes as eval mode
 /// does), whose loss must be the cross-entropy of timm's logits.
 #[test]
-fn mixnet_fixtures_match_timm_on_every_plan() {
+fn block_option_fixtures_match_timm_on_every_plan() {
     use effnet_runtime::train::optim::Param;
     use effnet_runtime::{Plan, Purpose};
     let specs: Vec<PathBuf> = fixtures()
         .into_iter()
-        .filter(|p| p.to_string_lossy().contains("fx_mix"))
+        .filter(|p| {
+            ["fx_mix", "fx_s2d"]
+                .iter()
+                .any(|f| p.to_string_lossy().contains(f))
+        })
         .collect();
-    assert_eq!(specs.len(), 2, "the MixNet fixtures: {specs:?}");
+    assert_eq!(
+        specs.len(),
+        3,
+        "the MixNet and space-to-depth fixtures: {specs:?}"
+    );
     let mut report = Vec::new();
     for spec in &specs {
         let name = spec.file_stem().and_then(|s| s.to_str()).unwrap_or("?");

@@ -98,6 +98,8 @@ pub struct StageDef {
     pub depth: f64,
     /// `fc N`: the expansion width is `e` times N (width-scaled) channels, not the input's.
     pub force_in: Option<usize>,
+    /// `s2d`: the first block opens timm's space-to-depth region (see `lower`).
+    pub space_to_depth: bool,
     /// A `then` line: more blocks of the stage above (timm: another block string of the same
     /// stage), numbered on from its blocks.
     pub continues: bool,

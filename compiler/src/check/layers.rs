@@ -242,6 +242,7 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
     let mut depth = 1.0;
     let mut force_in = None;
     let mut group_size = None;
+    let mut space_to_depth = false;
     let mut seen: HashMap<&'static str, Span> = HashMap::new();
     for o in &layer.options {
         let key = match o.kind {
@@ -296,6 +297,21 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
                 .label("not allowed on a stage"),
             ),
             LayerOptKind::GroupSize(n) => group_size = cx.whole(n, "the group size", 0),
+            // timm builds the space-to-depth convolution into its depthwise-separable and
+            // inverted-residual blocks only (`DepthwiseSeparableConv`, `InvertedResidual`).
+            LayerOptKind::SpaceToDepth => match kind {
+                Some(StageKind::Ds | StageKind::Dsa | StageKind::MbConv) => space_to_depth = true,
+                Some(_) => cx.push(
+                    Diagnostic::error(
+                        "effnet::option",
+                        "`s2d` applies only to `ds`, `dsa` and `mbconv` stages",
+                        o.span,
+                    )
+                    .label("not allowed on this stage")
+                    .help("timm's space-to-depth (`d1`) is built into its ds and ir blocks"),
+                ),
+                None => {}
+            },
             LayerOptKind::ForceIn(n) => {
                 let edge = matches!(kind, Some(StageKind::Edge))
                     || (matches!(kind, Some(StageKind::Fused)) && expansion != Some(1.0));
@@ -412,6 +428,44 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
             .help("drop `gs 1`: the expansion changes the channel count"),
         );
     }
+    if space_to_depth
+        && let Some(st) = stride
+        && st != 1
+    {
+        let at = layer
+            .params
+            .iter()
+            .find(|p| p.letter == 's')
+            .map_or(layer.kind.span, |p| p.span);
+        cx.push(
+            Diagnostic::error(
+                "effnet::stride",
+                format!("a space-to-depth block takes stride 1, not {st}"),
+                at,
+            )
+            .label("with `s2d`")
+            .help("its 2x2 stride-2 convolution already halves the resolution: write `s1`"),
+        );
+    }
+    if space_to_depth
+        && let Some(ks) = &kernels
+        && ks.len() > 1
+    {
+        let at = layer
+            .params
+            .iter()
+            .find(|p| p.letter == 'k')
+            .map_or(layer.kind.span, |p| p.span);
+        cx.push(
+            Diagnostic::error(
+                "effnet::kernel",
+                "a space-to-depth block cannot have mixed kernels",
+                at,
+            )
+            .label("mixed kernels with `s2d`")
+            .help("space-to-depth halves the depthwise kernel, `(k + 1) / 2`: give one kernel"),
+        );
+    }
     let kernels = kernels?;
     Some(StageDef {
         docs: docs.iter().map(|d| d.text.clone()).collect(),
@@ -430,6 +484,7 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
         activation,
         depth,
         force_in,
+        space_to_depth,
         continues: false,
         span,
     })

@@ -685,7 +685,7 @@ impl<'a> Builder<'a> {
         bn: &ir::BatchNorm,
         act: Option<Activation>,
     ) -> Result<Value, ExportError> {
-        let y = self.conv(x, conv, self.ir.padding)?;
+        let y = self.conv(x, conv, conv.padding_in(self.ir.padding))?;
         let y = self.batch_norm(&y, bn)?;
         Ok(match act {
             Some(a) => self.activation(&y, a, &format!("{}.act", bn.path)),

@@ -101,7 +101,7 @@ impl Conv2d {
             spec: spec.clone(),
             weight,
             bias,
-            padding,
+            padding: spec.padding_in(padding),
             parts,
         })
     }
