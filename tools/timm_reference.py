@@ -69,6 +69,10 @@ MODELS = [
 ]
 # EfficientNet-X and -H (`_gen_efficientnet_x`): space-to-depth (`d1`).
 MODELS += ["efficientnet_x_b3", "efficientnet_x_b5", "efficientnet_h_b5"]
+# The pruned EfficientNets: B1-B3 narrowed to timm's `_pruned/*.txt` shapes; ES and EL are
+# their unpruned networks under the names of pruned weights.
+MODELS += ["efficientnet_b1_pruned", "efficientnet_b2_pruned", "efficientnet_b3_pruned",
+           "efficientnet_es_pruned", "efficientnet_el_pruned"]
 
 # Counts from /work/shared/reference/efficientnet.md (timm 1.0.31); checked after building.
 EXPECTED_PARAMS = {

@@ -863,6 +863,20 @@ fn option(l: &Layer, o: &LayerOpt) -> String {
         LayerOptKind::ForceIn(n) => format!("fc {}", n.text),
         LayerOptKind::GroupSize(n) => format!("gs {}", n.text),
         LayerOptKind::SpaceToDepth => "s2d".to_string(),
+        LayerOptKind::Prune(args) => {
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| {
+                    let v: Vec<&str> = a.values.iter().map(|n| n.text.as_str()).collect();
+                    if a.list {
+                        format!("{} = ({})", a.key.name, v.join(", "))
+                    } else {
+                        format!("{} = {}", a.key.name, v.join(", "))
+                    }
+                })
+                .collect();
+            format!("prune({})", args.join(", "))
+        }
     }
 }
 

@@ -285,8 +285,10 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
     let repeats = line_repeats(model);
     let total_blocks: usize = repeats.iter().sum();
 
-    // The next block's input width.
+    // The next block's input width; and as the unpruned network has it, which decides SE
+    // widths and residuals as in timm (it prunes a built network's convolutions).
     let mut carried = stem_channels;
+    let mut carried_full = stem_channels;
     let mut block_counter = 0usize;
     let mut dilator = Dilator::new(model.output_stride, model.stem.stride);
     let mut region = SpaceToDepth::Off;
@@ -319,11 +321,13 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                 // Inside a space-to-depth region every block works on four times its channels
                 // (timm multiplies the rounded width by 4), the opening block from after its
                 // 2x2 convolution on.
-                let out_ch = if s2d == SpaceToDepth::Off {
+                let out_full = if s2d == SpaceToDepth::Off {
                     out_ch
                 } else {
                     out_ch * 4
                 };
+                let pruned = s.prune.as_ref();
+                let out_ch = pruned.and_then(|p| p.out).unwrap_or(out_full);
                 let s2d_layer = (s2d == SpaceToDepth::Opening).then(|| ConvBnAct {
                     conv: Conv {
                         padding: Some(PaddingMode::Same),
@@ -337,6 +341,11 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     carried * 4
                 } else {
                     carried
+                };
+                let in_full = if s2d_layer.is_some() {
+                    carried_full * 4
+                } else {
+                    carried_full
                 };
                 // After it the depthwise kernel halves, `(k + 1) / 2`; a 2x2 one pads `same`.
                 let (kernels, dw_padding) = if s2d_layer.is_some() {
@@ -352,13 +361,17 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                 // `fc N` (EdgeTPU) expands N width-scaled channels instead of the input's.
                 let expanded = s
                     .force_in
-                    .map_or(in_ch, |f| round_channels(f, model.width, rc));
-                let mid = make_divisible(expanded as f64 * expansion, 8, None, 0.9);
+                    .map_or(in_full, |f| round_channels(f, model.width, rc));
+                let mid_full = make_divisible(expanded as f64 * expansion, 8, None, 0.9);
+                let mid = pruned
+                    .and_then(|p| p.mid.get(k).copied())
+                    .unwrap_or(mid_full);
                 // The SE gates the mid channels, except in a depthwise-separable block, which has
                 // no expansion: its SE sits on the depthwise output, the block's input channels
                 // (timm's `DepthwiseSeparableConv`), whatever rounding would make of them.
                 let ds = matches!(s.kind, StageKind::Ds | StageKind::Dsa);
                 let se_on = if ds { in_ch } else { mid };
+                let se_on_full = if ds { in_full } else { mid_full };
                 // The kxk convolution's groups: depthwise by default in ds and ir blocks, one
                 // group in the others (timm's per-block `group_size` defaults).
                 let gs = |channels: usize, default: usize| {
@@ -366,8 +379,13 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                 };
                 // timm builds SE with ratio `se / expansion` on those channels, rounding with
                 // Python's round().
-                let se_ch = se_ratio
-                    .map(|r| (round_half_even(se_on as f64 * (r / expansion)) as usize).max(1));
+                let se_ch = se_ratio.map(|r| {
+                    pruned
+                        .and_then(|p| p.se.get(k).copied())
+                        .unwrap_or_else(|| {
+                            (round_half_even(se_on_full as f64 * (r / expansion)) as usize).max(1)
+                        })
+                });
                 let se = se_ch.map(|reduced| SqueezeExcite {
                     path: p("se"),
                     channels: se_on,
@@ -381,8 +399,9 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                         ..conv(p("se.conv_expand"), reduced, se_on, 1, 1, 1)
                     },
                 });
-                // timm decides the residual on the block's input before space-to-depth.
-                let same_shape = stride == 1 && block_in == out_ch;
+                // timm decides the residual on the unpruned block's input before
+                // space-to-depth.
+                let same_shape = stride == 1 && carried_full == out_full;
                 let (kind, layers, mid_channels, residual) = match s.kind {
                     StageKind::Conv => (
                         BlockKind::Conv,
@@ -541,6 +560,7 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                 block_counter += 1;
                 bi += 1;
                 carried = out_ch;
+                carried_full = out_full;
             }
         }
         stages.push(Stage {

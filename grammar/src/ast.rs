@@ -322,6 +322,18 @@ pub enum LayerOptKind {
     GroupSize(Number),
     /// `s2d`: the block opens with timm's space-to-depth convolution (`d1`, EfficientNet-X).
     SpaceToDepth,
+    /// `prune(out = C, mid = (..), se = (..))`: a pruned network's widths (timm's `_pruned`).
+    Prune(Vec<PruneArg>),
+}
+
+/// One `key = value` of `prune(...)`: a number, or a list in parentheses.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PruneArg {
+    pub key: Ident,
+    pub values: Vec<Number>,
+    /// Written as a list (`(48, 62)`), not a single number.
+    pub list: bool,
+    pub span: Span,
 }
 
 impl LayerOptKind {
@@ -337,6 +349,7 @@ impl LayerOptKind {
             LayerOptKind::ForceIn(_) => "fc",
             LayerOptKind::GroupSize(_) => "gs",
             LayerOptKind::SpaceToDepth => "s2d",
+            LayerOptKind::Prune(_) => "prune",
         }
     }
 }

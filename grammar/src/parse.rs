@@ -233,6 +233,33 @@ fn first_ident(p: Pair<Rule>) -> Ident {
         })
 }
 
+fn prune_arg(p: Pair<Rule>) -> PruneArg {
+    let sp = span(&p);
+    let mut key = None;
+    let mut values = Vec::new();
+    let mut list = false;
+    for c in children(p) {
+        match c.as_rule() {
+            Rule::ident => key = Some(ident(c)),
+            Rule::number => values.push(number(c)),
+            Rule::tuple => {
+                list = true;
+                values.extend(children(c).map(number));
+            }
+            _ => {}
+        }
+    }
+    PruneArg {
+        key: key.unwrap_or(Ident {
+            name: String::new(),
+            span: sp,
+        }),
+        values,
+        list,
+        span: sp,
+    }
+}
+
 fn first_number(p: Pair<Rule>) -> Number {
     let sp = span(&p);
     numbers(p).into_iter().next().unwrap_or(Number {
@@ -401,6 +428,7 @@ fn layer(p: Pair<Rule>) -> Layer {
                         Rule::fc => LayerOptKind::ForceIn(first_number(o)),
                         Rule::gs => LayerOptKind::GroupSize(first_number(o)),
                         Rule::s2d => LayerOptKind::SpaceToDepth,
+                        Rule::prune => LayerOptKind::Prune(children(o).map(prune_arg).collect()),
                         _ => LayerOptKind::Fixed,
                     };
                     options.push(LayerOpt { kind, span: osp });
@@ -876,7 +904,7 @@ fn rule_display(rule: Rule) -> String {
         Rule::kernels | Rule::kernel => "kernel sizes like `3` or `3.5.7`".into(),
         Rule::arrow => "`->`".into(),
         Rule::layer_opt => {
-            "a stage option (`x2`, `se 0.25`, `skip`, `noskip`, `act`, `depth`, `fc`, `gs`, `s2d`)"
+            "a stage option (`x2`, `se 0.25`, `skip`, `noskip`, `act`, `depth`, `fc`, `gs`, `s2d`, `prune`)"
                 .into()
         }
         Rule::repeats => "repeats like `x2`".into(),

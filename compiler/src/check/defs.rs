@@ -100,9 +100,23 @@ pub struct StageDef {
     pub force_in: Option<usize>,
     /// `s2d`: the first block opens timm's space-to-depth region (see `lower`).
     pub space_to_depth: bool,
+    /// `prune(...)`: the widths of a pruned network, where they are not the scaled ones.
+    pub prune: Option<Pruned>,
     /// A `then` line: more blocks of the stage above (timm: another block string of the same
     /// stage), numbered on from its blocks.
     pub continues: bool,
+    pub span: Span,
+}
+
+/// A stage line's pruned widths (timm's `_pruned` models, adapted from a file of layer shapes):
+/// exact channel counts, not width-scaled or rounded. Each list has one entry per block of the
+/// line after depth scaling; empty where the line keeps the computed widths. The SE widths
+/// default to the unpruned network's, as timm's pruned models keep most of them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Pruned {
+    pub out: Option<usize>,
+    pub mid: Vec<usize>,
+    pub se: Vec<usize>,
     pub span: Span,
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use effnet_grammar::*;
 
 use super::cx::{Cx, duplicate};
-use super::{Skip, StageDef, StageKind};
+use super::{Pruned, Skip, StageDef, StageKind};
 use crate::diagnostic::{Diagnostic, did_you_mean};
 
 fn kernel_ok(n: &Number, cx: &mut Cx) -> Option<usize> {
@@ -243,6 +243,7 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
     let mut force_in = None;
     let mut group_size = None;
     let mut space_to_depth = false;
+    let mut prune = None;
     let mut seen: HashMap<&'static str, Span> = HashMap::new();
     for o in &layer.options {
         let key = match o.kind {
@@ -312,6 +313,7 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
                 ),
                 None => {}
             },
+            LayerOptKind::Prune(args) => prune = pruned(args, o.span, kind, expansion, cx),
             LayerOptKind::ForceIn(n) => {
                 let edge = matches!(kind, Some(StageKind::Edge))
                     || (matches!(kind, Some(StageKind::Fused)) && expansion != Some(1.0));
@@ -428,6 +430,20 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
             .help("drop `gs 1`: the expansion changes the channel count"),
         );
     }
+    if let Some(p) = &prune
+        && !p.se.is_empty()
+        && se.is_none()
+    {
+        cx.push(
+            Diagnostic::error(
+                "effnet::prune",
+                "`prune` gives SE widths to a stage without squeeze-excitation",
+                p.span,
+            )
+            .label("`se` widths here")
+            .help("add the stage's `se` ratio, or drop `se = (...)`"),
+        );
+    }
     if space_to_depth
         && let Some(st) = stride
         && st != 1
@@ -485,7 +501,94 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
         depth,
         force_in,
         space_to_depth,
+        prune,
         continues: false,
         span,
     })
+}
+
+/// `prune(out = C, mid = (..), se = (..))`: each key once, whole widths, `mid` only where the
+/// block has an expansion.
+fn pruned(
+    args: &[PruneArg],
+    span: Span,
+    kind: Option<StageKind>,
+    expansion: Option<f64>,
+    cx: &mut Cx,
+) -> Option<Pruned> {
+    let mut out = Pruned {
+        out: None,
+        mid: Vec::new(),
+        se: Vec::new(),
+        span,
+    };
+    let mut seen: HashMap<&'static str, Span> = HashMap::new();
+    let mut ok = true;
+    for a in args {
+        let key: &'static str = match a.key.name.as_str() {
+            "out" => "out",
+            "mid" => "mid",
+            "se" => "se",
+            other => {
+                cx.push(
+                    Diagnostic::error(
+                        "effnet::prune",
+                        format!("`prune` has no width `{other}`"),
+                        a.key.span,
+                    )
+                    .label("not a pruned width")
+                    .help("`prune` takes `out` (the stage's output width), `mid` (each block's expanded width) and `se` (each block's SE width)"),
+                );
+                ok = false;
+                continue;
+            }
+        };
+        if duplicate(cx, &mut seen, key, a.span) {
+            ok = false;
+            continue;
+        }
+        let widths: Vec<Option<usize>> = a
+            .values
+            .iter()
+            .map(|n| cx.whole(n, "a pruned width", 1))
+            .collect();
+        let Some(widths) = widths.into_iter().collect::<Option<Vec<usize>>>() else {
+            ok = false;
+            continue;
+        };
+        match key {
+            "out" if a.list => {
+                cx.push(
+                    Diagnostic::error(
+                        "effnet::prune",
+                        "`out` is one width for the whole stage, not a list",
+                        a.span,
+                    )
+                    .label("a list")
+                    .help("a stage's blocks share their output width (the residuals add them)"),
+                );
+                ok = false;
+            }
+            "out" => out.out = widths.first().copied(),
+            "mid" => {
+                let expands = matches!(kind, Some(StageKind::MbConv | StageKind::Edge))
+                    || (kind == Some(StageKind::Fused) && expansion != Some(1.0));
+                if kind.is_some() && !expands {
+                    cx.push(
+                        Diagnostic::error(
+                            "effnet::prune",
+                            "`mid` prunes an expansion, and this stage's blocks have none",
+                            a.span,
+                        )
+                        .label("no expansion to prune")
+                        .help("`mid` applies to `mbconv`, `edge` and `fused` stages with an expansion"),
+                    );
+                    ok = false;
+                }
+                out.mid = widths;
+            }
+            _ => out.se = widths,
+        }
+    }
+    ok.then_some(out)
 }

@@ -570,10 +570,38 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
             total = next;
         }
     }
-    if !channels_split(&def, cx) {
+    if !pruned_widths_fit(&def, cx) || !channels_split(&def, cx) {
         return None;
     }
     Some(def)
+}
+
+/// A `prune(...)` list has one width per block of its line after depth scaling.
+fn pruned_widths_fit(def: &ModelDef, cx: &mut Cx) -> bool {
+    let mut ok = true;
+    for (line, n) in def.stages.iter().zip(crate::lower::line_repeats(def)) {
+        let Some(p) = &line.prune else { continue };
+        for (what, list) in [("mid", &p.mid), ("se", &p.se)] {
+            if !list.is_empty() && list.len() != n {
+                ok = false;
+                cx.push(
+                    Diagnostic::error(
+                        "effnet::prune",
+                        format!(
+                            "`prune` lists {} `{what}` widths for a line of {n} block{} in `{}`",
+                            list.len(),
+                            if n == 1 { "" } else { "s" },
+                            def.name
+                        ),
+                        p.span,
+                    )
+                    .label(format!("{n} expected"))
+                    .help("give one width per block, counted after depth scaling"),
+                );
+            }
+        }
+    }
+    ok
 }
 
 /// What does not split in one convolution of a block from `line`: (code, message, help).
