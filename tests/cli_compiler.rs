@@ -511,3 +511,39 @@ fn a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(141), "{stderr}");
 }
+
+/// `import timm --pruned FILE` reads timm's pruned layer shapes and writes `prune(...)`; an
+/// unreadable file and `--pruned` on automl strings are clear errors.
+#[test]
+fn import_timm_pruned_reads_the_shapes_file() {
+    let dir = std::env::temp_dir().join(format!("effnet-pruned-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let shapes = dir.join("p.txt");
+    std::fs::write(
+        &shapes,
+        "conv_stem.weight:[32, 3, 3, 3]***blocks.0.0.conv_pw.weight:[16, 32, 1, 1]***\
+         blocks.1.0.conv_dw.weight:[40, 1, 3, 3]***blocks.1.0.conv_pwl.weight:[20, 40, 1, 1]***\
+         conv_head.weight:[1280, 20, 1, 1]",
+    )
+    .expect("write shapes");
+    let arch = "[['ds_r1_k3_s1_e1_c16'], ['ir_r1_k3_s2_e6_c24']]";
+    let path = shapes.display().to_string();
+    let o = effnet(&["import", "timm", arch, "--pruned", &path]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("prune(out = 20, mid = (40))"), "{text}");
+    let missing = dir.join("missing.txt").display().to_string();
+    let o = effnet(&["import", "timm", arch, "--pruned", &missing]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("missing.txt"), "{}", stderr(&o));
+    let o = effnet(&[
+        "import",
+        "automl",
+        "r1_k3_s11_e1_i32_o16_se0.25",
+        "--pruned",
+        &path,
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("`--pruned`"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

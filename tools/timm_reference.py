@@ -130,6 +130,11 @@ def capture_arch(name):
         captured["bn_momentum"] = nd.get("momentum", 0.1)
         act = kwargs.get("act_layer")
         captured["act_layer"] = getattr(act, "__name__", str(act))
+        if kwargs.get("pruned"):
+            # timm narrows the built model to the layer shapes of its `_pruned/<variant>.txt`.
+            path = os.path.join(os.path.dirname(tme.__file__), "_pruned", f"{variant}.txt")
+            with open(path) as f:
+                captured["pruned"] = f.read().strip()
         return orig_create(variant, pretrained, **kwargs)
 
     tme.decode_arch_def = decode

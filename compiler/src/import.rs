@@ -41,6 +41,8 @@
 //! use TensorFlow's `same` padding and eps 1e-3, so automl-converted weights give automl's
 //! numbers only through a spec that says so.
 
+use std::collections::HashMap;
+
 use crate::format::format_source;
 
 /// TensorFlow `same` or PyTorch symmetric padding.
@@ -152,6 +154,9 @@ pub struct ImportOptions {
     /// timm's `output_stride` (`create_model(..., output_stride=16)`): 8, 16 or 32; `None`
     /// writes none (timm's default 32).
     pub output_stride: Option<usize>,
+    /// A pruned model's layer shapes in timm's `_pruned/*.txt` format (`name:[d0, d1, ...]`
+    /// joined by `***`): the import writes `prune(...)` where they narrow a stage.
+    pub pruned: Option<String>,
 }
 
 /// How scaled repeats are rounded.
@@ -194,6 +199,7 @@ impl Default for ImportOptions {
             stage_depths: None,
             fix_first_last: false,
             output_stride: None,
+            pruned: None,
         }
     }
 }
@@ -254,6 +260,9 @@ pub enum ImportError {
     BadOption(String),
     #[error("internal error: the generated text does not parse: {0}")]
     Internal(String),
+    /// timm's pruned layer shapes (`_pruned/*.txt`) do not fit the network.
+    #[error("pruned shapes: {0}")]
+    Pruned(String),
 }
 
 /// One stage, decoded.
@@ -279,6 +288,8 @@ struct StageLine {
     force_in: Option<usize>,
     /// `s2d` (timm's `d1`).
     space_to_depth: bool,
+    /// `prune(...)`, from a pruned model's layer shapes.
+    prune: Option<String>,
     /// A further block string of the stage above: a `then` line.
     then: bool,
     /// The block string, for the trailing comment.
@@ -314,7 +325,132 @@ pub fn import_timm(
         conventions: Conventions::TIMM,
         what: "timm's native models",
     };
+    let text = render_model(name, &source, stem, &stages, opts)?;
+    let Some(pruned) = &opts.pruned else {
+        return Ok(text);
+    };
+    // timm builds the unpruned network and narrows its layers to the file's shapes: compare
+    // the unpruned import with them, line by line.
+    let shapes = pruned_shapes(pruned)?;
+    for (line, prune) in stages.iter_mut().zip(prune_options(&text, &shapes)?) {
+        line.prune = prune;
+    }
     render_model(name, &source, stem, &stages, opts)
+}
+
+/// timm's pruned layer shapes, by `state_dict` name.
+fn pruned_shapes(text: &str) -> Result<HashMap<String, Vec<usize>>, ImportError> {
+    let mut out = HashMap::new();
+    for entry in text.split("***").map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = || ImportError::Pruned(format!("`{entry}` is not `name:[d0, d1, ...]`"));
+        let (name, shape) = entry.split_once(':').ok_or_else(bad)?;
+        let dims = shape
+            .trim()
+            .strip_prefix('[')
+            .and_then(|s| s.strip_suffix(']'))
+            .ok_or_else(bad)?;
+        let dims = dims
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(|d| d.parse::<usize>().map_err(|_| bad()))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.insert(name.trim().to_string(), dims);
+    }
+    if out.is_empty() {
+        return Err(ImportError::Pruned("no layer shapes given".into()));
+    }
+    Ok(out)
+}
+
+/// For each stage line of the unpruned model `text`, the `prune(...)` that narrows it to
+/// `shapes`, where they differ.
+fn prune_options(
+    text: &str,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> Result<Vec<Option<String>>, ImportError> {
+    let compiled = crate::compile(text).map_err(|d| {
+        ImportError::Internal(d.first().map_or(String::new(), |d| d.message.clone()))
+    })?;
+    let (Some(def), Some(net)) = (compiled.checked.models.first(), compiled.networks.first())
+    else {
+        return Err(ImportError::Internal("no model".into()));
+    };
+    let width = |name: String| -> Result<usize, ImportError> {
+        shapes
+            .get(&name)
+            .and_then(|s| s.first().copied())
+            .ok_or_else(|| ImportError::Pruned(format!("no shape for `{name}`")))
+    };
+    let head = net.head.as_ref().map(|h| h.conv.out_channels);
+    for (name, ours) in [
+        ("conv_stem", Some(net.stem.conv.out_channels)),
+        ("conv_head", head),
+    ] {
+        let theirs = shapes
+            .get(&format!("{name}.weight"))
+            .and_then(|s| s.first());
+        if let (Some(&t), Some(o)) = (theirs, ours)
+            && t != o
+        {
+            return Err(ImportError::Pruned(format!(
+                "`{name}` is pruned to {t} output channels from {o}: effnet prunes stage lines only"
+            )));
+        }
+    }
+    let mut blocks = net.blocks();
+    let mut out = Vec::new();
+    for n in crate::lower::line_repeats(def) {
+        let (mut outs, mut mids, mut ses) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut outs0, mut mids0, mut ses0) = (Vec::new(), Vec::new(), Vec::new());
+        for b in blocks.by_ref().take(n) {
+            let layers = b.layers.conv_bns();
+            let Some(last) = layers.last() else { continue };
+            outs.push(width(format!("{}.weight", last.conv.path))?);
+            outs0.push(b.out_channels);
+            if matches!(
+                b.kind,
+                crate::ir::BlockKind::MbConv | crate::ir::BlockKind::Edge
+            ) {
+                let kxk = if b.kind == crate::ir::BlockKind::MbConv {
+                    "conv_dw"
+                } else {
+                    "conv_exp"
+                };
+                mids.push(width(format!("{}.{kxk}.weight", b.path))?);
+                mids0.push(b.mid_channels);
+            }
+            if let Some(se) = b.se_channels {
+                ses.push(width(format!("{}.se.conv_reduce.weight", b.path))?);
+                ses0.push(se);
+            }
+        }
+        let mut args = Vec::new();
+        if outs != outs0 {
+            match outs.first() {
+                Some(&o) if outs.iter().all(|&x| x == o) => args.push(format!("out = {o}")),
+                _ => {
+                    return Err(ImportError::Pruned(format!(
+                        "the blocks of one stage line are pruned to different output widths ({outs:?})"
+                    )));
+                }
+            }
+        }
+        let list = |v: &[usize]| {
+            v.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if mids != mids0 {
+            args.push(format!("mid = ({})", list(&mids)));
+        }
+        if ses != ses0 {
+            args.push(format!("se = ({})", list(&ses)));
+        }
+        out.push((!args.is_empty()).then(|| format!("prune({})", args.join(", "))));
+    }
+    Ok(out)
 }
 
 /// Import automl's block strings (`r1_k3_s1_e1_i24_o24_c1`, ...), one per stage, as a Python
@@ -721,6 +857,7 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
         act,
         force_in,
         space_to_depth,
+        prune: None,
         then: false,
         source: format!("timm {block}"),
     })
@@ -810,6 +947,7 @@ fn decode_automl(block: &str) -> Result<(StageLine, usize, bool), ImportError> {
         act: None,
         force_in: None,
         space_to_depth: false,
+        prune: None,
         then: false,
         source: format!("automl {block}"),
     };
@@ -1047,6 +1185,9 @@ fn render_model(
         }
         if let Some(g) = st.group_size {
             line.push_str(&format!(" gs {g}"));
+        }
+        if let Some(p) = &st.prune {
+            line.push_str(&format!(" {p}"));
         }
         s.push_str(&format!("{line} // {}\n", st.source));
     }

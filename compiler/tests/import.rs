@@ -693,6 +693,7 @@ fn every_captured_timm_model_imports_with_its_generator_arguments() {
             },
             stage_depths,
             fix_first_last: m["fix_first_last"].as_bool().unwrap_or(false),
+            pruned: m["pruned"].as_str().map(str::to_string),
             ..ImportOptions::default()
         };
         let arch_def = timm_arch_def(name);
@@ -714,4 +715,55 @@ fn every_captured_timm_model_imports_with_its_generator_arguments() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Pruned layer shapes (timm's `_pruned/*.txt` format) become `prune(...)` on the lines they
+/// narrow, and shapes that do not fit are clear errors.
+#[test]
+fn pruned_shapes_become_prune_options() {
+    let arch = "[['ds_r1_k3_s1_e1_c16_se0.25'], ['ir_r2_k3_s2_e6_c24_se0.25']]";
+    let shapes = |out: usize, stem: usize| {
+        [
+            format!("conv_stem.weight:[{stem}, 3, 3, 3]"),
+            "blocks.0.0.conv_pw.weight:[16, 32, 1, 1]".to_string(),
+            "blocks.0.0.se.conv_reduce.weight:[8, 32, 1, 1]".to_string(),
+            "blocks.1.0.conv_dw.weight:[40, 1, 3, 3]".to_string(),
+            "blocks.1.0.se.conv_reduce.weight:[4, 40, 1, 1]".to_string(),
+            format!("blocks.1.0.conv_pwl.weight:[{out}, 40, 1, 1]"),
+            "blocks.1.1.conv_dw.weight:[144, 1, 3, 3]".to_string(),
+            "blocks.1.1.se.conv_reduce.weight:[5, 144, 1, 1]".to_string(),
+            format!("blocks.1.1.conv_pwl.weight:[{out}, 144, 1, 1]"),
+            "conv_head.weight:[1280, 20, 1, 1]".to_string(),
+        ]
+        .join("***")
+    };
+    let opts = |text: String| ImportOptions {
+        pruned: Some(text),
+        ..ImportOptions::default()
+    };
+    let text = import_timm("p", arch, &opts(shapes(20, 32))).expect("imports");
+    assert!(
+        text.contains("prune(out = 20, mid = (40, 144), se = (4, 5))"),
+        "{text}"
+    );
+    // The unpruned first stage keeps its line as it was.
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("ds") && l.contains("prune")),
+        "{text}"
+    );
+    assert!(compile(&text).is_ok(), "{text}");
+    // A stem narrowed by pruning, a missing layer, a malformed entry.
+    let e = import_timm("p", arch, &opts(shapes(20, 24))).expect_err("stem");
+    assert!(e.to_string().contains("`conv_stem` is pruned to 24"), "{e}");
+    let e = import_timm("p", arch, &opts("conv_stem.weight:[32, 3, 3, 3]".into()))
+        .expect_err("missing");
+    assert!(
+        e.to_string()
+            .contains("no shape for `blocks.0.0.conv_pw.weight`"),
+        "{e}"
+    );
+    let e = import_timm("p", arch, &opts("conv_stem.weight:32".into())).expect_err("malformed");
+    assert!(e.to_string().contains("is not `name:[d0, d1, ...]`"), "{e}");
 }

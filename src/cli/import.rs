@@ -101,14 +101,25 @@ pub struct Opts {
     /// [default: none written, timm's 32].
     #[arg(long)]
     output_stride: Option<usize>,
+    /// A pruned model's layer shapes, as timm's `timm/models/_pruned/*.txt` files list them
+    /// (`efficientnet_b1_pruned`): stage lines get `prune(...)` where they are narrowed.
+    #[arg(long, value_name = "FILE")]
+    pruned: Option<PathBuf>,
     /// Write the model here instead of to stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
 }
 
 impl Opts {
-    fn options(&self) -> ImportOptions {
-        ImportOptions {
+    fn options(&self) -> Result<ImportOptions, String> {
+        let pruned = match &self.pruned {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(ImportOptions {
             stem: self.stem,
             head: (self.head != 0).then_some(self.head),
             width: self.width,
@@ -133,7 +144,8 @@ impl Opts {
             stage_depths: self.stage_depths.clone(),
             fix_first_last: self.fix_first_last,
             output_stride: self.output_stride,
-        }
+            pruned,
+        })
     }
 }
 
@@ -142,10 +154,15 @@ impl Opts {
 pub fn run(source: Source) -> Result<ExitCode, String> {
     let (text, opts) = match &source {
         Source::Timm { arch_def, opts } => {
-            (import_timm(&opts.name, arch_def, &opts.options()), opts)
+            (import_timm(&opts.name, arch_def, &opts.options()?), opts)
+        }
+        Source::Automl { opts, .. } if opts.pruned.is_some() => {
+            return Err(
+                "`--pruned` takes timm's pruned layer shapes: use it with `import timm`".into(),
+            );
         }
         Source::Automl { blocks, opts } => {
-            (import_automl(&opts.name, blocks, &opts.options()), opts)
+            (import_automl(&opts.name, blocks, &opts.options()?), opts)
         }
     };
     let text = text.map_err(|e| e.to_string())?;
