@@ -3,7 +3,8 @@
 //! The graph is built layer by layer from the IR, one function per node kind: `Conv` (with
 //! `group` for depthwise convolutions, and the padding of the spec's mode), an eval-mode
 //! `BatchNormalization` after every convolution (running statistics; BatchNorm is not folded,
-//! so every tensor keeps timm's name), the activations as standard operators (SiLU as
+//! so every tensor keeps timm's name) or a GroupNorm as `InstanceNormalization` between two
+//! `Reshape`s and the per-channel affine, the activations as standard operators (SiLU as
 //! `Sigmoid` and `Mul`; HardSwish, GELU and Mish as their own operators where the opset has
 //! them, decomposed where it does not), squeeze-excitation as `GlobalAveragePool`, two 1x1 `Conv`s
 //! and a `Sigmoid` gate, residuals as `Add`, and the classifier as `GlobalAveragePool`,
@@ -586,8 +587,87 @@ impl<'a> Builder<'a> {
         })
     }
 
+    /// The normalization after a convolution, by its kind.
+    fn norm(&mut self, x: &Value, n: &ir::Norm) -> Result<Value, ExportError> {
+        match n.kind {
+            ir::NormKind::Batch { .. } => self.batch_norm(x, n),
+            ir::NormKind::Group { groups } => self.group_norm(x, n, groups),
+        }
+    }
+
+    /// GroupNorm (timm's `GroupNormAct`) in operators every opset has: `Reshape` to
+    /// `[N, groups, -1]`, `InstanceNormalization` with unit scale and zero bias (which
+    /// normalizes each sample's group over its channels and pixels), `Reshape` back to the
+    /// input's `Shape`, then timm's per-channel `weight` and `bias` as `Mul` and `Add`. ONNX's
+    /// own `GroupNormalization` (opset 18) took its scale and bias per group until opset 21
+    /// made them per channel; composing gives one graph for every opset.
+    fn group_norm(
+        &mut self,
+        x: &Value,
+        n: &ir::Norm,
+        groups: usize,
+    ) -> Result<Value, ExportError> {
+        let p = &n.path;
+        let c = [n.channels];
+        let grouped_shape = self.ints(&format!("{p}.group_shape"), &[0, groups as i64, -1]);
+        let unit = self.floats(&format!("{p}.group_scale"), &vec![1.0; groups]);
+        let zero = self.floats(&format!("{p}.group_bias"), &vec![0.0; groups]);
+        let channel_shape = self.ints("const.channel_shape", &[-1, 1, 1]);
+        let grouped = format!("{p}.grouped");
+        let normed = format!("{p}.group_normed");
+        let shape = format!("{p}.input_shape");
+        let flat = format!("{p}.normed");
+        self.node("Reshape", &[&x.name, &grouped_shape], &grouped, vec![]);
+        self.node(
+            "InstanceNormalization",
+            &[&grouped, &unit, &zero],
+            &normed,
+            vec![attr_float("epsilon", n.eps as f32)],
+        );
+        self.node("Shape", &[&x.name], &shape, vec![]);
+        self.node("Reshape", &[&normed, &shape], &flat, vec![]);
+        let weight = self.weight(&format!("{p}.weight"), &c)?;
+        let bias = self.weight(&format!("{p}.bias"), &c)?;
+        let (w3, b3, scaled) = (
+            format!("{p}.weight.chw"),
+            format!("{p}.bias.chw"),
+            format!("{p}.scaled"),
+        );
+        self.node("Reshape", &[&weight, &channel_shape], &w3, vec![]);
+        self.node("Reshape", &[&bias, &channel_shape], &b3, vec![]);
+        self.node("Mul", &[&flat, &w3], &scaled, vec![]);
+        self.node("Add", &[&scaled, &b3], p, vec![]);
+        Ok(Value {
+            name: p.clone(),
+            hw: x.hw,
+        })
+    }
+
+    /// An int64 constant, written once.
+    fn ints(&mut self, name: &str, values: &[i64]) -> String {
+        if self.written.insert(name.to_string()) {
+            self.initializers.push(TensorProto {
+                dims: vec![values.len() as i64],
+                data_type: Some(onnx::INT64),
+                name: Some(name.to_string()),
+                int64_data: values.to_vec(),
+                ..Default::default()
+            });
+        }
+        name.to_string()
+    }
+
+    /// A float vector constant, written once.
+    fn floats(&mut self, name: &str, values: &[f32]) -> String {
+        if self.written.insert(name.to_string()) {
+            self.initializers
+                .push(float_tensor(name, &[values.len()], values));
+        }
+        name.to_string()
+    }
+
     /// Eval-mode BatchNorm on the running statistics.
-    fn batch_norm(&mut self, x: &Value, bn: &ir::BatchNorm) -> Result<Value, ExportError> {
+    fn batch_norm(&mut self, x: &Value, bn: &ir::Norm) -> Result<Value, ExportError> {
         let p = &bn.path;
         let c = [bn.channels];
         let inputs = [
@@ -676,17 +756,17 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// conv, BatchNorm and (unless a linear projection) the activation, named `{bn}.act` as
-    /// timm's `BatchNormAct2d` names it.
+    /// conv, normalization and (unless a linear projection) the activation, named `{bn}.act`
+    /// as timm's `BatchNormAct2d` and `GroupNormAct` name it.
     fn conv_bn_act(
         &mut self,
         x: &Value,
         conv: &ir::Conv,
-        bn: &ir::BatchNorm,
+        bn: &ir::Norm,
         act: Option<Activation>,
     ) -> Result<Value, ExportError> {
         let y = self.conv(x, conv, self.ir.padding)?;
-        let y = self.batch_norm(&y, bn)?;
+        let y = self.norm(&y, bn)?;
         Ok(match act {
             Some(a) => self.activation(&y, a, &format!("{}.act", bn.path)),
             None => y,
