@@ -215,8 +215,12 @@ fn norm(kind: &Ident, args: &[KwArg], p: &mut Partial, cx: &mut Cx) {
             p.norm_eps = Some(e);
         } else {
             cx.push(
-                Diagnostic::error("effnet::number", format!("{name} eps must be above 0"), v.span)
-                    .label("must be positive"),
+                Diagnostic::error(
+                    "effnet::number",
+                    format!("{name} eps must be above 0"),
+                    v.span,
+                )
+                .label("must be positive"),
             );
         }
     }

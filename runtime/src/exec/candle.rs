@@ -160,7 +160,9 @@ fn group_norm(n: &Norm, groups: usize, x: &Tensor) -> Result<Tensor> {
         );
     }
     let dtype = x.dtype();
-    let xg = x.to_dtype(DType::F32)?.reshape((b, groups, (c / groups) * h * w))?;
+    let xg = x
+        .to_dtype(DType::F32)?
+        .reshape((b, groups, (c / groups) * h * w))?;
     let mean = xg.mean_keepdim(D::Minus1)?;
     let centered = xg.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -169,7 +171,10 @@ fn group_norm(n: &Norm, groups: usize, x: &Tensor) -> Result<Tensor> {
         .reshape((b, c, h, w))?;
     let wt = n.weight.to_dtype(DType::F32)?.reshape((1, c, 1, 1))?;
     let bias = n.bias.to_dtype(DType::F32)?.reshape((1, c, 1, 1))?;
-    normed.broadcast_mul(&wt)?.broadcast_add(&bias)?.to_dtype(dtype)
+    normed
+        .broadcast_mul(&wt)?
+        .broadcast_add(&bias)?
+        .to_dtype(dtype)
 }
 
 /// BatchNorm: running statistics in eval mode; in train mode batch statistics (computed in

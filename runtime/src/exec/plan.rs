@@ -179,7 +179,9 @@ impl Facts {
         } else if let Some(a) = self.activation_without_kernel {
             Some(format!("{} has no {device} kernel", a.name()))
         } else if let Some(p) = &self.grouped_conv {
-            Some(format!("`{p}` is a grouped convolution that is not depthwise"))
+            Some(format!(
+                "`{p}` is a grouped convolution that is not depthwise"
+            ))
         } else {
             self.norm_without_kernel
                 .as_ref()
@@ -309,7 +311,10 @@ mod tests {
             if device == "cpu" || cfg!(feature = "cuda") {
                 assert_eq!(
                     choice.fallback_reason.as_deref(),
-                    Some(format!("`blocks.0.0.bn1` is a GroupNorm, which has no {device} kernel").as_str())
+                    Some(
+                        format!("`blocks.0.0.bn1` is a GroupNorm, which has no {device} kernel")
+                            .as_str()
+                    )
                 );
             }
         }

@@ -38,7 +38,11 @@ pub fn update_running_stats(bn: &Norm, mean: &Tensor, var_unbiased: &Tensor) -> 
         );
     }
     let (Some(m), Some(stats)) = (bn.spec.momentum(), &bn.running) else {
-        bail!("`{}` is a {}: it has no running statistics", bn.spec.path, bn.spec.timm_name());
+        bail!(
+            "`{}` is a {}: it has no running statistics",
+            bn.spec.path,
+            bn.spec.timm_name()
+        );
     };
     for (var, batch) in [(&stats.mean, mean), (&stats.var, var_unbiased)] {
         let old = var.as_tensor();

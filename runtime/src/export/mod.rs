@@ -601,12 +601,7 @@ impl<'a> Builder<'a> {
     /// input's `Shape`, then timm's per-channel `weight` and `bias` as `Mul` and `Add`. ONNX's
     /// own `GroupNormalization` (opset 18) took its scale and bias per group until opset 21
     /// made them per channel; composing gives one graph for every opset.
-    fn group_norm(
-        &mut self,
-        x: &Value,
-        n: &ir::Norm,
-        groups: usize,
-    ) -> Result<Value, ExportError> {
+    fn group_norm(&mut self, x: &Value, n: &ir::Norm, groups: usize) -> Result<Value, ExportError> {
         let p = &n.path;
         let c = [n.channels];
         let grouped_shape = self.ints(&format!("{p}.group_shape"), &[0, groups as i64, -1]);
