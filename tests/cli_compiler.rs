@@ -457,6 +457,48 @@ fn import_timm_takes_every_model_level_option() {
     let _ = std::fs::remove_file(out);
 }
 
+/// `effnet import timm --group-norm 8 --group-size 8`: timm's `efficientnet_b0_g8_gn` (B0's
+/// arch_def with `GroupNormAct(group_size=8)` and `group_size=8`), its 6,562,660 parameters and
+/// no running statistics in `ir`.
+#[test]
+fn import_timm_takes_group_norm_and_a_group_size() {
+    let arch_def = "[['ds_r1_k3_s1_e1_c16_se0.25'], ['ir_r2_k3_s2_e6_c24_se0.25'], \
+                    ['ir_r2_k5_s2_e6_c40_se0.25'], ['ir_r3_k3_s2_e6_c80_se0.25'], \
+                    ['ir_r3_k5_s1_e6_c112_se0.25'], ['ir_r4_k5_s2_e6_c192_se0.25'], \
+                    ['ir_r1_k3_s1_e6_c320_se0.25']]";
+    let out = std::env::temp_dir().join(format!("effnet-b0-g8-gn-{}.effnet", std::process::id()));
+    let out_s = out.display().to_string();
+    let o = effnet(&[
+        "import",
+        "timm",
+        arch_def,
+        "--group-norm",
+        "8",
+        "--group-size",
+        "8",
+        "-o",
+        &out_s,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).expect("written");
+    for line in ["norm group(size = 8, eps = 1e-5)", "group_size 8"] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    let o = effnet(&["summary", &out_s, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("summary --json is JSON");
+    assert_eq!(summary["params"], 6_562_660, "{summary}");
+    let o = effnet(&["ir", &out_s]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let ir: serde_json::Value = serde_json::from_slice(&o.stdout).expect("ir is JSON");
+    // The stem's GroupNorm: 32 channels in 4 groups, no momentum and no running statistics.
+    assert_eq!(ir["stem"]["bn"]["groups"], 4, "{}", ir["stem"]);
+    assert!(ir["stem"]["bn"].get("momentum").is_none(), "{}", ir["stem"]);
+    assert!(!o.stdout.windows(7).any(|w| w == b"running"));
+    let _ = std::fs::remove_file(out);
+}
+
 /// A mixed kxk convolution shows its kernels in `summary` (MixNet's `k3.5.7.9.11`), in the
 /// table and in `--json`; a plain one its size alone.
 #[test]

@@ -13,7 +13,8 @@ the logits with timm's:
     at effnet's default opset and fixed resolution, and a few with a dynamic resolution or other
     opsets: onnxruntime's logits go to OUT/onnxruntime.json, which `cargo test` (runtime/tests/
     export_onnx.rs) checks effnet's export against, in tract;
-  * one fixture at every opset effnet writes (11 to 28), fixed and dynamic resolution;
+  * two fixtures (TF `same` padding; GroupNorm) at every opset effnet writes (11 to 28), fixed
+    and dynamic resolution;
   * every activation the language has (silu, relu, relu6, hard_swish, gelu, mish) in a small
     timm network built like the fixtures, in an opset that decomposes HardSwish / GELU / Mish
     (13) and one that has them as operators (20);
@@ -61,7 +62,13 @@ EXTRA = [
     # padding per kernel decided at run time
     ("fx_mixgs_same19", 11, "dynamic"),
     ("fx_mixnet21", 13, "dynamic"),
+    # GroupNorm: ReduceMean's axes as an attribute (11) and as an input (18), any batch and size
+    ("fx_gn_g8_22", 11, "dynamic"),
+    ("fx_gn_g8_22", 18, "dynamic"),
 ]
+# Fixtures exported at every opset (fixed and dynamic resolution): TF `same` padding, and
+# GroupNorm (whose ReduceMean changes form at opset 18).
+SWEEP = ["fx_v2b_same67", "fx_gn_g8_22"]
 ACTIVATIONS = {
     "silu": nn.SiLU,
     "relu": nn.ReLU,
@@ -127,17 +134,22 @@ def fixtures(effnet, tmp, tol, failures):
         entries.append(dict(fixture=name, opset=opset, resolution=res,
                             max_abs_diff_vs_timm=diff,
                             onnxruntime_logits=[[float(v) for v in row] for row in got]))
-    name = "fx_v2b_same67"
+    for name in SWEEP:
+        sweep(effnet, tmp, tol, failures, name, opsets)
+    return entries, opsets
+
+
+def sweep(effnet, tmp, tol, failures, name, opsets):
+    """`name` exported at every opset, at its own and a dynamic resolution."""
     w, x, timm_logits = fixture_weights(name, tmp)
     for opset in OPSETS:
-        for res in (67, "dynamic"):
+        for res in (x.shape[-1], "dynamic"):
             out = effnet_export(effnet, os.path.join(FIXTURE_DIR, name + ".effnet"), w,
                                 os.path.join(tmp, f"sweep_{opset}_{res}.onnx"), opset, res)
             diff = float(np.abs(onnxruntime_logits(out, x) - timm_logits).max())
             check(diff, tol, f"{name} opset {opset} resolution {res}", failures)
             opsets.append(dict(fixture=name, opset=opset, resolution=res,
                                ir_version=onnx.load(out).ir_version, max_abs_diff_vs_timm=diff))
-    return entries, opsets
 
 
 def activation_network(act):

@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 import timm
 from timm.models._efficientnet_builder import decode_arch_def, round_channels
 from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
+from timm.layers import GroupNormAct
 
 # ---------------------------------------------------------------------------------------------
 # Fixture descriptions.
@@ -45,6 +46,8 @@ from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
 # s2d (True: timm's space-to-depth `d1`).
 # features=True also stores timm's feature maps (features_only) for the fixture's input.
 # output_stride=N builds with timm's `output_stride` (strides past N become dilation).
+# norm_group=N builds with timm's `GroupNormAct(group_size=N)` instead of BatchNorm2d (`norm group`);
+# group_size=G is timm's model-wide `group_size` (`decode_arch_def(..., group_size=G)`).
 # ---------------------------------------------------------------------------------------------
 FIXTURES = [
     dict(
@@ -351,6 +354,27 @@ FIXTURES = [
         ],
         head=48,
     ),
+    dict(
+        name="fx_gn_g8_22",
+        norm_group=8,
+        group_size=8,
+        doc="GroupNorm and a model-wide group size (timm's efficientnet_b0_g8_gn shape)",
+        covers="`norm group(size = 8)` (timm `GroupNormAct(group_size=8)`: 2 to 16 groups, with and "
+               "without the activation, in the stem, every block kind and the head) and `group_size 8` "
+               "(timm's model-wide `group_size`: the kxk convolution of `conv`, `ds`, `mbconv` in groups "
+               "of 8 channels), overridden by a stage's own `gs 0` (dense `fused`) and `gs 16`; SE, "
+               "silu, symmetric padding, input 22",
+        size=22, seed=16, classes=10, act="silu", eps=1e-5, padding="symmetric",
+        width=1.0, depth=1.0, limit=0.9, stem=16,
+        stages=[
+            ("conv", 3, 1, 1, 16, 1, dict(skip=True)),
+            ("ds", 3, 1, 1, 16, 1, dict(se=0.25)),
+            ("mbconv", 3, 4, 2, 24, 2, dict(se=0.25)),
+            ("fused", 3, 2, 2, 32, 1, dict(gs=0)),
+            ("mbconv", 5, 4, 1, 32, 1, dict(gs=16, se=0.25)),
+        ],
+        head=64,
+    ),
 ]
 
 
@@ -391,6 +415,11 @@ def randomize_(model, seed, calib_size=None, calib_batch=4, gain=1.0):
             m.bias.copy_(torch.randn_like(m.bias) * 0.1)
             m.running_mean.copy_(torch.randn_like(m.running_mean) * 0.1)
             m.running_var.copy_(torch.rand_like(m.running_var) + 0.5)
+        elif isinstance(m, nn.GroupNorm):
+            # As BatchNorm's affine; GroupNorm has no statistics to calibrate: it normalizes
+            # each sample by its own.
+            m.weight.copy_(torch.rand_like(m.weight) + 0.5)
+            m.bias.copy_(torch.randn_like(m.bias) * 0.1)
     if calib_size:
         xc = torch.randn(calib_batch, 3, calib_size, calib_size)
 
@@ -466,7 +495,12 @@ def effnet_text(fx):
     L.append(f"    input 3 x {fx['size']}")
     L.append(f"    classes {fx['classes']}")
     L.append(f"    activation {fx['act']}")
-    L.append(f"    norm batch(eps = {fmt_num(fx['eps'])}, momentum = 0.1)")
+    if fx.get("norm_group"):
+        L.append(f"    norm group(size = {fx['norm_group']}, eps = {fmt_num(fx['eps'])})")
+    else:
+        L.append(f"    norm batch(eps = {fmt_num(fx['eps'])}, momentum = 0.1)")
+    if fx.get("group_size") is not None:
+        L.append(f"    group_size {fx['group_size']}")
     L.append(f"    padding {fx['padding']}")
     if fx.get("output_stride"):
         L.append(f"    output_stride {fx['output_stride']}")
@@ -513,11 +547,17 @@ def effnet_text(fx):
     return "\n".join(L) + "\n"
 
 
+def norm_layer(fx):
+    if fx.get("norm_group"):
+        return partial(GroupNormAct, group_size=fx["norm_group"], eps=fx["eps"])
+    return partial(nn.BatchNorm2d, eps=fx["eps"])
+
+
 def build(fx):
     act = {"silu": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6, "mish": nn.Mish}[fx["act"]]
     round_chs_fn = partial(round_channels, multiplier=fx["width"], round_limit=fx["limit"])
     model = EfficientNet(
-        block_args=decode_arch_def(arch_def(fx), fx["depth"]),
+        block_args=decode_arch_def(arch_def(fx), fx["depth"], group_size=fx.get("group_size")),
         num_classes=fx["classes"],
         num_features=0 if fx["head"] is None else fx["head"] if fx.get("fix_head") else round_chs_fn(fx["head"]),
         stem_size=fx["stem"],
@@ -525,7 +565,7 @@ def build(fx):
         round_chs_fn=round_chs_fn,
         pad_type="same" if fx["padding"] == "same" else "",
         act_layer=act,
-        norm_layer=partial(nn.BatchNorm2d, eps=fx["eps"]),
+        norm_layer=norm_layer(fx),
         output_stride=fx.get("output_stride", 32),
     )
     return model
@@ -536,14 +576,14 @@ def build_features(fx, levels):
     act = {"silu": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6, "mish": nn.Mish}[fx["act"]]
     round_chs_fn = partial(round_channels, multiplier=fx["width"], round_limit=fx["limit"])
     return EfficientNetFeatures(
-        block_args=decode_arch_def(arch_def(fx), fx["depth"]),
+        block_args=decode_arch_def(arch_def(fx), fx["depth"], group_size=fx.get("group_size")),
         out_indices=tuple(range(levels)),
         stem_size=fx["stem"],
         fix_stem=fx.get("fix_stem", False),
         round_chs_fn=round_chs_fn,
         pad_type="same" if fx["padding"] == "same" else "",
         act_layer=act,
-        norm_layer=partial(nn.BatchNorm2d, eps=fx["eps"]),
+        norm_layer=norm_layer(fx),
         output_stride=fx.get("output_stride", 32),
     )
 

@@ -6,7 +6,9 @@ For every model in MODELS this script runs `timm.create_model(name, pretrained=F
 
     model, timm, torch          names and versions
     params                      sum(p.numel() for p in model.parameters())
-    bn_eps                      eps of the first BatchNorm (model.bn1)
+    bn_eps                      eps of the stem's normalization layer (model.bn1)
+    norm_groups                 only for models with GroupNorm (timm's GroupNormAct): [path, num_groups]
+                                for every GroupNorm layer, in module order
     default_cfg                 input_size, test_input_size (if any), mean, std, crop_pct (+ tag)
     blocks                      [path, class name] for every module `blocks.S.B`
     block_details               [path, class, in_chs, mid_chs, out_chs, se_rd_chs, kernel, stride, has_skip]
@@ -19,7 +21,9 @@ For every model in MODELS this script runs `timm.create_model(name, pretrained=F
                                 `stage` counts the stem as 0, so blocks.S is stage S + 1)
 
 and `tests/reference/timm/arch_defs.json`: for every model the arch_def block strings and the
-generator arguments exactly as timm's own `_gen_*` function passes them.
+generator arguments exactly as timm's own `_gen_*` function passes them (`group_size`, the
+model-wide group size of `decode_arch_def`, and `norm_layer` / `norm_group_size` for a
+`GroupNormAct` norm layer, only where the generator passes them).
 
 `tests/reference/timm/output_stride.json` (also written alone by `--output-stride`): for the
 models in OUTPUT_STRIDE_MODELS (every block kind, both paddings, `then` stages) built with
@@ -66,6 +70,8 @@ MODELS = [
     "spnasnet_100", "fbnetc_100",
     "mixnet_s", "mixnet_m", "mixnet_l", "mixnet_xl", "mixnet_xxl",
     "tf_mixnet_s", "tf_mixnet_m", "tf_mixnet_l",
+    "efficientnet_b0_gn", "efficientnet_b0_g8_gn", "efficientnet_b0_g16_evos",
+    "efficientnet_b3_gn", "efficientnet_b3_g8_gn",
 ]
 # EfficientNet-X and -H (`_gen_efficientnet_x`): space-to-depth (`d1`).
 MODELS += ["efficientnet_x_b3", "efficientnet_x_b5", "efficientnet_h_b5"]
@@ -112,6 +118,8 @@ def capture_arch(name):
         captured["depth_multiplier"] = list(dm) if isinstance(dm, tuple) else dm
         captured["depth_trunc"] = kwargs.get("depth_trunc", args[0] if args else "ceil")
         captured["fix_first_last"] = kwargs.get("fix_first_last", args[2] if len(args) > 2 else False)
+        if kwargs.get("group_size") is not None:
+            captured["group_size"] = kwargs["group_size"]
         return orig_decode(arch_def, depth_multiplier, *args, **kwargs)
 
     def create(variant, pretrained=False, **kwargs):
@@ -128,6 +136,10 @@ def capture_arch(name):
         nd = _fn_defaults(norm) if norm is not None else {}
         captured["bn_eps"] = nd.get("eps", 1e-5)
         captured["bn_momentum"] = nd.get("momentum", 0.1)
+        norm_cls = norm.func if isinstance(norm, functools.partial) else norm
+        if norm_cls is not None and norm_cls is not torch.nn.BatchNorm2d:
+            captured["norm_layer"] = norm_cls.__name__
+            captured["norm_group_size"] = nd.get("group_size")
         act = kwargs.get("act_layer")
         captured["act_layer"] = getattr(act, "__name__", str(act))
         if kwargs.get("pruned"):
@@ -193,7 +205,7 @@ def reference(name):
     cfg = model.pretrained_cfg
     dcfg = {k: cfg[k] for k in ("input_size", "test_input_size", "mean", "std", "crop_pct") if k in cfg}
     dcfg["tag"] = cfg.get("tag")
-    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn = model.bn1
     blocks = [[f"blocks.{si}.{bi}", type(b).__name__]
               for si, st in enumerate(model.blocks) for bi, b in enumerate(st)]
     features = timm.create_model(name, pretrained=False, features_only=True)
@@ -211,6 +223,9 @@ def reference(name):
         "tensors": tensors,
         "feature_info": feature_info,
     }
+    groups = [[n, m.num_groups] for n, m in model.named_modules() if isinstance(m, torch.nn.GroupNorm)]
+    if groups:
+        data["norm_groups"] = groups
     return data, arch
 
 

@@ -120,7 +120,7 @@ fn block_stats(b: &Block, padding: PaddingMode, hw: usize) -> (LayerStats, usize
             acts += (se.channels * hw * hw) as u64;
         }
     }
-    // BatchNorm weights and biases: two per channel of each BN.
+    // Normalization weights and biases (BatchNorm or GroupNorm): two per channel of each.
     params += b
         .tensors()
         .iter()

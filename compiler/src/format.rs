@@ -437,6 +437,9 @@ impl<'a> Formatter<'a> {
                 Code::Plain(format!("norm {}{}", kind.name, kwargs(args))),
                 args_end(args).max(kind.span.end),
             ),
+            ModelStmtKind::GroupSize(n) => {
+                (Code::Plain(format!("group_size {}", n.text)), n.span.end)
+            }
             ModelStmtKind::Padding(i) => (Code::Plain(format!("padding {}", i.name)), i.span.end),
             ModelStmtKind::OutputStride(n) => {
                 (Code::Plain(format!("output_stride {}", n.text)), n.span.end)

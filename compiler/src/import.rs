@@ -157,6 +157,12 @@ pub struct ImportOptions {
     /// A pruned model's layer shapes in timm's `_pruned/*.txt` format (`name:[d0, d1, ...]`
     /// joined by `***`): the import writes `prune(...)` where they narrow a stage.
     pub pruned: Option<String>,
+    /// GroupNorm instead of BatchNorm, with this many channels per group (timm's
+    /// `norm_layer=partial(GroupNormAct, group_size=N)`); its eps is `bn_eps`'s.
+    pub norm_group_size: Option<usize>,
+    /// timm's model-wide `group_size` (`decode_arch_def(..., group_size=N)`): the group size of
+    /// every block string without its own `gs`.
+    pub group_size: Option<usize>,
 }
 
 /// How scaled repeats are rounded.
@@ -200,6 +206,8 @@ impl Default for ImportOptions {
             fix_first_last: false,
             output_stride: None,
             pruned: None,
+            norm_group_size: None,
+            group_size: None,
         }
     }
 }
@@ -1060,6 +1068,11 @@ fn check_options(opts: &ImportOptions, conv: &Conventions, stem: usize) -> Resul
             "the output stride must be 8, 16 or 32, not {os}"
         )));
     }
+    if opts.norm_group_size == Some(0) {
+        return Err(ImportError::BadOption(
+            "the GroupNorm group size must be at least 1".to_string(),
+        ));
+    }
     if opts.head == Some(0) {
         return Err(ImportError::BadOption(
             "the head width must be at least 1 (no head is `None`)".to_string(),
@@ -1104,6 +1117,12 @@ fn render_model(
             conv.describe()
         ));
     }
+    if let Some(size) = opts.norm_group_size {
+        s.push_str(&format!(
+            "/// GroupNorm (timm's `GroupNormAct`) with {size} channels per group instead of \
+             BatchNorm, with that eps.\n"
+        ));
+    }
     s.push_str(&format!("model {name} {{\n"));
     s.push_str(&format!(
         "input {} x {}\n",
@@ -1111,10 +1130,19 @@ fn render_model(
     ));
     s.push_str(&format!("classes {}\n", opts.classes));
     s.push_str(&format!("activation {}\n", opts.activation));
-    s.push_str(&format!(
-        "norm batch(eps = {}, momentum = 0.1)\n",
-        num(conv.bn_eps)
-    ));
+    match opts.norm_group_size {
+        Some(size) => s.push_str(&format!(
+            "norm group(size = {size}, eps = {})\n",
+            num(conv.bn_eps)
+        )),
+        None => s.push_str(&format!(
+            "norm batch(eps = {}, momentum = 0.1)\n",
+            num(conv.bn_eps)
+        )),
+    }
+    if let Some(g) = opts.group_size {
+        s.push_str(&format!("group_size {g}\n"));
+    }
     s.push_str(&format!("padding {}\n", conv.padding.name()));
     if let Some(os) = opts.output_stride {
         s.push_str(&format!("output_stride {os}\n"));

@@ -237,14 +237,64 @@ impl Conv {
     }
 }
 
-/// BatchNorm2d: `{path}.weight`, `.bias`, `.running_mean`, `.running_var`, each `[channels]`.
+/// The normalization after a convolution (timm's `norm_layer`; its modules keep timm's names,
+/// `bn1`, `bn2`, `bn3`, whatever the kind): BatchNorm2d or GroupNorm, with `eps` in the
+/// variance. Both hold `{path}.weight` and `.bias`, each `[channels]`; BatchNorm also the
+/// running statistics `.running_mean` and `.running_var`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BatchNorm {
+pub struct Norm {
     pub path: String,
     pub channels: usize,
     pub eps: f64,
-    /// PyTorch convention: `running = (1 - momentum) * running + momentum * batch`.
-    pub momentum: f64,
+    /// What the layer normalizes over; flattened, so that a BatchNorm's JSON stays
+    /// `{path, channels, eps, momentum}`.
+    #[serde(flatten)]
+    pub kind: NormKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NormKind {
+    /// BatchNorm2d: per channel over the batch and the map in training, over the running
+    /// statistics in eval mode.
+    Batch {
+        /// PyTorch convention: `running = (1 - momentum) * running + momentum * batch`.
+        momentum: f64,
+    },
+    /// GroupNorm (timm's `GroupNormAct`): per sample, over each of `groups` groups of
+    /// `channels / groups` channels and the map, in training and eval alike; no running
+    /// statistics.
+    Group { groups: usize },
+}
+
+impl Norm {
+    /// BatchNorm's running-statistics momentum; `None` for GroupNorm, which keeps none.
+    pub fn momentum(&self) -> Option<f64> {
+        match self.kind {
+            NormKind::Batch { momentum } => Some(momentum),
+            NormKind::Group { .. } => None,
+        }
+    }
+
+    /// The number of groups of a GroupNorm; `None` for BatchNorm.
+    pub fn groups(&self) -> Option<usize> {
+        match self.kind {
+            NormKind::Group { groups } => Some(groups),
+            NormKind::Batch { .. } => None,
+        }
+    }
+
+    pub fn is_batch(&self) -> bool {
+        matches!(self.kind, NormKind::Batch { .. })
+    }
+
+    /// timm's class name for the layer, for messages.
+    pub fn timm_name(&self) -> &'static str {
+        match self.kind {
+            NormKind::Batch { .. } => "BatchNorm2d",
+            NormKind::Group { .. } => "GroupNormAct",
+        }
+    }
 }
 
 /// Squeeze-excitation: global average, `conv_reduce` (1x1, bias), activation, `conv_expand`
@@ -264,38 +314,38 @@ pub struct SqueezeExcite {
 pub enum BlockLayers {
     Conv {
         conv: Conv,
-        bn1: BatchNorm,
+        bn1: Norm,
     },
     DepthwiseSeparable {
         /// timm's space-to-depth opening (`conv_s2d`, `bn_s2d`; `s2d`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         s2d: Option<ConvBnAct>,
         conv_dw: Conv,
-        bn1: BatchNorm,
+        bn1: Norm,
         se: Option<SqueezeExcite>,
         conv_pw: Conv,
-        bn2: BatchNorm,
+        bn2: Norm,
         /// timm's `dsa`: the pointwise conv is followed by the activation too.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         pw_act: bool,
     },
     Edge {
         conv_exp: Conv,
-        bn1: BatchNorm,
+        bn1: Norm,
         se: Option<SqueezeExcite>,
         conv_pwl: Conv,
-        bn2: BatchNorm,
+        bn2: Norm,
     },
     MbConv {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         s2d: Option<ConvBnAct>,
         conv_pw: Conv,
-        bn1: BatchNorm,
+        bn1: Norm,
         conv_dw: Conv,
-        bn2: BatchNorm,
+        bn2: Norm,
         se: Option<SqueezeExcite>,
         conv_pwl: Conv,
-        bn3: BatchNorm,
+        bn3: Norm,
     },
 }
 
@@ -347,13 +397,13 @@ impl Block {
     }
 }
 
-/// One convolution of a block with the BatchNorm after it, as timm names the two modules.
+/// One convolution of a block with the normalization after it, as timm names the two modules.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvBnRef<'a> {
     pub conv_name: &'static str,
     pub conv: &'a Conv,
     pub bn_name: &'static str,
-    pub bn: &'a BatchNorm,
+    pub bn: &'a Norm,
     /// False for the linear bottleneck: the last projection of ds, er and ir blocks.
     pub activated: bool,
 }
@@ -455,7 +505,7 @@ pub struct Stage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConvBnAct {
     pub conv: Conv,
-    pub bn: BatchNorm,
+    pub bn: Norm,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -527,13 +577,13 @@ fn push_plain_conv(out: &mut Vec<TensorSpec>, c: &Conv) {
     }
 }
 
-fn push_bn(out: &mut Vec<TensorSpec>, b: &BatchNorm) {
-    for (suffix, trainable) in [
-        ("weight", true),
-        ("bias", true),
-        ("running_mean", false),
-        ("running_var", false),
-    ] {
+fn push_bn(out: &mut Vec<TensorSpec>, b: &Norm) {
+    let stats: &[(&str, bool)] = if b.is_batch() {
+        &[("running_mean", false), ("running_var", false)]
+    } else {
+        &[]
+    };
+    for &(suffix, trainable) in [("weight", true), ("bias", true)].iter().chain(stats) {
         out.push(TensorSpec {
             name: format!("{}.{suffix}", b.path),
             shape: vec![b.channels],
@@ -998,12 +1048,19 @@ fn write_conv(f: &mut fmt::Formatter<'_>, indent: &str, name: &str, c: &Conv) ->
     writeln!(f)
 }
 
-fn write_bn(f: &mut fmt::Formatter<'_>, indent: &str, name: &str, b: &BatchNorm) -> fmt::Result {
-    writeln!(
-        f,
-        "{indent}{name:<12} {} [{}] eps {} momentum {}",
-        b.path, b.channels, b.eps, b.momentum
-    )
+fn write_bn(f: &mut fmt::Formatter<'_>, indent: &str, name: &str, b: &Norm) -> fmt::Result {
+    match b.kind {
+        NormKind::Batch { momentum } => writeln!(
+            f,
+            "{indent}{name:<12} {} [{}] eps {} momentum {momentum}",
+            b.path, b.channels, b.eps
+        ),
+        NormKind::Group { groups } => writeln!(
+            f,
+            "{indent}{name:<12} {} [{}] group norm, {groups} groups, eps {}",
+            b.path, b.channels, b.eps
+        ),
+    }
 }
 
 fn write_se(f: &mut fmt::Formatter<'_>, indent: &str, se: Option<&SqueezeExcite>) -> fmt::Result {

@@ -3,7 +3,7 @@
 //! Infallible: `check` has validated everything it relies on.
 
 use crate::check::{
-    ChannelRounding, DepthRounding, ModelDef, ScheduleDef, ScheduleValue, Skip, StageKind,
+    ChannelRounding, DepthRounding, ModelDef, NormDef, ScheduleDef, ScheduleValue, Skip, StageKind,
 };
 use crate::ir::*;
 
@@ -256,11 +256,18 @@ impl SpaceToDepth {
 
 /// Lower one checked model, with the schedules written for it.
 pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
-    let bn = |path: String, channels: usize| BatchNorm {
+    let bn = |path: String, channels: usize| Norm {
         path,
         channels,
-        eps: model.bn_eps,
-        momentum: model.bn_momentum,
+        eps: model.norm.eps(),
+        kind: match model.norm {
+            NormDef::Batch { momentum, .. } => NormKind::Batch { momentum },
+            // timm's GroupNormAct: `channels / group_size` groups (the checker made sure it
+            // divides).
+            NormDef::Group { size, .. } => NormKind::Group {
+                groups: (channels / size.max(1)).max(1),
+            },
+        },
     };
     let rc = &model.round_channels;
     let stem_channels = if model.stem.fixed {
@@ -372,10 +379,16 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                 let ds = matches!(s.kind, StageKind::Ds | StageKind::Dsa);
                 let se_on = if ds { in_ch } else { mid };
                 let se_on_full = if ds { in_full } else { mid_full };
-                // The kxk convolution's groups: depthwise by default in ds and ir blocks, one
-                // group in the others (timm's per-block `group_size` defaults).
+                // The kxk convolution's groups: the line's `gs`, else the model's `group_size`
+                // (timm's `decode_arch_def(group_size=...)` sets it on every block string that
+                // has none), else depthwise in ds and ir blocks and one group in the others
+                // (timm's per-block `group_size` defaults).
                 let gs = |channels: usize, default: usize| {
-                    num_groups(s.group_size.unwrap_or(default), channels)
+                    let size = s
+                        .group_size
+                        .or(model.group_size.map(|(g, _)| g))
+                        .unwrap_or(default);
+                    num_groups(size, channels)
                 };
                 // timm builds SE with ratio `se / expansion` on those channels, rounding with
                 // Python's round().

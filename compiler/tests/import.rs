@@ -652,6 +652,14 @@ fn every_captured_timm_model_imports_with_its_generator_arguments() {
     let json: serde_json::Value = serde_json::from_str(&text).expect("json");
     let models = json["models"].as_object().expect("models");
     assert!(models.len() >= 60, "{} models", models.len());
+    // GroupNorm, a model-wide group size and channel divisor 16 are among them.
+    for gn in [
+        "efficientnet_b0_g8_gn",
+        "efficientnet_b3_g8_gn",
+        "efficientnet_b0_g16_evos",
+    ] {
+        assert!(models.contains_key(gn), "{gn} is not captured");
+    }
     let mut wrong = Vec::new();
     for (name, m) in models {
         let f = |k: &str| m[k].as_f64().unwrap_or_else(|| panic!("{name}: {k}"));
@@ -694,6 +702,14 @@ fn every_captured_timm_model_imports_with_its_generator_arguments() {
             stage_depths,
             fix_first_last: m["fix_first_last"].as_bool().unwrap_or(false),
             pruned: m["pruned"].as_str().map(str::to_string),
+            norm_group_size: match m.get("norm_layer").and_then(|n| n.as_str()) {
+                Some("GroupNormAct") => Some(f("norm_group_size") as usize),
+                Some(other) => panic!("{name}: norm layer {other}"),
+                None => None,
+            },
+            group_size: m
+                .get("group_size")
+                .map(|g| g.as_u64().expect("group_size") as usize),
             ..ImportOptions::default()
         };
         let arch_def = timm_arch_def(name);
@@ -712,6 +728,21 @@ fn every_captured_timm_model_imports_with_its_generator_arguments() {
         let got = params(&text);
         if got != want {
             wrong.push(format!("{name}: {got} parameters, timm {want}\n{text}"));
+        }
+        // The state_dict names and shapes too: GroupNorm has timm's parameter count with
+        // BatchNorm's, but not its running statistics.
+        let compiled = compile(&text).expect("compiles");
+        let ours: Vec<serde_json::Value> = compiled
+            .network(None)
+            .expect("one model")
+            .tensors()
+            .into_iter()
+            .map(|t| serde_json::json!([t.name, t.shape]))
+            .collect();
+        if reference["tensors"].as_array() != Some(&ours) {
+            wrong.push(format!(
+                "{name}: the state_dict differs from timm's\n{text}"
+            ));
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));

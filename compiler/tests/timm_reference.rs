@@ -1,5 +1,5 @@
 //! Every bundled spec against timm: the parameter count, the (name, shape) list of the
-//! `state_dict` in order, BatchNorm eps, block classes, resolutions and the feature pyramid
+//! `state_dict` in order, the norm eps and GroupNorm groups, block classes, resolutions and the feature pyramid
 //! (`features_only`). The reference files
 //! are produced by `tools/timm_reference.py` with timm itself.
 
@@ -115,6 +115,34 @@ fn every_reference_model_is_bundled_and_matches_timm() {
         let eps = r["bn_eps"].as_f64().expect("bn_eps");
         if (net.stem.bn.eps - eps).abs() > 1e-12 {
             failures.push(format!("{name}: bn eps {} vs timm {eps}", net.stem.bn.eps));
+        }
+        // Normalization: timm's GroupNorm layers with their group counts, in module order;
+        // every other model is BatchNorm throughout.
+        let theirs: Vec<(String, usize)> = r
+            .get("norm_groups")
+            .and_then(Value::as_array)
+            .map(|v| {
+                v.iter()
+                    .map(|g| {
+                        let path = g[0].as_str().expect("path").to_string();
+                        (path, g[1].as_u64().expect("groups") as usize)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let norms = std::iter::once(&net.stem.bn)
+            .chain(
+                net.blocks()
+                    .flat_map(|b| b.layers.conv_bns().into_iter().map(|l| l.bn)),
+            )
+            .chain(net.head.as_ref().map(|h| &h.bn));
+        let ours: Vec<(String, usize)> = norms
+            .filter_map(|n| n.groups().map(|g| (n.path.clone(), g)))
+            .collect();
+        if ours != theirs {
+            failures.push(format!(
+                "{name}: GroupNorm layers {ours:?} vs timm {theirs:?}"
+            ));
         }
         // Block classes: ConvBnAct / DepthwiseSeparableConv / EdgeResidual / InvertedResidual.
         let classes: HashMap<&str, &str> = r["blocks"]

@@ -147,6 +147,9 @@ pub enum ModelStmtKind {
         kind: Ident,
         args: Vec<KwArg>,
     },
+    /// `group_size 8`: timm's model-wide `group_size`, the group size of every block's kxk
+    /// convolution whose stage line has no `gs` of its own.
+    GroupSize(Number),
     Padding(Ident),
     /// `output_stride 16`: timm's `output_stride`, the most the network downsamples; strides
     /// past it become dilation.
@@ -176,6 +179,7 @@ impl ModelStmtKind {
             ModelStmtKind::Classes(_) => "classes",
             ModelStmtKind::Activation(_) => "activation",
             ModelStmtKind::Norm { .. } => "norm",
+            ModelStmtKind::GroupSize(_) => "group_size",
             ModelStmtKind::Padding(_) => "padding",
             ModelStmtKind::OutputStride(_) => "output_stride",
             ModelStmtKind::Dropout(_) => "dropout",

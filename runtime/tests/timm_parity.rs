@@ -311,3 +311,103 @@ fn block_option_fixtures_match_timm_on_every_plan() {
     }
     println!("{}", report.join("\n"));
 }
+
+/// The GroupNorm fixture (timm's `GroupNormAct` after every convolution, a model-wide group
+/// size) on the candle plan, which the facts choose for inference and for the training step:
+/// eval-mode logits equal timm's, and so do the train-mode ones (GroupNorm has no running
+/// statistics and the fixture no dropout or drop-path, so training mode computes the same);
+/// the training step's loss is the cross-entropy of timm's logits, and its gradient of
+/// GroupNorm weights and of a grouped convolution agrees with the loss's central difference.
+#[test]
+fn group_norm_fixture_matches_timm_in_eval_and_train_mode() {
+    use effnet_runtime::Purpose;
+    use effnet_runtime::train::optim::Param;
+    let spec = fixtures()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("fx_gn_"))
+        .expect("the GroupNorm fixture");
+    let (net, input, logits) = load_fixture(&spec, false);
+    assert!(net.ir.stem.bn.groups().is_some(), "the stem has GroupNorm");
+    for purpose in [Purpose::Infer, Purpose::TrainStep] {
+        assert_eq!(net.plan(&input, purpose).plan, Plan::Candle, "{purpose:?}");
+    }
+    for train in [false, true] {
+        let ours = net
+            .forward_on(Plan::Candle, &input, train)
+            .expect("forward");
+        let d = max_abs(&ours, &logits);
+        assert!(d < 1e-5, "train mode {train}: max |diff| {d:e}");
+    }
+
+    let (tnet, input, logits) = load_fixture(&spec, true);
+    let params: Vec<Param> = tnet
+        .named_tensors()
+        .into_iter()
+        .filter(|t| t.trainable)
+        .map(|t| {
+            Param::new(
+                t.name,
+                candle_core::Var::from_tensor(&t.tensor).expect("var"),
+            )
+        })
+        .collect();
+    let (n, k) = logits.dims2().expect("logits");
+    let mut t = vec![0.05f32 / k as f32; n * k];
+    for i in 0..n {
+        t[i * k + (3 * i + 1) % k] += 0.95;
+    }
+    let targets = candle_core::Tensor::from_vec(t, (n, k), &Device::Cpu).expect("targets");
+    let theirs = effnet_runtime::exec::soft_cross_entropy(&logits, &targets)
+        .and_then(|l| l.to_scalar::<f32>())
+        .expect("timm's loss") as f64;
+    let loss_and_grads = || {
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+        tnet.loss_and_grads_on(Plan::Candle, &params, &input, &targets, &mut rng)
+            .expect("step")
+    };
+    let (loss, grads) = loss_and_grads();
+    assert!(
+        (loss - theirs).abs() < 1e-5 * theirs.abs().max(1.0),
+        "loss {loss}, timm {theirs}"
+    );
+    // The stem's and a projection's GroupNorm (with and without the activation after it),
+    // and the model-wide group size's grouped depthwise convolution.
+    for (name, at) in [
+        ("bn1.weight", 3),
+        ("blocks.2.1.bn3.bias", 5),
+        ("blocks.2.1.conv_dw.weight", 17),
+    ] {
+        let i = params
+            .iter()
+            .position(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no parameter {name}"));
+        let g: Vec<f32> = grads[i]
+            .flatten_all()
+            .and_then(|g| g.to_vec1())
+            .expect("grad");
+        let var = &params[i].var;
+        let dims = var.as_tensor().dims().to_vec();
+        let values: Vec<f32> = var
+            .as_tensor()
+            .flatten_all()
+            .and_then(|v| v.to_vec1())
+            .expect("values");
+        let h = 1e-2f32;
+        let at_h = |delta: f32| {
+            let mut v = values.clone();
+            v[at] += delta;
+            let t = candle_core::Tensor::from_vec(v, dims.as_slice(), &Device::Cpu).expect("t");
+            var.set(&t).expect("set");
+            loss_and_grads().0
+        };
+        let numeric = (at_h(h) - at_h(-h)) / (2.0 * f64::from(h));
+        at_h(0.0);
+        let analytic = f64::from(g[at]);
+        println!("{name}[{at}]: autograd {analytic:e}, central difference {numeric:e}");
+        assert!(
+            // f32 losses: the difference quotient carries ~1e-5 of rounding.
+            (numeric - analytic).abs() < 0.02 * analytic.abs() + 5e-5,
+            "{name}[{at}]: autograd {analytic:e}, central difference {numeric:e}"
+        );
+    }
+}

@@ -102,10 +102,12 @@ fn every_torchvision_efficientnet_is_bundled_and_matches_torchvision() {
         let momentum = r["bn_momentum"].as_f64().expect("bn_momentum");
         for b in net.blocks() {
             for l in b.layers.conv_bns() {
-                if l.bn.eps != eps || l.bn.momentum != momentum {
+                if l.bn.eps != eps || l.bn.momentum() != Some(momentum) {
                     failures.push(format!(
-                        "{name}: {} eps {} momentum {}, torchvision {eps} {momentum}",
-                        l.bn.path, l.bn.eps, l.bn.momentum
+                        "{name}: {} eps {} momentum {:?}, torchvision {eps} {momentum}",
+                        l.bn.path,
+                        l.bn.eps,
+                        l.bn.momentum()
                     ));
                 }
             }

@@ -243,14 +243,18 @@ fn batchnorm_statistics_update_in_train_mode_and_serve_eval() {
     let rm = net
         .stem
         .bn
-        .running_mean
+        .running()
+        .expect("BatchNorm")
+        .mean
         .as_tensor()
         .to_vec1::<f32>()
         .expect("rm");
     let rv = net
         .stem
         .bn
-        .running_var
+        .running()
+        .expect("BatchNorm")
+        .var
         .as_tensor()
         .to_vec1::<f32>()
         .expect("rv");
@@ -274,7 +278,9 @@ fn batchnorm_statistics_update_in_train_mode_and_serve_eval() {
     assert_eq!(
         net.stem
             .bn
-            .running_mean
+            .running()
+            .expect("BatchNorm")
+            .mean
             .as_tensor()
             .to_vec1::<f32>()
             .expect("rm"),

@@ -232,10 +232,14 @@ fn hand_step_matches_autograd_with_frozen_batchnorm() {
                 .map(|j| 0.5 + 0.1 * ((i * 3 + j) % 7) as f32)
                 .collect();
             let dev = Device::Cpu;
-            l.bn.running_mean
+            l.bn.running()
+                .expect("BatchNorm")
+                .mean
                 .set(&Tensor::from_vec(mean, c, &dev).expect("mean"))
                 .expect("set mean");
-            l.bn.running_var
+            l.bn.running()
+                .expect("BatchNorm")
+                .var
                 .set(&Tensor::from_vec(var, c, &dev).expect("var"))
                 .expect("set var");
             l.bn.frozen = true;
@@ -251,8 +255,8 @@ fn hand_step_matches_autograd_with_frozen_batchnorm() {
             .iter()
             .flat_map(|bn| {
                 [
-                    vals(bn.running_mean.as_tensor()),
-                    vals(bn.running_var.as_tensor()),
+                    vals(bn.running().expect("BatchNorm").mean.as_tensor()),
+                    vals(bn.running().expect("BatchNorm").var.as_tensor()),
                 ]
             })
             .collect();
@@ -264,8 +268,8 @@ fn hand_step_matches_autograd_with_frozen_batchnorm() {
             .iter()
             .flat_map(|bn| {
                 [
-                    vals(bn.running_mean.as_tensor()),
-                    vals(bn.running_var.as_tensor()),
+                    vals(bn.running().expect("BatchNorm").mean.as_tensor()),
+                    vals(bn.running().expect("BatchNorm").var.as_tensor()),
                 ]
             })
             .collect();
@@ -276,7 +280,7 @@ fn hand_step_matches_autograd_with_frozen_batchnorm() {
         // An unfrozen one did move.
         let bn = &net.stages[1][0].layers[0].bn;
         assert_ne!(
-            vals(bn.running_var.as_tensor()),
+            vals(bn.running().expect("BatchNorm").var.as_tensor()),
             vec![1.0; bn.spec.channels]
         );
     }
@@ -390,6 +394,46 @@ fn hand_step_declines_what_it_cannot_run() {
         .loss_and_grads(&params, &x, &t, &mut rng)
         .expect("mish through autograd");
     assert!(loss.is_finite() && grads.len() == params.len());
+    // GroupNorm: no CPU kernel in inference or in the step; the reason names the layer, and
+    // the fallbacks run (GroupNorm's train mode is its eval mode: no statistics to update).
+    let gn = SYMMETRIC.replace("classes 5", "classes 5\n    norm group(size = 8)");
+    let (ir, tensors) = common::plain_tensors(&gn);
+    let plain = Network::from_ir(
+        &ir,
+        candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &dev),
+    )
+    .expect("network");
+    let (net, params) = build(&gn, &dev);
+    for (net, purpose) in [(&plain, Purpose::Infer), (&net, Purpose::TrainStep)] {
+        let choice = net.plan(&x, purpose);
+        assert_eq!(
+            choice.to_string(),
+            "candle (fallback: `bn1` is a GroupNorm, which has no cpu kernel)",
+            "{purpose:?}"
+        );
+    }
+    let e = plain
+        .forward_on(Plan::CpuFused, &x, false)
+        .expect_err("GroupNorm on the fused kernels");
+    assert!(e.to_string().contains("GroupNorm"), "{e}");
+    assert!(
+        plain.forward_t(&x, false).is_ok(),
+        "the candle fallback runs"
+    );
+    let e = net
+        .loss_and_grads_on(Plan::CpuStep, &params, &x, &t, &mut rng)
+        .expect_err("GroupNorm on the hand-written step");
+    assert!(e.to_string().contains("GroupNorm"), "{e}");
+    let (loss, grads) = net
+        .loss_and_grads(&params, &x, &t, &mut rng)
+        .expect("GroupNorm through autograd");
+    assert!(loss.is_finite() && grads.len() == params.len());
+    assert!(
+        !net.named_tensors()
+            .iter()
+            .any(|t| t.name.contains("running")),
+        "GroupNorm has no running statistics"
+    );
     // f64 input: not the hand-written path either.
     let (net, _) = build(SYMMETRIC, &dev);
     let x64 = x.to_dtype(DType::F64).expect("f64");

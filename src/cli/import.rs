@@ -105,6 +105,14 @@ pub struct Opts {
     /// (`efficientnet_b1_pruned`): stage lines get `prune(...)` where they are narrowed.
     #[arg(long, value_name = "FILE")]
     pruned: Option<PathBuf>,
+    /// GroupNorm with N channels per group instead of BatchNorm (timm's
+    /// `norm_layer=partial(GroupNormAct, group_size=N)`), with --bn-eps as its eps.
+    #[arg(long, value_name = "N")]
+    group_norm: Option<usize>,
+    /// The group size of every block string without its own `gs` (timm's model-wide
+    /// `group_size`).
+    #[arg(long, value_name = "N")]
+    group_size: Option<usize>,
     /// Write the model here instead of to stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -144,6 +152,8 @@ impl Opts {
             stage_depths: self.stage_depths.clone(),
             fix_first_last: self.fix_first_last,
             output_stride: self.output_stride,
+            norm_group_size: self.group_norm,
+            group_size: self.group_size,
             pruned,
         })
     }

@@ -136,6 +136,24 @@ pub struct HeadDef {
     pub fixed: bool,
 }
 
+/// The model's normalization layers (`norm`), with where a group size was written.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub enum NormDef {
+    /// `norm batch(eps = E, momentum = M)`: BatchNorm2d.
+    Batch { eps: f64, momentum: f64 },
+    /// `norm group(size = N, eps = E)`: timm's `GroupNormAct(group_size=N)`, `channels / N`
+    /// groups in each layer.
+    Group { size: usize, eps: f64, span: Span },
+}
+
+impl NormDef {
+    pub fn eps(&self) -> f64 {
+        match *self {
+            NormDef::Batch { eps, .. } | NormDef::Group { eps, .. } => eps,
+        }
+    }
+}
+
 /// A model after checking: every setting known and valid.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModelDef {
@@ -147,8 +165,10 @@ pub struct ModelDef {
     pub train_resolution: Option<usize>,
     pub classes: usize,
     pub activation: Activation,
-    pub bn_eps: f64,
-    pub bn_momentum: f64,
+    pub norm: NormDef,
+    /// `group_size N` (timm's model-wide `group_size`): the group size of every block's kxk
+    /// convolution whose stage line has no `gs`, with where it was written.
+    pub group_size: Option<(usize, Span)>,
     pub padding: PaddingMode,
     /// timm's `output_stride` (8, 16 or 32): the most the network downsamples; the strides
     /// past it become dilation.

@@ -25,8 +25,8 @@ mod schedules;
 pub use finetune::{freeze_flag, lr_scale_flag};
 
 pub use defs::{
-    ChannelRounding, Checked, DepthRounding, HeadDef, ModelDef, Pruned, ScheduleDef, ScheduleValue,
-    Skip, StageDef, StageKind, StemDef,
+    ChannelRounding, Checked, DepthRounding, HeadDef, ModelDef, NormDef, Pruned, ScheduleDef,
+    ScheduleValue, Skip, StageDef, StageKind, StemDef,
 };
 pub use items::Items;
 pub use resolution::chosen_resolution;

@@ -7,7 +7,9 @@ use effnet_grammar::*;
 
 use super::cx::{Cx, duplicate};
 use super::layers::{stage, stem_or_head};
-use super::{ChannelRounding, DepthRounding, HeadDef, MAX_BLOCKS, ModelDef, StageDef, StemDef};
+use super::{
+    ChannelRounding, DepthRounding, HeadDef, MAX_BLOCKS, ModelDef, NormDef, StageDef, StemDef,
+};
 use crate::diagnostic::{Diagnostic, did_you_mean};
 use crate::ir::{self, Activation, PaddingMode};
 use crate::lower::scale_stage_repeats;
@@ -18,8 +20,12 @@ pub(super) struct Partial {
     input: Option<(usize, usize, Option<usize>)>,
     classes: Option<usize>,
     activation: Option<Activation>,
-    bn_eps: Option<f64>,
+    norm_eps: Option<f64>,
     bn_momentum: Option<f64>,
+    /// `norm group(size = N)`: GroupNorm with N channels per group (where `size` was written);
+    /// `None`: BatchNorm.
+    norm_group: Option<(usize, Span)>,
+    group_size: Option<(usize, Span)>,
     padding: Option<PaddingMode>,
     output_stride: Option<usize>,
     dropout: Option<f64>,
@@ -167,6 +173,86 @@ fn scale_args(args: &[ScaleArg], p: &mut Partial, cx: &mut Cx) {
     }
 }
 
+/// `norm batch(eps = E, momentum = M)` or `norm group(size = N, eps = E)`. What the line does
+/// not say is kept from the base model when the kind stays, and is the default when it changes.
+fn norm(kind: &Ident, args: &[KwArg], p: &mut Partial, cx: &mut Cx) {
+    let group = match kind.name.as_str() {
+        "batch" => false,
+        "group" => true,
+        other => {
+            let kinds = "`batch` (BatchNorm2d: `norm batch(eps = 1e-3, momentum = 0.01)`) or \
+                         `group` (timm's GroupNormAct: `norm group(size = 8, eps = 1e-5)`)";
+            cx.push(
+                Diagnostic::error(
+                    "effnet::unknown_norm",
+                    format!("unknown normalization `{other}`"),
+                    kind.span,
+                )
+                .label("not a normalization layer")
+                .help(match did_you_mean(other, ["batch", "group"]) {
+                    Some(s) => format!("did you mean `{s}`? The normalizations are {kinds}"),
+                    None => format!("the normalizations are {kinds}"),
+                }),
+            );
+            return;
+        }
+    };
+    if group != p.norm_group.is_some() {
+        p.norm_eps = None;
+        p.bn_momentum = None;
+    }
+    let (what, known): (&str, &[&str]) = if group {
+        ("`norm group`", &["size", "eps"])
+    } else {
+        ("`norm batch`", &["eps", "momentum"])
+    };
+    let kw = cx.kwargs(args, what, known);
+    let name = if group { "GroupNorm" } else { "BatchNorm" };
+    if let Some(v) = kw.get("eps").and_then(|v| cx.num_arg(v, "eps"))
+        && let Some(e) = cx.within(v, &format!("{name} eps"), 0.0, 1.0, true)
+    {
+        if e > 0.0 {
+            p.norm_eps = Some(e);
+        } else {
+            cx.push(
+                Diagnostic::error(
+                    "effnet::number",
+                    format!("{name} eps must be above 0"),
+                    v.span,
+                )
+                .label("must be positive"),
+            );
+        }
+    }
+    if let Some(v) = kw.get("momentum").and_then(|v| cx.num_arg(v, "momentum"))
+        && let Some(m) = cx.within(v, "BatchNorm momentum", 0.0, 1.0, false)
+    {
+        p.bn_momentum = Some(m);
+    }
+    if !group {
+        p.norm_group = None;
+        return;
+    }
+    match kw.get("size") {
+        Some(v) => {
+            if let Some(n) = cx.num_arg(v, "size")
+                && let Some(size) = cx.whole(n, "the GroupNorm group size", 1)
+            {
+                p.norm_group = Some((size, n.span));
+            }
+        }
+        None => cx.push(
+            Diagnostic::error(
+                "effnet::unknown_norm",
+                "`norm group` needs its group size: the channels in each group",
+                kind.span,
+            )
+            .label("no `size`")
+            .help("timm's `GroupNormAct(group_size=8)` is `norm group(size = 8)`"),
+        ),
+    }
+}
+
 fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
     let mut seen: HashMap<&'static str, Span> = HashMap::new();
     let mut stages: Vec<StageDef> = Vec::new();
@@ -208,33 +294,12 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
                     p.activation = Some(a);
                 }
             }
-            ModelStmtKind::Norm { kind, args } => {
-                if kind.name != "batch" {
-                    let mut d = Diagnostic::error(
-                        "effnet::unknown_norm",
-                        format!("unknown normalization `{}`", kind.name),
-                        kind.span,
-                    )
-                    .label("not a normalization layer");
-                    d = d.help(match did_you_mean(&kind.name, ["batch"]) {
-                        Some(_) => "did you mean `batch`? The EfficientNet family uses BatchNorm: `norm batch(eps = 1e-3, momentum = 0.01)`".to_string(),
-                        None => "the EfficientNet family uses BatchNorm: `norm batch(eps = 1e-3, momentum = 0.01)`".to_string(),
-                    });
-                    cx.push(d);
+            ModelStmtKind::Norm { kind, args } => norm(kind, args, p, cx),
+            ModelStmtKind::GroupSize(n) => {
+                // timm's `num_groups`: 0 is one group, 1 depthwise, N groups of N channels.
+                if let Some(g) = cx.whole(n, "the group size", 0) {
+                    p.group_size = Some((g, n.span));
                 }
-                let kw = cx.kwargs(args, "`norm batch`", &["eps", "momentum"]);
-                if let Some(v) = kw.get("eps").and_then(|v| cx.num_arg(v, "eps"))
-                    && let Some(e) = cx.within(v, "BatchNorm eps", 0.0, 1.0, true) {
-                        if e > 0.0 {
-                            p.bn_eps = Some(e);
-                        } else {
-                            cx.push(Diagnostic::error("effnet::number", "BatchNorm eps must be above 0", v.span).label("must be positive"));
-                        }
-                    }
-                if let Some(v) = kw.get("momentum").and_then(|v| cx.num_arg(v, "momentum"))
-                    && let Some(m) = cx.within(v, "BatchNorm momentum", 0.0, 1.0, false) {
-                        p.bn_momentum = Some(m);
-                    }
             }
             ModelStmtKind::Padding(id) => match id.name.as_str() {
                 "same" => p.padding = Some(PaddingMode::Same),
@@ -491,8 +556,18 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
         train_resolution,
         classes: p.classes.unwrap_or(1000),
         activation: p.activation.unwrap_or(Activation::Silu),
-        bn_eps: p.bn_eps.unwrap_or(1e-5),
-        bn_momentum: p.bn_momentum.unwrap_or(0.1),
+        norm: match p.norm_group {
+            Some((size, span)) => NormDef::Group {
+                size,
+                eps: p.norm_eps.unwrap_or(1e-5),
+                span,
+            },
+            None => NormDef::Batch {
+                eps: p.norm_eps.unwrap_or(1e-5),
+                momentum: p.bn_momentum.unwrap_or(0.1),
+            },
+        },
+        group_size: p.group_size,
         padding: p.padding.unwrap_or(PaddingMode::Symmetric),
         output_stride: p.output_stride.unwrap_or(32),
         dropout: p.dropout.unwrap_or(0.0),
@@ -607,7 +682,7 @@ fn pruned_widths_fit(def: &ModelDef, cx: &mut Cx) -> bool {
 /// What does not split in one convolution of a block from `line`: (code, message, help).
 fn conv_problem(
     model: &str,
-    line: &StageDef,
+    (gs, written): (Option<usize>, &str),
     conv_name: &str,
     c: &ir::Conv,
 ) -> Option<(&'static str, String, &'static str)> {
@@ -632,7 +707,7 @@ fn conv_problem(
     }
     // `gs N` makes the kxk convolution `channels / N` groups (timm's `num_groups`, which counts
     // an EdgeResidual's expanded channels): N must divide them, and the groups both sides.
-    let gs = line.group_size.filter(|&g| g > 0)?;
+    let gs = gs.filter(|&g| g > 0)?;
     let counted = match conv_name {
         "conv_dw" | "conv" => c.in_channels,
         "conv_exp" => c.out_channels,
@@ -646,7 +721,7 @@ fn conv_problem(
         (
             "effnet::group_size",
             format!(
-                "`gs {gs}` does not divide `{}` of `{}`: {} input and {} output channels",
+                "`{written} {gs}` does not divide `{}` of `{}`: {} input and {} output channels",
                 c.path, model, c.in_channels, c.out_channels
             ),
             "choose a group size that divides the block's channels after width scaling",
@@ -654,16 +729,20 @@ fn conv_problem(
     })
 }
 
-/// Group sizes and mixed kernels split channels that are known only after width scaling: lower
-/// the model (which cannot fail) and check every block's convolutions, reporting at the stage
-/// line each block came from, once per line. False when something does not split.
+/// Group sizes, mixed kernels and GroupNorm split channels that are known only after width
+/// scaling: lower the model (which cannot fail) and check every block's convolutions, reporting
+/// at the stage line each block came from, once per line (at the model's `group_size` line,
+/// with the stage line, when the group size is the model's), and every normalization layer,
+/// once, at the `norm` line's `size`. False when something does not split.
 fn channels_split(def: &ModelDef, cx: &mut Cx) -> bool {
-    let uses_groups = def.stages.iter().any(|s| {
-        s.group_size.is_some()
-            || [&s.kernels, &s.exp_kernels, &s.proj_kernels]
-                .iter()
-                .any(|k| k.len() > 1)
-    });
+    let uses_groups = def.group_size.is_some()
+        || matches!(def.norm, NormDef::Group { .. })
+        || def.stages.iter().any(|s| {
+            s.group_size.is_some()
+                || [&s.kernels, &s.exp_kernels, &s.proj_kernels]
+                    .iter()
+                    .any(|k| k.len() > 1)
+        });
     if !uses_groups {
         return true;
     }
@@ -671,18 +750,54 @@ fn channels_split(def: &ModelDef, cx: &mut Cx) -> bool {
     let mut blocks = net.blocks();
     let mut ok = true;
     for (line, n) in def.stages.iter().zip(crate::lower::line_repeats(def)) {
+        let gs = match (line.group_size, def.group_size) {
+            (Some(g), _) => (Some(g), "gs"),
+            (None, Some((g, _))) => (Some(g), "group_size"),
+            (None, None) => (None, "gs"),
+        };
         let problem = blocks.by_ref().take(n).find_map(|b| {
             b.layers
                 .conv_bns()
                 .into_iter()
-                .find_map(|l| conv_problem(&def.name, line, l.conv_name, l.conv))
+                .find_map(|l| conv_problem(&def.name, gs, l.conv_name, l.conv))
         });
         if let Some((code, message, help)) = problem {
             ok = false;
+            let d = match def.group_size {
+                Some((_, span)) if line.group_size.is_none() && code == "effnet::group_size" => {
+                    Diagnostic::error(code, message, span)
+                        .label("the model's group size")
+                        .with_secondary(line.span, "a block of this stage")
+                }
+                _ => Diagnostic::error(code, message, line.span).label("here"),
+            };
+            cx.push(d.help(help));
+        }
+    }
+    if let NormDef::Group { size, span, .. } = def.norm {
+        let norms = std::iter::once(&net.stem.bn)
+            .chain(
+                net.blocks()
+                    .flat_map(|b| b.layers.conv_bns().into_iter().map(|l| l.bn)),
+            )
+            .chain(net.head.as_ref().map(|h| &h.bn));
+        if let Some(bad) = norms.into_iter().find(|b| !b.channels.is_multiple_of(size)) {
+            ok = false;
             cx.push(
-                Diagnostic::error(code, message, line.span)
-                    .label("here")
-                    .help(help),
+                Diagnostic::error(
+                    "effnet::norm_group_size",
+                    format!(
+                        "GroupNorm groups of {size} channels do not divide `{}` of `{}`: {} channels",
+                        bad.path, def.name, bad.channels
+                    ),
+                    span,
+                )
+                .label("channels per group")
+                .help(
+                    "choose a size that divides every layer's channels after width scaling \
+                     (timm's GroupNormAct asserts it); `round channels(divisor = ...)` makes \
+                     the widths multiples of the divisor",
+                ),
             );
         }
     }

@@ -9,7 +9,7 @@ use effnet_compiler::ir::Activation;
 
 use super::forward::ForwardOps;
 use super::shared::update_running_stats;
-use crate::nn::{BatchNorm, Classifier, Conv2d, ConvBnAct, SqueezeExcite};
+use crate::nn::{Classifier, Conv2d, ConvBnAct, Norm, SqueezeExcite};
 use crate::ops::{
     conv2d_train_dilated, depthwise_conv2d_dilated, linear, pointwise_conv2d,
     pointwise_conv2d_for_training,
@@ -53,7 +53,7 @@ impl ForwardOps for CandleOps {
         }
         // A frozen BatchNorm stays in eval mode while the rest trains.
         let train = self.train && !l.bn.frozen;
-        let y = batch_norm(&l.bn, &conv(&l.conv, x, self.grads)?, train)?;
+        let y = norm(&l.bn, &conv(&l.conv, x, self.grads)?, train)?;
         match l.activation {
             Some(a) => activate(&y, a),
             None => Ok(y),
@@ -137,9 +137,49 @@ pub(crate) fn conv(c: &Conv2d, x: &Tensor, grads: bool) -> Result<Tensor> {
     }
 }
 
+/// A normalization layer: BatchNorm (running statistics in eval mode; in train mode batch
+/// statistics and PyTorch's running-statistic update) or GroupNorm, which is the same in both.
+pub(crate) fn norm(n: &Norm, x: &Tensor, train: bool) -> Result<Tensor> {
+    match n.spec.groups() {
+        Some(groups) => group_norm(n, groups, x),
+        None => batch_norm(n, x, train),
+    }
+}
+
+/// GroupNorm (PyTorch's `F.group_norm`): each sample's channels in `groups` groups, each group
+/// normalized over its channels and the whole map with the biased variance, then the
+/// per-channel affine. Computed in f32 whatever the compute dtype, like BatchNorm; candle's
+/// autograd differentiates it through the statistics.
+fn group_norm(n: &Norm, groups: usize, x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if groups == 0 || !c.is_multiple_of(groups) || c != n.spec.channels {
+        candle_core::bail!(
+            "`{}`: a GroupNorm of {} channels in {groups} groups got {c} channels",
+            n.spec.path,
+            n.spec.channels
+        );
+    }
+    let dtype = x.dtype();
+    let xg = x
+        .to_dtype(DType::F32)?
+        .reshape((b, groups, (c / groups) * h * w))?;
+    let mean = xg.mean_keepdim(D::Minus1)?;
+    let centered = xg.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered
+        .broadcast_mul(&(var + n.spec.eps)?.sqrt()?.recip()?)?
+        .reshape((b, c, h, w))?;
+    let wt = n.weight.to_dtype(DType::F32)?.reshape((1, c, 1, 1))?;
+    let bias = n.bias.to_dtype(DType::F32)?.reshape((1, c, 1, 1))?;
+    normed
+        .broadcast_mul(&wt)?
+        .broadcast_add(&bias)?
+        .to_dtype(dtype)
+}
+
 /// BatchNorm: running statistics in eval mode; in train mode batch statistics (computed in
 /// f32 whatever the compute dtype) and PyTorch's running-statistic update.
-pub(crate) fn batch_norm(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
+fn batch_norm(bn: &Norm, x: &Tensor, train: bool) -> Result<Tensor> {
     let c = bn.spec.channels;
     let dtype = x.dtype();
     if !train {

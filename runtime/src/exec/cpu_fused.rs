@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Result, Tensor, bail};
 
 use super::forward::ForwardOps;
 use super::host::host;
-use crate::nn::{BatchNorm, Classifier, Conv2d, ConvBnAct, PreparedCache, SqueezeExcite};
+use crate::nn::{Classifier, Conv2d, ConvBnAct, Norm, PreparedCache, SqueezeExcite};
 use crate::ops::cpu::{self as fused, Act, ConvGeom, Epilogue};
 use crate::ops::linear;
 
@@ -83,20 +83,13 @@ impl CpuFusedOps<'_> {
 
 /// Eval-mode BatchNorm as per-channel `(scale, shift)` on the host, with the convolution's
 /// bias folded into the shift: `BN(conv + b) = scale * conv + (scale * b + shift)`.
-fn eval_affine(bn: &BatchNorm, conv_bias: Option<&Tensor>) -> Result<(Vec<f32>, Vec<f32>)> {
+fn eval_affine(bn: &Norm, conv_bias: Option<&Tensor>) -> Result<(Vec<f32>, Vec<f32>)> {
     let p = &bn.spec.path;
+    let stats = bn.running()?;
     let w = host(&bn.weight, OP, format_args!("{p}.weight"))?;
     let b = host(&bn.bias, OP, format_args!("{p}.bias"))?;
-    let rm = host(
-        bn.running_mean.as_tensor(),
-        OP,
-        format_args!("{p}.running_mean"),
-    )?;
-    let rv = host(
-        bn.running_var.as_tensor(),
-        OP,
-        format_args!("{p}.running_var"),
-    )?;
+    let rm = host(stats.mean.as_tensor(), OP, format_args!("{p}.running_mean"))?;
+    let rv = host(stats.var.as_tensor(), OP, format_args!("{p}.running_var"))?;
     let (w, b, rm, rv) = (w.get(), b.get(), rm.get(), rv.get());
     let c = bn.spec.channels;
     if [w.len(), b.len(), rm.len(), rv.len()] != [c; 4] {

@@ -95,16 +95,11 @@ fn layer_forward(l: &ConvBnAct, x: Rc<Map>) -> Result<(LayerTape, Map)> {
     // A frozen BatchNorm (fine-tuning) normalizes with its running statistics and keeps
     // them; otherwise the batch's statistics, and the running ones are updated below.
     let eps = l.bn.spec.eps;
+    let stats = l.bn.running()?;
     let (mean, inv_std, unbiased) = if l.bn.frozen {
         let bp = &l.bn.spec.path;
-        let rm = view(
-            l.bn.running_mean.as_tensor(),
-            format_args!("{bp}.running_mean"),
-        )?;
-        let rv = view(
-            l.bn.running_var.as_tensor(),
-            format_args!("{bp}.running_var"),
-        )?;
+        let rm = view(stats.mean.as_tensor(), format_args!("{bp}.running_mean"))?;
+        let rv = view(stats.var.as_tensor(), format_args!("{bp}.running_var"))?;
         let inv_std: Vec<f32> = rv
             .get()
             .iter()

@@ -1,6 +1,6 @@
 //! Which execution plan runs a call, decided in one place from facts about the call (the
 //! device, the dtypes, whether the parameters are training variables, the activations and
-//! convolution kinds the network uses, and what the call is for), never from how a tensor
+//! convolution and normalization kinds the network uses, and what the call is for), never from how a tensor
 //! happens to have been produced.
 //!
 //! | plan | runs | where |
@@ -71,6 +71,10 @@ pub struct Facts {
     pub activation_without_kernel: Option<Activation>,
     /// The first grouped convolution that is not depthwise, if any (by its timm path).
     pub grouped_conv: Option<String>,
+    /// The first normalization layer that is not a BatchNorm (a GroupNorm), if any (by its
+    /// timm path): the effnet kernels fold BatchNorm into each convolution's epilogue and
+    /// the step differentiates BatchNorm by hand; nothing else.
+    pub norm_without_kernel: Option<String>,
 }
 
 /// The activations the CPU kernels implement (forward, and derivative for the step).
@@ -116,6 +120,10 @@ impl Facts {
             .iter()
             .find(|l| l.conv.spec.groups != 1 && !l.conv.spec.is_depthwise())
             .map(|l| l.conv.spec.path.clone());
+        let norm_without_kernel = layers
+            .iter()
+            .find(|l| !l.bn.spec.is_batch())
+            .map(|l| l.bn.spec.path.clone());
         let params_are_variables = layers.iter().any(|l| l.conv.weight_is_variable());
         Facts {
             purpose,
@@ -125,6 +133,7 @@ impl Facts {
             params_are_variables,
             activation_without_kernel,
             grouped_conv,
+            norm_without_kernel,
         }
     }
 
@@ -169,10 +178,14 @@ impl Facts {
             ))
         } else if let Some(a) = self.activation_without_kernel {
             Some(format!("{} has no {device} kernel", a.name()))
+        } else if let Some(p) = &self.grouped_conv {
+            Some(format!(
+                "`{p}` is a grouped convolution that is not depthwise"
+            ))
         } else {
-            self.grouped_conv
+            self.norm_without_kernel
                 .as_ref()
-                .map(|p| format!("`{p}` is a grouped convolution that is not depthwise"))
+                .map(|p| format!("`{p}` is a GroupNorm, which has no {device} kernel"))
         };
         match why {
             Some(w) => Choice::new(Plan::Candle, Some(w)),
@@ -234,6 +247,7 @@ mod tests {
             params_are_variables: false,
             activation_without_kernel: None,
             grouped_conv: None,
+            norm_without_kernel: None,
         }
     }
 
@@ -279,5 +293,30 @@ mod tests {
         // The training step's kernels do not care: they differentiate by hand.
         vars.purpose = Purpose::TrainStep;
         assert_eq!(vars.choose().plan, Plan::CpuStep);
+    }
+
+    /// A GroupNorm sends inference and the training step to the candle plan, on the CPU and
+    /// on CUDA alike, naming the layer.
+    #[test]
+    fn group_norm_falls_back_to_the_candle_plan_with_the_layer_named() {
+        for (purpose, device) in [
+            (Purpose::Infer, "cpu"),
+            (Purpose::TrainStep, "cpu"),
+            (Purpose::Infer, "cuda"),
+        ] {
+            let mut f = facts(purpose, device, DType::F32);
+            f.norm_without_kernel = Some("blocks.0.0.bn1".into());
+            let choice = f.choose();
+            assert_eq!(choice.plan, Plan::Candle, "{purpose:?} on {device}");
+            if device == "cpu" || cfg!(feature = "cuda") {
+                assert_eq!(
+                    choice.fallback_reason.as_deref(),
+                    Some(
+                        format!("`blocks.0.0.bn1` is a GroupNorm, which has no {device} kernel")
+                            .as_str()
+                    )
+                );
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@ use candle_core::{D, DType, Result, Tensor, Var, bail};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::nn::BatchNorm;
+use crate::nn::Norm;
 
 /// `n` keep-or-drop factors from `rng`: `1 / keep` with probability `keep`, else 0. Every
 /// plan draws its drop-path and dropout masks here, in the walk's order (each residual block
@@ -27,7 +27,7 @@ pub fn keep_mask(n: usize, keep: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
 /// `running = (1 - m) * running + m * batch`, with the unbiased batch variance. `mean` and
 /// `var_unbiased` are `[C]` (any float dtype; the update is computed in f32 and stored in the
 /// statistics' own dtype).
-pub fn update_running_stats(bn: &BatchNorm, mean: &Tensor, var_unbiased: &Tensor) -> Result<()> {
+pub fn update_running_stats(bn: &Norm, mean: &Tensor, var_unbiased: &Tensor) -> Result<()> {
     let c = bn.spec.channels;
     if mean.elem_count() != c || var_unbiased.elem_count() != c {
         bail!(
@@ -37,8 +37,14 @@ pub fn update_running_stats(bn: &BatchNorm, mean: &Tensor, var_unbiased: &Tensor
             var_unbiased.elem_count()
         );
     }
-    let m = bn.spec.momentum;
-    for (var, batch) in [(&bn.running_mean, mean), (&bn.running_var, var_unbiased)] {
+    let (Some(m), Some(stats)) = (bn.spec.momentum(), &bn.running) else {
+        bail!(
+            "`{}` is a {}: it has no running statistics",
+            bn.spec.path,
+            bn.spec.timm_name()
+        );
+    };
+    for (var, batch) in [(&stats.mean, mean), (&stats.var, var_unbiased)] {
         let old = var.as_tensor();
         let batch = batch.to_dtype(DType::F32)?.reshape(c)?.detach();
         let new = ((old.to_dtype(DType::F32)? * (1.0 - m))? + (batch * m)?)?;

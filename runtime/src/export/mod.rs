@@ -3,7 +3,8 @@
 //! The graph is built layer by layer from the IR, one function per node kind: `Conv` (with
 //! `group` for depthwise convolutions, and the padding of the spec's mode), an eval-mode
 //! `BatchNormalization` after every convolution (running statistics; BatchNorm is not folded,
-//! so every tensor keeps timm's name), the activations as standard operators (SiLU as
+//! so every tensor keeps timm's name) or a GroupNorm as `ReduceMean` and elementwise operators
+//! on the map reshaped to its groups, then the per-channel affine, the activations as standard operators (SiLU as
 //! `Sigmoid` and `Mul`; HardSwish, GELU and Mish as their own operators where the opset has
 //! them, decomposed where it does not), squeeze-excitation as `GlobalAveragePool`, two 1x1 `Conv`s
 //! and a `Sigmoid` gate, residuals as `Add`, and the classifier as `GlobalAveragePool`,
@@ -54,6 +55,8 @@ const HARD_SWISH_OPSET: i64 = 14;
 const GELU_OPSET: i64 = 20;
 /// `Mish` is an operator from opset 18 on.
 const MISH_OPSET: i64 = 18;
+/// `ReduceMean` takes its axes as an input from opset 18 on (an attribute before).
+const REDUCE_AXES_INPUT_OPSET: i64 = 18;
 
 /// The name of the graph's input and output.
 pub const INPUT: &str = "input";
@@ -586,8 +589,123 @@ impl<'a> Builder<'a> {
         })
     }
 
+    /// The normalization after a convolution, by its kind.
+    fn norm(&mut self, x: &Value, n: &ir::Norm) -> Result<Value, ExportError> {
+        match n.kind {
+            ir::NormKind::Batch { .. } => self.batch_norm(x, n),
+            ir::NormKind::Group { groups } => self.group_norm(x, n, groups),
+        }
+    }
+
+    /// GroupNorm (timm's `GroupNormAct`) in elementwise operators and `ReduceMean`, which
+    /// every opset has: `Reshape` to `[N, groups, -1]`, the mean and the biased variance of
+    /// each sample's group over its channels and pixels, `(x - mean) / sqrt(var + eps)`,
+    /// `Reshape` back to the input's `Shape`, then timm's per-channel `weight` and `bias` as
+    /// `Mul` and `Add`. Not ONNX's `GroupNormalization` (opset 18), whose scale and bias were
+    /// per group until opset 21 made them per channel, nor `InstanceNormalization` on the
+    /// grouped map, which tract (the Rust runtime the tests run) averages over the batch too.
+    fn group_norm(&mut self, x: &Value, n: &ir::Norm, groups: usize) -> Result<Value, ExportError> {
+        let p = &n.path;
+        let c = [n.channels];
+        let grouped_shape = self.ints(&format!("{p}.group_shape"), &[0, groups as i64, -1]);
+        let eps = self.scalar(&format!("{p}.eps"), n.eps as f32);
+        let channel_shape = self.ints("const.channel_shape", &[-1, 1, 1]);
+        let name = |s: &str| format!("{p}.{s}");
+        self.node(
+            "Reshape",
+            &[&x.name, &grouped_shape],
+            &name("grouped"),
+            vec![],
+        );
+        self.reduce_mean(&name("grouped"), &name("mean"));
+        self.node(
+            "Sub",
+            &[&name("grouped"), &name("mean")],
+            &name("centered"),
+            vec![],
+        );
+        self.node(
+            "Mul",
+            &[&name("centered"), &name("centered")],
+            &name("squared"),
+            vec![],
+        );
+        self.reduce_mean(&name("squared"), &name("var"));
+        self.node("Add", &[&name("var"), &eps], &name("var_eps"), vec![]);
+        self.node("Sqrt", &[&name("var_eps")], &name("std"), vec![]);
+        self.node(
+            "Div",
+            &[&name("centered"), &name("std")],
+            &name("group_normed"),
+            vec![],
+        );
+        self.node("Shape", &[&x.name], &name("input_shape"), vec![]);
+        self.node(
+            "Reshape",
+            &[&name("group_normed"), &name("input_shape")],
+            &name("normed"),
+            vec![],
+        );
+        let weight = self.weight(&format!("{p}.weight"), &c)?;
+        let bias = self.weight(&format!("{p}.bias"), &c)?;
+        self.node(
+            "Reshape",
+            &[&weight, &channel_shape],
+            &name("weight.chw"),
+            vec![],
+        );
+        self.node(
+            "Reshape",
+            &[&bias, &channel_shape],
+            &name("bias.chw"),
+            vec![],
+        );
+        self.node(
+            "Mul",
+            &[&name("normed"), &name("weight.chw")],
+            &name("scaled"),
+            vec![],
+        );
+        self.node("Add", &[&name("scaled"), &name("bias.chw")], p, vec![]);
+        Ok(Value {
+            name: p.clone(),
+            hw: x.hw,
+        })
+    }
+
+    /// The mean over the last axis of a `[N, groups, L]` tensor, kept as `[N, groups, 1]`:
+    /// `ReduceMean`, whose axes are an attribute before opset 18 and an input from 18 on.
+    fn reduce_mean(&mut self, x: &str, out: &str) {
+        let keep = attr_int("keepdims", 1);
+        if self.options.opset >= REDUCE_AXES_INPUT_OPSET {
+            let axes = self.ints("const.last_axis", &[-1]);
+            self.node("ReduceMean", &[x, &axes], out, vec![keep]);
+        } else {
+            self.node(
+                "ReduceMean",
+                &[x],
+                out,
+                vec![attr_ints("axes", &[-1]), keep],
+            );
+        }
+    }
+
+    /// An int64 constant, written once.
+    fn ints(&mut self, name: &str, values: &[i64]) -> String {
+        if self.written.insert(name.to_string()) {
+            self.initializers.push(TensorProto {
+                dims: vec![values.len() as i64],
+                data_type: Some(onnx::INT64),
+                name: Some(name.to_string()),
+                int64_data: values.to_vec(),
+                ..Default::default()
+            });
+        }
+        name.to_string()
+    }
+
     /// Eval-mode BatchNorm on the running statistics.
-    fn batch_norm(&mut self, x: &Value, bn: &ir::BatchNorm) -> Result<Value, ExportError> {
+    fn batch_norm(&mut self, x: &Value, bn: &ir::Norm) -> Result<Value, ExportError> {
         let p = &bn.path;
         let c = [bn.channels];
         let inputs = [
@@ -676,17 +794,17 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// conv, BatchNorm and (unless a linear projection) the activation, named `{bn}.act` as
-    /// timm's `BatchNormAct2d` names it.
+    /// conv, normalization and (unless a linear projection) the activation, named `{bn}.act`
+    /// as timm's `BatchNormAct2d` and `GroupNormAct` name it.
     fn conv_bn_act(
         &mut self,
         x: &Value,
         conv: &ir::Conv,
-        bn: &ir::BatchNorm,
+        bn: &ir::Norm,
         act: Option<Activation>,
     ) -> Result<Value, ExportError> {
         let y = self.conv(x, conv, conv.padding_in(self.ir.padding))?;
-        let y = self.batch_norm(&y, bn)?;
+        let y = self.norm(&y, bn)?;
         Ok(match act {
             Some(a) => self.activation(&y, a, &format!("{}.act", bn.path)),
             None => y,

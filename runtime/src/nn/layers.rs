@@ -257,46 +257,76 @@ impl Conv2d {
     }
 }
 
-/// BatchNorm2d. Running statistics are `Var`s so that training can update them in place.
-/// A `frozen` BatchNorm (a part frozen for fine-tuning) runs in eval mode in training too:
-/// it normalizes with its running statistics and does not update them.
+/// BatchNorm2d's running statistics: `Var`s so that training can update them in place.
 #[derive(Debug, Clone)]
-pub struct BatchNorm {
-    pub spec: ir::BatchNorm,
+pub struct RunningStats {
+    pub mean: Var,
+    pub var: Var,
+}
+
+/// The normalization after a convolution (timm's `bn1`, `bn2`, ...): BatchNorm2d with its
+/// running statistics, or GroupNorm (timm's `GroupNormAct`), which has none and computes the
+/// same in training and eval. A `frozen` BatchNorm (a part frozen for fine-tuning) runs in eval
+/// mode in training too: it normalizes with its running statistics and does not update them.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    pub spec: ir::Norm,
     pub weight: Tensor,
     pub bias: Tensor,
-    pub running_mean: Var,
-    pub running_var: Var,
+    /// BatchNorm's; `None` for GroupNorm.
+    pub running: Option<RunningStats>,
     pub frozen: bool,
 }
 
-impl BatchNorm {
-    pub fn load(spec: &ir::BatchNorm, vb: &VarBuilder) -> CResult<Self> {
+impl Norm {
+    pub fn load(spec: &ir::Norm, vb: &VarBuilder) -> CResult<Self> {
         let c = spec.channels;
         let p = &spec.path;
         let weight = vb.get(c, &format!("{p}.weight"))?;
         let bias = vb.get(c, &format!("{p}.bias"))?;
-        let running_mean =
-            vb.get_with_hints(c, &format!("{p}.running_mean"), candle_nn::Init::Const(0.0))?;
-        let running_var =
-            vb.get_with_hints(c, &format!("{p}.running_var"), candle_nn::Init::Const(1.0))?;
-        Ok(BatchNorm {
+        let running = if spec.is_batch() {
+            let mean =
+                vb.get_with_hints(c, &format!("{p}.running_mean"), candle_nn::Init::Const(0.0))?;
+            let var =
+                vb.get_with_hints(c, &format!("{p}.running_var"), candle_nn::Init::Const(1.0))?;
+            // Statistics are state, not parameters: detached copies the optimizer never sees.
+            Some(RunningStats {
+                mean: Var::from_tensor(&mean.detach())?,
+                var: Var::from_tensor(&var.detach())?,
+            })
+        } else {
+            None
+        };
+        Ok(Norm {
             spec: spec.clone(),
             weight,
             bias,
-            // Statistics are state, not parameters: detached copies the optimizer never sees.
-            running_mean: Var::from_tensor(&running_mean.detach())?,
-            running_var: Var::from_tensor(&running_var.detach())?,
+            running,
             frozen: false,
         })
     }
 
+    /// A BatchNorm's running statistics; an error for a GroupNorm, which has none (the plans
+    /// that fold or update statistics never get one: the plan's facts send such networks to
+    /// the candle plan).
+    pub fn running(&self) -> CResult<&RunningStats> {
+        self.running.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "`{}` is a {}: it has no running statistics",
+                self.spec.path,
+                self.spec.timm_name()
+            ))
+        })
+    }
+
     /// Eval-mode BatchNorm as per-channel `(scale, shift)`, each `[C]` in f32:
-    /// `x * scale + shift`.
+    /// `x * scale + shift`. A GroupNorm normalizes by each sample's own statistics, so it
+    /// folds into nothing: an error.
     pub fn folded(&self) -> CResult<(Tensor, Tensor)> {
         let f32 = candle_core::DType::F32;
-        let rv = self.running_var.as_tensor().to_dtype(f32)?;
-        let rm = self.running_mean.as_tensor().to_dtype(f32)?;
+        let stats = self.running()?;
+        let rv = stats.var.as_tensor().to_dtype(f32)?;
+        let rm = stats.mean.as_tensor().to_dtype(f32)?;
         let scale = (self.weight.to_dtype(f32)? * (rv + self.spec.eps)?.sqrt()?.recip()?)?;
         let shift = (self.bias.to_dtype(f32)? - (rm * &scale)?)?;
         Ok((scale, shift))
@@ -304,17 +334,18 @@ impl BatchNorm {
 
     pub fn named(&self, out: &mut Vec<NamedTensor>) {
         let p = &self.spec.path;
-        for (suffix, t, trainable) in [
-            ("weight", self.weight.clone(), true),
-            ("bias", self.bias.clone(), true),
-            ("running_mean", self.running_mean.as_tensor().clone(), false),
-            ("running_var", self.running_var.as_tensor().clone(), false),
-        ] {
+        let mut push = |suffix: &str, tensor: Tensor, trainable| {
             out.push(NamedTensor {
                 name: format!("{p}.{suffix}"),
-                tensor: t,
+                tensor,
                 trainable,
-            });
+            })
+        };
+        push("weight", self.weight.clone(), true);
+        push("bias", self.bias.clone(), true);
+        if let Some(s) = &self.running {
+            push("running_mean", s.mean.as_tensor().clone(), false);
+            push("running_var", s.var.as_tensor().clone(), false);
         }
     }
 }
@@ -379,25 +410,25 @@ impl Classifier {
     }
 }
 
-/// conv, BatchNorm, activation: the stem, the head, and every layer of a block.
+/// conv, normalization, activation: the stem, the head, and every layer of a block.
 #[derive(Debug, Clone)]
 pub struct ConvBnAct {
     pub conv: Conv2d,
-    pub bn: BatchNorm,
+    pub bn: Norm,
     pub activation: Option<Activation>,
 }
 
 impl ConvBnAct {
     pub fn load(
         conv: &ir::Conv,
-        bn: &ir::BatchNorm,
+        bn: &ir::Norm,
         padding: PaddingMode,
         activation: Option<Activation>,
         vb: &VarBuilder,
     ) -> CResult<Self> {
         Ok(ConvBnAct {
             conv: Conv2d::load(conv, padding, vb)?,
-            bn: BatchNorm::load(bn, vb)?,
+            bn: Norm::load(bn, vb)?,
             activation,
         })
     }
@@ -412,7 +443,7 @@ impl ConvBnAct {
 #[derive(Debug, Clone)]
 pub struct Block {
     pub spec: ir::Block,
-    /// The convolutions in timm's order, each with its BatchNorm and (maybe) activation.
+    /// The convolutions in timm's order, each with its normalization and (maybe) activation.
     pub layers: Vec<ConvBnAct>,
     pub se: Option<SqueezeExcite>,
     /// The SE gates the output of `layers[se_after]`.

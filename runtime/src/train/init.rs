@@ -1,7 +1,7 @@
 //! Fresh weights for training, as timm initializes EfficientNets (`_init_weight_goog`):
 //! convolutions `N(0, sqrt(2 / fan_out))` with `fan_out = k * k * out / groups`, the
-//! classifier `U(-1 / sqrt(out), 1 / sqrt(out))`, biases 0, BatchNorm weight 1 and bias 0,
-//! running mean 0 and variance 1. Each tensor draws from its own seeded generator, so the
+//! classifier `U(-1 / sqrt(out), 1 / sqrt(out))`, biases 0, BatchNorm and GroupNorm weight 1
+//! and bias 0, BatchNorm's running mean 0 and variance 1. Each tensor draws from its own seeded generator, so the
 //! weights depend on the seed only.
 
 use std::collections::HashMap;
@@ -58,10 +58,10 @@ pub fn init_tensors(
         } else if spec.name.ends_with(".running_var")
             || (spec.shape.len() == 1 && spec.name.ends_with(".weight"))
         {
-            // BatchNorm scale and running variance.
+            // BatchNorm and GroupNorm scale, BatchNorm running variance.
             vec![1.0; n]
         } else {
-            // Biases, BatchNorm shift and running mean.
+            // Biases, BatchNorm and GroupNorm shift, BatchNorm running mean.
             vec![0.0; n]
         };
         out.push((

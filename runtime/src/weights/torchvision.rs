@@ -179,6 +179,22 @@ pub fn identify(tensors: &HashMap<String, Tensor>) -> Option<&'static IrNetwork>
 /// change what torchvision's weights compute, each as "setting: spec value, torchvision value".
 pub fn convention_mismatches(ir: &IrNetwork, tv: &IrNetwork) -> Vec<String> {
     let mut out = Vec::new();
+    // torchvision's EfficientNets are BatchNorm throughout; a GroupNorm spec has neither their
+    // running statistics nor their arithmetic.
+    if let Some(gn) = std::iter::once(&ir.stem.bn)
+        .chain(
+            ir.blocks()
+                .flat_map(|b| b.layers.conv_bns().into_iter().map(|l| l.bn)),
+        )
+        .find(|n| !n.is_batch())
+    {
+        out.push(format!(
+            "normalization: the spec's `{}` is a {} (`norm group`), torchvision's `{}` uses BatchNorm (`norm batch`)",
+            gn.path,
+            gn.timm_name(),
+            tv.name
+        ));
+    }
     let tv_eps = tv.stem.bn.eps;
     let mut eps: Vec<f64> = ir
         .blocks()

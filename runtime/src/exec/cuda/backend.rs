@@ -16,7 +16,7 @@ use super::ops::{AffineAct, AffineActResidual, ChannelMeans, Depthwise, GateChan
 use crate::exec::candle::{conv, se_gates};
 use crate::exec::cpu_fused::kernel_act;
 use crate::exec::forward::ForwardOps;
-use crate::nn::{BatchNorm, Classifier, ConvBnAct, SqueezeExcite};
+use crate::nn::{Classifier, ConvBnAct, Norm, SqueezeExcite};
 use crate::ops::linear;
 
 /// An NHWC f32 map on the GPU, with its per-channel means when a following squeeze-excitation
@@ -33,7 +33,7 @@ pub(crate) struct CudaOps {
 
 /// The eval BatchNorm as a `[2, c]` f32 tensor `(scale, shift)` on the weights' device, with
 /// `conv_bias` folded into the shift.
-fn affine(bn: &BatchNorm, conv_bias: Option<&Tensor>) -> Result<Tensor> {
+fn affine(bn: &Norm, conv_bias: Option<&Tensor>) -> Result<Tensor> {
     let (scale, shift) = bn.folded()?;
     let shift = match conv_bias {
         Some(b) => (shift + (&scale * b.to_dtype(DType::F32)?)?)?,
