@@ -589,3 +589,20 @@ fn import_timm_pruned_reads_the_shapes_file() {
     assert!(stderr(&o).contains("`--pruned`"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `import timm --blur-pool` writes `antialias blur` (timm's `aa_layer='blurpc'`), which checks.
+#[test]
+fn import_timm_blur_pool_writes_antialias() {
+    let o = effnet(&[
+        "import",
+        "timm",
+        "[['ds_r1_k3_s1_e1_c16'], ['ir_r2_k3_s2_e6_c24']]",
+        "--blur-pool",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("antialias blur"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

@@ -46,6 +46,7 @@ from timm.layers import GroupNormAct
 # s2d (True: timm's space-to-depth `d1`).
 # features=True also stores timm's feature maps (features_only) for the fixture's input.
 # output_stride=N builds with timm's `output_stride` (strides past N become dilation).
+# aa="blurpc" builds with timm's `aa_layer='blurpc'` (`antialias blur`).
 # norm_group=N builds with timm's `GroupNormAct(group_size=N)` instead of BatchNorm2d (`norm group`);
 # group_size=G is timm's model-wide `group_size` (`decode_arch_def(..., group_size=G)`).
 # ---------------------------------------------------------------------------------------------
@@ -355,6 +356,25 @@ FIXTURES = [
         head=48,
     ),
     dict(
+        name="fx_blur_sym35",
+        features=True,
+        aa="blurpc",
+        doc="timm's anti-aliased downsampling (`aa_layer='blurpc'`, efficientnet_blur_b0) in every block kind",
+        covers="`antialias blur`: each stride-2 block's kxk convolution at stride 1, then its norm and "
+               "activation, then timm's BlurPool2d (3x3 binomial, zero padding 1, stride 2) in `conv`, "
+               "`ds`, `fused` (`er`) and `mbconv` blocks; stride-1 blocks untouched; odd input 35 "
+               "(maps 18, 9, 5, 3, 2), symmetric padding, silu",
+        size=35, seed=17, classes=10, act="silu", eps=1e-5, padding="symmetric",
+        width=1.0, depth=1.0, limit=0.9, stem=8,
+        stages=[
+            ("conv", 3, 1, 2, 16, 1, {}),
+            ("ds", 3, 1, 2, 16, 1, dict(se=0.25)),
+            ("fused", 3, 4, 2, 24, 2, {}),
+            ("mbconv", 5, 4, 2, 32, 2, dict(se=0.25)),
+        ],
+        head=48,
+    ),
+    dict(
         name="fx_gn_g8_22",
         norm_group=8,
         group_size=8,
@@ -502,6 +522,8 @@ def effnet_text(fx):
     if fx.get("group_size") is not None:
         L.append(f"    group_size {fx['group_size']}")
     L.append(f"    padding {fx['padding']}")
+    if fx.get("aa"):
+        L.append("    antialias blur")
     if fx.get("output_stride"):
         L.append(f"    output_stride {fx['output_stride']}")
     L.append(f"    round channels(divisor = 8, min = 8, limit = {fmt_num(fx['limit'])})")
@@ -567,6 +589,7 @@ def build(fx):
         act_layer=act,
         norm_layer=norm_layer(fx),
         output_stride=fx.get("output_stride", 32),
+        aa_layer=fx.get("aa"),
     )
     return model
 
@@ -585,6 +608,7 @@ def build_features(fx, levels):
         act_layer=act,
         norm_layer=norm_layer(fx),
         output_stride=fx.get("output_stride", 32),
+        aa_layer=fx.get("aa"),
     )
 
 

@@ -79,6 +79,8 @@ MODELS += ["efficientnet_x_b3", "efficientnet_x_b5", "efficientnet_h_b5"]
 # their unpruned networks under the names of pruned weights.
 MODELS += ["efficientnet_b1_pruned", "efficientnet_b2_pruned", "efficientnet_b3_pruned",
            "efficientnet_es_pruned", "efficientnet_el_pruned"]
+# Anti-aliased downsampling (`aa_layer='blurpc'`).
+MODELS += ["efficientnet_blur_b0"]
 
 # Counts from /work/shared/reference/efficientnet.md (timm 1.0.31); checked after building.
 EXPECTED_PARAMS = {
@@ -142,6 +144,8 @@ def capture_arch(name):
             captured["norm_group_size"] = nd.get("group_size")
         act = kwargs.get("act_layer")
         captured["act_layer"] = getattr(act, "__name__", str(act))
+        if kwargs.get("aa_layer"):
+            captured["aa_layer"] = kwargs["aa_layer"]
         if kwargs.get("pruned"):
             # timm narrows the built model to the layer shapes of its `_pruned/<variant>.txt`.
             path = os.path.join(os.path.dirname(tme.__file__), "_pruned", f"{variant}.txt")

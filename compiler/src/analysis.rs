@@ -86,11 +86,21 @@ fn conv_params(c: &Conv) -> usize {
     c.param_count()
 }
 
-/// Runs one conv: (macs, params, output size, output elements).
+/// Runs one conv, and its blur pool if it has one: (macs, params, output size, output
+/// elements).
 fn step(c: &Conv, padding: PaddingMode, hw: usize) -> (u64, usize, usize, u64) {
     let out = conv_output(c.padding_in(padding), hw, c.kernel, c.stride, c.dilation);
+    let mut macs = conv_macs(c, out);
+    let out = if c.blur_stride > 1 {
+        // A fixed 3x3 depthwise filter over zero padding 1 at the blur stride.
+        let pooled = conv_output(PaddingMode::Symmetric, out, 3, c.blur_stride, 1);
+        macs += (c.out_channels * 9 * pooled * pooled) as u64;
+        pooled
+    } else {
+        out
+    };
     (
-        conv_macs(c, out),
+        macs,
         conv_params(c),
         out,
         (c.out_channels * out * out) as u64,

@@ -444,6 +444,9 @@ impl<'a> Formatter<'a> {
             ModelStmtKind::OutputStride(n) => {
                 (Code::Plain(format!("output_stride {}", n.text)), n.span.end)
             }
+            ModelStmtKind::Antialias(i) => {
+                (Code::Plain(format!("antialias {}", i.name)), i.span.end)
+            }
             ModelStmtKind::Dropout(n) => (Code::Plain(format!("dropout {}", n.text)), n.span.end),
             ModelStmtKind::DropPath(n) => {
                 (Code::Plain(format!("drop_path {}", n.text)), n.span.end)

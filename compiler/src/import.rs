@@ -157,6 +157,8 @@ pub struct ImportOptions {
     /// A pruned model's layer shapes in timm's `_pruned/*.txt` format (`name:[d0, d1, ...]`
     /// joined by `***`): the import writes `prune(...)` where they narrow a stage.
     pub pruned: Option<String>,
+    /// Strided blocks blur-pool (timm's `aa_layer='blurpc'`): writes `antialias blur`.
+    pub blur_pool: bool,
     /// GroupNorm instead of BatchNorm, with this many channels per group (timm's
     /// `norm_layer=partial(GroupNormAct, group_size=N)`); its eps is `bn_eps`'s.
     pub norm_group_size: Option<usize>,
@@ -206,6 +208,7 @@ impl Default for ImportOptions {
             fix_first_last: false,
             output_stride: None,
             pruned: None,
+            blur_pool: false,
             norm_group_size: None,
             group_size: None,
         }
@@ -1146,6 +1149,9 @@ fn render_model(
     s.push_str(&format!("padding {}\n", conv.padding.name()));
     if let Some(os) = opts.output_stride {
         s.push_str(&format!("output_stride {os}\n"));
+    }
+    if opts.blur_pool {
+        s.push_str("antialias blur\n");
     }
     s.push_str(&format!(
         "round channels(divisor = {}, limit = {})\n",

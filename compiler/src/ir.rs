@@ -148,6 +148,12 @@ pub struct Conv {
     /// whatever the model's padding, since a symmetric pad cannot centre an even kernel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub padding: Option<PaddingMode>,
+    /// timm's anti-aliased downsampling (`antialias blur`, its `aa_layer='blurpc'`): the
+    /// convolution runs at stride 1 (`stride`), and its normalized, activated output is
+    /// blurred with the 3x3 binomial filter `[1, 2, 1]^T [1, 2, 1] / 16` over zero padding 1
+    /// and subsampled by this stride. 1: no blur pool.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub blur_stride: usize,
 }
 
 /// One part of a mixed convolution: its kernel and its slices of the channels.
@@ -168,6 +174,10 @@ pub fn split_channels(channels: usize, groups: usize) -> Vec<usize> {
 
 fn one() -> usize {
     1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 fn thirty_two() -> usize {
@@ -201,6 +211,7 @@ impl Conv {
                 bias: self.bias,
                 mixed: Vec::new(),
                 padding: self.padding,
+                blur_stride: self.blur_stride,
             })
             .collect()
     }
@@ -392,7 +403,7 @@ impl Block {
         self.layers
             .conv_bns()
             .iter()
-            .map(|l| l.conv.stride)
+            .map(|l| l.conv.stride * l.conv.blur_stride)
             .product()
     }
 }
@@ -466,6 +477,16 @@ impl BlockLayers {
                     cb("conv_pwl", conv_pwl, "bn3", bn3, false),
                 ])
                 .collect(),
+        }
+    }
+
+    /// The block's kxk convolution, the one that strides (and dilates).
+    pub fn kxk_mut(&mut self) -> &mut Conv {
+        match self {
+            BlockLayers::Conv { conv, .. } => conv,
+            BlockLayers::DepthwiseSeparable { conv_dw, .. } => conv_dw,
+            BlockLayers::Edge { conv_exp, .. } => conv_exp,
+            BlockLayers::MbConv { conv_dw, .. } => conv_dw,
         }
     }
 
@@ -689,7 +710,7 @@ impl Network {
 
     /// The product of all strides: the factor by which the network downsamples.
     pub fn total_stride(&self) -> usize {
-        self.stem.conv.stride * self.blocks().map(|b| b.stride).product::<usize>()
+        self.stem.conv.stride * self.blocks().map(Block::reduction).product::<usize>()
     }
 
     /// The channels the classifier sees.
@@ -1029,6 +1050,12 @@ fn write_conv(f: &mut fmt::Formatter<'_>, indent: &str, name: &str, c: &Conv) ->
     }
     if c.dilation != 1 {
         write!(f, " dilation {}", c.dilation)?;
+    }
+    if c.blur_stride != 1 {
+        write!(f, " blur_pool stride {}", c.blur_stride)?;
+    }
+    if let Some(p) = c.padding {
+        write!(f, " padding {}", p.name())?;
     }
     if c.groups != 1 {
         write!(f, " groups {}", c.groups)?;

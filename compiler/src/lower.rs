@@ -89,6 +89,7 @@ fn conv(
         bias: false,
         mixed: Vec::new(),
         padding: None,
+        blur_stride: 1,
     }
 }
 
@@ -549,6 +550,14 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                         same_shape && s.skip != Skip::Off,
                     ),
                 };
+                // `antialias blur`: the strided convolution runs at stride 1 and blur-pools
+                // after its norm and activation (timm's blocks with `aa_layer`, stride > 1).
+                let mut layers = layers;
+                if model.blur_pool && stride > 1 {
+                    let c = layers.kxk_mut();
+                    c.blur_stride = c.stride;
+                    c.stride = 1;
+                }
                 let se_channels = match &layers {
                     BlockLayers::Conv { .. } => None,
                     _ => se_ch,

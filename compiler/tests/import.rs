@@ -702,6 +702,11 @@ fn every_captured_timm_model_imports_with_its_generator_arguments() {
             stage_depths,
             fix_first_last: m["fix_first_last"].as_bool().unwrap_or(false),
             pruned: m["pruned"].as_str().map(str::to_string),
+            blur_pool: match m.get("aa_layer").and_then(|a| a.as_str()) {
+                Some("blurpc") => true,
+                Some(other) => panic!("{name}: aa_layer {other}"),
+                None => false,
+            },
             norm_group_size: match m.get("norm_layer").and_then(|n| n.as_str()) {
                 Some("GroupNormAct") => Some(f("norm_group_size") as usize),
                 Some(other) => panic!("{name}: norm layer {other}"),

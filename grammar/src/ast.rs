@@ -154,6 +154,8 @@ pub enum ModelStmtKind {
     /// `output_stride 16`: timm's `output_stride`, the most the network downsamples; strides
     /// past it become dilation.
     OutputStride(Number),
+    /// `antialias blur`: timm's `aa_layer` (anti-aliased downsampling).
+    Antialias(Ident),
     Dropout(Number),
     DropPath(Number),
     RoundChannels(Vec<KwArg>),
@@ -182,6 +184,7 @@ impl ModelStmtKind {
             ModelStmtKind::GroupSize(_) => "group_size",
             ModelStmtKind::Padding(_) => "padding",
             ModelStmtKind::OutputStride(_) => "output_stride",
+            ModelStmtKind::Antialias(_) => "antialias",
             ModelStmtKind::Dropout(_) => "dropout",
             ModelStmtKind::DropPath(_) => "drop_path",
             ModelStmtKind::RoundChannels(_) => "round channels",

@@ -105,6 +105,10 @@ pub struct Opts {
     /// (`efficientnet_b1_pruned`): stage lines get `prune(...)` where they are narrowed.
     #[arg(long, value_name = "FILE")]
     pruned: Option<PathBuf>,
+    /// Strided blocks convolve at stride 1 and blur-pool (timm's `aa_layer='blurpc'`,
+    /// `efficientnet_blur_b0`): writes `antialias blur`.
+    #[arg(long)]
+    blur_pool: bool,
     /// GroupNorm with N channels per group instead of BatchNorm (timm's
     /// `norm_layer=partial(GroupNormAct, group_size=N)`), with --bn-eps as its eps.
     #[arg(long, value_name = "N")]
@@ -155,6 +159,7 @@ impl Opts {
             norm_group_size: self.group_norm,
             group_size: self.group_size,
             pruned,
+            blur_pool: self.blur_pool,
         })
     }
 }

@@ -173,6 +173,8 @@ pub struct ModelDef {
     /// timm's `output_stride` (8, 16 or 32): the most the network downsamples; the strides
     /// past it become dilation.
     pub output_stride: usize,
+    /// `antialias blur`: strided blocks blur-pool (timm's `aa_layer='blurpc'`).
+    pub blur_pool: bool,
     pub dropout: f64,
     pub drop_path: f64,
     pub round_channels: ChannelRounding,

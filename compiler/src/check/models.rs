@@ -28,6 +28,8 @@ pub(super) struct Partial {
     group_size: Option<(usize, Span)>,
     padding: Option<PaddingMode>,
     output_stride: Option<usize>,
+    /// `antialias blur` (true) or `none`.
+    blur_pool: Option<bool>,
     dropout: Option<f64>,
     drop_path: Option<f64>,
     round_channels: Option<ChannelRounding>,
@@ -333,6 +335,22 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
                     ),
                 ),
             },
+            ModelStmtKind::Antialias(i) => match i.name.as_str() {
+                "blur" => p.blur_pool = Some(true),
+                "none" => p.blur_pool = Some(false),
+                other => cx.push(
+                    Diagnostic::error(
+                        "effnet::antialias",
+                        format!("unknown anti-aliasing `{other}`"),
+                        i.span,
+                    )
+                    .label("not `blur` or `none`")
+                    .help(
+                        "`antialias blur` is timm's `aa_layer='blurpc'`: strided blocks convolve \
+                         at stride 1 and blur-pool (a 3x3 binomial filter) at their stride",
+                    ),
+                ),
+            },
             ModelStmtKind::Dropout(n) => {
                 p.dropout = cx.within(n, "dropout", 0.0, 1.0, true).or(p.dropout);
             }
@@ -570,6 +588,7 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
         group_size: p.group_size,
         padding: p.padding.unwrap_or(PaddingMode::Symmetric),
         output_stride: p.output_stride.unwrap_or(32),
+        blur_pool: p.blur_pool.unwrap_or(false),
         dropout: p.dropout.unwrap_or(0.0),
         drop_path: p.drop_path.unwrap_or(0.0),
         round_channels: p.round_channels.unwrap_or_default(),

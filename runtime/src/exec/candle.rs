@@ -11,7 +11,7 @@ use super::forward::ForwardOps;
 use super::shared::update_running_stats;
 use crate::nn::{Classifier, Conv2d, ConvBnAct, Norm, SqueezeExcite};
 use crate::ops::{
-    conv2d_train_dilated, depthwise_conv2d_dilated, linear, pointwise_conv2d,
+    Padding2d, conv2d_train_dilated, depthwise_conv2d_dilated, linear, pointwise_conv2d,
     pointwise_conv2d_for_training,
 };
 
@@ -54,9 +54,13 @@ impl ForwardOps for CandleOps {
         // A frozen BatchNorm stays in eval mode while the rest trains.
         let train = self.train && !l.bn.frozen;
         let y = norm(&l.bn, &conv(&l.conv, x, self.grads)?, train)?;
-        match l.activation {
-            Some(a) => activate(&y, a),
-            None => Ok(y),
+        let y = match l.activation {
+            Some(a) => activate(&y, a)?,
+            None => y,
+        };
+        match l.conv.spec.blur_stride {
+            1 => Ok(y),
+            s => blur_pool(&y, s),
         }
     }
 
@@ -135,6 +139,19 @@ pub(crate) fn conv(c: &Conv2d, x: &Tensor, grads: bool) -> Result<Tensor> {
         Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
         None => Ok(y),
     }
+}
+
+/// timm's blur pool (`aa_layer='blurpc'`, `antialias blur`): each channel convolved with the
+/// 3x3 binomial filter `[1, 2, 1]^T [1, 2, 1] / 16` over zero padding 1, at `stride`. The filter
+/// is a constant, not a parameter; it is made on the map's device in the map's dtype, nine
+/// values per channel (the depthwise op wants one filter per channel).
+pub(crate) fn blur_pool(x: &Tensor, stride: usize) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    let taps = [1f32, 2., 1., 2., 4., 2., 1., 2., 1.].map(|v| v / 16.0);
+    let w = Tensor::from_iter(taps.iter().copied().cycle().take(9 * c), x.device())?
+        .reshape((c, 1, 3, 3))?
+        .to_dtype(x.dtype())?;
+    depthwise_conv2d_dilated(x, &w, stride, 1, Padding2d::symmetric(1))
 }
 
 /// A normalization layer: BatchNorm (running statistics in eval mode; in train mode batch

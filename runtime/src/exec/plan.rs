@@ -75,6 +75,9 @@ pub struct Facts {
     /// timm path): the effnet kernels fold BatchNorm into each convolution's epilogue and
     /// the step differentiates BatchNorm by hand; nothing else.
     pub norm_without_kernel: Option<String>,
+    /// The first convolution followed by a blur pool (`antialias blur`), if any (by its timm
+    /// path): only the candle plan pools after a layer's activation.
+    pub blur_pool: Option<String>,
 }
 
 /// The activations the CPU kernels implement (forward, and derivative for the step).
@@ -124,6 +127,10 @@ impl Facts {
             .iter()
             .find(|l| !l.bn.spec.is_batch())
             .map(|l| l.bn.spec.path.clone());
+        let blur_pool = layers
+            .iter()
+            .find(|l| l.conv.spec.blur_stride > 1)
+            .map(|l| l.conv.spec.path.clone());
         let params_are_variables = layers.iter().any(|l| l.conv.weight_is_variable());
         Facts {
             purpose,
@@ -134,6 +141,7 @@ impl Facts {
             activation_without_kernel,
             grouped_conv,
             norm_without_kernel,
+            blur_pool,
         }
     }
 
@@ -182,10 +190,14 @@ impl Facts {
             Some(format!(
                 "`{p}` is a grouped convolution that is not depthwise"
             ))
+        } else if let Some(p) = &self.norm_without_kernel {
+            Some(format!(
+                "`{p}` is a GroupNorm, which has no {device} kernel"
+            ))
         } else {
-            self.norm_without_kernel
-                .as_ref()
-                .map(|p| format!("`{p}` is a GroupNorm, which has no {device} kernel"))
+            self.blur_pool.as_ref().map(|p| {
+                format!("`{p}` blur-pools (`antialias blur`), which has no {device} kernel")
+            })
         };
         match why {
             Some(w) => Choice::new(Plan::Candle, Some(w)),
@@ -248,6 +260,7 @@ mod tests {
             activation_without_kernel: None,
             grouped_conv: None,
             norm_without_kernel: None,
+            blur_pool: None,
         }
     }
 
@@ -287,6 +300,14 @@ mod tests {
         let mut gelu = facts(Purpose::Infer, "cpu", f32);
         gelu.activation_without_kernel = Some(Activation::Gelu);
         assert!(gelu.choose().to_string().contains("gelu"));
+        let mut blur = facts(Purpose::TrainStep, "cpu", f32);
+        blur.blur_pool = Some("blocks.1.0.conv_dw".into());
+        let why = blur.choose();
+        assert_eq!(why.plan, Plan::Candle);
+        assert!(
+            why.to_string().contains("`blocks.1.0.conv_dw` blur-pools"),
+            "{why}"
+        );
         let mut vars = facts(Purpose::Infer, "cpu", f32);
         vars.params_are_variables = true;
         assert!(vars.choose().to_string().contains("training variables"));

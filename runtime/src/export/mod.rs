@@ -805,10 +805,47 @@ impl<'a> Builder<'a> {
     ) -> Result<Value, ExportError> {
         let y = self.conv(x, conv, conv.padding_in(self.ir.padding))?;
         let y = self.norm(&y, bn)?;
-        Ok(match act {
+        let y = match act {
             Some(a) => self.activation(&y, a, &format!("{}.act", bn.path)),
             None => y,
+        };
+        Ok(match conv.blur_stride {
+            1 => y,
+            s => self.blur_pool(&y, conv, s),
         })
+    }
+
+    /// timm's blur pool after `conv` (`antialias blur`): a depthwise `Conv` with the constant
+    /// 3x3 binomial filter `[1, 2, 1]^T [1, 2, 1] / 16` (an initializer `{conv}.blur_filter`,
+    /// not one of the network's tensors), zero padding 1, at `stride`.
+    fn blur_pool(&mut self, x: &Value, conv: &ir::Conv, stride: usize) -> Value {
+        let c = conv.out_channels;
+        let filter = format!("{}.blur_filter", conv.path);
+        if self.written.insert(filter.clone()) {
+            let taps = [1f32, 2., 1., 2., 4., 2., 1., 2., 1.].map(|v| v / 16.0);
+            let values: Vec<f32> = taps.iter().copied().cycle().take(9 * c).collect();
+            self.initializers
+                .push(float_tensor(&filter, &[c, 1, 3, 3], &values));
+        }
+        let out = format!("{}.blur", conv.path);
+        let s = stride as i64;
+        self.node(
+            "Conv",
+            &[&x.name, &filter],
+            &out,
+            vec![
+                attr_ints("kernel_shape", &[3, 3]),
+                attr_ints("strides", &[s, s]),
+                attr_ints("pads", &[1, 1, 1, 1]),
+                attr_int("group", c as i64),
+            ],
+        );
+        Value {
+            name: out,
+            hw: x
+                .hw
+                .map(|(h, w)| ((h + 2 - 3) / stride + 1, (w + 2 - 3) / stride + 1)),
+        }
     }
 
     /// Squeeze-excitation: the channel means, `conv_reduce`, the block's activation,
