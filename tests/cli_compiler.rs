@@ -590,19 +590,21 @@ fn import_timm_pruned_reads_the_shapes_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `import timm --blur-pool` writes `antialias blur` (timm's `aa_layer='blurpc'`), which checks.
+/// `import timm --blur-pool --global-context` writes `antialias blur` and `attention gc`
+/// (timm's `aa_layer='blurpc'`, `se_layer='gc'`), which check.
 #[test]
-fn import_timm_blur_pool_writes_antialias() {
+fn import_timm_blur_pool_and_global_context() {
     let o = effnet(&[
         "import",
         "timm",
-        "[['ds_r1_k3_s1_e1_c16'], ['ir_r2_k3_s2_e6_c24']]",
+        "[['ds_r1_k3_s1_e1_c16_se0.25'], ['ir_r2_k3_s2_e6_c24_se0.25']]",
         "--blur-pool",
+        "--global-context",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("antialias blur"),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
+        text.contains("antialias blur") && text.contains("attention gc"),
+        "{text}"
     );
 }

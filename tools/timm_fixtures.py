@@ -46,7 +46,8 @@ from timm.layers import GroupNormAct
 # s2d (True: timm's space-to-depth `d1`).
 # features=True also stores timm's feature maps (features_only) for the fixture's input.
 # output_stride=N builds with timm's `output_stride` (strides past N become dilation).
-# aa="blurpc" builds with timm's `aa_layer='blurpc'` (`antialias blur`).
+# aa="blurpc" builds with timm's `aa_layer='blurpc'` (`antialias blur`); se_layer="gc" with
+# timm's global context attention in the SE's place (`attention gc`).
 # norm_group=N builds with timm's `GroupNormAct(group_size=N)` instead of BatchNorm2d (`norm group`);
 # group_size=G is timm's model-wide `group_size` (`decode_arch_def(..., group_size=G)`).
 # ---------------------------------------------------------------------------------------------
@@ -375,6 +376,25 @@ FIXTURES = [
         head=48,
     ),
     dict(
+        name="fx_gc_sym29",
+        features=True,
+        se_layer="gc",
+        doc="timm's global context attention in the SE's place (`se_layer='gc'`, gc_efficientnetv2_rw_t)",
+        covers="`attention gc`: attention pooling (1x1 logits, softmax over each sample's pixels), "
+               "`mlp_scale` fc1, LayerNorm2d (eps 1e-6) and the block's activation, fc2, sigmoid gate, "
+               "in `ds`, `edge` (er) and `mbconv` blocks with SE ratios 0.25 and 0.5 (reduced widths "
+               "rounded half up), random LayerNorm affine; symmetric padding, silu, odd input 29",
+        size=29, seed=18, classes=10, act="silu", eps=1e-5, padding="symmetric",
+        width=1.0, depth=1.0, limit=0.9, stem=16,
+        stages=[
+            ("ds", 3, 1, 1, 16, 1, dict(se=0.25)),
+            ("edge", 3, 4, 2, 24, 1, dict(se=0.25)),
+            ("mbconv", 3, 4, 2, 32, 2, dict(se=0.25)),
+            ("mbconv", 5, 3, 2, 40, 1, dict(se=0.5)),
+        ],
+        head=48,
+    ),
+    dict(
         name="fx_gn_g8_22",
         norm_group=8,
         group_size=8,
@@ -435,9 +455,9 @@ def randomize_(model, seed, calib_size=None, calib_batch=4, gain=1.0):
             m.bias.copy_(torch.randn_like(m.bias) * 0.1)
             m.running_mean.copy_(torch.randn_like(m.running_mean) * 0.1)
             m.running_var.copy_(torch.rand_like(m.running_var) + 0.5)
-        elif isinstance(m, nn.GroupNorm):
-            # As BatchNorm's affine; GroupNorm has no statistics to calibrate: it normalizes
-            # each sample by its own.
+        elif isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
+            # As BatchNorm's affine; GroupNorm and LayerNorm (global context attention's) have
+            # no statistics to calibrate: they normalize each sample by its own.
             m.weight.copy_(torch.rand_like(m.weight) + 0.5)
             m.bias.copy_(torch.randn_like(m.bias) * 0.1)
     if calib_size:
@@ -524,6 +544,8 @@ def effnet_text(fx):
     L.append(f"    padding {fx['padding']}")
     if fx.get("aa"):
         L.append("    antialias blur")
+    if fx.get("se_layer") == "gc":
+        L.append("    attention gc")
     if fx.get("output_stride"):
         L.append(f"    output_stride {fx['output_stride']}")
     L.append(f"    round channels(divisor = 8, min = 8, limit = {fmt_num(fx['limit'])})")
@@ -590,6 +612,7 @@ def build(fx):
         norm_layer=norm_layer(fx),
         output_stride=fx.get("output_stride", 32),
         aa_layer=fx.get("aa"),
+        **({"se_layer": fx["se_layer"]} if fx.get("se_layer") else {}),
     )
     return model
 
@@ -609,6 +632,7 @@ def build_features(fx, levels):
         norm_layer=norm_layer(fx),
         output_stride=fx.get("output_stride", 32),
         aa_layer=fx.get("aa"),
+        **({"se_layer": fx["se_layer"]} if fx.get("se_layer") else {}),
     )
 
 

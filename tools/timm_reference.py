@@ -81,6 +81,8 @@ MODELS += ["efficientnet_b1_pruned", "efficientnet_b2_pruned", "efficientnet_b3_
            "efficientnet_es_pruned", "efficientnet_el_pruned"]
 # Anti-aliased downsampling (`aa_layer='blurpc'`).
 MODELS += ["efficientnet_blur_b0"]
+# Global context attention in the SE's place (`se_layer='gc'`).
+MODELS += ["gc_efficientnetv2_rw_t"]
 
 # Counts from /work/shared/reference/efficientnet.md (timm 1.0.31); checked after building.
 EXPECTED_PARAMS = {
@@ -144,6 +146,8 @@ def capture_arch(name):
             captured["norm_group_size"] = nd.get("group_size")
         act = kwargs.get("act_layer")
         captured["act_layer"] = getattr(act, "__name__", str(act))
+        if isinstance(kwargs.get("se_layer"), str):
+            captured["se_layer"] = kwargs["se_layer"]
         if kwargs.get("aa_layer"):
             captured["aa_layer"] = kwargs["aa_layer"]
         if kwargs.get("pruned"):

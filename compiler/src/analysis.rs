@@ -127,6 +127,11 @@ fn block_stats(b: &Block, padding: PaddingMode, hw: usize) -> (LayerStats, usize
             // Two 1x1 convs on the pooled vector.
             macs += conv_macs(&se.conv_reduce, 1) + conv_macs(&se.conv_expand, 1);
             params += conv_params(&se.conv_reduce) + conv_params(&se.conv_expand);
+            if let Some(gc) = &se.global_context {
+                // The attention logits over the map, and the weighted pooling.
+                macs += conv_macs(&gc.conv_attn, hw) + (se.channels * hw * hw) as u64;
+                params += conv_params(&gc.conv_attn) + 2 * gc.norm.channels;
+            }
             acts += (se.channels * hw * hw) as u64;
         }
     }

@@ -447,6 +447,9 @@ impl<'a> Formatter<'a> {
             ModelStmtKind::Antialias(i) => {
                 (Code::Plain(format!("antialias {}", i.name)), i.span.end)
             }
+            ModelStmtKind::Attention(i) => {
+                (Code::Plain(format!("attention {}", i.name)), i.span.end)
+            }
             ModelStmtKind::Dropout(n) => (Code::Plain(format!("dropout {}", n.text)), n.span.end),
             ModelStmtKind::DropPath(n) => {
                 (Code::Plain(format!("drop_path {}", n.text)), n.span.end)

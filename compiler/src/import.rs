@@ -159,6 +159,9 @@ pub struct ImportOptions {
     pub pruned: Option<String>,
     /// Strided blocks blur-pool (timm's `aa_layer='blurpc'`): writes `antialias blur`.
     pub blur_pool: bool,
+    /// Global context attention where blocks have SE (timm's `se_layer='gc'`): writes
+    /// `attention gc`.
+    pub global_context: bool,
     /// GroupNorm instead of BatchNorm, with this many channels per group (timm's
     /// `norm_layer=partial(GroupNormAct, group_size=N)`); its eps is `bn_eps`'s.
     pub norm_group_size: Option<usize>,
@@ -209,6 +212,7 @@ impl Default for ImportOptions {
             output_stride: None,
             pruned: None,
             blur_pool: false,
+            global_context: false,
             norm_group_size: None,
             group_size: None,
         }
@@ -1152,6 +1156,9 @@ fn render_model(
     }
     if opts.blur_pool {
         s.push_str("antialias blur\n");
+    }
+    if opts.global_context {
+        s.push_str("attention gc\n");
     }
     s.push_str(&format!(
         "round channels(divisor = {}, limit = {})\n",

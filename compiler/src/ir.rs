@@ -317,6 +317,23 @@ pub struct SqueezeExcite {
     pub reduced: usize,
     pub conv_reduce: Conv,
     pub conv_expand: Conv,
+    /// timm's global context attention in the SE's place (`attention gc`, its
+    /// `se_layer='gc'`; Cao et al. 2019, GCNet): the channels are pooled with a softmax over the
+    /// pixels of `conv_attn`'s logits instead of averaged, and a LayerNorm (`norm`) follows
+    /// `conv_reduce` (timm's `mlp_scale.fc1`, then `mlp_scale.fc2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_context: Option<GlobalContext>,
+}
+
+/// The parts global context attention adds to a squeeze-excitation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlobalContext {
+    /// `{se}.conv_attn`: 1x1, to one channel, with bias.
+    pub conv_attn: Conv,
+    /// `{se}.mlp_scale.norm`: timm's LayerNorm2d on the 1x1 pooled map, a LayerNorm over the
+    /// reduced channels, which is a GroupNorm with one group there (the IR's and runtime's
+    /// GroupNorm computes it; eps 1e-6, timm's).
+    pub norm: Norm,
 }
 
 /// The layers of one block, by kind, in timm's module order.
@@ -615,7 +632,13 @@ fn push_bn(out: &mut Vec<TensorSpec>, b: &Norm) {
 
 fn push_se(out: &mut Vec<TensorSpec>, se: Option<&SqueezeExcite>) {
     if let Some(se) = se {
+        if let Some(gc) = &se.global_context {
+            push_conv(out, &gc.conv_attn);
+        }
         push_conv(out, &se.conv_reduce);
+        if let Some(gc) = &se.global_context {
+            push_bn(out, &gc.norm);
+        }
         push_conv(out, &se.conv_expand);
     }
 }
@@ -1092,6 +1115,9 @@ fn write_bn(f: &mut fmt::Formatter<'_>, indent: &str, name: &str, b: &Norm) -> f
 
 fn write_se(f: &mut fmt::Formatter<'_>, indent: &str, se: Option<&SqueezeExcite>) -> fmt::Result {
     if let Some(se) = se {
+        if let Some(gc) = &se.global_context {
+            write_conv(f, indent, "gc.attn", &gc.conv_attn)?;
+        }
         write_conv(f, indent, "se.reduce", &se.conv_reduce)?;
         write_conv(f, indent, "se.expand", &se.conv_expand)?;
     }

@@ -397,21 +397,47 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                     pruned
                         .and_then(|p| p.se.get(k).copied())
                         .unwrap_or_else(|| {
-                            (round_half_even(se_on_full as f64 * (r / expansion)) as usize).max(1)
+                            let v = se_on_full as f64 * (r / expansion);
+                            // timm's GlobalContext rounds half up (`make_divisible(v, 1,
+                            // round_limit=0)`), its SqueezeExcite half to even (`round`).
+                            let v = if model.global_context {
+                                (v + 0.5).floor()
+                            } else {
+                                round_half_even(v)
+                            };
+                            (v as usize).max(1)
                         })
                 });
+                let (reduce_name, expand_name) = if model.global_context {
+                    ("se.mlp_scale.fc1", "se.mlp_scale.fc2")
+                } else {
+                    ("se.conv_reduce", "se.conv_expand")
+                };
                 let se = se_ch.map(|reduced| SqueezeExcite {
                     path: p("se"),
                     channels: se_on,
                     reduced,
                     conv_reduce: Conv {
                         bias: true,
-                        ..conv(p("se.conv_reduce"), se_on, reduced, 1, 1, 1)
+                        ..conv(p(reduce_name), se_on, reduced, 1, 1, 1)
                     },
                     conv_expand: Conv {
                         bias: true,
-                        ..conv(p("se.conv_expand"), reduced, se_on, 1, 1, 1)
+                        ..conv(p(expand_name), reduced, se_on, 1, 1, 1)
                     },
+                    global_context: model.global_context.then(|| GlobalContext {
+                        conv_attn: Conv {
+                            bias: true,
+                            ..conv(p("se.conv_attn"), se_on, 1, 1, 1, 1)
+                        },
+                        // timm's LayerNorm2d, eps 1e-6.
+                        norm: Norm {
+                            path: p("se.mlp_scale.norm"),
+                            channels: reduced,
+                            eps: 1e-6,
+                            kind: NormKind::Group { groups: 1 },
+                        },
+                    }),
                 });
                 // timm decides the residual on the unpruned block's input before
                 // space-to-depth.

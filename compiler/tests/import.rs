@@ -707,6 +707,11 @@ fn every_captured_timm_model_imports_with_its_generator_arguments() {
                 Some(other) => panic!("{name}: aa_layer {other}"),
                 None => false,
             },
+            global_context: match m.get("se_layer").and_then(|a| a.as_str()) {
+                Some("gc") => true,
+                Some(other) => panic!("{name}: se_layer {other}"),
+                None => false,
+            },
             norm_group_size: match m.get("norm_layer").and_then(|n| n.as_str()) {
                 Some("GroupNormAct") => Some(f("norm_group_size") as usize),
                 Some(other) => panic!("{name}: norm layer {other}"),

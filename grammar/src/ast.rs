@@ -156,6 +156,8 @@ pub enum ModelStmtKind {
     OutputStride(Number),
     /// `antialias blur`: timm's `aa_layer` (anti-aliased downsampling).
     Antialias(Ident),
+    /// `attention gc`: timm's `se_layer` (what gates the channels where a stage has `se`).
+    Attention(Ident),
     Dropout(Number),
     DropPath(Number),
     RoundChannels(Vec<KwArg>),
@@ -185,6 +187,7 @@ impl ModelStmtKind {
             ModelStmtKind::Padding(_) => "padding",
             ModelStmtKind::OutputStride(_) => "output_stride",
             ModelStmtKind::Antialias(_) => "antialias",
+            ModelStmtKind::Attention(_) => "attention",
             ModelStmtKind::Dropout(_) => "dropout",
             ModelStmtKind::DropPath(_) => "drop_path",
             ModelStmtKind::RoundChannels(_) => "round channels",

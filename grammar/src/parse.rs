@@ -309,6 +309,7 @@ fn model_stmt_kind(p: Pair<Rule>) -> ModelStmtKind {
         Rule::padding => ModelStmtKind::Padding(first_ident(p)),
         Rule::output_stride => ModelStmtKind::OutputStride(first_number(p)),
         Rule::antialias => ModelStmtKind::Antialias(first_ident(p)),
+        Rule::attention => ModelStmtKind::Attention(first_ident(p)),
         Rule::group_size => ModelStmtKind::GroupSize(first_number(p)),
         Rule::dropout => ModelStmtKind::Dropout(first_number(p)),
         Rule::drop_path => ModelStmtKind::DropPath(first_number(p)),

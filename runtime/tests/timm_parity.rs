@@ -207,7 +207,7 @@ fn max_abs(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
 /// The MixNet fixtures (mixed depthwise kernels, two-group 1x1s, `dsa`, group sizes, per-stage
 /// activation) and EfficientNet-X's space-to-depth (`s2d`: a 2x2 stride-2 convolution and 2x2
 /// depthwise ones, padded TF-`same` in a symmetric network) and timm's blur pool (`antialias
-/// blur`, candle only) on every plan that runs a network: inference on the plan chosen (the CPU fused
+/// blur`, candle only) and global context attention (`attention gc`, candle only) on every plan that runs a network: inference on the plan chosen (the CPU fused
 /// kernels, or candle where a grouped convolution sends the network there) and on candle; and
 /// the training step's forward with every BatchNorm frozen (so it normalizes as eval mode
 /// does), whose loss must be the cross-entropy of timm's logits.
@@ -218,24 +218,24 @@ fn block_option_fixtures_match_timm_on_every_plan() {
     let specs: Vec<PathBuf> = fixtures()
         .into_iter()
         .filter(|p| {
-            ["fx_mix", "fx_s2d", "fx_blur"]
+            ["fx_mix", "fx_s2d", "fx_blur", "fx_gc"]
                 .iter()
                 .any(|f| p.to_string_lossy().contains(f))
         })
         .collect();
     assert_eq!(
         specs.len(),
-        4,
-        "the MixNet, space-to-depth and blur-pool fixtures: {specs:?}"
+        5,
+        "the MixNet, space-to-depth, blur-pool and global-context fixtures: {specs:?}"
     );
     let mut report = Vec::new();
     for spec in &specs {
         let name = spec.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
         let (net, input, logits) = load_fixture(spec, false);
-        let grouped = name.contains("gs") || name.contains("blur");
+        let grouped = ["gs", "blur", "gc"].iter().any(|k| name.contains(k));
         let chosen = net.plan(&input, Purpose::Infer).plan;
-        // A grouped convolution that is not depthwise, and a blur pool, have no CPU kernel:
-        // candle runs them.
+        // A grouped convolution that is not depthwise, a blur pool and global context
+        // attention have no CPU kernel: candle runs them.
         let expected = if grouped {
             Plan::Candle
         } else {

@@ -109,6 +109,10 @@ pub struct Opts {
     /// `efficientnet_blur_b0`): writes `antialias blur`.
     #[arg(long)]
     blur_pool: bool,
+    /// Global context attention where blocks have SE (timm's `se_layer='gc'`,
+    /// `gc_efficientnetv2_rw_t`): writes `attention gc`.
+    #[arg(long)]
+    global_context: bool,
     /// GroupNorm with N channels per group instead of BatchNorm (timm's
     /// `norm_layer=partial(GroupNormAct, group_size=N)`), with --bn-eps as its eps.
     #[arg(long, value_name = "N")]
@@ -160,6 +164,7 @@ impl Opts {
             group_size: self.group_size,
             pruned,
             blur_pool: self.blur_pool,
+            global_context: self.global_context,
         })
     }
 }

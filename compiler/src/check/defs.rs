@@ -175,6 +175,9 @@ pub struct ModelDef {
     pub output_stride: usize,
     /// `antialias blur`: strided blocks blur-pool (timm's `aa_layer='blurpc'`).
     pub blur_pool: bool,
+    /// `attention gc`: global context attention where stages have `se` (timm's
+    /// `se_layer='gc'`).
+    pub global_context: bool,
     pub dropout: f64,
     pub drop_path: f64,
     pub round_channels: ChannelRounding,

@@ -30,6 +30,8 @@ pub(super) struct Partial {
     output_stride: Option<usize>,
     /// `antialias blur` (true) or `none`.
     blur_pool: Option<bool>,
+    /// `attention gc` (true) or `se`.
+    global_context: Option<bool>,
     dropout: Option<f64>,
     drop_path: Option<f64>,
     round_channels: Option<ChannelRounding>,
@@ -351,6 +353,22 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
                     ),
                 ),
             },
+            ModelStmtKind::Attention(i) => match i.name.as_str() {
+                "se" => p.global_context = Some(false),
+                "gc" => p.global_context = Some(true),
+                other => cx.push(
+                    Diagnostic::error(
+                        "effnet::attention",
+                        format!("unknown channel attention `{other}`"),
+                        i.span,
+                    )
+                    .label("not `se` or `gc`")
+                    .help(
+                        "`attention se` is squeeze-excitation (the default); `attention gc` is \
+                         timm's global context attention (`se_layer='gc'`)",
+                    ),
+                ),
+            },
             ModelStmtKind::Dropout(n) => {
                 p.dropout = cx.within(n, "dropout", 0.0, 1.0, true).or(p.dropout);
             }
@@ -589,6 +607,7 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
         padding: p.padding.unwrap_or(PaddingMode::Symmetric),
         output_stride: p.output_stride.unwrap_or(32),
         blur_pool: p.blur_pool.unwrap_or(false),
+        global_context: p.global_context.unwrap_or(false),
         dropout: p.dropout.unwrap_or(0.0),
         drop_path: p.drop_path.unwrap_or(0.0),
         round_channels: p.round_channels.unwrap_or_default(),

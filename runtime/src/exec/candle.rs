@@ -9,7 +9,7 @@ use effnet_compiler::ir::Activation;
 
 use super::forward::ForwardOps;
 use super::shared::update_running_stats;
-use crate::nn::{Classifier, Conv2d, ConvBnAct, Norm, SqueezeExcite};
+use crate::nn::{Classifier, Conv2d, ConvBnAct, GlobalContext, Norm, SqueezeExcite};
 use crate::ops::{
     Padding2d, conv2d_train_dilated, depthwise_conv2d_dilated, linear, pointwise_conv2d,
     pointwise_conv2d_for_training,
@@ -70,7 +70,11 @@ impl ForwardOps for CandleOps {
 
     fn squeeze_excite(&mut self, se: &SqueezeExcite, x: Tensor) -> Result<Tensor> {
         let (n, c, _, _) = x.dims4()?;
-        let gate = se_gates(se, &x.mean((2, 3))?)?.reshape((n, c, 1, 1))?;
+        let pooled = match &se.context {
+            Some(gc) => attention_pool(gc, &x, self.grads)?,
+            None => x.mean((2, 3))?,
+        };
+        let gate = se_gates(se, &pooled)?.reshape((n, c, 1, 1))?;
         x.broadcast_mul(&gate)
     }
 
@@ -236,9 +240,26 @@ fn batch_norm(bn: &Norm, x: &Tensor, train: bool) -> Result<Tensor> {
 /// (they differ in how they pool and how they gate).
 pub(crate) fn se_gates(se: &SqueezeExcite, pooled: &Tensor) -> Result<Tensor> {
     let r = linear(pooled, se.reduce.plain_weight(), se.reduce.bias.as_ref())?;
+    let r = match &se.context {
+        // timm's LayerNorm2d on the 1x1 map: the one-group GroupNorm.
+        Some(gc) => {
+            let (n, k) = r.dims2()?;
+            norm(&gc.norm, &r.reshape((n, k, 1, 1))?, false)?.reshape((n, k))?
+        }
+        None => r,
+    };
     let r = activate(&r, se.activation)?;
     let e = linear(&r, se.expand.plain_weight(), se.expand.bias.as_ref())?;
     candle_nn::ops::sigmoid(&e)
+}
+
+/// Global context attention's pooling: each sample's channels weighted by the softmax over
+/// its pixels of the 1x1 attention logits, `[N, C]`.
+fn attention_pool(gc: &GlobalContext, x: &Tensor, grads: bool) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let logits = conv(&gc.attn, x, grads)?.reshape((n, h * w))?;
+    let weights = candle_nn::ops::softmax_last_dim(&logits)?.reshape((n, h * w, 1))?;
+    x.reshape((n, c, h * w))?.matmul(&weights)?.reshape((n, c))
 }
 
 /// An activation as candle ops.

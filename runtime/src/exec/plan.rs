@@ -78,6 +78,9 @@ pub struct Facts {
     /// The first convolution followed by a blur pool (`antialias blur`), if any (by its timm
     /// path): only the candle plan pools after a layer's activation.
     pub blur_pool: Option<String>,
+    /// The first global context attention (`attention gc`), if any (by its timm path): the
+    /// effnet kernels pool squeeze-excitation by averaging.
+    pub global_context: Option<String>,
 }
 
 /// The activations the CPU kernels implement (forward, and derivative for the step).
@@ -131,6 +134,10 @@ impl Facts {
             .iter()
             .find(|l| l.conv.spec.blur_stride > 1)
             .map(|l| l.conv.spec.path.clone());
+        let global_context = se
+            .iter()
+            .find_map(|s| s.context.as_ref())
+            .map(|gc| gc.attn.spec.path.clone());
         let params_are_variables = layers.iter().any(|l| l.conv.weight_is_variable());
         Facts {
             purpose,
@@ -142,6 +149,7 @@ impl Facts {
             grouped_conv,
             norm_without_kernel,
             blur_pool,
+            global_context,
         }
     }
 
@@ -194,10 +202,14 @@ impl Facts {
             Some(format!(
                 "`{p}` is a GroupNorm, which has no {device} kernel"
             ))
+        } else if let Some(p) = &self.blur_pool {
+            Some(format!(
+                "`{p}` blur-pools (`antialias blur`), which has no {device} kernel"
+            ))
         } else {
-            self.blur_pool.as_ref().map(|p| {
-                format!("`{p}` blur-pools (`antialias blur`), which has no {device} kernel")
-            })
+            self.global_context
+                .as_ref()
+                .map(|p| format!("`{p}` is global context attention, which has no {device} kernel"))
         };
         match why {
             Some(w) => Choice::new(Plan::Candle, Some(w)),
@@ -261,6 +273,7 @@ mod tests {
             grouped_conv: None,
             norm_without_kernel: None,
             blur_pool: None,
+            global_context: None,
         }
     }
 

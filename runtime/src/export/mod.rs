@@ -860,9 +860,17 @@ impl<'a> Builder<'a> {
             name: format!("{}.pool", se.path),
             hw: Some((1, 1)),
         };
-        self.node("GlobalAveragePool", &[&x.name], &pooled.name, vec![]);
+        match &se.global_context {
+            Some(gc) => self.attention_pool(x, gc, &pooled.name)?,
+            None => self.node("GlobalAveragePool", &[&x.name], &pooled.name, vec![]),
+        }
         // The 1x1 convolutions of a 1x1 map pad nothing whatever the padding mode.
         let r = self.conv(&pooled, &se.conv_reduce, PaddingMode::Symmetric)?;
+        // Global context attention's LayerNorm on the 1x1 map: a one-group GroupNorm.
+        let r = match &se.global_context {
+            Some(gc) => self.group_norm(&r, &gc.norm, 1)?,
+            None => r,
+        };
         let r = self.activation(&r, act, &format!("{}.act1", se.path));
         let e = self.conv(&r, &se.conv_expand, PaddingMode::Symmetric)?;
         let gate = format!("{}.gate", se.path);
@@ -873,6 +881,47 @@ impl<'a> Builder<'a> {
             name: out,
             hw: x.hw,
         })
+    }
+
+    /// Global context attention's pooling into `out` (`[N, C, 1, 1]`): the 1x1 attention
+    /// logits, a softmax over each sample's pixels, and the channels weighted by it (`MatMul`
+    /// of `[N, C, HW]` by `[N, HW, 1]`).
+    fn attention_pool(
+        &mut self,
+        x: &Value,
+        gc: &ir::GlobalContext,
+        out: &str,
+    ) -> Result<(), ExportError> {
+        let logits = self.conv(x, &gc.conv_attn, PaddingMode::Symmetric)?;
+        let p = &gc.conv_attn.path;
+        let name = |s: &str| format!("{p}.{s}");
+        let flat = self.ints("const.flat_pixels", &[0, 1, -1]);
+        let column = self.ints("const.pixel_column", &[0, -1, 1]);
+        let channels = self.ints("const.channel_pixels", &[0, 0, -1]);
+        let pooled = self.ints("const.pooled_shape", &[0, 0, 1, 1]);
+        self.node("Reshape", &[&logits.name, &flat], &name("flat"), vec![]);
+        // Over the last axis, which every opset's Softmax reads alike for this shape.
+        self.node(
+            "Softmax",
+            &[&name("flat")],
+            &name("softmax"),
+            vec![attr_int("axis", 2)],
+        );
+        self.node(
+            "Reshape",
+            &[&name("softmax"), &column],
+            &name("weights"),
+            vec![],
+        );
+        self.node("Reshape", &[&x.name, &channels], &name("pixels"), vec![]);
+        self.node(
+            "MatMul",
+            &[&name("pixels"), &name("weights")],
+            &name("context"),
+            vec![],
+        );
+        self.node("Reshape", &[&name("context"), &pooled], out, vec![]);
+        Ok(())
     }
 
     /// One block: its layers with the squeeze-excitation after `se_after`, then the residual.

@@ -350,12 +350,23 @@ impl Norm {
     }
 }
 
-/// Squeeze-excitation on the pooled vector, with the block's activation and a sigmoid gate.
+/// Squeeze-excitation on the pooled vector, with the block's activation and a sigmoid gate;
+/// or timm's global context attention (`context`), which pools through attention and puts a
+/// LayerNorm after the reduce layer.
 #[derive(Debug, Clone)]
 pub struct SqueezeExcite {
     pub reduce: Conv2d,
     pub expand: Conv2d,
     pub activation: Activation,
+    pub context: Option<GlobalContext>,
+}
+
+/// What global context attention adds (`ir::GlobalContext`): the attention logits' 1x1
+/// convolution and the LayerNorm on the reduced channels (a one-group GroupNorm there).
+#[derive(Debug, Clone)]
+pub struct GlobalContext {
+    pub attn: Conv2d,
+    pub norm: Norm,
 }
 
 impl SqueezeExcite {
@@ -364,15 +375,32 @@ impl SqueezeExcite {
         activation: Activation,
         vb: &VarBuilder,
     ) -> CResult<Self> {
+        let context = spec
+            .global_context
+            .as_ref()
+            .map(|gc| -> CResult<GlobalContext> {
+                Ok(GlobalContext {
+                    attn: Conv2d::load(&gc.conv_attn, PaddingMode::Symmetric, vb)?,
+                    norm: Norm::load(&gc.norm, vb)?,
+                })
+            })
+            .transpose()?;
         Ok(SqueezeExcite {
             reduce: Conv2d::load(&spec.conv_reduce, PaddingMode::Symmetric, vb)?,
             expand: Conv2d::load(&spec.conv_expand, PaddingMode::Symmetric, vb)?,
             activation,
+            context,
         })
     }
 
     pub fn named(&self, out: &mut Vec<NamedTensor>) {
+        if let Some(gc) = &self.context {
+            gc.attn.named(out);
+        }
         self.reduce.named(out);
+        if let Some(gc) = &self.context {
+            gc.norm.named(out);
+        }
         self.expand.named(out);
     }
 }

@@ -9,7 +9,7 @@ pub mod layers;
 pub mod network;
 
 pub use layers::{
-    Block, CResult, Classifier, Conv2d, ConvBnAct, NamedTensor, Norm, Param, RunningStats,
-    SqueezeExcite,
+    Block, CResult, Classifier, Conv2d, ConvBnAct, GlobalContext, NamedTensor, Norm, Param,
+    RunningStats, SqueezeExcite,
 };
 pub use network::{NetRng, Network, NetworkParts, PreparedCache};

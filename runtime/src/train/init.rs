@@ -21,6 +21,9 @@ fn convs(net: &ir::Network) -> HashMap<String, ir::Conv> {
     for b in net.blocks() {
         out.extend(b.layers.conv_bns().iter().map(|l| l.conv));
         if let Some(se) = b.se() {
+            if let Some(gc) = &se.global_context {
+                out.push(&gc.conv_attn);
+            }
             out.push(&se.conv_reduce);
             out.push(&se.conv_expand);
         }
