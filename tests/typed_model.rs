@@ -58,6 +58,8 @@ macro_rules! fixtures {
 fixtures! {
     FxConvNohead => "tests/fixtures/runtime/fx_conv_nohead.effnet",
     FxEdgeRw67 => "tests/fixtures/runtime/fx_edge_rw67.effnet",
+    // GroupNorm and a model-wide group size: every walk on the candle plan.
+    FxGnG822 => "tests/fixtures/runtime/fx_gn_g8_22.effnet",
     FxFixedStem12 => "tests/fixtures/runtime/fx_fixed_stem12.effnet",
     FxV1Relu32 => "tests/fixtures/runtime/fx_v1_relu32.effnet",
     FxV2bSame67 => "tests/fixtures/runtime/fx_v2b_same67.effnet",
@@ -180,7 +182,7 @@ fn compare_fixture<T: EffNet>(
 #[test]
 fn typed_matches_interpreter_on_timm_fixtures() -> TestResult {
     let checks = fixture_checks();
-    assert_eq!(checks.len(), 8);
+    assert_eq!(checks.len(), 9);
     for (file, check) in checks {
         check(&root().join(file))?;
     }

@@ -32,9 +32,10 @@
 //! Block strings say nothing of the model around them; [`ImportOptions`] carries what timm's
 //! `_gen_*` functions pass to the builder: width and depth (or per-stage depths, with
 //! `fix_first_last`), depth rounding, channel divisor and round limit, stem and head widths and
-//! whether they are fixed, activation, input channels. Every model timm's builder makes in
-//! `tests/reference/timm/arch_defs.json` imports with its generator's arguments to timm's
-//! parameter count (compiler/tests/import.rs).
+//! whether they are fixed, activation, input channels, GroupNorm instead of BatchNorm (timm's
+//! `GroupNormAct(group_size=N)`) and a model-wide group size (`group_size`). Every model timm's
+//! builder makes in `tests/reference/timm/arch_defs.json` imports with its generator's arguments
+//! to timm's parameter count and `state_dict` names (compiler/tests/import.rs).
 //!
 //! Each import carries its source's [`Conventions`] (padding, BatchNorm eps, channel rounding)
 //! unless the options override them, and its doc comment says which it has: automl's networks

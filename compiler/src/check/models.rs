@@ -247,7 +247,7 @@ fn norm(kind: &Ident, args: &[KwArg], p: &mut Partial, cx: &mut Cx) {
         }
         None => cx.push(
             Diagnostic::error(
-                "effnet::unknown_norm",
+                "effnet::norm_group_size",
                 "`norm group` needs its group size: the channels in each group",
                 kind.span,
             )
@@ -300,7 +300,7 @@ fn apply_body(body: &[ModelStmt], p: &mut Partial, cx: &mut Cx) {
             }
             ModelStmtKind::Norm { kind, args } => norm(kind, args, p, cx),
             ModelStmtKind::GroupSize(n) => {
-                // timm's `num_groups`: 0 is one group, 1 depthwise, N groups of N channels.
+                // timm's `num_groups`: 0 is one group, 1 depthwise, N groups of N channels each.
                 if let Some(g) = cx.whole(n, "the group size", 0) {
                     p.group_size = Some((g, n.span));
                 }
