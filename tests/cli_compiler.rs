@@ -608,3 +608,23 @@ fn import_timm_blur_pool_and_global_context() {
         "{text}"
     );
 }
+
+/// A stage of several block strings (`then` lines) shows each string's kind, kernel, expansion
+/// and repeats on a row of its own, and `--json` lists them as `runs`.
+#[test]
+fn summary_shows_each_block_string_of_a_stage() {
+    let o = effnet(&["summary", "specs/spnasnet.effnet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+    // blocks.2: ir_r1_k5_s2_e6_c40, then ir_r3_k3_s1_e3_c40.
+    let stage2 = rows.iter().position(|r| r.first() == Some(&"2")).expect("stage 2 row");
+    assert_eq!(&rows[stage2][1..6], ["ir", "5", "6", "2", "1"], "{text}");
+    assert_eq!(rows[stage2 + 1], ["then", "ir", "3", "3", "1", "3"], "{text}");
+    let o = effnet(&["summary", "specs/spnasnet.effnet", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let runs = &json["stages"][2]["runs"];
+    assert_eq!(runs[1]["kernel"], 3, "{json}");
+    assert_eq!(runs[1]["repeats"], 3, "{json}");
+    assert!(json["stages"][0].get("runs").is_none(), "{json}");
+}

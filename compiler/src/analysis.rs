@@ -40,6 +40,50 @@ pub struct StageStats {
     pub params: usize,
     pub macs: u64,
     pub blocks: Vec<LayerStats>,
+    /// A stage of several block strings (`then` lines: SPNASNet, FBNet, MixNet): its runs of
+    /// blocks of one kind, kernel and expansion, in order; empty when the stage is one run
+    /// (the fields above then describe all its blocks, else the first run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<BlockRun>,
+}
+
+/// Consecutive blocks of a stage with the same kind, kernel and expansion.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BlockRun {
+    pub kind: &'static str,
+    pub kernel: usize,
+    pub expansion: f64,
+    pub repeats: usize,
+}
+
+/// A block's expansion as the summary shows it: mid over input channels.
+fn expansion(b: &Block) -> f64 {
+    b.mid_channels as f64 / b.in_channels.max(1) as f64
+}
+
+/// The runs of `blocks` (see [`StageStats::runs`]); expansions within 1% are one run (mid
+/// widths are rounded to multiples of 8).
+fn block_runs(blocks: &[Block]) -> Vec<BlockRun> {
+    let mut runs: Vec<BlockRun> = Vec::new();
+    for b in blocks {
+        let (kind, kernel, e) = (b.timm_kind(), b.kernel, expansion(b));
+        match runs.last_mut() {
+            Some(r)
+                if r.kind == kind
+                    && r.kernel == kernel
+                    && (r.expansion - e).abs() <= 0.01 * e.max(1.0) =>
+            {
+                r.repeats += 1
+            }
+            _ => runs.push(BlockRun {
+                kind,
+                kernel,
+                expansion: e,
+                repeats: 1,
+            }),
+        }
+    }
+    runs
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -182,7 +226,7 @@ pub fn summarize(net: &Network, resolution: usize) -> Summary {
         };
         stages.push(StageStats {
             index: s.index,
-            kind: first.kind.timm_name(),
+            kind: first.timm_kind(),
             kernel: first.kernel,
             kernels: first
                 .layers
@@ -191,7 +235,7 @@ pub fn summarize(net: &Network, resolution: usize) -> Summary {
                 .find(|r| r.conv.kernel == first.kernel && r.conv.mixed.len() > 1)
                 .map(|r| r.conv.mixed.iter().map(|p| p.kernel).collect())
                 .unwrap_or_default(),
-            expansion: first.mid_channels as f64 / first.in_channels.max(1) as f64,
+            expansion: expansion(first),
             stride: first.stride,
             dilation: s.blocks.iter().map(|b| b.dilation).max().unwrap_or(1),
             repeats: s.blocks.len(),
@@ -202,6 +246,9 @@ pub fn summarize(net: &Network, resolution: usize) -> Summary {
             params: blocks.iter().map(|b| b.params).sum(),
             macs: blocks.iter().map(|b| b.macs).sum(),
             blocks,
+            runs: Some(block_runs(&s.blocks))
+                .filter(|r| r.len() > 1)
+                .unwrap_or_default(),
         });
     }
     let head = net.head.as_ref().map(|h| {

@@ -406,6 +406,15 @@ impl Block {
         self.layers.se()
     }
 
+    /// timm's block-string type: the kind's name, or `dsa` for a depthwise-separable block
+    /// whose pointwise convolution is activated (which the kind alone does not tell).
+    pub fn timm_kind(&self) -> &'static str {
+        match &self.layers {
+            BlockLayers::DepthwiseSeparable { pw_act: true, .. } => "dsa",
+            _ => self.kind.timm_name(),
+        }
+    }
+
     /// Whether the block opens with timm's space-to-depth convolution (`s2d`).
     pub fn space_to_depth(&self) -> bool {
         matches!(
@@ -1162,7 +1171,7 @@ impl fmt::Display for Network {
                     f,
                     "    {} {} {}->{}->{} k{} s{}{}{}{} drop_path {:.4} {}",
                     b.path,
-                    b.kind.timm_name(),
+                    b.timm_kind(),
                     b.in_channels,
                     b.mid_channels,
                     b.out_channels,

@@ -134,13 +134,28 @@ pub fn run(
                 .trim_end_matches('.'),
             st.stride,
             d(&st.dilation),
-            st.repeats,
+            st.runs.first().map_or(st.repeats, |r| r.repeats),
             st.in_channels,
             st.out_channels,
             st.resolution,
             thousands(st.params as u64),
             thousands(st.macs)
         );
+        // The stage's further block strings (`then` lines), each on a row of its own.
+        for r in st.runs.iter().skip(1) {
+            println!(
+                "{:<6} {:<5} {:>kw$} {:>5} {:>2}{} {:>3}",
+                "  then",
+                r.kind,
+                r.kernel,
+                format!("{:.2}", r.expansion)
+                    .trim_end_matches('0')
+                    .trim_end_matches('.'),
+                1,
+                d(&st.dilation),
+                r.repeats,
+            );
+        }
     }
     if let Some(h) = &s.head {
         println!(

@@ -63,7 +63,7 @@ fn stage_doc(stage: &Stage, owner: &Ident) -> Vec<String> {
             "Stage {} of [`{owner}`]: {} `{}` block{}, {} -> {} channels, kernel {}, stride {}{}.",
             stage.index,
             stage.blocks.len(),
-            first.kind.timm_name(),
+            first.timm_kind(),
             if stage.blocks.len() == 1 { "" } else { "s" },
             first.in_channels,
             last.out_channels,
