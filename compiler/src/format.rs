@@ -862,6 +862,7 @@ fn option(l: &Layer, o: &LayerOpt) -> String {
         LayerOptKind::Fixed => "fixed".to_string(),
         LayerOptKind::ForceIn(n) => format!("fc {}", n.text),
         LayerOptKind::GroupSize(n) => format!("gs {}", n.text),
+        LayerOptKind::Experts(n) => format!("cc {}", n.text),
     }
 }
 

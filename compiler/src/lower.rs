@@ -88,6 +88,7 @@ fn conv(
         groups,
         bias: false,
         mixed: Vec::new(),
+        experts: 0,
     }
 }
 
@@ -401,36 +402,55 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                         mid,
                         same_shape && s.skip != Skip::Off,
                     ),
-                    StageKind::MbConv => (
-                        BlockKind::MbConv,
-                        BlockLayers::MbConv {
-                            conv_pw: mixed_conv(p("conv_pw"), in_ch, mid, &s.exp_kernels, 1, 1, 1),
-                            bn1: bn(p("bn1"), mid),
-                            conv_dw: mixed_conv(
-                                p("conv_dw"),
-                                mid,
-                                mid,
-                                &s.kernels,
-                                stride,
-                                dilation,
-                                gs(mid, 1),
-                            ),
-                            bn2: bn(p("bn2"), mid),
-                            se,
-                            conv_pwl: mixed_conv(
-                                p("conv_pwl"),
-                                mid,
-                                out_ch,
-                                &s.proj_kernels,
-                                1,
-                                1,
-                                1,
-                            ),
-                            bn3: bn(p("bn3"), out_ch),
-                        },
-                        mid,
-                        same_shape && s.skip != Skip::Off,
-                    ),
+                    StageKind::MbConv => {
+                        // CondConv (timm's `CondConvResidual`): the stage's experts times the
+                        // model's multiplier, on all three convolutions; the SE stays plain.
+                        let experts = s.experts.map_or(0, |e| e * model.experts);
+                        let cond = |c: Conv| Conv { experts, ..c };
+                        (
+                            BlockKind::MbConv,
+                            BlockLayers::MbConv {
+                                conv_pw: cond(mixed_conv(
+                                    p("conv_pw"),
+                                    in_ch,
+                                    mid,
+                                    &s.exp_kernels,
+                                    1,
+                                    1,
+                                    1,
+                                )),
+                                bn1: bn(p("bn1"), mid),
+                                conv_dw: cond(mixed_conv(
+                                    p("conv_dw"),
+                                    mid,
+                                    mid,
+                                    &s.kernels,
+                                    stride,
+                                    dilation,
+                                    gs(mid, 1),
+                                )),
+                                bn2: bn(p("bn2"), mid),
+                                se,
+                                conv_pwl: cond(mixed_conv(
+                                    p("conv_pwl"),
+                                    mid,
+                                    out_ch,
+                                    &s.proj_kernels,
+                                    1,
+                                    1,
+                                    1,
+                                )),
+                                bn3: bn(p("bn3"), out_ch),
+                                routing: (experts > 0).then(|| Linear {
+                                    path: p("routing_fn"),
+                                    in_features: in_ch,
+                                    out_features: experts,
+                                }),
+                            },
+                            mid,
+                            same_shape && s.skip != Skip::Off,
+                        )
+                    }
                 };
                 let se_channels = match &layers {
                     BlockLayers::Conv { .. } => None,

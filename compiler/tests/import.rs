@@ -693,6 +693,8 @@ fn every_captured_timm_model_imports_with_its_generator_arguments() {
             },
             stage_depths,
             fix_first_last: m["fix_first_last"].as_bool().unwrap_or(false),
+            // Recorded only where it is not 1 (the CondConv models).
+            experts: m["experts_multiplier"].as_u64().map_or(1, |e| e as usize),
             ..ImportOptions::default()
         };
         let arch_def = timm_arch_def(name);

@@ -116,7 +116,8 @@ fn every_reference_model_is_bundled_and_matches_timm() {
         if (net.stem.bn.eps - eps).abs() > 1e-12 {
             failures.push(format!("{name}: bn eps {} vs timm {eps}", net.stem.bn.eps));
         }
-        // Block classes: ConvBnAct / DepthwiseSeparableConv / EdgeResidual / InvertedResidual.
+        // Block classes: ConvBnAct / DepthwiseSeparableConv / EdgeResidual / InvertedResidual
+        // (CondConvResidual where it routes experts).
         let classes: HashMap<&str, &str> = r["blocks"]
             .as_array()
             .expect("blocks")
@@ -128,6 +129,7 @@ fn every_reference_model_is_bundled_and_matches_timm() {
                 BlockKind::Conv => "ConvBnAct",
                 BlockKind::DepthwiseSeparable => "DepthwiseSeparableConv",
                 BlockKind::Edge => "EdgeResidual",
+                BlockKind::MbConv if b.layers.routing().is_some() => "CondConvResidual",
                 BlockKind::MbConv => "InvertedResidual",
             };
             if classes.get(b.path.as_str()) != Some(&want) {

@@ -113,7 +113,7 @@ pub struct Derivation {
     pub span: Span,
 }
 
-/// `width 1.1`, `depth 1.2`, `stages(1.2, 1.6)`.
+/// `width 1.1`, `depth 1.2`, `stages(1.2, 1.6)`, `experts 2`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScaleArg {
     pub key: Ident,
@@ -320,6 +320,8 @@ pub enum LayerOptKind {
     ForceIn(Number),
     /// `gs N`: the kxk convolution's group size (timm's `gs`; `gs 0` is one group).
     GroupSize(Number),
+    /// `cc N`: CondConv with N experts (timm's `cc`), times the model's `experts` multiplier.
+    Experts(Number),
 }
 
 impl LayerOptKind {
@@ -334,6 +336,7 @@ impl LayerOptKind {
             LayerOptKind::Fixed => "fixed",
             LayerOptKind::ForceIn(_) => "fc",
             LayerOptKind::GroupSize(_) => "gs",
+            LayerOptKind::Experts(_) => "cc",
         }
     }
 }

@@ -101,6 +101,9 @@ pub struct Opts {
     /// [default: none written, timm's 32].
     #[arg(long)]
     output_stride: Option<usize>,
+    /// timm's `experts_multiplier`: multiplies the experts of every `cc` (CondConv) block.
+    #[arg(long, default_value_t = 1)]
+    experts: usize,
     /// Write the model here instead of to stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -133,6 +136,7 @@ impl Opts {
             stage_depths: self.stage_depths.clone(),
             fix_first_last: self.fix_first_last,
             output_stride: self.output_stride,
+            experts: self.experts,
         }
     }
 }

@@ -242,6 +242,7 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
     let mut depth = 1.0;
     let mut force_in = None;
     let mut group_size = None;
+    let mut experts = None;
     let mut seen: HashMap<&'static str, Span> = HashMap::new();
     for o in &layer.options {
         let key = match o.kind {
@@ -296,6 +297,7 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
                 .label("not allowed on a stage"),
             ),
             LayerOptKind::GroupSize(n) => group_size = cx.whole(n, "the group size", 0),
+            LayerOptKind::Experts(n) => experts = experts_option(kind, n, o.span, cx),
             LayerOptKind::ForceIn(n) => {
                 let edge = matches!(kind, Some(StageKind::Edge))
                     || (matches!(kind, Some(StageKind::Fused)) && expansion != Some(1.0));
@@ -412,6 +414,30 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
             .help("drop `gs 1`: the expansion changes the channel count"),
         );
     }
+    // timm's `create_conv2d` does not make a mixed convolution conditional (it asserts).
+    if let (Some(_), Some(ks)) = (experts, &kernels)
+        && [
+            ks,
+            exp_kernels.as_ref().unwrap_or(ks),
+            proj_kernels.as_ref().unwrap_or(ks),
+        ]
+        .iter()
+        .any(|k| k.len() > 1)
+        && let Some(o) = layer
+            .options
+            .iter()
+            .find(|o| matches!(o.kind, LayerOptKind::Experts(_)))
+    {
+        cx.push(
+            Diagnostic::error(
+                "effnet::experts",
+                "CondConv experts cannot be combined with mixed kernels",
+                o.span,
+            )
+            .label("not with mixed kernels")
+            .help("timm's `create_conv2d` has no conditional MixedConv2d: use a single kernel per convolution"),
+        );
+    }
     let kernels = kernels?;
     Some(StageDef {
         docs: docs.iter().map(|d| d.text.clone()).collect(),
@@ -430,7 +456,41 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
         activation,
         depth,
         force_in,
+        experts,
         continues: false,
         span,
     })
+}
+
+/// `cc N`: CondConv experts, on `mbconv` only (timm builds a `CondConvResidual` from `ir`
+/// blocks alone: its other blocks take no `num_experts`), at least one (timm's `cc0` is a plain
+/// block; write no `cc` for that).
+fn experts_option(kind: Option<StageKind>, n: &Number, span: Span, cx: &mut Cx) -> Option<usize> {
+    match kind {
+        Some(StageKind::MbConv) => {}
+        Some(k) => {
+            cx.push(
+                Diagnostic::error(
+                    "effnet::experts",
+                    format!("a `{}` stage cannot be CondConv", k.name()),
+                    span,
+                )
+                .label("`cc` not allowed on this stage")
+                .help("timm's `cc` (CondConvResidual) applies only to `ir` blocks: use `mbconv`"),
+            );
+            return None;
+        }
+        None => return None,
+    }
+    match n.as_usize() {
+        Some(0) => {
+            cx.push(
+                Diagnostic::error("effnet::experts", "a CondConv stage needs at least one expert", n.span)
+                    .label("zero experts")
+                    .help("write `cc 4` for four experts, or no `cc` for a plain `mbconv` block (timm's `cc0`)"),
+            );
+            None
+        }
+        _ => cx.whole(n, "the number of experts", 1),
+    }
 }

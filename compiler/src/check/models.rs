@@ -30,6 +30,7 @@ pub(super) struct Partial {
     width: Option<f64>,
     depth: Option<f64>,
     stage_depths: Option<(Vec<f64>, Span)>,
+    experts: Option<usize>,
     stem: Option<StemDef>,
     stages: Option<Vec<StageDef>>,
     head: Option<Option<HeadDef>>,
@@ -122,6 +123,7 @@ impl Resolver<'_> {
                 partial.width = None;
                 partial.depth = None;
                 partial.stage_depths = None;
+                partial.experts = None;
                 scale_args(&d.scale, &mut partial, cx);
             }
         }
@@ -140,6 +142,9 @@ fn scale_args(args: &[ScaleArg], p: &mut Partial, cx: &mut Cx) {
             }
             ("depth", ScaleValue::Number(n)) => {
                 p.depth = cx.within(n, "the depth multiplier", 1e-3, 100.0, false);
+            }
+            ("experts", ScaleValue::Number(n)) => {
+                p.experts = cx.whole(n, "the experts multiplier", 1);
             }
             ("stages", ScaleValue::Tuple(v)) => {
                 let vals: Option<Vec<f64>> = v
@@ -503,6 +508,7 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
         width: p.width.unwrap_or(1.0),
         depth: p.depth.unwrap_or(1.0),
         stage_depths: p.stage_depths.map(|(d, _)| d),
+        experts: p.experts.unwrap_or(1),
         stem,
         stages,
         head: p.head.unwrap_or(None),

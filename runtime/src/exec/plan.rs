@@ -71,6 +71,9 @@ pub struct Facts {
     pub activation_without_kernel: Option<Activation>,
     /// The first grouped convolution that is not depthwise, if any (by its timm path).
     pub grouped_conv: Option<String>,
+    /// The first CondConv convolution, if any (by its timm path): its kernel is mixed per
+    /// sample, which no effnet kernel plan does (they prepare each layer's weight once).
+    pub conditional_conv: Option<String>,
 }
 
 /// The activations the CPU kernels implement (forward, and derivative for the step).
@@ -116,6 +119,10 @@ impl Facts {
             .iter()
             .find(|l| l.conv.spec.groups != 1 && !l.conv.spec.is_depthwise())
             .map(|l| l.conv.spec.path.clone());
+        let conditional_conv = layers
+            .iter()
+            .find(|l| l.conv.spec.is_conditional())
+            .map(|l| l.conv.spec.path.clone());
         let params_are_variables = layers.iter().any(|l| l.conv.weight_is_variable());
         Facts {
             purpose,
@@ -125,6 +132,7 @@ impl Facts {
             params_are_variables,
             activation_without_kernel,
             grouped_conv,
+            conditional_conv,
         }
     }
 
@@ -169,10 +177,14 @@ impl Facts {
             ))
         } else if let Some(a) = self.activation_without_kernel {
             Some(format!("{} has no {device} kernel", a.name()))
+        } else if let Some(p) = &self.grouped_conv {
+            Some(format!(
+                "`{p}` is a grouped convolution that is not depthwise"
+            ))
         } else {
-            self.grouped_conv
+            self.conditional_conv
                 .as_ref()
-                .map(|p| format!("`{p}` is a grouped convolution that is not depthwise"))
+                .map(|p| format!("`{p}` is a CondConv convolution (a kernel mixed per sample)"))
         };
         match why {
             Some(w) => Choice::new(Plan::Candle, Some(w)),
@@ -234,6 +246,7 @@ mod tests {
             params_are_variables: false,
             activation_without_kernel: None,
             grouped_conv: None,
+            conditional_conv: None,
         }
     }
 
@@ -279,5 +292,16 @@ mod tests {
         // The training step's kernels do not care: they differentiate by hand.
         vars.purpose = Purpose::TrainStep;
         assert_eq!(vars.choose().plan, Plan::CpuStep);
+        // CondConv: neither the fused inference kernels nor the hand-written step mix
+        // per-sample kernels, so both give way to the candle plan, saying which layer.
+        for purpose in [Purpose::Infer, Purpose::TrainStep] {
+            let mut cc = facts(purpose, "cpu", f32);
+            cc.conditional_conv = Some("blocks.4.0.conv_pw".into());
+            assert_eq!(
+                cc.choose().to_string(),
+                "candle (fallback: `blocks.4.0.conv_pw` is a CondConv convolution (a kernel \
+                 mixed per sample))"
+            );
+        }
     }
 }
