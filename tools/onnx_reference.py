@@ -61,6 +61,8 @@ EXTRA = [
     # padding per kernel decided at run time
     ("fx_mixgs_same19", 11, "dynamic"),
     ("fx_mixnet21", 13, "dynamic"),
+    # CondConv: the batch folded into the channels, SAME padding decided at run time
+    ("fx_cc_same33", 13, "dynamic"),
 ]
 ACTIVATIONS = {
     "silu": nn.SiLU,
@@ -72,11 +74,13 @@ ACTIVATIONS = {
 }
 
 
-def effnet_export(effnet, spec, weights, out, opset, resolution, model=None):
+def effnet_export(effnet, spec, weights, out, opset, resolution, model=None, batch=None):
     cmd = [effnet, "export", spec, "--weights", weights, "--onnx", out,
            "--opset", str(opset), "--resolution", str(resolution)]
     if model:
         cmd += ["--model", model]
+    if batch:
+        cmd += ["--batch", str(batch)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr}")
@@ -119,8 +123,12 @@ def fixtures(effnet, tmp, tol, failures):
     for name, opset, res in runs:
         w, x, timm_logits = fixture_weights(name, tmp)
         res = x.shape[-1] if res is None else res
-        out = effnet_export(effnet, os.path.join(FIXTURE_DIR, name + ".effnet"), w,
-                            os.path.join(tmp, f"{name}_{opset}_{res}.onnx"), opset, res)
+        spec = os.path.join(FIXTURE_DIR, name + ".effnet")
+        # CondConv's grouped convolution over the batch fixes the batch (effnet's export docs).
+        with open(spec) as f:
+            batch = x.shape[0] if " cc " in f.read() else None
+        out = effnet_export(effnet, spec, w, os.path.join(tmp, f"{name}_{opset}_{res}.onnx"),
+                            opset, res, batch=batch)
         got = onnxruntime_logits(out, x)
         diff = float(np.abs(got - timm_logits).max())
         check(diff, tol, f"{name} opset {opset} resolution {res}", failures)

@@ -177,14 +177,14 @@ impl Facts {
             ))
         } else if let Some(a) = self.activation_without_kernel {
             Some(format!("{} has no {device} kernel", a.name()))
-        } else if let Some(p) = &self.grouped_conv {
+        } else if let Some(p) = &self.conditional_conv {
             Some(format!(
-                "`{p}` is a grouped convolution that is not depthwise"
+                "`{p}` is a CondConv convolution (a kernel mixed per sample)"
             ))
         } else {
-            self.conditional_conv
+            self.grouped_conv
                 .as_ref()
-                .map(|p| format!("`{p}` is a CondConv convolution (a kernel mixed per sample)"))
+                .map(|p| format!("`{p}` is a grouped convolution that is not depthwise"))
         };
         match why {
             Some(w) => Choice::new(Plan::Candle, Some(w)),
