@@ -56,6 +56,7 @@ macro_rules! fixtures {
 }
 
 fixtures! {
+    FxCcSame33 => "tests/fixtures/runtime/fx_cc_same33.effnet",
     FxConvNohead => "tests/fixtures/runtime/fx_conv_nohead.effnet",
     FxEdgeRw67 => "tests/fixtures/runtime/fx_edge_rw67.effnet",
     FxFixedStem12 => "tests/fixtures/runtime/fx_fixed_stem12.effnet",
@@ -180,7 +181,7 @@ fn compare_fixture<T: EffNet>(
 #[test]
 fn typed_matches_interpreter_on_timm_fixtures() -> TestResult {
     let checks = fixture_checks();
-    assert_eq!(checks.len(), 8);
+    assert_eq!(checks.len(), 9);
     for (file, check) in checks {
         check(&root().join(file))?;
     }

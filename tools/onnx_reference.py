@@ -11,7 +11,7 @@ the logits with timm's:
 
   * every timm fixture (tests/fixtures/runtime: every block kind, both paddings, SE, odd sizes),
     at effnet's default opset and fixed resolution, and a few with a dynamic resolution or other
-    opsets: onnxruntime's logits go to OUT/onnxruntime.json, which `cargo test` (runtime/tests/
+    opsets (a CondConv fixture at its fixed batch, which its grouped convolution needs): onnxruntime's logits go to OUT/onnxruntime.json, which `cargo test` (runtime/tests/
     export_onnx.rs) checks effnet's export against, in tract;
   * one fixture at every opset effnet writes (11 to 28), fixed and dynamic resolution;
   * every activation the language has (silu, relu, relu6, hard_swish, gelu, mish) in a small
