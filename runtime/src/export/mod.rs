@@ -274,6 +274,9 @@ struct Value {
     hw: Option<(usize, usize)>,
 }
 
+/// A `Conv` node's geometry attributes, and its output's height and width where known.
+type ConvGeometry = (Vec<AttributeProto>, Option<(usize, usize)>);
+
 struct Builder<'a> {
     ir: &'a ir::Network,
     options: ExportOptions,
@@ -494,7 +497,7 @@ impl<'a> Builder<'a> {
         x: &Value,
         c: &ir::Conv,
         mode: PaddingMode,
-    ) -> Result<(Vec<AttributeProto>, Option<(usize, usize)>), ExportError> {
+    ) -> Result<ConvGeometry, ExportError> {
         let (k, s, d) = (c.kernel as i64, c.stride as i64, c.dilation as i64);
         // The pixels the kernel spans.
         let extent = d * (k - 1) + 1;
