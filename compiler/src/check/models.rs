@@ -30,7 +30,8 @@ pub(super) struct Partial {
     width: Option<f64>,
     depth: Option<f64>,
     stage_depths: Option<(Vec<f64>, Span)>,
-    experts: Option<usize>,
+    /// The experts multiplier and where it was written.
+    experts: Option<(usize, Span)>,
     stem: Option<StemDef>,
     stages: Option<Vec<StageDef>>,
     head: Option<Option<HeadDef>>,
@@ -144,7 +145,9 @@ fn scale_args(args: &[ScaleArg], p: &mut Partial, cx: &mut Cx) {
                 p.depth = cx.within(n, "the depth multiplier", 1e-3, 100.0, false);
             }
             ("experts", ScaleValue::Number(n)) => {
-                p.experts = cx.whole(n, "the experts multiplier", 1);
+                p.experts = cx
+                    .whole(n, "the experts multiplier", 1)
+                    .map(|e| (e, a.span));
             }
             ("stages", ScaleValue::Tuple(v)) => {
                 let vals: Option<Vec<f64>> = v
@@ -448,6 +451,25 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
             return None;
         }
     };
+    // timm's `experts_multiplier` multiplies `cc` stages only: on a model without them it does
+    // nothing, which is worth saying.
+    if let Some((e, span)) = p.experts
+        && e > 1
+        && !stages.iter().any(|s| s.experts.is_some())
+    {
+        cx.push(
+            Diagnostic::warning(
+                "effnet::experts",
+                format!(
+                    "`experts {e}` has no effect: `{}` has no CondConv stage",
+                    m.name.name
+                ),
+                span,
+            )
+            .label("multiplies no experts")
+            .help("the multiplier applies to `mbconv` stages with `cc N` (timm's `cc`)"),
+        );
+    }
     let (input_channels, resolution, train_resolution) = p.input.unwrap_or((3, 224, None));
     let stage_count = stages.iter().filter(|s| !s.continues).count();
     if let Some((depths, span)) = &p.stage_depths
@@ -508,7 +530,7 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
         width: p.width.unwrap_or(1.0),
         depth: p.depth.unwrap_or(1.0),
         stage_depths: p.stage_depths.map(|(d, _)| d),
-        experts: p.experts.unwrap_or(1),
+        experts: p.experts.map_or(1, |(e, _)| e),
         stem,
         stages,
         head: p.head.unwrap_or(None),
