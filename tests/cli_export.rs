@@ -173,3 +173,46 @@ fn export_errors_say_what_is_wrong() {
     assert!(!out.exists(), "no file is written on an error");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A CondConv network exports at a fixed batch (its convolutions are grouped over the batch,
+/// as timm computes them), and without `--batch` the error names the layer and the fix.
+#[test]
+fn condconv_exports_with_a_fixed_batch_only() {
+    let dir = tmp_dir("condconv");
+    let fixture = "tests/fixtures/runtime/fx_cc_same33";
+    let w = weights(&dir, fixture);
+    let out = dir.join("cc.onnx");
+    let spec = format!("{fixture}.effnet");
+    let o = effnet(&["export", &spec, "--weights", &s(&w), "--onnx", &s(&out)]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("`blocks.2.0.conv_pw` is a CondConv convolution") && e.contains("--batch N"),
+        "{e}"
+    );
+    assert!(!out.exists(), "no file is written on an error");
+    let o = effnet(&[
+        "export",
+        &spec,
+        "--weights",
+        &s(&w),
+        "--onnx",
+        &s(&out),
+        "--batch",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let m = export::from_bytes(&std::fs::read(&out).expect("written")[..]).expect("decodes");
+    assert_eq!(input_dims(&m), ["2", "3", "33", "33"]);
+    let names: Vec<String> = m
+        .graph
+        .expect("graph")
+        .initializer
+        .into_iter()
+        .filter_map(|t| t.name)
+        .collect();
+    for n in ["blocks.2.0.routing_fn.weight", "blocks.2.1.conv_dw.weight"] {
+        assert!(names.iter().any(|x| x == n), "no initializer {n}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -56,6 +56,7 @@ macro_rules! fixtures {
 }
 
 fixtures! {
+    FxCcSame33 => "tests/fixtures/runtime/fx_cc_same33.effnet",
     FxConvNohead => "tests/fixtures/runtime/fx_conv_nohead.effnet",
     FxEdgeRw67 => "tests/fixtures/runtime/fx_edge_rw67.effnet",
     // GroupNorm and a model-wide group size: every walk on the candle plan.

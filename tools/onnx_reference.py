@@ -11,7 +11,7 @@ the logits with timm's:
 
   * every timm fixture (tests/fixtures/runtime: every block kind, both paddings, SE, odd sizes),
     at effnet's default opset and fixed resolution, and a few with a dynamic resolution or other
-    opsets: onnxruntime's logits go to OUT/onnxruntime.json, which `cargo test` (runtime/tests/
+    opsets (a CondConv fixture at its fixed batch, which its grouped convolution needs): onnxruntime's logits go to OUT/onnxruntime.json, which `cargo test` (runtime/tests/
     export_onnx.rs) checks effnet's export against, in tract;
   * two fixtures (TF `same` padding; GroupNorm) at every opset effnet writes (11 to 28), fixed
     and dynamic resolution;
@@ -65,6 +65,8 @@ EXTRA = [
     # GroupNorm: ReduceMean's axes as an attribute (11) and as an input (18), any batch and size
     ("fx_gn_g8_22", 11, "dynamic"),
     ("fx_gn_g8_22", 18, "dynamic"),
+    # CondConv: the batch folded into the channels, SAME padding decided at run time
+    ("fx_cc_same33", 13, "dynamic"),
 ]
 # Fixtures exported at every opset (fixed and dynamic resolution): TF `same` padding, and
 # GroupNorm (whose ReduceMean changes form at opset 18).
@@ -79,11 +81,13 @@ ACTIVATIONS = {
 }
 
 
-def effnet_export(effnet, spec, weights, out, opset, resolution, model=None):
+def effnet_export(effnet, spec, weights, out, opset, resolution, model=None, batch=None):
     cmd = [effnet, "export", spec, "--weights", weights, "--onnx", out,
            "--opset", str(opset), "--resolution", str(resolution)]
     if model:
         cmd += ["--model", model]
+    if batch:
+        cmd += ["--batch", str(batch)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr}")
@@ -126,8 +130,12 @@ def fixtures(effnet, tmp, tol, failures):
     for name, opset, res in runs:
         w, x, timm_logits = fixture_weights(name, tmp)
         res = x.shape[-1] if res is None else res
-        out = effnet_export(effnet, os.path.join(FIXTURE_DIR, name + ".effnet"), w,
-                            os.path.join(tmp, f"{name}_{opset}_{res}.onnx"), opset, res)
+        spec = os.path.join(FIXTURE_DIR, name + ".effnet")
+        # CondConv's grouped convolution over the batch fixes the batch (effnet's export docs).
+        with open(spec) as f:
+            batch = x.shape[0] if " cc " in f.read() else None
+        out = effnet_export(effnet, spec, w, os.path.join(tmp, f"{name}_{opset}_{res}.onnx"),
+                            opset, res, batch=batch)
         got = onnxruntime_logits(out, x)
         diff = float(np.abs(got - timm_logits).max())
         check(diff, tol, f"{name} opset {opset} resolution {res}", failures)

@@ -32,6 +32,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 import timm
+from timm.layers import CondConv2d
 from timm.models._efficientnet_builder import decode_arch_def, round_channels
 from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
 from timm.layers import GroupNormAct
@@ -44,7 +45,9 @@ from timm.layers import GroupNormAct
 # any of: se (ratio), skip (True = `skip`, False = `noskip`), fc, then, a / p (expansion /
 # projection kernels, "1.1"), gs (group size), act (the stage's own activation, `act NAME`),
 # s2d (True: timm's space-to-depth `d1`).
+# cc (CondConv experts, mbconv only; times the fixture's `experts` multiplier).
 # features=True also stores timm's feature maps (features_only) for the fixture's input.
+# train=True also stores timm's train-mode logits (batch-statistics BatchNorm) for that input.
 # output_stride=N builds with timm's `output_stride` (strides past N become dilation).
 # aa="blurpc" builds with timm's `aa_layer='blurpc'` (`antialias blur`); se_layer="gc" with
 # timm's global context attention in the SE's place (`attention gc`).
@@ -415,6 +418,25 @@ FIXTURES = [
         ],
         head=64,
     ),
+    dict(
+        name="fx_cc_same33",
+        train=True,
+        doc="CondConv (timm's CondConvResidual): per-sample kernels mixed from experts, TF padding",
+        covers="`mbconv ... cc N` (timm `ir` with `cc`) with `scale ... experts 2` (timm's "
+               "`experts_multiplier`): 4 and 2 x 2 experts on `conv_pw`, `conv_dw` and `conv_pwl`, "
+               "`routing_fn` on the block input's mean; stride-2 kernel-5 and stride-1 kernel-3 "
+               "conditional depthwise (TF `same`, dynamic on odd input 33), a conditional grouped "
+               "`conv_dw` (`gs 8`), SE and a residual on CondConv blocks; train-mode logits too",
+        size=33, seed=16, classes=10, act="silu", eps=1e-3, padding="same",
+        width=1.0, depth=1.0, limit=0.9, stem=16, experts=2,
+        stages=[
+            ("ds", 3, 1, 1, 16, 1, dict(se=0.25)),
+            ("mbconv", 3, 4, 2, 24, 1, {}),
+            ("mbconv", 5, 4, 2, 32, 2, dict(se=0.25, cc=2)),
+            ("mbconv", 3, 6, 1, 40, 1, dict(cc=1, gs=8)),
+        ],
+        head=64,
+    ),
 ]
 
 
@@ -447,6 +469,12 @@ def randomize_(model, seed, calib_size=None, calib_batch=4, gain=1.0):
             w = m.weight
             fan_in = w[0].numel()
             w.copy_(torch.randn_like(w) * (gain / math.sqrt(fan_in)))
+            if m.bias is not None:
+                m.bias.copy_(torch.randn_like(m.bias) * 0.1)
+        elif isinstance(m, CondConv2d):
+            # [experts, prod(weight_shape)]: each expert as the convolution it is a kernel of.
+            fan_in = math.prod(m.weight_shape[1:])
+            m.weight.copy_(torch.randn_like(m.weight) * (gain / math.sqrt(fan_in)))
             if m.bias is not None:
                 m.bias.copy_(torch.randn_like(m.bias) * 0.1)
         elif isinstance(m, nn.BatchNorm2d):
@@ -503,7 +531,8 @@ def block_string(stage):
         fc = f"_fc{o['fc']}" if o.get("fc") else ""
         return f"er_r{r}_k{k}{ap}_s{s}_e{e}_c{c}{se}{fc}{tail}{extra}"
     if kind == "mbconv":
-        return f"ir_r{r}_k{k}{ap}_s{s}_e{e}_c{c}{se}{tail}{extra}"
+        cc = f"_cc{o['cc']}" if o.get("cc") else ""
+        return f"ir_r{r}_k{k}{ap}_s{s}_e{e}_c{c}{se}{cc}{tail}{extra}"
     if kind in ("ds", "dsa"):
         return f"{kind}_r{r}_k{k}{ap}_s{s}_e1_c{c}{se}{tail}{extra}"
     raise ValueError(kind)
@@ -550,8 +579,9 @@ def effnet_text(fx):
         L.append(f"    output_stride {fx['output_stride']}")
     L.append(f"    round channels(divisor = 8, min = 8, limit = {fmt_num(fx['limit'])})")
     L.append("    round depth ceil")
-    if fx["width"] != 1.0 or fx["depth"] != 1.0:
-        L.append(f"    scale width {fmt_num(fx['width'])} depth {fmt_num(fx['depth'])}")
+    experts = f" experts {fx['experts']}" if fx.get("experts", 1) != 1 else ""
+    if fx["width"] != 1.0 or fx["depth"] != 1.0 or experts:
+        L.append(f"    scale width {fmt_num(fx['width'])} depth {fmt_num(fx['depth'])}{experts}")
     L.append("")
     fixed = " fixed" if fx.get("fix_stem") else ""
     L.append(f"    stem conv k3 s2 -> {fx['stem']}{fixed}")
@@ -575,6 +605,8 @@ def effnet_text(fx):
             opts.append(f"gs {o['gs']}")
         if o.get("s2d"):
             opts.append("s2d")
+        if o.get("cc"):
+            opts.append(f"cc {o['cc']}")
         keyword = "then " if o.get("then") else "stage"
         left = f"    {keyword} {kind:<6} {kk} {ee:<2} s{s} -> {c:<3}"
         rows.append((left, f"x{r}", " ".join(opts), block_string(st)))
@@ -601,7 +633,8 @@ def build(fx):
     act = {"silu": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6, "mish": nn.Mish}[fx["act"]]
     round_chs_fn = partial(round_channels, multiplier=fx["width"], round_limit=fx["limit"])
     model = EfficientNet(
-        block_args=decode_arch_def(arch_def(fx), fx["depth"], group_size=fx.get("group_size")),
+        block_args=decode_arch_def(arch_def(fx), fx["depth"], group_size=fx.get("group_size"),
+                                   experts_multiplier=fx.get("experts", 1)),
         num_classes=fx["classes"],
         num_features=0 if fx["head"] is None else fx["head"] if fx.get("fix_head") else round_chs_fn(fx["head"]),
         stem_size=fx["stem"],
@@ -622,7 +655,8 @@ def build_features(fx, levels):
     act = {"silu": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6, "mish": nn.Mish}[fx["act"]]
     round_chs_fn = partial(round_channels, multiplier=fx["width"], round_limit=fx["limit"])
     return EfficientNetFeatures(
-        block_args=decode_arch_def(arch_def(fx), fx["depth"], group_size=fx.get("group_size")),
+        block_args=decode_arch_def(arch_def(fx), fx["depth"], group_size=fx.get("group_size"),
+                                   experts_multiplier=fx.get("experts", 1)),
         out_indices=tuple(range(levels)),
         stem_size=fx["stem"],
         fix_stem=fx.get("fix_stem", False),
@@ -675,7 +709,7 @@ def describe(model):
                 i, m, o, conv = b.conv.in_channels, b.conv.in_channels, b.conv.out_channels, b.conv
             elif cls == "EdgeResidual":
                 i, m, o, conv = b.conv_exp.in_channels, b.conv_exp.out_channels, b.conv_pwl.out_channels, b.conv_exp
-            elif cls == "InvertedResidual":
+            elif cls in ("InvertedResidual", "CondConvResidual"):
                 i, m, o, conv = b.conv_pw.in_channels, b.conv_pw.out_channels, b.conv_pwl.out_channels, b.conv_dw
             else:
                 i, m, o, conv = b.conv_dw.in_channels, b.conv_dw.in_channels, b.conv_pw.out_channels, b.conv_dw
@@ -728,9 +762,25 @@ def make(fx, out_dir):
     assert torch.equal(again, loaded["__logits__"]), float((again - loaded["__logits__"]).abs().max())
     params = sum(p.numel() for p in model.parameters())
     maps = make_features(fx, base) if fx.get("features") else None
+    if fx.get("train"):
+        make_train_logits(fx, base, model, x)
     return dict(name=fx["name"], params=params, logits_std=float(logits.std()),
                 logits=logits[0, :4].tolist(), size=os.path.getsize(base + ".safetensors"),
                 blocks=describe(model), maps=maps)
+
+
+@torch.no_grad()
+def make_train_logits(fx, base, model, x):
+    """timm's train-mode logits for the fixture's input (BatchNorm on batch statistics; the
+    fixtures have no dropout or drop path), from a copy so the stored statistics stay as they
+    are: `<name>.train.safetensors` with `logits`."""
+    import copy
+    m = copy.deepcopy(model).train()
+    logits = m(x).float()
+    assert torch.isfinite(logits).all()
+    save_file({"logits": logits.contiguous()}, base + ".train.safetensors",
+              metadata={"effnet_fixture": json.dumps({"timm": timm.__version__, "mode": "train"})})
+    os.chmod(base + ".train.safetensors", 0o644)
 
 
 README_HEAD = """# Runtime logits fixtures (generated by timm)
@@ -756,6 +806,8 @@ Five fixtures (those with a `features:` line below) also have `<name>.features.s
 maps for the same input and weights from its feature extractor (`EfficientNetFeatures`, what
 `features_only=True` builds) with every level out, as `level0`, `level1`, ... (2, C, H, W), and
 timm's `feature_info` ([index, module, reduction, channels, stage] per level) in the metadata.
+Fixtures with a `train:` line below also have `<name>.train.safetensors`: `logits`, timm's
+train-mode logits for the same input (BatchNorm on the batch's statistics).
 
 No input normalization is applied (`normalize` is absent): feed `__input__` straight to the network.
 Logits have a standard deviation of about 0.25 .. 1.5 and differ between the two samples, so an
@@ -773,7 +825,8 @@ odd input 67 and on even inputs 64 / 32; stride 2 in conv and fused stages; kern
 depth 1.5 with round limit 0.9 and with limit 0; silu and relu; `head none`; a fixed 12-channel stem;
 MixNet's options (mixed depthwise kernels, `a1.1` / `p1.1`, `dsa`, `gs`, a dense mixed expansion,
 per-stage activation) in both paddings;
-`output_stride` 16 and 8 (dilation 2 to 8 in every block kind, symmetric and TF `same` padding).
+`output_stride` 16 and 8 (dilation 2 to 8 in every block kind, symmetric and TF `same` padding);
+CondConv (`cc`, `experts`: per-sample kernels on 1x1, depthwise and grouped convolutions).
 
 ## What timm builds
 
@@ -802,6 +855,8 @@ def write_readme(out_dir, results):
             text += f"\n### {fx['name']}\n```\n" + "\n".join(r["blocks"]) + "\n```\n"
             if r["maps"]:
                 text += "features: " + ", ".join(f"level{i} {s}" for i, s in enumerate(r["maps"])) + "\n"
+            if fx.get("train"):
+                text += "train: train-mode logits in " + fx["name"] + ".train.safetensors\n"
     with open(os.path.join(out_dir, "README.md"), "w") as f:
         f.write(text)
 

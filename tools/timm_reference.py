@@ -72,6 +72,8 @@ MODELS = [
     "tf_mixnet_s", "tf_mixnet_m", "tf_mixnet_l",
     "efficientnet_b0_gn", "efficientnet_b0_g8_gn", "efficientnet_b0_g16_evos",
     "efficientnet_b3_gn", "efficientnet_b3_g8_gn",
+    "efficientnet_cc_b0_4e", "efficientnet_cc_b0_8e", "efficientnet_cc_b1_8e",
+    "tf_efficientnet_cc_b0_4e", "tf_efficientnet_cc_b0_8e", "tf_efficientnet_cc_b1_8e",
 ]
 # EfficientNet-X and -H (`_gen_efficientnet_x`): space-to-depth (`d1`).
 MODELS += ["efficientnet_x_b3", "efficientnet_x_b5", "efficientnet_h_b5"]
@@ -124,6 +126,10 @@ def capture_arch(name):
         captured["fix_first_last"] = kwargs.get("fix_first_last", args[2] if len(args) > 2 else False)
         if kwargs.get("group_size") is not None:
             captured["group_size"] = kwargs["group_size"]
+        # CondConv's experts multiplier (`_gen_efficientnet_condconv`), recorded where it is not 1.
+        em = kwargs.get("experts_multiplier", args[1] if len(args) > 1 else 1)
+        if em != 1:
+            captured["experts_multiplier"] = em
         return orig_decode(arch_def, depth_multiplier, *args, **kwargs)
 
     def create(variant, pretrained=False, **kwargs):
@@ -184,15 +190,15 @@ def block_details(model):
             path = f"blocks.{si}.{bi}"
             cls = type(blk).__name__
             first = {"ConvBnAct": "conv", "EdgeResidual": "conv_exp", "InvertedResidual": "conv_pw",
-                     "DepthwiseSeparableConv": "conv_dw"}[cls]
+                     "CondConvResidual": "conv_pw", "DepthwiseSeparableConv": "conv_dw"}[cls]
             last = {"ConvBnAct": "conv", "EdgeResidual": "conv_pwl", "InvertedResidual": "conv_pwl",
-                    "DepthwiseSeparableConv": "conv_pw"}[cls]
+                    "CondConvResidual": "conv_pwl", "DepthwiseSeparableConv": "conv_pw"}[cls]
             spatial = {"ConvBnAct": "conv", "EdgeResidual": "conv_exp", "InvertedResidual": "conv_dw",
-                       "DepthwiseSeparableConv": "conv_dw"}[cls]
+                       "CondConvResidual": "conv_dw", "DepthwiseSeparableConv": "conv_dw"}[cls]
             c_first = getattr(blk, first)
             c_sp = getattr(blk, spatial)
             in_chs = c_first.in_channels
-            mid = c_first.out_channels if cls in ("EdgeResidual", "InvertedResidual") else in_chs
+            mid = c_first.out_channels if cls in ("EdgeResidual", "InvertedResidual", "CondConvResidual") else in_chs
             out_chs = getattr(blk, last).out_channels
             se = getattr(blk, "se", None)
             se_rd = se.conv_reduce.out_channels if se is not None and hasattr(se, "conv_reduce") else 0

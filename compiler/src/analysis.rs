@@ -186,6 +186,18 @@ fn block_stats(b: &Block, padding: PaddingMode, hw: usize) -> (LayerStats, usize
         .filter(|t| t.trainable && t.name.contains(".bn"))
         .map(|t| t.shape.iter().product::<usize>())
         .sum::<usize>();
+    // CondConv: the routing linear on the pooled input, and each sample's kernels mixed from
+    // the experts (`routing @ experts`: experts multiply-adds per kernel weight); the
+    // convolutions themselves cost what a plain one does.
+    if let Some(r) = b.layers.routing() {
+        params += r.in_features * r.out_features + r.out_features;
+        macs += (r.in_features * r.out_features) as u64;
+        macs += convs
+            .iter()
+            .filter(|c| c.is_conditional())
+            .map(|c| (c.experts * c.weight_shape().iter().product::<usize>()) as u64)
+            .sum::<u64>();
+    }
     if b.residual {
         acts += (b.out_channels * hw * hw) as u64;
     }

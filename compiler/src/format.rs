@@ -886,6 +886,7 @@ fn option(l: &Layer, o: &LayerOpt) -> String {
                 .collect();
             format!("prune({})", args.join(", "))
         }
+        LayerOptKind::Experts(n) => format!("cc {}", n.text),
     }
 }
 

@@ -169,6 +169,9 @@ pub struct ImportOptions {
     /// timm's model-wide `group_size` (`decode_arch_def(..., group_size=N)`): the group size of
     /// every block string without its own `gs`.
     pub group_size: Option<usize>,
+    /// timm's `experts_multiplier` (`_gen_efficientnet_condconv`): multiplies the experts of
+    /// every `cc` block string; 1 writes none.
+    pub experts: usize,
 }
 
 /// How scaled repeats are rounded.
@@ -216,6 +219,7 @@ impl Default for ImportOptions {
             global_context: false,
             norm_group_size: None,
             group_size: None,
+            experts: 1,
         }
     }
 }
@@ -223,7 +227,7 @@ impl Default for ImportOptions {
 const TIMM_TYPES: &str = "cn, er, ir, ds, dsa";
 const TIMM_KEYS: &str = "r (repeats), k (kernel), s (stride), e (expansion), c (channels), \
 se (SE ratio), a / p (expansion / projection kernels), gs (group size), fc (forced input width, `er`), \
-d1 (space-to-depth), noskip, skip, \
+d1 (space-to-depth), cc (CondConv experts, `ir`), noskip, skip, \
 nre / nr6 / nhs / nsw / nmi (activation)";
 const AUTOML_KEYS: &str = "r (repeats), k (kernel), s (stride: s1, s2, s11, s22), e (expansion), \
 i (input filters), o (output filters), c (conv type: 0 MBConv, 1 Fused-MBConv), se (SE ratio), noskip";
@@ -306,6 +310,8 @@ struct StageLine {
     space_to_depth: bool,
     /// `prune(...)`, from a pruned model's layer shapes.
     prune: Option<String>,
+    /// `cc N` (timm's CondConv experts, `ir` blocks only).
+    experts: Option<usize>,
     /// A further block string of the stage above: a `then` line.
     then: bool,
     /// The block string, for the trailing comment.
@@ -771,7 +777,7 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
                 if value.is_empty()
                     || !matches!(
                         key,
-                        "r" | "k" | "a" | "p" | "s" | "e" | "c" | "se" | "fc" | "gs" | "d"
+                        "r" | "k" | "a" | "p" | "s" | "e" | "c" | "se" | "fc" | "gs" | "d" | "cc"
                     )
                 {
                     return Err(unknown(token));
@@ -839,6 +845,25 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
         }
         _ => false,
     };
+    // timm reads `cc` in `ir` blocks only; `cc0` is a plain InvertedResidual.
+    let experts = match fields.get("cc") {
+        Some((v, t)) if kind == "ir" => Some(v.parse::<usize>().map_err(|_| {
+            bad(
+                block,
+                t,
+                format!("the number of experts must be a whole number, not `{v}`"),
+            )
+        })?)
+        .filter(|&n| n > 0),
+        Some((_, t)) => {
+            return Err(bad(
+                block,
+                t,
+                "`cc` (CondConv experts) is an option of `ir` blocks only",
+            ));
+        }
+        None => None,
+    };
     let expansion = match kind {
         "er" | "ir" => {
             let (v, t) = fields.require("e", "the expansion ratio, like `e4`")?;
@@ -874,6 +899,7 @@ fn decode_timm(block: &str) -> Result<StageLine, ImportError> {
         force_in,
         space_to_depth,
         prune: None,
+        experts,
         then: false,
         source: format!("timm {block}"),
     })
@@ -964,6 +990,7 @@ fn decode_automl(block: &str) -> Result<(StageLine, usize, bool), ImportError> {
         force_in: None,
         space_to_depth: false,
         prune: None,
+        experts: None,
         then: false,
         source: format!("automl {block}"),
     };
@@ -1028,6 +1055,11 @@ fn check_options(opts: &ImportOptions, conv: &Conventions, stem: usize) -> Resul
     };
     positive(opts.width, "width multiplier")?;
     positive(opts.depth, "depth multiplier")?;
+    if opts.experts == 0 {
+        return Err(ImportError::BadOption(
+            "the experts multiplier must be at least 1".to_string(),
+        ));
+    }
     if !(conv.bn_eps.is_finite() && conv.bn_eps > 0.0 && conv.bn_eps < 1.0) {
         return Err(ImportError::BadOption(format!(
             "the BatchNorm eps must be in (0, 1), not {}",
@@ -1170,20 +1202,28 @@ fn render_model(
         s.push_str("round depth round\n");
     }
     let depths = stage_depths(opts, stages.iter().filter(|s| !s.then).count())?;
+    // timm's experts multiplier applies to `cc` strings only (and timm ignores it at 1).
+    let experts = if opts.experts != 1 {
+        format!(" experts {}", opts.experts)
+    } else {
+        String::new()
+    };
     match depths {
         Some(d) => s.push_str(&format!(
-            "scale width {} stages({})\n",
+            "scale width {} stages({}){experts}\n",
             multiplier(opts.width),
             d.iter()
                 .map(|&v| multiplier(v))
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
-        None if opts.width != 1.0 || opts.depth != 1.0 => s.push_str(&format!(
-            "scale width {} depth {}\n",
-            multiplier(opts.width),
-            multiplier(opts.depth)
-        )),
+        None if opts.width != 1.0 || opts.depth != 1.0 || opts.experts != 1 => {
+            s.push_str(&format!(
+                "scale width {} depth {}{experts}\n",
+                multiplier(opts.width),
+                multiplier(opts.depth)
+            ))
+        }
         None => {}
     }
     s.push('\n');
@@ -1230,6 +1270,9 @@ fn render_model(
         }
         if let Some(p) = &st.prune {
             line.push_str(&format!(" {p}"));
+        }
+        if let Some(e) = st.experts {
+            line.push_str(&format!(" cc {e}"));
         }
         s.push_str(&format!("{line} // {}\n", st.source));
     }

@@ -154,6 +154,16 @@ pub struct Conv {
     /// and subsampled by this stride. 1: no blur pool.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub blur_stride: usize,
+    /// CondConv (timm's `CondConv2d`): 0 for a plain convolution; otherwise the number of
+    /// expert kernels, stored as one `[experts, prod(weight_shape)]` tensor at `{path}.weight`.
+    /// Each sample convolves with its own kernel of [`Conv::weight_shape`], the experts summed
+    /// with the block's routing weights.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub experts: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One part of a mixed convolution: its kernel and its slices of the channels.
@@ -212,8 +222,25 @@ impl Conv {
                 mixed: Vec::new(),
                 padding: self.padding,
                 blur_stride: self.blur_stride,
+                experts: 0,
             })
             .collect()
+    }
+
+    /// Whether this is a CondConv convolution (its kernel mixed per sample from experts).
+    pub fn is_conditional(&self) -> bool {
+        self.experts > 0
+    }
+
+    /// The shape of the stored weight: [`Conv::weight_shape`], or a CondConv's
+    /// `[experts, prod(weight_shape)]` (timm's layout).
+    pub fn stored_weight_shape(&self) -> Vec<usize> {
+        let shape = self.weight_shape();
+        if self.is_conditional() {
+            vec![self.experts, shape.iter().product()]
+        } else {
+            shape.to_vec()
+        }
     }
 
     /// Multiply-adds per output pixel, over the parts of a mixed convolution (not the zeros
@@ -227,12 +254,15 @@ impl Conv {
 
     /// Trainable parameters: the weights of every part, and the bias.
     pub fn param_count(&self) -> usize {
+        // A CondConv holds every expert's weight (and bias).
+        let copies = self.experts.max(1);
         self.parts()
             .iter()
             .map(|p| {
                 p.weight_shape().iter().product::<usize>() + if p.bias { p.out_channels } else { 0 }
             })
-            .sum()
+            .sum::<usize>()
+            * copies
     }
 
     pub fn weight_shape(&self) -> [usize; 4] {
@@ -374,6 +404,11 @@ pub enum BlockLayers {
         se: Option<SqueezeExcite>,
         conv_pwl: Conv,
         bn3: Norm,
+        /// CondConv (timm's `CondConvResidual`): `routing_fn`, a linear layer from the block
+        /// input's global average to one weight per expert (through a sigmoid), which mixes
+        /// the experts of `conv_pw`, `conv_dw` and `conv_pwl`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        routing: Option<Linear>,
     },
 }
 
@@ -525,6 +560,15 @@ impl BlockLayers {
         }
     }
 
+    /// A CondConv block's routing function (`routing_fn`), which weighs the experts of its
+    /// conditional convolutions.
+    pub fn routing(&self) -> Option<&Linear> {
+        match self {
+            BlockLayers::MbConv { routing, .. } => routing.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The index in [`BlockLayers::conv_bns`] of the layer whose output the SE gates: the
     /// block's kxk convolution (the first of ds and er blocks, the depthwise second of ir).
     /// A space-to-depth opening (`s2d`) comes first and moves it one on.
@@ -612,16 +656,33 @@ fn push_conv(out: &mut Vec<TensorSpec>, c: &Conv) {
 fn push_plain_conv(out: &mut Vec<TensorSpec>, c: &Conv) {
     out.push(TensorSpec {
         name: format!("{}.weight", c.path),
-        shape: c.weight_shape().to_vec(),
+        shape: c.stored_weight_shape(),
         trainable: true,
     });
     if c.bias {
         out.push(TensorSpec {
             name: format!("{}.bias", c.path),
-            shape: vec![c.out_channels],
+            shape: if c.is_conditional() {
+                vec![c.experts, c.out_channels]
+            } else {
+                vec![c.out_channels]
+            },
             trainable: true,
         });
     }
+}
+
+fn push_linear(out: &mut Vec<TensorSpec>, l: &Linear) {
+    out.push(TensorSpec {
+        name: format!("{}.weight", l.path),
+        shape: vec![l.out_features, l.in_features],
+        trainable: true,
+    });
+    out.push(TensorSpec {
+        name: format!("{}.bias", l.path),
+        shape: vec![l.out_features],
+        trainable: true,
+    });
 }
 
 fn push_bn(out: &mut Vec<TensorSpec>, b: &Norm) {
@@ -664,6 +725,10 @@ impl Block {
                 push_se(&mut out, self.layers.se());
             }
         }
+        // timm's CondConvResidual registers `routing_fn` after the InvertedResidual's modules.
+        if let Some(r) = self.layers.routing() {
+            push_linear(&mut out, r);
+        }
         out
     }
 }
@@ -682,16 +747,7 @@ impl Network {
             push_conv(&mut out, &h.conv);
             push_bn(&mut out, &h.bn);
         }
-        out.push(TensorSpec {
-            name: format!("{}.weight", self.classifier.path),
-            shape: vec![self.classifier.out_features, self.classifier.in_features],
-            trainable: true,
-        });
-        out.push(TensorSpec {
-            name: format!("{}.bias", self.classifier.path),
-            shape: vec![self.classifier.out_features],
-            trainable: true,
-        });
+        push_linear(&mut out, &self.classifier);
         out
     }
 
@@ -1101,6 +1157,9 @@ fn write_conv(f: &mut fmt::Formatter<'_>, indent: &str, name: &str, c: &Conv) ->
             .collect();
         write!(f, " mixed [{}]", parts.join(", "))?;
     }
+    if c.is_conditional() {
+        write!(f, " experts {}", c.experts)?;
+    }
     if c.bias {
         write!(f, " +bias")?;
     }
@@ -1197,6 +1256,13 @@ impl fmt::Display for Network {
                     if i == se_after {
                         write_se(f, ind, b.layers.se())?;
                     }
+                }
+                if let Some(r) = b.layers.routing() {
+                    writeln!(
+                        f,
+                        "{ind}{:<12} {} [{}, {}] +bias",
+                        "routing", r.path, r.out_features, r.in_features
+                    )?;
                 }
             }
         }

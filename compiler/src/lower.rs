@@ -90,6 +90,7 @@ fn conv(
         mixed: Vec::new(),
         padding: None,
         blur_stride: 1,
+        experts: 0,
     }
 }
 
@@ -541,40 +542,60 @@ pub fn lower(model: &ModelDef, schedules: &[&ScheduleDef]) -> Network {
                         mid,
                         same_shape && s.skip != Skip::Off,
                     ),
-                    StageKind::MbConv => (
-                        BlockKind::MbConv,
-                        BlockLayers::MbConv {
-                            s2d: s2d_layer,
-                            conv_pw: mixed_conv(p("conv_pw"), in_ch, mid, &s.exp_kernels, 1, 1, 1),
-                            bn1: bn(p("bn1"), mid),
-                            conv_dw: Conv {
-                                padding: dw_padding,
-                                ..mixed_conv(
-                                    p("conv_dw"),
+                    StageKind::MbConv => {
+                        // CondConv (timm's `CondConvResidual`): the stage's experts times the
+                        // model's multiplier, on all three convolutions; the SE stays plain.
+                        let experts = s.experts.map_or(0, |e| e * model.experts);
+                        let cond = |c: Conv| Conv { experts, ..c };
+                        (
+                            BlockKind::MbConv,
+                            BlockLayers::MbConv {
+                                s2d: s2d_layer,
+                                conv_pw: cond(mixed_conv(
+                                    p("conv_pw"),
+                                    in_ch,
                                     mid,
+                                    &s.exp_kernels,
+                                    1,
+                                    1,
+                                    1,
+                                )),
+                                bn1: bn(p("bn1"), mid),
+                                conv_dw: cond(Conv {
+                                    padding: dw_padding,
+                                    ..mixed_conv(
+                                        p("conv_dw"),
+                                        mid,
+                                        mid,
+                                        &kernels,
+                                        stride,
+                                        dilation,
+                                        gs(mid, 1),
+                                    )
+                                }),
+                                bn2: bn(p("bn2"), mid),
+                                se,
+                                conv_pwl: cond(mixed_conv(
+                                    p("conv_pwl"),
                                     mid,
-                                    &kernels,
-                                    stride,
-                                    dilation,
-                                    gs(mid, 1),
-                                )
+                                    out_ch,
+                                    &s.proj_kernels,
+                                    1,
+                                    1,
+                                    1,
+                                )),
+                                bn3: bn(p("bn3"), out_ch),
+                                // The routing function reads the block's input.
+                                routing: (experts > 0).then(|| Linear {
+                                    path: p("routing_fn"),
+                                    in_features: block_in,
+                                    out_features: experts,
+                                }),
                             },
-                            bn2: bn(p("bn2"), mid),
-                            se,
-                            conv_pwl: mixed_conv(
-                                p("conv_pwl"),
-                                mid,
-                                out_ch,
-                                &s.proj_kernels,
-                                1,
-                                1,
-                                1,
-                            ),
-                            bn3: bn(p("bn3"), out_ch),
-                        },
-                        mid,
-                        same_shape && s.skip != Skip::Off,
-                    ),
+                            mid,
+                            same_shape && s.skip != Skip::Off,
+                        )
+                    }
                 };
                 // `antialias blur`: the strided convolution runs at stride 1 and blur-pools
                 // after its norm and activation (timm's blocks with `aa_layer`, stride > 1).

@@ -549,6 +549,54 @@ fn timm_errors() {
 
 /// `output_stride` (timm's `create_model(..., output_stride=16)`) is written into the model,
 /// which then dilates where timm does: EfficientNet-B0's sixth stage from its second block.
+/// timm's `cc` (CondConv experts) on `ir` strings and its `experts_multiplier`: written as
+/// `cc N` and `scale ... experts M`; `cc0` is a plain block; on another block type an error.
+#[test]
+fn timm_import_takes_condconv_experts() {
+    let opts = ImportOptions {
+        experts: 2,
+        ..ImportOptions::default()
+    };
+    let text = import_timm(
+        "cc",
+        "[['ds_r1_k3_s1_e1_c16_se0.25'], ['ir_r2_k5_s2_e6_c40_se0.25_cc4'], ['ir_r1_k3_s1_e6_c40_cc0']]",
+        &opts,
+    )
+    .expect("imports");
+    assert!(
+        text.contains("scale width 1.0 depth 1.0 experts 2"),
+        "{text}"
+    );
+    assert!(text.contains("x2  se 0.25 cc 4"), "{text}");
+    let compiled = compile(&text).unwrap_or_else(|d| panic!("{d:#?}"));
+    let net = compiled.network(None).expect("one model");
+    let experts: Vec<(&str, usize)> = net
+        .blocks()
+        .map(|b| {
+            (
+                b.path.as_str(),
+                b.layers.routing().map_or(0, |r| r.out_features),
+            )
+        })
+        .collect();
+    assert_eq!(
+        experts,
+        [
+            ("blocks.0.0", 0),
+            ("blocks.1.0", 8),
+            ("blocks.1.1", 8),
+            ("blocks.2.0", 0)
+        ]
+    );
+    let err = import_timm(
+        "cc",
+        "[['er_r1_k3_s1_e4_c24_cc4']]",
+        &ImportOptions::default(),
+    )
+    .expect_err("cc on er");
+    assert!(err.to_string().contains("`cc` (CondConv experts)"), "{err}");
+}
+
 #[test]
 fn timm_import_takes_the_output_stride() {
     let opts = ImportOptions {
@@ -720,6 +768,8 @@ fn every_captured_timm_model_imports_with_its_generator_arguments() {
             group_size: m
                 .get("group_size")
                 .map(|g| g.as_u64().expect("group_size") as usize),
+            // Recorded only where it is not 1 (the CondConv models).
+            experts: m["experts_multiplier"].as_u64().map_or(1, |e| e as usize),
             ..ImportOptions::default()
         };
         let arch_def = timm_arch_def(name);

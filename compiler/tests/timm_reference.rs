@@ -144,7 +144,8 @@ fn every_reference_model_is_bundled_and_matches_timm() {
                 "{name}: GroupNorm layers {ours:?} vs timm {theirs:?}"
             ));
         }
-        // Block classes: ConvBnAct / DepthwiseSeparableConv / EdgeResidual / InvertedResidual.
+        // Block classes: ConvBnAct / DepthwiseSeparableConv / EdgeResidual / InvertedResidual
+        // (CondConvResidual where it routes experts).
         let classes: HashMap<&str, &str> = r["blocks"]
             .as_array()
             .expect("blocks")
@@ -156,6 +157,7 @@ fn every_reference_model_is_bundled_and_matches_timm() {
                 BlockKind::Conv => "ConvBnAct",
                 BlockKind::DepthwiseSeparable => "DepthwiseSeparableConv",
                 BlockKind::Edge => "EdgeResidual",
+                BlockKind::MbConv if b.layers.routing().is_some() => "CondConvResidual",
                 BlockKind::MbConv => "InvertedResidual",
             };
             if classes.get(b.path.as_str()) != Some(&want) {
@@ -333,6 +335,38 @@ fn v2_s_multiply_adds_match_automl() {
     let s = effnet_compiler::analysis::summarize(&nets["efficientnetv2_s"], 384);
     assert_eq!(s.params, 21_458_488);
     assert!((8.3e9..8.5e9).contains(&(s.macs as f64)), "{} MACs", s.macs);
+}
+
+/// The summary's parameters are the network's (timm's count) for every bundled model, and a
+/// CondConv model's multiply-adds are its plain twin's plus the routing linears and the mixing
+/// of every sample's kernels (one multiply-add per expert weight).
+#[test]
+fn summaries_count_every_parameter_and_condconvs_routing() {
+    let nets = bundled();
+    for (name, net) in &nets {
+        let s = effnet_compiler::analysis::summarize(net, net.resolution);
+        assert_eq!(s.params, net.param_count(), "{name}");
+    }
+    let cc = &nets["efficientnet_cc_b0_8e"];
+    let plain = &nets["efficientnet_b0"];
+    let (a, b) = (
+        effnet_compiler::analysis::summarize(cc, 224),
+        effnet_compiler::analysis::summarize(plain, 224),
+    );
+    let mut extra = 0u64;
+    for blk in cc.blocks() {
+        if let Some(r) = blk.layers.routing() {
+            extra += (r.in_features * r.out_features) as u64;
+            for l in blk.layers.conv_bns() {
+                extra += (l.conv.experts * l.conv.weight_shape().iter().product::<usize>()) as u64;
+            }
+        }
+    }
+    assert_eq!(
+        cc.blocks().filter(|b| b.layers.routing().is_some()).count(),
+        8
+    );
+    assert_eq!(a.macs, b.macs + extra);
 }
 
 /// The levels of a network whose first stage downsamples start at the stem (timm takes `bn1`'s

@@ -113,7 +113,7 @@ pub struct Derivation {
     pub span: Span,
 }
 
-/// `width 1.1`, `depth 1.2`, `stages(1.2, 1.6)`.
+/// `width 1.1`, `depth 1.2`, `stages(1.2, 1.6)`, `experts 2`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScaleArg {
     pub key: Ident,
@@ -334,6 +334,8 @@ pub enum LayerOptKind {
     SpaceToDepth,
     /// `prune(out = C, mid = (..), se = (..))`: a pruned network's widths (timm's `_pruned`).
     Prune(Vec<PruneArg>),
+    /// `cc N`: CondConv with N experts (timm's `cc`), times the model's `experts` multiplier.
+    Experts(Number),
 }
 
 /// One `key = value` of `prune(...)`: a number, or a list in parentheses.
@@ -360,6 +362,7 @@ impl LayerOptKind {
             LayerOptKind::GroupSize(_) => "gs",
             LayerOptKind::SpaceToDepth => "s2d",
             LayerOptKind::Prune(_) => "prune",
+            LayerOptKind::Experts(_) => "cc",
         }
     }
 }

@@ -432,6 +432,7 @@ fn layer(p: Pair<Rule>) -> Layer {
                         Rule::gs => LayerOptKind::GroupSize(first_number(o)),
                         Rule::s2d => LayerOptKind::SpaceToDepth,
                         Rule::prune => LayerOptKind::Prune(children(o).map(prune_arg).collect()),
+                        Rule::cc => LayerOptKind::Experts(first_number(o)),
                         _ => LayerOptKind::Fixed,
                     };
                     options.push(LayerOpt { kind, span: osp });
@@ -900,14 +901,14 @@ fn rule_display(rule: Rule) -> String {
         Rule::schedule_stmt => {
             "a schedule statement (`epochs`, `stages`, `image 128 -> 300`, ...)".into()
         }
-        Rule::scale_arg | Rule::scale_key => "`width`, `depth` or `stages`".into(),
+        Rule::scale_arg | Rule::scale_key => "`width`, `depth`, `stages` or `experts`".into(),
         Rule::layer_param | Rule::param_letter | Rule::kernel_letter => {
             "a layer parameter (`k3` kernel, `e4` expansion, `s2` stride)".into()
         }
         Rule::kernels | Rule::kernel => "kernel sizes like `3` or `3.5.7`".into(),
         Rule::arrow => "`->`".into(),
         Rule::layer_opt => {
-            "a stage option (`x2`, `se 0.25`, `skip`, `noskip`, `act`, `depth`, `fc`, `gs`, `s2d`, `prune`)"
+            "a stage option (`x2`, `se 0.25`, `skip`, `noskip`, `act`, `depth`, `fc`, `gs`, `s2d`, `prune`, `cc`)"
                 .into()
         }
         Rule::repeats => "repeats like `x2`".into(),

@@ -96,6 +96,23 @@ fn fixed(net: &Network, opset: i64, resolution: usize) -> ExportOptions {
     }
 }
 
+/// Whether the network has CondConv blocks, whose export needs a fixed batch.
+fn conditional(net: &Network) -> bool {
+    net.ir.blocks().any(|b| b.layers.routing().is_some())
+}
+
+/// `options` with the batch of `x` fixed where the network needs it (CondConv).
+fn batch_for(net: &Network, x: &Tensor, options: ExportOptions) -> ExportOptions {
+    if conditional(net) {
+        ExportOptions {
+            batch: Size::Fixed(x.dims()[0]),
+            ..options
+        }
+    } else {
+        options
+    }
+}
+
 /// f32 summation order alone: logits are O(1) (the fixtures' README).
 const TOL: f32 = 1e-5;
 
@@ -106,7 +123,8 @@ fn every_timm_fixture_runs_in_tract_as_in_effnet_and_timm() {
     let mut report = Vec::new();
     for name in &names {
         let (net, x, timm) = fixture(name);
-        let onnx = export_bytes(&net, &fixed(&net, export::DEFAULT_OPSET, x.dims()[3]));
+        let options = batch_for(&net, &x, fixed(&net, export::DEFAULT_OPSET, x.dims()[3]));
+        let onnx = export_bytes(&net, &options);
         let ours = tract_logits(&onnx, &x);
         let vs_effnet = common::max_diff(&ours, &effnet_logits(&net, &x));
         let vs_timm = common::max_diff(&ours, &common::values(&timm));
@@ -133,7 +151,7 @@ fn exports_match_the_committed_onnxruntime_logits() {
         let opset = e["opset"].as_i64().expect("opset");
         let dynamic = e["resolution"] == "dynamic";
         let (net, x, _) = fixture(name);
-        let mut options = fixed(&net, opset, x.dims()[3]);
+        let mut options = batch_for(&net, &x, fixed(&net, opset, x.dims()[3]));
         if dynamic {
             options.resolution = Size::Dynamic;
         }
@@ -151,6 +169,34 @@ fn exports_match_the_committed_onnxruntime_logits() {
             "{name} opset {opset}: tract vs onnxruntime {diff:e}"
         );
     }
+}
+
+/// CondConv (timm's batch-into-groups formulation): a fixed batch, at a fixed or a dynamic
+/// resolution (TensorFlow `same` padding decided at run time on the folded input), matches
+/// effnet; a dynamic batch is refused, naming the first conditional layer.
+#[test]
+fn condconv_exports_with_a_fixed_batch_and_refuses_a_dynamic_one() {
+    let (net, x, timm) = fixture("fx_cc_same33");
+    assert!(conditional(&net));
+    let options = ExportOptions {
+        batch: Size::Fixed(2),
+        resolution: Size::Dynamic,
+        ..ExportOptions::for_network(&net.ir)
+    };
+    let onnx = export_bytes(&net, &options);
+    let d = common::max_diff(&tract_logits(&onnx, &x), &common::values(&timm));
+    assert!(d < TOL, "vs timm {d:e}");
+    // Another size at the same batch: the padding of the stride-2 CondConv depthwise follows.
+    let other = common::tensor(&[2, 3, 40, 40], 7).expect("input");
+    let d = common::max_diff(&tract_logits(&onnx, &other), &effnet_logits(&net, &other));
+    assert!(d < TOL, "40x40 vs effnet {d:e}");
+    let err = export::export(&net, &ExportOptions::for_network(&net.ir))
+        .expect_err("a dynamic batch cannot be grouped");
+    let text = err.to_string();
+    assert!(
+        text.contains("`blocks.2.0.conv_pw` is a CondConv convolution") && text.contains("--batch"),
+        "{text}"
+    );
 }
 
 #[test]

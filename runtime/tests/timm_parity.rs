@@ -413,3 +413,143 @@ fn group_norm_fixture_matches_timm_in_eval_and_train_mode() {
         );
     }
 }
+
+/// The CondConv fixture (timm's `CondConvResidual`: per-sample kernels mixed from experts on
+/// 1x1, depthwise and grouped convolutions, TF `same` padding, batch 2 so that each sample's
+/// routing differs): the plans' facts send it to candle (no effnet kernel mixes kernels per
+/// sample), whose eval-mode logits match timm's, and whose train-mode logits (batch
+/// statistics) match timm's train-mode logits. The training step runs on candle's autograd:
+/// with frozen BatchNorm its loss is the cross-entropy of timm's logits, and its gradients of
+/// the routing function and of the experts agree with central differences of that loss.
+#[test]
+fn condconv_fixture_matches_timm_in_eval_and_train_mode() {
+    use effnet_runtime::train::optim::Param;
+    use effnet_runtime::{Plan, Purpose};
+    let spec = fixtures()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("fx_cc_"))
+        .expect("the CondConv fixture");
+    let (net, input, logits) = load_fixture(&spec, false);
+    assert_eq!(input.dims()[0], 2, "per-sample routing needs a batch");
+    let choice = net.plan(&input, Purpose::Infer);
+    assert_eq!(choice.plan, Plan::Candle);
+    assert!(
+        choice.to_string().contains("is a CondConv convolution"),
+        "{choice}"
+    );
+    // The kernel plans refuse rather than run a CondConv network wrongly.
+    assert!(net.forward_on(Plan::CpuFused, &input, false).is_err());
+    let eval = net.forward_on(Plan::Candle, &input, false).expect("eval");
+    let d = max_abs(&eval, &logits);
+    assert!(d < 1e-4, "eval-mode logits vs timm: {d:e}");
+    // Train mode: BatchNorm on the batch's statistics, as timm's `model.train()`.
+    let train_file = spec.with_extension("train.safetensors");
+    let theirs_train = read_safetensors(&train_file, &Device::Cpu)
+        .expect("train logits")
+        .remove("logits")
+        .expect("logits");
+    let train = net.forward_on(Plan::Candle, &input, true).expect("train");
+    let d = max_abs(&train, &theirs_train);
+    assert!(d < 1e-4, "train-mode logits vs timm: {d:e}");
+    assert!(
+        max_abs(&train, &eval) > 1e-2,
+        "train and eval modes must differ"
+    );
+
+    // The training step with every BatchNorm frozen (eval-mode normalization).
+    let (mut tnet, input, logits) = load_fixture(&spec, true);
+    let layers = std::iter::once(&mut tnet.stem)
+        .chain(
+            tnet.stages
+                .iter_mut()
+                .flatten()
+                .flat_map(|b| b.layers.iter_mut()),
+        )
+        .chain(tnet.head.as_mut());
+    for l in layers {
+        l.bn.frozen = true;
+    }
+    let params: Vec<Param> = tnet
+        .named_tensors()
+        .into_iter()
+        .filter(|t| t.trainable)
+        .map(|t| {
+            Param::new(
+                t.name,
+                candle_core::Var::from_tensor(&t.tensor).expect("var"),
+            )
+        })
+        .collect();
+    let (n, k) = logits.dims2().expect("logits");
+    let mut t = vec![0.05f32 / k as f32; n * k];
+    for i in 0..n {
+        t[i * k + (3 * i + 1) % k] += 0.95;
+    }
+    let targets = candle_core::Tensor::from_vec(t, (n, k), &Device::Cpu).expect("targets");
+    let theirs = effnet_runtime::exec::soft_cross_entropy(&logits, &targets)
+        .and_then(|l| l.to_scalar::<f32>())
+        .expect("timm's loss") as f64;
+    assert_eq!(
+        tnet.plan(&input, Purpose::TrainStep).plan,
+        Plan::Candle,
+        "no hand-written CondConv step"
+    );
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let loss_and_grads = |rng: &mut rand_chacha::ChaCha8Rng| {
+        tnet.loss_and_grads_on(Plan::Candle, &params, &input, &targets, rng)
+            .expect("step")
+    };
+    let (loss, grads) = loss_and_grads(&mut rng);
+    assert_eq!(grads.len(), params.len());
+    assert!(
+        (loss - theirs).abs() < 1e-4 * theirs.abs().max(1.0),
+        "loss {loss} vs timm {theirs}"
+    );
+    // Central differences on the largest-gradient element of a routing function and of each
+    // kind of conditional convolution's experts (f64 sums of f32 losses: a step of 1e-2).
+    for name in [
+        "blocks.2.0.routing_fn.weight",
+        "blocks.2.0.conv_pw.weight",
+        "blocks.2.1.conv_dw.weight",
+        "blocks.3.0.conv_dw.weight",
+        "blocks.2.1.conv_pwl.weight",
+    ] {
+        let i = params
+            .iter()
+            .position(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no parameter {name}"));
+        let g: Vec<f32> = grads[i]
+            .flatten_all()
+            .and_then(|g| g.to_vec1())
+            .expect("grad");
+        let (j, &gj) = g
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            .expect("elements");
+        assert!(gj.abs() > 1e-4, "{name}: gradient {gj}");
+        let var = &params[i].var;
+        // Copied out: a flattened view would share the variable's storage.
+        let orig: Vec<f32> = var
+            .as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .expect("values");
+        let shape = var.as_tensor().shape().clone();
+        let h = 1e-2f32;
+        let mut at = |delta: f32| {
+            let mut v = orig.clone();
+            v[j] += delta;
+            var.set(&candle_core::Tensor::from_vec(v, shape.clone(), &Device::Cpu).expect("t"))
+                .expect("set");
+            loss_and_grads(&mut rng).0
+        };
+        let numeric = (at(h) - at(-h)) / (2.0 * h as f64);
+        at(0.0);
+        println!("{name}[{j}]: autograd {gj}, central difference {numeric}");
+        assert!(
+            (numeric - gj as f64).abs() < 1e-3 * (gj.abs() as f64).max(1e-2),
+            "{name}[{j}]: autograd {gj}, central difference {numeric}"
+        );
+    }
+}

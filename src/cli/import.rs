@@ -121,6 +121,9 @@ pub struct Opts {
     /// `group_size`).
     #[arg(long, value_name = "N")]
     group_size: Option<usize>,
+    /// timm's `experts_multiplier`: multiplies the experts of every `cc` (CondConv) block.
+    #[arg(long, default_value_t = 1)]
+    experts: usize,
     /// Write the model here instead of to stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -165,6 +168,7 @@ impl Opts {
             pruned,
             blur_pool: self.blur_pool,
             global_context: self.global_context,
+            experts: self.experts,
         })
     }
 }

@@ -102,6 +102,9 @@ pub struct StageDef {
     pub space_to_depth: bool,
     /// `prune(...)`: the widths of a pruned network, where they are not the scaled ones.
     pub prune: Option<Pruned>,
+    /// `cc N`: CondConv with N experts per convolution (before the model's `experts`
+    /// multiplier); `mbconv` only.
+    pub experts: Option<usize>,
     /// A `then` line: more blocks of the stage above (timm: another block string of the same
     /// stage), numbered on from its blocks.
     pub continues: bool,
@@ -186,6 +189,8 @@ pub struct ModelDef {
     pub width: f64,
     pub depth: f64,
     pub stage_depths: Option<Vec<f64>>,
+    /// `scale experts N` (timm's `experts_multiplier`): multiplies every `cc` stage's experts.
+    pub experts: usize,
     pub stem: StemDef,
     /// Every `stage` and `then` line in order.
     pub stages: Vec<StageDef>,

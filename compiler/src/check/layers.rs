@@ -244,6 +244,7 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
     let mut group_size = None;
     let mut space_to_depth = false;
     let mut prune = None;
+    let mut experts = None;
     let mut seen: HashMap<&'static str, Span> = HashMap::new();
     for o in &layer.options {
         let key = match o.kind {
@@ -314,6 +315,7 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
                 None => {}
             },
             LayerOptKind::Prune(args) => prune = pruned(args, o.span, kind, expansion, cx),
+            LayerOptKind::Experts(n) => experts = experts_option(kind, n, o.span, cx),
             LayerOptKind::ForceIn(n) => {
                 let edge = matches!(kind, Some(StageKind::Edge))
                     || (matches!(kind, Some(StageKind::Fused)) && expansion != Some(1.0));
@@ -482,6 +484,30 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
             .help("space-to-depth halves the depthwise kernel, `(k + 1) / 2`: give one kernel"),
         );
     }
+    // timm's `create_conv2d` does not make a mixed convolution conditional (it asserts).
+    if let (Some(_), Some(ks)) = (experts, &kernels)
+        && [
+            ks,
+            exp_kernels.as_ref().unwrap_or(ks),
+            proj_kernels.as_ref().unwrap_or(ks),
+        ]
+        .iter()
+        .any(|k| k.len() > 1)
+        && let Some(o) = layer
+            .options
+            .iter()
+            .find(|o| matches!(o.kind, LayerOptKind::Experts(_)))
+    {
+        cx.push(
+            Diagnostic::error(
+                "effnet::experts",
+                "CondConv experts cannot be combined with mixed kernels",
+                o.span,
+            )
+            .label("not with mixed kernels")
+            .help("timm's `create_conv2d` has no conditional MixedConv2d: use a single kernel per convolution"),
+        );
+    }
     let kernels = kernels?;
     Some(StageDef {
         docs: docs.iter().map(|d| d.text.clone()).collect(),
@@ -502,6 +528,7 @@ pub(super) fn stage(layer: &Layer, docs: &[Doc], span: Span, cx: &mut Cx) -> Opt
         force_in,
         space_to_depth,
         prune,
+        experts,
         continues: false,
         span,
     })
@@ -591,4 +618,37 @@ fn pruned(
         }
     }
     ok.then_some(out)
+}
+
+/// `cc N`: CondConv experts, on `mbconv` only (timm builds a `CondConvResidual` from `ir`
+/// blocks alone: its other blocks take no `num_experts`), at least one (timm's `cc0` is a plain
+/// block; write no `cc` for that).
+fn experts_option(kind: Option<StageKind>, n: &Number, span: Span, cx: &mut Cx) -> Option<usize> {
+    match kind {
+        Some(StageKind::MbConv) => {}
+        Some(k) => {
+            cx.push(
+                Diagnostic::error(
+                    "effnet::experts",
+                    format!("a `{}` stage cannot be CondConv", k.name()),
+                    span,
+                )
+                .label("`cc` not allowed on this stage")
+                .help("timm's `cc` (CondConvResidual) applies only to `ir` blocks: use `mbconv`"),
+            );
+            return None;
+        }
+        None => return None,
+    }
+    match n.as_usize() {
+        Some(0) => {
+            cx.push(
+                Diagnostic::error("effnet::experts", "a CondConv stage needs at least one expert", n.span)
+                    .label("zero experts")
+                    .help("write `cc 4` for four experts, or no `cc` for a plain `mbconv` block (timm's `cc0`)"),
+            );
+            None
+        }
+        _ => cx.whole(n, "the number of experts", 1),
+    }
 }

@@ -40,6 +40,8 @@ pub(super) struct Partial {
     width: Option<f64>,
     depth: Option<f64>,
     stage_depths: Option<(Vec<f64>, Span)>,
+    /// The experts multiplier and where it was written.
+    experts: Option<(usize, Span)>,
     stem: Option<StemDef>,
     stages: Option<Vec<StageDef>>,
     head: Option<Option<HeadDef>>,
@@ -132,6 +134,7 @@ impl Resolver<'_> {
                 partial.width = None;
                 partial.depth = None;
                 partial.stage_depths = None;
+                partial.experts = None;
                 scale_args(&d.scale, &mut partial, cx);
             }
         }
@@ -150,6 +153,11 @@ fn scale_args(args: &[ScaleArg], p: &mut Partial, cx: &mut Cx) {
             }
             ("depth", ScaleValue::Number(n)) => {
                 p.depth = cx.within(n, "the depth multiplier", 1e-3, 100.0, false);
+            }
+            ("experts", ScaleValue::Number(n)) => {
+                p.experts = cx
+                    .whole(n, "the experts multiplier", 1)
+                    .map(|e| (e, a.span));
             }
             ("stages", ScaleValue::Tuple(v)) => {
                 let vals: Option<Vec<f64>> = v
@@ -544,6 +552,25 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
             return None;
         }
     };
+    // timm's `experts_multiplier` multiplies `cc` stages only: on a model without them it does
+    // nothing, which is worth saying.
+    if let Some((e, span)) = p.experts
+        && e > 1
+        && !stages.iter().any(|s| s.experts.is_some())
+    {
+        cx.push(
+            Diagnostic::warning(
+                "effnet::experts",
+                format!(
+                    "`experts {e}` has no effect: `{}` has no CondConv stage",
+                    m.name.name
+                ),
+                span,
+            )
+            .label("multiplies no experts")
+            .help("the multiplier applies to `mbconv` stages with `cc N` (timm's `cc`)"),
+        );
+    }
     let (input_channels, resolution, train_resolution) = p.input.unwrap_or((3, 224, None));
     let stage_count = stages.iter().filter(|s| !s.continues).count();
     if let Some((depths, span)) = &p.stage_depths
@@ -616,6 +643,7 @@ pub(super) fn finish_model(m: &Model, p: Partial, cx: &mut Cx) -> Option<ModelDe
         width: p.width.unwrap_or(1.0),
         depth: p.depth.unwrap_or(1.0),
         stage_depths: p.stage_depths.map(|(d, _)| d),
+        experts: p.experts.map_or(1, |(e, _)| e),
         stem,
         stages,
         head: p.head.unwrap_or(None),

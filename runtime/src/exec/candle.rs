@@ -51,17 +51,7 @@ impl ForwardOps for CandleOps {
         if residual.is_some() {
             candle_core::bail!("the candle plan adds residuals after the block");
         }
-        // A frozen BatchNorm stays in eval mode while the rest trains.
-        let train = self.train && !l.bn.frozen;
-        let y = norm(&l.bn, &conv(&l.conv, x, self.grads)?, train)?;
-        let y = match l.activation {
-            Some(a) => activate(&y, a)?,
-            None => y,
-        };
-        match l.conv.spec.blur_stride {
-            1 => Ok(y),
-            s => blur_pool(&y, s),
-        }
+        self.bn_act(l, &conv(&l.conv, x, self.grads)?)
     }
 
     fn fuses_residual(&self, _: &ConvBnAct) -> bool {
@@ -104,6 +94,86 @@ impl ForwardOps for CandleOps {
 
     fn classify(&mut self, c: &Classifier, pooled: &Tensor) -> Result<Tensor> {
         linear(pooled, &c.weight, Some(&c.bias))
+    }
+
+    fn routing(&mut self, r: &Classifier, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::sigmoid(&linear(&x.mean((2, 3))?, &r.weight, Some(&r.bias))?)
+    }
+
+    fn cond_conv_bn_act(&mut self, l: &ConvBnAct, x: &Tensor, routing: &Tensor) -> Result<Tensor> {
+        self.bn_act(l, &cond_conv(&l.conv, x, routing)?)
+    }
+}
+
+impl CandleOps {
+    /// A layer's BatchNorm and activation on its convolution's output `y`.
+    fn bn_act(&self, l: &ConvBnAct, y: &Tensor) -> Result<Tensor> {
+        // A frozen BatchNorm stays in eval mode while the rest trains.
+        let train = self.train && !l.bn.frozen;
+        let y = norm(&l.bn, y, train)?;
+        let y = match l.activation {
+            Some(a) => activate(&y, a)?,
+            None => y,
+        };
+        match l.conv.spec.blur_stride {
+            1 => Ok(y),
+            s => blur_pool(&y, s),
+        }
+    }
+}
+
+/// A CondConv convolution (timm's `CondConv2d`): each sample convolves with its own kernel,
+/// `routing[n] @ experts` (`routing` `[N, E]`, the experts `[E, prod(weight_shape)]`), in
+/// candle ops so that autograd reaches the experts and, through the routing weights, the
+/// routing function. Three formulations, each one batched op where it can be:
+/// - a 1x1 convolution (`conv_pw`, `conv_pwl`) is one batched matmul, `[N, O, C] x [N, C, HW]`;
+/// - a depthwise one (`conv_dw`) folds the batch into the channels, `[1, N * C, H, W]`, and
+///   runs one depthwise convolution whose `N * C` kernels are the samples' (timm's own
+///   batch-into-groups trick, which costs nothing here: our depthwise op reads each channel
+///   once, whatever the count);
+/// - anything else (a grouped or dense kxk one, rare) runs sample by sample with candle's
+///   `conv2d`: folding would make candle's grouped `conv2d` one convolution per group anyway.
+pub(crate) fn cond_conv(c: &Conv2d, x: &Tensor, routing: &Tensor) -> Result<Tensor> {
+    let (n, cin, h, w) = x.dims4()?;
+    let s = &c.spec;
+    let (experts, bias) = c.experts()?;
+    let routing = routing.to_dtype(experts.dtype())?;
+    let [o, per_group, k, _] = s.weight_shape();
+    // [N, P]: every sample's kernel, flattened as timm's `weight.view(...)` reads it.
+    let kernels = routing.matmul(experts)?;
+    let pad = c.pad(h, w);
+    let y = if k == 1 && s.stride == 1 && s.groups == 1 && pad.is_zero() {
+        kernels
+            .reshape((n, o, cin))?
+            .matmul(&x.reshape((n, cin, h * w))?)?
+            .reshape((n, o, h, w))?
+    } else if s.is_depthwise() {
+        let folded = x.reshape((1, n * cin, h, w))?;
+        let y = depthwise_conv2d_dilated(
+            &folded,
+            &kernels.reshape((n * o, 1, k, k))?,
+            s.stride,
+            s.dilation,
+            pad,
+        )?;
+        let (_, _, oh, ow) = y.dims4()?;
+        y.reshape((n, o, oh, ow))?
+    } else {
+        let x = x
+            .pad_with_zeros(2, pad.top, pad.bottom)?
+            .pad_with_zeros(3, pad.left, pad.right)?;
+        let per_sample = (0..n)
+            .map(|i| {
+                let wi = kernels.get(i)?.reshape((o, per_group, k, k))?;
+                x.narrow(0, i, 1)?
+                    .conv2d(&wi, 0, s.stride, s.dilation, s.groups)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&per_sample, 0)?
+    };
+    match bias {
+        Some(b) => y.broadcast_add(&routing.matmul(b)?.reshape((n, o, 1, 1))?),
+        None => Ok(y),
     }
 }
 

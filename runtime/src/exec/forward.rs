@@ -44,6 +44,30 @@ pub(crate) trait ForwardOps {
     fn pool(&mut self, x: Self::Map) -> Result<Tensor>;
     /// The classifier on pooled features.
     fn classify(&mut self, c: &Classifier, pooled: &Tensor) -> Result<Tensor>;
+    /// CondConv: a block's routing weights `[N, experts]` from its input `x`, the sigmoid of
+    /// `routing_fn` on the global average. Only the candle plan implements CondConv; the
+    /// plan's facts keep such networks off the others, which refuse here.
+    fn routing(&mut self, r: &Classifier, x: &Self::Map) -> Result<Tensor> {
+        let _ = x;
+        candle_core::bail!(
+            "`{}`: this execution plan has no CondConv kernels (the candle plan runs them)",
+            r.spec.path
+        )
+    }
+    /// CondConv: conv with each sample's kernel mixed from the experts by its `routing`
+    /// weights, BatchNorm, activation.
+    fn cond_conv_bn_act(
+        &mut self,
+        l: &ConvBnAct,
+        x: &Self::Map,
+        routing: &Tensor,
+    ) -> Result<Self::Map> {
+        let _ = (x, routing);
+        candle_core::bail!(
+            "`{}`: this execution plan has no CondConv kernels (the candle plan runs them)",
+            l.conv.spec.path
+        )
+    }
 }
 
 /// Train mode's masks come from `rng`; eval mode draws none.
@@ -61,8 +85,11 @@ pub(crate) fn block<O: ForwardOps>(
     let last = b.layers.len().saturating_sub(1);
     let rate = b.spec.drop_path * drop_path_scale;
     let draws = masks.is_some() && rate > 0.0;
+    // A CondConv block's routing weights come from its input, once for all its convolutions.
+    let routing = b.routing.as_ref().map(|r| ops.routing(r, x)).transpose()?;
     let fuse_residual = b.spec.residual
         && !draws
+        && routing.is_none()
         && !b.se_on_last_layer()
         && b.layers.last().is_some_and(|l| ops.fuses_residual(l));
     let mut cur: Option<O::Map> = None;
@@ -70,7 +97,10 @@ pub(crate) fn block<O: ForwardOps>(
         let input = cur.as_ref().unwrap_or(x);
         let se_here = i == b.se_after && b.se.is_some();
         let residual = (fuse_residual && i == last).then_some(x);
-        let mut y = ops.conv_bn_act(l, input, residual, se_here)?;
+        let mut y = match &routing {
+            Some(r) if l.conv.spec.is_conditional() => ops.cond_conv_bn_act(l, input, r)?,
+            _ => ops.conv_bn_act(l, input, residual, se_here)?,
+        };
         if se_here && let Some(se) = &b.se {
             y = ops.squeeze_excite(se, y)?;
         }

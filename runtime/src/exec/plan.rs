@@ -81,6 +81,9 @@ pub struct Facts {
     /// The first global context attention (`attention gc`), if any (by its timm path): the
     /// effnet kernels pool squeeze-excitation by averaging.
     pub global_context: Option<String>,
+    /// The first CondConv convolution, if any (by its timm path): its kernel is mixed per
+    /// sample, which no effnet kernel plan does (they prepare each layer's weight once).
+    pub conditional_conv: Option<String>,
 }
 
 /// The activations the CPU kernels implement (forward, and derivative for the step).
@@ -138,6 +141,10 @@ impl Facts {
             .iter()
             .find_map(|s| s.context.as_ref())
             .map(|gc| gc.attn.spec.path.clone());
+        let conditional_conv = layers
+            .iter()
+            .find(|l| l.conv.spec.is_conditional())
+            .map(|l| l.conv.spec.path.clone());
         let params_are_variables = layers.iter().any(|l| l.conv.weight_is_variable());
         Facts {
             purpose,
@@ -150,6 +157,7 @@ impl Facts {
             norm_without_kernel,
             blur_pool,
             global_context,
+            conditional_conv,
         }
     }
 
@@ -194,6 +202,10 @@ impl Facts {
             ))
         } else if let Some(a) = self.activation_without_kernel {
             Some(format!("{} has no {device} kernel", a.name()))
+        } else if let Some(p) = &self.conditional_conv {
+            Some(format!(
+                "`{p}` is a CondConv convolution (a kernel mixed per sample)"
+            ))
         } else if let Some(p) = &self.grouped_conv {
             Some(format!(
                 "`{p}` is a grouped convolution that is not depthwise"
@@ -274,6 +286,7 @@ mod tests {
             norm_without_kernel: None,
             blur_pool: None,
             global_context: None,
+            conditional_conv: None,
         }
     }
 
@@ -327,6 +340,17 @@ mod tests {
         // The training step's kernels do not care: they differentiate by hand.
         vars.purpose = Purpose::TrainStep;
         assert_eq!(vars.choose().plan, Plan::CpuStep);
+        // CondConv: neither the fused inference kernels nor the hand-written step mix
+        // per-sample kernels, so both give way to the candle plan, saying which layer.
+        for purpose in [Purpose::Infer, Purpose::TrainStep] {
+            let mut cc = facts(purpose, "cpu", f32);
+            cc.conditional_conv = Some("blocks.4.0.conv_pw".into());
+            assert_eq!(
+                cc.choose().to_string(),
+                "candle (fallback: `blocks.4.0.conv_pw` is a CondConv convolution (a kernel \
+                 mixed per sample))"
+            );
+        }
     }
 
     /// A GroupNorm sends inference and the training step to the candle plan, on the CPU and

@@ -20,6 +20,15 @@
 //! which is TensorFlow's rule for every input size (output `ceil(in / stride)`, the odd pixel
 //! of padding after).
 //!
+//! CondConv blocks (timm's `CondConvResidual`) are written as timm computes them: the routing
+//! weights (`GlobalAveragePool`, `Flatten`, `Gemm` with `routing_fn`, `Sigmoid`), and for each
+//! conditional convolution the samples' kernels (`MatMul` of the routing weights with the
+//! `[experts, prod(shape)]` expert weights, `Reshape`d to `batch * out` kernels), one grouped
+//! `Conv` over the batch folded into the channels (`[1, batch * C, H, W]`, `batch * groups`
+//! groups) and a `Reshape` back to `[batch, out, H, W]`. A `group` attribute is a constant, so
+//! such a graph has a fixed batch: exporting one with a dynamic batch is an error naming the
+//! layer.
+//!
 //! The input is the network's input as `effnet run` takes it: already normalized. With
 //! [`ExportOptions::normalize`] the graph takes pixels in `[0, 1]` and subtracts the spec's
 //! mean and divides by its std first (`Sub`, `Div`); the model's metadata says which, and
@@ -190,12 +199,12 @@ pub fn export(net: &dyn EffNet, options: &ExportOptions) -> Result<ModelProto, E
     if let (Some(n), true) = (normalize, options.normalize) {
         x = b.normalize(&x, n)?;
     }
-    x = b.conv_bn_act(&x, &ir.stem.conv, &ir.stem.bn, Some(ir.activation))?;
+    x = b.conv_bn_act(&x, &ir.stem.conv, &ir.stem.bn, Some(ir.activation), None)?;
     for block in ir.blocks() {
         x = b.block(&x, block)?;
     }
     if let Some(h) = &ir.head {
-        x = b.conv_bn_act(&x, &h.conv, &h.bn, Some(ir.activation))?;
+        x = b.conv_bn_act(&x, &h.conv, &h.bn, Some(ir.activation), None)?;
     }
     b.classifier(&x, &ir.classifier)?;
     Ok(b.finish(normalize))
@@ -268,6 +277,9 @@ struct Value {
     hw: Option<(usize, usize)>,
 }
 
+/// A `Conv` node's geometry attributes, and its output's height and width where known.
+type ConvGeometry = (Vec<AttributeProto>, Option<(usize, usize)>);
+
 struct Builder<'a> {
     ir: &'a ir::Network,
     options: ExportOptions,
@@ -310,6 +322,16 @@ fn attr_string(name: &str, s: &str) -> AttributeProto {
         name: Some(name.into()),
         s: Some(s.as_bytes().to_vec()),
         r#type: Some(AttributeType::String as i32),
+        ..Default::default()
+    }
+}
+
+fn int64_tensor(name: &str, values: &[i64]) -> TensorProto {
+    TensorProto {
+        dims: vec![values.len() as i64],
+        data_type: Some(onnx::INT64),
+        name: Some(name.into()),
+        int64_data: values.to_vec(),
         ..Default::default()
     }
 }
@@ -458,6 +480,27 @@ impl<'a> Builder<'a> {
         } else {
             None
         };
+        let (mut attrs, hw) = self.conv_geometry(x, c, mode)?;
+        if c.groups > 1 {
+            attrs.push(attr_int("group", c.groups as i64));
+        }
+        let mut inputs = vec![x.name.as_str(), weight.as_str()];
+        if let Some(b) = &bias {
+            inputs.push(b);
+        }
+        let out = c.path.clone();
+        self.node("Conv", &inputs, &out, attrs);
+        Ok(Value { name: out, hw })
+    }
+
+    /// A `Conv` node's kernel, stride, dilation and padding attributes for `c` on `x`, and the
+    /// output's height and width where the input's are known.
+    fn conv_geometry(
+        &mut self,
+        x: &Value,
+        c: &ir::Conv,
+        mode: PaddingMode,
+    ) -> Result<ConvGeometry, ExportError> {
         let (k, s, d) = (c.kernel as i64, c.stride as i64, c.dilation as i64);
         // The pixels the kernel spans.
         let extent = d * (k - 1) + 1;
@@ -522,16 +565,102 @@ impl<'a> Builder<'a> {
                 None
             }
         };
-        if c.groups > 1 {
-            attrs.push(attr_int("group", c.groups as i64));
+        Ok((attrs, hw))
+    }
+
+    /// A CondConv block's routing weights `[N, experts]`: the sigmoid of `routing_fn` on the
+    /// block input's channel means.
+    fn routing(&mut self, x: &Value, r: &ir::Linear) -> Result<String, ExportError> {
+        let pool = format!("{}.pool", r.path);
+        let flat = format!("{}.flatten", r.path);
+        let linear = format!("{}.linear", r.path);
+        self.node("GlobalAveragePool", &[&x.name], &pool, vec![]);
+        self.node("Flatten", &[&pool], &flat, vec![attr_int("axis", 1)]);
+        let w = self.weight(
+            &format!("{}.weight", r.path),
+            &[r.out_features, r.in_features],
+        )?;
+        let b = self.weight(&format!("{}.bias", r.path), &[r.out_features])?;
+        self.node(
+            "Gemm",
+            &[&flat, &w, &b],
+            &linear,
+            vec![attr_int("transB", 1)],
+        );
+        self.node("Sigmoid", &[&linear], &r.path, vec![]);
+        Ok(r.path.clone())
+    }
+
+    /// A CondConv convolution as timm's `CondConv2d` computes it: every sample's kernel
+    /// (`routing @ experts`), then one `Conv` with `batch * groups` groups over the batch
+    /// folded into the channels, unfolded after. The group count fixes the batch.
+    fn cond_conv(
+        &mut self,
+        x: &Value,
+        c: &ir::Conv,
+        routing: &str,
+        mode: PaddingMode,
+    ) -> Result<Value, ExportError> {
+        let Size::Fixed(n) = self.options.batch else {
+            return Err(ExportError::Unsupported {
+                model: self.ir.name.clone(),
+                what: format!(
+                    "`{}` is a CondConv convolution, written as one convolution grouped over                      the batch (each sample has its own kernel), and ONNX's `group` is a                      constant: export with a fixed batch (`--batch N`)",
+                    c.path
+                ),
+            });
+        };
+        let experts = self.weight(&format!("{}.weight", c.path), &c.stored_weight_shape())?;
+        let [o, per_group, k, _] = c.weight_shape();
+        let p = &c.path;
+        let as_i64 = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<i64>>();
+        let mut shape = |name: String, values: Vec<i64>| {
+            if self.written.insert(name.clone()) {
+                self.initializers.push(int64_tensor(&name, &values));
+            }
+            name
+        };
+        let kernel_shape = shape(
+            format!("{p}.kernel_shape"),
+            as_i64(&[n * o, per_group, k, k]),
+        );
+        // `0` keeps the input's size on that axis: the height and width may be dynamic.
+        let folded_shape = shape(format!("{p}.folded_shape"), vec![1, -1, 0, 0]);
+        let out_shape = shape(format!("{p}.out_shape"), vec![n as i64, o as i64, 0, 0]);
+        let kernels = format!("{p}.kernels");
+        let kernel = format!("{p}.kernel");
+        let folded = format!("{p}.folded");
+        self.node("MatMul", &[routing, &experts], &kernels, vec![]);
+        self.node("Reshape", &[&kernels, &kernel_shape], &kernel, vec![]);
+        self.node("Reshape", &[&x.name, &folded_shape], &folded, vec![]);
+        let (mut attrs, hw) = self.conv_geometry(x, c, mode)?;
+        attrs.push(attr_int("group", (c.groups.max(1) * n) as i64));
+        let grouped = format!("{p}.grouped");
+        self.node("Conv", &[&folded, &kernel], &grouped, attrs);
+        let unfolded = if c.bias {
+            format!("{p}.unbiased")
+        } else {
+            p.clone()
+        };
+        self.node("Reshape", &[&grouped, &out_shape], &unfolded, vec![]);
+        if c.bias {
+            // Each sample's bias, mixed as its kernel is: `[N, O]` added per channel.
+            let biases = self.weight(&format!("{p}.bias"), &[c.experts, o])?;
+            let bias_shape = format!("{p}.bias_shape");
+            if self.written.insert(bias_shape.clone()) {
+                self.initializers
+                    .push(int64_tensor(&bias_shape, &[n as i64, o as i64, 1, 1]));
+            }
+            let mixed = format!("{p}.bias_mixed");
+            let bias = format!("{p}.bias_sample");
+            self.node("MatMul", &[routing, &biases], &mixed, vec![]);
+            self.node("Reshape", &[&mixed, &bias_shape], &bias, vec![]);
+            self.node("Add", &[&unfolded, &bias], p, vec![]);
         }
-        let mut inputs = vec![x.name.as_str(), weight.as_str()];
-        if let Some(b) = &bias {
-            inputs.push(b);
-        }
-        let out = c.path.clone();
-        self.node("Conv", &inputs, &out, attrs);
-        Ok(Value { name: out, hw })
+        Ok(Value {
+            name: p.clone(),
+            hw,
+        })
     }
 
     /// A mixed convolution as timm computes it: `Split` the channels, one `Conv` per part
@@ -796,14 +925,20 @@ impl<'a> Builder<'a> {
 
     /// conv, normalization and (unless a linear projection) the activation, named `{bn}.act`
     /// as timm's `BatchNormAct2d` and `GroupNormAct` name it.
+    /// A CondConv block's convolutions take its `routing` weights.
     fn conv_bn_act(
         &mut self,
         x: &Value,
         conv: &ir::Conv,
         bn: &ir::Norm,
         act: Option<Activation>,
+        routing: Option<&str>,
     ) -> Result<Value, ExportError> {
-        let y = self.conv(x, conv, conv.padding_in(self.ir.padding))?;
+        let padding = conv.padding_in(self.ir.padding);
+        let y = match routing {
+            Some(r) if conv.is_conditional() => self.cond_conv(x, conv, r, padding)?,
+            _ => self.conv(x, conv, padding)?,
+        };
         let y = self.norm(&y, bn)?;
         let y = match act {
             Some(a) => self.activation(&y, a, &format!("{}.act", bn.path)),
@@ -927,10 +1062,14 @@ impl<'a> Builder<'a> {
     /// One block: its layers with the squeeze-excitation after `se_after`, then the residual.
     fn block(&mut self, x: &Value, b: &ir::Block) -> Result<Value, ExportError> {
         let se_after = b.layers.se_after();
+        let routing = match b.layers.routing() {
+            Some(r) => Some(self.routing(x, r)?),
+            None => None,
+        };
         let mut y = x.clone();
         for (i, l) in b.layers.conv_bns().into_iter().enumerate() {
             let act = l.activated.then_some(b.activation);
-            y = self.conv_bn_act(&y, l.conv, l.bn, act)?;
+            y = self.conv_bn_act(&y, l.conv, l.bn, act, routing.as_deref())?;
             if i == se_after
                 && let Some(se) = b.layers.se()
             {

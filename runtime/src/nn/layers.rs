@@ -72,8 +72,14 @@ pub struct Conv2d {
 
 impl Conv2d {
     pub fn load(spec: &ir::Conv, padding: PaddingMode, vb: &VarBuilder) -> CResult<Self> {
+        // A CondConv's bias holds one row per expert, as its weight does (timm's layout).
+        let bias_shape = if spec.is_conditional() {
+            vec![spec.experts, spec.out_channels]
+        } else {
+            vec![spec.out_channels]
+        };
         let bias = if spec.bias {
-            Some(vb.get(spec.out_channels, &format!("{}.bias", spec.path))?)
+            Some(vb.get(bias_shape, &format!("{}.bias", spec.path))?)
         } else {
             None
         };
@@ -92,10 +98,7 @@ impl Conv2d {
             // A mixed convolution's own weight is assembled when asked for (`weight()`), so
             // that it always follows its parts, which training updates in place.
             Some((_, w)) => w.clone(),
-            None => vb.get(
-                spec.weight_shape().to_vec(),
-                &format!("{}.weight", spec.path),
-            )?,
+            None => vb.get(spec.stored_weight_shape(), &format!("{}.weight", spec.path))?,
         };
         Ok(Conv2d {
             spec: spec.clone(),
@@ -110,6 +113,13 @@ impl Conv2d {
     /// tensor, or a mixed convolution's parts assembled (in candle ops, so that autograd
     /// carries the gradient back to each part).
     pub fn weight(&self) -> CResult<Tensor> {
+        if self.spec.is_conditional() {
+            // No one kernel exists: each sample's is mixed from the experts (`experts()`).
+            candle_core::bail!(
+                "`{}` is a CondConv convolution: its kernel differs per sample",
+                self.spec.path
+            );
+        }
         if self.parts.is_empty() {
             return Ok(self.weight.clone());
         }
@@ -132,6 +142,16 @@ impl Conv2d {
             })
             .collect::<CResult<Vec<_>>>()?;
         Tensor::cat(&blocks, 0)
+    }
+
+    /// A CondConv's expert kernels, `[experts, prod(weight_shape)]` as timm stores them, and its
+    /// per-expert bias `[experts, out]` if it has one: each sample's kernel is
+    /// `routing @ experts`, reshaped to [`ir::Conv::weight_shape`].
+    pub fn experts(&self) -> CResult<(&Tensor, Option<&Tensor>)> {
+        if !self.spec.is_conditional() {
+            candle_core::bail!("`{}` is not a CondConv convolution", self.spec.path);
+        }
+        Ok((&self.weight, self.bias.as_ref()))
     }
 
     /// The stored weight of a convolution that is not mixed (a squeeze-excitation's 1x1s),
@@ -476,6 +496,10 @@ pub struct Block {
     pub se: Option<SqueezeExcite>,
     /// The SE gates the output of `layers[se_after]`.
     pub se_after: usize,
+    /// CondConv (timm's `CondConvResidual`): `routing_fn`, a linear layer (held as the
+    /// classifier's kind) from the block input's global average to the expert weights (through
+    /// a sigmoid) of its conditional convolutions.
+    pub routing: Option<Classifier>,
 }
 
 impl Block {
@@ -494,11 +518,17 @@ impl Block {
         let se = se
             .map(|s| SqueezeExcite::load(s, spec.activation, vb))
             .transpose()?;
+        let routing = spec
+            .layers
+            .routing()
+            .map(|r| Classifier::load(r, vb))
+            .transpose()?;
         Ok(Block {
             spec: spec.clone(),
             layers,
             se,
             se_after,
+            routing,
         })
     }
 
@@ -510,6 +540,10 @@ impl Block {
             {
                 se.named(out);
             }
+        }
+        // timm registers `routing_fn` after the block's other modules.
+        if let Some(r) = &self.routing {
+            r.named(out);
         }
     }
 

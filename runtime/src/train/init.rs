@@ -1,7 +1,9 @@
 //! Fresh weights for training, as timm initializes EfficientNets (`_init_weight_goog`):
-//! convolutions `N(0, sqrt(2 / fan_out))` with `fan_out = k * k * out / groups`, the
-//! classifier `U(-1 / sqrt(out), 1 / sqrt(out))`, biases 0, BatchNorm and GroupNorm weight 1
-//! and bias 0, BatchNorm's running mean 0 and variance 1. Each tensor draws from its own seeded generator, so the
+//! convolutions `N(0, sqrt(2 / fan_out))` with `fan_out = k * k * out / groups` (each expert of
+//! a CondConv one alike), the classifier `U(-1 / sqrt(out), 1 / sqrt(out))`, a CondConv
+//! block's `routing_fn` `U(-1 / sqrt(in + out), 1 / sqrt(in + out))`, biases 0, BatchNorm and
+//! GroupNorm weight 1 and bias 0, BatchNorm's running mean 0 and variance 1. Each tensor draws
+//! from its own seeded generator, so the
 //! weights depend on the seed only.
 
 use std::collections::HashMap;
@@ -45,6 +47,12 @@ pub fn init_tensors(
 ) -> candle_core::Result<Vec<(String, Tensor)>> {
     let convs = convs(net);
     let classifier_weight = format!("{}.weight", net.classifier.path);
+    // timm's `_init_weight_goog` counts a routing function's fan-in too.
+    let routing: HashMap<String, usize> = net
+        .blocks()
+        .filter_map(|b| b.layers.routing())
+        .map(|r| (format!("{}.weight", r.path), r.in_features + r.out_features))
+        .collect();
     let mut out = Vec::new();
     for (i, spec) in net.tensors().iter().enumerate() {
         let n: usize = spec.shape.iter().product();
@@ -55,6 +63,9 @@ pub fn init_tensors(
             let normal = Normal::new(0.0, std)
                 .map_err(|e| candle_core::Error::Msg(format!("init of `{}`: {e}", spec.name)))?;
             (0..n).map(|_| normal.sample(&mut rng) as f32).collect()
+        } else if let Some(&fan) = routing.get(&spec.name) {
+            let r = 1.0 / (fan.max(1) as f64).sqrt();
+            (0..n).map(|_| rng.random_range(-r..r) as f32).collect()
         } else if spec.name == classifier_weight {
             let r = 1.0 / (net.classifier.out_features.max(1) as f64).sqrt();
             (0..n).map(|_| rng.random_range(-r..r) as f32).collect()
@@ -89,4 +100,49 @@ pub fn init_varmap(net: &ir::Network, seed: u64, device: &Device) -> candle_core
         }
     }
     Ok(varmap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CondConv block's tensors start as timm's do: every expert drawn as the convolution it
+    /// is a kernel of, and the routing function uniform within `1 / sqrt(in + experts)` (not
+    /// zeros, which would route every sample alike), its bias 0.
+    #[test]
+    fn condconv_experts_and_routing_start_as_timm_initializes_them() {
+        let spec = "model cc { classes 5 stem conv k3 s2 -> 16 \
+                    stage mbconv k3 e6 s1 -> 16 x1 cc 4 }";
+        let compiled = effnet_compiler::compile(spec).expect("compiles");
+        let net = compiled.network(None).expect("one model");
+        let tensors: HashMap<String, Tensor> = init_tensors(net, 7, &Device::Cpu)
+            .expect("init")
+            .into_iter()
+            .collect();
+        let values = |name: &str| -> Vec<f32> {
+            tensors[name]
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .expect("values")
+        };
+        let routing = values("blocks.0.0.routing_fn.weight");
+        assert_eq!(routing.len(), 4 * 16);
+        let bound = 1.0 / ((16 + 4) as f32).sqrt();
+        assert!(routing.iter().all(|v| v.abs() <= bound));
+        assert!(routing.iter().any(|v| v.abs() > bound / 2.0));
+        assert!(
+            values("blocks.0.0.routing_fn.bias")
+                .iter()
+                .all(|&v| v == 0.0)
+        );
+        // conv_pw: 4 experts of [96, 16, 1, 1], fan_out 96.
+        let experts = values("blocks.0.0.conv_pw.weight");
+        assert_eq!(tensors["blocks.0.0.conv_pw.weight"].dims(), &[4, 96 * 16]);
+        let var = experts.iter().map(|v| v * v).sum::<f32>() / experts.len() as f32;
+        let want = 2.0 / 96.0;
+        assert!(
+            (var - want).abs() < 0.1 * want,
+            "variance {var}, timm's {want}"
+        );
+    }
 }
