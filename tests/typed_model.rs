@@ -67,6 +67,10 @@ fixtures! {
     FxV2sSym64 => "tests/fixtures/runtime/fx_v2s_sym64.effnet",
     FxW125D15Limit0 => "tests/fixtures/runtime/fx_w125_d15_limit0.effnet",
     FxW125D15Limit09 => "tests/fixtures/runtime/fx_w125_d15_limit09.effnet",
+    // Space-to-depth, blur pooling and global context attention (the last two on candle).
+    FxS2dSym25 => "tests/fixtures/runtime/fx_s2d_sym25.effnet",
+    FxBlurSym35 => "tests/fixtures/runtime/fx_blur_sym35.effnet",
+    FxGcSym29 => "tests/fixtures/runtime/fx_gc_sym29.effnet",
 }
 
 fn root() -> PathBuf {
@@ -183,7 +187,7 @@ fn compare_fixture<T: EffNet>(
 #[test]
 fn typed_matches_interpreter_on_timm_fixtures() -> TestResult {
     let checks = fixture_checks();
-    assert_eq!(checks.len(), 9);
+    assert_eq!(checks.len(), 13);
     for (file, check) in checks {
         check(&root().join(file))?;
     }

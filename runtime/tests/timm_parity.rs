@@ -195,6 +195,36 @@ fn load_fixture(
     (net, input, logits)
 }
 
+/// Every trainable tensor of `net` as a training variable, in `state_dict` order.
+fn trainable_params(net: &Network) -> Vec<effnet_runtime::train::optim::Param> {
+    net.named_tensors()
+        .into_iter()
+        .filter(|t| t.trainable)
+        .map(|t| {
+            effnet_runtime::train::optim::Param::new(
+                t.name,
+                candle_core::Var::from_tensor(&t.tensor).expect("var"),
+            )
+        })
+        .collect()
+}
+
+/// Label-smoothed soft targets for timm's `[N, K]` logits (sample i's class `(3i + 1) mod K`
+/// at 0.95 + 0.05 / K) and the cross-entropy of timm's logits against them: the loss the
+/// training step must reproduce.
+fn soft_targets_and_timm_loss(logits: &candle_core::Tensor) -> (candle_core::Tensor, f64) {
+    let (n, k) = logits.dims2().expect("logits");
+    let mut t = vec![0.05f32 / k as f32; n * k];
+    for i in 0..n {
+        t[i * k + (3 * i + 1) % k] += 0.95;
+    }
+    let targets = candle_core::Tensor::from_vec(t, (n, k), &Device::Cpu).expect("targets");
+    let theirs = effnet_runtime::exec::soft_cross_entropy(logits, &targets)
+        .and_then(|l| l.to_scalar::<f32>())
+        .expect("timm's loss") as f64;
+    (targets, theirs)
+}
+
 fn max_abs(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     (a - b)
         .and_then(|d| d.abs())
@@ -213,7 +243,6 @@ fn max_abs(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
 /// does), whose loss must be the cross-entropy of timm's logits.
 #[test]
 fn block_option_fixtures_match_timm_on_every_plan() {
-    use effnet_runtime::train::optim::Param;
     use effnet_runtime::{Plan, Purpose};
     let specs: Vec<PathBuf> = fixtures()
         .into_iter()
@@ -266,26 +295,8 @@ fn block_option_fixtures_match_timm_on_every_plan() {
         for l in layers {
             l.bn.frozen = true;
         }
-        let params: Vec<Param> = tnet
-            .named_tensors()
-            .into_iter()
-            .filter(|t| t.trainable)
-            .map(|t| {
-                Param::new(
-                    t.name,
-                    candle_core::Var::from_tensor(&t.tensor).expect("var"),
-                )
-            })
-            .collect();
-        let (n, k) = logits.dims2().expect("logits");
-        let mut t = vec![0.05f32 / k as f32; n * k];
-        for i in 0..n {
-            t[i * k + (3 * i + 1) % k] += 0.95;
-        }
-        let targets = candle_core::Tensor::from_vec(t, (n, k), &Device::Cpu).expect("targets");
-        let theirs = effnet_runtime::exec::soft_cross_entropy(&logits, &targets)
-            .and_then(|l| l.to_scalar::<f32>())
-            .expect("timm's loss") as f64;
+        let params = trainable_params(&tnet);
+        let (targets, theirs) = soft_targets_and_timm_loss(&logits);
         let step = tnet.plan(&input, Purpose::TrainStep).plan;
         assert_eq!(
             step,
@@ -323,7 +334,6 @@ fn block_option_fixtures_match_timm_on_every_plan() {
 #[test]
 fn group_norm_fixture_matches_timm_in_eval_and_train_mode() {
     use effnet_runtime::Purpose;
-    use effnet_runtime::train::optim::Param;
     let spec = fixtures()
         .into_iter()
         .find(|p| p.to_string_lossy().contains("fx_gn_"))
@@ -342,26 +352,8 @@ fn group_norm_fixture_matches_timm_in_eval_and_train_mode() {
     }
 
     let (tnet, input, logits) = load_fixture(&spec, true);
-    let params: Vec<Param> = tnet
-        .named_tensors()
-        .into_iter()
-        .filter(|t| t.trainable)
-        .map(|t| {
-            Param::new(
-                t.name,
-                candle_core::Var::from_tensor(&t.tensor).expect("var"),
-            )
-        })
-        .collect();
-    let (n, k) = logits.dims2().expect("logits");
-    let mut t = vec![0.05f32 / k as f32; n * k];
-    for i in 0..n {
-        t[i * k + (3 * i + 1) % k] += 0.95;
-    }
-    let targets = candle_core::Tensor::from_vec(t, (n, k), &Device::Cpu).expect("targets");
-    let theirs = effnet_runtime::exec::soft_cross_entropy(&logits, &targets)
-        .and_then(|l| l.to_scalar::<f32>())
-        .expect("timm's loss") as f64;
+    let params = trainable_params(&tnet);
+    let (targets, theirs) = soft_targets_and_timm_loss(&logits);
     let loss_and_grads = || {
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
         tnet.loss_and_grads_on(Plan::Candle, &params, &input, &targets, &mut rng)
@@ -423,7 +415,6 @@ fn group_norm_fixture_matches_timm_in_eval_and_train_mode() {
 /// the routing function and of the experts agree with central differences of that loss.
 #[test]
 fn condconv_fixture_matches_timm_in_eval_and_train_mode() {
-    use effnet_runtime::train::optim::Param;
     use effnet_runtime::{Plan, Purpose};
     let spec = fixtures()
         .into_iter()
@@ -469,26 +460,8 @@ fn condconv_fixture_matches_timm_in_eval_and_train_mode() {
     for l in layers {
         l.bn.frozen = true;
     }
-    let params: Vec<Param> = tnet
-        .named_tensors()
-        .into_iter()
-        .filter(|t| t.trainable)
-        .map(|t| {
-            Param::new(
-                t.name,
-                candle_core::Var::from_tensor(&t.tensor).expect("var"),
-            )
-        })
-        .collect();
-    let (n, k) = logits.dims2().expect("logits");
-    let mut t = vec![0.05f32 / k as f32; n * k];
-    for i in 0..n {
-        t[i * k + (3 * i + 1) % k] += 0.95;
-    }
-    let targets = candle_core::Tensor::from_vec(t, (n, k), &Device::Cpu).expect("targets");
-    let theirs = effnet_runtime::exec::soft_cross_entropy(&logits, &targets)
-        .and_then(|l| l.to_scalar::<f32>())
-        .expect("timm's loss") as f64;
+    let params = trainable_params(&tnet);
+    let (targets, theirs) = soft_targets_and_timm_loss(&logits);
     assert_eq!(
         tnet.plan(&input, Purpose::TrainStep).plan,
         Plan::Candle,
