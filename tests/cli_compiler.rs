@@ -616,11 +616,21 @@ fn summary_shows_each_block_string_of_a_stage() {
     let o = effnet(&["summary", "specs/spnasnet.effnet"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
-    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     // blocks.2: ir_r1_k5_s2_e6_c40, then ir_r3_k3_s1_e3_c40.
-    let stage2 = rows.iter().position(|r| r.first() == Some(&"2")).expect("stage 2 row");
+    let stage2 = rows
+        .iter()
+        .position(|r| r.first() == Some(&"2"))
+        .expect("stage 2 row");
     assert_eq!(&rows[stage2][1..6], ["ir", "5", "6", "2", "1"], "{text}");
-    assert_eq!(rows[stage2 + 1], ["then", "ir", "3", "3", "1", "3"], "{text}");
+    assert_eq!(
+        rows[stage2 + 1],
+        ["then", "ir", "3", "3", "1", "3"],
+        "{text}"
+    );
     let o = effnet(&["summary", "specs/spnasnet.effnet", "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     let runs = &json["stages"][2]["runs"];
