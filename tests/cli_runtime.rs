@@ -1015,7 +1015,7 @@ fn train_on_two_cpu_ranks() {
         assert_eq!(o.status.code(), Some(1));
         let e = stderr(&o);
         assert!(
-            e.contains("--features cuda") && e.contains("--devices cpu:0,cpu:1"),
+            e.contains("--features nccl") && e.contains("--devices cpu:0,cpu:1"),
             "{e}"
         );
     }

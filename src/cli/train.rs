@@ -42,7 +42,7 @@ pub struct TrainArgs {
     pub compute: ComputeArgs,
     /// Data parallel: one rank per device, each training on its share of every batch, the
     /// gradients averaged over the ranks. GPUs by number (`0,1,2,3`; needs a build with
-    /// `--features cuda`, gradients all-reduced with NCCL), or CPU ranks (`cpu:0,cpu:1`,
+    /// `--features nccl`, gradients all-reduced with NCCL), or CPU ranks (`cpu:0,cpu:1`,
     /// threads of this process sharing the CPU, for checking a run's setup). Every stage's
     /// batch must be a multiple of the number of ranks.
     #[arg(long, value_name = "LIST")]
@@ -392,15 +392,22 @@ fn ranks(a: &TrainArgs) -> Result<Ranks, String> {
             cuda: false,
         });
     }
+    let cpu_list = (0..gpus.len())
+        .map(|i| format!("cpu:{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
     if !cfg!(feature = "cuda") {
         return Err(format!(
             "{flag} names GPUs: this effnet was built without CUDA support; rebuild it with \
-             `cargo build --release --features cuda` (needs the CUDA toolkit), or use CPU \
-             ranks (`--devices {}`)",
-            (0..gpus.len())
-                .map(|i| format!("cpu:{i}"))
-                .collect::<Vec<_>>()
-                .join(",")
+             `cargo build --release --features nccl` (needs the CUDA toolkit and NCCL), or use \
+             CPU ranks (`--devices {cpu_list}`)"
+        ));
+    }
+    if gpus.len() > 1 && !cfg!(feature = "nccl") {
+        return Err(format!(
+            "{flag}: several GPUs average their gradients with NCCL, and this effnet was built \
+             without it; rebuild it with `cargo build --release --features nccl` (needs \
+             libnccl.so.2), or use CPU ranks (`--devices {cpu_list}`)"
         ));
     }
     let devices = gpus
@@ -419,13 +426,13 @@ fn communicators(r: &Ranks) -> Result<Vec<Arc<dyn Communicator>>, TrainError> {
     if !r.cuda {
         return Ok(parallel::cpu_ranks(r.devices.len()));
     }
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "nccl")]
     {
-        parallel::nccl_ranks(&r.devices)
+        tr::nccl::nccl_ranks(&r.devices)
     }
-    #[cfg(not(feature = "cuda"))]
+    #[cfg(not(feature = "nccl"))]
     Err(TrainError::Config(
-        "GPU ranks need a build with `--features cuda`".into(),
+        "several GPU ranks need a build with `--features nccl`".into(),
     ))
 }
 

@@ -29,6 +29,8 @@ pub mod eval;
 pub mod init;
 pub mod lr;
 pub mod metrics;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod optim;
 pub mod parallel;
 

@@ -21,8 +21,8 @@
 //! between epochs, complete.
 //!
 //! Two communicators implement the trait: [`CpuComm`] (one thread per rank in one process,
-//! sharing memory; what the tests run) and, with the `cuda` feature, `NcclComm` (one thread
-//! per GPU, NCCL's all-reduce on the device).
+//! sharing memory; what the tests run) and, with the `nccl` feature, `super::nccl::NcclComm`
+//! (one thread per GPU, NCCL's all-reduce on the device).
 
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
