@@ -432,3 +432,44 @@ fn a_batch_that_does_not_split_over_the_ranks_is_refused() {
         "{msg}"
     );
 }
+
+/// The CPU communicator sums in rank order whatever order the ranks arrive in: values whose
+/// f32 sum depends on the order give the same mean on every run, and a broadcast is rank 0's.
+#[test]
+fn the_cpu_reduction_is_in_rank_order() {
+    for delay_rank in 0..3 {
+        let out = run_ranks(cpu_ranks(3), |c| {
+            // One rank arrives late, so the last to arrive (who computes) changes.
+            if c.rank() == delay_rank {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let mine = [1e8f32, 1.0, -1e8][c.rank()];
+            let t = Tensor::new(&[mine, c.rank() as f32], &Device::Cpu)?;
+            let mean = c.all_reduce_mean(&t)?.to_vec1::<f32>()?;
+            let root = c.broadcast(&t, 0)?.to_vec1::<f32>()?;
+            Ok((mean, root))
+        })
+        .expect("ranks");
+        for (mean, root) in out {
+            // (1e8 + 1) rounds to 1e8 in f32, so rank order gives 0, not 1/3.
+            assert_eq!(mean, [0.0, 1.0]);
+            assert_eq!(root, [1e8, 0.0]);
+        }
+    }
+}
+
+/// A rank whose thread panics stops the others too (they wait in a collective).
+#[test]
+fn a_panicking_rank_stops_the_others() {
+    let e = run_ranks(cpu_ranks(2), |c| {
+        if c.rank() == 1 {
+            panic!("injected panic");
+        }
+        let mut v = [1.0];
+        c.all_reduce_mean_host(&mut v)?;
+        Ok(v[0])
+    })
+    .expect_err("rank 1 panics");
+    assert!(matches!(e, TrainError::Rank { rank: 1, .. }), "{e}");
+    assert!(e.to_string().contains("panicked"), "{e}");
+}
