@@ -954,3 +954,73 @@ search quick for tiny {
     assert!(stderr(&o).contains("nodata"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Data parallel on CPU ranks: `--devices cpu:0,cpu:1` trains with two ranks, rank 0 writing
+/// the run directory once (a checkpoint recording two ranks, one metrics row per epoch), and
+/// resuming the finished run trains nothing more; GPU numbers in a build without CUDA, and a batch that does not
+/// split over the ranks, are errors that say what to do.
+#[test]
+fn train_on_two_cpu_ranks() {
+    let dir = tmp_dir("train-ranks");
+    let out = dir.join("run");
+    let _ = std::fs::remove_dir_all(&out);
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "specs/efficientnetv2_nano.effnet",
+            "--data",
+            "data/mnist",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+            "--train-limit",
+            "128",
+            "--batch",
+            "64",
+            "--fixed",
+        ];
+        args.extend_from_slice(extra);
+        effnet(&args)
+    };
+    let o = train(&["--epochs", "1", "--devices", "cpu:0,cpu:1"]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("data parallel: 2 ranks on cpu:0,cpu:1 (CPU threads)"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("epoch   1/1").count(),
+        1,
+        "rank 0 logs:\n{text}"
+    );
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).expect("metrics.csv");
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    let state = std::fs::read_to_string(out.join("checkpoint/state.json")).expect("state");
+    assert!(state.contains("\"ranks\": 2"), "{state}");
+
+    let o = train(&["--epochs", "1", "--devices", "cpu:0,cpu:1", "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("nothing to do"), "{}", stdout(&o));
+
+    let o = train(&["--epochs", "2", "--devices", "cpu:0,cpu:1,cpu:2"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("3 ranks") && e.contains("batch of 64 images") && e.contains("multiple of 3"),
+        "{e}"
+    );
+
+    if !cfg!(feature = "cuda") {
+        let o = train(&["--devices", "0,1"]);
+        assert_eq!(o.status.code(), Some(1));
+        let e = stderr(&o);
+        assert!(
+            e.contains("--features nccl") && e.contains("--devices cpu:0,cpu:1"),
+            "{e}"
+        );
+    }
+    let o = train(&["--devices", "cpu:0,cpu:0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("listed twice"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use effnet_runtime::data::loader::{Batches, LoaderConfig, Transform, build_batch, epoch_order};
+use effnet_runtime::data::loader::{
+    Batches, LoaderConfig, Shard, Transform, build_batch, epoch_order,
+};
 use effnet_runtime::data::mix::MixConfig;
 use effnet_runtime::data::randaug::RandAugment;
 use effnet_runtime::data::{self, Kind, Split, idx};
@@ -170,6 +172,7 @@ fn config(workers: usize) -> LoaderConfig {
         shuffle: true,
         workers,
         prefetch: 2,
+        shard: Shard::WHOLE,
     }
 }
 
@@ -221,4 +224,52 @@ fn evaluation_batches_keep_order_and_the_last_partial_batch() {
     // batches only when set; here it is set, so check the label still has the top target.
     let t = &batches[0].targets;
     assert!(t[batches[0].labels[0]] > 0.9);
+}
+
+/// Data-parallel sharding: the ranks' shards of a global batch cover each of its samples
+/// exactly once, and each shard's images and targets are the global batch's rows at its
+/// positions (mixing off: with it, each rank mixes within its own shard, as DDP does).
+#[test]
+fn shards_cover_every_sample_of_a_global_batch_exactly_once() {
+    let ds = Arc::new(
+        data::load(&mnist(), Split::Test)
+            .expect("test")
+            .truncate(64),
+    );
+    let mut cfg = config(0);
+    cfg.mix = MixConfig {
+        mixup_alpha: 0.0,
+        cutmix_alpha: 0.0,
+    };
+    let order = epoch_order(ds.len(), cfg.seed, 2, true);
+    let index = 1;
+    let whole = build_batch(&ds, &cfg, &order, 2, index);
+    let sample = 3 * 20 * 20;
+    let classes = whole.classes;
+    for world in [2, 4] {
+        let mut seen = vec![0usize; cfg.batch_size];
+        for rank in 0..world {
+            let shard = Shard { rank, world };
+            let mut c = cfg.clone();
+            c.shard = shard;
+            let part = build_batch(&ds, &c, &order, 2, index);
+            assert_eq!(part.shape.0, cfg.batch_size / world);
+            let start = index * cfg.batch_size;
+            for (k, pos) in shard.positions(start, start + cfg.batch_size).enumerate() {
+                let row = pos - start;
+                seen[row] += 1;
+                assert_eq!(
+                    part.images[k * sample..(k + 1) * sample],
+                    whole.images[row * sample..(row + 1) * sample],
+                    "world {world} rank {rank} sample {k}"
+                );
+                assert_eq!(
+                    part.targets[k * classes..(k + 1) * classes],
+                    whole.targets[row * classes..(row + 1) * classes]
+                );
+                assert_eq!(part.labels[k], whole.labels[row]);
+            }
+        }
+        assert!(seen.iter().all(|&s| s == 1), "world {world}: {seen:?}");
+    }
 }

@@ -30,26 +30,30 @@ pub struct ComputeArgs {
 pub fn device(arg: DeviceArg) -> Result<Device, String> {
     match arg {
         DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Cuda => {
-            if !cfg!(feature = "cuda") {
-                return Err("`--device cuda`: this effnet was built without CUDA support; \
-                     rebuild it with `cargo build --release --features cuda` (needs the CUDA toolkit)"
-                    .into());
-            }
-            let dev = Device::new_cuda(0)
-                .map_err(|e| format!("`--device cuda`: cannot open GPU 0: {e}"))?;
-            #[cfg(feature = "cuda")]
-            if let Device::Cuda(d) = &dev {
-                // cudarc records two CUDA events per allocation while event tracking is on,
-                // to order uses across streams; effnet runs everything on candle's one stream
-                // per device, where they are never needed.
-                // SAFETY: every tensor of this process is made and used on this device's one
-                // stream (no other stream exists in effnet), so no cross-stream ordering is lost.
-                unsafe { d.disable_event_tracking() };
-            }
-            Ok(dev)
-        }
+        DeviceArg::Cuda => cuda_device(0, "`--device cuda`"),
     }
+}
+
+/// GPU `ordinal` as a candle device; `flag` names the option that asked for it in errors.
+pub fn cuda_device(ordinal: usize, flag: &str) -> Result<Device, String> {
+    if !cfg!(feature = "cuda") {
+        return Err(format!(
+            "{flag}: this effnet was built without CUDA support; rebuild it with \
+             `cargo build --release --features cuda` (needs the CUDA toolkit)"
+        ));
+    }
+    let dev =
+        Device::new_cuda(ordinal).map_err(|e| format!("{flag}: cannot open GPU {ordinal}: {e}"))?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = &dev {
+        // cudarc records two CUDA events per allocation while event tracking is on,
+        // to order uses across streams; effnet runs everything on candle's one stream
+        // per device, where they are never needed.
+        // SAFETY: every tensor of this process is made and used on this device's one
+        // stream (no other stream exists in effnet), so no cross-stream ordering is lost.
+        unsafe { d.disable_event_tracking() };
+    }
+    Ok(dev)
 }
 
 /// Size the one compute pool to `--threads`, before any computation, and return the number of

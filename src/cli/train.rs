@@ -3,17 +3,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use effnet_compiler::ir::{self, LrDecay, Optimizer, Schedule};
 use effnet_runtime::data::{self, Split};
 use effnet_runtime::train::metrics::write_csv;
+use effnet_runtime::train::parallel::{self, SingleRank};
 use effnet_runtime::train::{
-    self as tr, EpochMetrics, Event, TrainError, TrainOptions, Trainer, checkpoint,
+    self as tr, Communicator, EpochMetrics, Event, TrainError, TrainOptions, Trainer, checkpoint,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::compute::{ComputeArgs, device};
+use super::compute::{ComputeArgs, DeviceArg, cuda_device, device};
 use super::load;
 
 #[derive(clap::Args, Debug)]
@@ -38,6 +40,13 @@ pub struct TrainArgs {
     pub resume: bool,
     #[command(flatten)]
     pub compute: ComputeArgs,
+    /// Data parallel: one rank per device, each training on its share of every batch, the
+    /// gradients averaged over the ranks. GPUs by number (`0,1,2,3`; needs a build with
+    /// `--features nccl`, gradients all-reduced with NCCL), or CPU ranks (`cpu:0,cpu:1`,
+    /// threads of this process sharing the CPU, for checking a run's setup). Every stage's
+    /// batch must be a multiple of the number of ranks.
+    #[arg(long, value_name = "LIST")]
+    pub devices: Option<String>,
     /// Seed of the weights, the data order and every augmentation (default 0; a resumed run
     /// keeps its checkpoint's).
     #[arg(long)]
@@ -157,7 +166,7 @@ pub fn compute_line(device: &candle_core::Device) -> String {
     )
 }
 
-fn print_table(t: &Trainer, data_desc: &str) {
+fn print_table(t: &Trainer, data_desc: &str, ranks: &Ranks) {
     let s = &t.schedule;
     println!(
         "model {} ({} params, input {} x {}), {} classes",
@@ -173,6 +182,16 @@ fn print_table(t: &Trainer, data_desc: &str) {
         Err(e) => println!("training step plan: unknown ({e})"),
     }
     println!("{}", compute_line(&t.opts.device));
+    if let Some(list) = &ranks.list {
+        let w = ranks.devices.len();
+        println!(
+            "data parallel: {w} rank{} on {list} ({}); each stage's batch split into {w} \
+             shards; gradients and loss averaged over the ranks; BatchNorm statistics per \
+             rank, rank 0's saved; rank 0 writes checkpoints and metrics",
+            if w == 1 { "" } else { "s" },
+            if ranks.cuda { "NCCL" } else { "CPU threads" }
+        );
+    }
     println!(
         "schedule {}: {} epochs, {} stage{} ({:?}); optimizer {}; lr {}; label smoothing {}; ema {}; grad clip {}; seed {}",
         s.name,
@@ -245,7 +264,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
         }
     }
     add_fine_tune_flags(&a, net, &mut schedule)?;
-    let device = device(a.compute.device)?;
+    let ranks = ranks(&a)?;
     let err = |e: effnet_runtime::Error| e.to_string();
     let mut train_data = data::load(&a.data, Split::Train).map_err(err)?;
     if let Some(n) = a.train_limit {
@@ -259,120 +278,324 @@ pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
         test_data.len(),
         train_data.num_classes()
     );
-    let opts = TrainOptions {
-        seed: a.seed.unwrap_or(0),
-        workers: a.workers,
-        device,
-        evaluate_raw: a.eval_raw,
-        ..TrainOptions::default()
-    };
-    let terr = |e: TrainError| e.to_string();
-    let mut trainer =
-        Trainer::new(net, schedule, opts, train_data, Some(test_data)).map_err(terr)?;
-    trainer.out_dir = Some(a.out.clone());
-    let mut init_line = None;
-    if let Some(w) = a.init.as_ref().filter(|_| !a.resume) {
-        let init = trainer
-            .init_from(
-                w,
-                effnet_runtime::weights::LoadOptions {
-                    keep_spec_conventions: a.keep_spec_conventions,
-                },
-            )
-            .map_err(terr)?;
-        init_line = Some(init.to_string());
-    }
-    if a.resume {
-        trainer.resume(&a.out).map_err(terr)?;
-        if let Some(seed) = a.seed.filter(|&s| s != trainer.opts.seed) {
+    let world = ranks.devices.len();
+    let default_batch = TrainOptions::default().batch_size;
+    for st in &schedule.stages {
+        let batch = st.batch_size.unwrap_or(default_batch);
+        if batch % world != 0 {
             return Err(format!(
-                "--seed {seed} differs from the checkpoint's seed {} in `{}`; drop --seed to resume",
-                trainer.opts.seed,
-                a.out.join(checkpoint::DIR).display()
+                "--devices {}: {world} ranks, but stage {}'s batch of {batch} images does not \
+                 split into {world} equal shards; choose a batch that is a multiple of {world} \
+                 (--batch)",
+                ranks.list.as_deref().unwrap_or_default(),
+                st.index
             ));
         }
-        println!(
-            "resuming `{}` after epoch {} of {}",
-            a.out.display(),
-            trainer.epoch,
-            trainer.schedule.epochs
-        );
-    } else if checkpoint::find(&a.out).is_ok() {
+    }
+    if !a.resume && checkpoint::find(&a.out).is_ok() {
         return Err(format!(
             "`{}` already holds a checkpoint: pass --resume to continue it, or choose another --out",
             a.out.display()
         ));
     }
-    std::fs::create_dir_all(&a.out)
-        .map_err(|e| format!("cannot create run directory `{}`: {e}", a.out.display()))?;
-    print_table(&trainer, &data_desc);
-    if let Some(line) = init_line {
-        println!("{line}");
-    } else if let Some(w) = a.init.as_ref().filter(|_| a.resume) {
-        println!(
-            "init: the weights come from the checkpoint (`{}` is not read again)",
-            w.display()
-        );
+    let opts = TrainOptions {
+        seed: a.seed.unwrap_or(0),
+        workers: a.workers,
+        device: ranks.devices[0].clone(),
+        evaluate_raw: a.eval_raw,
+        ..TrainOptions::default()
+    };
+    let run = Run {
+        a: &a,
+        net,
+        schedule,
+        opts,
+        train_data: Arc::new(train_data),
+        test_data: Arc::new(test_data),
+        data_desc,
+        ranks: &ranks,
+    };
+    let result = if ranks.devices.len() == 1 {
+        // One rank: the loop on this thread, exactly as without data parallelism.
+        run.rank(Arc::new(SingleRank))
+    } else {
+        let comms = communicators(&ranks).map_err(|e| e.to_string())?;
+        parallel::run_ranks(comms, |comm| run.rank(comm)).map(|_| ())
+    };
+    result.map_err(|e| match e {
+        TrainError::Rank { .. } => match checkpoint::find(&a.out) {
+            Ok(ckpt) => format!(
+                "{e}; the last checkpoint is intact in `{}` (continue with --resume)",
+                ckpt.display()
+            ),
+            Err(_) => format!("{e}; no checkpoint was written to `{}`", a.out.display()),
+        },
+        e => e.to_string(),
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The ranks of a run: one device each (one rank without `--devices`).
+struct Ranks {
+    devices: Vec<candle_core::Device>,
+    /// `--devices` as given, for the report.
+    list: Option<String>,
+    cuda: bool,
+}
+
+/// The devices of `--devices`, or `--device`'s one.
+fn ranks(a: &TrainArgs) -> Result<Ranks, String> {
+    let Some(list) = &a.devices else {
+        return Ok(Ranks {
+            devices: vec![device(a.compute.device)?],
+            list: None,
+            cuda: a.compute.device == DeviceArg::Cuda,
+        });
+    };
+    let flag = format!("--devices {list}");
+    let mut cpu = Vec::new();
+    let mut gpus = Vec::new();
+    for item in list.split(',').map(str::trim) {
+        let (is_cpu, number) = match item.strip_prefix("cpu:") {
+            Some(n) => (true, n),
+            None => (false, item.strip_prefix("cuda:").unwrap_or(item)),
+        };
+        let n: usize = number.parse().map_err(|_| {
+            format!(
+                "{flag}: `{item}` is not a device; expected GPU numbers (`0,1`) or CPU ranks \
+                 (`cpu:0,cpu:1`)"
+            )
+        })?;
+        let seen = if is_cpu { &mut cpu } else { &mut gpus };
+        if seen.contains(&n) {
+            return Err(format!(
+                "{flag}: `{item}` is listed twice; one rank per device (NCCL refuses two ranks \
+                 on one GPU)"
+            ));
+        }
+        seen.push(n);
     }
-    for line in checkpoint::fine_tune_lines(&trainer.schedule) {
-        println!("fine-tune: {line}");
+    if !cpu.is_empty() && !gpus.is_empty() {
+        return Err(format!(
+            "{flag}: mixes CPU and GPU ranks; list GPUs (`0,1`) or CPU ranks (`cpu:0,cpu:1`)"
+        ));
     }
-    if trainer.done() {
-        println!(
-            "nothing to do: all {} epochs are done",
-            trainer.schedule.epochs
-        );
+    if !cpu.is_empty() {
+        if a.compute.device == DeviceArg::Cuda {
+            return Err(format!(
+                "{flag} names CPU ranks but `--device cuda` was given; drop one of them"
+            ));
+        }
+        return Ok(Ranks {
+            devices: vec![candle_core::Device::Cpu; cpu.len()],
+            list: Some(list.clone()),
+            cuda: false,
+        });
     }
-    while !trainer.done() {
-        let frozen = trainer.frozen_parts(trainer.epoch);
-        if !frozen.is_empty() {
+    let cpu_list = (0..gpus.len())
+        .map(|i| format!("cpu:{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    if !cfg!(feature = "cuda") {
+        return Err(format!(
+            "{flag} names GPUs: this effnet was built without CUDA support; rebuild it with \
+             `cargo build --release --features nccl` (needs the CUDA toolkit and NCCL), or use \
+             CPU ranks (`--devices {cpu_list}`)"
+        ));
+    }
+    if gpus.len() > 1 && !cfg!(feature = "nccl") {
+        return Err(format!(
+            "{flag}: several GPUs average their gradients with NCCL, and this effnet was built \
+             without it; rebuild it with `cargo build --release --features nccl` (needs \
+             libnccl.so.2), or use CPU ranks (`--devices {cpu_list}`)"
+        ));
+    }
+    let devices = gpus
+        .iter()
+        .map(|&g| cuda_device(g, &flag))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Ranks {
+        devices,
+        list: Some(list.clone()),
+        cuda: true,
+    })
+}
+
+/// One communicator per rank: NCCL's for GPUs, the CPU one for CPU ranks.
+fn communicators(r: &Ranks) -> Result<Vec<Arc<dyn Communicator>>, TrainError> {
+    if !r.cuda {
+        return Ok(parallel::cpu_ranks(r.devices.len()));
+    }
+    #[cfg(feature = "nccl")]
+    {
+        tr::nccl::nccl_ranks(&r.devices)
+    }
+    #[cfg(not(feature = "nccl"))]
+    Err(TrainError::Config(
+        "several GPU ranks need a build with `--features nccl`".into(),
+    ))
+}
+
+/// What every rank of a run shares.
+struct Run<'a> {
+    a: &'a TrainArgs,
+    net: &'a ir::Network,
+    schedule: Schedule,
+    opts: TrainOptions,
+    train_data: Arc<data::Dataset>,
+    test_data: Arc<data::Dataset>,
+    data_desc: String,
+    ranks: &'a Ranks,
+}
+
+impl Run<'_> {
+    /// One rank's run: every rank trains; rank 0 alone prints, writes the checkpoints,
+    /// `metrics.csv` and `curves.png`.
+    fn rank(&self, comm: Arc<dyn Communicator>) -> Result<(), TrainError> {
+        let a = self.a;
+        let lead = comm.rank() == 0;
+        let cfg = TrainError::Config;
+        let opts = TrainOptions {
+            device: self.ranks.devices[comm.rank()].clone(),
+            ..self.opts.clone()
+        };
+        let mut trainer = Trainer::with_shared_data(
+            self.net,
+            self.schedule.clone(),
+            opts,
+            self.train_data.clone(),
+            Some(self.test_data.clone()),
+        )?;
+        trainer.out_dir = Some(a.out.clone());
+        let mut init_line = None;
+        if let Some(w) = a.init.as_ref().filter(|_| !a.resume) {
+            let init = trainer.init_from(
+                w,
+                effnet_runtime::weights::LoadOptions {
+                    keep_spec_conventions: a.keep_spec_conventions,
+                },
+            )?;
+            init_line = Some(init.to_string());
+        }
+        let mut resumed_ranks = None;
+        if a.resume {
+            trainer.resume(&a.out)?;
+            if let Some(seed) = a.seed.filter(|&s| s != trainer.opts.seed) {
+                return Err(cfg(format!(
+                    "--seed {seed} differs from the checkpoint's seed {} in `{}`; drop --seed to resume",
+                    trainer.opts.seed,
+                    a.out.join(checkpoint::DIR).display()
+                )));
+            }
+            resumed_ranks = checkpoint::find(&a.out)
+                .ok()
+                .and_then(|c| std::fs::read_to_string(c.join("state.json")).ok())
+                .and_then(|t| serde_json::from_str::<checkpoint::State>(&t).ok())
+                .map(|s| s.ranks);
+        }
+        // Every rank starts from rank 0's weights.
+        trainer.join(comm)?;
+        if lead {
+            std::fs::create_dir_all(&a.out).map_err(|e| {
+                cfg(format!(
+                    "cannot create run directory `{}`: {e}",
+                    a.out.display()
+                ))
+            })?;
+            if a.resume {
+                println!(
+                    "resuming `{}` after epoch {} of {}",
+                    a.out.display(),
+                    trainer.epoch,
+                    trainer.schedule.epochs
+                );
+                if let Some(n) = resumed_ranks.filter(|&n| n != trainer.world_size()) {
+                    println!(
+                        "note: the checkpoint was trained on {n} rank{}, this run has {}: it \
+                         continues, but not as the original run would have (BatchNorm \
+                         statistics and masks are per rank)",
+                        if n == 1 { "" } else { "s" },
+                        trainer.world_size()
+                    );
+                }
+            }
+            print_table(&trainer, &self.data_desc, self.ranks);
+            if let Some(line) = init_line {
+                println!("{line}");
+            } else if let Some(w) = a.init.as_ref().filter(|_| a.resume) {
+                println!(
+                    "init: the weights come from the checkpoint (`{}` is not read again)",
+                    w.display()
+                );
+            }
+            for line in checkpoint::fine_tune_lines(&trainer.schedule) {
+                println!("fine-tune: {line}");
+            }
+            if trainer.done() {
+                println!(
+                    "nothing to do: all {} epochs are done",
+                    trainer.schedule.epochs
+                );
+            }
+        }
+        while !trainer.done() {
+            let frozen = trainer.frozen_parts(trainer.epoch);
+            if lead && !frozen.is_empty() {
+                println!(
+                    "epoch {:>3}: frozen {} (BatchNorm in eval mode)",
+                    trainer.epoch + 1,
+                    frozen.join(", ")
+                );
+            }
+            let m = run_epoch_with_bar(&mut trainer, lead)?;
+            if !lead {
+                continue;
+            }
+            trainer.save_checkpoint(&a.out)?;
+            write_csv(&trainer.history, &a.out.join("metrics.csv"))?;
+            if let Err(e) = plot_curves(
+                &trainer.history,
+                &trainer.schedule,
+                &a.out.join("curves.png"),
+            ) {
+                eprintln!("warning: {e}");
+            }
             println!(
-                "epoch {:>3}: frozen {} (BatchNorm in eval mode)",
-                trainer.epoch + 1,
-                frozen.join(", ")
+                "epoch {:>3}/{} stage {} {:>3}px  loss {:.4}  test top-1 {}  top-5 {}  {:.0} img/s  {:.1}s (total {:.1}s)",
+                m.epoch,
+                trainer.schedule.epochs,
+                m.stage,
+                m.image_size,
+                m.train_loss,
+                pct(m.test_top1),
+                pct(m.test_top5),
+                m.train_images_per_sec,
+                m.wall_s,
+                m.elapsed_s
             );
         }
-        let m = run_epoch_with_bar(&mut trainer)?;
-        trainer.save_checkpoint(&a.out).map_err(terr)?;
-        write_csv(&trainer.history, &a.out.join("metrics.csv")).map_err(terr)?;
-        if let Err(e) = plot_curves(
-            &trainer.history,
-            &trainer.schedule,
-            &a.out.join("curves.png"),
-        ) {
-            eprintln!("warning: {e}");
+        if lead && let Some(last) = trainer.history.last() {
+            println!(
+                "done: test top-1 {} after {} epochs in {:.1}s; weights in `{}`",
+                pct(last.test_top1),
+                last.epoch,
+                last.elapsed_s,
+                tr::model_path(&a.out).display()
+            );
         }
-        println!(
-            "epoch {:>3}/{} stage {} {:>3}px  loss {:.4}  test top-1 {}  top-5 {}  {:.0} img/s  {:.1}s (total {:.1}s)",
-            m.epoch,
-            trainer.schedule.epochs,
-            m.stage,
-            m.image_size,
-            m.train_loss,
-            pct(m.test_top1),
-            pct(m.test_top5),
-            m.train_images_per_sec,
-            m.wall_s,
-            m.elapsed_s
-        );
+        Ok(())
     }
-    if let Some(last) = trainer.history.last() {
-        println!(
-            "done: test top-1 {} after {} epochs in {:.1}s; weights in `{}`",
-            pct(last.test_top1),
-            last.epoch,
-            last.elapsed_s,
-            tr::model_path(&a.out).display()
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn pct(v: Option<f64>) -> String {
     v.map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v))
 }
 
-fn run_epoch_with_bar(trainer: &mut Trainer) -> Result<EpochMetrics, String> {
+/// Run the next epoch; `show` draws the progress bar (rank 0 of a data-parallel run).
+fn run_epoch_with_bar(trainer: &mut Trainer, show: bool) -> Result<EpochMetrics, TrainError> {
+    if !show {
+        return trainer.run_epoch(&mut |_| {});
+    }
     let mut bar: Option<ProgressBar> = None;
     let mut seen = 0usize;
     let mut loss_avg = 0.0;
@@ -434,7 +657,7 @@ fn run_epoch_with_bar(trainer: &mut Trainer) -> Result<EpochMetrics, String> {
     if let Some(pb) = bar {
         pb.finish_and_clear();
     }
-    r.map_err(|e| e.to_string())
+    r
 }
 
 static FONT: &[u8] = include_bytes!("../../data/fonts/DejaVuSans.ttf");

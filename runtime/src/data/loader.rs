@@ -87,6 +87,30 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Batches each worker may run ahead.
     pub prefetch: usize,
+    /// The part of every batch this loader builds: all of it, or one data-parallel rank's.
+    pub shard: Shard,
+}
+
+/// One rank's share of every global batch in data-parallel training: rank `r` of `W` takes the
+/// batch's samples `r, r + W, r + 2W, ...`. This is what PyTorch's `DistributedSampler`
+/// gives (it deals the epoch's order out round-robin), and since every sample's augmentation
+/// is seeded by its position in the epoch, a rank builds exactly the images the whole batch
+/// holds at those positions, without building the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    /// The whole batch (one rank).
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
+
+    /// The epoch positions of this shard's samples in the global batch covering positions
+    /// `start..end`, in order.
+    pub fn positions(&self, start: usize, end: usize) -> impl Iterator<Item = usize> + use<> {
+        (start + self.rank..end).step_by(self.world.max(1))
+    }
 }
 
 /// One batch: NCHW images, soft targets `[n, classes]`, and the original labels.
@@ -128,12 +152,13 @@ pub fn build_batch(
     let b = cfg.batch_size.max(1);
     let start = index * b;
     let end = (start + b).min(order.len());
-    let n = end - start;
+    let positions: Vec<usize> = cfg.shard.positions(start, end).collect();
+    let n = positions.len();
     let (c, s) = (cfg.transform.channels, cfg.transform.image_size);
     let sample = c * s * s;
     let mut images = vec![0f32; n * sample];
     let mut labels = Vec::with_capacity(n);
-    for (k, pos) in (start..end).enumerate() {
+    for (k, &pos) in positions.iter().enumerate() {
         let i = order[pos];
         let mut rng = sample_rng(cfg.seed, &[stream::SAMPLE, epoch as u64, pos as u64]);
         let img = cfg.transform.image(&data.images[i], data.kind, &mut rng);
@@ -144,7 +169,13 @@ pub fn build_batch(
     let classes = data.num_classes();
     let mut targets = smooth_targets(&labels, classes, cfg.label_smoothing);
     let mixed = if cfg.transform.train && cfg.mix.active() && n > 1 {
-        let mut rng = sample_rng(cfg.seed, &[stream::MIX, epoch as u64, index as u64]);
+        // Each rank mixes within its own shard, as DDP does; rank 0's draws are the ones a
+        // single rank makes.
+        let mut key = vec![stream::MIX, epoch as u64, index as u64];
+        if cfg.shard.rank > 0 {
+            key.push(cfg.shard.rank as u64);
+        }
+        let mut rng = sample_rng(cfg.seed, &key);
         cfg.mix
             .apply(&mut images, (c, s, s), &mut targets, classes, &mut rng)
     } else {

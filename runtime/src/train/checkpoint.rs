@@ -82,6 +82,14 @@ pub struct State {
     /// and the command line: a resumed run must have the same.
     #[serde(default)]
     pub fine_tune: Vec<String>,
+    /// The data-parallel ranks that trained it (a record: a run resumes on any number of
+    /// ranks, continuing identically on the same number).
+    #[serde(default = "one")]
+    pub ranks: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A schedule's fine-tuning settings, one line each, as checkpoints record them.
@@ -117,8 +125,13 @@ fn optimizer_name(t: &Trainer) -> String {
 
 impl Trainer {
     /// Write the checkpoint of the epochs completed so far into `dir/checkpoint/`, and the
-    /// evaluation weights into `dir/model.safetensors`.
+    /// evaluation weights into `dir/model.safetensors`. In a data-parallel run only rank 0
+    /// writes (its weights are every rank's; its BatchNorm statistics and EMA are the ones
+    /// kept): on another rank this does nothing.
     pub fn save_checkpoint(&self, dir: &Path) -> TrainResult<()> {
+        if self.rank() > 0 {
+            return Ok(());
+        }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let tmp = dir.join(format!("{DIR}.tmp"));
         let cur = dir.join(DIR);
@@ -153,6 +166,7 @@ impl Trainer {
             elapsed_s: self.history.last().map_or(0.0, |m| m.elapsed_s),
             metrics: self.history.clone(),
             fine_tune: fine_tune_lines(&self.schedule),
+            ranks: self.world_size(),
         };
         let json = serde_json::to_string_pretty(&state)
             .map_err(|e| TrainError::Checkpoint(format!("cannot encode state: {e}")))?;

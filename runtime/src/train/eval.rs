@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 
 use super::TrainResult;
 use crate::data::Dataset;
-use crate::data::loader::{Batches, LoaderConfig, Transform};
+use crate::data::loader::{Batches, LoaderConfig, Shard, Transform};
 use crate::data::mix::MixConfig;
 use crate::nn::Network;
 
@@ -56,6 +56,8 @@ pub fn evaluate(
         shuffle: false,
         workers,
         prefetch: 2,
+        // One rank evaluates the whole test set.
+        shard: Shard::WHOLE,
     };
     let (mut t1, mut t5, mut n) = (0, 0, 0);
     for b in Batches::new(data, cfg, 0) {

@@ -18,6 +18,10 @@
 //! re-seeded from `(seed, epoch)` at the start of each epoch. A checkpoint therefore holds
 //! everything a resumed run needs to produce the same next epoch as an uninterrupted one:
 //! weights with BatchNorm statistics, optimizer state, EMA, step counters and the seed.
+//!
+//! Data parallelism ([`parallel`]): a trainer joined to a communicator ([`Trainer::join`])
+//! runs this same loop on its rank's shard of every batch and averages the gradients and the
+//! loss over the ranks before the optimizer step; with one rank nothing changes.
 
 pub mod checkpoint;
 pub mod ema;
@@ -25,7 +29,10 @@ pub mod eval;
 pub mod init;
 pub mod lr;
 pub mod metrics;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod optim;
+pub mod parallel;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -39,7 +46,7 @@ use effnet_compiler::ir::{self, LrSchedule, Optimizer as OptimizerSpec, Place, S
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::loader::{Batches, LoaderConfig, Transform};
+use crate::data::loader::{Batches, LoaderConfig, Shard, Transform};
 use crate::data::mix::MixConfig;
 use crate::data::randaug::RandAugment;
 use crate::data::{Dataset, Kind, derive_seed, stream};
@@ -50,6 +57,7 @@ pub use ema::Ema;
 pub use eval::{Accuracy, evaluate};
 pub use metrics::EpochMetrics;
 pub use optim::{Optimizer, Param};
+pub use parallel::Communicator;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -76,6 +84,15 @@ pub enum TrainError {
         step: usize,
         lr: f64,
         kept: String,
+    },
+    /// Another rank of a data-parallel run failed; this one stopped at a collective.
+    #[error("stopped: rank {rank} failed: {reason}")]
+    PeerFailed { rank: usize, reason: String },
+    /// The failure that stopped a data-parallel run, with the rank it happened on.
+    #[error("rank {rank} failed: {source}; every rank stopped")]
+    Rank {
+        rank: usize,
+        source: Box<TrainError>,
     },
 }
 
@@ -192,6 +209,8 @@ pub struct Trainer {
     /// The tensors frozen in the current epoch (parameters and BatchNorm statistics).
     frozen: HashSet<String>,
     started: Instant,
+    /// The data-parallel group this trainer is a rank of ([`parallel::SingleRank`] alone).
+    comm: Arc<dyn Communicator>,
 }
 
 /// What [`Trainer::init_from`] loaded.
@@ -238,7 +257,25 @@ impl Trainer {
         train_data: Dataset,
         test_data: Option<Dataset>,
     ) -> TrainResult<Self> {
-        for d in std::iter::once(&train_data).chain(test_data.as_ref()) {
+        Self::with_shared_data(
+            ir,
+            schedule,
+            opts,
+            Arc::new(train_data),
+            test_data.map(Arc::new),
+        )
+    }
+
+    /// [`Trainer::new`] on datasets shared with other trainers (the ranks of a data-parallel
+    /// run read the same images).
+    pub fn with_shared_data(
+        ir: &ir::Network,
+        schedule: Schedule,
+        opts: TrainOptions,
+        train_data: Arc<Dataset>,
+        test_data: Option<Arc<Dataset>>,
+    ) -> TrainResult<Self> {
+        for d in std::iter::once(&*train_data).chain(test_data.as_deref()) {
             if d.num_classes() != ir.num_classes {
                 return Err(TrainError::Config(format!(
                     "the dataset `{}` has {} classes, the model `{}` {}",
@@ -295,14 +332,53 @@ impl Trainer {
             step: 0,
             history: Vec::new(),
             elapsed_before: 0.0,
-            train_data: Arc::new(train_data),
-            test_data: test_data.map(Arc::new),
+            train_data,
+            test_data,
             out_dir: None,
             mask_rng: ChaCha8Rng::seed_from_u64(0),
             places: ir.tensor_places().into_iter().collect(),
             frozen: HashSet::new(),
             started: Instant::now(),
+            comm: Arc::new(parallel::SingleRank),
         })
+    }
+
+    /// Make this trainer rank `comm.rank()` of a data-parallel run: its parameters and
+    /// BatchNorm statistics become rank 0's (a broadcast, as DDP does at construction, so the
+    /// ranks start identical even if their initializations differed), and a rank other than 0
+    /// drops its EMA (rank 0's is the one kept and saved). Call it after `init_from` or
+    /// `resume`, before training; every rank of the group must call it.
+    pub fn join(&mut self, comm: Arc<dyn Communicator>) -> TrainResult<()> {
+        if comm.world_size() > 1 {
+            let vars: Vec<&Var> = self
+                .params
+                .iter()
+                .map(|p| &p.var)
+                .chain(self.stats.iter().map(|(_, v)| v))
+                .collect();
+            let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let flat = comm.broadcast(&parallel::flatten(&tensors)?, 0)?;
+            let mut from_root = Vec::with_capacity(tensors.len());
+            parallel::unflatten(&flat, &tensors, &mut from_root)?;
+            for (v, t) in vars.into_iter().zip(from_root) {
+                v.set(&t)?;
+            }
+            if comm.rank() > 0 {
+                self.ema = None;
+            }
+        }
+        self.comm = comm;
+        Ok(())
+    }
+
+    /// This trainer's rank in its data-parallel run (0 alone).
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    /// The number of ranks of the run (1 alone).
+    pub fn world_size(&self) -> usize {
+        self.comm.world_size()
     }
 
     /// Start from pretrained weights (timm or torchvision names) instead of the seed's: every
@@ -413,10 +489,24 @@ impl Trainer {
             _ => 1.0,
         };
         self.apply_fine_tune(epoch);
-        let net_seed = derive_seed(seed, &[stream::NETWORK, epoch as u64]);
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        // Each rank draws its own dropout and drop-path masks; rank 0 draws what a single
+        // rank draws.
+        let mut key = vec![stream::NETWORK, epoch as u64];
+        if rank > 0 {
+            key.push(rank as u64);
+        }
+        let net_seed = derive_seed(seed, &key);
         self.net.seed(net_seed);
         self.mask_rng = ChaCha8Rng::seed_from_u64(net_seed);
         let batch_size = stage.batch_size.unwrap_or(self.opts.batch_size).max(1);
+        if batch_size % world != 0 {
+            return Err(TrainError::Config(format!(
+                "the batch of {batch_size} images (stage {}) does not split evenly over {world} \
+                 ranks: choose a batch that is a multiple of {world}",
+                stage.index
+            )));
+        }
         let cfg = LoaderConfig {
             transform: self.transform(self.train_data.kind, stage.image_size, true, stage.randaug),
             mix: MixConfig {
@@ -429,6 +519,7 @@ impl Trainer {
             shuffle: true,
             workers: self.opts.workers,
             prefetch: 2,
+            shard: Shard { rank, world },
         };
         let batches = Batches::new(self.train_data.clone(), cfg, epoch);
         let steps = batches
@@ -459,9 +550,10 @@ impl Trainer {
             let (n, c, h, w) = b.shape;
             let x = Tensor::from_vec(b.images, (n, c, h, w), &device)?;
             let y = Tensor::from_vec(b.targets, (n, b.classes), &device)?;
-            let (lv, mut gs) = self
+            let (lv, gs) = self
                 .net
                 .loss_and_grads(&self.params, &x, &y, &mut self.mask_rng)?;
+            let (lv, mut gs) = self.synchronize(lv, gs)?;
             if !lv.is_finite() {
                 let kept = match &self.out_dir {
                     Some(d) if epoch > 0 => format!(
@@ -497,19 +589,25 @@ impl Trainer {
             }
             self.step += 1;
             loss_sum += lv;
-            images += n;
+            // The global batch: every rank trained on a shard of `n`.
+            images += n * world;
             observe(Event::Step {
                 epoch,
                 step: i,
                 steps,
                 loss: lv,
                 lr,
-                images: n,
+                images: n * world,
             });
         }
         let train_s = start.elapsed().as_secs_f64();
         let (mut top1, mut top5, mut top1_raw) = (None, None, None);
-        if let Some(test) = self.test_data.clone().filter(|_| self.opts.evaluate) {
+        // Rank 0 evaluates; the others' weights are the same.
+        if let Some(test) = self
+            .test_data
+            .clone()
+            .filter(|_| self.opts.evaluate && rank == 0)
+        {
             observe(Event::Evaluating { epoch });
             let size = self.ir.resolution;
             let tf = self.transform(test.kind, size, false, 0.0);
@@ -556,6 +654,18 @@ impl Trainer {
         self.epoch += 1;
         self.history.push(m.clone());
         Ok(m)
+    }
+
+    /// The loss and gradients of the global batch from this rank's: their means over the
+    /// ranks (the identity for one rank, which skips the collectives).
+    fn synchronize(&self, loss: f64, grads: Vec<Tensor>) -> TrainResult<(f64, Vec<Tensor>)> {
+        if self.comm.world_size() == 1 {
+            return Ok((loss, grads));
+        }
+        let grads = parallel::average_gradients(&*self.comm, grads, parallel::BUCKET_FLOATS)?;
+        let mut l = [loss];
+        self.comm.all_reduce_mean_host(&mut l)?;
+        Ok((l[0], grads))
     }
 
     /// The current weights (and BatchNorm statistics), or their EMA, as named tensors.

@@ -1,0 +1,452 @@
+//! Data-parallel training: `W` ranks, each a [`super::Trainer`] with its own copy of the
+//! network, run the same loop on their shards of every global batch
+//! ([`crate::data::loader::Shard`]) and meet in a [`Communicator`] after each backward:
+//!
+//! - the gradients are averaged over the ranks (bucketed: one collective per bucket of about
+//!   [`BUCKET_FLOATS`] values, not one per tensor), so every rank takes the same optimizer
+//!   step from the same parameters and the parameters stay identical without being sent;
+//! - the loss is averaged too, so every rank sees the same loss (the divergence check stops
+//!   all ranks at once, and rank 0 reports the global batch's loss);
+//! - the parameters and BatchNorm statistics are broadcast from rank 0 once, when a rank
+//!   joins ([`super::Trainer::join`]), as PyTorch's DDP does at construction.
+//!
+//! BatchNorm normalizes each rank's shard with the shard's own statistics and each rank keeps
+//! its own running statistics, as DDP does without `SyncBatchNorm`; rank 0's are the ones
+//! saved and evaluated. Only rank 0 keeps an EMA, evaluates, and (in `effnet train`) writes
+//! checkpoints, metrics and logs.
+//!
+//! A rank that fails calls [`Communicator::abort`]; every other rank's next (or current)
+//! collective then returns [`TrainError::PeerFailed`] instead of waiting, so the run stops
+//! with the failing rank's error ([`run_ranks`]) and a checkpoint is only ever written
+//! between epochs, complete.
+//!
+//! Two communicators implement the trait: [`CpuComm`] (one thread per rank in one process,
+//! sharing memory; what the tests run) and, with the `nccl` feature, `super::nccl::NcclComm`
+//! (one thread per GPU, NCCL's all-reduce on the device).
+
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use candle_core::{DType, Tensor};
+
+use super::{TrainError, TrainResult};
+
+/// About 16 MB of f32 per collective: large enough that the per-call cost is amortized, small
+/// enough that a bucket's flat copy stays a small share of memory (DDP's default is 25 MB).
+pub const BUCKET_FLOATS: usize = 1 << 22;
+
+/// What the ranks of a data-parallel run share. Every method is a collective: every rank
+/// calls it, in the same order, with buffers of the same length.
+pub trait Communicator: Send + Sync {
+    fn rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+    /// The mean over the ranks of a flat f32 bucket (a 1-D tensor on the rank's device).
+    fn all_reduce_mean(&self, bucket: &Tensor) -> TrainResult<Tensor>;
+    /// The mean over the ranks of a few host scalars (the loss), in place.
+    fn all_reduce_mean_host(&self, values: &mut [f64]) -> TrainResult<()>;
+    /// Rank `root`'s flat f32 buffer, on every rank.
+    fn broadcast(&self, flat: &Tensor, root: usize) -> TrainResult<Tensor>;
+    /// Stop the run: every rank's pending and later collectives fail with
+    /// [`TrainError::PeerFailed`] naming `rank` and `reason`. The first abort wins.
+    fn abort(&self, rank: usize, reason: &str);
+}
+
+/// World size 1: every collective is the identity. The trainer skips the collectives when
+/// the world size is 1, so a single rank runs exactly what it ran before data parallelism.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SingleRank;
+
+impl Communicator for SingleRank {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_mean(&self, bucket: &Tensor) -> TrainResult<Tensor> {
+        Ok(bucket.clone())
+    }
+    fn all_reduce_mean_host(&self, _: &mut [f64]) -> TrainResult<()> {
+        Ok(())
+    }
+    fn broadcast(&self, flat: &Tensor, _: usize) -> TrainResult<Tensor> {
+        Ok(flat.clone())
+    }
+    fn abort(&self, _: usize, _: &str) {}
+}
+
+/// Average `grads` over the ranks in buckets of at most `bucket_floats` values (a tensor
+/// larger than that is a bucket of its own): one [`Communicator::all_reduce_mean`] per
+/// bucket, in the parameters' order on every rank.
+pub fn average_gradients(
+    comm: &dyn Communicator,
+    grads: Vec<Tensor>,
+    bucket_floats: usize,
+) -> TrainResult<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(grads.len());
+    let mut bucket: Vec<Tensor> = Vec::new();
+    let mut size = 0;
+    for g in grads {
+        let n = g.elem_count();
+        if !bucket.is_empty() && size + n > bucket_floats {
+            reduce_bucket(comm, std::mem::take(&mut bucket), &mut out)?;
+            size = 0;
+        }
+        size += n;
+        bucket.push(g);
+    }
+    if !bucket.is_empty() {
+        reduce_bucket(comm, bucket, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn reduce_bucket(
+    comm: &dyn Communicator,
+    bucket: Vec<Tensor>,
+    out: &mut Vec<Tensor>,
+) -> TrainResult<()> {
+    let flat = flatten(&bucket)?;
+    let mean = comm.all_reduce_mean(&flat)?;
+    unflatten(&mean, &bucket, out)
+}
+
+/// The tensors' values, one after another, as a 1-D f32 tensor.
+pub(crate) fn flatten(tensors: &[Tensor]) -> TrainResult<Tensor> {
+    let parts = tensors
+        .iter()
+        .map(|t| t.to_dtype(DType::F32)?.flatten_all())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// `flat` cut back into tensors shaped like `like`, appended to `out`.
+pub(crate) fn unflatten(flat: &Tensor, like: &[Tensor], out: &mut Vec<Tensor>) -> TrainResult<()> {
+    let mut at = 0;
+    for t in like {
+        let n = t.elem_count();
+        out.push(
+            flat.narrow(0, at, n)?
+                .reshape(t.shape())?
+                .to_dtype(t.dtype())?,
+        );
+        at += n;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CPU communicator.
+
+/// A contribution to a collective.
+#[derive(Debug)]
+enum Buf {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Buf {
+    fn len(&self) -> usize {
+        match self {
+            Buf::F32(v) => v.len(),
+            Buf::F64(v) => v.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Mean,
+    Broadcast(usize),
+}
+
+#[derive(Debug, Default)]
+struct Round {
+    /// Completed collectives; a waiting rank wakes when it moves on.
+    generation: u64,
+    /// Each rank's contribution to the collective under way.
+    slots: Vec<Option<Buf>>,
+    /// What the last collective produced; it stays until every rank has arrived at the next
+    /// one, so a slow reader always finds its own result.
+    result: Option<Arc<Buf>>,
+    failed: Option<(usize, String)>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    world: usize,
+    round: Mutex<Round>,
+    cv: Condvar,
+}
+
+/// One rank of a group of threads in one process that share memory. The last rank to arrive
+/// at a collective computes it, summing the contributions in rank order, so a run's results do
+/// not depend on which thread came first.
+#[derive(Debug, Clone)]
+pub struct CpuComm {
+    rank: usize,
+    shared: Arc<Shared>,
+}
+
+impl CpuComm {
+    /// The ranks `0..world` of one group, one per thread.
+    pub fn group(world: usize) -> Vec<CpuComm> {
+        let shared = Arc::new(Shared {
+            world: world.max(1),
+            round: Mutex::new(Round {
+                slots: (0..world.max(1)).map(|_| None).collect(),
+                ..Round::default()
+            }),
+            cv: Condvar::new(),
+        });
+        (0..world.max(1))
+            .map(|rank| CpuComm {
+                rank,
+                shared: shared.clone(),
+            })
+            .collect()
+    }
+
+    fn collective(&self, mine: Buf, op: Op) -> TrainResult<Arc<Buf>> {
+        let sh = &self.shared;
+        let mut r = sh.round.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((rank, reason)) = &r.failed {
+            return Err(peer_failed(*rank, reason));
+        }
+        let generation = r.generation;
+        r.slots[self.rank] = Some(mine);
+        if r.slots.iter().all(Option::is_some) {
+            let slots: Vec<Buf> = r.slots.iter_mut().filter_map(Option::take).collect();
+            match combine(slots, op, sh.world) {
+                Ok(b) => r.result = Some(Arc::new(b)),
+                Err(reason) => {
+                    r.failed = Some((self.rank, reason.clone()));
+                    sh.cv.notify_all();
+                    return Err(TrainError::Config(reason));
+                }
+            }
+            r.generation += 1;
+            sh.cv.notify_all();
+        } else {
+            while r.generation == generation && r.failed.is_none() {
+                r = sh.cv.wait(r).unwrap_or_else(PoisonError::into_inner);
+            }
+            if r.generation == generation
+                && let Some((rank, reason)) = &r.failed
+            {
+                return Err(peer_failed(*rank, reason));
+            }
+        }
+        r.result
+            .clone()
+            .ok_or_else(|| TrainError::Config("a collective finished without a result".into()))
+    }
+}
+
+fn peer_failed(rank: usize, reason: &str) -> TrainError {
+    TrainError::PeerFailed {
+        rank,
+        reason: reason.to_string(),
+    }
+}
+
+/// The collective's result from every rank's contribution, in rank order.
+fn combine(slots: Vec<Buf>, op: Op, world: usize) -> Result<Buf, String> {
+    let len = slots[0].len();
+    if let Some((r, b)) = slots.iter().enumerate().find(|(_, b)| b.len() != len) {
+        return Err(format!(
+            "rank {r} sent {} values to a collective where rank 0 sent {len}",
+            b.len()
+        ));
+    }
+    match op {
+        Op::Broadcast(root) => slots
+            .into_iter()
+            .nth(root)
+            .ok_or_else(|| format!("broadcast from rank {root} of {world}")),
+        Op::Mean => {
+            let mut it = slots.into_iter();
+            match it.next() {
+                Some(Buf::F32(mut acc)) => {
+                    for b in it {
+                        let Buf::F32(v) = b else {
+                            return Err("a collective mixed f32 and f64 buffers".into());
+                        };
+                        acc.iter_mut().zip(v).for_each(|(a, v)| *a += v);
+                    }
+                    let w = world as f32;
+                    acc.iter_mut().for_each(|a| *a /= w);
+                    Ok(Buf::F32(acc))
+                }
+                Some(Buf::F64(mut acc)) => {
+                    for b in it {
+                        let Buf::F64(v) = b else {
+                            return Err("a collective mixed f32 and f64 buffers".into());
+                        };
+                        acc.iter_mut().zip(v).for_each(|(a, v)| *a += v);
+                    }
+                    let w = world as f64;
+                    acc.iter_mut().for_each(|a| *a /= w);
+                    Ok(Buf::F64(acc))
+                }
+                None => Err("a collective with no ranks".into()),
+            }
+        }
+    }
+}
+
+fn f32_result(b: &Buf) -> TrainResult<Vec<f32>> {
+    match b {
+        Buf::F32(v) => Ok(v.clone()),
+        Buf::F64(_) => Err(TrainError::Config(
+            "an f32 collective returned f64 values".into(),
+        )),
+    }
+}
+
+impl Communicator for CpuComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.shared.world
+    }
+    fn all_reduce_mean(&self, bucket: &Tensor) -> TrainResult<Tensor> {
+        let v = bucket.flatten_all()?.to_vec1::<f32>()?;
+        let r = self.collective(Buf::F32(v), Op::Mean)?;
+        Ok(Tensor::from_vec(
+            f32_result(&r)?,
+            bucket.elem_count(),
+            bucket.device(),
+        )?)
+    }
+    fn all_reduce_mean_host(&self, values: &mut [f64]) -> TrainResult<()> {
+        let r = self.collective(Buf::F64(values.to_vec()), Op::Mean)?;
+        match &*r {
+            Buf::F64(v) => values.copy_from_slice(v),
+            Buf::F32(_) => {
+                return Err(TrainError::Config(
+                    "an f64 collective returned f32 values".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+    fn broadcast(&self, flat: &Tensor, root: usize) -> TrainResult<Tensor> {
+        let v = flat.flatten_all()?.to_vec1::<f32>()?;
+        let r = self.collective(Buf::F32(v), Op::Broadcast(root))?;
+        Ok(Tensor::from_vec(
+            f32_result(&r)?,
+            flat.elem_count(),
+            flat.device(),
+        )?)
+    }
+    fn abort(&self, rank: usize, reason: &str) {
+        let mut r = self
+            .shared
+            .round
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if r.failed.is_none() {
+            r.failed = Some((rank, reason.to_string()));
+        }
+        self.shared.cv.notify_all();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the ranks.
+
+/// Aborts the group if the rank's thread unwinds (a panic) before it finished.
+struct AbortOnUnwind<'a> {
+    comm: &'a dyn Communicator,
+    armed: bool,
+}
+
+impl Drop for AbortOnUnwind<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.comm
+                .abort(self.comm.rank(), "the rank's thread panicked");
+        }
+    }
+}
+
+/// Run `body` on every rank, one thread each, and wait for all of them. A rank whose body
+/// fails aborts the group, so the others stop at their next collective; the error returned is
+/// then the failing rank's ([`TrainError::Rank`]), not the others' reports of it. On success,
+/// every rank's value in rank order.
+pub fn run_ranks<T, F>(comms: Vec<Arc<dyn Communicator>>, body: F) -> TrainResult<Vec<T>>
+where
+    T: Send,
+    F: Fn(Arc<dyn Communicator>) -> TrainResult<T> + Sync,
+{
+    let results: Vec<std::thread::Result<TrainResult<T>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .iter()
+            .map(|comm| {
+                let comm = comm.clone();
+                let body = &body;
+                std::thread::Builder::new()
+                    .name(format!("effnet-rank-{}", comm.rank()))
+                    .spawn_scoped(s, move || {
+                        let mut guard = AbortOnUnwind {
+                            comm: &*comm,
+                            armed: true,
+                        };
+                        let r = body(comm.clone());
+                        if let Err(e) = &r
+                            && !matches!(e, TrainError::PeerFailed { .. })
+                        {
+                            comm.abort(comm.rank(), &e.to_string());
+                        }
+                        guard.armed = false;
+                        r
+                    })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h.join(),
+                Err(e) => Ok(Err(TrainError::Config(format!(
+                    "cannot start a rank's thread: {e}"
+                )))),
+            })
+            .collect()
+    });
+    let mut values = Vec::with_capacity(results.len());
+    let mut first: Option<TrainError> = None;
+    let mut peer: Option<TrainError> = None;
+    for (rank, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(Ok(v)) => values.push(v),
+            Ok(Err(e @ TrainError::PeerFailed { .. })) => {
+                peer.get_or_insert(e);
+            }
+            Ok(Err(e)) => {
+                first.get_or_insert(TrainError::Rank {
+                    rank,
+                    source: Box::new(e),
+                });
+            }
+            Err(_) => {
+                first.get_or_insert(TrainError::Rank {
+                    rank,
+                    source: Box::new(TrainError::Config("its thread panicked".into())),
+                });
+            }
+        }
+    }
+    match first.or(peer) {
+        Some(e) => Err(e),
+        None => Ok(values),
+    }
+}
+
+/// `n` CPU ranks, as [`run_ranks`] takes them.
+pub fn cpu_ranks(n: usize) -> Vec<Arc<dyn Communicator>> {
+    CpuComm::group(n)
+        .into_iter()
+        .map(|c| Arc::new(c) as Arc<dyn Communicator>)
+        .collect()
+}

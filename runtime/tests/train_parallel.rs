@@ -1,0 +1,475 @@
+//! Data-parallel training on the CPU communicator, through the trainer's one loop: two ranks
+//! average to the whole batch's gradient, the ranks' parameters stay identical, only rank 0
+//! writes a checkpoint and a run resumed from it continues identically, a failing rank stops
+//! every rank with its error and leaves the last checkpoint intact, and a batch that does not
+//! split over the ranks is refused. (The shards themselves: `data_loaders.rs`.)
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{Device, Tensor};
+use effnet_compiler::compile;
+use effnet_compiler::ir::Network as IrNetwork;
+use effnet_runtime::data::loader::{LoaderConfig, Shard, build_batch, epoch_order};
+use effnet_runtime::data::mix::MixConfig;
+use effnet_runtime::data::{self, Dataset, Split};
+use effnet_runtime::train::parallel::{self, CpuComm, cpu_ranks, run_ranks};
+use effnet_runtime::train::{
+    Communicator, Event, TrainError, TrainOptions, TrainResult, Trainer, checkpoint,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+const SPEC: &str = r#"
+model tiny {
+    input 1 x 12
+    classes 10
+    dropout 0.1
+    drop_path 0.1
+    normalize mean(0.1307) std(0.3081)
+    stem conv k3 s2 -> 8
+    stage fused  k3 e1 s1 -> 8 x2 skip
+    stage mbconv k3 e2 s2 -> 16 x1 se 0.25
+    head conv k1 -> 32
+}
+
+schedule default for tiny {
+    epochs 2
+    stages 2
+    image 8 -> 12
+    randaug 2 -> 6
+    mixup 0 -> 0.2
+    dropout 0 -> 0.1
+    drop_path 0.05
+    batch 32
+    optimizer rmsprop(decay = 0.9, momentum = 0.9, eps = 1e-3, weight_decay = 1e-5)
+    lr 0.01 warmup 0.5 exponential(rate = 0.9, every = 1)
+    label_smoothing 0.1
+    ema 0.99
+    grad_clip 5
+}
+
+model still {
+    input 1 x 12
+    classes 10
+    normalize mean(0.1307) std(0.3081)
+    stem conv k3 s2 -> 8
+    stage fused  k3 e1 s1 -> 8 x2 skip
+    stage mbconv k3 e2 s2 -> 16 x1 se 0.25
+    head conv k1 -> 32
+}
+
+schedule default for still {
+    epochs 1
+    stages 1
+    image 12 -> 12
+    batch 32
+}
+"#;
+
+fn ir(name: &str) -> IrNetwork {
+    compile(SPEC)
+        .unwrap_or_else(|d| panic!("{d:?}"))
+        .network(Some(name))
+        .expect("model")
+        .clone()
+}
+
+fn mnist(split: Split, n: usize) -> Arc<Dataset> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
+    Arc::new(data::load(&dir, split).expect("bundled MNIST").truncate(n))
+}
+
+/// A trainer of `tiny` on `default` (3 steps an epoch), not yet a rank.
+fn trainer(seed: u64) -> Trainer {
+    let net = ir("tiny");
+    let s = net.schedules[0].clone();
+    let opts = TrainOptions {
+        seed,
+        workers: 1,
+        eval_batch_size: 64,
+        max_steps_per_epoch: Some(3),
+        ..TrainOptions::default()
+    };
+    Trainer::with_shared_data(
+        &net,
+        s,
+        opts,
+        mnist(Split::Train, 128),
+        Some(mnist(Split::Test, 64)),
+    )
+    .expect("trainer")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("effnet-parallel-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn values(ts: Vec<(String, Tensor)>) -> Vec<(String, Vec<f32>)> {
+    ts.into_iter()
+        .map(|(n, t)| {
+            (
+                n,
+                t.flatten_all().and_then(|t| t.to_vec1()).expect("values"),
+            )
+        })
+        .collect()
+}
+
+fn none(_: Event) {}
+
+/// A CPU rank that counts its gradient all-reduces and, when told, fails at one of them
+/// (an injected error, as a rank whose step fails would return).
+struct Probe {
+    inner: CpuComm,
+    calls: AtomicUsize,
+    fail_at: Option<usize>,
+}
+
+impl Communicator for Probe {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.inner.world_size()
+    }
+    fn all_reduce_mean(&self, bucket: &Tensor) -> TrainResult<Tensor> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail_at == Some(call) {
+            return Err(TrainError::Config(format!(
+                "injected failure at all-reduce {call}"
+            )));
+        }
+        self.inner.all_reduce_mean(bucket)
+    }
+    fn all_reduce_mean_host(&self, values: &mut [f64]) -> TrainResult<()> {
+        self.inner.all_reduce_mean_host(values)
+    }
+    fn broadcast(&self, flat: &Tensor, root: usize) -> TrainResult<Tensor> {
+        self.inner.broadcast(flat, root)
+    }
+    fn abort(&self, rank: usize, reason: &str) {
+        self.inner.abort(rank, reason)
+    }
+}
+
+fn probes(world: usize, fail: Option<(usize, usize)>) -> Vec<Arc<Probe>> {
+    CpuComm::group(world)
+        .into_iter()
+        .map(|inner| {
+            let fail_at = fail.filter(|f| f.0 == inner.rank()).map(|f| f.1);
+            Arc::new(Probe {
+                inner,
+                calls: AtomicUsize::new(0),
+                fail_at,
+            })
+        })
+        .collect()
+}
+
+fn as_comms(p: &[Arc<Probe>]) -> Vec<Arc<dyn Communicator>> {
+    p.iter()
+        .map(|p| p.clone() as Arc<dyn Communicator>)
+        .collect()
+}
+
+/// One training batch of `still` (no dropout, no drop-path, no mixing) for `shard`, and the
+/// loss and gradients of a freshly initialized network on it, its BatchNorm in eval mode
+/// (`frozen`) or in train mode; with more than one rank, averaged through `comm` in buckets
+/// of 1000 values.
+fn shard_grads(comm: &dyn Communicator, frozen: bool) -> (f64, Vec<Vec<f32>>) {
+    let net = ir("still");
+    let mut t = Trainer::with_shared_data(
+        &net,
+        net.schedules[0].clone(),
+        TrainOptions {
+            seed: 5,
+            ..TrainOptions::default()
+        },
+        mnist(Split::Train, 64),
+        None,
+    )
+    .expect("trainer");
+    for l in std::iter::once(&mut t.net.stem)
+        .chain(
+            t.net
+                .stages
+                .iter_mut()
+                .flatten()
+                .flat_map(|b| b.layers.iter_mut()),
+        )
+        .chain(t.net.head.as_mut())
+    {
+        l.bn.frozen = frozen;
+    }
+    let cfg = LoaderConfig {
+        transform: t.transform(t.train_data.kind, 12, true, 0.0),
+        mix: MixConfig {
+            mixup_alpha: 0.0,
+            cutmix_alpha: 0.0,
+        },
+        label_smoothing: 0.1,
+        batch_size: 32,
+        seed: 5,
+        shuffle: true,
+        workers: 0,
+        prefetch: 1,
+        shard: Shard {
+            rank: comm.rank(),
+            world: comm.world_size(),
+        },
+    };
+    let data = t.train_data.clone();
+    let b = build_batch(&data, &cfg, &epoch_order(data.len(), 5, 0, true), 0, 1);
+    let x = Tensor::from_vec(b.images, b.shape, &Device::Cpu).expect("x");
+    let y = Tensor::from_vec(b.targets, (b.shape.0, b.classes), &Device::Cpu).expect("y");
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let (mut loss, grads) = t
+        .net
+        .loss_and_grads(&t.params, &x, &y, &mut rng)
+        .expect("step");
+    let grads = if comm.world_size() > 1 {
+        let mut l = [loss];
+        comm.all_reduce_mean_host(&mut l).expect("loss");
+        loss = l[0];
+        parallel::average_gradients(comm, grads, 1000).expect("average")
+    } else {
+        grads
+    };
+    let grads = grads
+        .iter()
+        .map(|g| g.flatten_all().and_then(|g| g.to_vec1()).expect("grad"))
+        .collect();
+    (loss, grads)
+}
+
+fn max_rel_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| {
+            let scale = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            a.iter()
+                .zip(b)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
+        })
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn two_ranks_average_to_the_whole_batch_gradient() {
+    let single = shard_grads(&parallel::SingleRank, true);
+    let p = probes(2, None);
+    let ranks = run_ranks(as_comms(&p), |c| Ok(shard_grads(&*c, true))).expect("ranks");
+    // Both ranks hold the same averaged gradient, to the bit.
+    assert_eq!(ranks[0], ranks[1]);
+    let (loss, grads) = &ranks[0];
+    assert!(
+        (loss - single.0).abs() < 1e-5 * single.0.abs(),
+        "{loss} vs {}",
+        single.0
+    );
+    let d = max_rel_diff(grads, &single.1);
+    // Measured: 1.5e-6 of the largest gradient entry.
+    assert!(d < 1e-5, "the averaged gradient differs by {d}");
+    // Bucketed: one all-reduce per bucket of up to 1000 values, not one per tensor.
+    let mut buckets = 0;
+    let mut size = 0;
+    for g in &single.1 {
+        if size > 0 && size + g.len() > 1000 {
+            buckets += 1;
+            size = 0;
+        }
+        size += g.len();
+    }
+    buckets += 1;
+    let calls = p[0].calls.load(Ordering::SeqCst);
+    assert_eq!(calls, buckets);
+    assert!(1 < calls && calls < single.1.len(), "{calls} buckets");
+
+    // In train mode each rank normalizes its shard with the shard's own statistics (as DDP
+    // without SyncBatchNorm), so the average is not the whole batch's gradient.
+    let single = shard_grads(&parallel::SingleRank, false);
+    let ranks = run_ranks(cpu_ranks(2), |c| Ok(shard_grads(&*c, false))).expect("ranks");
+    let d = max_rel_diff(&ranks[0].1, &single.1);
+    assert!(
+        d > 1e-3,
+        "per-rank batch statistics should change the gradient ({d})"
+    );
+}
+
+/// What a rank's run returns: its epochs' losses, its parameters and BatchNorm statistics,
+/// and its EMA.
+type RankRun = (
+    Vec<f64>,
+    Vec<(String, Vec<f32>)>,
+    Option<Vec<(String, Vec<f32>)>>,
+);
+
+fn rank_run(t: &Trainer) -> RankRun {
+    (
+        t.history.iter().map(|m| m.train_loss).collect(),
+        values(t.weights(false)),
+        t.ema.as_ref().map(|_| values(t.weights(true))),
+    )
+}
+
+#[test]
+fn ranks_stay_identical_only_rank_0_writes_and_a_resumed_run_continues_identically() {
+    // Two epochs straight on two ranks.
+    let straight = run_ranks(cpu_ranks(2), |c| {
+        let mut t = trainer(11);
+        t.join(c)?;
+        t.run_epoch(&mut none)?;
+        t.run_epoch(&mut none)?;
+        Ok(rank_run(&t))
+    })
+    .expect("straight run");
+    let (r0, r1) = (&straight[0], &straight[1]);
+    assert_eq!(r0.0, r1.0, "every rank sees the averaged loss");
+    let stats = |n: &str| n.ends_with("running_mean") || n.ends_with("running_var");
+    let params = |w: &[(String, Vec<f32>)]| {
+        w.iter()
+            .filter(|(n, _)| !stats(n) && !n.ends_with("num_batches_tracked"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(params(&r0.1), params(&r1.1), "identical parameters");
+    assert!(
+        r0.1.iter()
+            .zip(&r1.1)
+            .any(|(a, b)| stats(&a.0) && a.1 != b.1),
+        "each rank keeps its own BatchNorm statistics"
+    );
+    assert!(r0.2.is_some() && r1.2.is_none(), "only rank 0 keeps an EMA");
+
+    // One epoch, a checkpoint per rank's directory: only rank 0's is written.
+    let dirs = [temp_dir("rank0"), temp_dir("rank1")];
+    run_ranks(cpu_ranks(2), |c| {
+        let dir = &dirs[c.rank()];
+        let mut t = trainer(11);
+        t.join(c)?;
+        t.run_epoch(&mut none)?;
+        t.save_checkpoint(dir)
+    })
+    .expect("first epoch");
+    assert!(checkpoint::find(&dirs[0]).is_ok());
+    assert!(!dirs[1].exists(), "rank 1 wrote nothing");
+    let state: checkpoint::State = serde_json::from_str(
+        &std::fs::read_to_string(dirs[0].join("checkpoint/state.json")).expect("state"),
+    )
+    .expect("state.json");
+    assert_eq!((state.epoch, state.ranks), (1, 2));
+
+    // Every rank resumes from it (a different seed is replaced by the checkpoint's).
+    let resumed = run_ranks(cpu_ranks(2), |c| {
+        let mut t = trainer(999);
+        t.resume(&dirs[0])?;
+        t.join(c)?;
+        t.run_epoch(&mut none)?;
+        Ok(rank_run(&t))
+    })
+    .expect("resumed run");
+    let (a, b) = (&straight[0], &resumed[0]);
+    // The first epoch's loss comes back from JSON: equal to an ulp.
+    assert!((a.0[0] - b.0[0]).abs() < 1e-12);
+    assert_eq!(a.0[1], b.0[1], "the resumed epoch's loss is bit-identical");
+    assert_eq!(a.1, b.1, "same weights and rank 0's statistics");
+    assert_eq!(a.2, b.2, "same EMA");
+    assert_eq!(params(&resumed[1].1), params(&b.1));
+    for d in &dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn a_failing_rank_stops_the_run_and_the_last_checkpoint_stays() {
+    let dir = temp_dir("fail");
+    // Three steps of one bucket each per epoch: rank 1 fails at its fifth all-reduce, the
+    // second step of epoch 2, while rank 0 waits in that step's collective.
+    let p = probes(2, Some((1, 4)));
+    let e = run_ranks(as_comms(&p), |c| {
+        let mut t = trainer(3);
+        t.out_dir = Some(dir.clone());
+        t.join(c)?;
+        while !t.done() {
+            t.run_epoch(&mut none)?;
+            t.save_checkpoint(&dir)?;
+        }
+        Ok(())
+    })
+    .expect_err("rank 1 fails");
+    let msg = e.to_string();
+    assert!(
+        matches!(e, TrainError::Rank { rank: 1, .. }),
+        "the failing rank's error: {msg}"
+    );
+    assert!(
+        msg.contains("rank 1 failed") && msg.contains("injected failure at all-reduce 4"),
+        "{msg}"
+    );
+    // Epoch 1's checkpoint is complete and resumes.
+    let mut t = trainer(3);
+    t.resume(&dir).expect("the last checkpoint resumes");
+    assert_eq!(t.epoch, 1);
+    assert!(!dir.join("checkpoint.tmp").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_batch_that_does_not_split_over_the_ranks_is_refused() {
+    let e = run_ranks(cpu_ranks(3), |c| {
+        let mut t = trainer(0);
+        t.join(c)?;
+        t.run_epoch(&mut none).map(|_| ())
+    })
+    .expect_err("32 over 3 ranks");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("batch of 32") && msg.contains("3 ranks"),
+        "{msg}"
+    );
+}
+
+/// The CPU communicator sums in rank order whatever order the ranks arrive in: values whose
+/// f32 sum depends on the order give the same mean on every run, and a broadcast is rank 0's.
+#[test]
+fn the_cpu_reduction_is_in_rank_order() {
+    for delay_rank in 0..3 {
+        let out = run_ranks(cpu_ranks(3), |c| {
+            // One rank arrives late, so the last to arrive (who computes) changes.
+            if c.rank() == delay_rank {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let mine = [1e8f32, 1.0, -1e8][c.rank()];
+            let t = Tensor::new(&[mine, c.rank() as f32], &Device::Cpu)?;
+            let mean = c.all_reduce_mean(&t)?.to_vec1::<f32>()?;
+            let root = c.broadcast(&t, 0)?.to_vec1::<f32>()?;
+            Ok((mean, root))
+        })
+        .expect("ranks");
+        for (mean, root) in out {
+            // (1e8 + 1) rounds to 1e8 in f32, so rank order gives 0, not 1/3.
+            assert_eq!(mean, [0.0, 1.0]);
+            assert_eq!(root, [1e8, 0.0]);
+        }
+    }
+}
+
+/// A rank whose thread panics stops the others too (they wait in a collective).
+#[test]
+fn a_panicking_rank_stops_the_others() {
+    let e = run_ranks(cpu_ranks(2), |c| {
+        if c.rank() == 1 {
+            panic!("injected panic");
+        }
+        let mut v = [1.0];
+        c.all_reduce_mean_host(&mut v)?;
+        Ok(v[0])
+    })
+    .expect_err("rank 1 panics");
+    assert!(matches!(e, TrainError::Rank { rank: 1, .. }), "{e}");
+    assert!(e.to_string().contains("panicked"), "{e}");
+}
