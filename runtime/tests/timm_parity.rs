@@ -195,6 +195,21 @@ fn load_fixture(
     (net, input, logits)
 }
 
+/// Freeze every BatchNorm of `net`: the training step then normalizes as eval mode does.
+fn freeze_norms(net: &mut Network) {
+    let layers = std::iter::once(&mut net.stem)
+        .chain(
+            net.stages
+                .iter_mut()
+                .flatten()
+                .flat_map(|b| b.layers.iter_mut()),
+        )
+        .chain(net.head.as_mut());
+    for l in layers {
+        l.bn.frozen = true;
+    }
+}
+
 /// Every trainable tensor of `net` as a training variable, in `state_dict` order.
 fn trainable_params(net: &Network) -> Vec<effnet_runtime::train::optim::Param> {
     net.named_tensors()
@@ -284,17 +299,7 @@ fn block_option_fixtures_match_timm_on_every_plan() {
         // The training step's forward: eval-mode BatchNorm everywhere, no masks (the fixtures
         // have no dropout or drop-path), soft targets.
         let (mut tnet, input, logits) = load_fixture(spec, true);
-        let layers = std::iter::once(&mut tnet.stem)
-            .chain(
-                tnet.stages
-                    .iter_mut()
-                    .flatten()
-                    .flat_map(|b| b.layers.iter_mut()),
-            )
-            .chain(tnet.head.as_mut());
-        for l in layers {
-            l.bn.frozen = true;
-        }
+        freeze_norms(&mut tnet);
         let params = trainable_params(&tnet);
         let (targets, theirs) = soft_targets_and_timm_loss(&logits);
         let step = tnet.plan(&input, Purpose::TrainStep).plan;
@@ -449,17 +454,7 @@ fn condconv_fixture_matches_timm_in_eval_and_train_mode() {
 
     // The training step with every BatchNorm frozen (eval-mode normalization).
     let (mut tnet, input, logits) = load_fixture(&spec, true);
-    let layers = std::iter::once(&mut tnet.stem)
-        .chain(
-            tnet.stages
-                .iter_mut()
-                .flatten()
-                .flat_map(|b| b.layers.iter_mut()),
-        )
-        .chain(tnet.head.as_mut());
-    for l in layers {
-        l.bn.frozen = true;
-    }
+    freeze_norms(&mut tnet);
     let params = trainable_params(&tnet);
     let (targets, theirs) = soft_targets_and_timm_loss(&logits);
     assert_eq!(

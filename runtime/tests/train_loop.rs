@@ -3,6 +3,8 @@
 //! running statistics are updated in train mode and used in eval mode, and a diverging run
 //! stops with a clear error.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -91,21 +93,10 @@ fn trainer(schedule: &str, seed: u64) -> Trainer {
 }
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("effnet-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    common::fresh_temp_dir("train", name)
 }
 
-fn values(ts: Vec<(String, Tensor)>) -> Vec<(String, Vec<f32>)> {
-    ts.into_iter()
-        .map(|(n, t)| {
-            (
-                n,
-                t.flatten_all().and_then(|t| t.to_vec1()).expect("values"),
-            )
-        })
-        .collect()
-}
+use common::named_values as values;
 
 #[test]
 fn resuming_reproduces_the_uninterrupted_run() {

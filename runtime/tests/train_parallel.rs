@@ -4,6 +4,8 @@
 //! every rank with its error and leaves the last checkpoint intact, and a batch that does not
 //! split over the ranks is refused. (The shards themselves: `data_loaders.rs`.)
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,21 +105,10 @@ fn trainer(seed: u64) -> Trainer {
 }
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("effnet-parallel-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    common::fresh_temp_dir("parallel", name)
 }
 
-fn values(ts: Vec<(String, Tensor)>) -> Vec<(String, Vec<f32>)> {
-    ts.into_iter()
-        .map(|(n, t)| {
-            (
-                n,
-                t.flatten_all().and_then(|t| t.to_vec1()).expect("values"),
-            )
-        })
-        .collect()
-}
+use common::named_values as values;
 
 fn none(_: Event) {}
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -72,4 +73,24 @@ pub fn plain_tensors(spec: &str) -> (effnet_compiler::ir::Network, HashMap<Strin
         tensors.insert(name.clone(), t);
     }
     (ir, tensors)
+}
+
+/// An emptied path under the system's temp directory for one test, `effnet-{binary}-{name}-{pid}`
+/// (not created: the code under test makes it).
+pub fn fresh_temp_dir(binary: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("effnet-{binary}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Named tensors' values, flattened, for comparing weights exactly.
+pub fn named_values(ts: Vec<(String, Tensor)>) -> Vec<(String, Vec<f32>)> {
+    ts.into_iter()
+        .map(|(n, t)| {
+            (
+                n,
+                t.flatten_all().and_then(|t| t.to_vec1()).expect("values"),
+            )
+        })
+        .collect()
 }
