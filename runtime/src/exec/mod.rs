@@ -34,7 +34,7 @@ use self::forward::Taps;
 use self::step::StepOps;
 use crate::nn::Param;
 use crate::nn::{Block, NetRng, Network, NetworkParts, PreparedCache};
-pub use plan::{Choice, Facts, Plan, Purpose};
+pub use plan::{Choice, Facts, LayerWithoutKernel, NoKernel, Plan, Purpose};
 pub use shared::{keep_mask, one_hot, soft_cross_entropy, update_running_stats};
 
 fn purpose(train: bool) -> Purpose {

@@ -69,21 +69,83 @@ pub struct Facts {
     pub params_are_variables: bool,
     /// The first activation the CPU kernels do not implement, if any.
     pub activation_without_kernel: Option<Activation>,
-    /// The first grouped convolution that is not depthwise, if any (by its timm path).
-    pub grouped_conv: Option<String>,
-    /// The first normalization layer that is not a BatchNorm (a GroupNorm), if any (by its
-    /// timm path): the effnet kernels fold BatchNorm into each convolution's epilogue and
-    /// the step differentiates BatchNorm by hand; nothing else.
-    pub norm_without_kernel: Option<String>,
-    /// The first convolution followed by a blur pool (`antialias blur`), if any (by its timm
-    /// path): only the candle plan pools after a layer's activation.
-    pub blur_pool: Option<String>,
-    /// The first global context attention (`attention gc`), if any (by its timm path): the
-    /// effnet kernels pool squeeze-excitation by averaging.
-    pub global_context: Option<String>,
-    /// The first CondConv convolution, if any (by its timm path): its kernel is mixed per
-    /// sample, which no effnet kernel plan does (they prepare each layer's weight once).
-    pub conditional_conv: Option<String>,
+    /// The first layer the effnet kernel plans do not implement, if any.
+    pub layer_without_kernel: Option<LayerWithoutKernel>,
+}
+
+/// A layer (by its timm path) that only the candle plan runs, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerWithoutKernel {
+    pub path: String,
+    pub kind: NoKernel,
+}
+
+/// What the effnet kernel plans lack, in the order a plan's reason names them: the kernels
+/// prepare each convolution's weight once and fold BatchNorm and the activation into its
+/// epilogue, pool squeeze-excitation by averaging, and differentiate exactly that by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoKernel {
+    /// A CondConv convolution: its kernel is mixed per sample.
+    CondConv,
+    /// A grouped convolution that is not depthwise.
+    GroupedConv,
+    /// A normalization that is not BatchNorm (a GroupNorm).
+    GroupNorm,
+    /// A blur pool after the layer's activation (`antialias blur`).
+    BlurPool,
+    /// Global context attention (`attention gc`) in the SE's place.
+    GlobalContext,
+}
+
+impl LayerWithoutKernel {
+    /// The first such layer of `layers` (and their blocks' `se`), by [`NoKernel`]'s order.
+    fn first(layers: &[&ConvBnAct], se: &[&SqueezeExcite]) -> Option<Self> {
+        let conv = |kind: NoKernel, has: fn(&ConvBnAct) -> bool| {
+            layers.iter().find(|l| has(l)).map(|l| LayerWithoutKernel {
+                path: match kind {
+                    NoKernel::GroupNorm => l.bn.spec.path.clone(),
+                    _ => l.conv.spec.path.clone(),
+                },
+                kind,
+            })
+        };
+        conv(NoKernel::CondConv, |l| l.conv.spec.is_conditional())
+            .or_else(|| {
+                conv(NoKernel::GroupedConv, |l| {
+                    l.conv.spec.groups != 1 && !l.conv.spec.is_depthwise()
+                })
+            })
+            .or_else(|| conv(NoKernel::GroupNorm, |l| !l.bn.spec.is_batch()))
+            .or_else(|| conv(NoKernel::BlurPool, |l| l.conv.spec.blur_stride > 1))
+            .or_else(|| {
+                se.iter()
+                    .find_map(|s| s.context.as_ref())
+                    .map(|gc| LayerWithoutKernel {
+                        path: gc.attn.spec.path.clone(),
+                        kind: NoKernel::GlobalContext,
+                    })
+            })
+    }
+
+    /// Why a `device` kernel plan cannot run this layer.
+    fn reason(&self, device: &str) -> String {
+        let p = &self.path;
+        match self.kind {
+            NoKernel::CondConv => {
+                format!("`{p}` is a CondConv convolution (a kernel mixed per sample)")
+            }
+            NoKernel::GroupedConv => {
+                format!("`{p}` is a grouped convolution that is not depthwise")
+            }
+            NoKernel::GroupNorm => format!("`{p}` is a GroupNorm, which has no {device} kernel"),
+            NoKernel::BlurPool => {
+                format!("`{p}` blur-pools (`antialias blur`), which has no {device} kernel")
+            }
+            NoKernel::GlobalContext => {
+                format!("`{p}` is global context attention, which has no {device} kernel")
+            }
+        }
+    }
 }
 
 /// The activations the CPU kernels implement (forward, and derivative for the step).
@@ -125,26 +187,6 @@ impl Facts {
             .filter_map(|l| l.activation)
             .chain(se.iter().map(|s| s.activation))
             .find(|&a| !cpu_kernels_implement(a));
-        let grouped_conv = layers
-            .iter()
-            .find(|l| l.conv.spec.groups != 1 && !l.conv.spec.is_depthwise())
-            .map(|l| l.conv.spec.path.clone());
-        let norm_without_kernel = layers
-            .iter()
-            .find(|l| !l.bn.spec.is_batch())
-            .map(|l| l.bn.spec.path.clone());
-        let blur_pool = layers
-            .iter()
-            .find(|l| l.conv.spec.blur_stride > 1)
-            .map(|l| l.conv.spec.path.clone());
-        let global_context = se
-            .iter()
-            .find_map(|s| s.context.as_ref())
-            .map(|gc| gc.attn.spec.path.clone());
-        let conditional_conv = layers
-            .iter()
-            .find(|l| l.conv.spec.is_conditional())
-            .map(|l| l.conv.spec.path.clone());
         let params_are_variables = layers.iter().any(|l| l.conv.weight_is_variable());
         Facts {
             purpose,
@@ -153,11 +195,7 @@ impl Facts {
             param_dtype: layers.first().map_or(x.dtype(), |l| l.conv.weight_dtype()),
             params_are_variables,
             activation_without_kernel,
-            grouped_conv,
-            norm_without_kernel,
-            blur_pool,
-            global_context,
-            conditional_conv,
+            layer_without_kernel: LayerWithoutKernel::first(layers, se),
         }
     }
 
@@ -202,26 +240,8 @@ impl Facts {
             ))
         } else if let Some(a) = self.activation_without_kernel {
             Some(format!("{} has no {device} kernel", a.name()))
-        } else if let Some(p) = &self.conditional_conv {
-            Some(format!(
-                "`{p}` is a CondConv convolution (a kernel mixed per sample)"
-            ))
-        } else if let Some(p) = &self.grouped_conv {
-            Some(format!(
-                "`{p}` is a grouped convolution that is not depthwise"
-            ))
-        } else if let Some(p) = &self.norm_without_kernel {
-            Some(format!(
-                "`{p}` is a GroupNorm, which has no {device} kernel"
-            ))
-        } else if let Some(p) = &self.blur_pool {
-            Some(format!(
-                "`{p}` blur-pools (`antialias blur`), which has no {device} kernel"
-            ))
         } else {
-            self.global_context
-                .as_ref()
-                .map(|p| format!("`{p}` is global context attention, which has no {device} kernel"))
+            self.layer_without_kernel.as_ref().map(|l| l.reason(device))
         };
         match why {
             Some(w) => Choice::new(Plan::Candle, Some(w)),
@@ -282,11 +302,7 @@ mod tests {
             param_dtype: dtype,
             params_are_variables: false,
             activation_without_kernel: None,
-            grouped_conv: None,
-            norm_without_kernel: None,
-            blur_pool: None,
-            global_context: None,
-            conditional_conv: None,
+            layer_without_kernel: None,
         }
     }
 
@@ -327,7 +343,10 @@ mod tests {
         gelu.activation_without_kernel = Some(Activation::Gelu);
         assert!(gelu.choose().to_string().contains("gelu"));
         let mut blur = facts(Purpose::TrainStep, "cpu", f32);
-        blur.blur_pool = Some("blocks.1.0.conv_dw".into());
+        blur.layer_without_kernel = Some(LayerWithoutKernel {
+            path: "blocks.1.0.conv_dw".into(),
+            kind: NoKernel::BlurPool,
+        });
         let why = blur.choose();
         assert_eq!(why.plan, Plan::Candle);
         assert!(
@@ -344,7 +363,10 @@ mod tests {
         // per-sample kernels, so both give way to the candle plan, saying which layer.
         for purpose in [Purpose::Infer, Purpose::TrainStep] {
             let mut cc = facts(purpose, "cpu", f32);
-            cc.conditional_conv = Some("blocks.4.0.conv_pw".into());
+            cc.layer_without_kernel = Some(LayerWithoutKernel {
+                path: "blocks.4.0.conv_pw".into(),
+                kind: NoKernel::CondConv,
+            });
             assert_eq!(
                 cc.choose().to_string(),
                 "candle (fallback: `blocks.4.0.conv_pw` is a CondConv convolution (a kernel \
@@ -363,7 +385,10 @@ mod tests {
             (Purpose::Infer, "cuda"),
         ] {
             let mut f = facts(purpose, device, DType::F32);
-            f.norm_without_kernel = Some("blocks.0.0.bn1".into());
+            f.layer_without_kernel = Some(LayerWithoutKernel {
+                path: "blocks.0.0.bn1".into(),
+                kind: NoKernel::GroupNorm,
+            });
             let choice = f.choose();
             assert_eq!(choice.plan, Plan::Candle, "{purpose:?} on {device}");
             if device == "cpu" || cfg!(feature = "cuda") {
