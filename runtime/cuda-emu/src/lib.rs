@@ -1,15 +1,21 @@
 //! effnet's CUDA kernels (`runtime/src/exec/cuda/kernels.cu`) compiled for the CPU, each grid
-//! run as loops (`src/cuda_on_cpu.h`), behind safe functions with the same arguments the CUDA
-//! backend passes and the same launch geometry ([`effnet_runtime::exec::cuda::grid_1d`]).
-//! `tests/kernels.rs` compares them with the CPU kernels on random shapes, so the kernels'
-//! arithmetic and indexing are tested on every machine; races, memory ordering and speed are
-//! not (only a GPU run shows those).
+//! run as loops (`src/cuda_on_cpu.h`), as [`Emulated`]: an implementation of the runtime's
+//! [`CudaKernels`] on CPU tensors, with the launch geometry the GPU uses
+//! ([`effnet_runtime::exec::cuda::grid_1d`]). `tests/kernels.rs` compares each kernel with the
+//! CPU kernels on random shapes, and `tests/plans.rs` runs the cuda plans' walks (inference and
+//! the training step) over them against the CPU plans; so the kernels' arithmetic and
+//! indexing, and the backends' use of them, are tested on every machine. Races, memory
+//! ordering, the launches' argument passing and speed are not: only a GPU run shows those.
 
 use std::ffi::{c_int, c_long, c_uint};
 
-use candle_core::{Result, bail};
-use effnet_runtime::exec::cuda::{act_code, grid_1d};
+use candle_core::{DType, Device, Result, Tensor, bail};
+use effnet_runtime::exec::cuda::{CudaKernels, act_code, grid_1d};
 use effnet_runtime::ops::{Act, ConvGeom};
+
+// The window's parameters, in the kernels' order: n, h, w, c, k, stride, dil, pad_top,
+// pad_left, oh, ow.
+type Window = [c_int; 11];
 
 unsafe extern "C" {
     fn emu_depthwise_nhwc(
@@ -17,8 +23,7 @@ unsafe extern "C" {
         block: c_uint,
         x: *const f32,
         w: *const f32,
-        scale: *const f32,
-        shift: *const f32,
+        affine: *const f32,
         y: *mut f32,
         n: c_int,
         h: c_int,
@@ -33,17 +38,151 @@ unsafe extern "C" {
         ow: c_int,
         act: c_int,
     );
+    fn emu_depthwise_input_grad_nhwc(
+        grid: c_uint,
+        block: c_uint,
+        dy: *const f32,
+        w: *const f32,
+        dx: *mut f32,
+        n: c_int,
+        h: c_int,
+        wd: c_int,
+        c: c_int,
+        k: c_int,
+        stride: c_int,
+        dil: c_int,
+        pad_top: c_int,
+        pad_left: c_int,
+        oh: c_int,
+        ow: c_int,
+    );
+    fn emu_depthwise_weight_grad_partial_nhwc(
+        grid: c_uint,
+        block: c_uint,
+        x: *const f32,
+        dy: *const f32,
+        partial: *mut f64,
+        n: c_int,
+        h: c_int,
+        wd: c_int,
+        c: c_int,
+        k: c_int,
+        stride: c_int,
+        dil: c_int,
+        pad_top: c_int,
+        pad_left: c_int,
+        oh: c_int,
+        ow: c_int,
+        rows_per_chunk: c_long,
+        chunks: c_int,
+    );
+    fn emu_im2col_nhwc(
+        grid: c_uint,
+        block: c_uint,
+        x: *const f32,
+        cols: *mut f32,
+        n: c_int,
+        h: c_int,
+        wd: c_int,
+        c: c_int,
+        k: c_int,
+        stride: c_int,
+        dil: c_int,
+        pad_top: c_int,
+        pad_left: c_int,
+        oh: c_int,
+        ow: c_int,
+    );
+    fn emu_col2im_nhwc(
+        grid: c_uint,
+        block: c_uint,
+        cols: *const f32,
+        dx: *mut f32,
+        n: c_int,
+        h: c_int,
+        wd: c_int,
+        c: c_int,
+        k: c_int,
+        stride: c_int,
+        dil: c_int,
+        pad_top: c_int,
+        pad_left: c_int,
+        oh: c_int,
+        ow: c_int,
+    );
     fn emu_affine_act_nhwc(
         grid: c_uint,
         block: c_uint,
         z: *const f32,
-        scale: *const f32,
-        shift: *const f32,
+        affine: *const f32,
+        y: *mut f32,
+        total: c_long,
+        c: c_int,
+        act: c_int,
+    );
+    fn emu_affine_act_residual_nhwc(
+        grid: c_uint,
+        block: c_uint,
+        z: *const f32,
+        affine: *const f32,
         residual: *const f32,
         y: *mut f32,
         total: c_long,
         c: c_int,
         act: c_int,
+    );
+    fn emu_column_moments_partial(
+        grid: c_uint,
+        block: c_uint,
+        z: *const f32,
+        partial: *mut f64,
+        rows: c_long,
+        c: c_int,
+        rows_per_chunk: c_long,
+        chunks: c_int,
+    );
+    fn emu_batch_stats(
+        grid: c_uint,
+        block: c_uint,
+        partial: *const f64,
+        out: *mut f32,
+        chunks: c_int,
+        c: c_int,
+        count: c_long,
+        eps: f64,
+    );
+    fn emu_bn_act_grad_partial(
+        grid: c_uint,
+        block: c_uint,
+        d: *const f32,
+        z: *const f32,
+        bn: *const f32,
+        partial: *mut f64,
+        rows: c_long,
+        c: c_int,
+        rows_per_chunk: c_long,
+        chunks: c_int,
+        act: c_int,
+    );
+    fn emu_bn_act_input_grad(
+        grid: c_uint,
+        block: c_uint,
+        d: *const f32,
+        z: *const f32,
+        bn: *const f32,
+        dz: *mut f32,
+        total: c_long,
+        c: c_int,
+        act: c_int,
+        eval: c_int,
+    );
+    fn emu_sum_chunks(
+        grid: c_uint,
+        block: c_uint,
+        partial: *const f64,
+        out: *mut f32,
+        chunks: c_int,
+        width: c_long,
     );
     fn emu_channel_means_nhwc(
         grid: c_uint,
@@ -54,11 +193,32 @@ unsafe extern "C" {
         p: c_long,
         c: c_int,
     );
+    fn emu_channel_dots_nhwc(
+        grid: c_uint,
+        block: c_uint,
+        x: *const f32,
+        y: *const f32,
+        dots: *mut f32,
+        n: c_int,
+        p: c_long,
+        c: c_int,
+    );
     fn emu_gate_channels_nhwc(
         grid: c_uint,
         block: c_uint,
         x: *const f32,
         gate: *const f32,
+        y: *mut f32,
+        n: c_int,
+        p: c_long,
+        c: c_int,
+    );
+    fn emu_gate_add_nhwc(
+        grid: c_uint,
+        block: c_uint,
+        x: *const f32,
+        gate: *const f32,
+        add: *const f32,
         y: *mut f32,
         n: c_int,
         p: c_long,
@@ -80,137 +240,517 @@ fn long(v: usize, what: &str) -> Result<c_long> {
     }
 }
 
-/// `effnet_depthwise_nhwc`: `x` NHWC `[n, h, w, c]`, `w` timm's `[c, 1, k, k]`, the folded
-/// BatchNorm `scale` / `shift` (`[c]`) and the activation; returns the NHWC output.
-pub fn depthwise_nhwc(
-    x: &[f32],
-    w: &[f32],
-    g: &ConvGeom,
-    scale: &[f32],
-    shift: &[f32],
-    act: Act,
-) -> Result<Vec<f32>> {
-    let (oh, ow) = g.out_hw()?;
-    let (n, c, k) = (g.n, g.c, g.k);
-    if x.len() != n * g.h * g.w * c || w.len() != c * k * k || scale.len() != c || shift.len() != c
-    {
-        bail!("depthwise_nhwc: operands do not fit {g:?}");
+/// `t`'s values as f32, or an error unless it has exactly `len`.
+fn values(t: &Tensor, len: usize, op: &str, what: &str) -> Result<Vec<f32>> {
+    if t.elem_count() != len {
+        bail!("{op}: {what} has {:?}, expected {len} values", t.dims());
     }
-    let mut y = vec![0f32; n * oh * ow * c];
-    let (grid, block) = grid_1d(y.len())?;
-    // SAFETY: every pointer is a live slice of the length the kernel indexes for these sizes
-    // (checked above: x is n*h*w*c, w is c*k*k, scale/shift c, y n*oh*ow*c), the kernel
-    // returns for indices past n*oh*ow*c, and the emulated grid runs on this thread.
-    unsafe {
-        emu_depthwise_nhwc(
-            grid,
-            block,
-            x.as_ptr(),
-            w.as_ptr(),
-            scale.as_ptr(),
-            shift.as_ptr(),
-            y.as_mut_ptr(),
-            int(n, "n")?,
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+}
+
+/// A contiguous f64 `[chunks, width]` partials tensor's values and chunk count.
+fn partial_values(t: &Tensor, width: usize, op: &str) -> Result<(Vec<f64>, usize)> {
+    match t.dims() {
+        &[chunks, w] if w == width && t.dtype() == DType::F64 => {
+            Ok((t.flatten_all()?.to_vec1()?, chunks))
+        }
+        d => bail!("{op}: partials of {d:?}, expected f64 [chunks, {width}]"),
+    }
+}
+
+fn map_dims(t: &Tensor, op: &str) -> Result<[usize; 4]> {
+    match t.dims() {
+        &[n, h, w, c] => Ok([n, h, w, c]),
+        d => bail!("{op}: expected an NHWC map, got {d:?}"),
+    }
+}
+
+fn rows_cols(t: &Tensor, op: &str) -> Result<(usize, usize)> {
+    match t.dims().split_last() {
+        Some((&c, rest)) if c > 0 => Ok((rest.iter().product(), c)),
+        _ => bail!("{op}: an empty map {:?}", t.dims()),
+    }
+}
+
+fn window(g: &ConvGeom) -> Result<(Window, usize, usize)> {
+    let (oh, ow) = g.out_hw()?;
+    Ok((
+        [
+            int(g.n, "n")?,
             int(g.h, "h")?,
             int(g.w, "w")?,
-            int(c, "c")?,
-            int(k, "k")?,
+            int(g.c, "c")?,
+            int(g.k, "k")?,
             int(g.stride, "stride")?,
             int(g.dilation, "dilation")?,
             int(g.pad.top, "pad top")?,
             int(g.pad.left, "pad left")?,
             int(oh, "oh")?,
             int(ow, "ow")?,
-            act_code(act),
-        );
-    }
-    Ok(y)
+        ],
+        oh,
+        ow,
+    ))
 }
 
-/// `effnet_affine_act_nhwc`: `act(z * scale + shift)` per channel, `+ residual` when given.
-pub fn affine_act_nhwc(
-    z: &[f32],
-    c: usize,
-    scale: &[f32],
-    shift: &[f32],
-    residual: Option<&[f32]>,
-    act: Act,
-) -> Result<Vec<f32>> {
-    if c == 0 || !z.len().is_multiple_of(c) || scale.len() != c || shift.len() != c {
-        bail!("affine_act_nhwc: {} values, {c} channels", z.len());
-    }
-    if residual.is_some_and(|r| r.len() != z.len()) {
-        bail!("affine_act_nhwc: the residual is not shaped like the map");
-    }
-    let mut y = vec![0f32; z.len()];
-    let (grid, block) = grid_1d(z.len())?;
-    // SAFETY: z, y and the residual (if any) hold `total` values and scale/shift `c` (checked
-    // above); a null residual is what the kernel tests for; the grid runs on this thread.
-    unsafe {
-        emu_affine_act_nhwc(
-            grid,
-            block,
-            z.as_ptr(),
-            scale.as_ptr(),
-            shift.as_ptr(),
-            residual.map_or(std::ptr::null(), <[f32]>::as_ptr),
-            y.as_mut_ptr(),
-            long(z.len(), "total")?,
-            int(c, "c")?,
-            act_code(act),
-        );
-    }
-    Ok(y)
-}
-
-/// `effnet_channel_means_nhwc`: the `[n, c]` per-channel means of an `[n, p, c]` map.
-pub fn channel_means_nhwc(x: &[f32], n: usize, p: usize, c: usize) -> Result<Vec<f32>> {
-    if x.len() != n * p * c || p == 0 {
-        bail!("channel_means_nhwc: {} values for [{n}, {p}, {c}]", x.len());
-    }
-    let mut means = vec![0f32; n * c];
-    let (grid, block) = grid_1d(n * c)?;
-    // SAFETY: x holds n*p*c values and means n*c (checked above); the kernel returns past
-    // n*c; the grid runs on this thread.
-    unsafe {
-        emu_channel_means_nhwc(
-            grid,
-            block,
-            x.as_ptr(),
-            means.as_mut_ptr(),
-            int(n, "n")?,
-            long(p, "p")?,
-            int(c, "c")?,
-        );
-    }
-    Ok(means)
-}
-
-/// `effnet_gate_channels_nhwc` in place (`y` is `x`): `x[b, q, ch] *= gate[b, ch]`.
-pub fn gate_channels_nhwc(x: &mut [f32], gate: &[f32], n: usize, p: usize, c: usize) -> Result<()> {
-    if x.len() != n * p * c || gate.len() != n * c {
-        bail!(
-            "gate_channels_nhwc: {} values and {} gates for [{n}, {p}, {c}]",
-            x.len(),
-            gate.len()
-        );
-    }
-    let (grid, block) = grid_1d(x.len())?;
-    let y = x.as_mut_ptr();
-    // SAFETY: x holds n*p*c values and gate n*c (checked above); the kernel returns past
-    // n*p*c and reads each x[i] only in the thread that writes y[i], so y may alias x; the
-    // grid runs on this thread.
-    unsafe {
-        emu_gate_channels_nhwc(
-            grid,
-            block,
-            y,
-            gate.as_ptr(),
-            y,
-            int(n, "n")?,
-            long(p, "p")?,
-            int(c, "c")?,
-        );
+fn covering(chunks: usize, per: usize, rows: usize, op: &str) -> Result<()> {
+    if per == 0 || chunks == 0 || chunks * per < rows || (chunks - 1) * per >= rows.max(1) {
+        bail!("{op}: {chunks} chunks of {per} rows do not cover {rows} rows");
     }
     Ok(())
+}
+
+fn tensor<T: candle_core::WithDType>(v: Vec<T>, dims: &[usize]) -> Result<Tensor> {
+    Tensor::from_vec(v, dims, &Device::Cpu)
+}
+
+/// The CUDA kernels run on the CPU: [`CudaKernels`] on CPU tensors.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Emulated;
+
+// SAFETY (every `unsafe` block below): each pointer is a live Vec of the length the kernel
+// indexes for the sizes passed (checked by `values`, `partial_values` and the shapes before
+// the call), outputs are fresh Vecs of exactly the kernel's output size, the kernels return
+// for thread indices past their total, and the emulated grid runs on this thread.
+impl CudaKernels for Emulated {
+    fn depthwise(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        affine: &Tensor,
+        g: &ConvGeom,
+        act: Act,
+    ) -> Result<Tensor> {
+        let op = "depthwise";
+        let (win, oh, ow) = window(g)?;
+        let (n, c, k) = (g.n, g.c, g.k);
+        let x = values(x, n * g.h * g.w * c, op, "the input")?;
+        let w = values(w, c * k * k, op, "the weight")?;
+        let affine = values(affine, 2 * c, op, "the affine")?;
+        let mut y = vec![0f32; n * oh * ow * c];
+        let (grid, block) = grid_1d(y.len())?;
+        let [a, b, cc, d, e, f, gg, h, i, j, l] = win;
+        unsafe {
+            emu_depthwise_nhwc(
+                grid,
+                block,
+                x.as_ptr(),
+                w.as_ptr(),
+                affine.as_ptr(),
+                y.as_mut_ptr(),
+                a,
+                b,
+                cc,
+                d,
+                e,
+                f,
+                gg,
+                h,
+                i,
+                j,
+                l,
+                act_code(act),
+            );
+        }
+        tensor(y, &[n, oh, ow, c])
+    }
+
+    fn depthwise_input_grad(&self, dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+        let op = "depthwise_input_grad";
+        let (win, oh, ow) = window(g)?;
+        let (n, c, k) = (g.n, g.c, g.k);
+        let dy = values(dy, n * oh * ow * c, op, "the output gradient")?;
+        let w = values(w, c * k * k, op, "the weight")?;
+        let mut dx = vec![0f32; n * g.h * g.w * c];
+        let (grid, block) = grid_1d(dx.len())?;
+        let [a, b, cc, d, e, f, gg, h, i, j, l] = win;
+        unsafe {
+            emu_depthwise_input_grad_nhwc(
+                grid,
+                block,
+                dy.as_ptr(),
+                w.as_ptr(),
+                dx.as_mut_ptr(),
+                a,
+                b,
+                cc,
+                d,
+                e,
+                f,
+                gg,
+                h,
+                i,
+                j,
+                l,
+            );
+        }
+        tensor(dx, &[n, g.h, g.w, c])
+    }
+
+    fn depthwise_weight_grad_partial(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        g: &ConvGeom,
+        (chunks, per): (usize, usize),
+    ) -> Result<Tensor> {
+        let op = "depthwise_weight_grad_partial";
+        let (win, oh, ow) = window(g)?;
+        let (n, c, k) = (g.n, g.c, g.k);
+        let x = values(x, n * g.h * g.w * c, op, "the input")?;
+        let dy = values(dy, n * oh * ow * c, op, "the output gradient")?;
+        covering(chunks, per, n * oh * ow, op)?;
+        let width = k * k * c;
+        let mut partial = vec![0f64; chunks * width];
+        let (grid, block) = grid_1d(partial.len())?;
+        let [a, b, cc, d, e, f, gg, h, i, j, l] = win;
+        unsafe {
+            emu_depthwise_weight_grad_partial_nhwc(
+                grid,
+                block,
+                x.as_ptr(),
+                dy.as_ptr(),
+                partial.as_mut_ptr(),
+                a,
+                b,
+                cc,
+                d,
+                e,
+                f,
+                gg,
+                h,
+                i,
+                j,
+                l,
+                long(per, "rows per chunk")?,
+                int(chunks, "chunks")?,
+            );
+        }
+        tensor(partial, &[chunks, width])
+    }
+
+    fn im2col(&self, x: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+        let op = "im2col";
+        let (win, oh, ow) = window(g)?;
+        let x = values(x, g.n * g.h * g.w * g.c, op, "the input")?;
+        let (rows, width) = (g.n * oh * ow, g.k * g.k * g.c);
+        let mut cols = vec![0f32; rows * width];
+        let (grid, block) = grid_1d(cols.len())?;
+        let [a, b, cc, d, e, f, gg, h, i, j, l] = win;
+        unsafe {
+            emu_im2col_nhwc(
+                grid,
+                block,
+                x.as_ptr(),
+                cols.as_mut_ptr(),
+                a,
+                b,
+                cc,
+                d,
+                e,
+                f,
+                gg,
+                h,
+                i,
+                j,
+                l,
+            );
+        }
+        tensor(cols, &[rows, width])
+    }
+
+    fn col2im(&self, cols: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+        let op = "col2im";
+        let (win, oh, ow) = window(g)?;
+        let cols = values(cols, g.n * oh * ow * g.k * g.k * g.c, op, "the patches")?;
+        let mut dx = vec![0f32; g.n * g.h * g.w * g.c];
+        let (grid, block) = grid_1d(dx.len())?;
+        let [a, b, cc, d, e, f, gg, h, i, j, l] = win;
+        unsafe {
+            emu_col2im_nhwc(
+                grid,
+                block,
+                cols.as_ptr(),
+                dx.as_mut_ptr(),
+                a,
+                b,
+                cc,
+                d,
+                e,
+                f,
+                gg,
+                h,
+                i,
+                j,
+                l,
+            );
+        }
+        tensor(dx, &[g.n, g.h, g.w, g.c])
+    }
+
+    fn affine_act(
+        &self,
+        z: &Tensor,
+        affine: &Tensor,
+        residual: Option<&Tensor>,
+        act: Act,
+    ) -> Result<Tensor> {
+        let op = "affine_act";
+        let (rows, c) = rows_cols(z, op)?;
+        let total = rows * c;
+        let dims = z.dims().to_vec();
+        let z = values(z, total, op, "the map")?;
+        let affine = values(affine, 2 * c, op, "the affine")?;
+        let mut y = vec![0f32; total];
+        let (grid, block) = grid_1d(total)?;
+        let (t, ci, a) = (long(total, "total")?, int(c, "c")?, act_code(act));
+        match residual {
+            None => unsafe {
+                emu_affine_act_nhwc(
+                    grid,
+                    block,
+                    z.as_ptr(),
+                    affine.as_ptr(),
+                    y.as_mut_ptr(),
+                    t,
+                    ci,
+                    a,
+                );
+            },
+            Some(r) => {
+                let r = values(r, total, op, "the residual")?;
+                unsafe {
+                    emu_affine_act_residual_nhwc(
+                        grid,
+                        block,
+                        z.as_ptr(),
+                        affine.as_ptr(),
+                        r.as_ptr(),
+                        y.as_mut_ptr(),
+                        t,
+                        ci,
+                        a,
+                    );
+                }
+            }
+        }
+        tensor(y, &dims)
+    }
+
+    fn column_moments_partial(&self, z: &Tensor, (chunks, per): (usize, usize)) -> Result<Tensor> {
+        let op = "column_moments_partial";
+        let (rows, c) = rows_cols(z, op)?;
+        let z = values(z, rows * c, op, "the map")?;
+        covering(chunks, per, rows, op)?;
+        let mut partial = vec![0f64; chunks * 2 * c];
+        let (grid, block) = grid_1d(chunks * c)?;
+        unsafe {
+            emu_column_moments_partial(
+                grid,
+                block,
+                z.as_ptr(),
+                partial.as_mut_ptr(),
+                long(rows, "rows")?,
+                int(c, "c")?,
+                long(per, "rows per chunk")?,
+                int(chunks, "chunks")?,
+            );
+        }
+        tensor(partial, &[chunks, 2 * c])
+    }
+
+    fn batch_stats_of(&self, partial: &Tensor, c: usize, rows: usize, eps: f64) -> Result<Tensor> {
+        let (partial, chunks) = partial_values(partial, 2 * c, "batch_stats")?;
+        let mut out = vec![0f32; 3 * c];
+        let (grid, block) = grid_1d(c)?;
+        unsafe {
+            emu_batch_stats(
+                grid,
+                block,
+                partial.as_ptr(),
+                out.as_mut_ptr(),
+                int(chunks, "chunks")?,
+                int(c, "c")?,
+                long(rows, "rows")?,
+                eps,
+            );
+        }
+        tensor(out, &[3, c])
+    }
+
+    fn bn_act_grad_partial(
+        &self,
+        d: &Tensor,
+        z: &Tensor,
+        bn: &Tensor,
+        act: Act,
+        (chunks, per): (usize, usize),
+    ) -> Result<Tensor> {
+        let op = "bn_act_grad_partial";
+        let (rows, c) = rows_cols(z, op)?;
+        let z = values(z, rows * c, op, "the BatchNorm's input")?;
+        let d = values(d, rows * c, op, "the output gradient")?;
+        let bn = values(bn, 4 * c, op, "the BatchNorm's parameters")?;
+        covering(chunks, per, rows, op)?;
+        let mut partial = vec![0f64; chunks * 2 * c];
+        let (grid, block) = grid_1d(chunks * c)?;
+        unsafe {
+            emu_bn_act_grad_partial(
+                grid,
+                block,
+                d.as_ptr(),
+                z.as_ptr(),
+                bn.as_ptr(),
+                partial.as_mut_ptr(),
+                long(rows, "rows")?,
+                int(c, "c")?,
+                long(per, "rows per chunk")?,
+                int(chunks, "chunks")?,
+                act_code(act),
+            );
+        }
+        tensor(partial, &[chunks, 2 * c])
+    }
+
+    fn bn_act_input_grad(
+        &self,
+        d: &Tensor,
+        z: &Tensor,
+        bn: &Tensor,
+        act: Act,
+        eval: bool,
+    ) -> Result<Tensor> {
+        let op = "bn_act_input_grad";
+        let (rows, c) = rows_cols(z, op)?;
+        let total = rows * c;
+        let z = values(z, total, op, "the BatchNorm's input")?;
+        let d = values(d, total, op, "the output gradient")?;
+        let bn = values(bn, 6 * c, op, "the BatchNorm's parameters and gradients")?;
+        let mut dz = vec![0f32; total];
+        let (grid, block) = grid_1d(total)?;
+        unsafe {
+            emu_bn_act_input_grad(
+                grid,
+                block,
+                d.as_ptr(),
+                z.as_ptr(),
+                bn.as_ptr(),
+                dz.as_mut_ptr(),
+                long(total, "total")?,
+                int(c, "c")?,
+                act_code(act),
+                c_int::from(eval),
+            );
+        }
+        tensor(dz, &[rows, c])
+    }
+
+    fn sum_chunks(&self, partial: &Tensor) -> Result<Tensor> {
+        let op = "sum_chunks";
+        let Some(&width) = partial.dims().last() else {
+            bail!("{op}: partials of {:?}", partial.dims());
+        };
+        let (partial, chunks) = partial_values(partial, width, op)?;
+        let mut out = vec![0f32; width];
+        let (grid, block) = grid_1d(width)?;
+        unsafe {
+            emu_sum_chunks(
+                grid,
+                block,
+                partial.as_ptr(),
+                out.as_mut_ptr(),
+                int(chunks, "chunks")?,
+                long(width, "width")?,
+            );
+        }
+        tensor(out, &[width])
+    }
+
+    fn channel_means(&self, x: &Tensor) -> Result<Tensor> {
+        let op = "channel_means";
+        let [n, h, w, c] = map_dims(x, op)?;
+        let x = values(x, n * h * w * c, op, "the map")?;
+        let mut means = vec![0f32; n * c];
+        let (grid, block) = grid_1d(n * c)?;
+        unsafe {
+            emu_channel_means_nhwc(
+                grid,
+                block,
+                x.as_ptr(),
+                means.as_mut_ptr(),
+                int(n, "n")?,
+                long(h * w, "p")?,
+                int(c, "c")?,
+            );
+        }
+        tensor(means, &[n, c])
+    }
+
+    fn channel_dots(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let op = "channel_dots";
+        let [n, h, w, c] = map_dims(x, op)?;
+        let x = values(x, n * h * w * c, op, "the gradient")?;
+        let y = values(y, n * h * w * c, op, "the map")?;
+        let mut dots = vec![0f32; n * c];
+        let (grid, block) = grid_1d(n * c)?;
+        unsafe {
+            emu_channel_dots_nhwc(
+                grid,
+                block,
+                x.as_ptr(),
+                y.as_ptr(),
+                dots.as_mut_ptr(),
+                int(n, "n")?,
+                long(h * w, "p")?,
+                int(c, "c")?,
+            );
+        }
+        tensor(dots, &[n, c])
+    }
+
+    fn gate_channels(&self, x: &Tensor, gate: &Tensor) -> Result<Tensor> {
+        let op = "gate_channels";
+        let [n, h, w, c] = map_dims(x, op)?;
+        let x = values(x, n * h * w * c, op, "the map")?;
+        let gate = values(gate, n * c, op, "the gates")?;
+        let mut y = vec![0f32; x.len()];
+        let (grid, block) = grid_1d(y.len())?;
+        unsafe {
+            emu_gate_channels_nhwc(
+                grid,
+                block,
+                x.as_ptr(),
+                gate.as_ptr(),
+                y.as_mut_ptr(),
+                int(n, "n")?,
+                long(h * w, "p")?,
+                int(c, "c")?,
+            );
+        }
+        tensor(y, &[n, h, w, c])
+    }
+
+    fn gate_add(&self, x: &Tensor, gate: &Tensor, add: &Tensor) -> Result<Tensor> {
+        let op = "gate_add";
+        let [n, h, w, c] = map_dims(x, op)?;
+        let x = values(x, n * h * w * c, op, "the gradient")?;
+        let gate = values(gate, n * c, op, "the gates")?;
+        let add = values(add, n * c, op, "the squeeze's gradient")?;
+        let mut y = vec![0f32; x.len()];
+        let (grid, block) = grid_1d(y.len())?;
+        unsafe {
+            emu_gate_add_nhwc(
+                grid,
+                block,
+                x.as_ptr(),
+                gate.as_ptr(),
+                add.as_ptr(),
+                y.as_mut_ptr(),
+                int(n, "n")?,
+                long(h * w, "p")?,
+                int(c, "c")?,
+            );
+        }
+        tensor(y, &[n, h, w, c])
+    }
 }

@@ -1,11 +1,16 @@
-//! The CUDA kernels, run on the CPU (`effnet-cuda-emu`), against effnet's CPU kernels on random
+//! The CUDA kernels, run on the CPU ([`Emulated`]), against effnet's CPU kernels on random
 //! shapes: every kernel size and stride the language allows with both paddings (TensorFlow
 //! "same", asymmetric on stride 2, and PyTorch's symmetric), odd sizes, batch 1 and 7, every
-//! activation the kernels implement, thin and wide channel counts.
+//! activation the kernels implement, thin and wide channel counts; forward and backward.
 
-use effnet_cuda_emu::{affine_act_nhwc, channel_means_nhwc, depthwise_nhwc, gate_channels_nhwc};
-use effnet_runtime::ops::cpu::backward::affine_act;
-use effnet_runtime::ops::cpu::{Epilogue, channel_means, depthwise, gate_channels};
+use candle_core::{Device, Tensor};
+use effnet_cuda_emu::Emulated;
+use effnet_runtime::exec::cuda::{CudaKernels, row_chunks};
+use effnet_runtime::ops::cpu::backward::{
+    BnAct, affine_act, bn_act_backward, bn_act_backward_eval, channel_stats, conv_backward,
+    depthwise_backward,
+};
+use effnet_runtime::ops::cpu::{Epilogue, channel_means, conv2d, depthwise, gate_channels};
 use effnet_runtime::ops::{Act, ConvGeom, Padding2d};
 
 const ACTS: [Act; 5] = [
@@ -40,9 +45,18 @@ fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
         / scale
 }
 
-#[test]
-fn depthwise_matches_the_cpu_kernel() {
-    let mut case = 0u64;
+fn tensor(v: &[f32], dims: &[usize]) -> Tensor {
+    Tensor::from_slice(v, dims, &Device::Cpu).expect("tensor")
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().expect("flatten").to_vec1().expect("f32")
+}
+
+/// Every window the tests run, on the CPU kernels' `ConvGeom` (`o` is `c`; the dense tests
+/// change it): each map shape with each (k, stride, dilation) and both paddings.
+fn windows() -> Vec<ConvGeom> {
+    let mut out = Vec::new();
     // An even height with an odd width gives "same" padding a different top and left side.
     for &(n, h, w, c) in &[
         (1, 7, 9, 8),
@@ -54,7 +68,7 @@ fn depthwise_matches_the_cpu_kernel() {
     ] {
         // Dilation 2 at stride 1 (past an output stride), and 3 at stride 2 (the kernel takes
         // it; no network makes it).
-        let kernels = [
+        for (k, stride, dilation) in [
             (3, 1, 1),
             (3, 2, 1),
             (5, 1, 1),
@@ -62,8 +76,7 @@ fn depthwise_matches_the_cpu_kernel() {
             (3, 1, 2),
             (5, 1, 2),
             (3, 2, 3),
-        ];
-        for (k, stride, dilation) in kernels {
+        ] {
             for same in [true, false] {
                 let extent = (k - 1) * dilation + 1;
                 let pad = if same {
@@ -71,7 +84,7 @@ fn depthwise_matches_the_cpu_kernel() {
                 } else {
                     Padding2d::symmetric(extent / 2)
                 };
-                let g = ConvGeom {
+                out.push(ConvGeom {
                     n,
                     c,
                     h,
@@ -81,27 +94,126 @@ fn depthwise_matches_the_cpu_kernel() {
                     stride,
                     dilation,
                     pad,
-                };
-                for act in ACTS {
-                    case += 1;
-                    let x = values(n * h * w * c, case);
-                    let wt = values(c * k * k, case + 100);
-                    let scale = values(c, case + 200);
-                    let shift = values(c, case + 300);
-                    let epi = Epilogue {
-                        scale: &scale,
-                        shift: &shift,
-                        act,
-                    };
-                    let (want, _) = depthwise(&x, &wt, &g, &epi, false).expect("cpu");
-                    let got = depthwise_nhwc(&x, &wt, &g, &scale, &shift, act).expect("cuda");
-                    let d = rel_diff(&got, &want);
-                    assert!(d < 1e-5, "{g:?} {act:?}: relative difference {d}");
-                }
+                });
             }
         }
     }
+    out
+}
+
+#[test]
+fn depthwise_matches_the_cpu_kernel() {
+    let mut case = 0u64;
+    for g in windows() {
+        let (n, c, k) = (g.n, g.c, g.k);
+        let (oh, ow) = g.out_hw().expect("out");
+        for act in ACTS {
+            case += 1;
+            let x = values(n * g.h * g.w * c, case);
+            let wt = values(c * k * k, case + 100);
+            let scale = values(c, case + 200);
+            let shift = values(c, case + 300);
+            let epi = Epilogue {
+                scale: &scale,
+                shift: &shift,
+                act,
+            };
+            let (want, _) = depthwise(&x, &wt, &g, &epi, false).expect("cpu");
+            let affine = [scale.clone(), shift.clone()].concat();
+            let got = Emulated
+                .depthwise(
+                    &tensor(&x, &[n, g.h, g.w, c]),
+                    &tensor(&wt, &[c, 1, k, k]),
+                    &tensor(&affine, &[2, c]),
+                    &g,
+                    act,
+                )
+                .expect("cuda");
+            assert_eq!(got.dims(), [n, oh, ow, c]);
+            let d = rel_diff(&flat(&got), &want);
+            assert!(d < 1e-5, "{g:?} {act:?}: relative difference {d}");
+        }
+    }
     assert_eq!(case, 6 * 7 * 2 * 5);
+}
+
+#[test]
+fn depthwise_backward_matches_the_cpu_kernel() {
+    for (i, g) in windows().into_iter().enumerate() {
+        let (n, c, k) = (g.n, g.c, g.k);
+        let (oh, ow) = g.out_hw().expect("out");
+        let seed = 1000 + i as u64 * 3;
+        let x = values(n * g.h * g.w * c, seed);
+        let wt = values(c * k * k, seed + 1);
+        let dy = values(n * oh * ow * c, seed + 2);
+        let (want_dw, want_dx) = depthwise_backward(&x, &wt, &g, &dy).expect("cpu");
+        let dyt = tensor(&dy, &[n, oh, ow, c]);
+        let dx = Emulated
+            .depthwise_input_grad(&dyt, &tensor(&wt, &[c, 1, k, k]), &g)
+            .expect("cuda dx");
+        let dw = Emulated
+            .depthwise_weight_grad(&tensor(&x, &[n, g.h, g.w, c]), &dyt, &g)
+            .expect("cuda dw");
+        assert_eq!(dx.dims(), [n, g.h, g.w, c]);
+        assert_eq!(dw.dims(), [c, 1, k, k]);
+        let (ddx, ddw) = (
+            rel_diff(&flat(&dx), &want_dx),
+            rel_diff(&flat(&dw), &want_dw),
+        );
+        assert!(ddx < 1e-5 && ddw < 1e-5, "{g:?}: dx {ddx}, dw {ddw}");
+    }
+}
+
+/// A dense convolution as the cuda plans run it (patches, then one GEMM with the weight in
+/// `[o, k, k, c]` order), and its backward (the weight gradient on the patches, the input
+/// gradient through the patches' adjoint), against the CPU kernels.
+#[test]
+fn dense_convolution_on_patches_matches_the_cpu_kernels_forward_and_backward() {
+    for (i, mut g) in windows().into_iter().enumerate().step_by(3) {
+        g.o = [7, 16, 1][i % 3];
+        let (n, c, o, k) = (g.n, g.c, g.o, g.k);
+        let (oh, ow) = g.out_hw().expect("out");
+        let seed = 5000 + i as u64 * 3;
+        let x = values(n * g.h * g.w * c, seed);
+        let wt = values(o * c * k * k, seed + 1);
+        let dy = values(n * oh * ow * o, seed + 2);
+        let (ones, zeros) = (vec![1f32; o], vec![0f32; o]);
+        let epi = Epilogue {
+            scale: &ones,
+            shift: &zeros,
+            act: Act::Identity,
+        };
+        let want = conv2d(&x, &wt, &g, &epi, None).expect("cpu conv");
+        let (want_dw, want_dx) = conv_backward(&x, &wt, &g, &dy, true).expect("cpu backward");
+
+        let xt = tensor(&x, &[n, g.h, g.w, c]);
+        let w_gemm = tensor(&wt, &[o, c, k, k])
+            .permute((0, 2, 3, 1))
+            .and_then(|w| w.contiguous())
+            .and_then(|w| w.reshape((o, k * k * c)))
+            .expect("gemm weight");
+        let cols = Emulated.im2col(&xt, &g).expect("patches");
+        assert_eq!(cols.dims(), [n * oh * ow, k * k * c]);
+        let y = cols.matmul(&w_gemm.t().expect("t")).expect("gemm");
+        let d = rel_diff(&flat(&y), &want);
+        assert!(d < 1e-5, "{g:?}: forward {d}");
+
+        let dyt = tensor(&dy, &[n * oh * ow, o]);
+        let dw = dyt
+            .t()
+            .and_then(|t| t.matmul(&cols))
+            .and_then(|t| t.reshape((o, k, k, c)))
+            .and_then(|t| t.permute((0, 3, 1, 2)))
+            .expect("dw");
+        let dx = Emulated
+            .col2im(&dyt.matmul(&w_gemm).expect("dcols"), &g)
+            .expect("adjoint");
+        let (ddw, ddx) = (
+            rel_diff(&flat(&dw), &want_dw),
+            rel_diff(&flat(&dx), want_dx.as_deref().expect("dx")),
+        );
+        assert!(ddw < 1e-5 && ddx < 1e-5, "{g:?}: dw {ddw}, dx {ddx}");
+    }
 }
 
 #[test]
@@ -116,13 +228,111 @@ fn affine_act_matches_the_cpu_kernel_with_and_without_a_residual() {
             let scale = values(c, seed + 1);
             let shift = values(c, seed + 2);
             let want = affine_act(&z, c, &scale, &shift, act);
-            let got = affine_act_nhwc(&z, c, &scale, &shift, None, act).expect("cuda");
-            assert!(rel_diff(&got, &want) < 1e-6, "{rows}x{c} {act:?}");
+            let zt = tensor(&z, &[rows, c]);
+            let affine = tensor(&[scale.clone(), shift.clone()].concat(), &[2, c]);
+            let got = Emulated.affine_act(&zt, &affine, None, act).expect("cuda");
+            assert!(rel_diff(&flat(&got), &want) < 1e-6, "{rows}x{c} {act:?}");
             let r = values(rows * c, seed + 3);
             let want_r: Vec<f32> = want.iter().zip(&r).map(|(a, b)| a + b).collect();
-            let got_r = affine_act_nhwc(&z, c, &scale, &shift, Some(&r), act).expect("cuda");
-            let d = rel_diff(&got_r, &want_r);
+            let got_r = Emulated
+                .affine_act(&zt, &affine, Some(&tensor(&r, &[rows, c])), act)
+                .expect("cuda");
+            let d = rel_diff(&flat(&got_r), &want_r);
             assert!(d < 1e-6, "{rows}x{c} {act:?} + residual: {d}");
+        }
+    }
+}
+
+#[test]
+fn batch_statistics_and_the_batchnorm_backward_match_the_cpu_kernels() {
+    // Rows past one chunk (the reduction splits them), and a single row.
+    for (i, &(rows, c)) in [(7 * 9, 24usize), (3 * 225, 40), (1, 5), (5000, 3)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 70 + i as u64 * 5;
+        // An offset mean, as convolution outputs have.
+        let z: Vec<f32> = values(rows * c, seed)
+            .iter()
+            .map(|v| v * 1.5 + 0.7)
+            .collect();
+        let zt = tensor(&z, &[rows, c]);
+        let eps = 1e-3;
+        let stats = Emulated.batch_stats(&zt, eps).expect("stats");
+        let (mean64, var64) = channel_stats(&z, c);
+        let want_mean: Vec<f32> = mean64.iter().map(|&v| v as f32).collect();
+        let want_inv: Vec<f32> = var64
+            .iter()
+            .map(|&v| (1.0 / (v + eps).sqrt()) as f32)
+            .collect();
+        let m = rows as f64;
+        let want_unbiased: Vec<f32> = var64
+            .iter()
+            .map(|&v| {
+                if rows > 1 {
+                    (v * m / (m - 1.0)) as f32
+                } else {
+                    v as f32
+                }
+            })
+            .collect();
+        let got = flat(&stats);
+        let dm = rel_diff(&got[..c], &want_mean);
+        // The CPU kernel sums each task's rows (up to 2^14 values) in f32, the CUDA one in f64.
+        assert!(dm < 1e-5, "mean {rows}x{c}: {dm}");
+        assert!(
+            rel_diff(&got[c..2 * c], &want_inv) < 1e-5,
+            "inv_std {rows}x{c}"
+        );
+        assert!(
+            rel_diff(&got[2 * c..], &want_unbiased) < 1e-5,
+            "var {rows}x{c}"
+        );
+
+        let gamma = values(c, seed + 1);
+        let beta = values(c, seed + 2);
+        let d = values(rows * c, seed + 3);
+        let (mean, inv) = (&got[..c], &got[c..2 * c]);
+        for act in ACTS {
+            for eval in [false, true] {
+                let bn = BnAct {
+                    mean,
+                    inv_std: inv,
+                    gamma: &gamma,
+                    beta: &beta,
+                    act,
+                };
+                let mut want_dz = d.clone();
+                let (want_dw, want_db) = if eval {
+                    bn_act_backward_eval(&mut want_dz, &z, c, &bn)
+                } else {
+                    bn_act_backward(&mut want_dz, &z, c, &bn)
+                };
+                let params = tensor(&[mean, inv, &gamma, &beta].concat(), &[4, c]);
+                let dt = tensor(&d, &[rows, c]);
+                let sums = flat(
+                    &Emulated
+                        .bn_act_param_grads(&dt, &zt, &params, act)
+                        .expect("sums"),
+                );
+                assert!(
+                    rel_diff(&sums[..c], &want_db) < 1e-5,
+                    "dbeta {rows}x{c} {act:?}"
+                );
+                assert!(
+                    rel_diff(&sums[c..], &want_dw) < 1e-5,
+                    "dgamma {rows}x{c} {act:?}"
+                );
+                let all = tensor(
+                    &[mean, inv, &gamma, &beta, &sums[..c], &sums[c..]].concat(),
+                    &[6, c],
+                );
+                let dz = Emulated
+                    .bn_act_input_grad(&dt, &zt, &all, act, eval)
+                    .expect("dz");
+                let e = rel_diff(&flat(&dz), &want_dz);
+                assert!(e < 1e-4, "dz {rows}x{c} {act:?} eval {eval}: {e}");
+            }
         }
     }
 }
@@ -134,16 +344,54 @@ fn squeeze_and_excitation_match_the_cpu_kernels() {
         .enumerate()
     {
         let x = values(n * p * c, 40 + i as u64);
+        let xt = tensor(&x, &[n, p, 1, c]);
         let want = channel_means(&x, n, p, c);
-        let got = channel_means_nhwc(&x, n, p, c).expect("cuda");
-        assert!(rel_diff(&got, &want) < 1e-5, "means [{n}, {p}, {c}]");
+        let got = Emulated.channel_means(&xt).expect("cuda");
+        assert!(rel_diff(&flat(&got), &want) < 1e-5, "means [{n}, {p}, {c}]");
 
         let gate = values(n * c, 50 + i as u64);
         let mut want = x.clone();
         gate_channels(&mut want, &gate, n, p, c);
-        let mut got = x.clone();
-        gate_channels_nhwc(&mut got, &gate, n, p, c).expect("cuda");
-        assert_eq!(got, want, "gates [{n}, {p}, {c}]");
+        let gt = tensor(&gate, &[n, c]);
+        let got = Emulated.gate_channels(&xt, &gt).expect("cuda");
+        assert_eq!(flat(&got), want, "gates [{n}, {p}, {c}]");
+
+        let y = values(n * p * c, 60 + i as u64);
+        let add = values(n * c, 70 + i as u64);
+        let mut dots = vec![0f32; n * c];
+        let mut gated_add = vec![0f32; n * p * c];
+        for b in 0..n {
+            for q in 0..p {
+                for ch in 0..c {
+                    let at = (b * p + q) * c + ch;
+                    dots[b * c + ch] += x[at] * y[at];
+                    gated_add[at] = x[at] * gate[b * c + ch] + add[b * c + ch];
+                }
+            }
+        }
+        let got = Emulated
+            .channel_dots(&xt, &tensor(&y, &[n, p, 1, c]))
+            .expect("dots");
+        assert!(rel_diff(&flat(&got), &dots) < 1e-5, "dots [{n}, {p}, {c}]");
+        let got = Emulated
+            .gate_add(&xt, &gt, &tensor(&add, &[n, c]))
+            .expect("gate add");
+        assert_eq!(flat(&got), gated_add, "gate + add [{n}, {p}, {c}]");
+    }
+}
+
+#[test]
+fn reductions_cover_every_row_exactly_once() {
+    for rows in [0usize, 1, 2, 63, 64, 65, 1000, 1 << 20, (1 << 20) + 7] {
+        for width in [1usize, 3, 24, 1280, 1 << 17] {
+            let (chunks, per) = row_chunks(rows, width);
+            assert!(chunks >= 1 && per >= 1, "{rows} x {width}");
+            assert!(chunks * per >= rows, "{rows} x {width}: {chunks} x {per}");
+            assert!(
+                (chunks - 1) * per < rows.max(1),
+                "{rows} x {width}: an empty chunk"
+            );
+        }
     }
 }
 
@@ -160,11 +408,19 @@ fn wrong_operands_are_refused_before_any_launch() {
         dilation: 1,
         pad: Padding2d::symmetric(1),
     };
-    let x = values(100, 1);
-    let e = depthwise_nhwc(&x, &values(35, 2), &g, &[1.0; 4], &[0.0; 4], Act::Silu);
+    let x = tensor(&values(100, 1), &[1, 5, 5, 4]);
+    let affine = tensor(&[1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0], &[2, 4]);
+    let e = Emulated.depthwise(&x, &tensor(&values(35, 2), &[35]), &affine, &g, Act::Silu);
     assert!(e.is_err(), "a 35-value weight for 4 channels of 3x3");
-    assert!(channel_means_nhwc(&x, 2, 10, 4).is_err());
-    assert!(affine_act_nhwc(&x, 3, &[1.0; 3], &[0.0; 3], None, Act::Relu).is_err());
+    let e = Emulated.gate_channels(&x, &tensor(&values(5, 3), &[5]));
+    assert!(e.is_err(), "5 gates for 4 channels");
+    let z = tensor(&values(12, 4), &[4, 3]);
+    let e = Emulated.affine_act(&z, &tensor(&[1.0; 4], &[2, 2]), None, Act::Relu);
+    assert!(e.is_err(), "an affine of 2 channels for 3");
+    let e = Emulated.column_moments_partial(&z, (1, 2));
+    assert!(e.is_err(), "one chunk of 2 rows for 4 rows");
+    let e = Emulated.sum_chunks(&z);
+    assert!(e.is_err(), "f32 partials");
 }
 
 /// Where a CUDA toolkit is on the PATH (`eval "$(bash tools/cuda-toolkit.sh)"`), the kernel

@@ -50,6 +50,9 @@ fn allowed(facts: &Facts, plan: Plan) -> Result<()> {
     if plan == Plan::CpuStep && facts.purpose != Purpose::TrainStep {
         bail!("the cpu-step plan runs training steps only (`bench --train`, `loss_and_grads_on`)");
     }
+    if plan == Plan::CudaStep && facts.purpose != Purpose::TrainStep {
+        bail!("the cuda-step plan runs training steps only");
+    }
     if matches!(plan, Plan::CpuFused | Plan::CudaFused) && facts.purpose != Purpose::Infer {
         bail!("the {plan} plan runs inference only");
     }
@@ -62,8 +65,11 @@ fn allowed(facts: &Facts, plan: Plan) -> Result<()> {
 
 /// The CUDA kernels' backend for an input on a GPU.
 #[cfg(feature = "cuda")]
-fn cuda_ops(x: &Tensor) -> Result<cuda::backend::CudaOps> {
-    Ok(cuda::backend::CudaOps { dtype: x.dtype() })
+fn cuda_ops(x: &Tensor) -> Result<cuda::backend::CudaOps<cuda::ops::Launched>> {
+    Ok(cuda::backend::CudaOps {
+        kernels: cuda::ops::Launched,
+        dtype: x.dtype(),
+    })
 }
 
 /// Without the `cuda` feature the cuda-fused plan is never chosen; asked for by name, it says
@@ -123,7 +129,7 @@ impl NetworkParts<'_> {
                 let mut rng = self.rng.0.lock().unwrap_or_else(PoisonError::into_inner);
                 forward::logits(&mut candle_ops(facts), self, x, Some(&mut rng))
             }
-            Plan::CpuStep => bail!("the cpu-step plan runs training steps only"),
+            Plan::CpuStep | Plan::CudaStep => bail!("the {plan} plan runs training steps only"),
         }
     }
 
@@ -240,18 +246,8 @@ fn step_on(
     rng: &mut ChaCha8Rng,
 ) -> Result<(f64, Vec<Tensor>)> {
     match plan {
-        Plan::CpuStep => {
-            let mut ops = CpuStepOps::default();
-            // Fine-tuning: no backward through a frozen stem and frozen leading blocks.
-            let frozen = params
-                .iter()
-                .filter(|p| p.frozen)
-                .map(|p| p.name.as_str())
-                .collect();
-            let to = step::BackwardTo::of(net, &frozen);
-            let loss = step::step(&mut ops, net, x, targets, rng, to)?;
-            Ok((loss, ops.into_grads(params)?))
-        }
+        Plan::CpuStep => run_step(CpuStepOps::default(), net, params, x, targets, rng),
+        Plan::CudaStep => cuda_step(net, params, x, targets, rng),
         Plan::Candle => {
             let logits = forward::logits(&mut CandleOps::differentiable(), net, x, Some(rng))?;
             let loss = soft_cross_entropy(&logits, targets)?;
@@ -271,6 +267,52 @@ fn step_on(
         }
         Plan::CpuFused | Plan::CudaFused => bail!("the {plan} plan runs inference only"),
     }
+}
+
+/// The training-step walk on `ops`, back as far as the trainable parameters need: no
+/// backward through a frozen stem and frozen leading blocks (fine-tuning).
+pub(crate) fn run_step<O: StepOps>(
+    mut ops: O,
+    net: &NetworkParts,
+    params: &[Param],
+    x: &Tensor,
+    targets: &Tensor,
+    rng: &mut ChaCha8Rng,
+) -> Result<(f64, Vec<Tensor>)> {
+    let frozen = params
+        .iter()
+        .filter(|p| p.frozen)
+        .map(|p| p.name.as_str())
+        .collect();
+    let to = step::BackwardTo::of(net, &frozen);
+    let loss = step::step(&mut ops, net, x, targets, rng, to)?;
+    Ok((loss, ops.into_grads(params)?))
+}
+
+/// The cuda-step plan: the training-step walk over the CUDA kernels.
+#[cfg(feature = "cuda")]
+fn cuda_step(
+    net: &NetworkParts,
+    params: &[Param],
+    x: &Tensor,
+    targets: &Tensor,
+    rng: &mut ChaCha8Rng,
+) -> Result<(f64, Vec<Tensor>)> {
+    let ops = cuda::step::CudaStepOps::new(cuda::ops::Launched);
+    run_step(ops, net, params, x, targets, rng)
+}
+
+/// Without the `cuda` feature the cuda-step plan is never chosen; asked for by name, it says
+/// how to get it.
+#[cfg(not(feature = "cuda"))]
+fn cuda_step(
+    _: &NetworkParts,
+    _: &[Param],
+    _: &Tensor,
+    _: &Tensor,
+    _: &mut ChaCha8Rng,
+) -> Result<(f64, Vec<Tensor>)> {
+    bail!("the cuda-step plan needs a build with `--features cuda`")
 }
 
 /// A run of blocks on an `[N, C, H, W]` tensor, on the plan the facts choose (what a

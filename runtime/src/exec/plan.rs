@@ -7,7 +7,8 @@
 //! |---|---|---|
 //! | [`Plan::CpuFused`] | inference | CPU; f32 compute (f16/bf16 weights widened); effnet's NHWC kernels, BatchNorm, activation and residual in each convolution's epilogue |
 //! | [`Plan::CpuStep`] | the training step | CPU, f32; effnet's NHWC kernels, forward and backward written by hand |
-//! | [`Plan::CudaFused`] | inference | CUDA (a build with the `cuda` feature), f32; effnet's NHWC CUDA kernels, cuBLAS for 1x1 convolutions |
+//! | [`Plan::CudaFused`] | inference | CUDA (a build with the `cuda` feature), f32; effnet's NHWC CUDA kernels, cuBLAS for the GEMMs of 1x1 and (on patches) dense convolutions |
+//! | [`Plan::CudaStep`] | the training step | CUDA (a build with the `cuda` feature), f32; the same kernels with their backward, forward and backward written by hand |
 //! | [`Plan::Candle`] | everything | any device and dtype; candle's ops and autograd: the reference, and the fallback |
 
 use std::fmt;
@@ -23,6 +24,7 @@ pub enum Plan {
     CpuFused,
     CpuStep,
     CudaFused,
+    CudaStep,
     Candle,
 }
 
@@ -33,6 +35,7 @@ impl Plan {
             Plan::CpuFused => "cpu-fused",
             Plan::CpuStep => "cpu-step",
             Plan::CudaFused => "cuda-fused",
+            Plan::CudaStep => "cuda-step",
             Plan::Candle => "candle",
         }
     }
@@ -206,6 +209,9 @@ impl Facts {
             Purpose::TrainForward => Choice::new(Plan::Candle, None),
             Purpose::Infer if self.device == "cuda" => self.kernels(Plan::CudaFused, &[DType::F32]),
             Purpose::Infer => self.kernels(Plan::CpuFused, &[DType::F32, DType::F16, DType::BF16]),
+            Purpose::TrainStep if self.device == "cuda" => {
+                self.kernels(Plan::CudaStep, &[DType::F32])
+            }
             Purpose::TrainStep => self.kernels(Plan::CpuStep, &[DType::F32]),
         }
     }
@@ -213,20 +219,17 @@ impl Facts {
     /// `plan` (one of the effnet kernel plans) when the facts allow it, else the candle plan
     /// with the first reason they do not.
     fn kernels(&self, plan: Plan, dtypes: &[DType]) -> Choice {
-        let device = if plan == Plan::CudaFused {
-            "cuda"
-        } else {
-            "cpu"
-        };
+        let on_cuda = matches!(plan, Plan::CudaFused | Plan::CudaStep);
+        let device = if on_cuda { "cuda" } else { "cpu" };
         let why = if self.device != device {
             Some(format!(
                 "no effnet {} kernels for {} yet",
                 self.purpose_name(),
                 self.device
             ))
-        } else if plan == Plan::CudaFused && !cfg!(feature = "cuda") {
+        } else if on_cuda && !cfg!(feature = "cuda") {
             Some("this build has no CUDA kernels (rebuild with `--features cuda`)".into())
-        } else if plan != Plan::CpuStep && self.params_are_variables {
+        } else if self.purpose == Purpose::Infer && self.params_are_variables {
             Some("the parameters are training variables (eval mode stays differentiable)".into())
         } else if !dtypes.contains(&self.input_dtype) {
             Some(format!(
@@ -333,9 +336,16 @@ mod tests {
         let half = plan(facts(Purpose::Infer, "cuda", DType::F16));
         assert_eq!(half.plan, Plan::Candle);
         let step = plan(facts(Purpose::TrainStep, "cuda", f32));
+        if cfg!(feature = "cuda") {
+            assert_eq!(step, Choice::new(Plan::CudaStep, None));
+        } else {
+            assert_eq!(step.plan, Plan::Candle);
+            assert!(step.to_string().contains("--features cuda"), "{step}");
+        }
+        let metal_step = plan(facts(Purpose::TrainStep, "metal", f32));
         assert_eq!(
-            step.to_string(),
-            "candle (fallback: no effnet training-step kernels for cuda yet)"
+            metal_step.to_string(),
+            "candle (fallback: no effnet training-step kernels for metal yet)"
         );
         let metal = plan(facts(Purpose::Infer, "metal", f32));
         assert_eq!(metal.plan, Plan::Candle);

@@ -217,6 +217,32 @@ impl Conv2d {
         out
     }
 
+    /// [`Conv2d::weight_grads`] on a tensor (`[O, I / groups, k, k]`, on any device): the
+    /// parameters' gradients as views cut out of it.
+    pub fn weight_grad_tensors(&self, dw: &Tensor) -> CResult<Vec<(String, Tensor)>> {
+        if self.parts.is_empty() {
+            return Ok(vec![(format!("{}.weight", self.spec.path), dw.clone())]);
+        }
+        let k = self.spec.kernel;
+        let dense = self.spec.groups == 1;
+        let (mut o0, mut i0) = (0, 0);
+        let mut out = Vec::with_capacity(self.parts.len());
+        for (p, _) in &self.parts {
+            let [po, pi, pk, _] = p.weight_shape();
+            let m = (k - pk) / 2;
+            let g = dw
+                .narrow(0, o0, po)?
+                .narrow(1, if dense { i0 } else { 0 }, pi)?
+                .narrow(2, m, pk)?
+                .narrow(3, m, pk)?
+                .contiguous()?;
+            out.push((format!("{}.weight", p.path), g));
+            o0 += po;
+            i0 += p.in_channels;
+        }
+        Ok(out)
+    }
+
     /// The padding of each side for an `h x w` input.
     pub fn pad(&self, h: usize, w: usize) -> Padding2d {
         let s = &self.spec;

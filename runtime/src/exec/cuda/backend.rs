@@ -1,33 +1,31 @@
-//! The CUDA inference plan's backend: NHWC f32 maps on the GPU from the stem to the pooling.
-//! Depthwise convolutions run effnet's kernel with BatchNorm and activation fused; 1x1
-//! convolutions are one cuBLAS GEMM over all pixels of the batch (candle's matmul) followed by
-//! the epilogue kernel (BatchNorm, activation, and the block's residual in the same pass);
-//! other dense convolutions (stem, Fused-MBConv) are candle's convolution in NCHW, then the
-//! epilogue kernel; the squeeze-excitation pools with the means kernel, runs its two small
-//! GEMMs and gates with the gate kernel, with no host round trip.
-//!
-//! Not yet run on a GPU (see `super::ops`); `runtime/tests/gpu.rs` compares it with the candle
-//! plan on a GPU.
+//! The cuda-fused plan's backend of the forward walk: NHWC f32 maps from the stem to the
+//! pooling, over [`CudaKernels`]. Depthwise convolutions run effnet's kernel with BatchNorm and
+//! activation fused; 1x1 convolutions are one GEMM over all pixels of the batch (candle's
+//! matmul: cuBLAS on a GPU) followed by the epilogue kernel (BatchNorm, activation, and the
+//! block's residual in the same pass); other dense convolutions (stem, Fused-MBConv) are the
+//! patches kernel and one GEMM, then the epilogue, so no map leaves NHWC; the
+//! squeeze-excitation pools with the means kernel, runs its two small GEMMs and gates with the
+//! gate kernel, with no host round trip.
 
 use candle_core::{DType, Result, Tensor, bail};
 
-use super::act_code;
-use super::ops::{AffineAct, AffineActResidual, ChannelMeans, Depthwise, GateChannels};
-use crate::exec::candle::{conv, se_gates};
+use super::CudaKernels;
+use crate::exec::candle::se_gates;
 use crate::exec::cpu_fused::kernel_act;
 use crate::exec::forward::ForwardOps;
-use crate::nn::{Classifier, ConvBnAct, Norm, SqueezeExcite};
-use crate::ops::linear;
+use crate::nn::{Classifier, Conv2d, ConvBnAct, Norm, SqueezeExcite};
+use crate::ops::{ConvGeom, linear};
 
-/// An NHWC f32 map on the GPU, with its per-channel means when a following squeeze-excitation
-/// asked for them.
+/// An NHWC f32 map, with its per-channel means when a following squeeze-excitation asked for
+/// them.
 pub(crate) struct CudaMap {
     t: Tensor,
     means: Option<Tensor>,
 }
 
-/// The CUDA kernels; results in `dtype` (the input's).
-pub(crate) struct CudaOps {
+/// The forward walk's backend over `kernels`; results in `dtype` (the input's).
+pub(crate) struct CudaOps<K> {
+    pub kernels: K,
     pub dtype: DType,
 }
 
@@ -42,7 +40,55 @@ fn affine(bn: &Norm, conv_bias: Option<&Tensor>) -> Result<Tensor> {
     Tensor::stack(&[scale, shift], 0)?.contiguous()
 }
 
-impl ForwardOps for CudaOps {
+/// The NHWC window of `cv` on an `[n, h, w, c]` map.
+pub(crate) fn nhwc_geom(cv: &Conv2d, x: &Tensor) -> Result<ConvGeom> {
+    let (n, h, w, c) = x.dims4()?;
+    let s = &cv.spec;
+    if c != s.in_channels {
+        bail!(
+            "cuda plan: `{}` takes {} channels, got {c}",
+            s.path,
+            s.in_channels
+        );
+    }
+    Ok(cv.geom([n, c, h, w]))
+}
+
+/// Whether `g` is a pointwise convolution: one GEMM over the map's pixels, no patches.
+pub(crate) fn is_pointwise(g: &ConvGeom, groups: usize) -> bool {
+    g.k == 1 && g.stride == 1 && g.pad.is_zero() && groups == 1
+}
+
+/// A dense convolution's weight `[o, c, k, k]` as the GEMM operand `[o, k * k * c]` (the
+/// patches' tap order).
+pub(crate) fn gemm_weight(cv: &Conv2d, g: &ConvGeom) -> Result<Tensor> {
+    let w = cv.weight()?.to_dtype(DType::F32)?;
+    if g.k == 1 {
+        return w.reshape((g.o, g.c));
+    }
+    w.permute((0, 2, 3, 1))?
+        .contiguous()?
+        .reshape((g.o, g.k * g.k * g.c))
+}
+
+/// The output `[n * oh * ow, o]` of a dense (not depthwise) convolution before its
+/// BatchNorm, without bias: one GEMM, on the patches unless the convolution is pointwise.
+pub(crate) fn dense_conv<K: CudaKernels>(
+    k: &K,
+    cv: &Conv2d,
+    x: &Tensor,
+    g: &ConvGeom,
+) -> Result<Tensor> {
+    let wt = gemm_weight(cv, g)?;
+    let rows = if is_pointwise(g, cv.spec.groups) {
+        x.reshape((g.n * g.h * g.w, g.c))?
+    } else {
+        k.im2col(x, g)?
+    };
+    rows.matmul(&wt.t()?)
+}
+
+impl<K: CudaKernels> ForwardOps for CudaOps<K> {
     type Map = CudaMap;
 
     fn input(&mut self, x: &Tensor) -> Result<CudaMap> {
@@ -60,58 +106,25 @@ impl ForwardOps for CudaOps {
         residual: Option<&CudaMap>,
         squeeze: bool,
     ) -> Result<CudaMap> {
-        let (cv, s) = (&l.conv, &l.conv.spec);
-        let act = act_code(kernel_act(l.activation)?);
-        let (n, h, w, c) = x.t.dims4()?;
-        if c != s.in_channels {
-            bail!(
-                "cuda plan: `{}` takes {} channels, got {c}",
-                s.path,
-                s.in_channels
-            );
-        }
-        let pad = cv.pad(h, w);
-        let y = if s.is_depthwise() {
+        let cv = &l.conv;
+        let act = kernel_act(l.activation)?;
+        let g = nhwc_geom(cv, &x.t)?;
+        let y = if cv.spec.is_depthwise() {
             if residual.is_some() {
                 bail!("cuda plan: the depthwise kernel adds no residual");
             }
-            let (oh, ow) = cv.geom([n, c, h, w]).out_hw()?;
-            let op = Depthwise {
-                k: s.kernel,
-                stride: s.stride,
-                dilation: s.dilation,
-                pad_top: pad.top,
-                pad_left: pad.left,
-                oh,
-                ow,
-                act,
-            };
             let wt = cv.weight()?.to_dtype(DType::F32)?.contiguous()?;
-            x.t.apply_op3(&wt, &affine(&l.bn, cv.bias.as_ref())?, op)?
+            self.kernels
+                .depthwise(&x.t, &wt, &affine(&l.bn, cv.bias.as_ref())?, &g, act)?
         } else {
-            let (z, folded_bias) =
-                if s.kernel == 1 && s.stride == 1 && pad.is_zero() && s.groups == 1 {
-                    // One GEMM over every pixel of the batch: [n*h*w, c] x [c, o].
-                    let o = s.out_channels;
-                    let wt = cv.weight()?.to_dtype(DType::F32)?.reshape((o, c))?;
-                    let z = x.t.reshape((n * h * w, c))?.matmul(&wt.t()?)?;
-                    (z.reshape((n, h, w, o))?, cv.bias.as_ref())
-                } else {
-                    // candle's convolution (NCHW, bias included), back to NHWC.
-                    let nchw = x.t.permute((0, 3, 1, 2))?.contiguous()?;
-                    let z = conv(cv, &nchw, false)?
-                        .permute((0, 2, 3, 1))?
-                        .contiguous()?;
-                    (z, None)
-                };
-            let aff = affine(&l.bn, folded_bias)?;
-            match residual {
-                Some(r) => z.apply_op3(&aff, &r.t, AffineActResidual { act })?,
-                None => z.apply_op2(&aff, AffineAct { act })?,
-            }
+            let (oh, ow) = g.out_hw()?;
+            let z = dense_conv(&self.kernels, cv, &x.t, &g)?.reshape((g.n, oh, ow, g.o))?;
+            let aff = affine(&l.bn, cv.bias.as_ref())?;
+            self.kernels
+                .affine_act(&z, &aff, residual.map(|r| &r.t), act)?
         };
         let means = if squeeze {
-            Some(y.apply_op1(ChannelMeans)?)
+            Some(self.kernels.channel_means(&y)?)
         } else {
             None
         };
@@ -125,11 +138,11 @@ impl ForwardOps for CudaOps {
     fn squeeze_excite(&mut self, se: &SqueezeExcite, mut x: CudaMap) -> Result<CudaMap> {
         let means = match x.means.take() {
             Some(m) => m,
-            None => x.t.apply_op1(ChannelMeans)?,
+            None => self.kernels.channel_means(&x.t)?,
         };
         // The plan runs only on f32 parameters, the dtype of the pooled means.
         let gate = se_gates(se, &means)?.contiguous()?;
-        let t = x.t.apply_op2(&gate, GateChannels)?;
+        let t = self.kernels.gate_channels(&x.t, &gate)?;
         Ok(CudaMap { t, means: None })
     }
 
@@ -154,7 +167,7 @@ impl ForwardOps for CudaOps {
     }
 
     fn pool(&mut self, x: CudaMap) -> Result<Tensor> {
-        x.t.apply_op1(ChannelMeans)
+        self.kernels.channel_means(&x.t)
     }
 
     fn classify(&mut self, cls: &Classifier, pooled: &Tensor) -> Result<Tensor> {

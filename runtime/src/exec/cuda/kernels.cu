@@ -1,15 +1,23 @@
-// effnet's CUDA kernels for the inference plan's layer operations, on NHWC f32 maps.
+// effnet's CUDA kernels for the layer operations of the cuda plans (inference and the training
+// step), on NHWC f32 maps.
 //
 // One source, two compilers: on a GPU machine NVRTC compiles it at run time (so the PTX always
 // matches the driver: PTX from a newer toolkit than the driver's is refused with
 // CUDA_ERROR_UNSUPPORTED_PTX_VERSION), and in `cargo test` the crate `effnet-cuda-emu`
-// compiles it for the CPU under a header that runs the grid as loops, to compare every kernel
-// with the CPU kernels (`runtime/src/ops/cpu`). That check sees the arithmetic and the
-// indexing; it cannot see races, memory ordering or speed, which only a GPU run shows.
+// compiles it for the CPU under a header that runs the grid as loops, to compare every kernel,
+// and the plans' walks over them, with the CPU kernels (`runtime/src/ops/cpu`). That check
+// sees the arithmetic and the indexing; it cannot see races, memory ordering or speed, which
+// only a GPU run shows.
 //
 // No #include: NVRTC then needs no toolkit headers. Every kernel is one thread per output
-// element (or per (image, channel) for reductions), a 1-D grid, `long` indices (a V2-S
-// activation at batch 32 and 384 px has 2^30 elements).
+// element (per (image, channel) for the squeeze's reductions, per (chunk of rows, column) for
+// the batch reductions), a 1-D grid, `long` indices (a V2-S activation at batch 32 and 384 px
+// has 2^30 elements), and no shared memory or atomics: the batch reductions write one partial
+// sum per chunk of rows in f64 and a second kernel adds the chunks in order, so every run
+// sums in the same order (reproducible) and the emulator runs them as they are.
+//
+// Calling convention (what `ops.rs`'s one launcher passes): the inputs, then the output, then
+// the scalars. Per-channel parameters travel packed as one `[rows, c]` array.
 //
 // Activation codes follow `crate::ops::Act`: 0 identity, 1 SiLU, 2 ReLU, 3 ReLU6, 4 hard-swish.
 
@@ -23,19 +31,40 @@ __device__ __forceinline__ float effnet_act(float v, int act) {
     }
 }
 
+// The activation's derivative at `v`, as the CPU step takes it (ReLU's is 0 at 0, hard-swish's
+// the left one at -3 and the right one at 3).
+__device__ __forceinline__ float effnet_act_grad(float v, int act) {
+    switch (act) {
+    case 1: {
+        float s = 1.0f / (1.0f + expf(-v));
+        return s * (1.0f + v * (1.0f - s));
+    }
+    case 2: return v > 0.0f ? 1.0f : 0.0f;
+    case 3: return (v > 0.0f && v < 6.0f) ? 1.0f : 0.0f;
+    case 4:
+        if (v <= -3.0f) return 0.0f;
+        if (v >= 3.0f) return 1.0f;
+        return (2.0f * v + 3.0f) * (1.0f / 6.0f);
+    default: return 1.0f;
+    }
+}
+
 __device__ __forceinline__ long effnet_index() {
     return (long)blockIdx.x * (long)blockDim.x + (long)threadIdx.x;
 }
 
-// Depthwise convolution, `y[b, oy, ox, ch] = act(scale[ch] * sum_k x * w + shift[ch])`, with
-// the eval-mode BatchNorm (and any convolution bias) folded into `scale` / `shift`. `w` is
-// timm's `[C, 1, k, k]`; the padding may be asymmetric (TensorFlow "same" pads the extra row
-// and column after), given by its top and left sides; the taps are `dil` pixels apart (the
-// dilation an `output_stride` brings; 1 otherwise).
+// ---------------------------------------------------------------------------------------------
+// Convolutions. A window is (k, stride, dil, pad_top, pad_left, oh, ow): the padding may be
+// asymmetric (TensorFlow "same" pads the extra row and column after), given by its top and
+// left sides; the taps are `dil` pixels apart (the dilation an `output_stride` brings).
+
+// Depthwise convolution, `y[b, oy, ox, ch] = act(scale[ch] * sum_k x * w + shift[ch])` with
+// `affine = (scale, shift)` (the eval-mode BatchNorm and any convolution bias folded in; ones
+// and the bias in the training step, whose BatchNorm follows). `w` is timm's `[C, 1, k, k]`.
 extern "C" __global__ void effnet_depthwise_nhwc(
-    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ scale,
-    const float* __restrict__ shift, float* __restrict__ y, int n, int h, int wd, int c,
-    int k, int stride, int dil, int pad_top, int pad_left, int oh, int ow, int act) {
+    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ affine,
+    float* __restrict__ y, int n, int h, int wd, int c, int k, int stride, int dil, int pad_top,
+    int pad_left, int oh, int ow, int act) {
     long i = effnet_index();
     long total = (long)n * oh * ow * c;
     if (i >= total) return;
@@ -55,25 +84,272 @@ extern "C" __global__ void effnet_depthwise_nhwc(
             acc += x[(((long)b * h + iy) * wd + ix) * c + ch] * w[((long)ch * k + ky) * k + kx];
         }
     }
-    y[i] = effnet_act(acc * scale[ch] + shift[ch], act);
+    y[i] = effnet_act(acc * affine[ch] + affine[c + ch], act);
 }
 
-// The epilogue of a convolution run as a GEMM: `y = act(z * scale[ch] + shift[ch])`, then
-// `+ residual` when one is given (a block's skip connection), over `total` elements of `c`
-// channels. `y` may be `z`.
+// The input gradient of a depthwise convolution: `dx[b, iy, ix, ch] = sum over the outputs
+// whose window covers (iy, ix) of dy * w`, gathered per input element (no atomics).
+extern "C" __global__ void effnet_depthwise_input_grad_nhwc(
+    const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, int n,
+    int h, int wd, int c, int k, int stride, int dil, int pad_top, int pad_left, int oh, int ow) {
+    long i = effnet_index();
+    long total = (long)n * h * wd * c;
+    if (i >= total) return;
+    int ch = (int)(i % c);
+    long p = i / c;
+    int ix = (int)(p % wd);
+    p /= wd;
+    int iy = (int)(p % h);
+    int b = (int)(p / h);
+    float acc = 0.0f;
+    for (int ky = 0; ky < k; ky++) {
+        int ty = iy + pad_top - ky * dil;
+        if (ty < 0 || ty % stride != 0) continue;
+        int oy = ty / stride;
+        if (oy >= oh) continue;
+        for (int kx = 0; kx < k; kx++) {
+            int tx = ix + pad_left - kx * dil;
+            if (tx < 0 || tx % stride != 0) continue;
+            int ox = tx / stride;
+            if (ox >= ow) continue;
+            acc += dy[(((long)b * oh + oy) * ow + ox) * c + ch] * w[((long)ch * k + ky) * k + kx];
+        }
+    }
+    dx[i] = acc;
+}
+
+// The weight gradient of a depthwise convolution, one partial sum per chunk of output pixels:
+// `partial[chunk, tap, ch] = sum over the chunk's pixels of dy * x at the tap` (f64), for
+// `effnet_sum_chunks` to add up.
+extern "C" __global__ void effnet_depthwise_weight_grad_partial_nhwc(
+    const float* __restrict__ x, const float* __restrict__ dy, double* __restrict__ partial,
+    int n, int h, int wd, int c, int k, int stride, int dil, int pad_top, int pad_left, int oh,
+    int ow, long rows_per_chunk, int chunks) {
+    long i = effnet_index();
+    long taps = (long)k * k;
+    if (i >= (long)chunks * taps * c) return;
+    int ch = (int)(i % c);
+    long p = i / c;
+    int tap = (int)(p % taps);
+    long chunk = p / taps;
+    int ky = tap / k, kx = tap % k;
+    long rows = (long)n * oh * ow;
+    long first = chunk * rows_per_chunk;
+    long last = first + rows_per_chunk < rows ? first + rows_per_chunk : rows;
+    double acc = 0.0;
+    for (long m = first; m < last; m++) {
+        int ox = (int)(m % ow);
+        long q = m / ow;
+        int oy = (int)(q % oh);
+        int b = (int)(q / oh);
+        int iy = oy * stride - pad_top + ky * dil;
+        int ix = ox * stride - pad_left + kx * dil;
+        if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
+        acc += (double)(dy[m * c + ch] * x[(((long)b * h + iy) * wd + ix) * c + ch]);
+    }
+    partial[i] = acc;
+}
+
+// A dense convolution's input patches as GEMM rows: `cols[m, (ky * k + kx) * c + ch]` is the
+// input under tap (ky, kx) of output pixel m (zero in the padding), so that the convolution is
+// `cols x w^T` with the weight in `[O, k, k, C]` order.
+extern "C" __global__ void effnet_im2col_nhwc(
+    const float* __restrict__ x, float* __restrict__ cols, int n, int h, int wd, int c, int k,
+    int stride, int dil, int pad_top, int pad_left, int oh, int ow) {
+    long i = effnet_index();
+    long taps = (long)k * k;
+    long total = (long)n * oh * ow * taps * c;
+    if (i >= total) return;
+    int ch = (int)(i % c);
+    long p = i / c;
+    int tap = (int)(p % taps);
+    long m = p / taps;
+    int ky = tap / k, kx = tap % k;
+    int ox = (int)(m % ow);
+    long q = m / ow;
+    int oy = (int)(q % oh);
+    int b = (int)(q / oh);
+    int iy = oy * stride - pad_top + ky * dil;
+    int ix = ox * stride - pad_left + kx * dil;
+    cols[i] = (iy < 0 || iy >= h || ix < 0 || ix >= wd)
+                  ? 0.0f
+                  : x[(((long)b * h + iy) * wd + ix) * c + ch];
+}
+
+// The adjoint of `effnet_im2col_nhwc`: `dx[b, iy, ix, ch]` is the sum of the patch entries
+// that read (iy, ix, ch), gathered per input element.
+extern "C" __global__ void effnet_col2im_nhwc(
+    const float* __restrict__ cols, float* __restrict__ dx, int n, int h, int wd, int c, int k,
+    int stride, int dil, int pad_top, int pad_left, int oh, int ow) {
+    long i = effnet_index();
+    long total = (long)n * h * wd * c;
+    if (i >= total) return;
+    int ch = (int)(i % c);
+    long p = i / c;
+    int ix = (int)(p % wd);
+    p /= wd;
+    int iy = (int)(p % h);
+    int b = (int)(p / h);
+    long taps = (long)k * k;
+    float acc = 0.0f;
+    for (int ky = 0; ky < k; ky++) {
+        int ty = iy + pad_top - ky * dil;
+        if (ty < 0 || ty % stride != 0) continue;
+        int oy = ty / stride;
+        if (oy >= oh) continue;
+        for (int kx = 0; kx < k; kx++) {
+            int tx = ix + pad_left - kx * dil;
+            if (tx < 0 || tx % stride != 0) continue;
+            int ox = tx / stride;
+            if (ox >= ow) continue;
+            long m = ((long)b * oh + oy) * ow + ox;
+            acc += cols[(m * taps + (long)ky * k + kx) * c + ch];
+        }
+    }
+    dx[i] = acc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// BatchNorm and activation.
+
+__device__ __forceinline__ float effnet_affine_act(const float* z, const float* affine, long i,
+                                                   int c, int act) {
+    int ch = (int)(i % c);
+    return effnet_act(z[i] * affine[ch] + affine[c + ch], act);
+}
+
+// The epilogue of a convolution run as a GEMM: `y = act(z * scale[ch] + shift[ch])` with
+// `affine = (scale, shift)`, over `total` elements of `c` channels.
 extern "C" __global__ void effnet_affine_act_nhwc(
-    const float* z, const float* __restrict__ scale, const float* __restrict__ shift,
-    const float* residual, float* y, long total, int c, int act) {
+    const float* __restrict__ z, const float* __restrict__ affine, float* __restrict__ y,
+    long total, int c, int act) {
+    long i = effnet_index();
+    if (i >= total) return;
+    y[i] = effnet_affine_act(z, affine, i, c, act);
+}
+
+// `effnet_affine_act_nhwc`, then `+ residual` (a block's skip connection) in the same pass.
+extern "C" __global__ void effnet_affine_act_residual_nhwc(
+    const float* __restrict__ z, const float* __restrict__ affine,
+    const float* __restrict__ residual, float* __restrict__ y, long total, int c, int act) {
+    long i = effnet_index();
+    if (i >= total) return;
+    y[i] = effnet_affine_act(z, affine, i, c, act) + residual[i];
+}
+
+// Per-column sums of an `[rows, c]` matrix and of its squares, one partial per chunk of
+// `rows_per_chunk` rows: `partial[chunk, 0, ch]` and `partial[chunk, 1, ch]` (f64).
+extern "C" __global__ void effnet_column_moments_partial(
+    const float* __restrict__ z, double* __restrict__ partial, long rows, int c,
+    long rows_per_chunk, int chunks) {
+    long i = effnet_index();
+    if (i >= (long)chunks * c) return;
+    int ch = (int)(i % c);
+    long chunk = i / c;
+    long first = chunk * rows_per_chunk;
+    long last = first + rows_per_chunk < rows ? first + rows_per_chunk : rows;
+    double s = 0.0, ss = 0.0;
+    for (long m = first; m < last; m++) {
+        double v = (double)z[m * c + ch];
+        s += v;
+        ss += v * v;
+    }
+    partial[(chunk * 2) * c + ch] = s;
+    partial[(chunk * 2 + 1) * c + ch] = ss;
+}
+
+// A train-mode BatchNorm's statistics from the moments' partials of `count` rows:
+// `out = (mean, 1 / sqrt(var + eps), unbiased var)`, each `[c]`, the variance the biased one
+// (what normalizes), the unbiased one what updates the running variance (PyTorch's rule).
+extern "C" __global__ void effnet_batch_stats(
+    const double* __restrict__ partial, float* __restrict__ out, int chunks, int c, long count,
+    double eps) {
+    long i = effnet_index();
+    if (i >= c) return;
+    double s = 0.0, ss = 0.0;
+    for (int chunk = 0; chunk < chunks; chunk++) {
+        s += partial[((long)chunk * 2) * c + i];
+        ss += partial[((long)chunk * 2 + 1) * c + i];
+    }
+    double m = (double)count;
+    double mean = s / m;
+    double var = ss / m - mean * mean;
+    if (var < 0.0) var = 0.0;
+    out[i] = (float)mean;
+    out[c + i] = (float)(1.0 / sqrt(var + eps));
+    out[2 * c + i] = (float)(count > 1 ? var * m / (m - 1.0) : var);
+}
+
+// The gradient at the activation's input of a BatchNorm + activation, `g = d * act'(xhat *
+// gamma + beta)` with `xhat = (z - mean) * inv_std`, `bn = (mean, inv_std, gamma, beta)`.
+__device__ __forceinline__ float effnet_bn_act_grad(const float* d, const float* z,
+                                                    const float* bn, long i, int c, int act,
+                                                    float* xhat) {
+    int ch = (int)(i % c);
+    float xh = (z[i] - bn[ch]) * bn[c + ch];
+    *xhat = xh;
+    return d[i] * effnet_act_grad(xh * bn[2 * c + ch] + bn[3 * c + ch], act);
+}
+
+// The BatchNorm parameters' gradients, one partial per chunk of rows: `partial[chunk, 0, ch]
+// = sum g` (beta's) and `partial[chunk, 1, ch] = sum g * xhat` (gamma's), f64.
+extern "C" __global__ void effnet_bn_act_grad_partial(
+    const float* __restrict__ d, const float* __restrict__ z, const float* __restrict__ bn,
+    double* __restrict__ partial, long rows, int c, long rows_per_chunk, int chunks, int act) {
+    long i = effnet_index();
+    if (i >= (long)chunks * c) return;
+    int ch = (int)(i % c);
+    long chunk = i / c;
+    long first = chunk * rows_per_chunk;
+    long last = first + rows_per_chunk < rows ? first + rows_per_chunk : rows;
+    double db = 0.0, dw = 0.0;
+    for (long m = first; m < last; m++) {
+        float xhat;
+        float g = effnet_bn_act_grad(d, z, bn, m * c + ch, c, act, &xhat);
+        db += (double)g;
+        dw += (double)(g * xhat);
+    }
+    partial[(chunk * 2) * c + ch] = db;
+    partial[(chunk * 2 + 1) * c + ch] = dw;
+}
+
+// The gradient at the BatchNorm's input: with batch statistics (`eval` 0) `k * (m * g - db -
+// xhat * dw)`, `k = gamma * inv_std / m` over the `m = total / c` rows; with running ones
+// (`eval` 1, a frozen BatchNorm) the fixed affine map's `g * gamma * inv_std`.
+// `bn = (mean, inv_std, gamma, beta, db, dw)`.
+extern "C" __global__ void effnet_bn_act_input_grad(
+    const float* __restrict__ d, const float* __restrict__ z, const float* __restrict__ bn,
+    float* __restrict__ dz, long total, int c, int act, int eval) {
     long i = effnet_index();
     if (i >= total) return;
     int ch = (int)(i % c);
-    float v = effnet_act(z[i] * scale[ch] + shift[ch], act);
-    if (residual) v += residual[i];
-    y[i] = v;
+    float xhat;
+    float g = effnet_bn_act_grad(d, z, bn, i, c, act, &xhat);
+    float gamma_inv = bn[2 * c + ch] * bn[c + ch];
+    if (eval) {
+        dz[i] = g * gamma_inv;
+        return;
+    }
+    float m = (float)(total / c);
+    dz[i] = gamma_inv / m * (m * g - bn[4 * c + ch] - xhat * bn[5 * c + ch]);
 }
 
-// Per-(image, channel) means of an `[n, p, c]` map: the squeeze of a squeeze-excitation and
-// the global average pooling before the classifier. Summed in pixel order, like the CPU kernel.
+// The sum over chunks of `partial[chunk, j]` (f64), for each of `width` columns, in chunk
+// order.
+extern "C" __global__ void effnet_sum_chunks(
+    const double* __restrict__ partial, float* __restrict__ out, int chunks, long width) {
+    long j = effnet_index();
+    if (j >= width) return;
+    double acc = 0.0;
+    for (int chunk = 0; chunk < chunks; chunk++) acc += partial[(long)chunk * width + j];
+    out[j] = (float)acc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Squeeze-excitation and pooling, on `[n, p, c]` maps (p pixels per image).
+
+// Per-(image, channel) means: the squeeze of a squeeze-excitation and the global average
+// pooling before the classifier. Summed in pixel order, like the CPU kernel.
 extern "C" __global__ void effnet_channel_means_nhwc(
     const float* __restrict__ x, float* __restrict__ means, int n, long p, int c) {
     long i = effnet_index();
@@ -86,12 +362,40 @@ extern "C" __global__ void effnet_channel_means_nhwc(
     means[i] = acc / (float)p;
 }
 
-// The excitation: `y[b, q, ch] = x[b, q, ch] * gate[b, ch]`; `y` may be `x`.
+// Per-(image, channel) dot products `sum_q x * y`: the gradient of a squeeze-excitation's gate
+// (`x` the gradient at the gated map, `y` the map it gated).
+extern "C" __global__ void effnet_channel_dots_nhwc(
+    const float* __restrict__ x, const float* __restrict__ y, float* __restrict__ dots, int n,
+    long p, int c) {
+    long i = effnet_index();
+    if (i >= (long)n * c) return;
+    int ch = (int)(i % c);
+    long b = i / c;
+    long at = b * p * c + ch;
+    float acc = 0.0f;
+    for (long q = 0; q < p; q++) acc += x[at + q * c] * y[at + q * c];
+    dots[i] = acc;
+}
+
+// The excitation: `y[b, q, ch] = x[b, q, ch] * gate[b, ch]`.
 extern "C" __global__ void effnet_gate_channels_nhwc(
-    const float* x, const float* __restrict__ gate, float* y, int n, long p, int c) {
+    const float* __restrict__ x, const float* __restrict__ gate, float* __restrict__ y, int n,
+    long p, int c) {
     long i = effnet_index();
     if (i >= (long)n * p * c) return;
     int ch = (int)(i % c);
     long b = i / (p * c);
     y[i] = x[i] * gate[b * c + ch];
+}
+
+// The gradient at a squeeze-excitation's input: `y[b, q, ch] = x * gate[b, ch] + add[b, ch]`
+// (the gated path, and the squeeze's gradient spread evenly over the pixels).
+extern "C" __global__ void effnet_gate_add_nhwc(
+    const float* __restrict__ x, const float* __restrict__ gate, const float* __restrict__ add,
+    float* __restrict__ y, int n, long p, int c) {
+    long i = effnet_index();
+    if (i >= (long)n * p * c) return;
+    int ch = (int)(i % c);
+    long b = i / (p * c);
+    y[i] = x[i] * gate[b * c + ch] + add[b * c + ch];
 }

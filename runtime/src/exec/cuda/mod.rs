@@ -1,18 +1,26 @@
-//! The CUDA inference plan: effnet's kernels ([`SOURCE`], compiled by NVRTC at run time on a
-//! GPU machine so the PTX always matches the driver, and compiled for the CPU by the
-//! `effnet-cuda-emu` crate in `cargo test`), their launch geometry, and, with the `cuda`
-//! feature, the candle custom ops that launch them (`ops`) and the backend of the forward walk
-//! (`backend`). The kernels' arithmetic is tested on every machine; the launches and the
-//! backend only on a GPU (`runtime/tests/gpu.rs`, `tools/gpu-check.sh`).
+//! The CUDA plans (inference, `cuda-fused`; the training step, `cuda-step`): effnet's kernels
+//! ([`SOURCE`], compiled by NVRTC at run time on a GPU machine so the PTX always matches the
+//! driver), the operations they implement ([`CudaKernels`]), and the two backends written over
+//! those operations: the forward walk's (`backend`) and the training-step walk's (`step`).
+//!
+//! The backends are generic over [`CudaKernels`]: with the `cuda` feature `ops` launches the
+//! kernels on a GPU, and in `cargo test` the crate `effnet-cuda-emu` runs the same CUDA C on the
+//! CPU, so the kernels' arithmetic *and* the backends' use of them (layouts, GEMM operands,
+//! reductions, gradient names) are compared with the CPU plans on every machine
+//! ([`logits_with`], [`loss_and_grads_with`]). Only the launches themselves (argument
+//! marshalling, races, memory ordering) and the speed need a GPU: `runtime/tests/gpu.rs`,
+//! `tools/gpu-check.sh`.
 
-#[cfg(feature = "cuda")]
 pub(crate) mod backend;
 #[cfg(feature = "cuda")]
 pub(crate) mod ops;
+pub(crate) mod step;
 
-use candle_core::{Result, bail};
+use candle_core::{Result, Tensor, bail};
+use rand_chacha::ChaCha8Rng;
 
-use crate::ops::Act;
+use crate::nn::{Network, Param};
+use crate::ops::{Act, ConvGeom};
 
 /// The kernels' CUDA C source.
 pub const SOURCE: &str = include_str!("kernels.cu");
@@ -20,9 +28,21 @@ pub const SOURCE: &str = include_str!("kernels.cu");
 /// Every kernel `SOURCE` defines, by its `extern "C"` name.
 pub const KERNELS: &[&str] = &[
     "effnet_depthwise_nhwc",
+    "effnet_depthwise_input_grad_nhwc",
+    "effnet_depthwise_weight_grad_partial_nhwc",
+    "effnet_im2col_nhwc",
+    "effnet_col2im_nhwc",
     "effnet_affine_act_nhwc",
+    "effnet_affine_act_residual_nhwc",
+    "effnet_column_moments_partial",
+    "effnet_batch_stats",
+    "effnet_bn_act_grad_partial",
+    "effnet_bn_act_input_grad",
+    "effnet_sum_chunks",
     "effnet_channel_means_nhwc",
+    "effnet_channel_dots_nhwc",
     "effnet_gate_channels_nhwc",
+    "effnet_gate_add_nhwc",
 ];
 
 /// Threads per block of every 1-D launch: 256 keeps eight warps per block, enough to hide
@@ -39,6 +59,21 @@ pub fn grid_1d(total: usize) -> Result<(u32, u32)> {
     }
 }
 
+/// Threads a batch reduction aims for: 2^16 keeps every SM of an H200 (132 of them, 2,048
+/// threads each) a quarter busy even for one column, while each thread still sums at least a
+/// few dozen rows of a training map.
+const REDUCTION_THREADS: usize = 1 << 16;
+
+/// How a batch reduction over `rows` rows of `width` columns splits its rows: `(chunks,
+/// rows_per_chunk)`, one thread per (chunk, column), the chunks covering the rows exactly.
+pub fn row_chunks(rows: usize, width: usize) -> (usize, usize) {
+    let wanted = REDUCTION_THREADS
+        .div_ceil(width.max(1))
+        .clamp(1, rows.max(1));
+    let per = rows.div_ceil(wanted).max(1);
+    (rows.div_ceil(per).max(1), per)
+}
+
 /// The kernels' code for an activation (`effnet_act` in the source).
 pub fn act_code(act: Act) -> i32 {
     match act {
@@ -48,6 +83,148 @@ pub fn act_code(act: Act) -> i32 {
         Act::Relu6 => 3,
         Act::HardSwish => 4,
     }
+}
+
+/// The layer operations the CUDA plans run, on contiguous tensors: maps are NHWC f32 `[n, h,
+/// w, c]`, per-channel parameters packed as `[rows, c]`, reductions' partial sums f64 `[chunks,
+/// width]` (chunked by [`row_chunks`]). Each required method is one kernel of [`SOURCE`]; the
+/// provided ones compose them, once for every implementation. One implementation launches the
+/// kernels on a GPU (the `cuda` feature); `effnet-cuda-emu` runs the same source on the CPU.
+/// Every implementation checks its operands' sizes before it runs anything.
+pub trait CudaKernels {
+    /// `act(scale * depthwise(x, w) + shift)`, `w` timm's `[c, 1, k, k]`, `affine = (scale,
+    /// shift)` `[2, c]`, the window `g` (its `n, c, h, w` are `x`'s).
+    fn depthwise(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        affine: &Tensor,
+        g: &ConvGeom,
+        act: Act,
+    ) -> Result<Tensor>;
+    /// The input gradient of a depthwise convolution from the output gradient `dy`.
+    fn depthwise_input_grad(&self, dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor>;
+    /// The depthwise weight gradient's partials, `[chunks, k * k * c]` f64 (tap-major), over
+    /// chunks of `per` output pixels.
+    fn depthwise_weight_grad_partial(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        g: &ConvGeom,
+        chunks: (usize, usize),
+    ) -> Result<Tensor>;
+    /// A dense convolution's patches `[n * oh * ow, k * k * c]`, taps in `(ky, kx, c)` order.
+    fn im2col(&self, x: &Tensor, g: &ConvGeom) -> Result<Tensor>;
+    /// The adjoint of [`CudaKernels::im2col`]: the input gradient `[n, h, w, c]` from the
+    /// patches' gradient.
+    fn col2im(&self, cols: &Tensor, g: &ConvGeom) -> Result<Tensor>;
+    /// `act(z * scale + shift)`, plus `residual` after the activation when given.
+    fn affine_act(
+        &self,
+        z: &Tensor,
+        affine: &Tensor,
+        residual: Option<&Tensor>,
+        act: Act,
+    ) -> Result<Tensor>;
+    /// Per-column sums and sums of squares of the `[rows, c]` map `z`: `[chunks, 2 * c]` f64.
+    fn column_moments_partial(&self, z: &Tensor, chunks: (usize, usize)) -> Result<Tensor>;
+    /// A train-mode BatchNorm's statistics from the moments' partials of `rows` rows: `[3, c]`
+    /// = (mean, `1 / sqrt(var + eps)`, unbiased variance).
+    fn batch_stats_of(&self, partial: &Tensor, c: usize, rows: usize, eps: f64) -> Result<Tensor>;
+    /// The partials `[chunks, 2 * c]` f64 of the gradients of beta and gamma of a BatchNorm +
+    /// activation with `bn = (mean, inv_std, gamma, beta)` `[4, c]`, from `d` at the
+    /// activation's output.
+    fn bn_act_grad_partial(
+        &self,
+        d: &Tensor,
+        z: &Tensor,
+        bn: &Tensor,
+        act: Act,
+        chunks: (usize, usize),
+    ) -> Result<Tensor>;
+    /// The gradient at the BatchNorm's input, `bn = (mean, inv_std, gamma, beta, dbeta,
+    /// dgamma)` `[6, c]`; `eval` for a BatchNorm that normalized with its running statistics.
+    fn bn_act_input_grad(
+        &self,
+        d: &Tensor,
+        z: &Tensor,
+        bn: &Tensor,
+        act: Act,
+        eval: bool,
+    ) -> Result<Tensor>;
+    /// The f64 partials `[chunks, width]` summed over the chunks, in order: `[width]` f32.
+    fn sum_chunks(&self, partial: &Tensor) -> Result<Tensor>;
+    /// Per-(image, channel) means, `[n, c]`.
+    fn channel_means(&self, x: &Tensor) -> Result<Tensor>;
+    /// Per-(image, channel) sums of `x * y`, `[n, c]`.
+    fn channel_dots(&self, x: &Tensor, y: &Tensor) -> Result<Tensor>;
+    /// `x * gate[b, c]`.
+    fn gate_channels(&self, x: &Tensor, gate: &Tensor) -> Result<Tensor>;
+    /// `x * gate[b, c] + add[b, c]`.
+    fn gate_add(&self, x: &Tensor, gate: &Tensor, add: &Tensor) -> Result<Tensor>;
+
+    /// A train-mode BatchNorm's statistics of the `[rows, c]` map `z`: `[3, c]` = (mean,
+    /// `1 / sqrt(var + eps)`, unbiased variance).
+    fn batch_stats(&self, z: &Tensor, eps: f64) -> Result<Tensor> {
+        let (rows, c) = z.dims2()?;
+        let partial = self.column_moments_partial(z, row_chunks(rows, c))?;
+        self.batch_stats_of(&partial, c, rows, eps)
+    }
+
+    /// The gradients of beta and gamma, `[2, c]` (see [`CudaKernels::bn_act_grad_partial`]).
+    fn bn_act_param_grads(&self, d: &Tensor, z: &Tensor, bn: &Tensor, act: Act) -> Result<Tensor> {
+        let (rows, c) = z.dims2()?;
+        let partial = self.bn_act_grad_partial(d, z, bn, act, row_chunks(rows, c))?;
+        self.sum_chunks(&partial)?.reshape((2, c))
+    }
+
+    /// The weight gradient of a depthwise convolution, timm's `[c, 1, k, k]`.
+    fn depthwise_weight_grad(&self, x: &Tensor, dy: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+        let (oh, ow) = g.out_hw()?;
+        let (c, k) = (g.c, g.k);
+        let chunks = row_chunks(g.n * oh * ow, k * k * c);
+        let partial = self.depthwise_weight_grad_partial(x, dy, g, chunks)?;
+        self.sum_chunks(&partial)?
+            .reshape((k * k, c))?
+            .t()?
+            .contiguous()?
+            .reshape((c, 1, k, k))
+    }
+}
+
+/// The eval-mode logits of `net` on `x` by the cuda-fused plan's walk over `kernels` (what
+/// the plan runs on a GPU with the kernels launched there).
+pub fn logits_with<K: CudaKernels>(net: &Network, x: &Tensor, kernels: K) -> Result<Tensor> {
+    let stages = net.stage_slices();
+    let parts = net.parts(&stages);
+    parts.check_input(x)?;
+    let mut ops = backend::CudaOps {
+        kernels,
+        dtype: x.dtype(),
+    };
+    crate::exec::forward::logits(&mut ops, &parts, x, None)
+}
+
+/// One training step's loss and the gradients of `params` by the cuda-step plan's walk over
+/// `kernels` (see [`crate::exec::loss_and_grads`]).
+pub fn loss_and_grads_with<K: CudaKernels>(
+    net: &Network,
+    params: &[Param],
+    x: &Tensor,
+    targets: &Tensor,
+    rng: &mut ChaCha8Rng,
+    kernels: K,
+) -> Result<(f64, Vec<Tensor>)> {
+    let stages = net.stage_slices();
+    let parts = net.parts(&stages);
+    crate::exec::run_step(
+        step::CudaStepOps::new(kernels),
+        &parts,
+        params,
+        x,
+        targets,
+        rng,
+    )
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
-//! The kernels of `kernels.cu` as candle custom ops on CUDA tensors (contiguous f32, NHWC),
-//! compiled once per process by NVRTC. NVRTC rather than nvcc at build time: the PTX is made
-//! by the machine's own NVRTC, so it always matches the driver that loads it (PTX from a newer
-//! toolkit than the driver is refused with CUDA_ERROR_UNSUPPORTED_PTX_VERSION), and kernels
-//! need no second toolkit at build time. No `arch` is given: NVRTC's default virtual
-//! architecture JIT-compiles on every GPU the toolkit supports.
+//! [`CudaKernels`] on a GPU: each operation checks its operands, then launches the kernels of
+//! `kernels.cu` through one candle custom op ([`Launch`]), compiled once per process by
+//! NVRTC. NVRTC rather than nvcc at build time: the PTX is made by the machine's own NVRTC,
+//! so it always matches the driver that loads it (PTX from a newer toolkit than the driver is
+//! refused with CUDA_ERROR_UNSUPPORTED_PTX_VERSION), and the kernels need no second toolkit
+//! at build time. No `arch` is given: NVRTC's default virtual architecture JIT-compiles on
+//! every GPU the toolkit supports.
 //!
-//! Not yet run on a GPU: the kernels' arithmetic and indexing are checked on the CPU
-//! (`effnet-cuda-emu`), these launches only type-checked; `runtime/tests/gpu.rs` and
-//! `tools/gpu-check.sh` check them on a GPU.
+//! The kernels' arithmetic and the backends' use of them are checked on the CPU
+//! (`effnet-cuda-emu`); these launches only on a GPU (`runtime/tests/gpu.rs`,
+//! `tools/gpu-check.sh`).
 
 use std::sync::OnceLock;
 
@@ -16,10 +17,12 @@ use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKern
 use candle_core::cuda_backend::cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, bail,
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+    bail,
 };
 
-use super::{SOURCE, grid_1d};
+use super::{CudaKernels, SOURCE, act_code, grid_1d};
+use crate::ops::{Act, ConvGeom};
 
 const MODULE: &str = "effnet_kernels";
 
@@ -43,346 +46,503 @@ fn ptx() -> Result<&'static str> {
     }
 }
 
-/// The f32 data of a contiguous CUDA storage under `l`.
-fn view<'a>(s: &'a CudaStorage, l: &Layout, op: &str, what: &str) -> Result<CudaView<'a, f32>> {
-    let slice = s.as_cuda_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(slice.slice(a..b)),
-        None => bail!("{op}: {what} must be contiguous"),
+/// A scalar kernel argument, in the C type the kernel declares.
+#[derive(Debug, Clone, Copy)]
+enum Arg {
+    Int(i32),
+    Long(i64),
+    Double(f64),
+}
+
+fn int(v: usize, op: &str, what: &str) -> Result<Arg> {
+    match i32::try_from(v) {
+        Ok(i) => Ok(Arg::Int(i)),
+        Err(_) => bail!("{op}: {what} = {v} over 2^31"),
     }
 }
 
-fn i32_of(v: usize, op: &str, what: &str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{op}: {what} = {v} over 2^31")))
+fn long(v: usize, op: &str, what: &str) -> Result<Arg> {
+    match i64::try_from(v) {
+        Ok(i) => Ok(Arg::Long(i)),
+        Err(_) => bail!("{op}: {what} = {v} over 2^63"),
+    }
 }
 
-fn launch_config(total: usize) -> Result<LaunchConfig> {
-    let (grid, block) = grid_1d(total)?;
-    Ok(LaunchConfig {
-        grid_dim: (grid, 1, 1),
-        block_dim: (block, 1, 1),
-        shared_mem_bytes: 0,
-    })
+/// One launch of `kernel` with one thread per element of `threads`: the inputs (contiguous
+/// f32 or f64 storages, in order), then a fresh output of `out` in `out_dtype`, then the
+/// scalars; the kernels' calling convention.
+#[derive(Debug, Clone)]
+struct Launch {
+    kernel: &'static str,
+    threads: usize,
+    out: Vec<usize>,
+    out_dtype: DType,
+    scalars: Vec<Arg>,
+}
+
+enum View<'a> {
+    F32(CudaView<'a, f32>),
+    F64(CudaView<'a, f64>),
+}
+
+impl Launch {
+    fn new(kernel: &'static str, threads: usize, out: &[usize], scalars: Vec<Arg>) -> Self {
+        Launch {
+            kernel,
+            threads,
+            out: out.to_vec(),
+            out_dtype: DType::F32,
+            scalars,
+        }
+    }
+
+    fn f64_out(mut self) -> Self {
+        self.out_dtype = DType::F64;
+        self
+    }
+
+    fn run(&self, inputs: &[(&CudaStorage, &Layout)]) -> Result<(CudaStorage, Shape)> {
+        let op = self.kernel;
+        let Some((first, _)) = inputs.first() else {
+            bail!("{op}: no inputs");
+        };
+        let dev: &CudaDevice = first.device();
+        let mut views = Vec::with_capacity(inputs.len());
+        for (i, (s, l)) in inputs.iter().enumerate() {
+            let Some((a, b)) = l.contiguous_offsets() else {
+                bail!("{op}: input {i} must be contiguous");
+            };
+            views.push(match s.dtype() {
+                DType::F32 => View::F32(s.as_cuda_slice::<f32>()?.slice(a..b)),
+                DType::F64 => View::F64(s.as_cuda_slice::<f64>()?.slice(a..b)),
+                d => bail!(
+                    "{op}: input {i} is {}, the kernels take f32 or f64",
+                    d.as_str()
+                ),
+            });
+        }
+        let total: usize = self.out.iter().product();
+        let func = dev.get_or_load_custom_func(op, MODULE, ptx()?)?;
+        let (grid, block) = grid_1d(self.threads)?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let shape = Shape::from(self.out.clone());
+        macro_rules! launch {
+            ($t:ty) => {{
+                // SAFETY: every kernel writes each element of its output before anyone reads it
+                // (the caller's `threads` covers the output, threads past the end return).
+                let y = unsafe { dev.alloc::<$t>(total) }?;
+                let mut b = func.builder();
+                for v in &views {
+                    match v {
+                        View::F32(v) => b.arg(v),
+                        View::F64(v) => b.arg(v),
+                    };
+                }
+                b.arg(&y);
+                for s in &self.scalars {
+                    match s {
+                        Arg::Int(v) => b.arg(v),
+                        Arg::Long(v) => b.arg(v),
+                        Arg::Double(v) => b.arg(v),
+                    };
+                }
+                // SAFETY: the arguments follow the kernel's parameters in order and type (the
+                // inputs' pointers, the output's, then the scalars as declared: each operation
+                // of `Launched` builds them for its kernel), and the buffers hold what the
+                // sizes say (each operation checks its operands' element counts first).
+                unsafe { b.launch(cfg) }.w()?;
+                CudaStorage::wrap_cuda_slice(y, dev.clone())
+            }};
+        }
+        let storage = match self.out_dtype {
+            DType::F64 => launch!(f64),
+            _ => launch!(f32),
+        };
+        Ok((storage, shape))
+    }
 }
 
 fn cpu_refused(op: &str) -> Result<(CpuStorage, Shape)> {
-    bail!("{op} runs on CUDA tensors only (the cuda plan)")
+    bail!("{op} runs on CUDA tensors only (the cuda plans)")
 }
 
-fn dims4(l: &Layout, op: &str) -> Result<[usize; 4]> {
-    match l.shape().dims() {
+impl CustomOp1 for Launch {
+    fn name(&self) -> &'static str {
+        self.kernel
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_refused(self.kernel)
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.run(&[(s, l)])
+    }
+}
+
+impl CustomOp2 for Launch {
+    fn name(&self) -> &'static str {
+        self.kernel
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_refused(self.kernel)
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.run(&[(s1, l1), (s2, l2)])
+    }
+}
+
+impl CustomOp3 for Launch {
+    fn name(&self) -> &'static str {
+        self.kernel
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_refused(self.kernel)
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.run(&[(s1, l1), (s2, l2), (s3, l3)])
+    }
+}
+
+/// `t` as a contiguous f32 tensor of `len` elements, or an error naming `what`.
+fn operand(t: &Tensor, len: usize, op: &str, what: &str) -> Result<Tensor> {
+    if t.elem_count() != len {
+        bail!(
+            "{op}: {what} has {:?} ({} values), expected {len}",
+            t.dims(),
+            t.elem_count()
+        );
+    }
+    t.to_dtype(DType::F32)?.contiguous()
+}
+
+/// An NHWC map's `[n, h, w, c]`.
+fn map_dims(t: &Tensor, op: &str) -> Result<[usize; 4]> {
+    match t.dims() {
         &[n, h, w, c] => Ok([n, h, w, c]),
         d => bail!("{op}: expected an NHWC map, got {d:?}"),
     }
 }
 
-/// Depthwise convolution with the BatchNorm + activation epilogue: `(x [n, h, w, c], weight
-/// [c, 1, k, k], affine [2, c] = (scale, shift))` -> `[n, oh, ow, c]`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Depthwise {
-    pub k: usize,
-    pub stride: usize,
-    pub dilation: usize,
-    pub pad_top: usize,
-    pub pad_left: usize,
-    pub oh: usize,
-    pub ow: usize,
-    pub act: i32,
+/// A `[rows, c]` matrix's dims (any map flattens to its pixels and channels).
+fn rows_cols(t: &Tensor, op: &str) -> Result<(usize, usize)> {
+    match t.dims().split_last() {
+        Some((&c, rest)) if c > 0 => Ok((rest.iter().product(), c)),
+        _ => bail!("{op}: an empty map {:?}", t.dims()),
+    }
 }
 
-impl CustomOp3 for Depthwise {
-    fn name(&self) -> &'static str {
-        "effnet_depthwise_nhwc"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let op = self.name();
-        let [n, h, w, c] = dims4(l1, op)?;
-        let k = self.k;
-        if l2.shape().elem_count() != c * k * k || l3.shape().elem_count() != 2 * c {
-            bail!(
-                "{op}: a weight of {:?} and an affine of {:?} for {c} channels",
-                l2.shape(),
-                l3.shape()
-            );
-        }
-        let dev: &CudaDevice = s1.device();
-        let x = view(s1, l1, op, "input")?;
-        let wt = view(s2, l2, op, "weight")?;
-        let affine = view(s3, l3, op, "affine")?;
-        let (scale, shift) = (affine.slice(0..c), affine.slice(c..2 * c));
-        let total = n * self.oh * self.ow * c;
-        // SAFETY: every element is written by the kernel below before anyone reads it.
-        let y = unsafe { dev.alloc::<f32>(total) }?;
-        let func = dev.get_or_load_custom_func(op, MODULE, ptx()?)?;
-        let ints = [
-            n,
-            h,
-            w,
-            c,
-            k,
-            self.stride,
-            self.dilation,
-            self.pad_top,
-            self.pad_left,
-            self.oh,
-            self.ow,
-        ]
+/// The window's scalars in the kernels' order: n, h, w, c, k, stride, dil, pad_top,
+/// pad_left, oh, ow.
+fn window(g: &ConvGeom, op: &str) -> Result<(Vec<Arg>, usize, usize)> {
+    let (oh, ow) = g.out_hw()?;
+    let named = [
+        (g.n, "n"),
+        (g.h, "h"),
+        (g.w, "w"),
+        (g.c, "c"),
+        (g.k, "k"),
+        (g.stride, "stride"),
+        (g.dilation, "dilation"),
+        (g.pad.top, "pad top"),
+        (g.pad.left, "pad left"),
+        (oh, "oh"),
+        (ow, "ow"),
+    ];
+    let args = named
         .iter()
-        .map(|&v| i32_of(v, op, "a size"))
-        .collect::<Result<Vec<i32>>>()?;
-        let mut b = func.builder();
-        b.arg(&x);
-        b.arg(&wt);
-        b.arg(&scale);
-        b.arg(&shift);
-        b.arg(&y);
-        for v in &ints {
-            b.arg(v);
+        .map(|&(v, what)| int(v, op, what))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((args, oh, ow))
+}
+
+/// The CUDA launches of effnet's kernels.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Launched;
+
+impl CudaKernels for Launched {
+    fn depthwise(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        affine: &Tensor,
+        g: &ConvGeom,
+        act: Act,
+    ) -> Result<Tensor> {
+        let op = "effnet_depthwise_nhwc";
+        let (mut args, oh, ow) = window(g, op)?;
+        let (n, c, k) = (g.n, g.c, g.k);
+        let x = operand(x, n * g.h * g.w * c, op, "the input")?;
+        let w = operand(w, c * k * k, op, "the weight")?;
+        let affine = operand(affine, 2 * c, op, "the affine")?;
+        args.push(Arg::Int(act_code(act)));
+        let total = n * oh * ow * c;
+        x.apply_op3_no_bwd(&w, &affine, &Launch::new(op, total, &[n, oh, ow, c], args))
+    }
+
+    fn depthwise_input_grad(&self, dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+        let op = "effnet_depthwise_input_grad_nhwc";
+        let (args, oh, ow) = window(g, op)?;
+        let (n, c, k) = (g.n, g.c, g.k);
+        let dy = operand(dy, n * oh * ow * c, op, "the output gradient")?;
+        let w = operand(w, c * k * k, op, "the weight")?;
+        let total = n * g.h * g.w * c;
+        dy.apply_op2_no_bwd(&w, &Launch::new(op, total, &[n, g.h, g.w, c], args))
+    }
+
+    fn depthwise_weight_grad_partial(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        g: &ConvGeom,
+        (chunks, per): (usize, usize),
+    ) -> Result<Tensor> {
+        let op = "effnet_depthwise_weight_grad_partial_nhwc";
+        let (mut args, oh, ow) = window(g, op)?;
+        let (n, c, k) = (g.n, g.c, g.k);
+        let x = operand(x, n * g.h * g.w * c, op, "the input")?;
+        let dy = operand(dy, n * oh * ow * c, op, "the output gradient")?;
+        covering(chunks, per, n * oh * ow, op)?;
+        let width = k * k * c;
+        args.push(long(per, op, "rows per chunk")?);
+        args.push(int(chunks, op, "chunks")?);
+        x.apply_op2_no_bwd(
+            &dy,
+            &Launch::new(op, chunks * width, &[chunks, width], args).f64_out(),
+        )
+    }
+
+    fn im2col(&self, x: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+        let op = "effnet_im2col_nhwc";
+        let (args, oh, ow) = window(g, op)?;
+        let x = operand(x, g.n * g.h * g.w * g.c, op, "the input")?;
+        let width = g.k * g.k * g.c;
+        let rows = g.n * oh * ow;
+        x.apply_op1_no_bwd(&Launch::new(op, rows * width, &[rows, width], args))
+    }
+
+    fn col2im(&self, cols: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+        let op = "effnet_col2im_nhwc";
+        let (args, oh, ow) = window(g, op)?;
+        let cols = operand(cols, g.n * oh * ow * g.k * g.k * g.c, op, "the patches")?;
+        let total = g.n * g.h * g.w * g.c;
+        cols.apply_op1_no_bwd(&Launch::new(op, total, &[g.n, g.h, g.w, g.c], args))
+    }
+
+    fn affine_act(
+        &self,
+        z: &Tensor,
+        affine: &Tensor,
+        residual: Option<&Tensor>,
+        act: Act,
+    ) -> Result<Tensor> {
+        let (rows, c) = rows_cols(z, "effnet_affine_act_nhwc")?;
+        let total = rows * c;
+        let scalars = |op| -> Result<Vec<Arg>> {
+            Ok(vec![
+                long(total, op, "total")?,
+                int(c, op, "c")?,
+                Arg::Int(act_code(act)),
+            ])
+        };
+        let dims = z.dims().to_vec();
+        match residual {
+            None => {
+                let op = "effnet_affine_act_nhwc";
+                let z = operand(z, total, op, "the map")?;
+                let affine = operand(affine, 2 * c, op, "the affine")?;
+                z.apply_op2_no_bwd(&affine, &Launch::new(op, total, &dims, scalars(op)?))
+            }
+            Some(r) => {
+                let op = "effnet_affine_act_residual_nhwc";
+                let z = operand(z, total, op, "the map")?;
+                let affine = operand(affine, 2 * c, op, "the affine")?;
+                let r = operand(r, total, op, "the residual")?;
+                z.apply_op3_no_bwd(&affine, &r, &Launch::new(op, total, &dims, scalars(op)?))
+            }
         }
-        b.arg(&self.act);
-        // SAFETY: the arguments match the kernel's parameters in order and type (pointers to
-        // f32, then twelve ints), every buffer holds what the sizes say (checked above), and
-        // threads past `total` return.
-        unsafe { b.launch(launch_config(total)?) }.w()?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(y, dev.clone()),
-            Shape::from((n, self.oh, self.ow, c)),
-        ))
-    }
-}
-
-/// A GEMM's epilogue: `(z [.., c], affine [2, c])` -> `act(z * scale + shift)`, plus a
-/// residual shaped like `z` in [`AffineActResidual`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AffineAct {
-    pub act: i32,
-}
-
-/// [`AffineAct`] with the block's residual added after the activation.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AffineActResidual {
-    pub act: i32,
-}
-
-fn affine_act(
-    op: &str,
-    act: i32,
-    (s1, l1): (&CudaStorage, &Layout),
-    (s2, l2): (&CudaStorage, &Layout),
-    residual: Option<(&CudaStorage, &Layout)>,
-) -> Result<(CudaStorage, Shape)> {
-    let c = match l1.shape().dims().last() {
-        Some(&c) if c > 0 => c,
-        _ => bail!("{op}: an empty map {:?}", l1.shape()),
-    };
-    if l2.shape().elem_count() != 2 * c {
-        bail!("{op}: an affine of {:?} for {c} channels", l2.shape());
-    }
-    let total = l1.shape().elem_count();
-    let dev: &CudaDevice = s1.device();
-    let z = view(s1, l1, op, "input")?;
-    let affine = view(s2, l2, op, "affine")?;
-    let (scale, shift) = (affine.slice(0..c), affine.slice(c..2 * c));
-    let res = match residual {
-        Some((s3, l3)) if l3.shape() == l1.shape() => Some(view(s3, l3, op, "residual")?),
-        Some((_, l3)) => bail!("{op}: a residual of {:?} for {:?}", l3.shape(), l1.shape()),
-        None => None,
-    };
-    // SAFETY: every element is written by the kernel below before anyone reads it.
-    let y = unsafe { dev.alloc::<f32>(total) }?;
-    let func = dev.get_or_load_custom_func("effnet_affine_act_nhwc", MODULE, ptx()?)?;
-    let (total_l, c_i) = (total as i64, i32_of(c, op, "channels")?);
-    // A null pointer says "no residual" to the kernel.
-    let null: u64 = 0;
-    let mut b = func.builder();
-    b.arg(&z);
-    b.arg(&scale);
-    b.arg(&shift);
-    match &res {
-        Some(r) => b.arg(r),
-        None => b.arg(&null),
-    };
-    b.arg(&y);
-    b.arg(&total_l);
-    b.arg(&c_i);
-    b.arg(&act);
-    // SAFETY: the arguments match the kernel's parameters in order and type (a pointer-sized
-    // null for an absent residual), the buffers hold `total` and `c` values (checked above),
-    // and threads past `total` return.
-    unsafe { b.launch(launch_config(total)?) }.w()?;
-    Ok((
-        CudaStorage::wrap_cuda_slice(y, dev.clone()),
-        l1.shape().clone(),
-    ))
-}
-
-impl CustomOp2 for AffineAct {
-    fn name(&self) -> &'static str {
-        "effnet_affine_act_nhwc"
     }
 
-    fn cpu_fwd(
+    fn column_moments_partial(&self, z: &Tensor, (chunks, per): (usize, usize)) -> Result<Tensor> {
+        let op = "effnet_column_moments_partial";
+        let (rows, c) = rows_cols(z, op)?;
+        let z = operand(z, rows * c, op, "the map")?;
+        covering(chunks, per, rows, op)?;
+        let args = vec![
+            long(rows, op, "rows")?,
+            int(c, op, "c")?,
+            long(per, op, "rows per chunk")?,
+            int(chunks, op, "chunks")?,
+        ];
+        z.apply_op1_no_bwd(&Launch::new(op, chunks * c, &[chunks, 2 * c], args).f64_out())
+    }
+
+    fn batch_stats_of(&self, partial: &Tensor, c: usize, rows: usize, eps: f64) -> Result<Tensor> {
+        let op = "effnet_batch_stats";
+        let chunks = partials(partial, 2 * c, op)?;
+        let args = vec![
+            int(chunks, op, "chunks")?,
+            int(c, op, "c")?,
+            long(rows, op, "rows")?,
+            Arg::Double(eps),
+        ];
+        partial.apply_op1_no_bwd(&Launch::new(op, c, &[3, c], args))
+    }
+
+    fn bn_act_grad_partial(
         &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
+        d: &Tensor,
+        z: &Tensor,
+        bn: &Tensor,
+        act: Act,
+        (chunks, per): (usize, usize),
+    ) -> Result<Tensor> {
+        let op = "effnet_bn_act_grad_partial";
+        let (rows, c) = rows_cols(z, op)?;
+        let z = operand(z, rows * c, op, "the BatchNorm's input")?;
+        let d = operand(d, rows * c, op, "the output gradient")?;
+        let bn = operand(bn, 4 * c, op, "the BatchNorm's parameters")?;
+        covering(chunks, per, rows, op)?;
+        let args = vec![
+            long(rows, op, "rows")?,
+            int(c, op, "c")?,
+            long(per, op, "rows per chunk")?,
+            int(chunks, op, "chunks")?,
+            Arg::Int(act_code(act)),
+        ];
+        d.apply_op3_no_bwd(
+            &z,
+            &bn,
+            &Launch::new(op, chunks * c, &[chunks, 2 * c], args).f64_out(),
+        )
     }
 
-    fn cuda_fwd(
+    fn sum_chunks(&self, partial: &Tensor) -> Result<Tensor> {
+        let op = "effnet_sum_chunks";
+        let Some(&width) = partial.dims().last() else {
+            bail!("{op}: partials of {:?}", partial.dims());
+        };
+        let chunks = partials(partial, width, op)?;
+        let args = vec![int(chunks, op, "chunks")?, long(width, op, "width")?];
+        partial.apply_op1_no_bwd(&Launch::new(op, width, &[width], args))
+    }
+
+    fn bn_act_input_grad(
         &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        affine_act(self.name(), self.act, (s1, l1), (s2, l2), None)
-    }
-}
-
-impl CustomOp3 for AffineActResidual {
-    fn name(&self) -> &'static str {
-        "effnet_affine_act_nhwc (residual)"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
+        d: &Tensor,
+        z: &Tensor,
+        bn: &Tensor,
+        act: Act,
+        eval: bool,
+    ) -> Result<Tensor> {
+        let op = "effnet_bn_act_input_grad";
+        let (rows, c) = rows_cols(z, op)?;
+        let total = rows * c;
+        let z = operand(z, total, op, "the BatchNorm's input")?;
+        let d = operand(d, total, op, "the output gradient")?;
+        let bn = operand(bn, 6 * c, op, "the BatchNorm's parameters and gradients")?;
+        let args = vec![
+            long(total, op, "total")?,
+            int(c, op, "c")?,
+            Arg::Int(act_code(act)),
+            Arg::Int(i32::from(eval)),
+        ];
+        d.apply_op3_no_bwd(&z, &bn, &Launch::new(op, total, &[rows, c], args))
     }
 
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        affine_act(self.name(), self.act, (s1, l1), (s2, l2), Some((s3, l3)))
-    }
-}
-
-/// Per-(image, channel) means of an NHWC map: `[n, h, w, c]` -> `[n, c]`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ChannelMeans;
-
-impl CustomOp1 for ChannelMeans {
-    fn name(&self) -> &'static str {
-        "effnet_channel_means_nhwc"
+    fn channel_means(&self, x: &Tensor) -> Result<Tensor> {
+        let op = "effnet_channel_means_nhwc";
+        let [n, h, w, c] = map_dims(x, op)?;
+        let x = operand(x, n * h * w * c, op, "the map")?;
+        let args = vec![int(n, op, "n")?, long(h * w, op, "p")?, int(c, op, "c")?];
+        x.apply_op1_no_bwd(&Launch::new(op, n * c, &[n, c], args))
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
+    fn channel_dots(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let op = "effnet_channel_dots_nhwc";
+        let [n, h, w, c] = map_dims(x, op)?;
+        let x = operand(x, n * h * w * c, op, "the gradient")?;
+        let y = operand(y, n * h * w * c, op, "the map")?;
+        let args = vec![int(n, op, "n")?, long(h * w, op, "p")?, int(c, op, "c")?];
+        x.apply_op2_no_bwd(&y, &Launch::new(op, n * c, &[n, c], args))
     }
 
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let op = self.name();
-        let [n, h, w, c] = dims4(l, op)?;
-        let dev: &CudaDevice = s.device();
-        let x = view(s, l, op, "input")?;
-        // SAFETY: every element is written by the kernel below before anyone reads it.
-        let means = unsafe { dev.alloc::<f32>(n * c) }?;
-        let func = dev.get_or_load_custom_func(op, MODULE, ptx()?)?;
-        let (n_i, p_l, c_i) = (i32_of(n, op, "n")?, (h * w) as i64, i32_of(c, op, "c")?);
-        let mut b = func.builder();
-        b.arg(&x);
-        b.arg(&means);
-        b.arg(&n_i);
-        b.arg(&p_l);
-        b.arg(&c_i);
-        // SAFETY: the arguments match the kernel's parameters in order and type; `x` holds
-        // n*h*w*c values and `means` n*c; threads past n*c return.
-        unsafe { b.launch(launch_config(n * c)?) }.w()?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(means, dev.clone()),
-            Shape::from((n, c)),
-        ))
-    }
-}
-
-/// The excitation: `(x [n, h, w, c], gate [n, c])` -> `x * gate`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct GateChannels;
-
-impl CustomOp2 for GateChannels {
-    fn name(&self) -> &'static str {
-        "effnet_gate_channels_nhwc"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let op = self.name();
-        let [n, h, w, c] = dims4(l1, op)?;
-        if l2.shape().elem_count() != n * c {
-            bail!("{op}: gates of {:?} for [{n}, {c}]", l2.shape());
-        }
-        let dev: &CudaDevice = s1.device();
-        let x = view(s1, l1, op, "input")?;
-        let gate = view(s2, l2, op, "gate")?;
+    fn gate_channels(&self, x: &Tensor, gate: &Tensor) -> Result<Tensor> {
+        let op = "effnet_gate_channels_nhwc";
+        let [n, h, w, c] = map_dims(x, op)?;
         let total = n * h * w * c;
-        // SAFETY: every element is written by the kernel below before anyone reads it.
-        let y = unsafe { dev.alloc::<f32>(total) }?;
-        let func = dev.get_or_load_custom_func(op, MODULE, ptx()?)?;
-        let (n_i, p_l, c_i) = (i32_of(n, op, "n")?, (h * w) as i64, i32_of(c, op, "c")?);
-        let mut b = func.builder();
-        b.arg(&x);
-        b.arg(&gate);
-        b.arg(&y);
-        b.arg(&n_i);
-        b.arg(&p_l);
-        b.arg(&c_i);
-        // SAFETY: the arguments match the kernel's parameters in order and type; `x` and `y`
-        // hold n*h*w*c values and `gate` n*c; threads past the end return.
-        unsafe { b.launch(launch_config(total)?) }.w()?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(y, dev.clone()),
-            l1.shape().clone(),
-        ))
+        let x = operand(x, total, op, "the map")?;
+        let gate = operand(gate, n * c, op, "the gates")?;
+        let args = vec![int(n, op, "n")?, long(h * w, op, "p")?, int(c, op, "c")?];
+        x.apply_op2_no_bwd(&gate, &Launch::new(op, total, &[n, h, w, c], args))
     }
+
+    fn gate_add(&self, x: &Tensor, gate: &Tensor, add: &Tensor) -> Result<Tensor> {
+        let op = "effnet_gate_add_nhwc";
+        let [n, h, w, c] = map_dims(x, op)?;
+        let total = n * h * w * c;
+        let x = operand(x, total, op, "the gradient")?;
+        let gate = operand(gate, n * c, op, "the gates")?;
+        let add = operand(add, n * c, op, "the squeeze's gradient")?;
+        let args = vec![int(n, op, "n")?, long(h * w, op, "p")?, int(c, op, "c")?];
+        x.apply_op3_no_bwd(&gate, &add, &Launch::new(op, total, &[n, h, w, c], args))
+    }
+}
+
+/// The chunks of contiguous f64 partials `[chunks, width]`, or an error.
+fn partials(partial: &Tensor, width: usize, op: &str) -> Result<usize> {
+    match partial.dims() {
+        &[chunks, w] if w == width && partial.dtype() == DType::F64 && partial.is_contiguous() => {
+            Ok(chunks)
+        }
+        d => bail!(
+            "{op}: partials of {d:?} in {}, expected contiguous f64 [chunks, {width}]",
+            partial.dtype().as_str()
+        ),
+    }
+}
+
+/// Whether `chunks` chunks of `per` rows cover `rows` exactly (the kernels read up to
+/// `chunks * per` rows, clipped to `rows`).
+fn covering(chunks: usize, per: usize, rows: usize, op: &str) -> Result<()> {
+    if per == 0 || chunks == 0 || chunks * per < rows || (chunks - 1) * per >= rows.max(1) {
+        bail!("{op}: {chunks} chunks of {per} rows do not cover {rows} rows");
+    }
+    Ok(())
 }

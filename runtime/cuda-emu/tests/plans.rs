@@ -1,0 +1,231 @@
+//! The cuda plans' walks over the CUDA kernels run on the CPU ([`Emulated`]) against the CPU
+//! plans: eval-mode logits (cuda-fused against cpu-fused) and one training step (cuda-step
+//! against cpu-step: loss, every gradient, the updated BatchNorm statistics, the masks drawn).
+//! What a GPU adds is only the launches; everything the backends compute is checked here.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use common::{max_diff, values as vals};
+use effnet_cuda_emu::Emulated;
+use effnet_runtime::exec::cuda::{logits_with, loss_and_grads_with};
+use effnet_runtime::train::optim::Param;
+use effnet_runtime::{Network, Plan};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Fused and MBConv+SE blocks, symmetric padding, SiLU, an odd input size, drop-path and
+/// dropout, a conv bias-free 1x1 head.
+const SYMMETRIC: &str = r#"
+model symmetric {
+    input 3 x 15
+    classes 5
+    dropout 0.3
+    drop_path 0.3
+    normalize mean(0.5, 0.5, 0.5) std(0.5, 0.5, 0.5)
+    stem conv k3 s2 -> 8
+    stage fused  k3 e1 s1 -> 8 x2 skip
+    stage fused  k3 e4 s2 -> 16 x2
+    stage mbconv k3 e4 s2 -> 24 x2 se 0.25
+    head conv k1 -> 32
+}
+"#;
+
+/// Every block kind, TensorFlow "same" padding (asymmetric on stride 2), ReLU and hard-swish,
+/// SE in a depthwise-separable and an edge block, a 5x5 depthwise, no head.
+const SAME: &str = r#"
+model same {
+    input 3 x 18
+    classes 7
+    activation relu
+    norm batch(eps = 1e-3, momentum = 0.01)
+    padding same
+    dropout 0.2
+    drop_path 0.2
+    round channels(divisor = 4, min = 8, limit = 0)
+    stem conv k3 s2 -> 12
+    stage conv   k3 s1 -> 12 x2 skip
+    stage ds     k5 s1 -> 16 x1 se 0.5
+    stage edge   k3 e1 s1 -> 16 x1 se 0.25
+    stage fused  k3 e4 s2 -> 24 x2
+    stage mbconv k5 e6 s2 -> 32 x2 se 0.25 act hard_swish
+    head none
+}
+"#;
+
+/// MixNet's mixed depthwise kernels (one convolution of zero-padded parts, each part's
+/// gradient cut out of it), ReLU6 in a stage, and dilation past `output_stride 8`.
+const MIXED_DILATED: &str = r#"
+model mixed_dilated {
+    input 3 x 17
+    classes 6
+    activation relu
+    padding same
+    output_stride 8
+    drop_path 0.2
+    stem conv k3 s2 -> 16
+    stage dsa    k3 s1 -> 16 x1
+    stage ds     k3.5 p1.1 s1 -> 16 x1
+    stage mbconv k3.5.7 a1.1 p1.1 e4 s2 -> 24 x2 se 0.5 act silu
+    stage mbconv k3 e3 s2 -> 32 x2 se 0.25 act relu6
+    stage edge   k3.5 e4 p1.1 s2 -> 32 x1
+    head conv k1 -> 48
+}
+"#;
+
+fn plain_network(spec: &str) -> Network {
+    let (ir, tensors) = common::plain_tensors(spec);
+    Network::from_ir(
+        &ir,
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+    )
+    .expect("net")
+}
+
+fn trainable(spec: &str) -> (Network, Vec<Param>) {
+    let net = common::trainable_network(spec, &Device::Cpu);
+    let params = net
+        .named_tensors()
+        .into_iter()
+        .filter(|t| t.trainable)
+        .map(|t| {
+            Param::new(
+                t.name,
+                candle_core::Var::from_tensor(&t.tensor).expect("var"),
+            )
+        })
+        .collect();
+    (net, params)
+}
+
+/// Soft targets, as mixup and label smoothing make them.
+fn targets(n: usize, classes: usize) -> Tensor {
+    let mut v = vec![0.02f32; n * classes];
+    for i in 0..n {
+        v[i * classes + i % classes] += 0.6;
+        v[i * classes + (i * 3 + 1) % classes] += 0.3;
+    }
+    Tensor::from_vec(v, (n, classes), &Device::Cpu).expect("targets")
+}
+
+fn input(n: usize, size: usize) -> Tensor {
+    Tensor::randn(0f32, 1.0, (n, 3, size, size), &Device::Cpu).expect("x")
+}
+
+#[test]
+fn cuda_fused_walk_matches_the_cpu_fused_plan() {
+    for (spec, n, size) in [
+        (SYMMETRIC, 7, 15),
+        (SAME, 1, 19),
+        (SAME, 3, 18),
+        (MIXED_DILATED, 2, 17),
+    ] {
+        let net = plain_network(spec);
+        let x = input(n, size);
+        let want = vals(&net.forward_on(Plan::CpuFused, &x, false).expect("cpu"));
+        let got = vals(&logits_with(&net, &x, Emulated).expect("cuda walk"));
+        let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let d = max_diff(&got, &want);
+        assert!(
+            d < 1e-4 * scale,
+            "{}: logits differ by {d} (largest {scale})",
+            net.ir.name
+        );
+    }
+}
+
+/// One training step on the cuda-step walk (network `b`) against the cpu-step plan (network
+/// `a`), both prepared by `prepare`.
+fn compare_step(spec: &str, n: usize, size: usize, prepare: impl Fn(&mut Network)) {
+    let (mut a, params_a) = trainable(spec);
+    let (mut b, params_b) = trainable(spec);
+    prepare(&mut a);
+    prepare(&mut b);
+    let x = input(n, size);
+    let t = targets(n, a.ir.num_classes);
+    let mut rng_a = ChaCha8Rng::seed_from_u64(11);
+    let (loss_a, grads_a) = a
+        .loss_and_grads_on(Plan::CpuStep, &params_a, &x, &t, &mut rng_a)
+        .expect("cpu step");
+    let mut rng_b = ChaCha8Rng::seed_from_u64(11);
+    let (loss_b, grads_b) =
+        loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, Emulated).expect("cuda step");
+    let name = &a.ir.name;
+    assert!(
+        (loss_a - loss_b).abs() < 1e-5 * loss_a.abs().max(1.0),
+        "{name}: loss cpu {loss_a}, cuda {loss_b}"
+    );
+    // The same masks, drawn in the same order.
+    assert_eq!(
+        rand::Rng::random::<u64>(&mut rng_a),
+        rand::Rng::random::<u64>(&mut rng_b)
+    );
+    let mut checked = 0;
+    let mut gi = 0;
+    for (ta, tb) in a.named_tensors().iter().zip(b.named_tensors().iter()) {
+        assert_eq!(ta.name, tb.name);
+        if ta.trainable {
+            let (ga, gb) = (vals(&grads_a[gi]), vals(&grads_b[gi]));
+            assert_eq!(grads_a[gi].dims(), grads_b[gi].dims(), "{}", ta.name);
+            gi += 1;
+            let scale = ga.iter().map(|v| v.abs()).fold(1e-4, f32::max);
+            let d = max_diff(&ga, &gb);
+            assert!(
+                d <= 1e-3 * scale,
+                "{name}: `{}` gradient differs by {d} (largest {scale})",
+                ta.name
+            );
+            if ga.iter().any(|v| *v != 0.0) {
+                checked += 1;
+            }
+        } else {
+            let d = max_diff(&vals(&ta.tensor), &vals(&tb.tensor));
+            assert!(d < 1e-5, "{name}: `{}` differs by {d}", ta.name);
+        }
+    }
+    assert_eq!(gi, params_b.len());
+    assert!(
+        checked > 20,
+        "{name}: only {checked} nonzero gradients compared"
+    );
+}
+
+#[test]
+fn cuda_step_walk_matches_the_cpu_step_plan_on_every_block_kind() {
+    compare_step(SYMMETRIC, 6, 15, |_| {});
+    compare_step(SAME, 5, 18, |_| {});
+    // An odd size: "same" pads asymmetrically on every stride-2 layer.
+    compare_step(SAME, 3, 19, |_| {});
+    compare_step(MIXED_DILATED, 4, 17, |_| {});
+}
+
+/// Fine-tuning: a frozen stem and first stage (their BatchNorm layers in eval mode on moved
+/// running statistics, no backward through them) and a frozen head.
+#[test]
+fn cuda_step_walk_matches_the_cpu_step_plan_with_frozen_layers() {
+    compare_step(SYMMETRIC, 6, 15, |net| {
+        let layers = std::iter::once(&mut net.stem)
+            .chain(net.stages[0].iter_mut().flat_map(|b| b.layers.iter_mut()))
+            .chain(net.head.as_mut());
+        for (i, l) in layers.enumerate() {
+            let c = l.bn.spec.channels;
+            let mean: Vec<f32> = (0..c).map(|j| 0.05 * ((i + j) % 5) as f32 - 0.1).collect();
+            let var: Vec<f32> = (0..c)
+                .map(|j| 0.5 + 0.1 * ((i * 3 + j) % 7) as f32)
+                .collect();
+            let stats = l.bn.running().expect("BatchNorm");
+            let dev = Device::Cpu;
+            stats
+                .mean
+                .set(&Tensor::from_vec(mean, c, &dev).expect("mean"))
+                .expect("mean");
+            stats
+                .var
+                .set(&Tensor::from_vec(var, c, &dev).expect("var"))
+                .expect("var");
+            l.bn.frozen = true;
+        }
+    });
+}

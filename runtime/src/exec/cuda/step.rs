@@ -1,0 +1,423 @@
+//! The cuda-step plan's backend of the training-step walk: forward in train mode and backward
+//! by hand, NHWC f32 maps from the stem to the pooling, over [`CudaKernels`] and candle's
+//! matmul (cuBLAS on a GPU). It computes what the cpu-step plan computes, layer for layer:
+//!
+//! - depthwise convolutions: effnet's kernel forward, its input-gradient kernel (gathered per
+//!   input pixel, no atomics) and its weight-gradient kernel (partials per chunk of pixels);
+//! - pointwise convolutions: one GEMM forward, two GEMMs backward (`dz^T x`, `dz w`);
+//! - other dense convolutions (stem, Fused-MBConv): the patches kernel and the same GEMMs,
+//!   with the patches' adjoint for the input gradient (the patches are recomputed in the
+//!   backward, not kept: they are k^2 times the input);
+//! - train-mode BatchNorm: the statistics kernel (f64 partials), the epilogue kernel, the
+//!   parameter-gradient and input-gradient kernels;
+//! - squeeze-excitation: the means, dot and gate kernels; its small GEMMs on `[N, C]`.
+//!
+//! Gradients accumulate on the device by tensor name; nothing goes back to the host but the
+//! loss (the walk's tail, shared by every plan). The step runs wherever `K` runs: on a GPU
+//! with the kernels launched, in `cargo test` on the CPU under `effnet-cuda-emu`.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use candle_core::{DType, Result, Tensor, bail};
+
+use super::CudaKernels;
+use super::backend::{dense_conv, gemm_weight, is_pointwise, nhwc_geom};
+use crate::exec::cpu_fused::kernel_act;
+use crate::exec::shared::update_running_stats;
+use crate::exec::step::StepOps;
+use crate::nn::{ConvBnAct, Param, SqueezeExcite};
+use crate::ops::{Act, ConvGeom};
+
+const OP: &str = "cuda-step plan";
+
+/// The training step over `kernels`; gradients accumulate here by tensor name.
+pub(crate) struct CudaStepOps<K> {
+    kernels: K,
+    grads: HashMap<String, Tensor>,
+}
+
+impl<K: CudaKernels> CudaStepOps<K> {
+    pub(crate) fn new(kernels: K) -> Self {
+        CudaStepOps {
+            kernels,
+            grads: HashMap::new(),
+        }
+    }
+
+    fn add_grad(&mut self, name: String, g: Tensor) -> Result<()> {
+        let sum = match self.grads.remove(&name) {
+            Some(acc) => (acc + g)?,
+            None => g,
+        };
+        self.grads.insert(name, sum);
+        Ok(())
+    }
+}
+
+/// What a conv-bn-act layer keeps for its backward.
+pub(crate) struct LayerTape {
+    input: Rc<Tensor>,
+    geom: ConvGeom,
+    /// The convolution's output `[rows, o]` (with its bias), the BatchNorm's input.
+    z: Tensor,
+    /// `(mean, inv_std)`, `[2, o]`: the batch's, or a frozen BatchNorm's running ones.
+    stats: Tensor,
+    eval_bn: bool,
+}
+
+/// What a squeeze-excitation keeps for its backward.
+pub(crate) struct SeTape {
+    input: Rc<Tensor>,
+    means: Tensor,
+    hidden_pre: Tensor,
+    hidden: Tensor,
+    gate: Tensor,
+}
+
+fn f32_of(t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(DType::F32)
+}
+
+/// `act` on a small tensor (the squeeze-excitation's reduced layer).
+fn activate(z: &Tensor, act: Act) -> Result<Tensor> {
+    match act {
+        Act::Identity => Ok(z.clone()),
+        Act::Silu => z.silu(),
+        Act::Relu => z.relu(),
+        Act::Relu6 => z.clamp(0f32, 6f32),
+        Act::HardSwish => z * ((z + 3.0)?.clamp(0f32, 6f32)? / 6.0)?,
+    }
+}
+
+/// The derivative of `act` at `z`, as the CPU step takes it.
+fn activation_grad(z: &Tensor, act: Act) -> Result<Tensor> {
+    let mask = |m: Tensor| m.to_dtype(DType::F32);
+    match act {
+        Act::Identity => z.ones_like(),
+        Act::Silu => {
+            let s = candle_nn::ops::sigmoid(z)?;
+            &s * ((z * (1.0 - &s)?)? + 1.0)?
+        }
+        Act::Relu => mask(z.gt(0f32)?),
+        Act::Relu6 => mask(z.gt(0f32)?)? * mask(z.lt(6f32)?)?,
+        Act::HardSwish => {
+            let above = mask(z.ge(3f32)?)?;
+            let inside = (mask(z.gt(-3f32)?)? * (1.0 - &above)?)?;
+            (((z * 2.0)? + 3.0)? / 6.0)?.mul(&inside)? + above
+        }
+    }
+}
+
+impl<K: CudaKernels> CudaStepOps<K> {
+    fn layer_forward(&mut self, l: &ConvBnAct, x: Rc<Tensor>) -> Result<(LayerTape, Tensor)> {
+        let cv = &l.conv;
+        let g = nhwc_geom(cv, &x)?;
+        let (oh, ow) = g.out_hw()?;
+        let o = g.o;
+        let rows = g.n * oh * ow;
+        let bias = cv.bias.as_ref().map(f32_of).transpose()?;
+        let z = if cv.spec.is_depthwise() {
+            let ones = Tensor::ones(o, DType::F32, x.device())?;
+            let shift = match &bias {
+                Some(b) => b.clone(),
+                None => ones.zeros_like()?,
+            };
+            let affine = Tensor::stack(&[ones, shift], 0)?;
+            let w = f32_of(&cv.weight()?)?.contiguous()?;
+            self.kernels
+                .depthwise(&x, &w, &affine, &g, Act::Identity)?
+                .reshape((rows, o))?
+        } else {
+            let z = dense_conv(&self.kernels, cv, &x, &g)?;
+            match &bias {
+                Some(b) => z.broadcast_add(b)?,
+                None => z,
+            }
+        };
+        let bn = &l.bn;
+        let running = bn.running()?;
+        let stats = if bn.frozen {
+            // A frozen BatchNorm (fine-tuning) normalizes with its running statistics.
+            let mean = f32_of(running.mean.as_tensor())?;
+            let var = running.var.as_tensor().to_dtype(DType::F64)?;
+            let inv_std = (var + bn.spec.eps)?.sqrt()?.recip()?.to_dtype(DType::F32)?;
+            Tensor::stack(&[mean, inv_std], 0)?
+        } else {
+            let s = self.kernels.batch_stats(&z, bn.spec.eps)?;
+            update_running_stats(bn, &s.get(0)?, &s.get(2)?)?;
+            s.narrow(0, 0, 2)?
+        };
+        if stats.dims() != [2, o] {
+            bail!(
+                "{OP}: `{}` has statistics for {:?}, the convolution {o} channels",
+                bn.spec.path,
+                stats.dims()
+            );
+        }
+        let gamma = f32_of(&bn.weight)?;
+        let beta = f32_of(&bn.bias)?;
+        if gamma.elem_count() != o || beta.elem_count() != o {
+            bail!(
+                "{OP}: `{}` has {} parameters for {o} channels",
+                bn.spec.path,
+                gamma.elem_count()
+            );
+        }
+        let scale = (stats.get(1)? * &gamma)?;
+        let shift = (&beta - (stats.get(0)? * &scale)?)?;
+        let affine = Tensor::stack(&[scale, shift], 0)?;
+        let y = self
+            .kernels
+            .affine_act(&z, &affine, None, kernel_act(l.activation)?)?
+            .reshape((g.n, oh, ow, o))?;
+        let tape = LayerTape {
+            input: x,
+            geom: g,
+            z,
+            stats: stats.contiguous()?,
+            eval_bn: bn.frozen,
+        };
+        Ok((tape, y))
+    }
+
+    fn layer_backward(
+        &mut self,
+        l: &ConvBnAct,
+        t: &LayerTape,
+        d: Tensor,
+        need_dx: bool,
+    ) -> Result<Option<Tensor>> {
+        let g = &t.geom;
+        let o = g.o;
+        let rows = t.z.dim(0)?;
+        let d = d.reshape((rows, o))?;
+        let act = kernel_act(l.activation)?;
+        let bn = &l.bn;
+        let gamma = f32_of(&bn.weight)?;
+        let beta = f32_of(&bn.bias)?;
+        let params = Tensor::cat(&[&t.stats, &gamma.unsqueeze(0)?, &beta.unsqueeze(0)?], 0)?;
+        let sums = self.kernels.bn_act_param_grads(&d, &t.z, &params, act)?;
+        let (dbeta, dgamma) = (sums.get(0)?, sums.get(1)?);
+        let all = Tensor::cat(&[&params, &sums], 0)?;
+        let dz = self
+            .kernels
+            .bn_act_input_grad(&d, &t.z, &all, act, t.eval_bn)?;
+        let bp = &bn.spec.path;
+        self.add_grad(format!("{bp}.weight"), dgamma)?;
+        self.add_grad(format!("{bp}.bias"), dbeta)?;
+        let cv = &l.conv;
+        let path = &cv.spec.path;
+        if cv.bias.is_some() {
+            self.add_grad(format!("{path}.bias"), dz.sum(0)?)?;
+        }
+        let x = &t.input;
+        let (dw, dx) = if cv.spec.is_depthwise() {
+            let (oh, ow) = g.out_hw()?;
+            let dy = dz.reshape((g.n, oh, ow, o))?;
+            let w = f32_of(&cv.weight()?)?.contiguous()?;
+            let dw = self.kernels.depthwise_weight_grad(x, &dy, g)?;
+            let dx = if need_dx {
+                Some(self.kernels.depthwise_input_grad(&dy, &w, g)?)
+            } else {
+                None
+            };
+            (dw, dx)
+        } else {
+            let wt = gemm_weight(cv, g)?;
+            let pointwise = is_pointwise(g, cv.spec.groups);
+            let cols = if pointwise {
+                x.reshape((g.n * g.h * g.w, g.c))?
+            } else {
+                self.kernels.im2col(x, g)?
+            };
+            // [o, rows] x [rows, k*k*c]: the weight gradient in the patches' tap order.
+            let dw = dz.t()?.matmul(&cols)?;
+            let dw = if g.k == 1 {
+                dw.reshape((o, g.c, 1, 1))?
+            } else {
+                dw.reshape((o, g.k, g.k, g.c))?
+                    .permute((0, 3, 1, 2))?
+                    .contiguous()?
+            };
+            let dx = if need_dx {
+                let dcols = dz.matmul(&wt)?;
+                Some(if pointwise {
+                    dcols.reshape((g.n, g.h, g.w, g.c))?
+                } else {
+                    self.kernels.col2im(&dcols, g)?
+                })
+            } else {
+                None
+            };
+            (dw, dx)
+        };
+        for (name, gw) in cv.weight_grad_tensors(&dw)? {
+            self.add_grad(name, gw)?;
+        }
+        Ok(dx)
+    }
+
+    fn se_forward(&mut self, se: &SqueezeExcite, s: Rc<Tensor>) -> Result<(SeTape, Tensor)> {
+        if se.context.is_some() {
+            bail!("{OP}: global context attention has no CUDA kernel");
+        }
+        let act = kernel_act(Some(se.activation))?;
+        let means = self.kernels.channel_means(&s)?;
+        let linear = |x: &Tensor, w: &Tensor, b: &Option<Tensor>| -> Result<Tensor> {
+            let y = x.matmul(&f32_of(w)?.flatten_from(1)?.t()?)?;
+            match b {
+                Some(b) => y.broadcast_add(&f32_of(b)?),
+                None => Ok(y),
+            }
+        };
+        let hidden_pre = linear(&means, se.reduce.plain_weight(), &se.reduce.bias)?;
+        let hidden = activate(&hidden_pre, act)?;
+        let e = linear(&hidden, se.expand.plain_weight(), &se.expand.bias)?;
+        let gate = candle_nn::ops::sigmoid(&e)?.contiguous()?;
+        let gated = self.kernels.gate_channels(&s, &gate)?;
+        let tape = SeTape {
+            input: s,
+            means,
+            hidden_pre,
+            hidden,
+            gate,
+        };
+        Ok((tape, gated))
+    }
+
+    fn se_backward(&mut self, se: &SqueezeExcite, t: &SeTape, d: Tensor) -> Result<Tensor> {
+        let (_, h, w, c) = t.input.dims4()?;
+        let p = (h * w) as f64;
+        let act = kernel_act(Some(se.activation))?;
+        let dgate = self.kernels.channel_dots(&d, &t.input)?;
+        let de = (dgate * (&t.gate * (1.0 - &t.gate)?)?)?;
+        let (rp, ep) = (&se.reduce.spec.path, &se.expand.spec.path);
+        let we = f32_of(se.expand.plain_weight())?.flatten_from(1)?;
+        let wr = f32_of(se.reduce.plain_weight())?.flatten_from(1)?;
+        let dwe = de.t()?.matmul(&t.hidden)?;
+        self.add_grad(
+            format!("{ep}.weight"),
+            dwe.reshape(se.expand.plain_weight().shape())?,
+        )?;
+        if se.expand.bias.is_some() {
+            self.add_grad(format!("{ep}.bias"), de.sum(0)?)?;
+        }
+        let dh = (de.matmul(&we)? * activation_grad(&t.hidden_pre, act)?)?;
+        let dwr = dh.t()?.matmul(&t.means)?;
+        self.add_grad(
+            format!("{rp}.weight"),
+            dwr.reshape(se.reduce.plain_weight().shape())?,
+        )?;
+        if se.reduce.bias.is_some() {
+            self.add_grad(format!("{rp}.bias"), dh.sum(0)?)?;
+        }
+        // The squeeze's gradient, spread evenly over the pixels.
+        let dmeans = (dh.matmul(&wr)? / p)?.contiguous()?;
+        if dmeans.dims() != [t.gate.dim(0)?, c] {
+            bail!("{OP}: `{rp}` does not fit {c} channels");
+        }
+        self.kernels.gate_add(&d, &t.gate, &dmeans)
+    }
+}
+
+/// `[n]` per-image factors as an `[n, 1, 1, 1]` tensor on `like`'s device.
+fn per_image(keep: &[f32], like: &Tensor) -> Result<Tensor> {
+    Tensor::from_slice(keep, (keep.len(), 1, 1, 1), like.device())
+}
+
+impl<K: CudaKernels> StepOps for CudaStepOps<K> {
+    type Map = Tensor;
+    type LayerTape = LayerTape;
+    type SeTape = SeTape;
+
+    fn input(&mut self, x: &Tensor) -> Result<Tensor> {
+        f32_of(x)?.permute((0, 2, 3, 1))?.contiguous()
+    }
+
+    fn layer_forward(&mut self, l: &ConvBnAct, x: Rc<Tensor>) -> Result<(LayerTape, Tensor)> {
+        CudaStepOps::layer_forward(self, l, x)
+    }
+
+    fn layer_backward(
+        &mut self,
+        l: &ConvBnAct,
+        t: &LayerTape,
+        d: Tensor,
+        need_dx: bool,
+    ) -> Result<Option<Tensor>> {
+        CudaStepOps::layer_backward(self, l, t, d, need_dx)
+    }
+
+    fn se_forward(&mut self, se: &SqueezeExcite, x: Rc<Tensor>) -> Result<(SeTape, Tensor)> {
+        CudaStepOps::se_forward(self, se, x)
+    }
+
+    fn se_backward(&mut self, se: &SqueezeExcite, t: &SeTape, d: Tensor) -> Result<Tensor> {
+        CudaStepOps::se_backward(self, se, t, d)
+    }
+
+    fn residual(&mut self, y: Tensor, x: &Tensor, keep: Option<&[f32]>) -> Result<Tensor> {
+        if y.dims() != x.dims() {
+            bail!("{OP}: a residual from {:?} to {:?}", x.dims(), y.dims());
+        }
+        match keep {
+            Some(k) => y.broadcast_mul(&per_image(k, &y)?)? + x,
+            None => y + x,
+        }
+    }
+
+    fn scale_images(&mut self, d: Tensor, keep: &[f32]) -> Result<Tensor> {
+        d.broadcast_mul(&per_image(keep, &d)?)
+    }
+
+    fn add(&mut self, a: Tensor, b: &Tensor) -> Result<Tensor> {
+        a + b
+    }
+
+    fn duplicate(&mut self, d: &Tensor) -> Result<Tensor> {
+        // Tensors are immutable: sharing is a copy.
+        Ok(d.clone())
+    }
+
+    fn batch(&self, x: &Tensor) -> usize {
+        x.dims().first().copied().unwrap_or(0)
+    }
+
+    fn pool(&mut self, y: Tensor) -> Result<(Tensor, [usize; 4])> {
+        let (n, h, w, c) = y.dims4()?;
+        Ok((self.kernels.channel_means(&y)?, [n, h, w, c]))
+    }
+
+    fn unpool(&mut self, d: &Tensor, [n, h, w, c]: [usize; 4]) -> Result<Tensor> {
+        (f32_of(d)? / (h * w) as f64)?
+            .reshape((n, 1, 1, c))?
+            .broadcast_as((n, h, w, c))?
+            .contiguous()
+    }
+
+    fn add_grad(&mut self, name: String, g: &Tensor) -> Result<()> {
+        CudaStepOps::add_grad(self, name, f32_of(g)?)
+    }
+
+    fn into_grads(mut self, params: &[Param]) -> Result<Vec<Tensor>> {
+        let mut out = Vec::with_capacity(params.len());
+        for p in params {
+            let t = p.var.as_tensor();
+            out.push(match self.grads.remove(&p.name) {
+                Some(g) if g.elem_count() == t.elem_count() => g
+                    .reshape(t.shape())?
+                    .to_dtype(t.dtype())?
+                    .to_device(t.device())?,
+                Some(g) => bail!(
+                    "{OP}: gradient of `{}` has {} values, the tensor {:?}",
+                    p.name,
+                    g.elem_count(),
+                    t.dims()
+                ),
+                None => t.zeros_like()?,
+            });
+        }
+        Ok(out)
+    }
+}
