@@ -18,7 +18,13 @@
 #      (the cuda-fused plan, and the candle plan for comparison) against
 #      `tools/torch_bench.py --device cuda --channels-last` (cuDNN benchmark mode, TF32 off):
 #      efficientnetv2_s 384 batch 32, tf_efficientnetv2_b0 224 batch 1 and 128;
-#   5. the device memory after 1,000 inference calls against after 100 (no growth expected).
+#   5. training steps side by side, the same way: `effnet bench --train --device cuda` (the
+#      cuda-step plan, and the candle plan) against `tools/torch_bench.py --train --device cuda
+#      --channels-last` (one SGD step per iteration, f32): tf_efficientnetv2_b0 224 batch 128,
+#      efficientnetv2_s 300 batch 64;
+#   6. the main job (the README's first command) on --device cuda and on the CPU: wall time
+#      and the final accuracy of each;
+#   7. the device memory after 1,000 inference calls against after 100 (no growth expected).
 # Each part records its failure and the script goes on, so one run gives every answer.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +73,7 @@ say '```'
 say '```'
 
 say
-say "## GPU tests (cuda-fused against the candle plan on the CPU)"
+say "## GPU tests (cuda-fused and cuda-step against the CPU plans)"
 say '```'
 "$bundle/gpu-tests" --nocapture --test-threads 1 2>&1 | tail -20 | tee -a "$report"
 say '```'
@@ -122,6 +128,63 @@ print()
 for r in raw:
     print(f"    {r}")
 PY
+
+say
+say "## Training steps side by side (best of $ROUNDS alternating rounds, f32, SGD)"
+out=$(mktemp)
+train_rows=(
+    "tf_efficientnetv2_b0 specs/tf_efficientnetv2_b0.effnet 224 128 10"
+    "efficientnetv2_s specs/efficientnetv2_s.effnet 300 64 10"
+)
+for round in $(seq "$ROUNDS"); do
+    for row in "${train_rows[@]}"; do
+        read -r model spec res batch iters <<<"$row"
+        for plan in cuda-step candle; do
+            j=$("$EFFNET" bench "$spec" --model "$model" --resolution "$res" --batch "$batch" \
+                --iters "$iters" --warmup 3 --device cuda --train --plan "$plan" --json 2>&1 | tail -1)
+            printf 'effnet-%s\t%s\t%s\t%s\t%s\n' "$plan" "$model" "$res" "$batch" "$j" >>"$out"
+        done
+        t=$("$PYTHON" tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch" \
+            --iters "$iters" --warmup 3 --device cuda --channels-last --train 2>&1 | tail -1)
+        printf 'torch\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$t" >>"$out"
+    done
+done
+"$PYTHON" - "$out" <<'PY' | tee -a "$report"
+import json, sys
+best, raw = {}, []
+for line in open(sys.argv[1]):
+    side, model, res, batch, j = line.rstrip("\n").split("\t", 4)
+    raw.append(f"{side} {model} {res} {batch}: {j}")
+    try:
+        v = json.loads(j)["images_per_sec"]
+    except Exception:
+        continue
+    k = (model, res, batch)
+    best.setdefault(k, {})[side] = max(best.get(k, {}).get(side, 0.0), v)
+print("| model | input | batch | effnet cuda-step | effnet candle | PyTorch eager (channels_last) | cuda-step / PyTorch |")
+print("|---|---|---|---|---|---|---|")
+for (m, r, b), s in best.items():
+    e, c, t = s.get("effnet-cuda-step"), s.get("effnet-candle"), s.get("torch")
+    ratio = f"{e / t:.2f}x" if e and t else "n/a"
+    print(f"| {m} | {r} | {b} | {e} | {c} | {t} | {ratio} |")
+print()
+print("Every measurement:")
+print()
+for r in raw:
+    print(f"    {r}")
+PY
+
+say
+say "## The main job on --device cuda and on the CPU"
+for dev in cuda cpu; do
+    start=$(date +%s)
+    log=$("$EFFNET" train specs/efficientnetv2_nano.effnet --data data/mnist \
+        --out "$(mktemp -d)/nano-$dev" --device "$dev" 2>&1 | tail -3)
+    say "- --device $dev: $(( $(date +%s) - start )) s wall"
+    say '```'
+    say "$log"
+    say '```'
+done
 
 say
 say "## Device memory: 100 against 1,000 inference calls (tf_efficientnetv2_b0 224 batch 8)"

@@ -1,5 +1,7 @@
 //! On a GPU: the cuda-fused plan (effnet's CUDA kernels) against the candle plan on the CPU,
-//! for every block kind, both paddings, odd sizes, batch 1 and 7, logits and stage features.
+//! for every block kind, both paddings, odd sizes, batch 1 and 7, logits and stage features;
+//! the cuda-step plan against the cpu-step plan (one step's loss, gradients and BatchNorm
+//! statistics; and twenty SGD steps' losses within 1e-4).
 //! Needs a build with `--features cuda` and a visible GPU; anywhere else each test prints one
 //! line saying why it skipped and passes. `tools/gpu-check.sh` runs this binary on the lent
 //! GPU (the kernels' arithmetic is checked without a GPU by `effnet-cuda-emu`).
@@ -8,10 +10,13 @@ mod common;
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 use common::{max_diff, values as vals};
+use effnet_runtime::train::optim::Param;
 use effnet_runtime::{Network, Plan, Purpose};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 /// Every block kind, "same" padding (asymmetric on stride 2), SE in MBConv and ds blocks, a
 /// 5x5 depthwise, ReLU6 and hard-swish.
@@ -125,4 +130,109 @@ fn the_candle_plan_runs_on_the_gpu_too() {
         .expect("gpu candle");
     let d = rel(&vals(&got.to_device(&Device::Cpu).expect("to cpu")), &want);
     assert!(d < 1e-4, "candle on the GPU differs by {d}");
+}
+
+/// The spec's network as training variables on `dev` (the same values on every device), and
+/// its trainable parameters.
+fn trainable(spec: &str, dev: &Device) -> (Network, Vec<Param>) {
+    let (ir, tensors) = common::plain_tensors(spec);
+    let vm = VarMap::new();
+    {
+        let mut data = vm.data().lock().expect("varmap");
+        for (k, v) in &tensors {
+            let t = v.to_device(dev).expect("to device");
+            data.insert(k.clone(), Var::from_tensor(&t).expect("var"));
+        }
+    }
+    let net = Network::from_ir(&ir, VarBuilder::from_varmap(&vm, DType::F32, dev)).expect("net");
+    let params = net
+        .named_tensors()
+        .into_iter()
+        .filter(|t| t.trainable)
+        .map(|t| Param::new(t.name, Var::from_tensor(&t.tensor).expect("var")))
+        .collect();
+    (net, params)
+}
+
+/// Soft targets, as mixup and label smoothing make them.
+fn targets(n: usize, classes: usize) -> Tensor {
+    let mut v = vec![0.02f32; n * classes];
+    for i in 0..n {
+        v[i * classes + i % classes] += 0.6;
+        v[i * classes + (i * 3 + 1) % classes] += 0.3;
+    }
+    Tensor::from_vec(v, (n, classes), &Device::Cpu).expect("targets")
+}
+
+#[test]
+fn cuda_step_matches_the_cpu_step_on_every_block_kind() {
+    let Some(gpu) = gpu() else { return };
+    for (spec, n, size) in [(SAME, 7, 19), (SAME, 1, 20), (SYMMETRIC, 5, 21)] {
+        let (cpu_net, cpu_params) = trainable(spec, &Device::Cpu);
+        let (gpu_net, gpu_params) = trainable(spec, &gpu);
+        let x = Tensor::randn(0f32, 1.0, (n, 3, size, size), &Device::Cpu).expect("x");
+        let t = targets(n, cpu_net.ir.num_classes);
+        let (xg, tg) = (x.to_device(&gpu).expect("x"), t.to_device(&gpu).expect("t"));
+        assert_eq!(gpu_net.plan(&xg, Purpose::TrainStep).plan, Plan::CudaStep);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (want, want_g) = cpu_net
+            .loss_and_grads_on(Plan::CpuStep, &cpu_params, &x, &t, &mut rng)
+            .expect("cpu step");
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (got, got_g) = gpu_net
+            .loss_and_grads(&gpu_params, &xg, &tg, &mut rng)
+            .expect("cuda step");
+        assert!(
+            (got - want).abs() < 1e-5 * want.abs().max(1.0),
+            "{size} px batch {n}: loss cpu {want}, cuda {got}"
+        );
+        for ((p, a), b) in cpu_params.iter().zip(&want_g).zip(&got_g) {
+            let b = vals(&b.to_device(&Device::Cpu).expect("to cpu"));
+            let d = rel(&b, &vals(a));
+            assert!(
+                d < 1e-3,
+                "{size} px batch {n}: `{}` gradient differs by {d}",
+                p.name
+            );
+        }
+        for (a, b) in cpu_net.named_tensors().iter().zip(gpu_net.named_tensors()) {
+            if !a.trainable {
+                let b = vals(&b.tensor.to_device(&Device::Cpu).expect("to cpu"));
+                let d = max_diff(&b, &vals(&a.tensor));
+                assert!(d < 1e-4, "{size} px batch {n}: `{}` differs by {d}", a.name);
+            }
+        }
+    }
+}
+
+/// The check: the same seed and data, twenty SGD steps, the losses on CUDA (f32)
+/// within 1e-4 relative of the CPU's.
+#[test]
+fn twenty_training_steps_on_cuda_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let (n, size) = (8, 21);
+    let (cpu_net, cpu_params) = trainable(SYMMETRIC, &Device::Cpu);
+    let (gpu_net, gpu_params) = trainable(SYMMETRIC, &gpu);
+    let (mut rng_c, mut rng_g) = (ChaCha8Rng::seed_from_u64(9), ChaCha8Rng::seed_from_u64(9));
+    for step in 0..20 {
+        let x = Tensor::randn(0f32, 1.0, (n, 3, size, size), &Device::Cpu).expect("x");
+        let t = targets(n, cpu_net.ir.num_classes);
+        let (xg, tg) = (x.to_device(&gpu).expect("x"), t.to_device(&gpu).expect("t"));
+        let (lc, gc) = cpu_net
+            .loss_and_grads(&cpu_params, &x, &t, &mut rng_c)
+            .expect("cpu step");
+        let (lg, gg) = gpu_net
+            .loss_and_grads(&gpu_params, &xg, &tg, &mut rng_g)
+            .expect("cuda step");
+        assert!(
+            (lg - lc).abs() <= 1e-4 * lc.abs().max(1e-3),
+            "step {step}: loss cpu {lc}, cuda {lg}"
+        );
+        for (params, grads) in [(&cpu_params, &gc), (&gpu_params, &gg)] {
+            for (p, g) in params.iter().zip(grads) {
+                let w = (p.var.as_tensor() - (g * 0.05).expect("lr")).expect("sgd");
+                p.var.set(&w).expect("set");
+            }
+        }
+    }
 }

@@ -41,6 +41,7 @@ pub enum PlanArg {
     CpuFused,
     CpuStep,
     CudaFused,
+    CudaStep,
     Candle,
 }
 
@@ -50,6 +51,7 @@ impl PlanArg {
             PlanArg::CpuFused => Plan::CpuFused,
             PlanArg::CpuStep => Plan::CpuStep,
             PlanArg::CudaFused => Plan::CudaFused,
+            PlanArg::CudaStep => Plan::CudaStep,
             PlanArg::Candle => Plan::Candle,
         }
     }

@@ -131,8 +131,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         dtype: run::DtypeArg,
         /// Run on this execution plan instead of the one the facts choose (an error when
-        /// they do not allow it): cpu-fused, cuda-fused and candle for inference, cpu-step
-        /// and candle for --train.
+        /// they do not allow it): cpu-fused, cuda-fused and candle for inference, cpu-step,
+        /// cuda-step and candle for --train.
         #[arg(long, value_enum)]
         plan: Option<bench::PlanArg>,
         #[arg(long)]
