@@ -229,3 +229,49 @@ fn cuda_step_walk_matches_the_cpu_step_plan_with_frozen_layers() {
         }
     });
 }
+
+/// The cuda-fused walk keeps each layer's prepared weight and folded BatchNorm between calls;
+/// a replaced weight and running statistics updated in place (a train-mode forward) are
+/// prepared again, so the logits follow them as the cpu-fused plan's do.
+#[test]
+fn cuda_fused_walk_follows_new_weights_and_statistics() {
+    let mut net = plain_network(SYMMETRIC);
+    let x = input(3, 15);
+    let check = |net: &Network, what: &str| {
+        let want = vals(&net.forward_on(Plan::CpuFused, &x, false).expect("cpu"));
+        let got = vals(&logits_with(net, &x, Emulated).expect("cuda walk"));
+        let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let d = max_diff(&got, &want);
+        assert!(
+            d < 1e-4 * scale,
+            "{what}: logits differ by {d} (largest {scale})"
+        );
+        got
+    };
+    let first = check(&net, "first call");
+    assert_eq!(first, check(&net, "second call (prepared)"));
+
+    // Running statistics updated in place: same tensors, new values.
+    net.forward_t(&input(4, 15), true)
+        .expect("train-mode forward");
+    let after_stats = check(&net, "after a train-mode forward");
+    assert_ne!(first, after_stats, "the statistics did not change");
+
+    // A replaced weight (the head's 1x1 and the stem's 3x3).
+    let head = net.head.as_mut().expect("head");
+    let w = head
+        .conv
+        .plain_weight()
+        .affine(-0.5, 0.01)
+        .expect("head weight");
+    head.conv.set_weight(w);
+    let w = net
+        .stem
+        .conv
+        .plain_weight()
+        .affine(0.7, 0.0)
+        .expect("stem weight");
+    net.stem.conv.set_weight(w);
+    let after_weights = check(&net, "after new weights");
+    assert_ne!(after_stats, after_weights, "the weights did not change");
+}

@@ -65,9 +65,13 @@ fn allowed(facts: &Facts, plan: Plan) -> Result<()> {
 
 /// The CUDA kernels' backend for an input on a GPU.
 #[cfg(feature = "cuda")]
-fn cuda_ops(x: &Tensor) -> Result<cuda::backend::CudaOps<cuda::ops::Launched>> {
+fn cuda_ops<'a>(
+    x: &Tensor,
+    prepared: &'a PreparedCache,
+) -> Result<cuda::backend::CudaOps<'a, cuda::ops::Launched>> {
     Ok(cuda::backend::CudaOps {
         kernels: cuda::ops::Launched,
+        prepared,
         dtype: x.dtype(),
     })
 }
@@ -75,7 +79,7 @@ fn cuda_ops(x: &Tensor) -> Result<cuda::backend::CudaOps<cuda::ops::Launched>> {
 /// Without the `cuda` feature the cuda-fused plan is never chosen; asked for by name, it says
 /// how to get it.
 #[cfg(not(feature = "cuda"))]
-fn cuda_ops(_: &Tensor) -> Result<CpuFusedOps<'static>> {
+fn cuda_ops<'a>(_: &Tensor, _: &'a PreparedCache) -> Result<CpuFusedOps<'a>> {
     bail!("the cuda-fused plan needs a build with `--features cuda`")
 }
 
@@ -121,7 +125,7 @@ impl NetworkParts<'_> {
     fn logits_on(&self, plan: Plan, facts: &Facts, x: &Tensor) -> Result<Tensor> {
         match plan {
             Plan::CpuFused => forward::logits(&mut self.cpu_fused(x), self, x, None),
-            Plan::CudaFused => forward::logits(&mut cuda_ops(x)?, self, x, None),
+            Plan::CudaFused => forward::logits(&mut cuda_ops(x, self.prepared)?, self, x, None),
             Plan::Candle if facts.purpose == Purpose::Infer => {
                 forward::logits(&mut candle_ops(facts), self, x, None)
             }
@@ -198,7 +202,9 @@ impl NetworkParts<'_> {
         let facts = Facts::of(self, x, purpose(train));
         match facts.choose().plan {
             Plan::CpuFused => forward::tapped(&mut self.cpu_fused(x), self, x, None, taps),
-            Plan::CudaFused => forward::tapped(&mut cuda_ops(x)?, self, x, None, taps),
+            Plan::CudaFused => {
+                forward::tapped(&mut cuda_ops(x, self.prepared)?, self, x, None, taps)
+            }
             _ if train => {
                 let mut rng = self.rng.0.lock().unwrap_or_else(PoisonError::into_inner);
                 forward::tapped(&mut candle_ops(&facts), self, x, Some(&mut rng), taps)
@@ -326,8 +332,8 @@ pub fn forward_blocks(
     rng: &NetRng,
 ) -> Result<Tensor> {
     let facts = Facts::of_blocks(blocks, x, purpose(train));
+    let prepared = PreparedCache::default();
     if facts.choose().plan == Plan::CpuFused {
-        let prepared = PreparedCache::default();
         let mut ops = CpuFusedOps {
             prepared: &prepared,
             dtype: x.dtype(),
@@ -335,7 +341,8 @@ pub fn forward_blocks(
         return forward::blocks(&mut ops, blocks, x, drop_path_scale, None);
     }
     if facts.choose().plan == Plan::CudaFused {
-        return forward::blocks(&mut cuda_ops(x)?, blocks, x, drop_path_scale, None);
+        let mut ops = cuda_ops(x, &prepared)?;
+        return forward::blocks(&mut ops, blocks, x, drop_path_scale, None);
     }
     let mut ops = candle_ops(&facts);
     if train {

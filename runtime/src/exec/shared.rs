@@ -50,6 +50,7 @@ pub fn update_running_stats(bn: &Norm, mean: &Tensor, var_unbiased: &Tensor) -> 
         let new = ((old.to_dtype(DType::F32)? * (1.0 - m))? + (batch * m)?)?;
         var.set(&new.to_dtype(old.dtype())?)?;
     }
+    stats.changed();
     Ok(())
 }
 

@@ -2,6 +2,9 @@
 //! (timm's names), loads itself from a `VarBuilder` and lists its tensors in `state_dict`
 //! order. How a layer is computed is not here: that is a backend's business (`crate::exec`).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use candle_core::{Tensor, Var};
 use candle_nn::VarBuilder;
 use effnet_compiler::ir::{self, Activation, PaddingMode};
@@ -304,10 +307,35 @@ impl Conv2d {
 }
 
 /// BatchNorm2d's running statistics: `Var`s so that training can update them in place.
+/// Whoever changes them in place calls [`RunningStats::changed`] (as the running-statistic
+/// update does): a plan that keeps a BatchNorm folded into its weights between calls (the
+/// cuda-fused plan) refolds when the generation moves, since an in-place update keeps the
+/// tensor's id.
 #[derive(Debug, Clone)]
 pub struct RunningStats {
     pub mean: Var,
     pub var: Var,
+    generation: Arc<AtomicU64>,
+}
+
+impl RunningStats {
+    pub fn new(mean: Var, var: Var) -> Self {
+        RunningStats {
+            mean,
+            var,
+            generation: Arc::default(),
+        }
+    }
+
+    /// How many times the statistics were changed in place.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Records an in-place change of `mean` or `var`.
+    pub fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// The normalization after a convolution (timm's `bn1`, `bn2`, ...): BatchNorm2d with its
@@ -336,10 +364,10 @@ impl Norm {
             let var =
                 vb.get_with_hints(c, &format!("{p}.running_var"), candle_nn::Init::Const(1.0))?;
             // Statistics are state, not parameters: detached copies the optimizer never sees.
-            Some(RunningStats {
-                mean: Var::from_tensor(&mean.detach())?,
-                var: Var::from_tensor(&var.detach())?,
-            })
+            Some(RunningStats::new(
+                Var::from_tensor(&mean.detach())?,
+                Var::from_tensor(&var.detach())?,
+            ))
         } else {
             None
         };

@@ -6,14 +6,22 @@
 //! patches kernel and one GEMM, then the epilogue, so no map leaves NHWC; the
 //! squeeze-excitation pools with the means kernel, runs its two small GEMMs and gates with the
 //! gate kernel, with no host round trip.
+//!
+//! Each layer's weight in the kernels' layout and its folded BatchNorm are prepared once and
+//! kept in the network's [`PreparedCache`] (the plan runs only on parameters that are not
+//! training variables): about eight small launches per layer that a call no longer makes,
+//! which is most of a batch-1 forward's launches. They are prepared again when a tensor is
+//! replaced (its id changes) or the running statistics change in place (their generation).
 
-use candle_core::{DType, Result, Tensor, bail};
+use std::sync::Arc;
+
+use candle_core::{DType, Result, Tensor, TensorId, bail};
 
 use super::CudaKernels;
 use crate::exec::candle::se_gates;
 use crate::exec::cpu_fused::kernel_act;
 use crate::exec::forward::ForwardOps;
-use crate::nn::{Classifier, Conv2d, ConvBnAct, Norm, SqueezeExcite};
+use crate::nn::{Classifier, Conv2d, ConvBnAct, Norm, PreparedCache, SqueezeExcite};
 use crate::ops::{ConvGeom, linear};
 
 /// An NHWC f32 map, with its per-channel means when a following squeeze-excitation asked for
@@ -23,10 +31,66 @@ pub(crate) struct CudaMap {
     means: Option<Tensor>,
 }
 
-/// The forward walk's backend over `kernels`; results in `dtype` (the input's).
-pub(crate) struct CudaOps<K> {
+/// The forward walk's backend over `kernels`, with the layers' prepared weights in
+/// `prepared`; results in `dtype` (the input's).
+pub(crate) struct CudaOps<'a, K> {
     pub kernels: K,
+    pub prepared: &'a PreparedCache,
     pub dtype: DType,
+}
+
+/// A conv-bn-act layer as the kernels take it: the weight in their layout (depthwise `[c, 1,
+/// k, k]`, dense `[o, k * k * c]`) and the folded BatchNorm `[2, o]`, with what they were made
+/// from.
+struct PreparedLayer {
+    made_from: Vec<Option<TensorId>>,
+    generation: u64,
+    weight: Tensor,
+    affine: Tensor,
+}
+
+/// The ids of every tensor a layer's prepared form depends on, and its statistics'
+/// generation.
+fn provenance(l: &ConvBnAct) -> Result<(Vec<Option<TensorId>>, u64)> {
+    let stats = l.bn.running()?;
+    let ids = vec![
+        Some(l.conv.weight_id()),
+        l.conv.bias.as_ref().map(Tensor::id),
+        Some(l.bn.weight.id()),
+        Some(l.bn.bias.id()),
+        Some(stats.mean.as_tensor().id()),
+        Some(stats.var.as_tensor().id()),
+    ];
+    Ok((ids, stats.generation()))
+}
+
+impl<K> CudaOps<'_, K> {
+    /// `l`'s weight and folded BatchNorm: the cached ones while they hold, else made now.
+    fn prepared(&self, l: &ConvBnAct, g: &ConvGeom) -> Result<(Tensor, Tensor)> {
+        let key = &l.conv.spec.path;
+        let (made_from, generation) = provenance(l)?;
+        if let Some(p) = self.prepared.get::<PreparedLayer>(key)
+            && p.made_from == made_from
+            && p.generation == generation
+        {
+            return Ok((p.weight.clone(), p.affine.clone()));
+        }
+        let cv = &l.conv;
+        let weight = if cv.spec.is_depthwise() {
+            cv.weight()?.to_dtype(DType::F32)?.contiguous()?
+        } else {
+            gemm_weight(cv, g)?.contiguous()?
+        };
+        let affine = affine(&l.bn, cv.bias.as_ref())?;
+        let entry = PreparedLayer {
+            made_from,
+            generation,
+            weight: weight.clone(),
+            affine: affine.clone(),
+        };
+        self.prepared.insert(key, Arc::new(entry));
+        Ok((weight, affine))
+    }
 }
 
 /// The eval BatchNorm as a `[2, c]` f32 tensor `(scale, shift)` on the weights' device, with
@@ -72,14 +136,15 @@ pub(crate) fn gemm_weight(cv: &Conv2d, g: &ConvGeom) -> Result<Tensor> {
 }
 
 /// The output `[n * oh * ow, o]` of a dense (not depthwise) convolution before its
-/// BatchNorm, without bias: one GEMM, on the patches unless the convolution is pointwise.
+/// BatchNorm, without bias: one GEMM with `wt` (from [`gemm_weight`]), on the patches unless
+/// the convolution is pointwise.
 pub(crate) fn dense_conv<K: CudaKernels>(
     k: &K,
     cv: &Conv2d,
+    wt: &Tensor,
     x: &Tensor,
     g: &ConvGeom,
 ) -> Result<Tensor> {
-    let wt = gemm_weight(cv, g)?;
     let rows = if is_pointwise(g, cv.spec.groups) {
         x.reshape((g.n * g.h * g.w, g.c))?
     } else {
@@ -88,7 +153,7 @@ pub(crate) fn dense_conv<K: CudaKernels>(
     rows.matmul(&wt.t()?)
 }
 
-impl<K: CudaKernels> ForwardOps for CudaOps<K> {
+impl<K: CudaKernels> ForwardOps for CudaOps<'_, K> {
     type Map = CudaMap;
 
     fn input(&mut self, x: &Tensor) -> Result<CudaMap> {
@@ -109,17 +174,15 @@ impl<K: CudaKernels> ForwardOps for CudaOps<K> {
         let cv = &l.conv;
         let act = kernel_act(l.activation)?;
         let g = nhwc_geom(cv, &x.t)?;
+        let (wt, aff) = self.prepared(l, &g)?;
         let y = if cv.spec.is_depthwise() {
             if residual.is_some() {
                 bail!("cuda plan: the depthwise kernel adds no residual");
             }
-            let wt = cv.weight()?.to_dtype(DType::F32)?.contiguous()?;
-            self.kernels
-                .depthwise(&x.t, &wt, &affine(&l.bn, cv.bias.as_ref())?, &g, act)?
+            self.kernels.depthwise(&x.t, &wt, &aff, &g, act)?
         } else {
             let (oh, ow) = g.out_hw()?;
-            let z = dense_conv(&self.kernels, cv, &x.t, &g)?.reshape((g.n, oh, ow, g.o))?;
-            let aff = affine(&l.bn, cv.bias.as_ref())?;
+            let z = dense_conv(&self.kernels, cv, &wt, &x.t, &g)?.reshape((g.n, oh, ow, g.o))?;
             self.kernels
                 .affine_act(&z, &aff, residual.map(|r| &r.t), act)?
         };

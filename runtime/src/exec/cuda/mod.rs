@@ -200,6 +200,7 @@ pub fn logits_with<K: CudaKernels>(net: &Network, x: &Tensor, kernels: K) -> Res
     parts.check_input(x)?;
     let mut ops = backend::CudaOps {
         kernels,
+        prepared: parts.prepared,
         dtype: x.dtype(),
     };
     crate::exec::forward::logits(&mut ops, &parts, x, None)

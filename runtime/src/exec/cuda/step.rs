@@ -129,7 +129,7 @@ impl<K: CudaKernels> CudaStepOps<K> {
                 .depthwise(&x, &w, &affine, &g, Act::Identity)?
                 .reshape((rows, o))?
         } else {
-            let z = dense_conv(&self.kernels, cv, &x, &g)?;
+            let z = dense_conv(&self.kernels, cv, &gemm_weight(cv, &g)?, &x, &g)?;
             match &bias {
                 Some(b) => z.broadcast_add(b)?,
                 None => z,
