@@ -249,12 +249,19 @@ impl Optimizer {
 
 /// Scale gradients so their global L2 norm is at most `max_norm` (PyTorch's
 /// `clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` when the norm exceeds it).
-/// Returns the norm before clipping.
+/// Returns the norm before clipping. The squares are summed on the gradients' device (each
+/// tensor's sum widened to f64, then added in order), so a GPU run makes one host round trip
+/// per step here, not one per tensor.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> TrainResult<f64> {
-    let mut total = 0f64;
-    for g in grads.iter() {
-        total += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
-    }
+    let sums = grads
+        .iter()
+        .map(|g| g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let total = if sums.is_empty() {
+        0.0
+    } else {
+        Tensor::stack(&sums, 0)?.sum_all()?.to_scalar::<f64>()?
+    };
     let norm = total.sqrt();
     if norm > max_norm {
         let scale = max_norm / (norm + 1e-6);
