@@ -17,7 +17,9 @@
 #   4. side by side, alternating, best of ROUNDS (default 2): `effnet bench --device cuda`
 #      (the cuda-fused plan, and the candle plan for comparison) against
 #      `tools/torch_bench.py --device cuda --channels-last` (cuDNN benchmark mode, TF32 off):
-#      efficientnetv2_s 384 batch 32, tf_efficientnetv2_b0 224 batch 1 and 128;
+#      efficientnetv2_s 384 batch 32, tf_efficientnetv2_b0 224 batch 1 and 128; and in bf16
+#      (`--dtype bf16`) against PyTorch's autocast bf16 (`--amp-bf16`), after the bf16
+#      logits' distance to timm's float64 ones;
 #   5. training steps side by side, the same way: `effnet bench --train --device cuda` (the
 #      cuda-step plan, and the candle plan) against `tools/torch_bench.py --train --device cuda
 #      --channels-last` (one SGD step per iteration, f32): tf_efficientnetv2_b0 224 batch 128,
@@ -84,6 +86,12 @@ EFFNET=$EFFNET EFFNET_ARGS="--device cuda" RES=225 PYTHON=$PYTHON bash tools/par
     tf_efficientnetv2_b0 efficientnetv2_s efficientnetv2_rw_t efficientnet_b0 2>&1 | tee -a "$report"
 
 say
+say "## bf16 accuracy: --dtype bf16 on --device cuda against timm float64 (225 px, batch 2)"
+say "(the table's bar is float32's; in bf16 the distance itself is the figure)"
+EFFNET=$EFFNET EFFNET_ARGS="--device cuda --dtype bf16" RES=225 PYTHON=$PYTHON bash tools/parity.sh \
+    tf_efficientnetv2_b0 efficientnetv2_s 2>&1 | tee -a "$report"
+
+say
 say "## Inference side by side (best of $ROUNDS alternating rounds)"
 rows=(
     "efficientnetv2_s specs/efficientnetv2_s.effnet 384 32 20"
@@ -102,6 +110,13 @@ for round in $(seq "$ROUNDS"); do
         t=$("$PYTHON" tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch" \
             --iters "$iters" --warmup 5 --device cuda --channels-last 2>&1 | tail -1)
         printf 'torch\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$t" >>"$out"
+        # bf16: effnet's bf16 maps and GEMMs against PyTorch's autocast.
+        j=$("$EFFNET" bench "$spec" --model "$model" --resolution "$res" --batch "$batch" \
+            --iters "$iters" --warmup 5 --device cuda --dtype bf16 --json 2>&1 | tail -1)
+        printf 'effnet-bf16\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$j" >>"$out"
+        t=$("$PYTHON" tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch" \
+            --iters "$iters" --warmup 5 --device cuda --channels-last --amp-bf16 2>&1 | tail -1)
+        printf 'torch-bf16\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$t" >>"$out"
     done
 done
 "$PYTHON" - "$out" <<'PY' | tee -a "$report"
@@ -116,12 +131,14 @@ for line in open(sys.argv[1]):
         continue
     k = (model, res, batch)
     best.setdefault(k, {})[side] = max(best.get(k, {}).get(side, 0.0), v)
-print("| model | input | batch | effnet cuda-fused | effnet candle | PyTorch eager (channels_last) | cuda-fused / PyTorch |")
-print("|---|---|---|---|---|---|---|")
+print("| model | input | batch | effnet cuda-fused | effnet candle | PyTorch eager (channels_last) | cuda-fused / PyTorch | effnet bf16 | PyTorch autocast bf16 | bf16 ratio |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for (m, r, b), s in best.items():
     e, c, t = s.get("effnet-cuda-fused"), s.get("effnet-candle"), s.get("torch")
+    eb, tb = s.get("effnet-bf16"), s.get("torch-bf16")
     ratio = f"{e / t:.2f}x" if e and t else "n/a"
-    print(f"| {m} | {r} | {b} | {e} | {c} | {t} | {ratio} |")
+    ratio_b = f"{eb / tb:.2f}x" if eb and tb else "n/a"
+    print(f"| {m} | {r} | {b} | {e} | {c} | {t} | {ratio} | {eb} | {tb} | {ratio_b} |")
 print()
 print("Every measurement:")
 print()

@@ -5,6 +5,7 @@
 #pragma once
 // expf, fmaxf, fminf in the global namespace, as CUDA has them.
 #include <math.h>
+#include <string.h>
 
 struct effnet_dim3 {
     unsigned x = 1, y = 1, z = 1;
@@ -12,6 +13,19 @@ struct effnet_dim3 {
 
 // Per host thread: tests launch kernels from several threads at once.
 static thread_local effnet_dim3 blockIdx, threadIdx, blockDim, gridDim;
+
+// CUDA's bit casts between float and unsigned int.
+static inline float __uint_as_float(unsigned int u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline unsigned int __float_as_uint(float f) {
+    unsigned int u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
 
 #define __global__
 #define __device__

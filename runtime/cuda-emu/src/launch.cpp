@@ -16,6 +16,13 @@ void emu_depthwise_nhwc(unsigned grid, unsigned block, const float* x, const flo
                   [&] { effnet_depthwise_nhwc(x, w, affine, y, EMU_WINDOW_ARGS, act); });
 }
 
+void emu_depthwise_nhwc_bf16(unsigned grid, unsigned block, const effnet_bf16* x,
+                             const float* w, const float* affine, effnet_bf16* y,
+                             EMU_WINDOW_PARAMS, int act) {
+    effnet_launch(grid, block,
+                  [&] { effnet_depthwise_nhwc_bf16(x, w, affine, y, EMU_WINDOW_ARGS, act); });
+}
+
 void emu_depthwise_input_grad_nhwc(unsigned grid, unsigned block, const float* dy,
                                    const float* w, float* dx, EMU_WINDOW_PARAMS) {
     effnet_launch(grid, block,
@@ -36,6 +43,11 @@ void emu_im2col_nhwc(unsigned grid, unsigned block, const float* x, float* cols,
     effnet_launch(grid, block, [&] { effnet_im2col_nhwc(x, cols, EMU_WINDOW_ARGS); });
 }
 
+void emu_im2col_nhwc_bf16(unsigned grid, unsigned block, const effnet_bf16* x,
+                          effnet_bf16* cols, EMU_WINDOW_PARAMS) {
+    effnet_launch(grid, block, [&] { effnet_im2col_nhwc_bf16(x, cols, EMU_WINDOW_ARGS); });
+}
+
 void emu_col2im_nhwc(unsigned grid, unsigned block, const float* cols, float* dx,
                      EMU_WINDOW_PARAMS) {
     effnet_launch(grid, block, [&] { effnet_col2im_nhwc(cols, dx, EMU_WINDOW_ARGS); });
@@ -44,6 +56,20 @@ void emu_col2im_nhwc(unsigned grid, unsigned block, const float* cols, float* dx
 void emu_affine_act_nhwc(unsigned grid, unsigned block, const float* z, const float* affine,
                          float* y, long total, int c, int act) {
     effnet_launch(grid, block, [&] { effnet_affine_act_nhwc(z, affine, y, total, c, act); });
+}
+
+void emu_affine_act_nhwc_bf16(unsigned grid, unsigned block, const effnet_bf16* z,
+                              const float* affine, effnet_bf16* y, long total, int c, int act) {
+    effnet_launch(grid, block,
+                  [&] { effnet_affine_act_nhwc_bf16(z, affine, y, total, c, act); });
+}
+
+void emu_affine_act_residual_nhwc_bf16(unsigned grid, unsigned block, const effnet_bf16* z,
+                                       const float* affine, const effnet_bf16* residual,
+                                       effnet_bf16* y, long total, int c, int act) {
+    effnet_launch(grid, block, [&] {
+        effnet_affine_act_residual_nhwc_bf16(z, affine, residual, y, total, c, act);
+    });
 }
 
 void emu_affine_act_residual_nhwc(unsigned grid, unsigned block, const float* z,
@@ -90,6 +116,11 @@ void emu_channel_means_nhwc(unsigned grid, unsigned block, const float* x, float
     effnet_launch(grid, block, [&] { effnet_channel_means_nhwc(x, means, n, p, c); });
 }
 
+void emu_channel_means_nhwc_bf16(unsigned grid, unsigned block, const effnet_bf16* x,
+                                 float* means, int n, long p, int c) {
+    effnet_launch(grid, block, [&] { effnet_channel_means_nhwc_bf16(x, means, n, p, c); });
+}
+
 void emu_channel_dots_nhwc(unsigned grid, unsigned block, const float* x, const float* y,
                            float* dots, int n, long p, int c) {
     effnet_launch(grid, block, [&] { effnet_channel_dots_nhwc(x, y, dots, n, p, c); });
@@ -98,6 +129,11 @@ void emu_channel_dots_nhwc(unsigned grid, unsigned block, const float* x, const 
 void emu_gate_channels_nhwc(unsigned grid, unsigned block, const float* x, const float* gate,
                             float* y, int n, long p, int c) {
     effnet_launch(grid, block, [&] { effnet_gate_channels_nhwc(x, gate, y, n, p, c); });
+}
+
+void emu_gate_channels_nhwc_bf16(unsigned grid, unsigned block, const effnet_bf16* x,
+                                 const float* gate, effnet_bf16* y, int n, long p, int c) {
+    effnet_launch(grid, block, [&] { effnet_gate_channels_nhwc_bf16(x, gate, y, n, p, c); });
 }
 
 void emu_gate_add_nhwc(unsigned grid, unsigned block, const float* x, const float* gate,

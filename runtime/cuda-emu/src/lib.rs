@@ -7,7 +7,7 @@
 //! indexing, and the backends' use of them, are tested on every machine. Races, memory
 //! ordering, the launches' argument passing and speed are not: only a GPU run shows those.
 
-use std::ffi::{c_int, c_long, c_uint};
+use std::ffi::{c_int, c_long, c_uint, c_void};
 
 use candle_core::{DType, Device, Result, Tensor, bail};
 use effnet_runtime::exec::cuda::{CudaKernels, act_code, grid_1d};
@@ -21,10 +21,30 @@ unsafe extern "C" {
     fn emu_depthwise_nhwc(
         grid: c_uint,
         block: c_uint,
-        x: *const f32,
+        x: *const c_void,
         w: *const f32,
         affine: *const f32,
-        y: *mut f32,
+        y: *mut c_void,
+        n: c_int,
+        h: c_int,
+        wd: c_int,
+        c: c_int,
+        k: c_int,
+        stride: c_int,
+        dil: c_int,
+        pad_top: c_int,
+        pad_left: c_int,
+        oh: c_int,
+        ow: c_int,
+        act: c_int,
+    );
+    fn emu_depthwise_nhwc_bf16(
+        grid: c_uint,
+        block: c_uint,
+        x: *const c_void,
+        w: *const f32,
+        affine: *const f32,
+        y: *mut c_void,
         n: c_int,
         h: c_int,
         wd: c_int,
@@ -79,8 +99,25 @@ unsafe extern "C" {
     fn emu_im2col_nhwc(
         grid: c_uint,
         block: c_uint,
-        x: *const f32,
-        cols: *mut f32,
+        x: *const c_void,
+        cols: *mut c_void,
+        n: c_int,
+        h: c_int,
+        wd: c_int,
+        c: c_int,
+        k: c_int,
+        stride: c_int,
+        dil: c_int,
+        pad_top: c_int,
+        pad_left: c_int,
+        oh: c_int,
+        ow: c_int,
+    );
+    fn emu_im2col_nhwc_bf16(
+        grid: c_uint,
+        block: c_uint,
+        x: *const c_void,
+        cols: *mut c_void,
         n: c_int,
         h: c_int,
         wd: c_int,
@@ -113,9 +150,19 @@ unsafe extern "C" {
     fn emu_affine_act_nhwc(
         grid: c_uint,
         block: c_uint,
-        z: *const f32,
+        z: *const c_void,
         affine: *const f32,
-        y: *mut f32,
+        y: *mut c_void,
+        total: c_long,
+        c: c_int,
+        act: c_int,
+    );
+    fn emu_affine_act_nhwc_bf16(
+        grid: c_uint,
+        block: c_uint,
+        z: *const c_void,
+        affine: *const f32,
+        y: *mut c_void,
         total: c_long,
         c: c_int,
         act: c_int,
@@ -123,10 +170,21 @@ unsafe extern "C" {
     fn emu_affine_act_residual_nhwc(
         grid: c_uint,
         block: c_uint,
-        z: *const f32,
+        z: *const c_void,
         affine: *const f32,
-        residual: *const f32,
-        y: *mut f32,
+        residual: *const c_void,
+        y: *mut c_void,
+        total: c_long,
+        c: c_int,
+        act: c_int,
+    );
+    fn emu_affine_act_residual_nhwc_bf16(
+        grid: c_uint,
+        block: c_uint,
+        z: *const c_void,
+        affine: *const f32,
+        residual: *const c_void,
+        y: *mut c_void,
         total: c_long,
         c: c_int,
         act: c_int,
@@ -187,7 +245,16 @@ unsafe extern "C" {
     fn emu_channel_means_nhwc(
         grid: c_uint,
         block: c_uint,
-        x: *const f32,
+        x: *const c_void,
+        means: *mut f32,
+        n: c_int,
+        p: c_long,
+        c: c_int,
+    );
+    fn emu_channel_means_nhwc_bf16(
+        grid: c_uint,
+        block: c_uint,
+        x: *const c_void,
         means: *mut f32,
         n: c_int,
         p: c_long,
@@ -206,9 +273,19 @@ unsafe extern "C" {
     fn emu_gate_channels_nhwc(
         grid: c_uint,
         block: c_uint,
-        x: *const f32,
+        x: *const c_void,
         gate: *const f32,
-        y: *mut f32,
+        y: *mut c_void,
+        n: c_int,
+        p: c_long,
+        c: c_int,
+    );
+    fn emu_gate_channels_nhwc_bf16(
+        grid: c_uint,
+        block: c_uint,
+        x: *const c_void,
+        gate: *const f32,
+        y: *mut c_void,
         n: c_int,
         p: c_long,
         c: c_int,
@@ -300,6 +377,82 @@ fn covering(chunks: usize, per: usize, rows: usize, op: &str) -> Result<()> {
     Ok(())
 }
 
+/// A map's values as the kernels take them: f32, or bf16 as its bits.
+enum MapBuf {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+impl MapBuf {
+    /// `t`'s values in its own dtype (f32 or bf16), or an error unless it has exactly `len`.
+    fn of(t: &Tensor, len: usize, op: &str, what: &str) -> Result<Self> {
+        if t.elem_count() != len {
+            bail!("{op}: {what} has {:?}, expected {len} values", t.dims());
+        }
+        match t.dtype() {
+            DType::F32 => Ok(MapBuf::F32(t.flatten_all()?.to_vec1()?)),
+            DType::BF16 => Ok(MapBuf::Bf16(
+                t.flatten_all()?
+                    .to_vec1::<half::bf16>()?
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+            )),
+            d => bail!(
+                "{op}: {what} is {}, the kernels take f32 or bf16 maps",
+                d.as_str()
+            ),
+        }
+    }
+
+    /// `len` zeros of `like`'s type.
+    fn zeros_like(like: &MapBuf, len: usize) -> Self {
+        match like {
+            MapBuf::F32(_) => MapBuf::F32(vec![0.0; len]),
+            MapBuf::Bf16(_) => MapBuf::Bf16(vec![0; len]),
+        }
+    }
+
+    fn is_bf16(&self) -> bool {
+        matches!(self, MapBuf::Bf16(_))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            MapBuf::F32(v) => v.len(),
+            MapBuf::Bf16(v) => v.len(),
+        }
+    }
+
+    fn ptr(&self) -> *const c_void {
+        match self {
+            MapBuf::F32(v) => v.as_ptr().cast(),
+            MapBuf::Bf16(v) => v.as_ptr().cast(),
+        }
+    }
+
+    fn mut_ptr(&mut self) -> *mut c_void {
+        match self {
+            MapBuf::F32(v) => v.as_mut_ptr().cast(),
+            MapBuf::Bf16(v) => v.as_mut_ptr().cast(),
+        }
+    }
+
+    fn tensor(self, dims: &[usize]) -> Result<Tensor> {
+        match self {
+            MapBuf::F32(v) => tensor(v, dims),
+            MapBuf::Bf16(v) => tensor(v.into_iter().map(half::bf16::from_bits).collect(), dims),
+        }
+    }
+}
+
+/// The f32 kernel `$f` or its bf16 twin `$g`, by `$bf16`.
+macro_rules! twin {
+    ($bf16:expr, $f:ident | $g:ident ( $($a:expr),* $(,)? )) => {
+        if $bf16 { $g($($a),*) } else { $f($($a),*) }
+    };
+}
+
 fn tensor<T: candle_core::WithDType>(v: Vec<T>, dims: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(v, dims, &Device::Cpu)
 }
@@ -324,35 +477,39 @@ impl CudaKernels for Emulated {
         let op = "depthwise";
         let (win, oh, ow) = window(g)?;
         let (n, c, k) = (g.n, g.c, g.k);
-        let x = values(x, n * g.h * g.w * c, op, "the input")?;
+        let x = MapBuf::of(x, n * g.h * g.w * c, op, "the input")?;
         let w = values(w, c * k * k, op, "the weight")?;
         let affine = values(affine, 2 * c, op, "the affine")?;
-        let mut y = vec![0f32; n * oh * ow * c];
+        let mut y = MapBuf::zeros_like(&x, n * oh * ow * c);
         let (grid, block) = grid_1d(y.len())?;
         let [a, b, cc, d, e, f, gg, h, i, j, l] = win;
         unsafe {
-            emu_depthwise_nhwc(
-                grid,
-                block,
-                x.as_ptr(),
-                w.as_ptr(),
-                affine.as_ptr(),
-                y.as_mut_ptr(),
-                a,
-                b,
-                cc,
-                d,
-                e,
-                f,
-                gg,
-                h,
-                i,
-                j,
-                l,
-                act_code(act),
+            twin!(
+                x.is_bf16(),
+                emu_depthwise_nhwc
+                    | emu_depthwise_nhwc_bf16(
+                        grid,
+                        block,
+                        x.ptr(),
+                        w.as_ptr(),
+                        affine.as_ptr(),
+                        y.mut_ptr(),
+                        a,
+                        b,
+                        cc,
+                        d,
+                        e,
+                        f,
+                        gg,
+                        h,
+                        i,
+                        j,
+                        l,
+                        act_code(act),
+                    )
             );
         }
-        tensor(y, &[n, oh, ow, c])
+        y.tensor(&[n, oh, ow, c])
     }
 
     fn depthwise_input_grad(&self, dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor> {
@@ -432,31 +589,35 @@ impl CudaKernels for Emulated {
     fn im2col(&self, x: &Tensor, g: &ConvGeom) -> Result<Tensor> {
         let op = "im2col";
         let (win, oh, ow) = window(g)?;
-        let x = values(x, g.n * g.h * g.w * g.c, op, "the input")?;
+        let x = MapBuf::of(x, g.n * g.h * g.w * g.c, op, "the input")?;
         let (rows, width) = (g.n * oh * ow, g.k * g.k * g.c);
-        let mut cols = vec![0f32; rows * width];
+        let mut cols = MapBuf::zeros_like(&x, rows * width);
         let (grid, block) = grid_1d(cols.len())?;
         let [a, b, cc, d, e, f, gg, h, i, j, l] = win;
         unsafe {
-            emu_im2col_nhwc(
-                grid,
-                block,
-                x.as_ptr(),
-                cols.as_mut_ptr(),
-                a,
-                b,
-                cc,
-                d,
-                e,
-                f,
-                gg,
-                h,
-                i,
-                j,
-                l,
+            twin!(
+                x.is_bf16(),
+                emu_im2col_nhwc
+                    | emu_im2col_nhwc_bf16(
+                        grid,
+                        block,
+                        x.ptr(),
+                        cols.mut_ptr(),
+                        a,
+                        b,
+                        cc,
+                        d,
+                        e,
+                        f,
+                        gg,
+                        h,
+                        i,
+                        j,
+                        l,
+                    )
             );
         }
-        tensor(cols, &[rows, width])
+        cols.tensor(&[rows, width])
     }
 
     fn col2im(&self, cols: &Tensor, g: &ConvGeom) -> Result<Tensor> {
@@ -499,42 +660,54 @@ impl CudaKernels for Emulated {
         let (rows, c) = rows_cols(z, op)?;
         let total = rows * c;
         let dims = z.dims().to_vec();
-        let z = values(z, total, op, "the map")?;
+        let z = MapBuf::of(z, total, op, "the map")?;
         let affine = values(affine, 2 * c, op, "the affine")?;
-        let mut y = vec![0f32; total];
+        let mut y = MapBuf::zeros_like(&z, total);
         let (grid, block) = grid_1d(total)?;
         let (t, ci, a) = (long(total, "total")?, int(c, "c")?, act_code(act));
+        let bf16 = z.is_bf16();
         match residual {
             None => unsafe {
-                emu_affine_act_nhwc(
-                    grid,
-                    block,
-                    z.as_ptr(),
-                    affine.as_ptr(),
-                    y.as_mut_ptr(),
-                    t,
-                    ci,
-                    a,
+                twin!(
+                    bf16,
+                    emu_affine_act_nhwc
+                        | emu_affine_act_nhwc_bf16(
+                            grid,
+                            block,
+                            z.ptr(),
+                            affine.as_ptr(),
+                            y.mut_ptr(),
+                            t,
+                            ci,
+                            a,
+                        )
                 );
             },
             Some(r) => {
-                let r = values(r, total, op, "the residual")?;
+                let r = MapBuf::of(r, total, op, "the residual")?;
+                if r.is_bf16() != bf16 {
+                    bail!("{op}: the residual's dtype is not the map's");
+                }
                 unsafe {
-                    emu_affine_act_residual_nhwc(
-                        grid,
-                        block,
-                        z.as_ptr(),
-                        affine.as_ptr(),
-                        r.as_ptr(),
-                        y.as_mut_ptr(),
-                        t,
-                        ci,
-                        a,
+                    twin!(
+                        bf16,
+                        emu_affine_act_residual_nhwc
+                            | emu_affine_act_residual_nhwc_bf16(
+                                grid,
+                                block,
+                                z.ptr(),
+                                affine.as_ptr(),
+                                r.ptr(),
+                                y.mut_ptr(),
+                                t,
+                                ci,
+                                a,
+                            )
                     );
                 }
             }
         }
-        tensor(y, &dims)
+        y.tensor(&dims)
     }
 
     fn column_moments_partial(&self, z: &Tensor, (chunks, per): (usize, usize)) -> Result<Tensor> {
@@ -669,18 +842,22 @@ impl CudaKernels for Emulated {
     fn channel_means(&self, x: &Tensor) -> Result<Tensor> {
         let op = "channel_means";
         let [n, h, w, c] = map_dims(x, op)?;
-        let x = values(x, n * h * w * c, op, "the map")?;
+        let x = MapBuf::of(x, n * h * w * c, op, "the map")?;
         let mut means = vec![0f32; n * c];
         let (grid, block) = grid_1d(n * c)?;
         unsafe {
-            emu_channel_means_nhwc(
-                grid,
-                block,
-                x.as_ptr(),
-                means.as_mut_ptr(),
-                int(n, "n")?,
-                long(h * w, "p")?,
-                int(c, "c")?,
+            twin!(
+                x.is_bf16(),
+                emu_channel_means_nhwc
+                    | emu_channel_means_nhwc_bf16(
+                        grid,
+                        block,
+                        x.ptr(),
+                        means.as_mut_ptr(),
+                        int(n, "n")?,
+                        long(h * w, "p")?,
+                        int(c, "c")?,
+                    )
             );
         }
         tensor(means, &[n, c])
@@ -711,23 +888,27 @@ impl CudaKernels for Emulated {
     fn gate_channels(&self, x: &Tensor, gate: &Tensor) -> Result<Tensor> {
         let op = "gate_channels";
         let [n, h, w, c] = map_dims(x, op)?;
-        let x = values(x, n * h * w * c, op, "the map")?;
+        let x = MapBuf::of(x, n * h * w * c, op, "the map")?;
         let gate = values(gate, n * c, op, "the gates")?;
-        let mut y = vec![0f32; x.len()];
+        let mut y = MapBuf::zeros_like(&x, x.len());
         let (grid, block) = grid_1d(y.len())?;
         unsafe {
-            emu_gate_channels_nhwc(
-                grid,
-                block,
-                x.as_ptr(),
-                gate.as_ptr(),
-                y.as_mut_ptr(),
-                int(n, "n")?,
-                long(h * w, "p")?,
-                int(c, "c")?,
+            twin!(
+                x.is_bf16(),
+                emu_gate_channels_nhwc
+                    | emu_gate_channels_nhwc_bf16(
+                        grid,
+                        block,
+                        x.ptr(),
+                        gate.as_ptr(),
+                        y.mut_ptr(),
+                        int(n, "n")?,
+                        long(h * w, "p")?,
+                        int(c, "c")?,
+                    )
             );
         }
-        tensor(y, &[n, h, w, c])
+        y.tensor(&[n, h, w, c])
     }
 
     fn gate_add(&self, x: &Tensor, gate: &Tensor, add: &Tensor) -> Result<Tensor> {

@@ -3,7 +3,7 @@
 //! "same", asymmetric on stride 2, and PyTorch's symmetric), odd sizes, batch 1 and 7, every
 //! activation the kernels implement, thin and wide channel counts; forward and backward.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use effnet_cuda_emu::Emulated;
 use effnet_runtime::exec::cuda::{CudaKernels, row_chunks};
 use effnet_runtime::ops::cpu::backward::{
@@ -377,6 +377,91 @@ fn squeeze_and_excitation_match_the_cpu_kernels() {
             .gate_add(&xt, &gt, &tensor(&add, &[n, c]))
             .expect("gate add");
         assert_eq!(flat(&got), gated_add, "gate + add [{n}, {p}, {c}]");
+    }
+}
+
+/// `v` rounded to bf16 and back (what a bf16 map holds).
+fn bf16_round(v: &[f32]) -> Vec<f32> {
+    v.iter()
+        .map(|&x| half::bf16::from_f32(x).to_f32())
+        .collect()
+}
+
+fn bf16_tensor(v: &[f32], dims: &[usize]) -> Tensor {
+    tensor(v, dims).to_dtype(DType::BF16).expect("bf16")
+}
+
+/// The bf16 twins of the inference kernels against the f32 CPU kernels on the same
+/// (bf16-rounded) inputs: equal within one bf16 rounding of the result (2^-8 relative).
+#[test]
+fn bf16_map_kernels_match_the_f32_cpu_kernels_within_a_rounding() {
+    const ULP: f32 = 1.0 / 256.0;
+    for (i, g) in windows().into_iter().enumerate().step_by(5) {
+        let (n, c, k) = (g.n, g.c, g.k);
+        let (oh, ow) = g.out_hw().expect("out");
+        let seed = 9000 + i as u64 * 7;
+        let x = bf16_round(&values(n * g.h * g.w * c, seed));
+        let xt = bf16_tensor(&x, &[n, g.h, g.w, c]);
+        let wt = values(c * k * k, seed + 1);
+        let (scale, shift) = (values(c, seed + 2), values(c, seed + 3));
+        let affine = tensor(&[scale.clone(), shift.clone()].concat(), &[2, c]);
+        let act = ACTS[i % ACTS.len()];
+        let epi = Epilogue {
+            scale: &scale,
+            shift: &shift,
+            act,
+        };
+        let (want, _) = depthwise(&x, &wt, &g, &epi, false).expect("cpu");
+        let got = Emulated
+            .depthwise(&xt, &tensor(&wt, &[c, 1, k, k]), &affine, &g, act)
+            .expect("bf16 depthwise");
+        assert_eq!(got.dtype(), DType::BF16);
+        assert_eq!(got.dims(), [n, oh, ow, c]);
+        let d = rel_diff(&flat(&got.to_dtype(DType::F32).expect("f32")), &want);
+        assert!(d <= ULP, "{g:?} depthwise: {d}");
+
+        let cols = Emulated.im2col(&xt, &g).expect("bf16 patches");
+        let want = flat(
+            &Emulated
+                .im2col(&tensor(&x, &[n, g.h, g.w, c]), &g)
+                .expect("f32"),
+        );
+        assert!(
+            flat(&cols.to_dtype(DType::F32).expect("f32")) == want,
+            "{g:?} patches"
+        );
+
+        let means = Emulated.channel_means(&xt).expect("bf16 means");
+        assert_eq!(means.dtype(), DType::F32);
+        let want = channel_means(&x, n, g.h * g.w, c);
+        assert!(rel_diff(&flat(&means), &want) < 1e-5, "{g:?} means");
+
+        let gate = values(n * c, seed + 4);
+        let mut want = x.clone();
+        gate_channels(&mut want, &gate, n, g.h * g.w, c);
+        let got = Emulated
+            .gate_channels(&xt, &tensor(&gate, &[n, c]))
+            .expect("bf16 gates");
+        let gated = flat(&got.to_dtype(DType::F32).expect("f32"));
+        assert!(gated == bf16_round(&want), "{g:?} gates");
+
+        let z = bf16_round(&values(n * g.h * g.w * c, seed + 5));
+        let r = bf16_round(&values(n * g.h * g.w * c, seed + 6));
+        let plain = affine_act(&z, c, &scale, &shift, act);
+        let with_r: Vec<f32> = plain.iter().zip(&r).map(|(a, b)| a + b).collect();
+        let zt = bf16_tensor(&z, &[n * g.h * g.w, c]);
+        let rt = bf16_tensor(&r, &[n * g.h * g.w, c]);
+        // The CPU kernel fuses the affine map's multiply-add; the result may round either way.
+        let got = Emulated
+            .affine_act(&zt, &affine, None, act)
+            .expect("bf16 epilogue");
+        let d = rel_diff(&flat(&got.to_dtype(DType::F32).expect("f32")), &plain);
+        assert!(d <= ULP, "{g:?} epilogue: {d}");
+        let got = Emulated
+            .affine_act(&zt, &affine, Some(&rt), act)
+            .expect("bf16 epilogue + residual");
+        let d = rel_diff(&flat(&got.to_dtype(DType::F32).expect("f32")), &with_r);
+        assert!(d <= ULP, "{g:?} epilogue + residual: {d}");
     }
 }
 

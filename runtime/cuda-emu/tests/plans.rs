@@ -275,3 +275,40 @@ fn cuda_fused_walk_follows_new_weights_and_statistics() {
     let after_weights = check(&net, "after new weights");
     assert_ne!(after_stats, after_weights, "the weights did not change");
 }
+
+/// `--dtype bf16` on the cuda-fused walk: bf16 weights, bf16 maps and GEMMs, f32 arithmetic
+/// in the kernels, BatchNorm and the gates in f32. Against the f32 network on the cpu-fused
+/// plan: what bf16 costs in accuracy (printed), bounded.
+#[test]
+fn cuda_fused_walk_in_bf16_stays_near_f32() {
+    for (spec, n, size) in [(SYMMETRIC, 4, 15), (SAME, 3, 19)] {
+        let f32_net = plain_network(spec);
+        let (ir, tensors) = common::plain_tensors(spec);
+        let bf16_net = Network::from_ir(
+            &ir,
+            VarBuilder::from_tensors(tensors, DType::BF16, &Device::Cpu),
+        )
+        .expect("bf16 net");
+        let x = input(n, size);
+        let want = vals(&f32_net.forward_on(Plan::CpuFused, &x, false).expect("f32"));
+        let got = logits_with(&bf16_net, &x, Emulated).expect("bf16 walk");
+        assert_eq!(got.dtype(), DType::F32, "logits in the input's dtype");
+        let got = vals(&got);
+        let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let rel = max_diff(&got, &want) / scale;
+        eprintln!(
+            "{}: bf16 logits against f32, relative max error {rel:.2e}",
+            ir.name
+        );
+        assert!(
+            rel > 0.0,
+            "{}: bf16 identical to f32: not run in bf16",
+            ir.name
+        );
+        assert!(
+            rel < 2e-2,
+            "{}: bf16 logits differ by {rel} (relative)",
+            ir.name
+        );
+    }
+}

@@ -24,7 +24,7 @@ pub(crate) mod step;
 
 use std::sync::PoisonError;
 
-use candle_core::{Result, Tensor, bail};
+use candle_core::{DType, Result, Tensor, bail};
 use rand_chacha::ChaCha8Rng;
 
 use self::candle::CandleOps;
@@ -68,10 +68,12 @@ fn allowed(facts: &Facts, plan: Plan) -> Result<()> {
 fn cuda_ops<'a>(
     x: &Tensor,
     prepared: &'a PreparedCache,
+    params: DType,
 ) -> Result<cuda::backend::CudaOps<'a, cuda::ops::Launched>> {
     Ok(cuda::backend::CudaOps {
         kernels: cuda::ops::Launched,
         prepared,
+        maps: cuda::backend::map_dtype(params),
         dtype: x.dtype(),
     })
 }
@@ -79,7 +81,7 @@ fn cuda_ops<'a>(
 /// Without the `cuda` feature the cuda-fused plan is never chosen; asked for by name, it says
 /// how to get it.
 #[cfg(not(feature = "cuda"))]
-fn cuda_ops<'a>(_: &Tensor, _: &'a PreparedCache) -> Result<CpuFusedOps<'a>> {
+fn cuda_ops<'a>(_: &Tensor, _: &'a PreparedCache, _: DType) -> Result<CpuFusedOps<'a>> {
     bail!("the cuda-fused plan needs a build with `--features cuda`")
 }
 
@@ -125,7 +127,12 @@ impl NetworkParts<'_> {
     fn logits_on(&self, plan: Plan, facts: &Facts, x: &Tensor) -> Result<Tensor> {
         match plan {
             Plan::CpuFused => forward::logits(&mut self.cpu_fused(x), self, x, None),
-            Plan::CudaFused => forward::logits(&mut cuda_ops(x, self.prepared)?, self, x, None),
+            Plan::CudaFused => forward::logits(
+                &mut cuda_ops(x, self.prepared, facts.param_dtype)?,
+                self,
+                x,
+                None,
+            ),
             Plan::Candle if facts.purpose == Purpose::Infer => {
                 forward::logits(&mut candle_ops(facts), self, x, None)
             }
@@ -202,9 +209,13 @@ impl NetworkParts<'_> {
         let facts = Facts::of(self, x, purpose(train));
         match facts.choose().plan {
             Plan::CpuFused => forward::tapped(&mut self.cpu_fused(x), self, x, None, taps),
-            Plan::CudaFused => {
-                forward::tapped(&mut cuda_ops(x, self.prepared)?, self, x, None, taps)
-            }
+            Plan::CudaFused => forward::tapped(
+                &mut cuda_ops(x, self.prepared, facts.param_dtype)?,
+                self,
+                x,
+                None,
+                taps,
+            ),
             _ if train => {
                 let mut rng = self.rng.0.lock().unwrap_or_else(PoisonError::into_inner);
                 forward::tapped(&mut candle_ops(&facts), self, x, Some(&mut rng), taps)
@@ -341,7 +352,7 @@ pub fn forward_blocks(
         return forward::blocks(&mut ops, blocks, x, drop_path_scale, None);
     }
     if facts.choose().plan == Plan::CudaFused {
-        let mut ops = cuda_ops(x, &prepared)?;
+        let mut ops = cuda_ops(x, &prepared, facts.param_dtype)?;
         return forward::blocks(&mut ops, blocks, x, drop_path_scale, None);
     }
     let mut ops = candle_ops(&facts);

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | [`Plan::CpuFused`] | inference | CPU; f32 compute (f16/bf16 weights widened); effnet's NHWC kernels, BatchNorm, activation and residual in each convolution's epilogue |
 //! | [`Plan::CpuStep`] | the training step | CPU, f32; effnet's NHWC kernels, forward and backward written by hand |
-//! | [`Plan::CudaFused`] | inference | CUDA (a build with the `cuda` feature), f32; effnet's NHWC CUDA kernels, cuBLAS for the GEMMs of 1x1 and (on patches) dense convolutions |
+//! | [`Plan::CudaFused`] | inference | CUDA (a build with the `cuda` feature), f32 or bf16 maps (the parameters' dtype); effnet's NHWC CUDA kernels, cuBLAS for the GEMMs of 1x1 and (on patches) dense convolutions |
 //! | [`Plan::CudaStep`] | the training step | CUDA (a build with the `cuda` feature), f32; the same kernels with their backward, forward and backward written by hand |
 //! | [`Plan::Candle`] | everything | any device and dtype; candle's ops and autograd: the reference, and the fallback |
 
@@ -207,7 +207,9 @@ impl Facts {
         match self.purpose {
             // candle's autograd is what differentiates a train-mode forward.
             Purpose::TrainForward => Choice::new(Plan::Candle, None),
-            Purpose::Infer if self.device == "cuda" => self.kernels(Plan::CudaFused, &[DType::F32]),
+            Purpose::Infer if self.device == "cuda" => {
+                self.kernels(Plan::CudaFused, &[DType::F32, DType::BF16])
+            }
             Purpose::Infer => self.kernels(Plan::CpuFused, &[DType::F32, DType::F16, DType::BF16]),
             Purpose::TrainStep if self.device == "cuda" => {
                 self.kernels(Plan::CudaStep, &[DType::F32])
@@ -335,6 +337,13 @@ mod tests {
         }
         let half = plan(facts(Purpose::Infer, "cuda", DType::F16));
         assert_eq!(half.plan, Plan::Candle);
+        let bf16 = plan(facts(Purpose::Infer, "cuda", DType::BF16));
+        let want = if cfg!(feature = "cuda") {
+            Plan::CudaFused
+        } else {
+            Plan::Candle
+        };
+        assert_eq!(bf16.plan, want, "{bf16}");
         let step = plan(facts(Purpose::TrainStep, "cuda", f32));
         if cfg!(feature = "cuda") {
             assert_eq!(step, Choice::new(Plan::CudaStep, None));

@@ -32,11 +32,24 @@ pub(crate) struct CudaMap {
 }
 
 /// The forward walk's backend over `kernels`, with the layers' prepared weights in
-/// `prepared`; results in `dtype` (the input's).
+/// `prepared`; maps in `maps` (see [`map_dtype`]), results in `dtype` (the input's).
 pub(crate) struct CudaOps<'a, K> {
     pub kernels: K,
     pub prepared: &'a PreparedCache,
+    pub maps: DType,
     pub dtype: DType,
+}
+
+/// The maps' dtype for parameters in `params`: bf16 for bf16 parameters (`--dtype bf16`:
+/// half the memory traffic, and bf16 GEMMs, which cuBLAS runs on the tensor cores), f32
+/// otherwise. The kernels compute in f32 either way and keep BatchNorm and the
+/// squeeze-excitation's gates in f32.
+pub(crate) fn map_dtype(params: DType) -> DType {
+    if params == DType::BF16 {
+        DType::BF16
+    } else {
+        DType::F32
+    }
 }
 
 /// A conv-bn-act layer as the kernels take it: the weight in their layout (depthwise `[c, 1,
@@ -79,7 +92,7 @@ impl<K> CudaOps<'_, K> {
         let weight = if cv.spec.is_depthwise() {
             cv.weight()?.to_dtype(DType::F32)?.contiguous()?
         } else {
-            gemm_weight(cv, g)?.contiguous()?
+            gemm_weight(cv, g)?.to_dtype(self.maps)?.contiguous()?
         };
         let affine = affine(&l.bn, cv.bias.as_ref())?;
         let entry = PreparedLayer {
@@ -157,10 +170,7 @@ impl<K: CudaKernels> ForwardOps for CudaOps<'_, K> {
     type Map = CudaMap;
 
     fn input(&mut self, x: &Tensor) -> Result<CudaMap> {
-        let t = x
-            .to_dtype(DType::F32)?
-            .permute((0, 2, 3, 1))?
-            .contiguous()?;
+        let t = x.to_dtype(self.maps)?.permute((0, 2, 3, 1))?.contiguous()?;
         Ok(CudaMap { t, means: None })
     }
 
@@ -203,8 +213,11 @@ impl<K: CudaKernels> ForwardOps for CudaOps<'_, K> {
             Some(m) => m,
             None => self.kernels.channel_means(&x.t)?,
         };
-        // The plan runs only on f32 parameters, the dtype of the pooled means.
-        let gate = se_gates(se, &means)?.contiguous()?;
+        // The means are f32; the SE's small GEMMs run in its weights' dtype, the gates in f32.
+        let wdtype = se.reduce.plain_weight().dtype();
+        let gate = se_gates(se, &means.to_dtype(wdtype)?)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
         let t = self.kernels.gate_channels(&x.t, &gate)?;
         Ok(CudaMap { t, means: None })
     }

@@ -17,7 +17,9 @@
 // sums in the same order (reproducible) and the emulator runs them as they are.
 //
 // Calling convention (what `ops.rs`'s one launcher passes): the inputs, then the output, then
-// the scalars. Per-channel parameters travel packed as one `[rows, c]` array.
+// the scalars. Per-channel parameters travel packed as one `[rows, c]` array. The inference
+// kernels have a `_bf16` twin on bf16 maps (the `--dtype bf16` cuda-fused plan); the training
+// step's are f32 only.
 //
 // Activation codes follow `crate::ops::Act`: 0 identity, 1 SiLU, 2 ReLU, 3 ReLU6, 4 hard-swish.
 
@@ -53,6 +55,29 @@ __device__ __forceinline__ long effnet_index() {
     return (long)blockIdx.x * (long)blockDim.x + (long)threadIdx.x;
 }
 
+// Maps are f32 or bf16 (`effnet_bf16`, the upper half of an f32's bits: no header needed);
+// arithmetic is always f32, parameters always f32. Loads widen exactly; stores round to
+// nearest even (as `half::bf16::from_f32` and CUDA's __float2bfloat16 do), NaN staying NaN.
+typedef unsigned short effnet_bf16;
+
+__device__ __forceinline__ float effnet_load(const float* p, long i) { return p[i]; }
+
+__device__ __forceinline__ float effnet_load(const effnet_bf16* p, long i) {
+    return __uint_as_float(((unsigned int)p[i]) << 16);
+}
+
+__device__ __forceinline__ void effnet_store(float* p, long i, float v) { p[i] = v; }
+
+__device__ __forceinline__ void effnet_store(effnet_bf16* p, long i, float v) {
+    unsigned int u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        p[i] = (effnet_bf16)((u >> 16) | 0x40u);
+        return;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    p[i] = (effnet_bf16)(u >> 16);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Convolutions. A window is (k, stride, dil, pad_top, pad_left, oh, ow): the padding may be
 // asymmetric (TensorFlow "same" pads the extra row and column after), given by its top and
@@ -61,9 +86,10 @@ __device__ __forceinline__ long effnet_index() {
 // Depthwise convolution, `y[b, oy, ox, ch] = act(scale[ch] * sum_k x * w + shift[ch])` with
 // `affine = (scale, shift)` (the eval-mode BatchNorm and any convolution bias folded in; ones
 // and the bias in the training step, whose BatchNorm follows). `w` is timm's `[C, 1, k, k]`.
-extern "C" __global__ void effnet_depthwise_nhwc(
-    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ affine,
-    float* __restrict__ y, int n, int h, int wd, int c, int k, int stride, int dil, int pad_top,
+template <typename T>
+__device__ __forceinline__ void effnet_depthwise(
+    const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ affine,
+    T* __restrict__ y, int n, int h, int wd, int c, int k, int stride, int dil, int pad_top,
     int pad_left, int oh, int ow, int act) {
     long i = effnet_index();
     long total = (long)n * oh * ow * c;
@@ -81,10 +107,26 @@ extern "C" __global__ void effnet_depthwise_nhwc(
         for (int kx = 0; kx < k; kx++) {
             int ix = ox * stride - pad_left + kx * dil;
             if (ix < 0 || ix >= wd) continue;
-            acc += x[(((long)b * h + iy) * wd + ix) * c + ch] * w[((long)ch * k + ky) * k + kx];
+            acc += effnet_load(x, (((long)b * h + iy) * wd + ix) * c + ch) *
+                   w[((long)ch * k + ky) * k + kx];
         }
     }
-    y[i] = effnet_act(acc * affine[ch] + affine[c + ch], act);
+    effnet_store(y, i, effnet_act(acc * affine[ch] + affine[c + ch], act));
+}
+
+extern "C" __global__ void effnet_depthwise_nhwc(
+    const float* x, const float* w, const float* affine, float* y, int n, int h, int wd, int c,
+    int k, int stride, int dil, int pad_top, int pad_left, int oh, int ow, int act) {
+    effnet_depthwise(x, w, affine, y, n, h, wd, c, k, stride, dil, pad_top, pad_left, oh, ow,
+                     act);
+}
+
+extern "C" __global__ void effnet_depthwise_nhwc_bf16(
+    const effnet_bf16* x, const float* w, const float* affine, effnet_bf16* y, int n, int h,
+    int wd, int c, int k, int stride, int dil, int pad_top, int pad_left, int oh, int ow,
+    int act) {
+    effnet_depthwise(x, w, affine, y, n, h, wd, c, k, stride, dil, pad_top, pad_left, oh, ow,
+                     act);
 }
 
 // The input gradient of a depthwise convolution: `dx[b, iy, ix, ch] = sum over the outputs
@@ -153,8 +195,9 @@ extern "C" __global__ void effnet_depthwise_weight_grad_partial_nhwc(
 // A dense convolution's input patches as GEMM rows: `cols[m, (ky * k + kx) * c + ch]` is the
 // input under tap (ky, kx) of output pixel m (zero in the padding), so that the convolution is
 // `cols x w^T` with the weight in `[O, k, k, C]` order.
-extern "C" __global__ void effnet_im2col_nhwc(
-    const float* __restrict__ x, float* __restrict__ cols, int n, int h, int wd, int c, int k,
+template <typename T>
+__device__ __forceinline__ void effnet_im2col(
+    const T* __restrict__ x, T* __restrict__ cols, int n, int h, int wd, int c, int k,
     int stride, int dil, int pad_top, int pad_left, int oh, int ow) {
     long i = effnet_index();
     long taps = (long)k * k;
@@ -171,9 +214,22 @@ extern "C" __global__ void effnet_im2col_nhwc(
     int b = (int)(q / oh);
     int iy = oy * stride - pad_top + ky * dil;
     int ix = ox * stride - pad_left + kx * dil;
-    cols[i] = (iy < 0 || iy >= h || ix < 0 || ix >= wd)
-                  ? 0.0f
-                  : x[(((long)b * h + iy) * wd + ix) * c + ch];
+    effnet_store(cols, i,
+                 (iy < 0 || iy >= h || ix < 0 || ix >= wd)
+                     ? 0.0f
+                     : effnet_load(x, (((long)b * h + iy) * wd + ix) * c + ch));
+}
+
+extern "C" __global__ void effnet_im2col_nhwc(
+    const float* x, float* cols, int n, int h, int wd, int c, int k, int stride, int dil,
+    int pad_top, int pad_left, int oh, int ow) {
+    effnet_im2col(x, cols, n, h, wd, c, k, stride, dil, pad_top, pad_left, oh, ow);
+}
+
+extern "C" __global__ void effnet_im2col_nhwc_bf16(
+    const effnet_bf16* x, effnet_bf16* cols, int n, int h, int wd, int c, int k, int stride,
+    int dil, int pad_top, int pad_left, int oh, int ow) {
+    effnet_im2col(x, cols, n, h, wd, c, k, stride, dil, pad_top, pad_left, oh, ow);
 }
 
 // The adjoint of `effnet_im2col_nhwc`: `dx[b, iy, ix, ch]` is the sum of the patch entries
@@ -212,29 +268,41 @@ extern "C" __global__ void effnet_col2im_nhwc(
 // ---------------------------------------------------------------------------------------------
 // BatchNorm and activation.
 
-__device__ __forceinline__ float effnet_affine_act(const float* z, const float* affine, long i,
-                                                   int c, int act) {
-    int ch = (int)(i % c);
-    return effnet_act(z[i] * affine[ch] + affine[c + ch], act);
-}
-
 // The epilogue of a convolution run as a GEMM: `y = act(z * scale[ch] + shift[ch])` with
-// `affine = (scale, shift)`, over `total` elements of `c` channels.
-extern "C" __global__ void effnet_affine_act_nhwc(
-    const float* __restrict__ z, const float* __restrict__ affine, float* __restrict__ y,
-    long total, int c, int act) {
+// `affine = (scale, shift)`, over `total` elements of `c` channels, then `+ residual` (a
+// block's skip connection) in the same pass when one is given.
+template <typename T>
+__device__ __forceinline__ void effnet_affine_act(
+    const T* __restrict__ z, const float* __restrict__ affine, const T* __restrict__ residual,
+    T* __restrict__ y, long total, int c, int act) {
     long i = effnet_index();
     if (i >= total) return;
-    y[i] = effnet_affine_act(z, affine, i, c, act);
+    int ch = (int)(i % c);
+    float v = effnet_act(effnet_load(z, i) * affine[ch] + affine[c + ch], act);
+    if (residual) v += effnet_load(residual, i);
+    effnet_store(y, i, v);
 }
 
-// `effnet_affine_act_nhwc`, then `+ residual` (a block's skip connection) in the same pass.
+extern "C" __global__ void effnet_affine_act_nhwc(
+    const float* z, const float* affine, float* y, long total, int c, int act) {
+    effnet_affine_act(z, affine, (const float*)0, y, total, c, act);
+}
+
+extern "C" __global__ void effnet_affine_act_nhwc_bf16(
+    const effnet_bf16* z, const float* affine, effnet_bf16* y, long total, int c, int act) {
+    effnet_affine_act(z, affine, (const effnet_bf16*)0, y, total, c, act);
+}
+
 extern "C" __global__ void effnet_affine_act_residual_nhwc(
-    const float* __restrict__ z, const float* __restrict__ affine,
-    const float* __restrict__ residual, float* __restrict__ y, long total, int c, int act) {
-    long i = effnet_index();
-    if (i >= total) return;
-    y[i] = effnet_affine_act(z, affine, i, c, act) + residual[i];
+    const float* z, const float* affine, const float* residual, float* y, long total, int c,
+    int act) {
+    effnet_affine_act(z, affine, residual, y, total, c, act);
+}
+
+extern "C" __global__ void effnet_affine_act_residual_nhwc_bf16(
+    const effnet_bf16* z, const float* affine, const effnet_bf16* residual, effnet_bf16* y,
+    long total, int c, int act) {
+    effnet_affine_act(z, affine, residual, y, total, c, act);
 }
 
 // Per-column sums of an `[rows, c]` matrix and of its squares, one partial per chunk of
@@ -349,17 +417,29 @@ extern "C" __global__ void effnet_sum_chunks(
 // Squeeze-excitation and pooling, on `[n, p, c]` maps (p pixels per image).
 
 // Per-(image, channel) means: the squeeze of a squeeze-excitation and the global average
-// pooling before the classifier. Summed in pixel order, like the CPU kernel.
-extern "C" __global__ void effnet_channel_means_nhwc(
-    const float* __restrict__ x, float* __restrict__ means, int n, long p, int c) {
+// pooling before the classifier, f32 whatever the map's type. Summed in pixel order, like
+// the CPU kernel.
+template <typename T>
+__device__ __forceinline__ void effnet_channel_means(
+    const T* __restrict__ x, float* __restrict__ means, int n, long p, int c) {
     long i = effnet_index();
     if (i >= (long)n * c) return;
     int ch = (int)(i % c);
     long b = i / c;
-    const float* row = x + b * p * c + ch;
+    long at = b * p * c + ch;
     float acc = 0.0f;
-    for (long q = 0; q < p; q++) acc += row[q * c];
+    for (long q = 0; q < p; q++) acc += effnet_load(x, at + q * c);
     means[i] = acc / (float)p;
+}
+
+extern "C" __global__ void effnet_channel_means_nhwc(
+    const float* x, float* means, int n, long p, int c) {
+    effnet_channel_means(x, means, n, p, c);
+}
+
+extern "C" __global__ void effnet_channel_means_nhwc_bf16(
+    const effnet_bf16* x, float* means, int n, long p, int c) {
+    effnet_channel_means(x, means, n, p, c);
 }
 
 // Per-(image, channel) dot products `sum_q x * y`: the gradient of a squeeze-excitation's gate
@@ -377,15 +457,26 @@ extern "C" __global__ void effnet_channel_dots_nhwc(
     dots[i] = acc;
 }
 
-// The excitation: `y[b, q, ch] = x[b, q, ch] * gate[b, ch]`.
-extern "C" __global__ void effnet_gate_channels_nhwc(
-    const float* __restrict__ x, const float* __restrict__ gate, float* __restrict__ y, int n,
-    long p, int c) {
+// The excitation: `y[b, q, ch] = x[b, q, ch] * gate[b, ch]` (f32 gates).
+template <typename T>
+__device__ __forceinline__ void effnet_gate_channels(
+    const T* __restrict__ x, const float* __restrict__ gate, T* __restrict__ y, int n, long p,
+    int c) {
     long i = effnet_index();
     if (i >= (long)n * p * c) return;
     int ch = (int)(i % c);
     long b = i / (p * c);
-    y[i] = x[i] * gate[b * c + ch];
+    effnet_store(y, i, effnet_load(x, i) * gate[b * c + ch]);
+}
+
+extern "C" __global__ void effnet_gate_channels_nhwc(
+    const float* x, const float* gate, float* y, int n, long p, int c) {
+    effnet_gate_channels(x, gate, y, n, p, c);
+}
+
+extern "C" __global__ void effnet_gate_channels_nhwc_bf16(
+    const effnet_bf16* x, const float* gate, effnet_bf16* y, int n, long p, int c) {
+    effnet_gate_channels(x, gate, y, n, p, c);
 }
 
 // The gradient at a squeeze-excitation's input: `y[b, q, ch] = x * gate[b, ch] + add[b, ch]`

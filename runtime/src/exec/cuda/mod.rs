@@ -28,20 +28,26 @@ pub const SOURCE: &str = include_str!("kernels.cu");
 /// Every kernel `SOURCE` defines, by its `extern "C"` name.
 pub const KERNELS: &[&str] = &[
     "effnet_depthwise_nhwc",
+    "effnet_depthwise_nhwc_bf16",
     "effnet_depthwise_input_grad_nhwc",
     "effnet_depthwise_weight_grad_partial_nhwc",
     "effnet_im2col_nhwc",
+    "effnet_im2col_nhwc_bf16",
     "effnet_col2im_nhwc",
     "effnet_affine_act_nhwc",
+    "effnet_affine_act_nhwc_bf16",
     "effnet_affine_act_residual_nhwc",
+    "effnet_affine_act_residual_nhwc_bf16",
     "effnet_column_moments_partial",
     "effnet_batch_stats",
     "effnet_bn_act_grad_partial",
     "effnet_bn_act_input_grad",
     "effnet_sum_chunks",
     "effnet_channel_means_nhwc",
+    "effnet_channel_means_nhwc_bf16",
     "effnet_channel_dots_nhwc",
     "effnet_gate_channels_nhwc",
+    "effnet_gate_channels_nhwc_bf16",
     "effnet_gate_add_nhwc",
 ];
 
@@ -85,15 +91,16 @@ pub fn act_code(act: Act) -> i32 {
     }
 }
 
-/// The layer operations the CUDA plans run, on contiguous tensors: maps are NHWC f32 `[n, h,
-/// w, c]`, per-channel parameters packed as `[rows, c]`, reductions' partial sums f64 `[chunks,
+/// The layer operations the CUDA plans run, on contiguous tensors: maps are NHWC `[n, h, w,
+/// c]` in f32 (or bf16 where a method says so: the inference plan's `--dtype bf16` maps, the
+/// result then bf16 too), per-channel parameters f32 packed as `[rows, c]`, reductions' partial sums f64 `[chunks,
 /// width]` (chunked by [`row_chunks`]). Each required method is one kernel of [`SOURCE`]; the
 /// provided ones compose them, once for every implementation. One implementation launches the
 /// kernels on a GPU (the `cuda` feature); `effnet-cuda-emu` runs the same source on the CPU.
 /// Every implementation checks its operands' sizes before it runs anything.
 pub trait CudaKernels {
     /// `act(scale * depthwise(x, w) + shift)`, `w` timm's `[c, 1, k, k]`, `affine = (scale,
-    /// shift)` `[2, c]`, the window `g` (its `n, c, h, w` are `x`'s).
+    /// shift)` `[2, c]`, the window `g` (its `n, c, h, w` are `x`'s). `x` f32 or bf16.
     fn depthwise(
         &self,
         x: &Tensor,
@@ -114,11 +121,13 @@ pub trait CudaKernels {
         chunks: (usize, usize),
     ) -> Result<Tensor>;
     /// A dense convolution's patches `[n * oh * ow, k * k * c]`, taps in `(ky, kx, c)` order.
+    /// `x` f32 or bf16.
     fn im2col(&self, x: &Tensor, g: &ConvGeom) -> Result<Tensor>;
     /// The adjoint of [`CudaKernels::im2col`]: the input gradient `[n, h, w, c]` from the
     /// patches' gradient.
     fn col2im(&self, cols: &Tensor, g: &ConvGeom) -> Result<Tensor>;
-    /// `act(z * scale + shift)`, plus `residual` after the activation when given.
+    /// `act(z * scale + shift)`, plus `residual` after the activation when given. `z` and
+    /// `residual` f32 or bf16 (the same).
     fn affine_act(
         &self,
         z: &Tensor,
@@ -154,11 +163,11 @@ pub trait CudaKernels {
     ) -> Result<Tensor>;
     /// The f64 partials `[chunks, width]` summed over the chunks, in order: `[width]` f32.
     fn sum_chunks(&self, partial: &Tensor) -> Result<Tensor>;
-    /// Per-(image, channel) means, `[n, c]`.
+    /// Per-(image, channel) means, `[n, c]` f32; `x` f32 or bf16.
     fn channel_means(&self, x: &Tensor) -> Result<Tensor>;
     /// Per-(image, channel) sums of `x * y`, `[n, c]`.
     fn channel_dots(&self, x: &Tensor, y: &Tensor) -> Result<Tensor>;
-    /// `x * gate[b, c]`.
+    /// `x * gate[b, c]`; `x` f32 or bf16, the gates f32.
     fn gate_channels(&self, x: &Tensor, gate: &Tensor) -> Result<Tensor>;
     /// `x * gate[b, c] + add[b, c]`.
     fn gate_add(&self, x: &Tensor, gate: &Tensor, add: &Tensor) -> Result<Tensor>;
@@ -201,6 +210,7 @@ pub fn logits_with<K: CudaKernels>(net: &Network, x: &Tensor, kernels: K) -> Res
     let mut ops = backend::CudaOps {
         kernels,
         prepared: parts.prepared,
+        maps: backend::map_dtype(parts.stem.conv.weight_dtype()),
         dtype: x.dtype(),
     };
     crate::exec::forward::logits(&mut ops, &parts, x, None)

@@ -83,6 +83,7 @@ struct Launch {
 enum View<'a> {
     F32(CudaView<'a, f32>),
     F64(CudaView<'a, f64>),
+    Bf16(CudaView<'a, half::bf16>),
 }
 
 impl Launch {
@@ -101,6 +102,11 @@ impl Launch {
         self
     }
 
+    fn out(mut self, dtype: DType) -> Self {
+        self.out_dtype = dtype;
+        self
+    }
+
     fn run(&self, inputs: &[(&CudaStorage, &Layout)]) -> Result<(CudaStorage, Shape)> {
         let op = self.kernel;
         let Some((first, _)) = inputs.first() else {
@@ -115,8 +121,9 @@ impl Launch {
             views.push(match s.dtype() {
                 DType::F32 => View::F32(s.as_cuda_slice::<f32>()?.slice(a..b)),
                 DType::F64 => View::F64(s.as_cuda_slice::<f64>()?.slice(a..b)),
+                DType::BF16 => View::Bf16(s.as_cuda_slice::<half::bf16>()?.slice(a..b)),
                 d => bail!(
-                    "{op}: input {i} is {}, the kernels take f32 or f64",
+                    "{op}: input {i} is {}, the kernels take f32, f64 or bf16",
                     d.as_str()
                 ),
             });
@@ -140,6 +147,7 @@ impl Launch {
                     match v {
                         View::F32(v) => b.arg(v),
                         View::F64(v) => b.arg(v),
+                        View::Bf16(v) => b.arg(v),
                     };
                 }
                 b.arg(&y);
@@ -160,6 +168,7 @@ impl Launch {
         }
         let storage = match self.out_dtype {
             DType::F64 => launch!(f64),
+            DType::BF16 => launch!(half::bf16),
             _ => launch!(f32),
         };
         Ok((storage, shape))
@@ -252,6 +261,29 @@ fn operand(t: &Tensor, len: usize, op: &str, what: &str) -> Result<Tensor> {
     t.to_dtype(DType::F32)?.contiguous()
 }
 
+/// `t` as a contiguous map operand of `len` elements in its own dtype, f32 or bf16.
+fn map_operand(t: &Tensor, len: usize, op: &str, what: &str) -> Result<Tensor> {
+    if !matches!(t.dtype(), DType::F32 | DType::BF16) {
+        bail!(
+            "{op}: {what} is {}, the kernels take f32 or bf16 maps",
+            t.dtype().as_str()
+        );
+    }
+    if t.elem_count() != len {
+        bail!(
+            "{op}: {what} has {:?} ({} values), expected {len}",
+            t.dims(),
+            t.elem_count()
+        );
+    }
+    t.contiguous()
+}
+
+/// The kernel for maps of `dtype`: `f32` or its `_bf16` twin.
+fn by_dtype(dtype: DType, f32: &'static str, bf16: &'static str) -> &'static str {
+    if dtype == DType::BF16 { bf16 } else { f32 }
+}
+
 /// An NHWC map's `[n, h, w, c]`.
 fn map_dims(t: &Tensor, op: &str) -> Result<[usize; 4]> {
     match t.dims() {
@@ -305,15 +337,20 @@ impl CudaKernels for Launched {
         g: &ConvGeom,
         act: Act,
     ) -> Result<Tensor> {
-        let op = "effnet_depthwise_nhwc";
+        let op = by_dtype(
+            x.dtype(),
+            "effnet_depthwise_nhwc",
+            "effnet_depthwise_nhwc_bf16",
+        );
         let (mut args, oh, ow) = window(g, op)?;
         let (n, c, k) = (g.n, g.c, g.k);
-        let x = operand(x, n * g.h * g.w * c, op, "the input")?;
+        let x = map_operand(x, n * g.h * g.w * c, op, "the input")?;
         let w = operand(w, c * k * k, op, "the weight")?;
         let affine = operand(affine, 2 * c, op, "the affine")?;
         args.push(Arg::Int(act_code(act)));
         let total = n * oh * ow * c;
-        x.apply_op3_no_bwd(&w, &affine, &Launch::new(op, total, &[n, oh, ow, c], args))
+        let launch = Launch::new(op, total, &[n, oh, ow, c], args).out(x.dtype());
+        x.apply_op3_no_bwd(&w, &affine, &launch)
     }
 
     fn depthwise_input_grad(&self, dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor> {
@@ -349,12 +386,13 @@ impl CudaKernels for Launched {
     }
 
     fn im2col(&self, x: &Tensor, g: &ConvGeom) -> Result<Tensor> {
-        let op = "effnet_im2col_nhwc";
+        let op = by_dtype(x.dtype(), "effnet_im2col_nhwc", "effnet_im2col_nhwc_bf16");
         let (args, oh, ow) = window(g, op)?;
-        let x = operand(x, g.n * g.h * g.w * g.c, op, "the input")?;
+        let x = map_operand(x, g.n * g.h * g.w * g.c, op, "the input")?;
         let width = g.k * g.k * g.c;
         let rows = g.n * oh * ow;
-        x.apply_op1_no_bwd(&Launch::new(op, rows * width, &[rows, width], args))
+        let launch = Launch::new(op, rows * width, &[rows, width], args).out(x.dtype());
+        x.apply_op1_no_bwd(&launch)
     }
 
     fn col2im(&self, cols: &Tensor, g: &ConvGeom) -> Result<Tensor> {
@@ -374,6 +412,7 @@ impl CudaKernels for Launched {
     ) -> Result<Tensor> {
         let (rows, c) = rows_cols(z, "effnet_affine_act_nhwc")?;
         let total = rows * c;
+        let dtype = z.dtype();
         let scalars = |op| -> Result<Vec<Arg>> {
             Ok(vec![
                 long(total, op, "total")?,
@@ -384,17 +423,34 @@ impl CudaKernels for Launched {
         let dims = z.dims().to_vec();
         match residual {
             None => {
-                let op = "effnet_affine_act_nhwc";
-                let z = operand(z, total, op, "the map")?;
+                let op = by_dtype(
+                    dtype,
+                    "effnet_affine_act_nhwc",
+                    "effnet_affine_act_nhwc_bf16",
+                );
+                let z = map_operand(z, total, op, "the map")?;
                 let affine = operand(affine, 2 * c, op, "the affine")?;
-                z.apply_op2_no_bwd(&affine, &Launch::new(op, total, &dims, scalars(op)?))
+                let launch = Launch::new(op, total, &dims, scalars(op)?).out(dtype);
+                z.apply_op2_no_bwd(&affine, &launch)
             }
             Some(r) => {
-                let op = "effnet_affine_act_residual_nhwc";
-                let z = operand(z, total, op, "the map")?;
+                let op = by_dtype(
+                    dtype,
+                    "effnet_affine_act_residual_nhwc",
+                    "effnet_affine_act_residual_nhwc_bf16",
+                );
+                let z = map_operand(z, total, op, "the map")?;
                 let affine = operand(affine, 2 * c, op, "the affine")?;
-                let r = operand(r, total, op, "the residual")?;
-                z.apply_op3_no_bwd(&affine, &r, &Launch::new(op, total, &dims, scalars(op)?))
+                if r.dtype() != dtype {
+                    bail!(
+                        "{op}: a {} residual for a {} map",
+                        r.dtype().as_str(),
+                        dtype.as_str()
+                    );
+                }
+                let r = map_operand(r, total, op, "the residual")?;
+                let launch = Launch::new(op, total, &dims, scalars(op)?).out(dtype);
+                z.apply_op3_no_bwd(&affine, &r, &launch)
             }
         }
     }
@@ -487,9 +543,13 @@ impl CudaKernels for Launched {
     }
 
     fn channel_means(&self, x: &Tensor) -> Result<Tensor> {
-        let op = "effnet_channel_means_nhwc";
+        let op = by_dtype(
+            x.dtype(),
+            "effnet_channel_means_nhwc",
+            "effnet_channel_means_nhwc_bf16",
+        );
         let [n, h, w, c] = map_dims(x, op)?;
-        let x = operand(x, n * h * w * c, op, "the map")?;
+        let x = map_operand(x, n * h * w * c, op, "the map")?;
         let args = vec![int(n, op, "n")?, long(h * w, op, "p")?, int(c, op, "c")?];
         x.apply_op1_no_bwd(&Launch::new(op, n * c, &[n, c], args))
     }
@@ -504,13 +564,18 @@ impl CudaKernels for Launched {
     }
 
     fn gate_channels(&self, x: &Tensor, gate: &Tensor) -> Result<Tensor> {
-        let op = "effnet_gate_channels_nhwc";
+        let op = by_dtype(
+            x.dtype(),
+            "effnet_gate_channels_nhwc",
+            "effnet_gate_channels_nhwc_bf16",
+        );
         let [n, h, w, c] = map_dims(x, op)?;
         let total = n * h * w * c;
-        let x = operand(x, total, op, "the map")?;
+        let x = map_operand(x, total, op, "the map")?;
         let gate = operand(gate, n * c, op, "the gates")?;
         let args = vec![int(n, op, "n")?, long(h * w, op, "p")?, int(c, op, "c")?];
-        x.apply_op2_no_bwd(&gate, &Launch::new(op, total, &[n, h, w, c], args))
+        let launch = Launch::new(op, total, &[n, h, w, c], args).out(x.dtype());
+        x.apply_op2_no_bwd(&gate, &launch)
     }
 
     fn gate_add(&self, x: &Tensor, gate: &Tensor, add: &Tensor) -> Result<Tensor> {
