@@ -22,10 +22,11 @@
 #      logits' distance to timm's float64 ones;
 #   5. training steps side by side, the same way: `effnet bench --train --device cuda` (the
 #      cuda-step plan, and the candle plan) against `tools/torch_bench.py --train --device cuda
-#      --channels-last` (one SGD step per iteration, f32): tf_efficientnetv2_b0 224 batch 128,
-#      efficientnetv2_s 300 batch 64;
-#   6. the main job (the README's first command) on --device cuda and on the CPU: wall time
-#      and the final accuracy of each;
+#      --channels-last` (one SGD step per iteration, f32), and `--precision bf16` against
+#      PyTorch's AMP (`--amp-bf16`): tf_efficientnetv2_b0 224 batch 128, efficientnetv2_s 300
+#      batch 64;
+#   6. the main job (the README's first command) on --device cuda in f32 and in bf16, and on
+#      the CPU: wall time and the final accuracy of each;
 #   7. the device memory after 1,000 inference calls against after 100 (no growth expected).
 # Each part records its failure and the script goes on, so one run gives every answer.
 set -uo pipefail
@@ -164,6 +165,13 @@ for round in $(seq "$ROUNDS"); do
         t=$("$PYTHON" tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch" \
             --iters "$iters" --warmup 3 --device cuda --channels-last --train 2>&1 | tail -1)
         printf 'torch\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$t" >>"$out"
+        # Mixed precision: effnet's bf16 step against PyTorch's autocast.
+        j=$("$EFFNET" bench "$spec" --model "$model" --resolution "$res" --batch "$batch" \
+            --iters "$iters" --warmup 3 --device cuda --train --precision bf16 --json 2>&1 | tail -1)
+        printf 'effnet-bf16\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$j" >>"$out"
+        t=$("$PYTHON" tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch" \
+            --iters "$iters" --warmup 3 --device cuda --channels-last --train --amp-bf16 2>&1 | tail -1)
+        printf 'torch-bf16\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$t" >>"$out"
     done
 done
 "$PYTHON" - "$out" <<'PY' | tee -a "$report"
@@ -178,12 +186,14 @@ for line in open(sys.argv[1]):
         continue
     k = (model, res, batch)
     best.setdefault(k, {})[side] = max(best.get(k, {}).get(side, 0.0), v)
-print("| model | input | batch | effnet cuda-step | effnet candle | PyTorch eager (channels_last) | cuda-step / PyTorch |")
-print("|---|---|---|---|---|---|---|")
+print("| model | input | batch | effnet cuda-step | effnet candle | PyTorch eager (channels_last) | cuda-step / PyTorch | effnet bf16 | PyTorch AMP bf16 | bf16 ratio |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for (m, r, b), s in best.items():
     e, c, t = s.get("effnet-cuda-step"), s.get("effnet-candle"), s.get("torch")
+    eb, tb = s.get("effnet-bf16"), s.get("torch-bf16")
     ratio = f"{e / t:.2f}x" if e and t else "n/a"
-    print(f"| {m} | {r} | {b} | {e} | {c} | {t} | {ratio} |")
+    ratio_b = f"{eb / tb:.2f}x" if eb and tb else "n/a"
+    print(f"| {m} | {r} | {b} | {e} | {c} | {t} | {ratio} | {eb} | {tb} | {ratio_b} |")
 print()
 print("Every measurement:")
 print()
@@ -193,11 +203,12 @@ PY
 
 say
 say "## The main job on --device cuda and on the CPU"
-for dev in cuda cpu; do
+for run in "cuda f32" "cuda bf16" "cpu f32"; do
+    read -r dev prec <<<"$run"
     start=$(date +%s)
     log=$("$EFFNET" train specs/efficientnetv2_nano.effnet --data data/mnist \
-        --out "$(mktemp -d)/nano-$dev" --device "$dev" 2>&1 | tail -3)
-    say "- --device $dev: $(( $(date +%s) - start )) s wall"
+        --out "$(mktemp -d)/nano-$dev-$prec" --device "$dev" --precision "$prec" 2>&1 | tail -3)
+    say "- --device $dev --precision $prec: $(( $(date +%s) - start )) s wall"
     say '```'
     say "$log"
     say '```'

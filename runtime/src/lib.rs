@@ -26,6 +26,6 @@ pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};
-pub use exec::{Plan, Purpose};
+pub use exec::{Plan, Precision, Purpose};
 pub use model::EffNet;
 pub use nn::Network;

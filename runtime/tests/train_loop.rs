@@ -13,7 +13,7 @@ use effnet_compiler::ir::Network as IrNetwork;
 use effnet_runtime::Network;
 use effnet_runtime::data::{self, Dataset, Split};
 use effnet_runtime::train::init::init_varmap;
-use effnet_runtime::train::{TrainError, TrainOptions, Trainer, checkpoint};
+use effnet_runtime::train::{Param, TrainError, TrainOptions, Trainer, checkpoint};
 
 const SPEC: &str = r#"
 model tiny {
@@ -367,4 +367,46 @@ fn a_condconv_network_trains_saves_and_resumes() {
     assert_eq!(values(r.weights(false)), after);
     assert_eq!(values(r.weights(true)), values(t.weights(true)));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Mixed precision is the cuda-step plan's: on the CPU the trainer refuses it before any
+/// work, and a step asked for it says which plan the call runs instead.
+#[test]
+fn mixed_precision_is_refused_off_the_gpu_with_the_reason() {
+    let net = ir();
+    let s = net.schedules[0].clone();
+    let opts = TrainOptions {
+        precision: effnet_runtime::Precision::Bf16,
+        ..TrainOptions::default()
+    };
+    let e = match Trainer::new(&net, s, opts, mnist(Split::Train, 16), None) {
+        Ok(_) => panic!("bf16 training accepted on the CPU"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("--precision bf16") && e.contains("GPU"), "{e}");
+
+    let t = trainer("plain", 1);
+    let x = Tensor::zeros((2, net.input_channels, 28, 28), DType::F32, &Device::Cpu).expect("x");
+    let y = effnet_runtime::exec::one_hot(&[0, 1], net.num_classes, &Device::Cpu).expect("y");
+    let params: Vec<Param> = t
+        .net
+        .named_tensors()
+        .into_iter()
+        .filter(|n| n.trainable)
+        .map(|n| {
+            Param::new(
+                n.name,
+                candle_core::Var::from_tensor(&n.tensor).expect("var"),
+            )
+        })
+        .collect();
+    let mut rng = effnet_runtime::data::sample_rng(0, &[]);
+    let e = t
+        .net
+        .loss_and_grads_in(effnet_runtime::Precision::Bf16, &params, &x, &y, &mut rng)
+        .expect_err("bf16 step on the CPU");
+    assert!(
+        e.to_string().contains("mixed precision") && e.to_string().contains("cpu-step"),
+        "{e}"
+    );
 }

@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use effnet_compiler::ir::Optimizer as OptimizerSpec;
 use effnet_runtime::Network;
-use effnet_runtime::exec::{Choice, Plan, Purpose, one_hot};
+use effnet_runtime::exec::{Choice, Plan, Precision, Purpose, one_hot};
 use effnet_runtime::train::optim::{Optimizer, Param};
 
 use super::compute::{DeviceArg, device};
@@ -32,7 +32,25 @@ pub struct BenchArgs<'a> {
     pub device: DeviceArg,
     pub dtype: DtypeArg,
     pub plan: Option<PlanArg>,
+    pub precision: Precision,
     pub json: bool,
+}
+
+/// A training step's arithmetic named on the command line (`--precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl PrecisionArg {
+    pub fn precision(self) -> Precision {
+        match self {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        }
+    }
 }
 
 /// An execution plan named on the command line.
@@ -163,9 +181,12 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
     };
     let mut step = || -> Result<(), String> {
         if a.train {
-            let (_, grads) = net
-                .loss_and_grads_on(plan.plan, &params, &x, &targets, &mut masks)
-                .map_err(ce)?;
+            let (_, grads) = if a.precision == Precision::F32 {
+                net.loss_and_grads_on(plan.plan, &params, &x, &targets, &mut masks)
+            } else {
+                net.loss_and_grads_in(a.precision, &params, &x, &targets, &mut masks)
+            }
+            .map_err(ce)?;
             optimizer
                 .step(&params, &grads, 0.01)
                 .map_err(|e| e.to_string())?;
@@ -198,6 +219,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
                 _ => "cuda",
             },
             "dtype": dtype.as_str(),
+            "precision": a.precision.name(),
             "plan": plan.plan.name(),
             "plan_fallback_reason": plan.fallback_reason,
             "threads": rayon::current_num_threads(),

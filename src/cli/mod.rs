@@ -135,6 +135,10 @@ pub enum Command {
         /// cuda-step and candle for --train.
         #[arg(long, value_enum)]
         plan: Option<bench::PlanArg>,
+        /// The training step's arithmetic with --train: f32, or bf16 mixed precision (bf16
+        /// activations and GEMMs, f32 master weights; the cuda-step plan only).
+        #[arg(long, value_enum, default_value_t, requires = "train")]
+        precision: bench::PrecisionArg,
         #[arg(long)]
         json: bool,
     },
@@ -241,6 +245,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
             compute,
             dtype,
             plan,
+            precision,
             json,
         } => bench::run(&bench::BenchArgs {
             spec: &spec,
@@ -253,6 +258,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
             device: compute.device,
             dtype,
             plan,
+            precision: precision.precision(),
             json,
         }),
         Command::Fmt { files, check } => fmt::run(&files, check),

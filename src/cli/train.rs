@@ -76,6 +76,10 @@ pub struct TrainArgs {
     /// Also report the test accuracy of the raw weights when the schedule has EMA.
     #[arg(long)]
     pub eval_raw: bool,
+    /// The training step's arithmetic: f32, or bf16 mixed precision (bf16 activations and
+    /// GEMMs, f32 master weights, BatchNorm statistics and optimizer; on a GPU only).
+    #[arg(long, value_enum, default_value_t)]
+    pub precision: super::bench::PrecisionArg,
     /// Fine-tune: start from these weights (safetensors with timm or torchvision names). A
     /// classifier whose class count differs from the model's is new and freshly initialized;
     /// any other difference is an error.
@@ -178,6 +182,10 @@ fn print_table(t: &Trainer, data_desc: &str, ranks: &Ranks) {
     );
     println!("data {data_desc}");
     match t.step_plan() {
+        Ok(plan) if t.opts.precision == effnet_runtime::Precision::Bf16 => println!(
+            "training step plan: {plan}, mixed precision (bf16 activations and GEMMs, f32 \
+             master weights)"
+        ),
         Ok(plan) => println!("training step plan: {plan}"),
         Err(e) => println!("training step plan: unknown ({e})"),
     }
@@ -303,6 +311,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
         workers: a.workers,
         device: ranks.devices[0].clone(),
         evaluate_raw: a.eval_raw,
+        precision: a.precision.precision(),
         ..TrainOptions::default()
     };
     let run = Run {

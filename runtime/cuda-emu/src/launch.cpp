@@ -29,11 +29,26 @@ void emu_depthwise_input_grad_nhwc(unsigned grid, unsigned block, const float* d
                   [&] { effnet_depthwise_input_grad_nhwc(dy, w, dx, EMU_WINDOW_ARGS); });
 }
 
+void emu_depthwise_input_grad_nhwc_bf16(unsigned grid, unsigned block, const effnet_bf16* dy,
+                                   const float* w, effnet_bf16* dx, EMU_WINDOW_PARAMS) {
+    effnet_launch(grid, block,
+                  [&] { effnet_depthwise_input_grad_nhwc_bf16(dy, w, dx, EMU_WINDOW_ARGS); });
+}
+
 void emu_depthwise_weight_grad_partial_nhwc(unsigned grid, unsigned block, const float* x,
                                             const float* dy, double* partial, EMU_WINDOW_PARAMS,
                                             long rows_per_chunk, int chunks) {
     effnet_launch(grid, block, [&] {
         effnet_depthwise_weight_grad_partial_nhwc(x, dy, partial, EMU_WINDOW_ARGS,
+                                                  rows_per_chunk, chunks);
+    });
+}
+
+void emu_depthwise_weight_grad_partial_nhwc_bf16(unsigned grid, unsigned block, const effnet_bf16* x,
+                                            const effnet_bf16* dy, double* partial, EMU_WINDOW_PARAMS,
+                                            long rows_per_chunk, int chunks) {
+    effnet_launch(grid, block, [&] {
+        effnet_depthwise_weight_grad_partial_nhwc_bf16(x, dy, partial, EMU_WINDOW_ARGS,
                                                   rows_per_chunk, chunks);
     });
 }
@@ -51,6 +66,11 @@ void emu_im2col_nhwc_bf16(unsigned grid, unsigned block, const effnet_bf16* x,
 void emu_col2im_nhwc(unsigned grid, unsigned block, const float* cols, float* dx,
                      EMU_WINDOW_PARAMS) {
     effnet_launch(grid, block, [&] { effnet_col2im_nhwc(cols, dx, EMU_WINDOW_ARGS); });
+}
+
+void emu_col2im_nhwc_bf16(unsigned grid, unsigned block, const effnet_bf16* cols, effnet_bf16* dx,
+                     EMU_WINDOW_PARAMS) {
+    effnet_launch(grid, block, [&] { effnet_col2im_nhwc_bf16(cols, dx, EMU_WINDOW_ARGS); });
 }
 
 void emu_affine_act_nhwc(unsigned grid, unsigned block, const float* z, const float* affine,
@@ -87,6 +107,13 @@ void emu_column_moments_partial(unsigned grid, unsigned block, const float* z, d
     });
 }
 
+void emu_column_moments_partial_bf16(unsigned grid, unsigned block, const effnet_bf16* z, double* partial,
+                                long rows, int c, long rows_per_chunk, int chunks) {
+    effnet_launch(grid, block, [&] {
+        effnet_column_moments_partial_bf16(z, partial, rows, c, rows_per_chunk, chunks);
+    });
+}
+
 void emu_batch_stats(unsigned grid, unsigned block, const double* partial, float* out,
                      int chunks, int c, long count, double eps) {
     effnet_launch(grid, block, [&] { effnet_batch_stats(partial, out, chunks, c, count, eps); });
@@ -100,10 +127,24 @@ void emu_bn_act_grad_partial(unsigned grid, unsigned block, const float* d, cons
     });
 }
 
+void emu_bn_act_grad_partial_bf16(unsigned grid, unsigned block, const effnet_bf16* d, const effnet_bf16* z,
+                             const float* bn, double* partial, long rows, int c,
+                             long rows_per_chunk, int chunks, int act) {
+    effnet_launch(grid, block, [&] {
+        effnet_bn_act_grad_partial_bf16(d, z, bn, partial, rows, c, rows_per_chunk, chunks, act);
+    });
+}
+
 void emu_bn_act_input_grad(unsigned grid, unsigned block, const float* d, const float* z,
                            const float* bn, float* dz, long total, int c, int act, int eval) {
     effnet_launch(grid, block,
                   [&] { effnet_bn_act_input_grad(d, z, bn, dz, total, c, act, eval); });
+}
+
+void emu_bn_act_input_grad_bf16(unsigned grid, unsigned block, const effnet_bf16* d, const effnet_bf16* z,
+                           const float* bn, effnet_bf16* dz, long total, int c, int act, int eval) {
+    effnet_launch(grid, block,
+                  [&] { effnet_bn_act_input_grad_bf16(d, z, bn, dz, total, c, act, eval); });
 }
 
 void emu_sum_chunks(unsigned grid, unsigned block, const double* partial, float* out,
@@ -126,6 +167,11 @@ void emu_channel_dots_nhwc(unsigned grid, unsigned block, const float* x, const 
     effnet_launch(grid, block, [&] { effnet_channel_dots_nhwc(x, y, dots, n, p, c); });
 }
 
+void emu_channel_dots_nhwc_bf16(unsigned grid, unsigned block, const effnet_bf16* x, const effnet_bf16* y,
+                           float* dots, int n, long p, int c) {
+    effnet_launch(grid, block, [&] { effnet_channel_dots_nhwc_bf16(x, y, dots, n, p, c); });
+}
+
 void emu_gate_channels_nhwc(unsigned grid, unsigned block, const float* x, const float* gate,
                             float* y, int n, long p, int c) {
     effnet_launch(grid, block, [&] { effnet_gate_channels_nhwc(x, gate, y, n, p, c); });
@@ -139,5 +185,10 @@ void emu_gate_channels_nhwc_bf16(unsigned grid, unsigned block, const effnet_bf1
 void emu_gate_add_nhwc(unsigned grid, unsigned block, const float* x, const float* gate,
                        const float* add, float* y, int n, long p, int c) {
     effnet_launch(grid, block, [&] { effnet_gate_add_nhwc(x, gate, add, y, n, p, c); });
+}
+
+void emu_gate_add_nhwc_bf16(unsigned grid, unsigned block, const effnet_bf16* x, const float* gate,
+                       const float* add, effnet_bf16* y, int n, long p, int c) {
+    effnet_launch(grid, block, [&] { effnet_gate_add_nhwc_bf16(x, gate, add, y, n, p, c); });
 }
 }

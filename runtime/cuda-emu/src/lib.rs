@@ -61,9 +61,27 @@ unsafe extern "C" {
     fn emu_depthwise_input_grad_nhwc(
         grid: c_uint,
         block: c_uint,
-        dy: *const f32,
+        dy: *const c_void,
         w: *const f32,
-        dx: *mut f32,
+        dx: *mut c_void,
+        n: c_int,
+        h: c_int,
+        wd: c_int,
+        c: c_int,
+        k: c_int,
+        stride: c_int,
+        dil: c_int,
+        pad_top: c_int,
+        pad_left: c_int,
+        oh: c_int,
+        ow: c_int,
+    );
+    fn emu_depthwise_input_grad_nhwc_bf16(
+        grid: c_uint,
+        block: c_uint,
+        dy: *const c_void,
+        w: *const f32,
+        dx: *mut c_void,
         n: c_int,
         h: c_int,
         wd: c_int,
@@ -79,8 +97,28 @@ unsafe extern "C" {
     fn emu_depthwise_weight_grad_partial_nhwc(
         grid: c_uint,
         block: c_uint,
-        x: *const f32,
-        dy: *const f32,
+        x: *const c_void,
+        dy: *const c_void,
+        partial: *mut f64,
+        n: c_int,
+        h: c_int,
+        wd: c_int,
+        c: c_int,
+        k: c_int,
+        stride: c_int,
+        dil: c_int,
+        pad_top: c_int,
+        pad_left: c_int,
+        oh: c_int,
+        ow: c_int,
+        rows_per_chunk: c_long,
+        chunks: c_int,
+    );
+    fn emu_depthwise_weight_grad_partial_nhwc_bf16(
+        grid: c_uint,
+        block: c_uint,
+        x: *const c_void,
+        dy: *const c_void,
         partial: *mut f64,
         n: c_int,
         h: c_int,
@@ -133,8 +171,25 @@ unsafe extern "C" {
     fn emu_col2im_nhwc(
         grid: c_uint,
         block: c_uint,
-        cols: *const f32,
-        dx: *mut f32,
+        cols: *const c_void,
+        dx: *mut c_void,
+        n: c_int,
+        h: c_int,
+        wd: c_int,
+        c: c_int,
+        k: c_int,
+        stride: c_int,
+        dil: c_int,
+        pad_top: c_int,
+        pad_left: c_int,
+        oh: c_int,
+        ow: c_int,
+    );
+    fn emu_col2im_nhwc_bf16(
+        grid: c_uint,
+        block: c_uint,
+        cols: *const c_void,
+        dx: *mut c_void,
         n: c_int,
         h: c_int,
         wd: c_int,
@@ -192,7 +247,17 @@ unsafe extern "C" {
     fn emu_column_moments_partial(
         grid: c_uint,
         block: c_uint,
-        z: *const f32,
+        z: *const c_void,
+        partial: *mut f64,
+        rows: c_long,
+        c: c_int,
+        rows_per_chunk: c_long,
+        chunks: c_int,
+    );
+    fn emu_column_moments_partial_bf16(
+        grid: c_uint,
+        block: c_uint,
+        z: *const c_void,
         partial: *mut f64,
         rows: c_long,
         c: c_int,
@@ -212,8 +277,21 @@ unsafe extern "C" {
     fn emu_bn_act_grad_partial(
         grid: c_uint,
         block: c_uint,
-        d: *const f32,
-        z: *const f32,
+        d: *const c_void,
+        z: *const c_void,
+        bn: *const f32,
+        partial: *mut f64,
+        rows: c_long,
+        c: c_int,
+        rows_per_chunk: c_long,
+        chunks: c_int,
+        act: c_int,
+    );
+    fn emu_bn_act_grad_partial_bf16(
+        grid: c_uint,
+        block: c_uint,
+        d: *const c_void,
+        z: *const c_void,
         bn: *const f32,
         partial: *mut f64,
         rows: c_long,
@@ -225,10 +303,22 @@ unsafe extern "C" {
     fn emu_bn_act_input_grad(
         grid: c_uint,
         block: c_uint,
-        d: *const f32,
-        z: *const f32,
+        d: *const c_void,
+        z: *const c_void,
         bn: *const f32,
-        dz: *mut f32,
+        dz: *mut c_void,
+        total: c_long,
+        c: c_int,
+        act: c_int,
+        eval: c_int,
+    );
+    fn emu_bn_act_input_grad_bf16(
+        grid: c_uint,
+        block: c_uint,
+        d: *const c_void,
+        z: *const c_void,
+        bn: *const f32,
+        dz: *mut c_void,
         total: c_long,
         c: c_int,
         act: c_int,
@@ -263,8 +353,18 @@ unsafe extern "C" {
     fn emu_channel_dots_nhwc(
         grid: c_uint,
         block: c_uint,
-        x: *const f32,
-        y: *const f32,
+        x: *const c_void,
+        y: *const c_void,
+        dots: *mut f32,
+        n: c_int,
+        p: c_long,
+        c: c_int,
+    );
+    fn emu_channel_dots_nhwc_bf16(
+        grid: c_uint,
+        block: c_uint,
+        x: *const c_void,
+        y: *const c_void,
         dots: *mut f32,
         n: c_int,
         p: c_long,
@@ -293,10 +393,21 @@ unsafe extern "C" {
     fn emu_gate_add_nhwc(
         grid: c_uint,
         block: c_uint,
-        x: *const f32,
+        x: *const c_void,
         gate: *const f32,
         add: *const f32,
-        y: *mut f32,
+        y: *mut c_void,
+        n: c_int,
+        p: c_long,
+        c: c_int,
+    );
+    fn emu_gate_add_nhwc_bf16(
+        grid: c_uint,
+        block: c_uint,
+        x: *const c_void,
+        gate: *const f32,
+        add: *const f32,
+        y: *mut c_void,
         n: c_int,
         p: c_long,
         c: c_int,
@@ -368,6 +479,14 @@ fn window(g: &ConvGeom) -> Result<(Window, usize, usize)> {
         oh,
         ow,
     ))
+}
+
+/// Whether two maps of one kernel share a dtype.
+fn same_dtype(a: &MapBuf, b: &MapBuf, op: &str) -> Result<()> {
+    if a.is_bf16() != b.is_bf16() {
+        bail!("{op}: maps of two dtypes");
+    }
+    Ok(())
 }
 
 fn covering(chunks: usize, per: usize, rows: usize, op: &str) -> Result<()> {
@@ -516,32 +635,36 @@ impl CudaKernels for Emulated {
         let op = "depthwise_input_grad";
         let (win, oh, ow) = window(g)?;
         let (n, c, k) = (g.n, g.c, g.k);
-        let dy = values(dy, n * oh * ow * c, op, "the output gradient")?;
+        let dy = MapBuf::of(dy, n * oh * ow * c, op, "the output gradient")?;
         let w = values(w, c * k * k, op, "the weight")?;
-        let mut dx = vec![0f32; n * g.h * g.w * c];
+        let mut dx = MapBuf::zeros_like(&dy, n * g.h * g.w * c);
         let (grid, block) = grid_1d(dx.len())?;
         let [a, b, cc, d, e, f, gg, h, i, j, l] = win;
         unsafe {
-            emu_depthwise_input_grad_nhwc(
-                grid,
-                block,
-                dy.as_ptr(),
-                w.as_ptr(),
-                dx.as_mut_ptr(),
-                a,
-                b,
-                cc,
-                d,
-                e,
-                f,
-                gg,
-                h,
-                i,
-                j,
-                l,
+            twin!(
+                dy.is_bf16(),
+                emu_depthwise_input_grad_nhwc
+                    | emu_depthwise_input_grad_nhwc_bf16(
+                        grid,
+                        block,
+                        dy.ptr(),
+                        w.as_ptr(),
+                        dx.mut_ptr(),
+                        a,
+                        b,
+                        cc,
+                        d,
+                        e,
+                        f,
+                        gg,
+                        h,
+                        i,
+                        j,
+                        l,
+                    )
             );
         }
-        tensor(dx, &[n, g.h, g.w, c])
+        dx.tensor(&[n, g.h, g.w, c])
     }
 
     fn depthwise_weight_grad_partial(
@@ -554,33 +677,38 @@ impl CudaKernels for Emulated {
         let op = "depthwise_weight_grad_partial";
         let (win, oh, ow) = window(g)?;
         let (n, c, k) = (g.n, g.c, g.k);
-        let x = values(x, n * g.h * g.w * c, op, "the input")?;
-        let dy = values(dy, n * oh * ow * c, op, "the output gradient")?;
+        let x = MapBuf::of(x, n * g.h * g.w * c, op, "the input")?;
+        let dy = MapBuf::of(dy, n * oh * ow * c, op, "the output gradient")?;
+        same_dtype(&x, &dy, op)?;
         covering(chunks, per, n * oh * ow, op)?;
         let width = k * k * c;
         let mut partial = vec![0f64; chunks * width];
         let (grid, block) = grid_1d(partial.len())?;
         let [a, b, cc, d, e, f, gg, h, i, j, l] = win;
         unsafe {
-            emu_depthwise_weight_grad_partial_nhwc(
-                grid,
-                block,
-                x.as_ptr(),
-                dy.as_ptr(),
-                partial.as_mut_ptr(),
-                a,
-                b,
-                cc,
-                d,
-                e,
-                f,
-                gg,
-                h,
-                i,
-                j,
-                l,
-                long(per, "rows per chunk")?,
-                int(chunks, "chunks")?,
+            twin!(
+                x.is_bf16(),
+                emu_depthwise_weight_grad_partial_nhwc
+                    | emu_depthwise_weight_grad_partial_nhwc_bf16(
+                        grid,
+                        block,
+                        x.ptr(),
+                        dy.ptr(),
+                        partial.as_mut_ptr(),
+                        a,
+                        b,
+                        cc,
+                        d,
+                        e,
+                        f,
+                        gg,
+                        h,
+                        i,
+                        j,
+                        l,
+                        long(per, "rows per chunk")?,
+                        int(chunks, "chunks")?,
+                    )
             );
         }
         tensor(partial, &[chunks, width])
@@ -623,30 +751,34 @@ impl CudaKernels for Emulated {
     fn col2im(&self, cols: &Tensor, g: &ConvGeom) -> Result<Tensor> {
         let op = "col2im";
         let (win, oh, ow) = window(g)?;
-        let cols = values(cols, g.n * oh * ow * g.k * g.k * g.c, op, "the patches")?;
-        let mut dx = vec![0f32; g.n * g.h * g.w * g.c];
+        let cols = MapBuf::of(cols, g.n * oh * ow * g.k * g.k * g.c, op, "the patches")?;
+        let mut dx = MapBuf::zeros_like(&cols, g.n * g.h * g.w * g.c);
         let (grid, block) = grid_1d(dx.len())?;
         let [a, b, cc, d, e, f, gg, h, i, j, l] = win;
         unsafe {
-            emu_col2im_nhwc(
-                grid,
-                block,
-                cols.as_ptr(),
-                dx.as_mut_ptr(),
-                a,
-                b,
-                cc,
-                d,
-                e,
-                f,
-                gg,
-                h,
-                i,
-                j,
-                l,
+            twin!(
+                cols.is_bf16(),
+                emu_col2im_nhwc
+                    | emu_col2im_nhwc_bf16(
+                        grid,
+                        block,
+                        cols.ptr(),
+                        dx.mut_ptr(),
+                        a,
+                        b,
+                        cc,
+                        d,
+                        e,
+                        f,
+                        gg,
+                        h,
+                        i,
+                        j,
+                        l,
+                    )
             );
         }
-        tensor(dx, &[g.n, g.h, g.w, g.c])
+        dx.tensor(&[g.n, g.h, g.w, g.c])
     }
 
     fn affine_act(
@@ -713,20 +845,24 @@ impl CudaKernels for Emulated {
     fn column_moments_partial(&self, z: &Tensor, (chunks, per): (usize, usize)) -> Result<Tensor> {
         let op = "column_moments_partial";
         let (rows, c) = rows_cols(z, op)?;
-        let z = values(z, rows * c, op, "the map")?;
+        let z = MapBuf::of(z, rows * c, op, "the map")?;
         covering(chunks, per, rows, op)?;
         let mut partial = vec![0f64; chunks * 2 * c];
         let (grid, block) = grid_1d(chunks * c)?;
         unsafe {
-            emu_column_moments_partial(
-                grid,
-                block,
-                z.as_ptr(),
-                partial.as_mut_ptr(),
-                long(rows, "rows")?,
-                int(c, "c")?,
-                long(per, "rows per chunk")?,
-                int(chunks, "chunks")?,
+            twin!(
+                z.is_bf16(),
+                emu_column_moments_partial
+                    | emu_column_moments_partial_bf16(
+                        grid,
+                        block,
+                        z.ptr(),
+                        partial.as_mut_ptr(),
+                        long(rows, "rows")?,
+                        int(c, "c")?,
+                        long(per, "rows per chunk")?,
+                        int(chunks, "chunks")?,
+                    )
             );
         }
         tensor(partial, &[chunks, 2 * c])
@@ -761,25 +897,30 @@ impl CudaKernels for Emulated {
     ) -> Result<Tensor> {
         let op = "bn_act_grad_partial";
         let (rows, c) = rows_cols(z, op)?;
-        let z = values(z, rows * c, op, "the BatchNorm's input")?;
-        let d = values(d, rows * c, op, "the output gradient")?;
+        let z = MapBuf::of(z, rows * c, op, "the BatchNorm's input")?;
+        let d = MapBuf::of(d, rows * c, op, "the output gradient")?;
+        same_dtype(&z, &d, op)?;
         let bn = values(bn, 4 * c, op, "the BatchNorm's parameters")?;
         covering(chunks, per, rows, op)?;
         let mut partial = vec![0f64; chunks * 2 * c];
         let (grid, block) = grid_1d(chunks * c)?;
         unsafe {
-            emu_bn_act_grad_partial(
-                grid,
-                block,
-                d.as_ptr(),
-                z.as_ptr(),
-                bn.as_ptr(),
-                partial.as_mut_ptr(),
-                long(rows, "rows")?,
-                int(c, "c")?,
-                long(per, "rows per chunk")?,
-                int(chunks, "chunks")?,
-                act_code(act),
+            twin!(
+                z.is_bf16(),
+                emu_bn_act_grad_partial
+                    | emu_bn_act_grad_partial_bf16(
+                        grid,
+                        block,
+                        d.ptr(),
+                        z.ptr(),
+                        bn.as_ptr(),
+                        partial.as_mut_ptr(),
+                        long(rows, "rows")?,
+                        int(c, "c")?,
+                        long(per, "rows per chunk")?,
+                        int(chunks, "chunks")?,
+                        act_code(act),
+                    )
             );
         }
         tensor(partial, &[chunks, 2 * c])
@@ -796,26 +937,31 @@ impl CudaKernels for Emulated {
         let op = "bn_act_input_grad";
         let (rows, c) = rows_cols(z, op)?;
         let total = rows * c;
-        let z = values(z, total, op, "the BatchNorm's input")?;
-        let d = values(d, total, op, "the output gradient")?;
+        let z = MapBuf::of(z, total, op, "the BatchNorm's input")?;
+        let d = MapBuf::of(d, total, op, "the output gradient")?;
+        same_dtype(&z, &d, op)?;
         let bn = values(bn, 6 * c, op, "the BatchNorm's parameters and gradients")?;
-        let mut dz = vec![0f32; total];
+        let mut dz = MapBuf::zeros_like(&z, total);
         let (grid, block) = grid_1d(total)?;
         unsafe {
-            emu_bn_act_input_grad(
-                grid,
-                block,
-                d.as_ptr(),
-                z.as_ptr(),
-                bn.as_ptr(),
-                dz.as_mut_ptr(),
-                long(total, "total")?,
-                int(c, "c")?,
-                act_code(act),
-                c_int::from(eval),
+            twin!(
+                z.is_bf16(),
+                emu_bn_act_input_grad
+                    | emu_bn_act_input_grad_bf16(
+                        grid,
+                        block,
+                        d.ptr(),
+                        z.ptr(),
+                        bn.as_ptr(),
+                        dz.mut_ptr(),
+                        long(total, "total")?,
+                        int(c, "c")?,
+                        act_code(act),
+                        c_int::from(eval),
+                    )
             );
         }
-        tensor(dz, &[rows, c])
+        dz.tensor(&[rows, c])
     }
 
     fn sum_chunks(&self, partial: &Tensor) -> Result<Tensor> {
@@ -866,20 +1012,25 @@ impl CudaKernels for Emulated {
     fn channel_dots(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
         let op = "channel_dots";
         let [n, h, w, c] = map_dims(x, op)?;
-        let x = values(x, n * h * w * c, op, "the gradient")?;
-        let y = values(y, n * h * w * c, op, "the map")?;
+        let x = MapBuf::of(x, n * h * w * c, op, "the gradient")?;
+        let y = MapBuf::of(y, n * h * w * c, op, "the map")?;
+        same_dtype(&x, &y, op)?;
         let mut dots = vec![0f32; n * c];
         let (grid, block) = grid_1d(n * c)?;
         unsafe {
-            emu_channel_dots_nhwc(
-                grid,
-                block,
-                x.as_ptr(),
-                y.as_ptr(),
-                dots.as_mut_ptr(),
-                int(n, "n")?,
-                long(h * w, "p")?,
-                int(c, "c")?,
+            twin!(
+                x.is_bf16(),
+                emu_channel_dots_nhwc
+                    | emu_channel_dots_nhwc_bf16(
+                        grid,
+                        block,
+                        x.ptr(),
+                        y.ptr(),
+                        dots.as_mut_ptr(),
+                        int(n, "n")?,
+                        long(h * w, "p")?,
+                        int(c, "c")?,
+                    )
             );
         }
         tensor(dots, &[n, c])
@@ -914,24 +1065,28 @@ impl CudaKernels for Emulated {
     fn gate_add(&self, x: &Tensor, gate: &Tensor, add: &Tensor) -> Result<Tensor> {
         let op = "gate_add";
         let [n, h, w, c] = map_dims(x, op)?;
-        let x = values(x, n * h * w * c, op, "the gradient")?;
+        let x = MapBuf::of(x, n * h * w * c, op, "the gradient")?;
         let gate = values(gate, n * c, op, "the gates")?;
         let add = values(add, n * c, op, "the squeeze's gradient")?;
-        let mut y = vec![0f32; x.len()];
+        let mut y = MapBuf::zeros_like(&x, x.len());
         let (grid, block) = grid_1d(y.len())?;
         unsafe {
-            emu_gate_add_nhwc(
-                grid,
-                block,
-                x.as_ptr(),
-                gate.as_ptr(),
-                add.as_ptr(),
-                y.as_mut_ptr(),
-                int(n, "n")?,
-                long(h * w, "p")?,
-                int(c, "c")?,
+            twin!(
+                x.is_bf16(),
+                emu_gate_add_nhwc
+                    | emu_gate_add_nhwc_bf16(
+                        grid,
+                        block,
+                        x.ptr(),
+                        gate.as_ptr(),
+                        add.as_ptr(),
+                        y.mut_ptr(),
+                        int(n, "n")?,
+                        long(h * w, "p")?,
+                        int(c, "c")?,
+                    )
             );
         }
-        tensor(y, &[n, h, w, c])
+        y.tensor(&[n, h, w, c])
     }
 }

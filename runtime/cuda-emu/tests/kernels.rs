@@ -465,6 +465,119 @@ fn bf16_map_kernels_match_the_f32_cpu_kernels_within_a_rounding() {
     }
 }
 
+/// The bf16 twins of the training step's kernels against their f32 kernels on the same
+/// (bf16-rounded) inputs: map results within one bf16 rounding, reductions (which read bf16
+/// and sum in f64) equal to the f32 kernel's up to summation order.
+#[test]
+fn bf16_training_kernels_match_their_f32_kernels() {
+    const ULP: f32 = 1.0 / 256.0;
+    let as_f32 = |t: &Tensor| flat(&t.to_dtype(DType::F32).expect("f32"));
+    for (i, mut g) in windows().into_iter().enumerate().step_by(5) {
+        g.o = g.c;
+        let (n, c, k) = (g.n, g.c, g.k);
+        let (oh, ow) = g.out_hw().expect("out");
+        let seed = 12_000 + i as u64 * 11;
+        let x = bf16_round(&values(n * g.h * g.w * c, seed));
+        let dy = bf16_round(&values(n * oh * ow * c, seed + 1));
+        let wt = values(c * k * k, seed + 2);
+        let (x32, dy32) = (tensor(&x, &[n, g.h, g.w, c]), tensor(&dy, &[n, oh, ow, c]));
+        let (x16, dy16) = (
+            bf16_tensor(&x, &[n, g.h, g.w, c]),
+            bf16_tensor(&dy, &[n, oh, ow, c]),
+        );
+        let w = tensor(&wt, &[c, 1, k, k]);
+
+        let want = flat(
+            &Emulated
+                .depthwise_input_grad(&dy32, &w, &g)
+                .expect("f32 dx"),
+        );
+        let got = Emulated
+            .depthwise_input_grad(&dy16, &w, &g)
+            .expect("bf16 dx");
+        assert_eq!(got.dtype(), DType::BF16);
+        assert!(rel_diff(&as_f32(&got), &want) <= ULP, "{g:?} depthwise dx");
+
+        let want = flat(
+            &Emulated
+                .depthwise_weight_grad(&x32, &dy32, &g)
+                .expect("f32 dw"),
+        );
+        let got = flat(
+            &Emulated
+                .depthwise_weight_grad(&x16, &dy16, &g)
+                .expect("bf16 dw"),
+        );
+        assert!(rel_diff(&got, &want) < 1e-6, "{g:?} depthwise dw");
+
+        let width = k * k * c;
+        let cols = bf16_round(&values(n * oh * ow * width, seed + 3));
+        let want = flat(
+            &Emulated
+                .col2im(&tensor(&cols, &[n * oh * ow, width]), &g)
+                .expect("f32"),
+        );
+        let got = Emulated
+            .col2im(&bf16_tensor(&cols, &[n * oh * ow, width]), &g)
+            .expect("bf16 col2im");
+        assert!(rel_diff(&as_f32(&got), &want) <= ULP, "{g:?} col2im");
+
+        let rows = n * g.h * g.w;
+        let (z32, z16) = (tensor(&x, &[rows, c]), bf16_tensor(&x, &[rows, c]));
+        let want = flat(&Emulated.batch_stats(&z32, 1e-3).expect("f32 stats"));
+        let got = flat(&Emulated.batch_stats(&z16, 1e-3).expect("bf16 stats"));
+        assert!(rel_diff(&got, &want) < 1e-6, "{g:?} batch statistics");
+
+        let d = bf16_round(&values(rows * c, seed + 4));
+        let (d32, d16) = (tensor(&d, &[rows, c]), bf16_tensor(&d, &[rows, c]));
+        let act = ACTS[i % ACTS.len()];
+        let mut bn = flat(&Emulated.batch_stats(&z32, 1e-3).expect("stats"))[..2 * c].to_vec();
+        bn.extend(values(2 * c, seed + 5));
+        let bn4 = tensor(&bn, &[4, c]);
+        let want = flat(
+            &Emulated
+                .bn_act_param_grads(&d32, &z32, &bn4, act)
+                .expect("f32"),
+        );
+        let got = flat(
+            &Emulated
+                .bn_act_param_grads(&d16, &z16, &bn4, act)
+                .expect("bf16"),
+        );
+        assert!(
+            rel_diff(&got, &want) < 1e-6,
+            "{g:?} BatchNorm parameter gradients"
+        );
+        bn.extend(&got);
+        let bn6 = tensor(&bn, &[6, c]);
+        for eval in [false, true] {
+            let want = flat(
+                &Emulated
+                    .bn_act_input_grad(&d32, &z32, &bn6, act, eval)
+                    .expect("f32"),
+            );
+            let got = Emulated
+                .bn_act_input_grad(&d16, &z16, &bn6, act, eval)
+                .expect("bf16 dz");
+            assert!(
+                rel_diff(&as_f32(&got), &want) <= ULP,
+                "{g:?} BatchNorm dz (eval {eval})"
+            );
+        }
+
+        let want = flat(&Emulated.channel_dots(&x32, &x32).expect("f32 dots"));
+        let got = flat(&Emulated.channel_dots(&x16, &x16).expect("bf16 dots"));
+        assert!(rel_diff(&got, &want) < 1e-6, "{g:?} dots");
+        let (gate, add) = (
+            tensor(&values(n * c, seed + 6), &[n, c]),
+            tensor(&values(n * c, seed + 7), &[n, c]),
+        );
+        let want = flat(&Emulated.gate_add(&x32, &gate, &add).expect("f32 gate add"));
+        let got = Emulated.gate_add(&x16, &gate, &add).expect("bf16 gate add");
+        assert!(rel_diff(&as_f32(&got), &want) <= ULP, "{g:?} gate add");
+    }
+}
+
 #[test]
 fn reductions_cover_every_row_exactly_once() {
     for rows in [0usize, 1, 2, 63, 64, 65, 1000, 1 << 20, (1 << 20) + 7] {

@@ -110,8 +110,9 @@ fn targets(n: usize, classes: usize) -> Tensor {
     Tensor::from_vec(v, (n, classes), &Device::Cpu).expect("targets")
 }
 
+/// A fixed input batch (the same on every run), values in [-1, 1).
 fn input(n: usize, size: usize) -> Tensor {
-    Tensor::randn(0f32, 1.0, (n, 3, size, size), &Device::Cpu).expect("x")
+    common::tensor(&[n, 3, size, size], (n * 1000 + size) as u64).expect("x")
 }
 
 #[test]
@@ -151,7 +152,8 @@ fn compare_step(spec: &str, n: usize, size: usize, prepare: impl Fn(&mut Network
         .expect("cpu step");
     let mut rng_b = ChaCha8Rng::seed_from_u64(11);
     let (loss_b, grads_b) =
-        loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, Emulated).expect("cuda step");
+        loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, Emulated, DType::F32)
+            .expect("cuda step");
     let name = &a.ir.name;
     assert!(
         (loss_a - loss_b).abs() < 1e-5 * loss_a.abs().max(1.0),
@@ -170,7 +172,9 @@ fn compare_step(spec: &str, n: usize, size: usize, prepare: impl Fn(&mut Network
             let (ga, gb) = (vals(&grads_a[gi]), vals(&grads_b[gi]));
             assert_eq!(grads_a[gi].dims(), grads_b[gi].dims(), "{}", ta.name);
             gi += 1;
-            let scale = ga.iter().map(|v| v.abs()).fold(1e-4, f32::max);
+            // Relative to the tensor's largest gradient, with a floor for the nearly-zero
+            // gradients of layers far from the loss.
+            let scale = ga.iter().map(|v| v.abs()).fold(1e-3, f32::max);
             let d = max_diff(&ga, &gb);
             assert!(
                 d <= 1e-3 * scale,
@@ -310,5 +314,86 @@ fn cuda_fused_walk_in_bf16_stays_near_f32() {
             "{}: bf16 logits differ by {rel} (relative)",
             ir.name
         );
+    }
+}
+
+/// Mixed precision (`--precision bf16`) on the cuda-step walk: bf16 maps and GEMMs, f32
+/// master weights, statistics and reductions. Against the f32 cpu-step plan on one step: the
+/// loss within 1e-2 relative; all gradients together pointing the same way (cosine above
+/// 0.98) and each tensor's that is not zero but for rounding above 0.9; the running
+/// statistics within 1e-2. bf16's 8-bit mantissa compounds through the layers, the small
+/// batch statistics and the kinks of ReLU and hard-swish: measured, 0.9996 for the SiLU
+/// network and 0.988 for the ReLU / hard-swish one (least aligned tensors about 0.95); a
+/// wrong index or sign lands far below. Each bf16 kernel is checked against its f32 twin in
+/// `kernels.rs`.
+#[test]
+fn cuda_step_walk_in_mixed_precision_stays_near_f32() {
+    for (spec, n, size) in [(SYMMETRIC, 6, 15), (SAME, 5, 18)] {
+        let (a, params_a) = trainable(spec);
+        let (b, params_b) = trainable(spec);
+        let x = input(n, size);
+        let t = targets(n, a.ir.num_classes);
+        let mut rng_a = ChaCha8Rng::seed_from_u64(5);
+        let (loss_a, grads_a) = a
+            .loss_and_grads_on(Plan::CpuStep, &params_a, &x, &t, &mut rng_a)
+            .expect("cpu step");
+        let mut rng_b = ChaCha8Rng::seed_from_u64(5);
+        let (loss_b, grads_b) =
+            loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, Emulated, DType::BF16)
+                .expect("bf16 step");
+        let name = &a.ir.name;
+        let rel = (loss_a - loss_b).abs() / loss_a.abs();
+        assert!(rel > 0.0, "{name}: bf16 identical to f32: not run in bf16");
+        assert!(rel < 1e-2, "{name}: loss f32 {loss_a}, bf16 {loss_b}");
+        let all_a: Vec<f32> = grads_a.iter().flat_map(vals).collect();
+        let all_b: Vec<f32> = grads_b.iter().flat_map(vals).collect();
+        let global = norm(&all_a);
+        let mut worst = (1.0f64, String::new());
+        for ((p, ga), gb) in params_a.iter().zip(&grads_a).zip(&grads_b) {
+            assert_eq!(gb.dtype(), DType::F32, "master gradients in f32");
+            let (va, vb) = (vals(ga), vals(gb));
+            // A gradient that is zero but for rounding (a bias whose shift the next
+            // train-mode BatchNorm takes out again) has no direction to keep.
+            if norm(&va) < 1e-4 * global {
+                continue;
+            }
+            let cos = cosine(&va, &vb);
+            if cos < worst.0 {
+                worst = (cos, p.name.clone());
+            }
+            assert!(cos > 0.9, "{name}: `{}` gradient cosine {cos}", p.name);
+        }
+        let all = cosine(&all_a, &all_b);
+        assert!(all > 0.98, "{name}: the gradient's cosine {all}");
+        for (ta, tb) in a.named_tensors().iter().zip(b.named_tensors().iter()) {
+            if !ta.trainable {
+                let d = max_diff(&vals(&ta.tensor), &vals(&tb.tensor));
+                assert!(d < 1e-2, "{name}: `{}` differs by {d}", ta.name);
+            }
+        }
+        eprintln!(
+            "{name}: bf16 step against f32: loss {rel:.1e} relative, gradient cosine {all:.5}, \
+             least aligned tensor `{}` at {:.4}",
+            worst.1, worst.0
+        );
+    }
+}
+
+fn norm(a: &[f32]) -> f64 {
+    a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt()
+}
+
+/// The cosine of two vectors (1 for two zero vectors: nothing to disagree on).
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let (na, nb) = (norm(a), norm(b));
+    if na == 0.0 && nb == 0.0 {
+        1.0
+    } else {
+        dot / (na * nb).max(f64::MIN_POSITIVE)
     }
 }

@@ -34,7 +34,7 @@ use self::forward::Taps;
 use self::step::StepOps;
 use crate::nn::Param;
 use crate::nn::{Block, NetRng, Network, NetworkParts, PreparedCache};
-pub use plan::{Choice, Facts, LayerWithoutKernel, NoKernel, Plan, Purpose};
+pub use plan::{Choice, Facts, LayerWithoutKernel, NoKernel, Plan, Precision, Purpose};
 pub use shared::{keep_mask, one_hot, soft_cross_entropy, update_running_stats};
 
 fn purpose(train: bool) -> Purpose {
@@ -240,6 +240,30 @@ pub fn loss_and_grads(
     step_on(plan, net, params, x, targets, rng)
 }
 
+/// [`loss_and_grads`] in `precision`: [`Precision::Bf16`] (mixed precision) runs on the
+/// cuda-step plan only, and is an error naming the plan the facts choose, and why, anywhere
+/// else.
+pub fn loss_and_grads_in(
+    precision: Precision,
+    net: &NetworkParts,
+    params: &[Param],
+    x: &Tensor,
+    targets: &Tensor,
+    rng: &mut ChaCha8Rng,
+) -> Result<(f64, Vec<Tensor>)> {
+    let choice = Facts::of(net, x, Purpose::TrainStep).choose();
+    match precision {
+        Precision::F32 => step_on(choice.plan, net, params, x, targets, rng),
+        Precision::Bf16 if choice.plan == Plan::CudaStep => {
+            cuda_step(net, params, x, targets, rng, DType::BF16)
+        }
+        Precision::Bf16 => bail!(
+            "mixed precision (bf16) runs on the cuda-step plan (a CUDA device, a build with \
+             `--features cuda`, f32 parameters); this step runs on {choice}"
+        ),
+    }
+}
+
 /// [`loss_and_grads`] on a named plan; an error when the facts do not allow it.
 pub fn loss_and_grads_on(
     plan: Plan,
@@ -264,7 +288,7 @@ fn step_on(
 ) -> Result<(f64, Vec<Tensor>)> {
     match plan {
         Plan::CpuStep => run_step(CpuStepOps::default(), net, params, x, targets, rng),
-        Plan::CudaStep => cuda_step(net, params, x, targets, rng),
+        Plan::CudaStep => cuda_step(net, params, x, targets, rng, DType::F32),
         Plan::Candle => {
             let logits = forward::logits(&mut CandleOps::differentiable(), net, x, Some(rng))?;
             let loss = soft_cross_entropy(&logits, targets)?;
@@ -306,7 +330,7 @@ pub(crate) fn run_step<O: StepOps>(
     Ok((loss, ops.into_grads(params)?))
 }
 
-/// The cuda-step plan: the training-step walk over the CUDA kernels.
+/// The cuda-step plan: the training-step walk over the CUDA kernels, maps in `maps`.
 #[cfg(feature = "cuda")]
 fn cuda_step(
     net: &NetworkParts,
@@ -314,8 +338,9 @@ fn cuda_step(
     x: &Tensor,
     targets: &Tensor,
     rng: &mut ChaCha8Rng,
+    maps: DType,
 ) -> Result<(f64, Vec<Tensor>)> {
-    let ops = cuda::step::CudaStepOps::new(cuda::ops::Launched);
+    let ops = cuda::step::CudaStepOps::new(cuda::ops::Launched, maps);
     run_step(ops, net, params, x, targets, rng)
 }
 
@@ -328,6 +353,7 @@ fn cuda_step(
     _: &Tensor,
     _: &Tensor,
     _: &mut ChaCha8Rng,
+    _: DType,
 ) -> Result<(f64, Vec<Tensor>)> {
     bail!("the cuda-step plan needs a build with `--features cuda`")
 }
@@ -421,6 +447,19 @@ impl Network {
         rng: &mut ChaCha8Rng,
     ) -> Result<(f64, Vec<Tensor>)> {
         loss_and_grads(&self.parts(&self.stage_slices()), params, x, targets, rng)
+    }
+
+    /// [`Network::loss_and_grads`] in `precision` (see [`loss_and_grads_in`]).
+    pub fn loss_and_grads_in(
+        &self,
+        precision: Precision,
+        params: &[Param],
+        x: &Tensor,
+        targets: &Tensor,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(f64, Vec<Tensor>)> {
+        let stages = self.stage_slices();
+        loss_and_grads_in(precision, &self.parts(&stages), params, x, targets, rng)
     }
 
     /// [`Network::loss_and_grads`] on a named plan (see [`loss_and_grads_on`]).

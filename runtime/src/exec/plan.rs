@@ -47,6 +47,25 @@ impl fmt::Display for Plan {
     }
 }
 
+/// The arithmetic of a training step: full f32, or mixed precision with bf16 maps and f32
+/// master weights (PyTorch's autocast in bf16; the cuda-step plan only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    /// As `--precision` and `bench --json` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
 /// What a call is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Purpose {

@@ -51,7 +51,7 @@ use crate::data::mix::MixConfig;
 use crate::data::randaug::RandAugment;
 use crate::data::{Dataset, Kind, derive_seed, stream};
 pub use crate::exec::soft_cross_entropy;
-use crate::exec::{Choice, Purpose};
+use crate::exec::{Choice, Precision, Purpose};
 use crate::nn::Network;
 pub use ema::Ema;
 pub use eval::{Accuracy, evaluate};
@@ -139,6 +139,9 @@ pub struct TrainOptions {
     pub evaluate: bool,
     /// Also evaluate the raw weights when EMA is on.
     pub evaluate_raw: bool,
+    /// The training step's arithmetic: f32, or mixed precision (bf16 maps, f32 master
+    /// weights; CUDA only).
+    pub precision: Precision,
 }
 
 impl Default for TrainOptions {
@@ -153,6 +156,7 @@ impl Default for TrainOptions {
             max_steps_per_epoch: None,
             evaluate: true,
             evaluate_raw: false,
+            precision: Precision::F32,
         }
     }
 }
@@ -292,9 +296,27 @@ impl Trainer {
                 schedule.name
             )));
         }
+        if opts.precision == Precision::Bf16 && !opts.device.is_cuda() {
+            return Err(TrainError::Config(
+                "--precision bf16 (mixed precision) trains on a GPU only (--device cuda); the \
+                 CPU trains in f32"
+                    .into(),
+            ));
+        }
         let varmap = init::init_varmap(ir, opts.seed, &opts.device)?;
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &opts.device);
         let net = Network::from_ir(ir, vb)?;
+        if opts.precision == Precision::Bf16 {
+            let probe = Tensor::zeros((1, ir.input_channels, 1, 1), DType::F32, &opts.device)?;
+            let choice = net.plan(&probe, Purpose::TrainStep);
+            if choice.plan != crate::exec::Plan::CudaStep {
+                return Err(TrainError::Config(format!(
+                    "--precision bf16 (mixed precision) runs on the cuda-step plan; `{}` trains \
+                     on {choice}",
+                    ir.name
+                )));
+            }
+        }
         let mut params = Vec::new();
         let mut stats = Vec::new();
         for t in net.named_tensors() {
@@ -550,9 +572,13 @@ impl Trainer {
             let (n, c, h, w) = b.shape;
             let x = Tensor::from_vec(b.images, (n, c, h, w), &device)?;
             let y = Tensor::from_vec(b.targets, (n, b.classes), &device)?;
-            let (lv, gs) = self
-                .net
-                .loss_and_grads(&self.params, &x, &y, &mut self.mask_rng)?;
+            let (lv, gs) = self.net.loss_and_grads_in(
+                self.opts.precision,
+                &self.params,
+                &x,
+                &y,
+                &mut self.mask_rng,
+            )?;
             let (lv, mut gs) = self.synchronize(lv, gs)?;
             if !lv.is_finite() {
                 let kept = match &self.out_dir {

@@ -18,8 +18,8 @@
 //
 // Calling convention (what `ops.rs`'s one launcher passes): the inputs, then the output, then
 // the scalars. Per-channel parameters travel packed as one `[rows, c]` array. The inference
-// kernels have a `_bf16` twin on bf16 maps (the `--dtype bf16` cuda-fused plan); the training
-// step's are f32 only.
+// kernels that read or write maps have a `_bf16` twin on bf16 maps (the `--dtype bf16`
+// cuda-fused plan and the `--precision bf16` cuda-step plan).
 //
 // Activation codes follow `crate::ops::Act`: 0 identity, 1 SiLU, 2 ReLU, 3 ReLU6, 4 hard-swish.
 
@@ -131,9 +131,10 @@ extern "C" __global__ void effnet_depthwise_nhwc_bf16(
 
 // The input gradient of a depthwise convolution: `dx[b, iy, ix, ch] = sum over the outputs
 // whose window covers (iy, ix) of dy * w`, gathered per input element (no atomics).
-extern "C" __global__ void effnet_depthwise_input_grad_nhwc(
-    const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, int n,
-    int h, int wd, int c, int k, int stride, int dil, int pad_top, int pad_left, int oh, int ow) {
+template <typename T>
+__device__ __forceinline__ void effnet_depthwise_input_grad_nhwc_body(
+    const T* __restrict__ dy, const float* __restrict__ w, T* __restrict__ dx, int n, int h,
+    int wd, int c, int k, int stride, int dil, int pad_top, int pad_left, int oh, int ow) {
     long i = effnet_index();
     long total = (long)n * h * wd * c;
     if (i >= total) return;
@@ -154,19 +155,35 @@ extern "C" __global__ void effnet_depthwise_input_grad_nhwc(
             if (tx < 0 || tx % stride != 0) continue;
             int ox = tx / stride;
             if (ox >= ow) continue;
-            acc += dy[(((long)b * oh + oy) * ow + ox) * c + ch] * w[((long)ch * k + ky) * k + kx];
+            acc += effnet_load(dy, (((long)b * oh + oy) * ow + ox) * c + ch) *
+                   w[((long)ch * k + ky) * k + kx];
         }
     }
-    dx[i] = acc;
+    effnet_store(dx, i, acc);
+}
+
+extern "C" __global__ void effnet_depthwise_input_grad_nhwc(
+    const float* dy, const float* w, float* dx, int n, int h, int wd, int c, int k, int stride,
+    int dil, int pad_top, int pad_left, int oh, int ow) {
+    effnet_depthwise_input_grad_nhwc_body(dy, w, dx, n, h, wd, c, k, stride, dil, pad_top,
+                                          pad_left, oh, ow);
+}
+
+extern "C" __global__ void effnet_depthwise_input_grad_nhwc_bf16(
+    const effnet_bf16* dy, const float* w, effnet_bf16* dx, int n, int h, int wd, int c, int k,
+    int stride, int dil, int pad_top, int pad_left, int oh, int ow) {
+    effnet_depthwise_input_grad_nhwc_body(dy, w, dx, n, h, wd, c, k, stride, dil, pad_top,
+                                          pad_left, oh, ow);
 }
 
 // The weight gradient of a depthwise convolution, one partial sum per chunk of output pixels:
 // `partial[chunk, tap, ch] = sum over the chunk's pixels of dy * x at the tap` (f64), for
 // `effnet_sum_chunks` to add up.
-extern "C" __global__ void effnet_depthwise_weight_grad_partial_nhwc(
-    const float* __restrict__ x, const float* __restrict__ dy, double* __restrict__ partial,
-    int n, int h, int wd, int c, int k, int stride, int dil, int pad_top, int pad_left, int oh,
-    int ow, long rows_per_chunk, int chunks) {
+template <typename T>
+__device__ __forceinline__ void effnet_depthwise_weight_grad_partial_nhwc_body(
+    const T* __restrict__ x, const T* __restrict__ dy, double* __restrict__ partial, int n, int h,
+    int wd, int c, int k, int stride, int dil, int pad_top, int pad_left, int oh, int ow,
+    long rows_per_chunk, int chunks) {
     long i = effnet_index();
     long taps = (long)k * k;
     if (i >= (long)chunks * taps * c) return;
@@ -187,9 +204,28 @@ extern "C" __global__ void effnet_depthwise_weight_grad_partial_nhwc(
         int iy = oy * stride - pad_top + ky * dil;
         int ix = ox * stride - pad_left + kx * dil;
         if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
-        acc += (double)(dy[m * c + ch] * x[(((long)b * h + iy) * wd + ix) * c + ch]);
+        acc += (double)(effnet_load(dy, m * c + ch) *
+                        effnet_load(x, (((long)b * h + iy) * wd + ix) * c + ch));
     }
     partial[i] = acc;
+}
+
+extern "C" __global__ void effnet_depthwise_weight_grad_partial_nhwc(
+    const float* x, const float* dy, double* partial, int n, int h, int wd, int c, int k,
+    int stride, int dil, int pad_top, int pad_left, int oh, int ow, long rows_per_chunk,
+    int chunks) {
+    effnet_depthwise_weight_grad_partial_nhwc_body(x, dy, partial, n, h, wd, c, k, stride, dil,
+                                                   pad_top, pad_left, oh, ow, rows_per_chunk,
+                                                   chunks);
+}
+
+extern "C" __global__ void effnet_depthwise_weight_grad_partial_nhwc_bf16(
+    const effnet_bf16* x, const effnet_bf16* dy, double* partial, int n, int h, int wd, int c,
+    int k, int stride, int dil, int pad_top, int pad_left, int oh, int ow, long rows_per_chunk,
+    int chunks) {
+    effnet_depthwise_weight_grad_partial_nhwc_body(x, dy, partial, n, h, wd, c, k, stride, dil,
+                                                   pad_top, pad_left, oh, ow, rows_per_chunk,
+                                                   chunks);
 }
 
 // A dense convolution's input patches as GEMM rows: `cols[m, (ky * k + kx) * c + ch]` is the
@@ -234,8 +270,9 @@ extern "C" __global__ void effnet_im2col_nhwc_bf16(
 
 // The adjoint of `effnet_im2col_nhwc`: `dx[b, iy, ix, ch]` is the sum of the patch entries
 // that read (iy, ix, ch), gathered per input element.
-extern "C" __global__ void effnet_col2im_nhwc(
-    const float* __restrict__ cols, float* __restrict__ dx, int n, int h, int wd, int c, int k,
+template <typename T>
+__device__ __forceinline__ void effnet_col2im_nhwc_body(
+    const T* __restrict__ cols, T* __restrict__ dx, int n, int h, int wd, int c, int k,
     int stride, int dil, int pad_top, int pad_left, int oh, int ow) {
     long i = effnet_index();
     long total = (long)n * h * wd * c;
@@ -259,10 +296,22 @@ extern "C" __global__ void effnet_col2im_nhwc(
             int ox = tx / stride;
             if (ox >= ow) continue;
             long m = ((long)b * oh + oy) * ow + ox;
-            acc += cols[(m * taps + (long)ky * k + kx) * c + ch];
+            acc += effnet_load(cols, (m * taps + (long)ky * k + kx) * c + ch);
         }
     }
-    dx[i] = acc;
+    effnet_store(dx, i, acc);
+}
+
+extern "C" __global__ void effnet_col2im_nhwc(
+    const float* cols, float* dx, int n, int h, int wd, int c, int k, int stride, int dil,
+    int pad_top, int pad_left, int oh, int ow) {
+    effnet_col2im_nhwc_body(cols, dx, n, h, wd, c, k, stride, dil, pad_top, pad_left, oh, ow);
+}
+
+extern "C" __global__ void effnet_col2im_nhwc_bf16(
+    const effnet_bf16* cols, effnet_bf16* dx, int n, int h, int wd, int c, int k, int stride,
+    int dil, int pad_top, int pad_left, int oh, int ow) {
+    effnet_col2im_nhwc_body(cols, dx, n, h, wd, c, k, stride, dil, pad_top, pad_left, oh, ow);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -307,9 +356,10 @@ extern "C" __global__ void effnet_affine_act_residual_nhwc_bf16(
 
 // Per-column sums of an `[rows, c]` matrix and of its squares, one partial per chunk of
 // `rows_per_chunk` rows: `partial[chunk, 0, ch]` and `partial[chunk, 1, ch]` (f64).
-extern "C" __global__ void effnet_column_moments_partial(
-    const float* __restrict__ z, double* __restrict__ partial, long rows, int c,
-    long rows_per_chunk, int chunks) {
+template <typename T>
+__device__ __forceinline__ void effnet_column_moments_partial_body(
+    const T* __restrict__ z, double* __restrict__ partial, long rows, int c, long rows_per_chunk,
+    int chunks) {
     long i = effnet_index();
     if (i >= (long)chunks * c) return;
     int ch = (int)(i % c);
@@ -318,12 +368,22 @@ extern "C" __global__ void effnet_column_moments_partial(
     long last = first + rows_per_chunk < rows ? first + rows_per_chunk : rows;
     double s = 0.0, ss = 0.0;
     for (long m = first; m < last; m++) {
-        double v = (double)z[m * c + ch];
+        double v = (double)effnet_load(z, m * c + ch);
         s += v;
         ss += v * v;
     }
     partial[(chunk * 2) * c + ch] = s;
     partial[(chunk * 2 + 1) * c + ch] = ss;
+}
+
+extern "C" __global__ void effnet_column_moments_partial(
+    const float* z, double* partial, long rows, int c, long rows_per_chunk, int chunks) {
+    effnet_column_moments_partial_body(z, partial, rows, c, rows_per_chunk, chunks);
+}
+
+extern "C" __global__ void effnet_column_moments_partial_bf16(
+    const effnet_bf16* z, double* partial, long rows, int c, long rows_per_chunk, int chunks) {
+    effnet_column_moments_partial_body(z, partial, rows, c, rows_per_chunk, chunks);
 }
 
 // A train-mode BatchNorm's statistics from the moments' partials of `count` rows:
@@ -350,19 +410,20 @@ extern "C" __global__ void effnet_batch_stats(
 
 // The gradient at the activation's input of a BatchNorm + activation, `g = d * act'(xhat *
 // gamma + beta)` with `xhat = (z - mean) * inv_std`, `bn = (mean, inv_std, gamma, beta)`.
-__device__ __forceinline__ float effnet_bn_act_grad(const float* d, const float* z,
-                                                    const float* bn, long i, int c, int act,
-                                                    float* xhat) {
+template <typename T>
+__device__ __forceinline__ float effnet_bn_act_grad(const T* d, const T* z, const float* bn,
+                                                    long i, int c, int act, float* xhat) {
     int ch = (int)(i % c);
-    float xh = (z[i] - bn[ch]) * bn[c + ch];
+    float xh = (effnet_load(z, i) - bn[ch]) * bn[c + ch];
     *xhat = xh;
-    return d[i] * effnet_act_grad(xh * bn[2 * c + ch] + bn[3 * c + ch], act);
+    return effnet_load(d, i) * effnet_act_grad(xh * bn[2 * c + ch] + bn[3 * c + ch], act);
 }
 
 // The BatchNorm parameters' gradients, one partial per chunk of rows: `partial[chunk, 0, ch]
 // = sum g` (beta's) and `partial[chunk, 1, ch] = sum g * xhat` (gamma's), f64.
-extern "C" __global__ void effnet_bn_act_grad_partial(
-    const float* __restrict__ d, const float* __restrict__ z, const float* __restrict__ bn,
+template <typename T>
+__device__ __forceinline__ void effnet_bn_act_grad_partial_body(
+    const T* __restrict__ d, const T* __restrict__ z, const float* __restrict__ bn,
     double* __restrict__ partial, long rows, int c, long rows_per_chunk, int chunks, int act) {
     long i = effnet_index();
     if (i >= (long)chunks * c) return;
@@ -381,13 +442,26 @@ extern "C" __global__ void effnet_bn_act_grad_partial(
     partial[(chunk * 2 + 1) * c + ch] = dw;
 }
 
+extern "C" __global__ void effnet_bn_act_grad_partial(
+    const float* d, const float* z, const float* bn, double* partial, long rows, int c,
+    long rows_per_chunk, int chunks, int act) {
+    effnet_bn_act_grad_partial_body(d, z, bn, partial, rows, c, rows_per_chunk, chunks, act);
+}
+
+extern "C" __global__ void effnet_bn_act_grad_partial_bf16(
+    const effnet_bf16* d, const effnet_bf16* z, const float* bn, double* partial, long rows,
+    int c, long rows_per_chunk, int chunks, int act) {
+    effnet_bn_act_grad_partial_body(d, z, bn, partial, rows, c, rows_per_chunk, chunks, act);
+}
+
 // The gradient at the BatchNorm's input: with batch statistics (`eval` 0) `k * (m * g - db -
 // xhat * dw)`, `k = gamma * inv_std / m` over the `m = total / c` rows; with running ones
 // (`eval` 1, a frozen BatchNorm) the fixed affine map's `g * gamma * inv_std`.
 // `bn = (mean, inv_std, gamma, beta, db, dw)`.
-extern "C" __global__ void effnet_bn_act_input_grad(
-    const float* __restrict__ d, const float* __restrict__ z, const float* __restrict__ bn,
-    float* __restrict__ dz, long total, int c, int act, int eval) {
+template <typename T>
+__device__ __forceinline__ void effnet_bn_act_input_grad_body(
+    const T* __restrict__ d, const T* __restrict__ z, const float* __restrict__ bn,
+    T* __restrict__ dz, long total, int c, int act, int eval) {
     long i = effnet_index();
     if (i >= total) return;
     int ch = (int)(i % c);
@@ -395,11 +469,23 @@ extern "C" __global__ void effnet_bn_act_input_grad(
     float g = effnet_bn_act_grad(d, z, bn, i, c, act, &xhat);
     float gamma_inv = bn[2 * c + ch] * bn[c + ch];
     if (eval) {
-        dz[i] = g * gamma_inv;
+        effnet_store(dz, i, g * gamma_inv);
         return;
     }
     float m = (float)(total / c);
-    dz[i] = gamma_inv / m * (m * g - bn[4 * c + ch] - xhat * bn[5 * c + ch]);
+    effnet_store(dz, i, gamma_inv / m * (m * g - bn[4 * c + ch] - xhat * bn[5 * c + ch]));
+}
+
+extern "C" __global__ void effnet_bn_act_input_grad(
+    const float* d, const float* z, const float* bn, float* dz, long total, int c, int act,
+    int eval) {
+    effnet_bn_act_input_grad_body(d, z, bn, dz, total, c, act, eval);
+}
+
+extern "C" __global__ void effnet_bn_act_input_grad_bf16(
+    const effnet_bf16* d, const effnet_bf16* z, const float* bn, effnet_bf16* dz, long total,
+    int c, int act, int eval) {
+    effnet_bn_act_input_grad_body(d, z, bn, dz, total, c, act, eval);
 }
 
 // The sum over chunks of `partial[chunk, j]` (f64), for each of `width` columns, in chunk
@@ -444,17 +530,28 @@ extern "C" __global__ void effnet_channel_means_nhwc_bf16(
 
 // Per-(image, channel) dot products `sum_q x * y`: the gradient of a squeeze-excitation's gate
 // (`x` the gradient at the gated map, `y` the map it gated).
-extern "C" __global__ void effnet_channel_dots_nhwc(
-    const float* __restrict__ x, const float* __restrict__ y, float* __restrict__ dots, int n,
-    long p, int c) {
+template <typename T>
+__device__ __forceinline__ void effnet_channel_dots_nhwc_body(
+    const T* __restrict__ x, const T* __restrict__ y, float* __restrict__ dots, int n, long p,
+    int c) {
     long i = effnet_index();
     if (i >= (long)n * c) return;
     int ch = (int)(i % c);
     long b = i / c;
     long at = b * p * c + ch;
     float acc = 0.0f;
-    for (long q = 0; q < p; q++) acc += x[at + q * c] * y[at + q * c];
+    for (long q = 0; q < p; q++) acc += effnet_load(x, at + q * c) * effnet_load(y, at + q * c);
     dots[i] = acc;
+}
+
+extern "C" __global__ void effnet_channel_dots_nhwc(
+    const float* x, const float* y, float* dots, int n, long p, int c) {
+    effnet_channel_dots_nhwc_body(x, y, dots, n, p, c);
+}
+
+extern "C" __global__ void effnet_channel_dots_nhwc_bf16(
+    const effnet_bf16* x, const effnet_bf16* y, float* dots, int n, long p, int c) {
+    effnet_channel_dots_nhwc_body(x, y, dots, n, p, c);
 }
 
 // The excitation: `y[b, q, ch] = x[b, q, ch] * gate[b, ch]` (f32 gates).
@@ -481,12 +578,24 @@ extern "C" __global__ void effnet_gate_channels_nhwc_bf16(
 
 // The gradient at a squeeze-excitation's input: `y[b, q, ch] = x * gate[b, ch] + add[b, ch]`
 // (the gated path, and the squeeze's gradient spread evenly over the pixels).
-extern "C" __global__ void effnet_gate_add_nhwc(
-    const float* __restrict__ x, const float* __restrict__ gate, const float* __restrict__ add,
-    float* __restrict__ y, int n, long p, int c) {
+template <typename T>
+__device__ __forceinline__ void effnet_gate_add_nhwc_body(
+    const T* __restrict__ x, const float* __restrict__ gate, const float* __restrict__ add,
+    T* __restrict__ y, int n, long p, int c) {
     long i = effnet_index();
     if (i >= (long)n * p * c) return;
     int ch = (int)(i % c);
     long b = i / (p * c);
-    y[i] = x[i] * gate[b * c + ch] + add[b * c + ch];
+    effnet_store(y, i, effnet_load(x, i) * gate[b * c + ch] + add[b * c + ch]);
+}
+
+extern "C" __global__ void effnet_gate_add_nhwc(
+    const float* x, const float* gate, const float* add, float* y, int n, long p, int c) {
+    effnet_gate_add_nhwc_body(x, gate, add, y, n, p, c);
+}
+
+extern "C" __global__ void effnet_gate_add_nhwc_bf16(
+    const effnet_bf16* x, const float* gate, const float* add, effnet_bf16* y, int n, long p,
+    int c) {
+    effnet_gate_add_nhwc_body(x, gate, add, y, n, p, c);
 }

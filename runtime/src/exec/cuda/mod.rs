@@ -16,7 +16,7 @@ pub(crate) mod backend;
 pub(crate) mod ops;
 pub(crate) mod step;
 
-use candle_core::{Result, Tensor, bail};
+use candle_core::{DType, Result, Tensor, bail};
 use rand_chacha::ChaCha8Rng;
 
 use crate::nn::{Network, Param};
@@ -30,25 +30,33 @@ pub const KERNELS: &[&str] = &[
     "effnet_depthwise_nhwc",
     "effnet_depthwise_nhwc_bf16",
     "effnet_depthwise_input_grad_nhwc",
+    "effnet_depthwise_input_grad_nhwc_bf16",
     "effnet_depthwise_weight_grad_partial_nhwc",
+    "effnet_depthwise_weight_grad_partial_nhwc_bf16",
     "effnet_im2col_nhwc",
     "effnet_im2col_nhwc_bf16",
     "effnet_col2im_nhwc",
+    "effnet_col2im_nhwc_bf16",
     "effnet_affine_act_nhwc",
     "effnet_affine_act_nhwc_bf16",
     "effnet_affine_act_residual_nhwc",
     "effnet_affine_act_residual_nhwc_bf16",
     "effnet_column_moments_partial",
+    "effnet_column_moments_partial_bf16",
     "effnet_batch_stats",
     "effnet_bn_act_grad_partial",
+    "effnet_bn_act_grad_partial_bf16",
     "effnet_bn_act_input_grad",
+    "effnet_bn_act_input_grad_bf16",
     "effnet_sum_chunks",
     "effnet_channel_means_nhwc",
     "effnet_channel_means_nhwc_bf16",
     "effnet_channel_dots_nhwc",
+    "effnet_channel_dots_nhwc_bf16",
     "effnet_gate_channels_nhwc",
     "effnet_gate_channels_nhwc_bf16",
     "effnet_gate_add_nhwc",
+    "effnet_gate_add_nhwc_bf16",
 ];
 
 /// Threads per block of every 1-D launch: 256 keeps eight warps per block, enough to hide
@@ -91,16 +99,17 @@ pub fn act_code(act: Act) -> i32 {
     }
 }
 
-/// The layer operations the CUDA plans run, on contiguous tensors: maps are NHWC `[n, h, w,
-/// c]` in f32 (or bf16 where a method says so: the inference plan's `--dtype bf16` maps, the
-/// result then bf16 too), per-channel parameters f32 packed as `[rows, c]`, reductions' partial sums f64 `[chunks,
+/// The layer operations the CUDA plans run, on contiguous tensors: maps (activations and their
+/// gradients) are NHWC `[n, h, w, c]` in f32 or bf16 (`--dtype bf16` inference,
+/// `--precision bf16` training; a method's map results are in its maps' dtype), per-channel
+/// parameters, statistics and the SE's gates f32 packed as `[rows, c]`, reductions' partial sums f64 `[chunks,
 /// width]` (chunked by [`row_chunks`]). Each required method is one kernel of [`SOURCE`]; the
 /// provided ones compose them, once for every implementation. One implementation launches the
 /// kernels on a GPU (the `cuda` feature); `effnet-cuda-emu` runs the same source on the CPU.
 /// Every implementation checks its operands' sizes before it runs anything.
 pub trait CudaKernels {
     /// `act(scale * depthwise(x, w) + shift)`, `w` timm's `[c, 1, k, k]`, `affine = (scale,
-    /// shift)` `[2, c]`, the window `g` (its `n, c, h, w` are `x`'s). `x` f32 or bf16.
+    /// shift)` `[2, c]`, the window `g` (its `n, c, h, w` are `x`'s).
     fn depthwise(
         &self,
         x: &Tensor,
@@ -121,13 +130,11 @@ pub trait CudaKernels {
         chunks: (usize, usize),
     ) -> Result<Tensor>;
     /// A dense convolution's patches `[n * oh * ow, k * k * c]`, taps in `(ky, kx, c)` order.
-    /// `x` f32 or bf16.
     fn im2col(&self, x: &Tensor, g: &ConvGeom) -> Result<Tensor>;
     /// The adjoint of [`CudaKernels::im2col`]: the input gradient `[n, h, w, c]` from the
     /// patches' gradient.
     fn col2im(&self, cols: &Tensor, g: &ConvGeom) -> Result<Tensor>;
-    /// `act(z * scale + shift)`, plus `residual` after the activation when given. `z` and
-    /// `residual` f32 or bf16 (the same).
+    /// `act(z * scale + shift)`, plus `residual` (in `z`'s dtype) after the activation.
     fn affine_act(
         &self,
         z: &Tensor,
@@ -163,11 +170,11 @@ pub trait CudaKernels {
     ) -> Result<Tensor>;
     /// The f64 partials `[chunks, width]` summed over the chunks, in order: `[width]` f32.
     fn sum_chunks(&self, partial: &Tensor) -> Result<Tensor>;
-    /// Per-(image, channel) means, `[n, c]` f32; `x` f32 or bf16.
+    /// Per-(image, channel) means, `[n, c]` f32.
     fn channel_means(&self, x: &Tensor) -> Result<Tensor>;
-    /// Per-(image, channel) sums of `x * y`, `[n, c]`.
+    /// Per-(image, channel) sums of `x * y`, `[n, c]` f32.
     fn channel_dots(&self, x: &Tensor, y: &Tensor) -> Result<Tensor>;
-    /// `x * gate[b, c]`; `x` f32 or bf16, the gates f32.
+    /// `x * gate[b, c]`.
     fn gate_channels(&self, x: &Tensor, gate: &Tensor) -> Result<Tensor>;
     /// `x * gate[b, c] + add[b, c]`.
     fn gate_add(&self, x: &Tensor, gate: &Tensor, add: &Tensor) -> Result<Tensor>;
@@ -217,7 +224,8 @@ pub fn logits_with<K: CudaKernels>(net: &Network, x: &Tensor, kernels: K) -> Res
 }
 
 /// One training step's loss and the gradients of `params` by the cuda-step plan's walk over
-/// `kernels` (see [`crate::exec::loss_and_grads`]).
+/// `kernels` (see [`crate::exec::loss_and_grads`]), with maps in `maps`: f32, or bf16 for
+/// mixed precision.
 pub fn loss_and_grads_with<K: CudaKernels>(
     net: &Network,
     params: &[Param],
@@ -225,17 +233,12 @@ pub fn loss_and_grads_with<K: CudaKernels>(
     targets: &Tensor,
     rng: &mut ChaCha8Rng,
     kernels: K,
+    maps: DType,
 ) -> Result<(f64, Vec<Tensor>)> {
     let stages = net.stage_slices();
     let parts = net.parts(&stages);
-    crate::exec::run_step(
-        step::CudaStepOps::new(kernels),
-        &parts,
-        params,
-        x,
-        targets,
-        rng,
-    )
+    let ops = step::CudaStepOps::new(kernels, maps);
+    crate::exec::run_step(ops, &parts, params, x, targets, rng)
 }
 
 #[cfg(test)]

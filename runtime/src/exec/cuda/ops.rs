@@ -279,6 +279,18 @@ fn map_operand(t: &Tensor, len: usize, op: &str, what: &str) -> Result<Tensor> {
     t.contiguous()
 }
 
+/// `t` as a map operand in `like`'s dtype (a kernel's maps share one).
+fn same_maps(like: &Tensor, t: &Tensor, len: usize, op: &str, what: &str) -> Result<Tensor> {
+    if t.dtype() != like.dtype() {
+        bail!(
+            "{op}: {what} is {}, the other maps {}",
+            t.dtype().as_str(),
+            like.dtype().as_str()
+        );
+    }
+    map_operand(t, len, op, what)
+}
+
 /// The kernel for maps of `dtype`: `f32` or its `_bf16` twin.
 fn by_dtype(dtype: DType, f32: &'static str, bf16: &'static str) -> &'static str {
     if dtype == DType::BF16 { bf16 } else { f32 }
@@ -354,13 +366,18 @@ impl CudaKernels for Launched {
     }
 
     fn depthwise_input_grad(&self, dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor> {
-        let op = "effnet_depthwise_input_grad_nhwc";
+        let op = by_dtype(
+            dy.dtype(),
+            "effnet_depthwise_input_grad_nhwc",
+            "effnet_depthwise_input_grad_nhwc_bf16",
+        );
         let (args, oh, ow) = window(g, op)?;
         let (n, c, k) = (g.n, g.c, g.k);
-        let dy = operand(dy, n * oh * ow * c, op, "the output gradient")?;
+        let dy = map_operand(dy, n * oh * ow * c, op, "the output gradient")?;
         let w = operand(w, c * k * k, op, "the weight")?;
         let total = n * g.h * g.w * c;
-        dy.apply_op2_no_bwd(&w, &Launch::new(op, total, &[n, g.h, g.w, c], args))
+        let launch = Launch::new(op, total, &[n, g.h, g.w, c], args).out(dy.dtype());
+        dy.apply_op2_no_bwd(&w, &launch)
     }
 
     fn depthwise_weight_grad_partial(
@@ -370,11 +387,15 @@ impl CudaKernels for Launched {
         g: &ConvGeom,
         (chunks, per): (usize, usize),
     ) -> Result<Tensor> {
-        let op = "effnet_depthwise_weight_grad_partial_nhwc";
+        let op = by_dtype(
+            x.dtype(),
+            "effnet_depthwise_weight_grad_partial_nhwc",
+            "effnet_depthwise_weight_grad_partial_nhwc_bf16",
+        );
         let (mut args, oh, ow) = window(g, op)?;
         let (n, c, k) = (g.n, g.c, g.k);
-        let x = operand(x, n * g.h * g.w * c, op, "the input")?;
-        let dy = operand(dy, n * oh * ow * c, op, "the output gradient")?;
+        let x = map_operand(x, n * g.h * g.w * c, op, "the input")?;
+        let dy = same_maps(&x, dy, n * oh * ow * c, op, "the output gradient")?;
         covering(chunks, per, n * oh * ow, op)?;
         let width = k * k * c;
         args.push(long(per, op, "rows per chunk")?);
@@ -396,11 +417,16 @@ impl CudaKernels for Launched {
     }
 
     fn col2im(&self, cols: &Tensor, g: &ConvGeom) -> Result<Tensor> {
-        let op = "effnet_col2im_nhwc";
+        let op = by_dtype(
+            cols.dtype(),
+            "effnet_col2im_nhwc",
+            "effnet_col2im_nhwc_bf16",
+        );
         let (args, oh, ow) = window(g, op)?;
-        let cols = operand(cols, g.n * oh * ow * g.k * g.k * g.c, op, "the patches")?;
+        let cols = map_operand(cols, g.n * oh * ow * g.k * g.k * g.c, op, "the patches")?;
         let total = g.n * g.h * g.w * g.c;
-        cols.apply_op1_no_bwd(&Launch::new(op, total, &[g.n, g.h, g.w, g.c], args))
+        let launch = Launch::new(op, total, &[g.n, g.h, g.w, g.c], args).out(cols.dtype());
+        cols.apply_op1_no_bwd(&launch)
     }
 
     fn affine_act(
@@ -441,14 +467,7 @@ impl CudaKernels for Launched {
                 );
                 let z = map_operand(z, total, op, "the map")?;
                 let affine = operand(affine, 2 * c, op, "the affine")?;
-                if r.dtype() != dtype {
-                    bail!(
-                        "{op}: a {} residual for a {} map",
-                        r.dtype().as_str(),
-                        dtype.as_str()
-                    );
-                }
-                let r = map_operand(r, total, op, "the residual")?;
+                let r = same_maps(&z, r, total, op, "the residual")?;
                 let launch = Launch::new(op, total, &dims, scalars(op)?).out(dtype);
                 z.apply_op3_no_bwd(&affine, &r, &launch)
             }
@@ -456,9 +475,13 @@ impl CudaKernels for Launched {
     }
 
     fn column_moments_partial(&self, z: &Tensor, (chunks, per): (usize, usize)) -> Result<Tensor> {
-        let op = "effnet_column_moments_partial";
+        let op = by_dtype(
+            z.dtype(),
+            "effnet_column_moments_partial",
+            "effnet_column_moments_partial_bf16",
+        );
         let (rows, c) = rows_cols(z, op)?;
-        let z = operand(z, rows * c, op, "the map")?;
+        let z = map_operand(z, rows * c, op, "the map")?;
         covering(chunks, per, rows, op)?;
         let args = vec![
             long(rows, op, "rows")?,
@@ -489,10 +512,14 @@ impl CudaKernels for Launched {
         act: Act,
         (chunks, per): (usize, usize),
     ) -> Result<Tensor> {
-        let op = "effnet_bn_act_grad_partial";
+        let op = by_dtype(
+            z.dtype(),
+            "effnet_bn_act_grad_partial",
+            "effnet_bn_act_grad_partial_bf16",
+        );
         let (rows, c) = rows_cols(z, op)?;
-        let z = operand(z, rows * c, op, "the BatchNorm's input")?;
-        let d = operand(d, rows * c, op, "the output gradient")?;
+        let z = map_operand(z, rows * c, op, "the BatchNorm's input")?;
+        let d = same_maps(&z, d, rows * c, op, "the output gradient")?;
         let bn = operand(bn, 4 * c, op, "the BatchNorm's parameters")?;
         covering(chunks, per, rows, op)?;
         let args = vec![
@@ -527,11 +554,15 @@ impl CudaKernels for Launched {
         act: Act,
         eval: bool,
     ) -> Result<Tensor> {
-        let op = "effnet_bn_act_input_grad";
+        let op = by_dtype(
+            z.dtype(),
+            "effnet_bn_act_input_grad",
+            "effnet_bn_act_input_grad_bf16",
+        );
         let (rows, c) = rows_cols(z, op)?;
         let total = rows * c;
-        let z = operand(z, total, op, "the BatchNorm's input")?;
-        let d = operand(d, total, op, "the output gradient")?;
+        let z = map_operand(z, total, op, "the BatchNorm's input")?;
+        let d = same_maps(&z, d, total, op, "the output gradient")?;
         let bn = operand(bn, 6 * c, op, "the BatchNorm's parameters and gradients")?;
         let args = vec![
             long(total, op, "total")?,
@@ -539,7 +570,8 @@ impl CudaKernels for Launched {
             Arg::Int(act_code(act)),
             Arg::Int(i32::from(eval)),
         ];
-        d.apply_op3_no_bwd(&z, &bn, &Launch::new(op, total, &[rows, c], args))
+        let launch = Launch::new(op, total, &[rows, c], args).out(z.dtype());
+        d.apply_op3_no_bwd(&z, &bn, &launch)
     }
 
     fn channel_means(&self, x: &Tensor) -> Result<Tensor> {
@@ -555,10 +587,14 @@ impl CudaKernels for Launched {
     }
 
     fn channel_dots(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
-        let op = "effnet_channel_dots_nhwc";
+        let op = by_dtype(
+            x.dtype(),
+            "effnet_channel_dots_nhwc",
+            "effnet_channel_dots_nhwc_bf16",
+        );
         let [n, h, w, c] = map_dims(x, op)?;
-        let x = operand(x, n * h * w * c, op, "the gradient")?;
-        let y = operand(y, n * h * w * c, op, "the map")?;
+        let x = map_operand(x, n * h * w * c, op, "the gradient")?;
+        let y = same_maps(&x, y, n * h * w * c, op, "the map")?;
         let args = vec![int(n, op, "n")?, long(h * w, op, "p")?, int(c, op, "c")?];
         x.apply_op2_no_bwd(&y, &Launch::new(op, n * c, &[n, c], args))
     }
@@ -579,14 +615,19 @@ impl CudaKernels for Launched {
     }
 
     fn gate_add(&self, x: &Tensor, gate: &Tensor, add: &Tensor) -> Result<Tensor> {
-        let op = "effnet_gate_add_nhwc";
+        let op = by_dtype(
+            x.dtype(),
+            "effnet_gate_add_nhwc",
+            "effnet_gate_add_nhwc_bf16",
+        );
         let [n, h, w, c] = map_dims(x, op)?;
         let total = n * h * w * c;
-        let x = operand(x, total, op, "the gradient")?;
+        let x = map_operand(x, total, op, "the gradient")?;
         let gate = operand(gate, n * c, op, "the gates")?;
         let add = operand(add, n * c, op, "the squeeze's gradient")?;
         let args = vec![int(n, op, "n")?, long(h * w, op, "p")?, int(c, op, "c")?];
-        x.apply_op3_no_bwd(&gate, &add, &Launch::new(op, total, &[n, h, w, c], args))
+        let launch = Launch::new(op, total, &[n, h, w, c], args).out(x.dtype());
+        x.apply_op3_no_bwd(&gate, &add, &launch)
     }
 }
 

@@ -15,6 +15,12 @@
 //! Gradients accumulate on the device by tensor name; nothing goes back to the host but the
 //! loss (the walk's tail, shared by every plan). The step runs wherever `K` runs: on a GPU
 //! with the kernels launched, in `cargo test` on the CPU under `effnet-cuda-emu`.
+//!
+//! Mixed precision (`--precision bf16`): the maps (activations, the convolutions' outputs and
+//! every gradient shaped like them) are bf16 and the GEMMs take the weights cast to bf16,
+//! while the parameters and their gradients, the BatchNorm statistics and parameters, the
+//! squeeze-excitation's small layers and every reduction stay f32 (the kernels compute in f32
+//! and sum in f64): PyTorch's autocast in bf16, with f32 master weights.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -31,21 +37,25 @@ use crate::ops::{Act, ConvGeom};
 
 const OP: &str = "cuda-step plan";
 
-/// The training step over `kernels`; gradients accumulate here by tensor name.
+/// The training step over `kernels` with maps in `maps` (f32, or bf16 for mixed precision);
+/// gradients accumulate here by tensor name, in f32.
 pub(crate) struct CudaStepOps<K> {
     kernels: K,
+    maps: DType,
     grads: HashMap<String, Tensor>,
 }
 
 impl<K: CudaKernels> CudaStepOps<K> {
-    pub(crate) fn new(kernels: K) -> Self {
+    pub(crate) fn new(kernels: K, maps: DType) -> Self {
         CudaStepOps {
             kernels,
+            maps,
             grads: HashMap::new(),
         }
     }
 
     fn add_grad(&mut self, name: String, g: Tensor) -> Result<()> {
+        let g = f32_of(&g)?;
         let sum = match self.grads.remove(&name) {
             Some(acc) => (acc + g)?,
             None => g,
@@ -129,9 +139,10 @@ impl<K: CudaKernels> CudaStepOps<K> {
                 .depthwise(&x, &w, &affine, &g, Act::Identity)?
                 .reshape((rows, o))?
         } else {
-            let z = dense_conv(&self.kernels, cv, &gemm_weight(cv, &g)?, &x, &g)?;
+            let wt = gemm_weight(cv, &g)?.to_dtype(self.maps)?;
+            let z = dense_conv(&self.kernels, cv, &wt, &x, &g)?;
             match &bias {
-                Some(b) => z.broadcast_add(b)?,
+                Some(b) => z.broadcast_add(&b.to_dtype(self.maps)?)?,
                 None => z,
             }
         };
@@ -209,7 +220,7 @@ impl<K: CudaKernels> CudaStepOps<K> {
         let cv = &l.conv;
         let path = &cv.spec.path;
         if cv.bias.is_some() {
-            self.add_grad(format!("{path}.bias"), dz.sum(0)?)?;
+            self.add_grad(format!("{path}.bias"), f32_of(&dz)?.sum(0)?)?;
         }
         let x = &t.input;
         let (dw, dx) = if cv.spec.is_depthwise() {
@@ -224,7 +235,7 @@ impl<K: CudaKernels> CudaStepOps<K> {
             };
             (dw, dx)
         } else {
-            let wt = gemm_weight(cv, g)?;
+            let wt = gemm_weight(cv, g)?.to_dtype(self.maps)?;
             let pointwise = is_pointwise(g, cv.spec.groups);
             let cols = if pointwise {
                 x.reshape((g.n * g.h * g.w, g.c))?
@@ -232,7 +243,7 @@ impl<K: CudaKernels> CudaStepOps<K> {
                 self.kernels.im2col(x, g)?
             };
             // [o, rows] x [rows, k*k*c]: the weight gradient in the patches' tap order.
-            let dw = dz.t()?.matmul(&cols)?;
+            let dw = f32_of(&dz.t()?.matmul(&cols)?)?;
             let dw = if g.k == 1 {
                 dw.reshape((o, g.c, 1, 1))?
             } else {
@@ -321,9 +332,9 @@ impl<K: CudaKernels> CudaStepOps<K> {
     }
 }
 
-/// `[n]` per-image factors as an `[n, 1, 1, 1]` tensor on `like`'s device.
+/// `[n]` per-image factors as an `[n, 1, 1, 1]` tensor on `like`'s device, in its dtype.
 fn per_image(keep: &[f32], like: &Tensor) -> Result<Tensor> {
-    Tensor::from_slice(keep, (keep.len(), 1, 1, 1), like.device())
+    Tensor::from_slice(keep, (keep.len(), 1, 1, 1), like.device())?.to_dtype(like.dtype())
 }
 
 impl<K: CudaKernels> StepOps for CudaStepOps<K> {
@@ -332,7 +343,7 @@ impl<K: CudaKernels> StepOps for CudaStepOps<K> {
     type SeTape = SeTape;
 
     fn input(&mut self, x: &Tensor) -> Result<Tensor> {
-        f32_of(x)?.permute((0, 2, 3, 1))?.contiguous()
+        x.to_dtype(self.maps)?.permute((0, 2, 3, 1))?.contiguous()
     }
 
     fn layer_forward(&mut self, l: &ConvBnAct, x: Rc<Tensor>) -> Result<(LayerTape, Tensor)> {
@@ -391,6 +402,7 @@ impl<K: CudaKernels> StepOps for CudaStepOps<K> {
 
     fn unpool(&mut self, d: &Tensor, [n, h, w, c]: [usize; 4]) -> Result<Tensor> {
         (f32_of(d)? / (h * w) as f64)?
+            .to_dtype(self.maps)?
             .reshape((n, 1, 1, c))?
             .broadcast_as((n, h, w, c))?
             .contiguous()
