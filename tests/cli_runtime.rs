@@ -1026,7 +1026,7 @@ fn train_on_two_cpu_ranks() {
 }
 
 /// `--sync-bn` trains two CPU ranks with SyncBatchNorm, says so and records it in the
-/// checkpoint; `--collective-timeout` sets the ranks' wait (and must be positive); both
+/// checkpoint (a resumed run without it is told); `--collective-timeout` sets the ranks' wait (and must be positive); both
 /// apply to the ranks of `--devices` only.
 #[test]
 fn train_with_sync_bn_on_two_cpu_ranks() {
@@ -1068,6 +1068,17 @@ fn train_with_sync_bn_on_two_cpu_ranks() {
     );
     let state = std::fs::read_to_string(out.join("checkpoint/state.json")).expect("state");
     assert!(state.contains("\"sync_bn\": true"), "{state}");
+    // Resumed without it: said, not silently different.
+    let o = train(&["--devices", "cpu:0,cpu:1", "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(
+            "the checkpoint was trained with BatchNorm statistics synchronized over the ranks \
+             (--sync-bn), this run keeps them per rank"
+        ),
+        "{}",
+        stdout(&o)
+    );
 
     let o = train(&["--sync-bn"]);
     assert_eq!(o.status.code(), Some(1));

@@ -522,7 +522,7 @@ impl Run<'_> {
             )?;
             init_line = Some(init.to_string());
         }
-        let mut resumed_ranks = None;
+        let mut resumed = None;
         if a.resume {
             trainer.resume(&a.out)?;
             if let Some(seed) = a.seed.filter(|&s| s != trainer.opts.seed) {
@@ -532,11 +532,10 @@ impl Run<'_> {
                     a.out.join(checkpoint::DIR).display()
                 )));
             }
-            resumed_ranks = checkpoint::find(&a.out)
+            resumed = checkpoint::find(&a.out)
                 .ok()
                 .and_then(|c| std::fs::read_to_string(c.join("state.json")).ok())
-                .and_then(|t| serde_json::from_str::<checkpoint::State>(&t).ok())
-                .map(|s| s.ranks);
+                .and_then(|t| serde_json::from_str::<checkpoint::State>(&t).ok());
         }
         // Every rank starts from rank 0's weights.
         trainer.join(comm)?;
@@ -554,6 +553,7 @@ impl Run<'_> {
                     trainer.epoch,
                     trainer.schedule.epochs
                 );
+                let resumed_ranks = resumed.as_ref().map(|s| s.ranks);
                 if let Some(n) = resumed_ranks.filter(|&n| n != trainer.world_size()) {
                     println!(
                         "note: the checkpoint was trained on {n} rank{}, this run has {}: it \
@@ -561,6 +561,23 @@ impl Run<'_> {
                          statistics and masks are per rank)",
                         if n == 1 { "" } else { "s" },
                         trainer.world_size()
+                    );
+                }
+                let synced = trainer.syncs_batch_norm();
+                if let Some(s) = resumed.as_ref().filter(|s| s.sync_bn != synced) {
+                    println!(
+                        "note: the checkpoint was trained with BatchNorm statistics {}, this run \
+                         {}: it continues, but not as the original run would have",
+                        if s.sync_bn {
+                            "synchronized over the ranks (--sync-bn)"
+                        } else {
+                            "per rank"
+                        },
+                        if synced {
+                            "synchronizes them"
+                        } else {
+                            "keeps them per rank"
+                        }
                     );
                 }
             }
