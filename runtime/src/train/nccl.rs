@@ -134,7 +134,21 @@ impl CustomOp1 for Collective<'_> {
 impl NcclComm {
     /// Every rank at the host meeting, or the failure that stopped one.
     fn meet(&self) -> TrainResult<()> {
-        self.control.all_reduce_mean_host(&mut [])
+        self.control
+            .all_reduce_mean_host(&mut [])
+            .map_err(|e| match e {
+                // The host meeting is an empty collective: name what it stands for.
+                TrainError::CollectiveTimeout {
+                    missing,
+                    collective,
+                    timeout_s,
+                } => TrainError::CollectiveTimeout {
+                    missing,
+                    collective: format!("the host meeting before an NCCL collective, {collective}"),
+                    timeout_s,
+                },
+                e => e,
+            })
     }
 
     fn collective(&self, flat: &Tensor, root: Option<usize>) -> TrainResult<Tensor> {
