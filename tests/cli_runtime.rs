@@ -1024,3 +1024,75 @@ fn train_on_two_cpu_ranks() {
     assert!(stderr(&o).contains("listed twice"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--sync-bn` trains two CPU ranks with SyncBatchNorm, says so and records it in the
+/// checkpoint (a resumed run without it is told); `--collective-timeout` sets the ranks' wait (and must be positive); both
+/// apply to the ranks of `--devices` only.
+#[test]
+fn train_with_sync_bn_on_two_cpu_ranks() {
+    let dir = tmp_dir("train-sync-bn");
+    let out = dir.join("run");
+    let _ = std::fs::remove_dir_all(&out);
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "specs/efficientnetv2_nano.effnet",
+            "--data",
+            "data/mnist",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+            "--train-limit",
+            "64",
+            "--batch",
+            "32",
+            "--fixed",
+            "--epochs",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        effnet(&args)
+    };
+    let o = train(&[
+        "--devices",
+        "cpu:0,cpu:1",
+        "--sync-bn",
+        "--collective-timeout",
+        "120",
+    ]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("BatchNorm statistics synchronized over the ranks (--sync-bn)")
+            && text.contains("a collective waits at most 120 s"),
+        "{text}"
+    );
+    let state = std::fs::read_to_string(out.join("checkpoint/state.json")).expect("state");
+    assert!(state.contains("\"sync_bn\": true"), "{state}");
+    // Resumed without it: said, not silently different.
+    let o = train(&["--devices", "cpu:0,cpu:1", "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(
+            "the checkpoint was trained with BatchNorm statistics synchronized over the ranks \
+             (--sync-bn), this run keeps them per rank"
+        ),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = train(&["--sync-bn"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--sync-bn applies to the ranks of a data-parallel run"),
+        "{}",
+        stderr(&o)
+    );
+    let o = train(&["--devices", "cpu:0,cpu:1", "--collective-timeout", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--collective-timeout 0: expected a positive number of seconds"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use effnet_runtime::data::{self, Split};
 use effnet_runtime::train::nccl::nccl_ranks;
-use effnet_runtime::train::parallel::run_ranks;
+use effnet_runtime::train::parallel::{DEFAULT_COLLECTIVE_TIMEOUT, run_ranks};
 use effnet_runtime::train::{TrainOptions, Trainer};
 
 fn gpus() -> Option<Vec<Device>> {
@@ -32,7 +32,7 @@ fn gpus() -> Option<Vec<Device>> {
 fn nccl_collectives_on_every_gpu() {
     let Some(devices) = gpus() else { return };
     let w = devices.len();
-    let comms = nccl_ranks(&devices).expect("NCCL communicators");
+    let comms = nccl_ranks(&devices, DEFAULT_COLLECTIVE_TIMEOUT).expect("NCCL communicators");
     let out = run_ranks(comms, |c| {
         let r = c.rank() as f32;
         let t = Tensor::new(&[r, 1.0, 2.0 * r], &devices[c.rank()])?;
@@ -81,7 +81,7 @@ fn data_parallel_epochs_keep_the_ranks_identical() {
         .clone();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
     let train = Arc::new(data::load(&dir, Split::Train).expect("MNIST").truncate(256));
-    let comms = nccl_ranks(&devices).expect("NCCL communicators");
+    let comms = nccl_ranks(&devices, DEFAULT_COLLECTIVE_TIMEOUT).expect("NCCL communicators");
     let out = run_ranks(comms, |c| {
         let opts = TrainOptions {
             device: devices[c.rank()].clone(),

@@ -47,6 +47,17 @@ pub struct TrainArgs {
     /// batch must be a multiple of the number of ranks.
     #[arg(long, value_name = "LIST")]
     pub devices: Option<String>,
+    /// With --devices: SyncBatchNorm, every train-mode BatchNorm normalizing with the whole
+    /// global batch's statistics (all ranks) and the running statistics kept identical on
+    /// every rank. Without it each rank uses its shard's own statistics (DDP's default).
+    /// Needs the cpu-step training plan.
+    #[arg(long)]
+    pub sync_bn: bool,
+    /// With --devices: how long a rank waits at a collective for the others before the run
+    /// stops, naming the ranks that did not arrive (default 1800: rank 0's evaluation at an
+    /// epoch's end is the longest legitimate wait).
+    #[arg(long, value_name = "SECS")]
+    pub collective_timeout: Option<f64>,
     /// Seed of the weights, the data order and every augmentation (default 0; a resumed run
     /// keeps its checkpoint's).
     #[arg(long)]
@@ -194,10 +205,16 @@ fn print_table(t: &Trainer, data_desc: &str, ranks: &Ranks) {
         let w = ranks.devices.len();
         println!(
             "data parallel: {w} rank{} on {list} ({}); each stage's batch split into {w} \
-             shards; gradients and loss averaged over the ranks; BatchNorm statistics per \
-             rank, rank 0's saved; rank 0 writes checkpoints and metrics",
+             shards; gradients and loss averaged over the ranks; {}; rank 0 writes \
+             checkpoints and metrics; a collective waits at most {} s",
             if w == 1 { "" } else { "s" },
-            if ranks.cuda { "NCCL" } else { "CPU threads" }
+            if ranks.cuda { "NCCL" } else { "CPU threads" },
+            if t.syncs_batch_norm() {
+                "BatchNorm statistics synchronized over the ranks (--sync-bn)"
+            } else {
+                "BatchNorm statistics per rank, rank 0's saved"
+            },
+            ranks.timeout.as_secs_f64()
         );
     }
     println!(
@@ -312,6 +329,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
         device: ranks.devices[0].clone(),
         evaluate_raw: a.eval_raw,
         precision: a.precision.precision(),
+        sync_bn: a.sync_bn,
         ..TrainOptions::default()
     };
     let run = Run {
@@ -332,7 +350,9 @@ pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
         parallel::run_ranks(comms, |comm| run.rank(comm)).map(|_| ())
     };
     result.map_err(|e| match e {
-        TrainError::Rank { .. } => match checkpoint::find(&a.out) {
+        TrainError::Rank { .. }
+        | TrainError::PeerFailed { .. }
+        | TrainError::CollectiveTimeout { .. } => match checkpoint::find(&a.out) {
             Ok(ckpt) => format!(
                 "{e}; the last checkpoint is intact in `{}` (continue with --resume)",
                 ckpt.display()
@@ -350,15 +370,38 @@ struct Ranks {
     /// `--devices` as given, for the report.
     list: Option<String>,
     cuda: bool,
+    /// How long a collective waits for the other ranks (`--collective-timeout`).
+    timeout: Duration,
 }
 
 /// The devices of `--devices`, or `--device`'s one.
 fn ranks(a: &TrainArgs) -> Result<Ranks, String> {
+    let timeout = match a.collective_timeout {
+        None => parallel::DEFAULT_COLLECTIVE_TIMEOUT,
+        Some(secs) => Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                format!("--collective-timeout {secs}: expected a positive number of seconds")
+            })?,
+    };
     let Some(list) = &a.devices else {
+        for (given, flag) in [
+            (a.sync_bn, "--sync-bn"),
+            (a.collective_timeout.is_some(), "--collective-timeout"),
+        ] {
+            if given {
+                return Err(format!(
+                    "{flag} applies to the ranks of a data-parallel run: add --devices (for \
+                     example `--devices 0,1`, or `--devices cpu:0,cpu:1`)"
+                ));
+            }
+        }
         return Ok(Ranks {
             devices: vec![device(a.compute.device)?],
             list: None,
             cuda: a.compute.device == DeviceArg::Cuda,
+            timeout,
         });
     };
     let flag = format!("--devices {list}");
@@ -399,6 +442,7 @@ fn ranks(a: &TrainArgs) -> Result<Ranks, String> {
             devices: vec![candle_core::Device::Cpu; cpu.len()],
             list: Some(list.clone()),
             cuda: false,
+            timeout,
         });
     }
     let cpu_list = (0..gpus.len())
@@ -427,17 +471,18 @@ fn ranks(a: &TrainArgs) -> Result<Ranks, String> {
         devices,
         list: Some(list.clone()),
         cuda: true,
+        timeout,
     })
 }
 
 /// One communicator per rank: NCCL's for GPUs, the CPU one for CPU ranks.
 fn communicators(r: &Ranks) -> Result<Vec<Arc<dyn Communicator>>, TrainError> {
     if !r.cuda {
-        return Ok(parallel::cpu_ranks(r.devices.len()));
+        return Ok(parallel::cpu_ranks_with_timeout(r.devices.len(), r.timeout));
     }
     #[cfg(feature = "nccl")]
     {
-        tr::nccl::nccl_ranks(&r.devices)
+        tr::nccl::nccl_ranks(&r.devices, r.timeout)
     }
     #[cfg(not(feature = "nccl"))]
     Err(TrainError::Config(
@@ -486,7 +531,7 @@ impl Run<'_> {
             )?;
             init_line = Some(init.to_string());
         }
-        let mut resumed_ranks = None;
+        let mut resumed = None;
         if a.resume {
             trainer.resume(&a.out)?;
             if let Some(seed) = a.seed.filter(|&s| s != trainer.opts.seed) {
@@ -496,11 +541,10 @@ impl Run<'_> {
                     a.out.join(checkpoint::DIR).display()
                 )));
             }
-            resumed_ranks = checkpoint::find(&a.out)
+            resumed = checkpoint::find(&a.out)
                 .ok()
                 .and_then(|c| std::fs::read_to_string(c.join("state.json")).ok())
-                .and_then(|t| serde_json::from_str::<checkpoint::State>(&t).ok())
-                .map(|s| s.ranks);
+                .and_then(|t| serde_json::from_str::<checkpoint::State>(&t).ok());
         }
         // Every rank starts from rank 0's weights.
         trainer.join(comm)?;
@@ -518,6 +562,7 @@ impl Run<'_> {
                     trainer.epoch,
                     trainer.schedule.epochs
                 );
+                let resumed_ranks = resumed.as_ref().map(|s| s.ranks);
                 if let Some(n) = resumed_ranks.filter(|&n| n != trainer.world_size()) {
                     println!(
                         "note: the checkpoint was trained on {n} rank{}, this run has {}: it \
@@ -525,6 +570,23 @@ impl Run<'_> {
                          statistics and masks are per rank)",
                         if n == 1 { "" } else { "s" },
                         trainer.world_size()
+                    );
+                }
+                let synced = trainer.syncs_batch_norm();
+                if let Some(s) = resumed.as_ref().filter(|s| s.sync_bn != synced) {
+                    println!(
+                        "note: the checkpoint was trained with BatchNorm statistics {}, this run \
+                         {}: it continues, but not as the original run would have",
+                        if s.sync_bn {
+                            "synchronized over the ranks (--sync-bn)"
+                        } else {
+                            "per rank"
+                        },
+                        if synced {
+                            "synchronizes them"
+                        } else {
+                            "keeps them per rank"
+                        }
                     );
                 }
             }

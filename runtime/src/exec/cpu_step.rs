@@ -16,6 +16,7 @@ use super::cpu_fused::kernel_act;
 use super::host::{HostData, host};
 use super::shared::update_running_stats;
 use super::step::StepOps;
+use super::sync_bn::{BatchNormSync, Moments};
 use crate::nn::Param;
 use crate::nn::{ConvBnAct, SqueezeExcite};
 use crate::ops::candle::cpu_data::with_cpu_f32;
@@ -33,9 +34,21 @@ pub(crate) struct Map {
 }
 
 /// The effnet CPU kernels' training step; the gradients accumulate here by tensor name.
-#[derive(Debug, Default)]
-pub(crate) struct CpuStepOps {
+#[derive(Default)]
+pub(crate) struct CpuStepOps<'a> {
     grads: HashMap<String, Vec<f32>>,
+    /// SyncBatchNorm: the other ranks' statistics and gradient sums come through it
+    /// (`None`: each BatchNorm normalizes with this batch's statistics alone).
+    sync: Option<&'a dyn BatchNormSync>,
+}
+
+impl<'a> CpuStepOps<'a> {
+    pub(crate) fn new(sync: Option<&'a dyn BatchNormSync>) -> Self {
+        CpuStepOps {
+            grads: HashMap::new(),
+            sync,
+        }
+    }
 }
 
 fn view<'a>(t: &'a Tensor, what: impl std::fmt::Display) -> Result<HostData<'a>> {
@@ -64,9 +77,16 @@ pub(crate) struct LayerTape {
     inv_std: Vec<f32>,
     /// The BatchNorm ran in eval mode (frozen): `mean` and `inv_std` are its running ones.
     eval_bn: bool,
+    /// The values per channel the statistics were taken over: this batch's, or with
+    /// SyncBatchNorm every rank's.
+    count: f64,
 }
 
-fn layer_forward(l: &ConvBnAct, x: Rc<Map>) -> Result<(LayerTape, Map)> {
+fn layer_forward(
+    l: &ConvBnAct,
+    x: Rc<Map>,
+    sync: Option<&dyn BatchNormSync>,
+) -> Result<(LayerTape, Map)> {
     let [n, h, w, c] = x.dims;
     let g = l.conv.geom([n, c, h, w]);
     let (oh, ow) = g.out_hw()?;
@@ -96,6 +116,7 @@ fn layer_forward(l: &ConvBnAct, x: Rc<Map>) -> Result<(LayerTape, Map)> {
     // them; otherwise the batch's statistics, and the running ones are updated below.
     let eps = l.bn.spec.eps;
     let stats = l.bn.running()?;
+    let mut count = (n * oh * ow) as f64;
     let (mean, inv_std, unbiased) = if l.bn.frozen {
         let bp = &l.bn.spec.path;
         let rm = view(stats.mean.as_tensor(), format_args!("{bp}.running_mean"))?;
@@ -107,8 +128,13 @@ fn layer_forward(l: &ConvBnAct, x: Rc<Map>) -> Result<(LayerTape, Map)> {
             .collect();
         (rm.get().to_vec(), inv_std, None)
     } else {
-        let (mean64, var64) = kernels::channel_stats(&z, o);
-        let count = (n * oh * ow) as f64;
+        let (mut mean64, mut var64) = kernels::channel_stats(&z, o);
+        if let Some(sync) = sync {
+            // The whole global batch's statistics, the same on every rank.
+            let mut m = Moments::of(count, &mean64, &var64);
+            sync.sum_over_ranks(&mut m.sums)?;
+            (count, mean64, var64) = m.combined(o)?;
+        }
         let mean: Vec<f32> = mean64.iter().map(|&v| v as f32).collect();
         let inv_std: Vec<f32> = var64
             .iter()
@@ -163,6 +189,7 @@ fn layer_forward(l: &ConvBnAct, x: Rc<Map>) -> Result<(LayerTape, Map)> {
         mean,
         inv_std,
         eval_bn: l.bn.frozen,
+        count,
     };
     Ok((
         tape,
@@ -181,6 +208,7 @@ fn layer_backward(
     mut d: Vec<f32>,
     need_dx: bool,
     grads: &mut HashMap<String, Vec<f32>>,
+    sync: Option<&dyn BatchNormSync>,
 ) -> Result<Option<Vec<f32>>> {
     let o = t.geom.o;
     let bp = &l.bn.spec.path;
@@ -194,10 +222,21 @@ fn layer_backward(
             beta: beta.get(),
             act: kernel_act(l.activation)?,
         };
-        if t.eval_bn {
-            kernels::bn_act_backward_eval(&mut d, &t.z, o, &bn)
-        } else {
-            kernels::bn_act_backward(&mut d, &t.z, o, &bn)
+        match sync {
+            _ if t.eval_bn => kernels::bn_act_backward_eval(&mut d, &t.z, o, &bn),
+            None => kernels::bn_act_backward(&mut d, &t.z, o, &bn),
+            Some(sync) => {
+                // The input gradient needs the sums of `dy` and `dy * xhat` over every
+                // rank's values; gamma's and beta's gradients stay this rank's (the
+                // gradient averaging adds the ranks' shares).
+                let (db, dw) = kernels::bn_act_grad_sums(&mut d, &t.z, o, &bn);
+                let mut sums: Vec<f64> = db.iter().chain(&dw).map(|&v| f64::from(v)).collect();
+                sync.sum_over_ranks(&mut sums)?;
+                let all: Vec<f32> = sums.iter().map(|&v| v as f32).collect();
+                let (all_db, all_dw) = all.split_at(o);
+                kernels::bn_input_grad(&mut d, &t.z, o, &bn, t.count as f32, all_db, all_dw);
+                (dw, db)
+            }
         }
     };
     add_grad(grads, format!("{bp}.weight"), dgamma);
@@ -413,7 +452,7 @@ fn se_backward(
     Ok(d)
 }
 
-impl StepOps for CpuStepOps {
+impl StepOps for CpuStepOps<'_> {
     type Map = Map;
     type LayerTape = LayerTape;
     type SeTape = SeTape;
@@ -428,7 +467,7 @@ impl StepOps for CpuStepOps {
     }
 
     fn layer_forward(&mut self, l: &ConvBnAct, x: Rc<Map>) -> Result<(LayerTape, Map)> {
-        layer_forward(l, x)
+        layer_forward(l, x, self.sync)
     }
 
     fn layer_backward(
@@ -439,7 +478,7 @@ impl StepOps for CpuStepOps {
         need_dx: bool,
     ) -> Result<Option<Map>> {
         let dims = t.input.dims;
-        let dx = layer_backward(l, t, d.data, need_dx, &mut self.grads)?;
+        let dx = layer_backward(l, t, d.data, need_dx, &mut self.grads, self.sync)?;
         Ok(dx.map(|data| Map { data, dims }))
     }
 

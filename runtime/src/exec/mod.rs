@@ -21,6 +21,7 @@ pub(crate) mod host;
 pub mod plan;
 pub mod shared;
 pub(crate) mod step;
+pub mod sync_bn;
 
 use std::sync::PoisonError;
 
@@ -36,6 +37,7 @@ use crate::nn::Param;
 use crate::nn::{Block, NetRng, Network, NetworkParts, PreparedCache};
 pub use plan::{Choice, Facts, LayerWithoutKernel, NoKernel, Plan, Precision, Purpose};
 pub use shared::{keep_mask, one_hot, soft_cross_entropy, update_running_stats};
+pub use sync_bn::BatchNormSync;
 
 fn purpose(train: bool) -> Purpose {
     if train {
@@ -237,7 +239,22 @@ pub fn loss_and_grads(
     rng: &mut ChaCha8Rng,
 ) -> Result<(f64, Vec<Tensor>)> {
     let plan = Facts::of(net, x, Purpose::TrainStep).choose().plan;
-    step_on(plan, net, params, x, targets, rng)
+    step_on(plan, net, params, x, targets, rng, None)
+}
+
+/// [`loss_and_grads`] with SyncBatchNorm: every train-mode BatchNorm takes its statistics
+/// over the batches of all the ranks `sync` reaches (see [`sync_bn`]). Only the cpu-step plan
+/// can; on another plan this is an error saying so, never an unsynchronized step.
+pub fn loss_and_grads_synced(
+    net: &NetworkParts,
+    params: &[Param],
+    x: &Tensor,
+    targets: &Tensor,
+    rng: &mut ChaCha8Rng,
+    sync: &dyn BatchNormSync,
+) -> Result<(f64, Vec<Tensor>)> {
+    let plan = Facts::of(net, x, Purpose::TrainStep).choose().plan;
+    step_on(plan, net, params, x, targets, rng, Some(sync))
 }
 
 /// [`loss_and_grads`] in `precision`: [`Precision::Bf16`] (mixed precision) runs on the
@@ -253,7 +270,7 @@ pub fn loss_and_grads_in(
 ) -> Result<(f64, Vec<Tensor>)> {
     let choice = Facts::of(net, x, Purpose::TrainStep).choose();
     match precision {
-        Precision::F32 => step_on(choice.plan, net, params, x, targets, rng),
+        Precision::F32 => step_on(choice.plan, net, params, x, targets, rng, None),
         Precision::Bf16 if choice.plan == Plan::CudaStep => {
             cuda_step(net, params, x, targets, rng, DType::BF16)
         }
@@ -274,7 +291,7 @@ pub fn loss_and_grads_on(
     rng: &mut ChaCha8Rng,
 ) -> Result<(f64, Vec<Tensor>)> {
     allowed(&Facts::of(net, x, Purpose::TrainStep), plan)?;
-    step_on(plan, net, params, x, targets, rng)
+    step_on(plan, net, params, x, targets, rng, None)
 }
 
 /// One training step on `plan`, which the facts allow.
@@ -285,9 +302,16 @@ fn step_on(
     x: &Tensor,
     targets: &Tensor,
     rng: &mut ChaCha8Rng,
+    sync: Option<&dyn BatchNormSync>,
 ) -> Result<(f64, Vec<Tensor>)> {
+    if sync.is_some() && plan != Plan::CpuStep {
+        bail!(
+            "SyncBatchNorm runs on the cpu-step plan only; this step runs on the {plan} plan, \
+             whose BatchNorm cannot meet the other ranks"
+        );
+    }
     match plan {
-        Plan::CpuStep => run_step(CpuStepOps::default(), net, params, x, targets, rng),
+        Plan::CpuStep => run_step(CpuStepOps::new(sync), net, params, x, targets, rng),
         Plan::CudaStep => cuda_step(net, params, x, targets, rng, DType::F32),
         Plan::Candle => {
             let logits = forward::logits(&mut CandleOps::differentiable(), net, x, Some(rng))?;
@@ -460,6 +484,19 @@ impl Network {
     ) -> Result<(f64, Vec<Tensor>)> {
         let stages = self.stage_slices();
         loss_and_grads_in(precision, &self.parts(&stages), params, x, targets, rng)
+    }
+
+    /// [`Network::loss_and_grads`] with SyncBatchNorm (see [`loss_and_grads_synced`]).
+    pub fn loss_and_grads_synced(
+        &self,
+        params: &[Param],
+        x: &Tensor,
+        targets: &Tensor,
+        rng: &mut ChaCha8Rng,
+        sync: &dyn BatchNormSync,
+    ) -> Result<(f64, Vec<Tensor>)> {
+        let stages = self.stage_slices();
+        loss_and_grads_synced(&self.parts(&stages), params, x, targets, rng, sync)
     }
 
     /// [`Network::loss_and_grads`] on a named plan (see [`loss_and_grads_on`]).

@@ -86,6 +86,10 @@ pub struct State {
     /// ranks, continuing identically on the same number).
     #[serde(default = "one")]
     pub ranks: usize,
+    /// Whether the ranks synchronized their BatchNorm statistics (SyncBatchNorm; a record,
+    /// like `ranks`; false in checkpoints from before the option).
+    #[serde(default)]
+    pub sync_bn: bool,
 }
 
 fn one() -> usize {
@@ -167,6 +171,7 @@ impl Trainer {
             metrics: self.history.clone(),
             fine_tune: fine_tune_lines(&self.schedule),
             ranks: self.world_size(),
+            sync_bn: self.syncs_batch_norm(),
         };
         let json = serde_json::to_string_pretty(&state)
             .map_err(|e| TrainError::Checkpoint(format!("cannot encode state: {e}")))?;

@@ -51,7 +51,7 @@ use crate::data::mix::MixConfig;
 use crate::data::randaug::RandAugment;
 use crate::data::{Dataset, Kind, derive_seed, stream};
 pub use crate::exec::soft_cross_entropy;
-use crate::exec::{Choice, Precision, Purpose};
+use crate::exec::{Choice, Plan, Precision, Purpose};
 use crate::nn::Network;
 pub use ema::Ema;
 pub use eval::{Accuracy, evaluate};
@@ -88,6 +88,18 @@ pub enum TrainError {
     /// Another rank of a data-parallel run failed; this one stopped at a collective.
     #[error("stopped: rank {rank} failed: {reason}")]
     PeerFailed { rank: usize, reason: String },
+    /// A collective of a data-parallel run waited past its timeout: `missing` never arrived
+    /// (stuck, or far slower than the others).
+    #[error(
+        "stopped: {} did not arrive at {collective} within {timeout_s} s (the collective \
+         timeout, `--collective-timeout`)",
+        ranks_phrase(missing)
+    )]
+    CollectiveTimeout {
+        missing: Vec<usize>,
+        collective: String,
+        timeout_s: f64,
+    },
     /// The failure that stopped a data-parallel run, with the rank it happened on.
     #[error("rank {rank} failed: {source}; every rank stopped")]
     Rank {
@@ -97,6 +109,26 @@ pub enum TrainError {
 }
 
 pub type TrainResult<T> = std::result::Result<T, TrainError>;
+
+impl TrainError {
+    /// This rank stopped because of another rank (it failed, or never arrived), not because
+    /// of anything of its own.
+    pub fn is_peers(&self) -> bool {
+        matches!(
+            self,
+            TrainError::PeerFailed { .. } | TrainError::CollectiveTimeout { .. }
+        )
+    }
+}
+
+/// `rank 1`, `ranks 1, 2`.
+fn ranks_phrase(ranks: &[usize]) -> String {
+    let list: Vec<String> = ranks.iter().map(ToString::to_string).collect();
+    match list.len() {
+        1 => format!("rank {}", list[0]),
+        _ => format!("ranks {}", list.join(", ")),
+    }
+}
 
 /// The schedule with its epochs changed to `epochs`, each stage keeping its share:
 /// stage `i` of `M` covers `[i * N / M, (i + 1) * N / M)` (automl's boundaries).
@@ -142,6 +174,11 @@ pub struct TrainOptions {
     /// The training step's arithmetic: f32, or mixed precision (bf16 maps, f32 master
     /// weights; CUDA only).
     pub precision: Precision,
+    /// SyncBatchNorm in a data-parallel run: every train-mode BatchNorm normalizes with the
+    /// global batch's statistics (all ranks) and the running statistics stay identical on
+    /// every rank. Off (the default, DDP's): each rank's shard's own statistics. Needs the
+    /// cpu-step plan; nothing changes with one rank.
+    pub sync_bn: bool,
 }
 
 impl Default for TrainOptions {
@@ -157,6 +194,7 @@ impl Default for TrainOptions {
             evaluate: true,
             evaluate_raw: false,
             precision: Precision::F32,
+            sync_bn: false,
         }
     }
 }
@@ -309,7 +347,7 @@ impl Trainer {
         if opts.precision == Precision::Bf16 {
             let probe = Tensor::zeros((1, ir.input_channels, 1, 1), DType::F32, &opts.device)?;
             let choice = net.plan(&probe, Purpose::TrainStep);
-            if choice.plan != crate::exec::Plan::CudaStep {
+            if choice.plan != Plan::CudaStep {
                 return Err(TrainError::Config(format!(
                     "--precision bf16 (mixed precision) runs on the cuda-step plan; `{}` trains \
                      on {choice}",
@@ -473,6 +511,12 @@ impl Trainer {
             .collect()
     }
 
+    /// Whether the BatchNorm statistics are synchronized over the ranks in this run (asked for,
+    /// and more than one rank).
+    pub fn syncs_batch_norm(&self) -> bool {
+        self.opts.sync_bn && self.comm.world_size() > 1
+    }
+
     /// The plan the training step runs (and why, when it is the fallback).
     pub fn step_plan(&self) -> TrainResult<Choice> {
         let c = self.ir.input_channels;
@@ -543,6 +587,16 @@ impl Trainer {
             prefetch: 2,
             shard: Shard { rank, world },
         };
+        if self.syncs_batch_norm() {
+            let choice = self.step_plan()?;
+            if choice.plan != Plan::CpuStep {
+                return Err(TrainError::Config(format!(
+                    "--sync-bn: SyncBatchNorm runs on the cpu-step plan only, and this run's \
+                     training step runs on {choice}, whose BatchNorm cannot meet the other \
+                     ranks; drop --sync-bn to train with per-rank statistics (DDP's default)"
+                )));
+            }
+        }
         let batches = Batches::new(self.train_data.clone(), cfg, epoch);
         let steps = batches
             .len()
@@ -572,13 +626,7 @@ impl Trainer {
             let (n, c, h, w) = b.shape;
             let x = Tensor::from_vec(b.images, (n, c, h, w), &device)?;
             let y = Tensor::from_vec(b.targets, (n, b.classes), &device)?;
-            let (lv, gs) = self.net.loss_and_grads_in(
-                self.opts.precision,
-                &self.params,
-                &x,
-                &y,
-                &mut self.mask_rng,
-            )?;
+            let (lv, gs) = self.loss_and_grads(&x, &y)?;
             let (lv, mut gs) = self.synchronize(lv, gs)?;
             if !lv.is_finite() {
                 let kept = match &self.out_dir {
@@ -680,6 +728,27 @@ impl Trainer {
         self.epoch += 1;
         self.history.push(m.clone());
         Ok(m)
+    }
+
+    /// This rank's loss and gradients on its batch; with SyncBatchNorm, its BatchNorm layers
+    /// meet the other ranks' in the step.
+    fn loss_and_grads(&mut self, x: &Tensor, y: &Tensor) -> TrainResult<(f64, Vec<Tensor>)> {
+        if !self.syncs_batch_norm() {
+            return Ok(self.net.loss_and_grads_in(
+                self.opts.precision,
+                &self.params,
+                x,
+                y,
+                &mut self.mask_rng,
+            )?);
+        }
+        let sync = parallel::BatchNormOverRanks::new(&*self.comm);
+        let r = self
+            .net
+            .loss_and_grads_synced(&self.params, x, y, &mut self.mask_rng, &sync);
+        // A collective's failure is reported as itself (a peer's, or a timeout), not as a
+        // failure of this rank's step.
+        r.map_err(|e| sync.into_failure().unwrap_or(TrainError::Candle(e)))
     }
 
     /// The loss and gradients of the global batch from this rank's: their means over the

@@ -8,11 +8,17 @@
 //! the failure flag): once all ranks are there, each enqueues its NCCL call right after,
 //! and a rank that failed is reported there instead of hanging the others.
 //!
+//! The collective timeout is honoured at that meeting: it is the [`CpuComm`]'s, so a rank that
+//! never arrives stops the others after the timeout, naming it. NCCL has no timeout of its own
+//! for a call once enqueued, and cudarc's `Comm` reaches `ncclCommAbort` only when dropped; a
+//! call is enqueued only once every rank has met, so a rank that is gone is caught before.
+//!
 //! Not yet run on GPUs: this session had none. The CPU communicator runs the same trainer
 //! code in the tests; a single GPU can only host world size 1 (NCCL refuses two ranks on one
 //! device), several GPUs are needed to check this file.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::CudaView;
@@ -44,8 +50,12 @@ fn nccl_err(e: impl std::fmt::Debug) -> TrainError {
 }
 
 /// One rank per device of `devices` (CUDA devices, one per GPU), as
-/// [`super::parallel::run_ranks`] takes them.
-pub fn nccl_ranks(devices: &[Device]) -> TrainResult<Vec<Arc<dyn Communicator>>> {
+/// [`super::parallel::run_ranks`] takes them; each waits at most `timeout` for the others at
+/// a collective.
+pub fn nccl_ranks(
+    devices: &[Device],
+    timeout: Duration,
+) -> TrainResult<Vec<Arc<dyn Communicator>>> {
     let cuda = devices
         .iter()
         .map(|d| match d {
@@ -57,7 +67,7 @@ pub fn nccl_ranks(devices: &[Device]) -> TrainResult<Vec<Arc<dyn Communicator>>>
         .collect::<TrainResult<Vec<CudaDevice>>>()?;
     let streams = cuda.iter().map(CudaDevice::cuda_stream).collect();
     let comms = Comm::from_devices(streams).map_err(nccl_err)?;
-    let controls = CpuComm::group(cuda.len());
+    let controls = CpuComm::group_with_timeout(cuda.len(), timeout);
     Ok(comms
         .into_iter()
         .zip(cuda)
@@ -124,7 +134,21 @@ impl CustomOp1 for Collective<'_> {
 impl NcclComm {
     /// Every rank at the host meeting, or the failure that stopped one.
     fn meet(&self) -> TrainResult<()> {
-        self.control.all_reduce_mean_host(&mut [])
+        self.control
+            .all_reduce_mean_host(&mut [])
+            .map_err(|e| match e {
+                // The host meeting is an empty collective: name what it stands for.
+                TrainError::CollectiveTimeout {
+                    missing,
+                    collective,
+                    timeout_s,
+                } => TrainError::CollectiveTimeout {
+                    missing,
+                    collective: format!("the host meeting before an NCCL collective, {collective}"),
+                    timeout_s,
+                },
+                e => e,
+            })
     }
 
     fn collective(&self, flat: &Tensor, root: Option<usize>) -> TrainResult<Tensor> {
@@ -148,22 +172,30 @@ impl Communicator for NcclComm {
         self.collective(bucket, None)
     }
     fn all_reduce_mean_host(&self, values: &mut [f64]) -> TrainResult<()> {
-        self.meet()?;
-        let stream = self.device.cuda_stream();
-        let src = stream.clone_htod(&*values).map_err(nccl_err)?;
-        // SAFETY: NCCL writes every element before it is read back.
-        let mut out = unsafe { stream.alloc::<f64>(values.len()) }.map_err(nccl_err)?;
-        self.comm
-            .all_reduce(&src, &mut out, &ReduceOp::Avg)
-            .map_err(nccl_err)?;
-        let back = stream.clone_dtoh(&out).map_err(nccl_err)?;
-        values.copy_from_slice(&back);
-        Ok(())
+        self.host_all_reduce(values, &ReduceOp::Avg)
+    }
+    fn all_reduce_sum_host(&self, values: &mut [f64]) -> TrainResult<()> {
+        self.host_all_reduce(values, &ReduceOp::Sum)
     }
     fn broadcast(&self, flat: &Tensor, root: usize) -> TrainResult<Tensor> {
         self.collective(flat, Some(root))
     }
     fn abort(&self, rank: usize, reason: &str) {
         self.control.abort(rank, reason);
+    }
+}
+
+impl NcclComm {
+    /// `op` over the ranks of host values, in place, through the device.
+    fn host_all_reduce(&self, values: &mut [f64], op: &ReduceOp) -> TrainResult<()> {
+        self.meet()?;
+        let stream = self.device.cuda_stream();
+        let src = stream.clone_htod(&*values).map_err(nccl_err)?;
+        // SAFETY: NCCL writes every element before it is read back.
+        let mut out = unsafe { stream.alloc::<f64>(values.len()) }.map_err(nccl_err)?;
+        self.comm.all_reduce(&src, &mut out, op).map_err(nccl_err)?;
+        let back = stream.clone_dtoh(&out).map_err(nccl_err)?;
+        values.copy_from_slice(&back);
+        Ok(())
     }
 }

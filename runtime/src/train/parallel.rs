@@ -10,25 +10,40 @@
 //! - the parameters and BatchNorm statistics are broadcast from rank 0 once, when a rank
 //!   joins ([`super::Trainer::join`]), as PyTorch's DDP does at construction.
 //!
-//! BatchNorm normalizes each rank's shard with the shard's own statistics and each rank keeps
-//! its own running statistics, as DDP does without `SyncBatchNorm`; rank 0's are the ones
-//! saved and evaluated. Only rank 0 keeps an EMA, evaluates, and (in `effnet train`) writes
+//! By default BatchNorm normalizes each rank's shard with the shard's own statistics and
+//! each rank keeps its own running statistics, as DDP does without `SyncBatchNorm`; rank 0's
+//! are the ones saved and evaluated. With `sync_bn` ([`super::TrainOptions::sync_bn`]) every
+//! train-mode BatchNorm takes the global batch's statistics instead
+//! ([`BatchNormOverRanks`], `crate::exec::sync_bn`), so the running statistics are the same on
+//! every rank. Only rank 0 keeps an EMA, evaluates, and (in `effnet train`) writes
 //! checkpoints, metrics and logs.
 //!
 //! A rank that fails calls [`Communicator::abort`]; every other rank's next (or current)
 //! collective then returns [`TrainError::PeerFailed`] instead of waiting, so the run stops
 //! with the failing rank's error ([`run_ranks`]) and a checkpoint is only ever written
-//! between epochs, complete.
+//! between epochs, complete. A rank that never arrives (stuck, or far too slow) cannot call
+//! anything: the others wait for it at most the collective timeout
+//! ([`DEFAULT_COLLECTIVE_TIMEOUT`] unless set), then stop with
+//! [`TrainError::CollectiveTimeout`] naming the ranks that did not arrive.
 //!
 //! Two communicators implement the trait: [`CpuComm`] (one thread per rank in one process,
 //! sharing memory; what the tests run) and, with the `nccl` feature, `super::nccl::NcclComm`
 //! (one thread per GPU, NCCL's all-reduce on the device).
 
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor};
 
 use super::{TrainError, TrainResult};
+use crate::exec::BatchNormSync;
+
+/// How long a collective waits for the other ranks by default: 30 minutes. The longest
+/// legitimate wait is at an epoch's end, where the other ranks wait in the next epoch's first
+/// collective while rank 0 alone evaluates on the test set and writes the checkpoint; on a
+/// large test set on a CPU that takes minutes. NCCL's own watchdog in PyTorch waits 10 to 30
+/// minutes; this takes the long end, so only a rank that is truly stuck trips it.
+pub const DEFAULT_COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// About 16 MB of f32 per collective: large enough that the per-call cost is amortized, small
 /// enough that a bucket's flat copy stays a small share of memory (DDP's default is 25 MB).
@@ -43,6 +58,14 @@ pub trait Communicator: Send + Sync {
     fn all_reduce_mean(&self, bucket: &Tensor) -> TrainResult<Tensor>;
     /// The mean over the ranks of a few host scalars (the loss), in place.
     fn all_reduce_mean_host(&self, values: &mut [f64]) -> TrainResult<()>;
+    /// The sum over the ranks of host values (SyncBatchNorm's per-channel sums), in place.
+    /// By default the mean times the world size; a communicator that can sum exactly does.
+    fn all_reduce_sum_host(&self, values: &mut [f64]) -> TrainResult<()> {
+        self.all_reduce_mean_host(values)?;
+        let w = self.world_size() as f64;
+        values.iter_mut().for_each(|v| *v *= w);
+        Ok(())
+    }
     /// Rank `root`'s flat f32 buffer, on every rank.
     fn broadcast(&self, flat: &Tensor, root: usize) -> TrainResult<Tensor>;
     /// Stop the run: every rank's pending and later collectives fail with
@@ -98,6 +121,42 @@ pub fn average_gradients(
         reduce_bucket(comm, bucket, &mut out)?;
     }
     Ok(out)
+}
+
+/// SyncBatchNorm's sums over the ranks of a communicator, as the training step's backend
+/// asks for them. The step's errors are candle's, which cannot carry a [`TrainError`]: the
+/// collective's own error is kept here, so the trainer reports a peer's failure or a timeout
+/// as such ([`BatchNormOverRanks::into_failure`]) rather than as this rank's.
+pub struct BatchNormOverRanks<'a> {
+    comm: &'a dyn Communicator,
+    failure: Mutex<Option<TrainError>>,
+}
+
+impl<'a> BatchNormOverRanks<'a> {
+    pub fn new(comm: &'a dyn Communicator) -> Self {
+        BatchNormOverRanks {
+            comm,
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// The collective's error that failed the step, if one did.
+    pub fn into_failure(self) -> Option<TrainError> {
+        self.failure
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl BatchNormSync for BatchNormOverRanks<'_> {
+    fn sum_over_ranks(&self, values: &mut [f64]) -> candle_core::Result<()> {
+        self.comm.all_reduce_sum_host(values).map_err(|e| {
+            let msg = e.to_string();
+            let mut kept = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+            kept.get_or_insert(e);
+            candle_core::Error::Msg(msg)
+        })
+    }
 }
 
 fn reduce_bucket(
@@ -156,7 +215,49 @@ impl Buf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Mean,
+    Sum,
     Broadcast(usize),
+}
+
+impl Op {
+    /// The collective, for messages.
+    fn describe(self, values: usize) -> String {
+        match self {
+            Op::Mean => format!("an all-reduce (mean) of {values} values"),
+            Op::Sum => format!("an all-reduce (sum) of {values} values"),
+            Op::Broadcast(root) => format!("a broadcast of {values} values from rank {root}"),
+        }
+    }
+}
+
+/// Why a group stopped.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// A rank called [`Communicator::abort`].
+    Aborted { rank: usize, reason: String },
+    /// A rank waited longer than the timeout for these ranks.
+    TimedOut {
+        missing: Vec<usize>,
+        collective: String,
+        timeout: Duration,
+    },
+}
+
+impl Failure {
+    fn error(&self) -> TrainError {
+        match self {
+            Failure::Aborted { rank, reason } => peer_failed(*rank, reason),
+            Failure::TimedOut {
+                missing,
+                collective,
+                timeout,
+            } => TrainError::CollectiveTimeout {
+                missing: missing.clone(),
+                collective: collective.clone(),
+                timeout_s: timeout.as_secs_f64(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -168,7 +269,7 @@ struct Round {
     /// What the last collective produced; it stays until every rank has arrived at the next
     /// one, so a slow reader always finds its own result.
     result: Option<Arc<Buf>>,
-    failed: Option<(usize, String)>,
+    failed: Option<Failure>,
 }
 
 #[derive(Debug)]
@@ -176,6 +277,8 @@ struct Shared {
     world: usize,
     round: Mutex<Round>,
     cv: Condvar,
+    /// How long a rank waits in a collective for the others.
+    timeout: Duration,
 }
 
 /// One rank of a group of threads in one process that share memory. The last rank to arrive
@@ -188,8 +291,15 @@ pub struct CpuComm {
 }
 
 impl CpuComm {
-    /// The ranks `0..world` of one group, one per thread.
+    /// The ranks `0..world` of one group, one per thread, waiting for each other at most
+    /// [`DEFAULT_COLLECTIVE_TIMEOUT`] in a collective.
     pub fn group(world: usize) -> Vec<CpuComm> {
+        Self::group_with_timeout(world, DEFAULT_COLLECTIVE_TIMEOUT)
+    }
+
+    /// [`CpuComm::group`] whose collectives wait at most `timeout` for the other ranks; past
+    /// it the run stops with [`TrainError::CollectiveTimeout`] on every rank.
+    pub fn group_with_timeout(world: usize, timeout: Duration) -> Vec<CpuComm> {
         let shared = Arc::new(Shared {
             world: world.max(1),
             round: Mutex::new(Round {
@@ -197,6 +307,7 @@ impl CpuComm {
                 ..Round::default()
             }),
             cv: Condvar::new(),
+            timeout,
         });
         (0..world.max(1))
             .map(|rank| CpuComm {
@@ -209,17 +320,21 @@ impl CpuComm {
     fn collective(&self, mine: Buf, op: Op) -> TrainResult<Arc<Buf>> {
         let sh = &self.shared;
         let mut r = sh.round.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((rank, reason)) = &r.failed {
-            return Err(peer_failed(*rank, reason));
+        if let Some(f) = &r.failed {
+            return Err(f.error());
         }
         let generation = r.generation;
+        let values = mine.len();
         r.slots[self.rank] = Some(mine);
         if r.slots.iter().all(Option::is_some) {
             let slots: Vec<Buf> = r.slots.iter_mut().filter_map(Option::take).collect();
             match combine(slots, op, sh.world) {
                 Ok(b) => r.result = Some(Arc::new(b)),
                 Err(reason) => {
-                    r.failed = Some((self.rank, reason.clone()));
+                    r.failed = Some(Failure::Aborted {
+                        rank: self.rank,
+                        reason: reason.clone(),
+                    });
                     sh.cv.notify_all();
                     return Err(TrainError::Config(reason));
                 }
@@ -227,13 +342,40 @@ impl CpuComm {
             r.generation += 1;
             sh.cv.notify_all();
         } else {
+            // `None`: a timeout too long to represent, so no deadline.
+            let deadline = Instant::now().checked_add(sh.timeout);
             while r.generation == generation && r.failed.is_none() {
-                r = sh.cv.wait(r).unwrap_or_else(PoisonError::into_inner);
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                match left {
+                    Some(left) if left.is_zero() => {
+                        // The ranks whose slot is empty never came: stop the whole group,
+                        // naming them, instead of waiting for ever.
+                        let missing = (0..sh.world).filter(|&k| r.slots[k].is_none()).collect();
+                        r.failed = Some(Failure::TimedOut {
+                            missing,
+                            collective: format!(
+                                "collective {} ({})",
+                                generation + 1,
+                                op.describe(values)
+                            ),
+                            timeout: sh.timeout,
+                        });
+                        sh.cv.notify_all();
+                    }
+                    Some(left) => {
+                        r = sh
+                            .cv
+                            .wait_timeout(r, left)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    }
+                    None => r = sh.cv.wait(r).unwrap_or_else(PoisonError::into_inner),
+                }
             }
             if r.generation == generation
-                && let Some((rank, reason)) = &r.failed
+                && let Some(f) = &r.failed
             {
-                return Err(peer_failed(*rank, reason));
+                return Err(f.error());
             }
         }
         r.result
@@ -263,7 +405,8 @@ fn combine(slots: Vec<Buf>, op: Op, world: usize) -> Result<Buf, String> {
             .into_iter()
             .nth(root)
             .ok_or_else(|| format!("broadcast from rank {root} of {world}")),
-        Op::Mean => {
+        Op::Mean | Op::Sum => {
+            let divide = op == Op::Mean;
             let mut it = slots.into_iter();
             match it.next() {
                 Some(Buf::F32(mut acc)) => {
@@ -273,8 +416,10 @@ fn combine(slots: Vec<Buf>, op: Op, world: usize) -> Result<Buf, String> {
                         };
                         acc.iter_mut().zip(v).for_each(|(a, v)| *a += v);
                     }
-                    let w = world as f32;
-                    acc.iter_mut().for_each(|a| *a /= w);
+                    if divide {
+                        let w = world as f32;
+                        acc.iter_mut().for_each(|a| *a /= w);
+                    }
                     Ok(Buf::F32(acc))
                 }
                 Some(Buf::F64(mut acc)) => {
@@ -284,8 +429,10 @@ fn combine(slots: Vec<Buf>, op: Op, world: usize) -> Result<Buf, String> {
                         };
                         acc.iter_mut().zip(v).for_each(|(a, v)| *a += v);
                     }
-                    let w = world as f64;
-                    acc.iter_mut().for_each(|a| *a /= w);
+                    if divide {
+                        let w = world as f64;
+                        acc.iter_mut().for_each(|a| *a /= w);
+                    }
                     Ok(Buf::F64(acc))
                 }
                 None => Err("a collective with no ranks".into()),
@@ -320,16 +467,10 @@ impl Communicator for CpuComm {
         )?)
     }
     fn all_reduce_mean_host(&self, values: &mut [f64]) -> TrainResult<()> {
-        let r = self.collective(Buf::F64(values.to_vec()), Op::Mean)?;
-        match &*r {
-            Buf::F64(v) => values.copy_from_slice(v),
-            Buf::F32(_) => {
-                return Err(TrainError::Config(
-                    "an f64 collective returned f32 values".into(),
-                ));
-            }
-        }
-        Ok(())
+        self.host_collective(values, Op::Mean)
+    }
+    fn all_reduce_sum_host(&self, values: &mut [f64]) -> TrainResult<()> {
+        self.host_collective(values, Op::Sum)
     }
     fn broadcast(&self, flat: &Tensor, root: usize) -> TrainResult<Tensor> {
         let v = flat.flatten_all()?.to_vec1::<f32>()?;
@@ -347,9 +488,28 @@ impl Communicator for CpuComm {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if r.failed.is_none() {
-            r.failed = Some((rank, reason.to_string()));
+            r.failed = Some(Failure::Aborted {
+                rank,
+                reason: reason.to_string(),
+            });
         }
         self.shared.cv.notify_all();
+    }
+}
+
+impl CpuComm {
+    /// An f64 collective on host values, in place.
+    fn host_collective(&self, values: &mut [f64], op: Op) -> TrainResult<()> {
+        let r = self.collective(Buf::F64(values.to_vec()), op)?;
+        match &*r {
+            Buf::F64(v) => values.copy_from_slice(v),
+            Buf::F32(_) => {
+                return Err(TrainError::Config(
+                    "an f64 collective returned f32 values".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -395,7 +555,7 @@ where
                         };
                         let r = body(comm.clone());
                         if let Err(e) = &r
-                            && !matches!(e, TrainError::PeerFailed { .. })
+                            && !e.is_peers()
                         {
                             comm.abort(comm.rank(), &e.to_string());
                         }
@@ -420,7 +580,7 @@ where
     for (rank, r) in results.into_iter().enumerate() {
         match r {
             Ok(Ok(v)) => values.push(v),
-            Ok(Err(e @ TrainError::PeerFailed { .. })) => {
+            Ok(Err(e)) if e.is_peers() => {
                 peer.get_or_insert(e);
             }
             Ok(Err(e)) => {
@@ -445,7 +605,12 @@ where
 
 /// `n` CPU ranks, as [`run_ranks`] takes them.
 pub fn cpu_ranks(n: usize) -> Vec<Arc<dyn Communicator>> {
-    CpuComm::group(n)
+    cpu_ranks_with_timeout(n, DEFAULT_COLLECTIVE_TIMEOUT)
+}
+
+/// [`cpu_ranks`] whose collectives wait at most `timeout` for each other.
+pub fn cpu_ranks_with_timeout(n: usize, timeout: Duration) -> Vec<Arc<dyn Communicator>> {
+    CpuComm::group_with_timeout(n, timeout)
         .into_iter()
         .map(|c| Arc::new(c) as Arc<dyn Communicator>)
         .collect()

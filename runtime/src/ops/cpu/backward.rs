@@ -268,16 +268,51 @@ pub fn bn_act_backward(d: &mut [f32], z: &[f32], c: usize, bn: &BnAct<'_>) -> (V
     if c == 0 || d.is_empty() || d.len() != z.len() {
         return (vec![0.0; c], vec![0.0; c]);
     }
-    let chunk = rows_per_task(c) * c;
-    let (db, dw) = bn_param_grads(d, z, c, bn, chunk);
+    let (db, dw) = bn_act_grad_sums(d, z, c, bn);
     let m = (d.len() / c) as f32;
+    bn_input_grad(d, z, c, bn, m, &db, &dw);
+    (dw, db)
+}
+
+/// The first half of [`bn_act_backward`], for a BatchNorm whose statistics span several
+/// ranks (SyncBatchNorm): `d` becomes the gradient at the activation's input, and the
+/// per-channel sums `(sum d, sum d * xhat)` over these rows come back (the gradients of beta
+/// and gamma, and what the second half needs once summed over every rank).
+pub fn bn_act_grad_sums(
+    d: &mut [f32],
+    z: &[f32],
+    c: usize,
+    bn: &BnAct<'_>,
+) -> (Vec<f32>, Vec<f32>) {
+    if c == 0 || d.is_empty() || d.len() != z.len() {
+        return (vec![0.0; c], vec![0.0; c]);
+    }
+    bn_param_grads(d, z, c, bn, rows_per_task(c) * c)
+}
+
+/// The second half of [`bn_act_backward`]: `d` (from [`bn_act_grad_sums`]) becomes the
+/// gradient at the BatchNorm's input `z`, from the sums `db = sum d` and `dw = sum d * xhat`
+/// over the `m` values per channel the statistics were taken over (every rank's, under
+/// SyncBatchNorm; these rows' alone otherwise).
+pub fn bn_input_grad(
+    d: &mut [f32],
+    z: &[f32],
+    c: usize,
+    bn: &BnAct<'_>,
+    m: f32,
+    db: &[f32],
+    dw: &[f32],
+) {
+    if c == 0 || d.is_empty() || d.len() != z.len() || db.len() != c || dw.len() != c {
+        return;
+    }
+    let chunk = rows_per_task(c) * c;
     let k1: Vec<f32> = (0..c).map(|ch| bn.gamma[ch] * bn.inv_std[ch] / m).collect();
     d.par_chunks_mut(chunk)
         .zip(z.par_chunks(chunk))
         .for_each(|(dp, zp)| {
-            bn_input_grad_rows(dp, zp, c, bn.mean, bn.inv_std, &k1, m, &db, &dw);
+            bn_input_grad_rows(dp, zp, c, bn.mean, bn.inv_std, &k1, m, db, dw);
         });
-    (dw, db)
 }
 
 /// Backward of eval-mode BatchNorm (fixed statistics: `bn.mean` and `bn.inv_std` are the
