@@ -73,7 +73,7 @@ fn cuda_ops<'a>(
     params: DType,
 ) -> Result<cuda::backend::CudaOps<'a, cuda::ops::Launched>> {
     Ok(cuda::backend::CudaOps {
-        kernels: cuda::ops::Launched,
+        kernels: cuda::ops::Launched::default(),
         prepared,
         maps: cuda::backend::map_dtype(params),
         dtype: x.dtype(),
@@ -364,7 +364,7 @@ fn cuda_step(
     rng: &mut ChaCha8Rng,
     maps: DType,
 ) -> Result<(f64, Vec<Tensor>)> {
-    let ops = cuda::step::CudaStepOps::new(cuda::ops::Launched, maps);
+    let ops = cuda::step::CudaStepOps::new(cuda::ops::Launched::default(), maps);
     run_step(ops, net, params, x, targets, rng)
 }
 

@@ -3,15 +3,17 @@
 //! driver), the operations they implement ([`CudaKernels`]), and the two backends written over
 //! those operations: the forward walk's (`backend`) and the training-step walk's (`step`).
 //!
-//! The backends are generic over [`CudaKernels`]: with the `cuda` feature `ops` launches the
-//! kernels on a GPU, and in `cargo test` the crate `effnet-cuda-emu` runs the same CUDA C on the
-//! CPU, so the kernels' arithmetic *and* the backends' use of them (layouts, GEMM operands,
-//! reductions, gradient names) are compared with the CPU plans on every machine
-//! ([`logits_with`], [`loss_and_grads_with`]). Only the launches themselves (argument
-//! marshalling, races, memory ordering) and the speed need a GPU: `runtime/tests/gpu.rs`,
+//! The backends are generic over [`CudaKernels`]: [`launch`] describes each operation's
+//! launches, which `ops` (the `cuda` feature) carries out on a GPU; in `cargo test` the crate
+//! `effnet-cuda-emu` runs the same CUDA C on the CPU, so the kernels' arithmetic *and* the
+//! backends' use of them (layouts, GEMM operands, reductions, gradient names) are compared
+//! with the CPU plans on every machine ([`logits_with`], [`loss_and_grads_with`]), and
+//! `runtime/tests/cuda_launches.rs` checks every launch's arguments against the kernels'
+//! declarations. Races, memory ordering and the speed need a GPU: `runtime/tests/gpu.rs`,
 //! `tools/gpu-check.sh`.
 
 pub(crate) mod backend;
+pub mod launch;
 #[cfg(feature = "cuda")]
 pub(crate) mod ops;
 pub(crate) mod step;
