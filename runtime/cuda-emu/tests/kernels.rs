@@ -1,10 +1,10 @@
-//! The CUDA kernels, run on the CPU ([`Emulated`]), against effnet's CPU kernels on random
+//! The CUDA kernels, run on the CPU ([`EMU`]), against effnet's CPU kernels on random
 //! shapes: every kernel size and stride the language allows with both paddings (TensorFlow
 //! "same", asymmetric on stride 2, and PyTorch's symmetric), odd sizes, batch 1 and 7, every
 //! activation the kernels implement, thin and wide channel counts; forward and backward.
 
 use candle_core::{DType, Device, Tensor};
-use effnet_cuda_emu::Emulated;
+use effnet_cuda_emu::EMU;
 use effnet_runtime::exec::cuda::{CudaKernels, row_chunks};
 use effnet_runtime::ops::cpu::backward::{
     BnAct, affine_act, bn_act_backward, bn_act_backward_eval, channel_stats, conv_backward,
@@ -120,7 +120,7 @@ fn depthwise_matches_the_cpu_kernel() {
             };
             let (want, _) = depthwise(&x, &wt, &g, &epi, false).expect("cpu");
             let affine = [scale.clone(), shift.clone()].concat();
-            let got = Emulated
+            let got = EMU
                 .depthwise(
                     &tensor(&x, &[n, g.h, g.w, c]),
                     &tensor(&wt, &[c, 1, k, k]),
@@ -148,10 +148,10 @@ fn depthwise_backward_matches_the_cpu_kernel() {
         let dy = values(n * oh * ow * c, seed + 2);
         let (want_dw, want_dx) = depthwise_backward(&x, &wt, &g, &dy).expect("cpu");
         let dyt = tensor(&dy, &[n, oh, ow, c]);
-        let dx = Emulated
+        let dx = EMU
             .depthwise_input_grad(&dyt, &tensor(&wt, &[c, 1, k, k]), &g)
             .expect("cuda dx");
-        let dw = Emulated
+        let dw = EMU
             .depthwise_weight_grad(&tensor(&x, &[n, g.h, g.w, c]), &dyt, &g)
             .expect("cuda dw");
         assert_eq!(dx.dims(), [n, g.h, g.w, c]);
@@ -192,7 +192,7 @@ fn dense_convolution_on_patches_matches_the_cpu_kernels_forward_and_backward() {
             .and_then(|w| w.contiguous())
             .and_then(|w| w.reshape((o, k * k * c)))
             .expect("gemm weight");
-        let cols = Emulated.im2col(&xt, &g).expect("patches");
+        let cols = EMU.im2col(&xt, &g).expect("patches");
         assert_eq!(cols.dims(), [n * oh * ow, k * k * c]);
         let y = cols.matmul(&w_gemm.t().expect("t")).expect("gemm");
         let d = rel_diff(&flat(&y), &want);
@@ -205,7 +205,7 @@ fn dense_convolution_on_patches_matches_the_cpu_kernels_forward_and_backward() {
             .and_then(|t| t.reshape((o, k, k, c)))
             .and_then(|t| t.permute((0, 3, 1, 2)))
             .expect("dw");
-        let dx = Emulated
+        let dx = EMU
             .col2im(&dyt.matmul(&w_gemm).expect("dcols"), &g)
             .expect("adjoint");
         let (ddw, ddx) = (
@@ -230,11 +230,11 @@ fn affine_act_matches_the_cpu_kernel_with_and_without_a_residual() {
             let want = affine_act(&z, c, &scale, &shift, act);
             let zt = tensor(&z, &[rows, c]);
             let affine = tensor(&[scale.clone(), shift.clone()].concat(), &[2, c]);
-            let got = Emulated.affine_act(&zt, &affine, None, act).expect("cuda");
+            let got = EMU.affine_act(&zt, &affine, None, act).expect("cuda");
             assert!(rel_diff(&flat(&got), &want) < 1e-6, "{rows}x{c} {act:?}");
             let r = values(rows * c, seed + 3);
             let want_r: Vec<f32> = want.iter().zip(&r).map(|(a, b)| a + b).collect();
-            let got_r = Emulated
+            let got_r = EMU
                 .affine_act(&zt, &affine, Some(&tensor(&r, &[rows, c])), act)
                 .expect("cuda");
             let d = rel_diff(&flat(&got_r), &want_r);
@@ -258,7 +258,7 @@ fn batch_statistics_and_the_batchnorm_backward_match_the_cpu_kernels() {
             .collect();
         let zt = tensor(&z, &[rows, c]);
         let eps = 1e-3;
-        let stats = Emulated.batch_stats(&zt, eps).expect("stats");
+        let stats = EMU.batch_stats(&zt, eps).expect("stats");
         let (mean64, var64) = channel_stats(&z, c);
         let want_mean: Vec<f32> = mean64.iter().map(|&v| v as f32).collect();
         let want_inv: Vec<f32> = var64
@@ -311,8 +311,7 @@ fn batch_statistics_and_the_batchnorm_backward_match_the_cpu_kernels() {
                 let params = tensor(&[mean, inv, &gamma, &beta].concat(), &[4, c]);
                 let dt = tensor(&d, &[rows, c]);
                 let sums = flat(
-                    &Emulated
-                        .bn_act_param_grads(&dt, &zt, &params, act)
+                    &EMU.bn_act_param_grads(&dt, &zt, &params, act)
                         .expect("sums"),
                 );
                 assert!(
@@ -327,7 +326,7 @@ fn batch_statistics_and_the_batchnorm_backward_match_the_cpu_kernels() {
                     &[mean, inv, &gamma, &beta, &sums[..c], &sums[c..]].concat(),
                     &[6, c],
                 );
-                let dz = Emulated
+                let dz = EMU
                     .bn_act_input_grad(&dt, &zt, &all, act, eval)
                     .expect("dz");
                 let e = rel_diff(&flat(&dz), &want_dz);
@@ -346,14 +345,14 @@ fn squeeze_and_excitation_match_the_cpu_kernels() {
         let x = values(n * p * c, 40 + i as u64);
         let xt = tensor(&x, &[n, p, 1, c]);
         let want = channel_means(&x, n, p, c);
-        let got = Emulated.channel_means(&xt).expect("cuda");
+        let got = EMU.channel_means(&xt).expect("cuda");
         assert!(rel_diff(&flat(&got), &want) < 1e-5, "means [{n}, {p}, {c}]");
 
         let gate = values(n * c, 50 + i as u64);
         let mut want = x.clone();
         gate_channels(&mut want, &gate, n, p, c);
         let gt = tensor(&gate, &[n, c]);
-        let got = Emulated.gate_channels(&xt, &gt).expect("cuda");
+        let got = EMU.gate_channels(&xt, &gt).expect("cuda");
         assert_eq!(flat(&got), want, "gates [{n}, {p}, {c}]");
 
         let y = values(n * p * c, 60 + i as u64);
@@ -369,11 +368,11 @@ fn squeeze_and_excitation_match_the_cpu_kernels() {
                 }
             }
         }
-        let got = Emulated
+        let got = EMU
             .channel_dots(&xt, &tensor(&y, &[n, p, 1, c]))
             .expect("dots");
         assert!(rel_diff(&flat(&got), &dots) < 1e-5, "dots [{n}, {p}, {c}]");
-        let got = Emulated
+        let got = EMU
             .gate_add(&xt, &gt, &tensor(&add, &[n, c]))
             .expect("gate add");
         assert_eq!(flat(&got), gated_add, "gate + add [{n}, {p}, {c}]");
@@ -412,7 +411,7 @@ fn bf16_map_kernels_match_the_f32_cpu_kernels_within_a_rounding() {
             act,
         };
         let (want, _) = depthwise(&x, &wt, &g, &epi, false).expect("cpu");
-        let got = Emulated
+        let got = EMU
             .depthwise(&xt, &tensor(&wt, &[c, 1, k, k]), &affine, &g, act)
             .expect("bf16 depthwise");
         assert_eq!(got.dtype(), DType::BF16);
@@ -420,18 +419,14 @@ fn bf16_map_kernels_match_the_f32_cpu_kernels_within_a_rounding() {
         let d = rel_diff(&flat(&got.to_dtype(DType::F32).expect("f32")), &want);
         assert!(d <= ULP, "{g:?} depthwise: {d}");
 
-        let cols = Emulated.im2col(&xt, &g).expect("bf16 patches");
-        let want = flat(
-            &Emulated
-                .im2col(&tensor(&x, &[n, g.h, g.w, c]), &g)
-                .expect("f32"),
-        );
+        let cols = EMU.im2col(&xt, &g).expect("bf16 patches");
+        let want = flat(&EMU.im2col(&tensor(&x, &[n, g.h, g.w, c]), &g).expect("f32"));
         assert!(
             flat(&cols.to_dtype(DType::F32).expect("f32")) == want,
             "{g:?} patches"
         );
 
-        let means = Emulated.channel_means(&xt).expect("bf16 means");
+        let means = EMU.channel_means(&xt).expect("bf16 means");
         assert_eq!(means.dtype(), DType::F32);
         let want = channel_means(&x, n, g.h * g.w, c);
         assert!(rel_diff(&flat(&means), &want) < 1e-5, "{g:?} means");
@@ -439,7 +434,7 @@ fn bf16_map_kernels_match_the_f32_cpu_kernels_within_a_rounding() {
         let gate = values(n * c, seed + 4);
         let mut want = x.clone();
         gate_channels(&mut want, &gate, n, g.h * g.w, c);
-        let got = Emulated
+        let got = EMU
             .gate_channels(&xt, &tensor(&gate, &[n, c]))
             .expect("bf16 gates");
         let gated = flat(&got.to_dtype(DType::F32).expect("f32"));
@@ -452,12 +447,12 @@ fn bf16_map_kernels_match_the_f32_cpu_kernels_within_a_rounding() {
         let zt = bf16_tensor(&z, &[n * g.h * g.w, c]);
         let rt = bf16_tensor(&r, &[n * g.h * g.w, c]);
         // The CPU kernel fuses the affine map's multiply-add; the result may round either way.
-        let got = Emulated
+        let got = EMU
             .affine_act(&zt, &affine, None, act)
             .expect("bf16 epilogue");
         let d = rel_diff(&flat(&got.to_dtype(DType::F32).expect("f32")), &plain);
         assert!(d <= ULP, "{g:?} epilogue: {d}");
-        let got = Emulated
+        let got = EMU
             .affine_act(&zt, &affine, Some(&rt), act)
             .expect("bf16 epilogue + residual");
         let d = rel_diff(&flat(&got.to_dtype(DType::F32).expect("f32")), &with_r);
@@ -487,63 +482,40 @@ fn bf16_training_kernels_match_their_f32_kernels() {
         );
         let w = tensor(&wt, &[c, 1, k, k]);
 
-        let want = flat(
-            &Emulated
-                .depthwise_input_grad(&dy32, &w, &g)
-                .expect("f32 dx"),
-        );
-        let got = Emulated
-            .depthwise_input_grad(&dy16, &w, &g)
-            .expect("bf16 dx");
+        let want = flat(&EMU.depthwise_input_grad(&dy32, &w, &g).expect("f32 dx"));
+        let got = EMU.depthwise_input_grad(&dy16, &w, &g).expect("bf16 dx");
         assert_eq!(got.dtype(), DType::BF16);
         assert!(rel_diff(&as_f32(&got), &want) <= ULP, "{g:?} depthwise dx");
 
-        let want = flat(
-            &Emulated
-                .depthwise_weight_grad(&x32, &dy32, &g)
-                .expect("f32 dw"),
-        );
-        let got = flat(
-            &Emulated
-                .depthwise_weight_grad(&x16, &dy16, &g)
-                .expect("bf16 dw"),
-        );
+        let want = flat(&EMU.depthwise_weight_grad(&x32, &dy32, &g).expect("f32 dw"));
+        let got = flat(&EMU.depthwise_weight_grad(&x16, &dy16, &g).expect("bf16 dw"));
         assert!(rel_diff(&got, &want) < 1e-6, "{g:?} depthwise dw");
 
         let width = k * k * c;
         let cols = bf16_round(&values(n * oh * ow * width, seed + 3));
         let want = flat(
-            &Emulated
-                .col2im(&tensor(&cols, &[n * oh * ow, width]), &g)
+            &EMU.col2im(&tensor(&cols, &[n * oh * ow, width]), &g)
                 .expect("f32"),
         );
-        let got = Emulated
+        let got = EMU
             .col2im(&bf16_tensor(&cols, &[n * oh * ow, width]), &g)
             .expect("bf16 col2im");
         assert!(rel_diff(&as_f32(&got), &want) <= ULP, "{g:?} col2im");
 
         let rows = n * g.h * g.w;
         let (z32, z16) = (tensor(&x, &[rows, c]), bf16_tensor(&x, &[rows, c]));
-        let want = flat(&Emulated.batch_stats(&z32, 1e-3).expect("f32 stats"));
-        let got = flat(&Emulated.batch_stats(&z16, 1e-3).expect("bf16 stats"));
+        let want = flat(&EMU.batch_stats(&z32, 1e-3).expect("f32 stats"));
+        let got = flat(&EMU.batch_stats(&z16, 1e-3).expect("bf16 stats"));
         assert!(rel_diff(&got, &want) < 1e-6, "{g:?} batch statistics");
 
         let d = bf16_round(&values(rows * c, seed + 4));
         let (d32, d16) = (tensor(&d, &[rows, c]), bf16_tensor(&d, &[rows, c]));
         let act = ACTS[i % ACTS.len()];
-        let mut bn = flat(&Emulated.batch_stats(&z32, 1e-3).expect("stats"))[..2 * c].to_vec();
+        let mut bn = flat(&EMU.batch_stats(&z32, 1e-3).expect("stats"))[..2 * c].to_vec();
         bn.extend(values(2 * c, seed + 5));
         let bn4 = tensor(&bn, &[4, c]);
-        let want = flat(
-            &Emulated
-                .bn_act_param_grads(&d32, &z32, &bn4, act)
-                .expect("f32"),
-        );
-        let got = flat(
-            &Emulated
-                .bn_act_param_grads(&d16, &z16, &bn4, act)
-                .expect("bf16"),
-        );
+        let want = flat(&EMU.bn_act_param_grads(&d32, &z32, &bn4, act).expect("f32"));
+        let got = flat(&EMU.bn_act_param_grads(&d16, &z16, &bn4, act).expect("bf16"));
         assert!(
             rel_diff(&got, &want) < 1e-6,
             "{g:?} BatchNorm parameter gradients"
@@ -552,11 +524,10 @@ fn bf16_training_kernels_match_their_f32_kernels() {
         let bn6 = tensor(&bn, &[6, c]);
         for eval in [false, true] {
             let want = flat(
-                &Emulated
-                    .bn_act_input_grad(&d32, &z32, &bn6, act, eval)
+                &EMU.bn_act_input_grad(&d32, &z32, &bn6, act, eval)
                     .expect("f32"),
             );
-            let got = Emulated
+            let got = EMU
                 .bn_act_input_grad(&d16, &z16, &bn6, act, eval)
                 .expect("bf16 dz");
             assert!(
@@ -565,15 +536,15 @@ fn bf16_training_kernels_match_their_f32_kernels() {
             );
         }
 
-        let want = flat(&Emulated.channel_dots(&x32, &x32).expect("f32 dots"));
-        let got = flat(&Emulated.channel_dots(&x16, &x16).expect("bf16 dots"));
+        let want = flat(&EMU.channel_dots(&x32, &x32).expect("f32 dots"));
+        let got = flat(&EMU.channel_dots(&x16, &x16).expect("bf16 dots"));
         assert!(rel_diff(&got, &want) < 1e-6, "{g:?} dots");
         let (gate, add) = (
             tensor(&values(n * c, seed + 6), &[n, c]),
             tensor(&values(n * c, seed + 7), &[n, c]),
         );
-        let want = flat(&Emulated.gate_add(&x32, &gate, &add).expect("f32 gate add"));
-        let got = Emulated.gate_add(&x16, &gate, &add).expect("bf16 gate add");
+        let want = flat(&EMU.gate_add(&x32, &gate, &add).expect("f32 gate add"));
+        let got = EMU.gate_add(&x16, &gate, &add).expect("bf16 gate add");
         assert!(rel_diff(&as_f32(&got), &want) <= ULP, "{g:?} gate add");
     }
 }
@@ -608,16 +579,16 @@ fn wrong_operands_are_refused_before_any_launch() {
     };
     let x = tensor(&values(100, 1), &[1, 5, 5, 4]);
     let affine = tensor(&[1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0], &[2, 4]);
-    let e = Emulated.depthwise(&x, &tensor(&values(35, 2), &[35]), &affine, &g, Act::Silu);
+    let e = EMU.depthwise(&x, &tensor(&values(35, 2), &[35]), &affine, &g, Act::Silu);
     assert!(e.is_err(), "a 35-value weight for 4 channels of 3x3");
-    let e = Emulated.gate_channels(&x, &tensor(&values(5, 3), &[5]));
+    let e = EMU.gate_channels(&x, &tensor(&values(5, 3), &[5]));
     assert!(e.is_err(), "5 gates for 4 channels");
     let z = tensor(&values(12, 4), &[4, 3]);
-    let e = Emulated.affine_act(&z, &tensor(&[1.0; 4], &[2, 2]), None, Act::Relu);
+    let e = EMU.affine_act(&z, &tensor(&[1.0; 4], &[2, 2]), None, Act::Relu);
     assert!(e.is_err(), "an affine of 2 channels for 3");
-    let e = Emulated.column_moments_partial(&z, (1, 2));
+    let e = EMU.column_moments_partial(&z, (1, 2));
     assert!(e.is_err(), "one chunk of 2 rows for 4 rows");
-    let e = Emulated.sum_chunks(&z);
+    let e = EMU.sum_chunks(&z);
     assert!(e.is_err(), "f32 partials");
 }
 
@@ -653,4 +624,39 @@ fn the_source_compiles_as_cuda_where_a_toolkit_is_present() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A launch that does not match its kernel's declaration is refused before the kernel runs:
+/// scalars of the wrong C type or number, a buffer of the wrong element type, a kernel the
+/// source does not have.
+#[test]
+fn the_emulator_refuses_launches_that_do_not_match_the_declaration() {
+    use effnet_cuda_emu::CpuExec;
+    use effnet_runtime::exec::cuda::launch::{Arg, Execute, Launch};
+    let partial = Tensor::zeros((2, 3), DType::F64, &Device::Cpu).expect("partials");
+    let launch = |scalars: Vec<Arg>| Launch {
+        kernel: "effnet_sum_chunks",
+        threads: 3,
+        out: vec![3],
+        out_dtype: DType::F32,
+        scalars,
+    };
+    let ok = CpuExec
+        .execute(&launch(vec![Arg::Int(2), Arg::Long(3)]), &[&partial])
+        .expect("a matching launch");
+    assert_eq!(ok.dims(), [3]);
+    for wrong in [
+        vec![Arg::Long(2), Arg::Long(3)],
+        vec![Arg::Int(2)],
+        vec![Arg::Int(2), Arg::Long(3), Arg::Double(1.0)],
+    ] {
+        let e = CpuExec.execute(&launch(wrong.clone()), &[&partial]);
+        assert!(e.is_err(), "scalars {wrong:?} accepted");
+    }
+    let f32_partial = partial.to_dtype(DType::F32).expect("f32");
+    let e = CpuExec.execute(&launch(vec![Arg::Int(2), Arg::Long(3)]), &[&f32_partial]);
+    assert!(e.is_err(), "an f32 buffer where the kernel reads double");
+    let mut unknown = launch(vec![]);
+    unknown.kernel = "effnet_no_such_kernel";
+    assert!(CpuExec.execute(&unknown, &[&partial]).is_err());
 }

@@ -1,4 +1,4 @@
-//! The cuda plans' walks over the CUDA kernels run on the CPU ([`Emulated`]) against the CPU
+//! The cuda plans' walks over the CUDA kernels run on the CPU ([`EMU`]) against the CPU
 //! plans: eval-mode logits (cuda-fused against cpu-fused) and one training step (cuda-step
 //! against cpu-step: loss, every gradient, the updated BatchNorm statistics, the masks drawn).
 //! What a GPU adds is only the launches; everything the backends compute is checked here.
@@ -9,7 +9,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::{max_diff, values as vals};
-use effnet_cuda_emu::Emulated;
+use effnet_cuda_emu::EMU;
 use effnet_runtime::exec::cuda::{logits_with, loss_and_grads_with};
 use effnet_runtime::train::optim::Param;
 use effnet_runtime::{Network, Plan};
@@ -126,7 +126,7 @@ fn cuda_fused_walk_matches_the_cpu_fused_plan() {
         let net = plain_network(spec);
         let x = input(n, size);
         let want = vals(&net.forward_on(Plan::CpuFused, &x, false).expect("cpu"));
-        let got = vals(&logits_with(&net, &x, Emulated).expect("cuda walk"));
+        let got = vals(&logits_with(&net, &x, EMU).expect("cuda walk"));
         let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
         let d = max_diff(&got, &want);
         assert!(
@@ -152,8 +152,7 @@ fn compare_step(spec: &str, n: usize, size: usize, prepare: impl Fn(&mut Network
         .expect("cpu step");
     let mut rng_b = ChaCha8Rng::seed_from_u64(11);
     let (loss_b, grads_b) =
-        loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, Emulated, DType::F32)
-            .expect("cuda step");
+        loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, EMU, DType::F32).expect("cuda step");
     let name = &a.ir.name;
     assert!(
         (loss_a - loss_b).abs() < 1e-5 * loss_a.abs().max(1.0),
@@ -243,7 +242,7 @@ fn cuda_fused_walk_follows_new_weights_and_statistics() {
     let x = input(3, 15);
     let check = |net: &Network, what: &str| {
         let want = vals(&net.forward_on(Plan::CpuFused, &x, false).expect("cpu"));
-        let got = vals(&logits_with(net, &x, Emulated).expect("cuda walk"));
+        let got = vals(&logits_with(net, &x, EMU).expect("cuda walk"));
         let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
         let d = max_diff(&got, &want);
         assert!(
@@ -295,7 +294,7 @@ fn cuda_fused_walk_in_bf16_stays_near_f32() {
         .expect("bf16 net");
         let x = input(n, size);
         let want = vals(&f32_net.forward_on(Plan::CpuFused, &x, false).expect("f32"));
-        let got = logits_with(&bf16_net, &x, Emulated).expect("bf16 walk");
+        let got = logits_with(&bf16_net, &x, EMU).expect("bf16 walk");
         assert_eq!(got.dtype(), DType::F32, "logits in the input's dtype");
         let got = vals(&got);
         let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
@@ -339,7 +338,7 @@ fn cuda_step_walk_in_mixed_precision_stays_near_f32() {
             .expect("cpu step");
         let mut rng_b = ChaCha8Rng::seed_from_u64(5);
         let (loss_b, grads_b) =
-            loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, Emulated, DType::BF16)
+            loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, EMU, DType::BF16)
                 .expect("bf16 step");
         let name = &a.ir.name;
         let rel = (loss_a - loss_b).abs() / loss_a.abs();
