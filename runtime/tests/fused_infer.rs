@@ -72,3 +72,21 @@ fn fused_eval_matches_the_layers_and_follows_new_weights() {
         "the new weights changed nothing: stale prepared weights"
     );
 }
+
+/// GELU (the exact, erf form) in the fused kernels' epilogues (the GEMM, depthwise and SE
+/// paths) against candle's `gelu_erf`.
+#[test]
+fn fused_eval_runs_gelu() {
+    let dev = Device::Cpu;
+    let spec = SPEC.replace("classes 7", "classes 7\n    activation gelu");
+    let (ir, tensors) = common::plain_tensors(&spec);
+    let net =
+        Network::from_ir(&ir, VarBuilder::from_tensors(tensors, DType::F32, &dev)).expect("net");
+    let x = Tensor::randn(0f32, 1.0, (3, 3, 21, 21), &dev).expect("x");
+    assert_eq!(net.plan(&x, Purpose::Infer).plan, Plan::CpuFused);
+    let fused = vals(&net.forward_t(&x, false).expect("fused"));
+    let want = reference(&net, &x);
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    let d = max_diff(&fused, &want);
+    assert!(d < 1e-4 * scale.max(1.0), "GELU: fused differs by {d}");
+}

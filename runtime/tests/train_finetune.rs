@@ -146,7 +146,7 @@ fn temp_file(name: &str) -> PathBuf {
 fn none(_: Event) {}
 
 /// Runs the `frozen` schedule for two epochs (the head frozen in the first only) and checks
-/// what changed, on the plan the activation selects (SiLU: the hand-written step; GELU:
+/// what changed, on the plan the activation selects (SiLU: the hand-written step; Mish:
 /// candle's autograd).
 fn frozen_parts_stay(spec: &str) {
     let net = ir(spec, "digits");
@@ -214,8 +214,8 @@ fn frozen_parts_do_not_change_on_the_hand_written_step() {
 
 #[test]
 fn frozen_parts_do_not_change_on_candle_autograd() {
-    let gelu = SPEC.replacen("classes 10", "classes 10\n    activation gelu", 1);
-    frozen_parts_stay(&gelu);
+    let mish = SPEC.replacen("classes 10", "classes 10\n    activation mish", 1);
+    frozen_parts_stay(&mish);
 }
 
 fn param(name: &str, v: &[f32]) -> Param {

@@ -586,12 +586,12 @@ fn sync_bn_training_keeps_every_ranks_statistics_and_records_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Where the training step falls back to candle's autograd (a gelu network has no CPU
+/// Where the training step falls back to candle's autograd (a Mish network has no CPU
 /// kernel), its BatchNorm cannot meet the other ranks: `sync_bn` is refused, naming why,
 /// rather than silently training per-rank statistics.
 #[test]
 fn sync_bn_on_the_candle_fallback_is_refused() {
-    let spec = SPEC.replacen("classes 10", "classes 10\n    activation gelu", 1);
+    let spec = SPEC.replacen("classes 10", "classes 10\n    activation mish", 1);
     let net = compile(&spec)
         .unwrap_or_else(|d| panic!("{d:?}"))
         .network(Some("tiny"))
@@ -612,7 +612,7 @@ fn sync_bn_on_the_candle_fallback_is_refused() {
     .expect_err("the candle plan cannot synchronize BatchNorm");
     let msg = e.to_string();
     assert!(
-        msg.contains("--sync-bn") && msg.contains("cpu-step") && msg.contains("gelu"),
+        msg.contains("--sync-bn") && msg.contains("cpu-step") && msg.contains("mish"),
         "{msg}"
     );
 }

@@ -13,12 +13,13 @@ use effnet_runtime::ops::cpu::backward::{
 use effnet_runtime::ops::cpu::{Epilogue, channel_means, conv2d, depthwise, gate_channels};
 use effnet_runtime::ops::{Act, ConvGeom, Padding2d};
 
-const ACTS: [Act; 5] = [
+const ACTS: [Act; 6] = [
     Act::Identity,
     Act::Silu,
     Act::Relu,
     Act::Relu6,
     Act::HardSwish,
+    Act::Gelu,
 ];
 
 /// Deterministic values in [-2, 2).
@@ -134,7 +135,7 @@ fn depthwise_matches_the_cpu_kernel() {
             assert!(d < 1e-5, "{g:?} {act:?}: relative difference {d}");
         }
     }
-    assert_eq!(case, 6 * 7 * 2 * 5);
+    assert_eq!(case, 6 * 7 * 2 * 6);
 }
 
 #[test]

@@ -75,6 +75,20 @@ model mixed_dilated {
 }
 "#;
 
+/// [`SYMMETRIC`] with GELU (the exact, erf form) everywhere.
+const GELU: &str = r#"
+model gelu {
+    input 3 x 15
+    classes 5
+    activation gelu
+    stem conv k3 s2 -> 8
+    stage fused  k3 e1 s1 -> 8 x2 skip
+    stage fused  k3 e4 s2 -> 16 x2
+    stage mbconv k3 e4 s2 -> 24 x2 se 0.25
+    head conv k1 -> 32
+}
+"#;
+
 fn plain_network(spec: &str) -> Network {
     let (ir, tensors) = common::plain_tensors(spec);
     Network::from_ir(
@@ -122,6 +136,7 @@ fn cuda_fused_walk_matches_the_cpu_fused_plan() {
         (SAME, 1, 19),
         (SAME, 3, 18),
         (MIXED_DILATED, 2, 17),
+        (GELU, 3, 15),
     ] {
         let net = plain_network(spec);
         let x = input(n, size);
@@ -202,6 +217,8 @@ fn cuda_step_walk_matches_the_cpu_step_plan_on_every_block_kind() {
     // An odd size: "same" pads asymmetrically on every stride-2 layer.
     compare_step(SAME, 3, 19, |_| {});
     compare_step(MIXED_DILATED, 4, 17, |_| {});
+    let gelu = SYMMETRIC.replace("classes 5", "classes 5\n    activation gelu");
+    compare_step(&gelu, 4, 15, |_| {});
 }
 
 /// Fine-tuning: a frozen stem and first stage (their BatchNorm layers in eval mode on moved

@@ -36,7 +36,7 @@ pub(crate) fn kernel_act(a: Option<effnet_compiler::ir::Activation>) -> Result<A
         Some(A::Relu) => Act::Relu,
         Some(A::Relu6) => Act::Relu6,
         Some(A::HardSwish) => Act::HardSwish,
-        Some(A::Gelu) => bail!("GELU has no CPU kernel (the plan should have been candle)"),
+        Some(A::Gelu) => Act::Gelu,
         Some(A::Mish) => bail!("Mish has no CPU kernel (the plan should have been candle)"),
     })
 }

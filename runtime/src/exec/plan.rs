@@ -170,9 +170,9 @@ impl LayerWithoutKernel {
     }
 }
 
-/// The activations the CPU kernels implement (forward, and derivative for the step).
+/// The activations effnet's kernels (CPU and CUDA) implement, forward and derivative.
 pub fn cpu_kernels_implement(a: Activation) -> bool {
-    !matches!(a, Activation::Gelu | Activation::Mish)
+    !matches!(a, Activation::Mish)
 }
 
 fn device_name(d: &Device) -> &'static str {
@@ -377,9 +377,9 @@ mod tests {
         );
         let metal = plan(facts(Purpose::Infer, "metal", f32));
         assert_eq!(metal.plan, Plan::Candle);
-        let mut gelu = facts(Purpose::Infer, "cpu", f32);
-        gelu.activation_without_kernel = Some(Activation::Gelu);
-        assert!(gelu.choose().to_string().contains("gelu"));
+        let mut mish = facts(Purpose::Infer, "cpu", f32);
+        mish.activation_without_kernel = Some(Activation::Mish);
+        assert!(mish.choose().to_string().contains("mish"));
         let mut blur = facts(Purpose::TrainStep, "cpu", f32);
         blur.layer_without_kernel = Some(LayerWithoutKernel {
             path: "blocks.1.0.conv_dw".into(),

@@ -96,6 +96,8 @@ pub enum Act {
     Relu,
     Relu6,
     HardSwish,
+    /// The exact GELU, `x * Phi(x) = x / 2 * (1 + erf(x / sqrt 2))` (PyTorch's default).
+    Gelu,
 }
 
 /// Geometry of a convolution with a square kernel over a batch. The layout is the kernel's:

@@ -21,7 +21,8 @@
 // kernels that read or write maps have a `_bf16` twin on bf16 maps (the `--dtype bf16`
 // cuda-fused plan and the `--precision bf16` cuda-step plan).
 //
-// Activation codes follow `crate::ops::Act`: 0 identity, 1 SiLU, 2 ReLU, 3 ReLU6, 4 hard-swish.
+// Activation codes follow `crate::ops::Act`: 0 identity, 1 SiLU, 2 ReLU, 3 ReLU6, 4 hard-swish,
+// 5 GELU (the exact, erf form).
 
 __device__ __forceinline__ float effnet_act(float v, int act) {
     switch (act) {
@@ -29,6 +30,7 @@ __device__ __forceinline__ float effnet_act(float v, int act) {
     case 2: return fmaxf(v, 0.0f);
     case 3: return fminf(fmaxf(v, 0.0f), 6.0f);
     case 4: return v * fminf(fmaxf(v + 3.0f, 0.0f), 6.0f) / 6.0f;
+    case 5: return 0.5f * v * (1.0f + erff(v * 0.70710678f));
     default: return v;
     }
 }
@@ -47,6 +49,7 @@ __device__ __forceinline__ float effnet_act_grad(float v, int act) {
         if (v <= -3.0f) return 0.0f;
         if (v >= 3.0f) return 1.0f;
         return (2.0f * v + 3.0f) * (1.0f / 6.0f);
+    case 5: return 0.5f * (1.0f + erff(v * 0.70710678f)) + v * 0.39894228f * expf(-0.5f * v * v);
     default: return 1.0f;
     }
 }

@@ -98,6 +98,7 @@ pub fn act_code(act: Act) -> i32 {
         Act::Relu => 2,
         Act::Relu6 => 3,
         Act::HardSwish => 4,
+        Act::Gelu => 5,
     }
 }
 

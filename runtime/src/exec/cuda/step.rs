@@ -97,6 +97,7 @@ fn activate(z: &Tensor, act: Act) -> Result<Tensor> {
         Act::Relu => z.relu(),
         Act::Relu6 => z.clamp(0f32, 6f32),
         Act::HardSwish => z * ((z + 3.0)?.clamp(0f32, 6f32)? / 6.0)?,
+        Act::Gelu => z.gelu_erf(),
     }
 }
 
@@ -115,6 +116,11 @@ fn activation_grad(z: &Tensor, act: Act) -> Result<Tensor> {
             let above = mask(z.ge(3f32)?)?;
             let inside = (mask(z.gt(-3f32)?)? * (1.0 - &above)?)?;
             (((z * 2.0)? + 3.0)? / 6.0)?.mul(&inside)? + above
+        }
+        // Phi(z) + z phi(z).
+        Act::Gelu => {
+            let phi = ((z.sqr()? * -0.5)?.exp()? * 0.398_942_280_401_432_7)?;
+            (((z * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5)? + (z * phi)?
         }
     }
 }

@@ -165,6 +165,12 @@ fn act_grad(z: f32, act: Act) -> f32 {
                 (2.0 * z + 3.0) * (1.0 / 6.0)
             }
         }
+        // Phi(z) + z phi(z).
+        Act::Gelu => {
+            const INV_SQRT_2PI: f32 = 0.398_942_3;
+            0.5 * (1.0 + super::simd::erf(z * std::f32::consts::FRAC_1_SQRT_2))
+                + z * INV_SQRT_2PI * (-0.5 * z * z).exp()
+        }
     }
 }
 

@@ -581,6 +581,7 @@ mod tests {
                 Act::Relu,
                 Act::Relu6,
                 Act::HardSwish,
+                Act::Gelu,
             ];
             for (act, kernel) in acts
                 .into_iter()

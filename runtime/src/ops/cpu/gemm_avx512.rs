@@ -344,6 +344,18 @@ fn activate(v: __m512, act: Act) -> __m512 {
             );
             _mm512_mul_ps(v, _mm512_mul_ps(g, _mm512_set1_ps(1.0 / 6.0)))
         }
+        Act::Gelu => {
+            // Lane by lane (the erf is scalar): GELU networks are rare.
+            let mut lanes = [0f32; 16];
+            // SAFETY: `lanes` holds 16 floats; this function's target features include
+            // AVX-512F.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
+            for x in &mut lanes {
+                *x = super::simd::act_one(*x, Act::Gelu);
+            }
+            // SAFETY: as above.
+            unsafe { _mm512_loadu_ps(lanes.as_ptr()) }
+        }
     }
 }
 

@@ -27,7 +27,34 @@ pub(crate) fn act_ref(v: f32, a: Act) -> f32 {
         Act::Relu => v.max(0.0),
         Act::Relu6 => v.clamp(0.0, 6.0),
         Act::HardSwish => v * (v + 3.0).clamp(0.0, 6.0) / 6.0,
+        Act::Gelu => {
+            let x = f64::from(v);
+            (0.5 * x * (1.0 + erf64(x / std::f64::consts::SQRT_2))) as f32
+        }
     }
+}
+
+/// `erf(x)` in f64 by its Taylor series (|x| < 3) or continued fraction: a reference to
+/// 1e-12 for the kernels' single-precision approximations.
+pub(crate) fn erf64(x: f64) -> f64 {
+    let a = x.abs();
+    let y = if a < 3.0 {
+        let (mut term, mut sum, mut k) = (a, a, 0.0);
+        while term.abs() > 1e-17 * sum.abs() {
+            k += 1.0;
+            term *= -a * a / k;
+            sum += term / (2.0 * k + 1.0);
+        }
+        2.0 / std::f64::consts::PI.sqrt() * sum
+    } else {
+        // erfc(a) = e^{-a^2} / sqrt(pi) * 1 / (a + 1/2 / (a + 1 / (a + 3/2 / (a + ...)))).
+        let mut f = a;
+        for k in (1..60).rev() {
+            f = a + f64::from(k) / 2.0 / f;
+        }
+        1.0 - (-a * a).exp() / std::f64::consts::PI.sqrt() / f
+    };
+    y.copysign(x)
 }
 
 /// Direct convolution with groups 1 or C (dilated as `g` says), then the epilogue, gate and
