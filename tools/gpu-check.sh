@@ -62,6 +62,41 @@ for f in effnet gpu-tests; do
 done
 EFFNET=$bundle/effnet
 say() { echo "$@" | tee -a "$report"; }
+
+# The best of each side per row, as a Markdown table, then every measurement: $1 the
+# measurements (side, model, resolution, batch, JSON per line), $2 the effnet plan (cuda-fused
+# or cuda-step), $3 PyTorch's column title.
+side_by_side() {
+    "$PYTHON" - "$1" "$2" "$3" <<'PY'
+import json, sys
+path, plan, torch_title = sys.argv[1:4]
+best, raw = {}, []
+for line in open(path):
+    side, model, res, batch, j = line.rstrip("\n").split("\t", 4)
+    raw.append(f"{side} {model} {res} {batch}: {j}")
+    try:
+        v = json.loads(j)["images_per_sec"]
+    except Exception:
+        continue
+    k = (model, res, batch)
+    best.setdefault(k, {})[side] = max(best.get(k, {}).get(side, 0.0), v)
+print(f"| model | input | batch | effnet {plan} | effnet candle | {torch_title} | {plan} / PyTorch "
+      f"| effnet bf16 | PyTorch bf16 (autocast) | bf16 ratio |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for (m, r, b), s in best.items():
+    e, c, t = s.get(f"effnet-{plan}"), s.get("effnet-candle"), s.get("torch")
+    eb, tb = s.get("effnet-bf16"), s.get("torch-bf16")
+    ratio = f"{e / t:.2f}x" if e and t else "n/a"
+    ratio_b = f"{eb / tb:.2f}x" if eb and tb else "n/a"
+    print(f"| {m} | {r} | {b} | {e} | {c} | {t} | {ratio} | {eb} | {tb} | {ratio_b} |")
+print()
+print("Every measurement:")
+print()
+for r in raw:
+    print(f"    {r}")
+PY
+}
+
 : >"$report"
 say "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC')"
 say
@@ -120,32 +155,7 @@ for round in $(seq "$ROUNDS"); do
         printf 'torch-bf16\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$t" >>"$out"
     done
 done
-"$PYTHON" - "$out" <<'PY' | tee -a "$report"
-import json, sys
-best, raw = {}, []
-for line in open(sys.argv[1]):
-    side, model, res, batch, j = line.rstrip("\n").split("\t", 4)
-    raw.append(f"{side} {model} {res} {batch}: {j}")
-    try:
-        v = json.loads(j)["images_per_sec"]
-    except Exception:
-        continue
-    k = (model, res, batch)
-    best.setdefault(k, {})[side] = max(best.get(k, {}).get(side, 0.0), v)
-print("| model | input | batch | effnet cuda-fused | effnet candle | PyTorch eager (channels_last) | cuda-fused / PyTorch | effnet bf16 | PyTorch autocast bf16 | bf16 ratio |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-for (m, r, b), s in best.items():
-    e, c, t = s.get("effnet-cuda-fused"), s.get("effnet-candle"), s.get("torch")
-    eb, tb = s.get("effnet-bf16"), s.get("torch-bf16")
-    ratio = f"{e / t:.2f}x" if e and t else "n/a"
-    ratio_b = f"{eb / tb:.2f}x" if eb and tb else "n/a"
-    print(f"| {m} | {r} | {b} | {e} | {c} | {t} | {ratio} | {eb} | {tb} | {ratio_b} |")
-print()
-print("Every measurement:")
-print()
-for r in raw:
-    print(f"    {r}")
-PY
+side_by_side "$out" cuda-fused "PyTorch eager (channels_last)" | tee -a "$report"
 
 say
 say "## Training steps side by side (best of $ROUNDS alternating rounds, f32, SGD)"
@@ -174,32 +184,7 @@ for round in $(seq "$ROUNDS"); do
         printf 'torch-bf16\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$t" >>"$out"
     done
 done
-"$PYTHON" - "$out" <<'PY' | tee -a "$report"
-import json, sys
-best, raw = {}, []
-for line in open(sys.argv[1]):
-    side, model, res, batch, j = line.rstrip("\n").split("\t", 4)
-    raw.append(f"{side} {model} {res} {batch}: {j}")
-    try:
-        v = json.loads(j)["images_per_sec"]
-    except Exception:
-        continue
-    k = (model, res, batch)
-    best.setdefault(k, {})[side] = max(best.get(k, {}).get(side, 0.0), v)
-print("| model | input | batch | effnet cuda-step | effnet candle | PyTorch eager (channels_last) | cuda-step / PyTorch | effnet bf16 | PyTorch AMP bf16 | bf16 ratio |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-for (m, r, b), s in best.items():
-    e, c, t = s.get("effnet-cuda-step"), s.get("effnet-candle"), s.get("torch")
-    eb, tb = s.get("effnet-bf16"), s.get("torch-bf16")
-    ratio = f"{e / t:.2f}x" if e and t else "n/a"
-    ratio_b = f"{eb / tb:.2f}x" if eb and tb else "n/a"
-    print(f"| {m} | {r} | {b} | {e} | {c} | {t} | {ratio} | {eb} | {tb} | {ratio_b} |")
-print()
-print("Every measurement:")
-print()
-for r in raw:
-    print(f"    {r}")
-PY
+side_by_side "$out" cuda-step "PyTorch eager (channels_last, SGD)" | tee -a "$report"
 
 say
 say "## The main job on --device cuda and on the CPU"

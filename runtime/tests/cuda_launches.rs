@@ -17,7 +17,6 @@ use candle_nn::VarBuilder;
 use effnet_runtime::Network;
 use effnet_runtime::exec::cuda::launch::{Arg, Execute, Launch, Launcher};
 use effnet_runtime::exec::cuda::{KERNELS, SOURCE, logits_with, loss_and_grads_with};
-use effnet_runtime::train::optim::Param;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -189,17 +188,7 @@ fn every_launch_passes_what_its_kernel_declares_and_every_kernel_is_launched() {
     // A training step, f32 and bf16 (mixed precision).
     for maps in [DType::F32, DType::BF16] {
         let net = common::trainable_network(SPEC, &Device::Cpu);
-        let params: Vec<Param> = net
-            .named_tensors()
-            .into_iter()
-            .filter(|t| t.trainable)
-            .map(|t| {
-                Param::new(
-                    t.name,
-                    candle_core::Var::from_tensor(&t.tensor).expect("var"),
-                )
-            })
-            .collect();
+        let params = common::trainable_params(&net);
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let (_, grads) =
             loss_and_grads_with(&net, &params, &x, &targets(3, 7), &mut rng, kernels(), maps)

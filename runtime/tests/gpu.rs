@@ -145,23 +145,12 @@ fn trainable(spec: &str, dev: &Device) -> (Network, Vec<Param>) {
         }
     }
     let net = Network::from_ir(&ir, VarBuilder::from_varmap(&vm, DType::F32, dev)).expect("net");
-    let params = net
-        .named_tensors()
-        .into_iter()
-        .filter(|t| t.trainable)
-        .map(|t| Param::new(t.name, Var::from_tensor(&t.tensor).expect("var")))
-        .collect();
+    let params = common::trainable_params(&net);
     (net, params)
 }
 
-/// Soft targets, as mixup and label smoothing make them.
 fn targets(n: usize, classes: usize) -> Tensor {
-    let mut v = vec![0.02f32; n * classes];
-    for i in 0..n {
-        v[i * classes + i % classes] += 0.6;
-        v[i * classes + (i * 3 + 1) % classes] += 0.3;
-    }
-    Tensor::from_vec(v, (n, classes), &Device::Cpu).expect("targets")
+    common::soft_targets(n, classes, &Device::Cpu)
 }
 
 #[test]

@@ -13,7 +13,7 @@ use effnet_compiler::ir::Network as IrNetwork;
 use effnet_runtime::Network;
 use effnet_runtime::data::{self, Dataset, Split};
 use effnet_runtime::train::init::init_varmap;
-use effnet_runtime::train::{Param, TrainError, TrainOptions, Trainer, checkpoint};
+use effnet_runtime::train::{TrainError, TrainOptions, Trainer, checkpoint};
 
 const SPEC: &str = r#"
 model tiny {
@@ -388,18 +388,7 @@ fn mixed_precision_is_refused_off_the_gpu_with_the_reason() {
     let t = trainer("plain", 1);
     let x = Tensor::zeros((2, net.input_channels, 28, 28), DType::F32, &Device::Cpu).expect("x");
     let y = effnet_runtime::exec::one_hot(&[0, 1], net.num_classes, &Device::Cpu).expect("y");
-    let params: Vec<Param> = t
-        .net
-        .named_tensors()
-        .into_iter()
-        .filter(|n| n.trainable)
-        .map(|n| {
-            Param::new(
-                n.name,
-                candle_core::Var::from_tensor(&n.tensor).expect("var"),
-            )
-        })
-        .collect();
+    let params = common::trainable_params(&t.net);
     let mut rng = effnet_runtime::data::sample_rng(0, &[]);
     let e = t
         .net

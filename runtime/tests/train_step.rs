@@ -100,29 +100,11 @@ model dilated {
 
 fn build(spec: &str, dev: &Device) -> (Network, Vec<Param>) {
     let net = common::trainable_network(spec, dev);
-    let params = net
-        .named_tensors()
-        .into_iter()
-        .filter(|t| t.trainable)
-        .map(|t| {
-            Param::new(
-                t.name,
-                candle_core::Var::from_tensor(&t.tensor).expect("var"),
-            )
-        })
-        .collect();
+    let params = common::trainable_params(&net);
     (net, params)
 }
 
-/// Soft targets: smoothed one-hot labels mixed with a second label, as mixup makes them.
-fn targets(n: usize, classes: usize, dev: &Device) -> Tensor {
-    let mut v = vec![0.02f32; n * classes];
-    for i in 0..n {
-        v[i * classes + i % classes] += 0.6;
-        v[i * classes + (i * 3 + 1) % classes] += 0.3;
-    }
-    Tensor::from_vec(v, (n, classes), dev).expect("targets")
-}
+use common::soft_targets as targets;
 
 fn compare(spec: &str, n: usize, size: usize) {
     compare_prepared(spec, n, size, |_| {});

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use effnet_runtime::Network;
 use effnet_runtime::train::init::init_varmap;
+use effnet_runtime::train::optim::Param;
 
 /// A deterministic pseudo-random tensor with values in [-1, 1).
 pub fn tensor(dims: &[usize], seed: u64) -> Result<Tensor> {
@@ -42,6 +43,32 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// Every trainable tensor of `net` as a training parameter (sharing the network's variable),
+/// in `state_dict` order.
+pub fn trainable_params(net: &Network) -> Vec<Param> {
+    net.named_tensors()
+        .into_iter()
+        .filter(|t| t.trainable)
+        .map(|t| {
+            Param::new(
+                t.name,
+                candle_core::Var::from_tensor(&t.tensor).expect("var"),
+            )
+        })
+        .collect()
+}
+
+/// Soft targets `[n, classes]`: smoothed one-hot labels mixed with a second label, as
+/// mixup and label smoothing make them.
+pub fn soft_targets(n: usize, classes: usize, dev: &Device) -> Tensor {
+    let mut v = vec![0.02f32; n * classes];
+    for i in 0..n {
+        v[i * classes + i % classes] += 0.6;
+        v[i * classes + (i * 3 + 1) % classes] += 0.3;
+    }
+    Tensor::from_vec(v, (n, classes), dev).expect("targets")
 }
 
 /// The spec's only model as a trainable network (`Var` weights), initialized as the trainer

@@ -125,7 +125,20 @@ fn activation_grad(z: &Tensor, act: Act) -> Result<Tensor> {
     }
 }
 
-impl<K: CudaKernels> CudaStepOps<K> {
+/// `[n]` per-image factors as an `[n, 1, 1, 1]` tensor on `like`'s device, in its dtype.
+fn per_image(keep: &[f32], like: &Tensor) -> Result<Tensor> {
+    Tensor::from_slice(keep, (keep.len(), 1, 1, 1), like.device())?.to_dtype(like.dtype())
+}
+
+impl<K: CudaKernels> StepOps for CudaStepOps<K> {
+    type Map = Tensor;
+    type LayerTape = LayerTape;
+    type SeTape = SeTape;
+
+    fn input(&mut self, x: &Tensor) -> Result<Tensor> {
+        x.to_dtype(self.maps)?.permute((0, 2, 3, 1))?.contiguous()
+    }
+
     fn layer_forward(&mut self, l: &ConvBnAct, x: Rc<Tensor>) -> Result<(LayerTape, Tensor)> {
         let cv = &l.conv;
         let g = nhwc_geom(cv, &x)?;
@@ -335,43 +348,6 @@ impl<K: CudaKernels> CudaStepOps<K> {
             bail!("{OP}: `{rp}` does not fit {c} channels");
         }
         self.kernels.gate_add(&d, &t.gate, &dmeans)
-    }
-}
-
-/// `[n]` per-image factors as an `[n, 1, 1, 1]` tensor on `like`'s device, in its dtype.
-fn per_image(keep: &[f32], like: &Tensor) -> Result<Tensor> {
-    Tensor::from_slice(keep, (keep.len(), 1, 1, 1), like.device())?.to_dtype(like.dtype())
-}
-
-impl<K: CudaKernels> StepOps for CudaStepOps<K> {
-    type Map = Tensor;
-    type LayerTape = LayerTape;
-    type SeTape = SeTape;
-
-    fn input(&mut self, x: &Tensor) -> Result<Tensor> {
-        x.to_dtype(self.maps)?.permute((0, 2, 3, 1))?.contiguous()
-    }
-
-    fn layer_forward(&mut self, l: &ConvBnAct, x: Rc<Tensor>) -> Result<(LayerTape, Tensor)> {
-        CudaStepOps::layer_forward(self, l, x)
-    }
-
-    fn layer_backward(
-        &mut self,
-        l: &ConvBnAct,
-        t: &LayerTape,
-        d: Tensor,
-        need_dx: bool,
-    ) -> Result<Option<Tensor>> {
-        CudaStepOps::layer_backward(self, l, t, d, need_dx)
-    }
-
-    fn se_forward(&mut self, se: &SqueezeExcite, x: Rc<Tensor>) -> Result<(SeTape, Tensor)> {
-        CudaStepOps::se_forward(self, se, x)
-    }
-
-    fn se_backward(&mut self, se: &SqueezeExcite, t: &SeTape, d: Tensor) -> Result<Tensor> {
-        CudaStepOps::se_backward(self, se, t, d)
     }
 
     fn residual(&mut self, y: Tensor, x: &Tensor, keep: Option<&[f32]>) -> Result<Tensor> {
