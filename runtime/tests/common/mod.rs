@@ -10,6 +10,46 @@ use effnet_runtime::Network;
 use effnet_runtime::train::init::init_varmap;
 use effnet_runtime::train::optim::Param;
 
+/// Fused and MBConv+SE blocks, symmetric padding, SiLU, an odd input size, drop-path and
+/// dropout (so both paths draw masks). The second block of the `fused e4` stage expands 16 to
+/// 64 channels with a 3x3 stride-1 convolution, which the forward runs as Winograd.
+pub const SYMMETRIC: &str = r#"
+model symmetric {
+    input 3 x 15
+    classes 5
+    dropout 0.3
+    drop_path 0.3
+    normalize mean(0.5, 0.5, 0.5) std(0.5, 0.5, 0.5)
+    stem conv k3 s2 -> 8
+    stage fused  k3 e1 s1 -> 8 x2 skip
+    stage fused  k3 e4 s2 -> 16 x2
+    stage mbconv k3 e4 s2 -> 24 x2 se 0.25
+    head conv k1 -> 32
+}
+"#;
+
+/// Every block kind, TensorFlow "same" padding (asymmetric on stride 2), ReLU and hard-swish,
+/// SE in a depthwise-separable and an edge block, a 5x5 depthwise, no head.
+pub const SAME: &str = r#"
+model same {
+    input 3 x 18
+    classes 7
+    activation relu
+    norm batch(eps = 1e-3, momentum = 0.01)
+    padding same
+    dropout 0.2
+    drop_path 0.2
+    round channels(divisor = 4, min = 8, limit = 0)
+    stem conv k3 s2 -> 12
+    stage conv   k3 s1 -> 12 x2 skip
+    stage ds     k5 s1 -> 16 x1 se 0.5
+    stage edge   k3 e1 s1 -> 16 x1 se 0.25
+    stage fused  k3 e4 s2 -> 24 x2
+    stage mbconv k5 e6 s2 -> 32 x2 se 0.25 act hard_swish
+    head none
+}
+"#;
+
 /// A deterministic pseudo-random tensor with values in [-1, 1).
 pub fn tensor(dims: &[usize], seed: u64) -> Result<Tensor> {
     let len: usize = dims.iter().product();
