@@ -19,7 +19,9 @@
 // Calling convention (what `ops.rs`'s one launcher passes): the inputs, then the output, then
 // the scalars. Per-channel parameters travel packed as one `[rows, c]` array. The inference
 // kernels that read or write maps have a `_bf16` twin on bf16 maps (the `--dtype bf16`
-// cuda-fused plan and the `--precision bf16` cuda-step plan).
+// cuda-fused plan and the `--precision bf16` cuda-step plan). Each entry point is written out,
+// not made by a macro: the entries' declarations are what `effnet-cuda-emu`'s build script
+// and `runtime/tests/cuda_launches.rs` read to check every launch's arguments.
 //
 // Activation codes follow `crate::ops::Act`: 0 identity, 1 SiLU, 2 ReLU, 3 ReLU6, 4 hard-swish,
 // 5 GELU (the exact, erf form).
