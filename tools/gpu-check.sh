@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# The GPU checks of the CUDA inference plan, in two halves, for a GPU machine without Rust.
+# The GPU checks of the CUDA plans (inference and training, one GPU and NCCL), in two
+# halves, for a GPU machine without Rust.
 #
 #   bash tools/gpu-check.sh --bundle   # here (no GPU needed): build with the CUDA toolkit
 #                                      # (tools/cuda-toolkit.sh) the release `effnet` and the
-#                                      # GPU test binary (runtime/tests/gpu.rs), xz-compressed
-#                                      # into gpu-bundle/ (ignored; carry it to the GPU machine)
+#                                      # GPU test binaries (runtime/tests/gpu.rs, gpu_nccl.rs),
+#                                      # xz-compressed into gpu-bundle/ (ignored; carry it to
+#                                      # the GPU machine)
 #   bash tools/gpu-check.sh            # there: with nvidia-smi, Python, torch and timm
 #
 # The second half writes one report, $OUT/gpu-report.md (./gpu-report.md without OUT):
 #   1. the GPU: nvidia-smi's name, driver and memory; NVRTC compiling the kernels;
 #   2. the GPU tests: the cuda-fused plan against the candle plan on the CPU, every block kind,
-#      both paddings, odd sizes, batch 1 and 7;
+#      both paddings, odd sizes, batch 1 and 7; the cuda-step plan against the cpu-step plan
+#      (one step; twenty SGD steps' losses within 1e-4); then the NCCL tests (the
+#      communicator on every GPU, world size 1 on one, and two data-parallel epochs);
 #   3. full-size parity with timm at an odd resolution (225 px) on `--device cuda`:
 #      tf_efficientnetv2_b0, efficientnetv2_s, efficientnetv2_rw_t, efficientnet_b0
 #      (tools/parity.sh: random weights, calibrated BatchNorm, float64 reference);
@@ -45,10 +49,22 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
         print(m["executable"])' | tail -1)
     [ -n "$tests" ] || { echo "no GPU test binary was built" >&2; exit 1; }
+    # The NCCL tests (world size 1 on one GPU through the whole NCCL path): `--features nccl`,
+    # linked against the toolkit script's stub libnccl; the GPU machine's libnccl.so.2 (from
+    # PyTorch's nvidia-nccl wheel) is found at run time.
+    nccl_tests=$(cargo test --release --features nccl -p effnet-runtime --test gpu_nccl --no-run \
+        --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu_nccl":
+        print(m["executable"])' | tail -1)
+    [ -n "$nccl_tests" ] || { echo "no NCCL test binary was built" >&2; exit 1; }
     mkdir -p "$bundle"
-    strip -o "$bundle/effnet" target/release/effnet
+    strip -o "$bundle/effnet" "${CARGO_TARGET_DIR:-target}/release/effnet"
     strip -o "$bundle/gpu-tests" "$tests"
-    xz -6 -f -T2 "$bundle/effnet" "$bundle/gpu-tests"
+    strip -o "$bundle/gpu-nccl-tests" "$nccl_tests"
+    xz -6 -f -T2 "$bundle/effnet" "$bundle/gpu-tests" "$bundle/gpu-nccl-tests"
     ls -l "$bundle"
     exit 0
 fi
@@ -56,7 +72,7 @@ fi
 report=${OUT:-.}/gpu-report.md
 PYTHON=${PYTHON:-python3}
 ROUNDS=${ROUNDS:-2}
-for f in effnet gpu-tests; do
+for f in effnet gpu-tests gpu-nccl-tests; do
     if [ -f "$bundle/$f.xz" ]; then xz -d -k -f "$bundle/$f.xz"; fi
     chmod +x "$bundle/$f" 2>/dev/null
 done
@@ -114,6 +130,26 @@ say
 say "## GPU tests (cuda-fused and cuda-step against the CPU plans)"
 say '```'
 "$bundle/gpu-tests" --nocapture --test-threads 1 2>&1 | tail -20 | tee -a "$report"
+say '```'
+
+say
+say "## NCCL: the communicator and two data-parallel epochs through it (one rank per GPU)"
+# libnccl.so.2 from the Python environment's nvidia-nccl wheel (PyTorch's).
+nccl_dir=$("$PYTHON" - <<'PY' 2>/dev/null
+import glob, os, site, sys
+for p in site.getsitepackages() + [site.getusersitepackages()]:
+    for f in glob.glob(os.path.join(p, "nvidia", "**", "libnccl.so.2"), recursive=True):
+        print(os.path.dirname(f))
+        sys.exit()
+PY
+)
+say '```'
+if [ -n "$nccl_dir" ] && [ -x "$bundle/gpu-nccl-tests" ]; then
+    LD_LIBRARY_PATH="$nccl_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+        "$bundle/gpu-nccl-tests" --nocapture --test-threads 1 2>&1 | tail -20 | tee -a "$report"
+else
+    say "skipped: no libnccl.so.2 in the Python environment, or no NCCL test binary"
+fi
 say '```'
 
 say

@@ -79,7 +79,14 @@ fn data_parallel_epochs_keep_the_ranks_identical() {
         .network(Some("tiny"))
         .expect("tiny")
         .clone();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
+    // The checkout it was built in, or (a binary carried to a GPU machine and run from the
+    // repository's root there) the working directory's.
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
+    let dir = if built.exists() {
+        built
+    } else {
+        Path::new("data/mnist").to_path_buf()
+    };
     let train = Arc::new(data::load(&dir, Split::Train).expect("MNIST").truncate(256));
     let comms = nccl_ranks(&devices, DEFAULT_COLLECTIVE_TIMEOUT).expect("NCCL communicators");
     let out = run_ranks(comms, |c| {
