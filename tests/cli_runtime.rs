@@ -379,7 +379,12 @@ fn bench_json_reports_a_throughput() {
         assert!(v["peak_rss_mb"].as_f64().is_some_and(|x| x > 0.0), "{v}");
         // The plan the facts choose on the CPU in f32: the effnet kernels, no fallback.
         assert_eq!(v["device"], "cpu", "{v}");
+        assert!(
+            v["device_name"].as_str().is_some_and(|n| !n.is_empty()),
+            "{v}"
+        );
         assert_eq!(v["dtype"], "f32", "{v}");
+        assert_eq!(v["precision"], "f32", "{v}");
         let want = if train { "cpu-step" } else { "cpu-fused" };
         assert_eq!(v["plan"], want, "{v}");
         assert!(v["plan_fallback_reason"].is_null(), "{v}");
@@ -599,7 +604,7 @@ fn train_then_eval_on_bundled_mnist() {
         text.contains("stage") && text.contains("image"),
         "stage table:\n{text}"
     );
-    assert!(text.contains("compute cpu, "), "compute line:\n{text}");
+    assert!(text.contains("compute cpu ("), "compute line:\n{text}");
     assert!(
         text.contains("training step plan: cpu-step"),
         "plan line:\n{text}"

@@ -218,6 +218,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
                 Device::Cpu => "cpu",
                 _ => "cuda",
             },
+            "device_name": effnet_runtime::exec::device_model(&dev),
             "dtype": dtype.as_str(),
             "precision": a.precision.name(),
             "plan": plan.plan.name(),

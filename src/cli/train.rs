@@ -176,7 +176,8 @@ pub fn compute_line(device: &candle_core::Device) -> String {
     let threads = rayon::current_num_threads();
     let where_ = if device.is_cpu() { "cpu" } else { "cuda" };
     format!(
-        "compute {where_}, {threads} thread{}",
+        "compute {where_} ({}), {threads} thread{}",
+        effnet_runtime::exec::device_model(device),
         if threads == 1 { "" } else { "s" }
     )
 }

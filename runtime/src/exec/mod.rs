@@ -35,7 +35,9 @@ use self::forward::Taps;
 use self::step::StepOps;
 use crate::nn::Param;
 use crate::nn::{Block, NetRng, Network, NetworkParts, PreparedCache};
-pub use plan::{Choice, Facts, LayerWithoutKernel, NoKernel, Plan, Precision, Purpose};
+pub use plan::{
+    Choice, Facts, LayerWithoutKernel, NoKernel, Plan, Precision, Purpose, device_model,
+};
 pub use shared::{keep_mask, one_hot, soft_cross_entropy, update_running_stats};
 pub use sync_bn::BatchNormSync;
 

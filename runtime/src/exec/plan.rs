@@ -183,6 +183,30 @@ fn device_name(d: &Device) -> &'static str {
     }
 }
 
+/// What the device is, for reports (`bench --json`'s `device_name`, `train`'s compute line):
+/// the GPU's name as the driver gives it (e.g. "NVIDIA H200"), or the CPU's model from
+/// /proc/cpuinfo; "unknown" where neither can be read.
+pub fn device_model(d: &Device) -> String {
+    match d {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(c) => c
+            .cuda_stream()
+            .context()
+            .name()
+            .unwrap_or_else(|e| format!("unknown CUDA device ({e})")),
+        Device::Cpu => std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into()),
+        _ => "unknown".into(),
+    }
+}
+
 impl Facts {
     /// The facts of running `net` on `x` for `purpose`.
     pub fn of(net: &NetworkParts, x: &Tensor, purpose: Purpose) -> Self {
