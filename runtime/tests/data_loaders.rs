@@ -176,6 +176,49 @@ fn config(workers: usize) -> LoaderConfig {
     }
 }
 
+/// Staged batches (what the trainer asks for on a GPU; here the CPU stands in for the device):
+/// the workers hand over the images and targets as tensors, the same values as unstaged
+/// batches, and the host copy is dropped; without workers nothing is staged.
+#[test]
+fn staged_batches_carry_the_same_data_as_tensors() {
+    let ds = Arc::new(
+        data::load(&mnist(), Split::Test)
+            .expect("test")
+            .truncate(64),
+    );
+    let dev = candle_core::Device::Cpu;
+    let plain: Vec<_> = Batches::new(ds.clone(), config(2), 1).collect();
+    let staged: Vec<_> = Batches::staged_on(ds.clone(), config(2), 1, Some(dev.clone())).collect();
+    assert_eq!(plain.len(), staged.len());
+    for (a, b) in plain.iter().zip(&staged) {
+        assert!(a.staged.is_none());
+        let s = b.staged.as_ref().expect("a worker staged the batch");
+        assert!(b.images.is_empty(), "the host copy is dropped once staged");
+        let (n, c, h, w) = a.shape;
+        assert_eq!(s.images.dims(), [n, c, h, w]);
+        assert_eq!(s.targets.dims(), [n, a.classes]);
+        let images: Vec<f32> = s
+            .images
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .expect("images");
+        let targets: Vec<f32> = s
+            .targets
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .expect("targets");
+        assert_eq!(images, a.images);
+        assert_eq!(targets, a.targets);
+        assert_eq!(a.labels, b.labels);
+    }
+    let serial: Vec<_> = Batches::staged_on(ds, config(0), 1, Some(dev)).collect();
+    assert!(
+        serial
+            .iter()
+            .all(|b| b.staged.is_none() && !b.images.is_empty())
+    );
+}
+
 #[test]
 fn batches_do_not_depend_on_the_number_of_workers() {
     let ds = Arc::new(

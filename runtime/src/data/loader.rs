@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
+use candle_core::{Device, Tensor};
+
 use rand::Rng;
 use rand::seq::SliceRandom;
 
@@ -118,11 +120,35 @@ impl Shard {
 pub struct Batch {
     pub index: usize,
     pub shape: (usize, usize, usize, usize),
+    /// Empty when the batch is [`Batch::staged`] (its images are then on the device only).
     pub images: Vec<f32>,
     pub targets: Vec<f32>,
     pub labels: Vec<usize>,
     pub classes: usize,
     pub mixed: Mixed,
+    /// The images and targets already on the device (see [`Batches::staged_on`]).
+    pub staged: Option<Staged>,
+}
+
+/// A batch's images `[n, c, h, w]` and soft targets `[n, classes]` as f32 tensors on the
+/// training device.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub images: Tensor,
+    pub targets: Tensor,
+}
+
+/// `b` with its images and targets copied to `dev` by this (a worker's) thread; unchanged,
+/// to be copied by the training thread, if the copy fails.
+fn stage(mut b: Batch, dev: &Device) -> Batch {
+    let (n, c, h, w) = b.shape;
+    let images = Tensor::from_slice(&b.images, (n, c, h, w), dev);
+    let targets = Tensor::from_slice(&b.targets, (n, b.classes), dev);
+    if let (Ok(images), Ok(targets)) = (images, targets) {
+        b.images = Vec::new();
+        b.staged = Some(Staged { images, targets });
+    }
+    b
 }
 
 /// The sample order of an epoch: a seeded permutation, or the identity without shuffling.
@@ -189,6 +215,7 @@ pub fn build_batch(
         labels,
         classes,
         mixed,
+        staged: None,
     }
 }
 
@@ -206,6 +233,19 @@ pub struct Batches {
 
 impl Batches {
     pub fn new(data: Arc<Dataset>, cfg: LoaderConfig, epoch: usize) -> Self {
+        Self::staged_on(data, cfg, epoch, None)
+    }
+
+    /// [`Batches::new`], each worker also copying its batches to `device` ([`Batch::staged`])
+    /// before handing them over: the host-to-device copy of batch `i + 1` then happens on a
+    /// worker thread while the training thread runs step `i`, not between the steps. Batches
+    /// built on the caller's thread (no workers) are not staged.
+    pub fn staged_on(
+        data: Arc<Dataset>,
+        cfg: LoaderConfig,
+        epoch: usize,
+        device: Option<Device>,
+    ) -> Self {
         let order = Arc::new(epoch_order(data.len(), cfg.seed, epoch, cfg.shuffle));
         let count = num_batches(data.len(), cfg.batch_size, cfg.shuffle);
         let cfg = Arc::new(cfg);
@@ -215,11 +255,15 @@ impl Batches {
         for w in 0..workers {
             let (tx, rx): (SyncSender<Batch>, Receiver<Batch>) = sync_channel(cfg.prefetch.max(1));
             let (data, cfg, order) = (data.clone(), cfg.clone(), order.clone());
+            let device = device.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("effnet-data-{w}"))
                 .spawn(move || {
                     for b in (w..count).step_by(workers) {
-                        let batch = build_batch(&data, &cfg, &order, epoch, b);
+                        let mut batch = build_batch(&data, &cfg, &order, epoch, b);
+                        if let Some(dev) = &device {
+                            batch = stage(batch, dev);
+                        }
                         if tx.send(batch).is_err() {
                             return; // the consumer stopped early
                         }

@@ -597,7 +597,9 @@ impl Trainer {
                 )));
             }
         }
-        let batches = Batches::new(self.train_data.clone(), cfg, epoch);
+        // On a GPU the workers copy each batch to the device ahead of its step.
+        let stage_on = self.opts.device.is_cuda().then(|| self.opts.device.clone());
+        let batches = Batches::staged_on(self.train_data.clone(), cfg, epoch, stage_on);
         let steps = batches
             .len()
             .min(self.opts.max_steps_per_epoch.unwrap_or(usize::MAX));
@@ -624,8 +626,13 @@ impl Trainer {
             let t = epoch as f64 + i as f64 * dt;
             lr = lr::learning_rate(&self.lr, t, dt, self.schedule.epochs);
             let (n, c, h, w) = b.shape;
-            let x = Tensor::from_vec(b.images, (n, c, h, w), &device)?;
-            let y = Tensor::from_vec(b.targets, (n, b.classes), &device)?;
+            let (x, y) = match b.staged {
+                Some(s) => (s.images, s.targets),
+                None => (
+                    Tensor::from_vec(b.images, (n, c, h, w), &device)?,
+                    Tensor::from_vec(b.targets, (n, b.classes), &device)?,
+                ),
+            };
             let (lv, gs) = self.loss_and_grads(&x, &y)?;
             let (lv, mut gs) = self.synchronize(lv, gs)?;
             if !lv.is_finite() {
