@@ -190,9 +190,17 @@ fn every_launch_passes_what_its_kernel_declares_and_every_kernel_is_launched() {
         let net = common::trainable_network(SPEC, &Device::Cpu);
         let params = common::trainable_params(&net);
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let (_, grads) =
-            loss_and_grads_with(&net, &params, &x, &targets(3, 7), &mut rng, kernels(), maps)
-                .expect("step");
+        let (_, grads) = loss_and_grads_with(
+            &net,
+            &params,
+            &x,
+            &targets(3, 7),
+            &mut rng,
+            kernels(),
+            maps,
+            None,
+        )
+        .expect("step");
         assert_eq!(grads.len(), params.len());
     }
 

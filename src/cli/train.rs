@@ -50,7 +50,7 @@ pub struct TrainArgs {
     /// With --devices: SyncBatchNorm, every train-mode BatchNorm normalizing with the whole
     /// global batch's statistics (all ranks) and the running statistics kept identical on
     /// every rank. Without it each rank uses its shard's own statistics (DDP's default).
-    /// Needs the cpu-step training plan.
+    /// Needs the cpu-step or cuda-step training plan (f32).
     #[arg(long)]
     pub sync_bn: bool,
     /// With --devices: how long a rank waits at a collective for the others before the run

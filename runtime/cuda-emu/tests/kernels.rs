@@ -328,7 +328,7 @@ fn batch_statistics_and_the_batchnorm_backward_match_the_cpu_kernels() {
                     &[6, c],
                 );
                 let dz = EMU
-                    .bn_act_input_grad(&dt, &zt, &all, act, eval)
+                    .bn_act_input_grad(&dt, &zt, &all, act, eval, rows)
                     .expect("dz");
                 let e = rel_diff(&flat(&dz), &want_dz);
                 assert!(e < 1e-4, "dz {rows}x{c} {act:?} eval {eval}: {e}");
@@ -525,11 +525,11 @@ fn bf16_training_kernels_match_their_f32_kernels() {
         let bn6 = tensor(&bn, &[6, c]);
         for eval in [false, true] {
             let want = flat(
-                &EMU.bn_act_input_grad(&d32, &z32, &bn6, act, eval)
+                &EMU.bn_act_input_grad(&d32, &z32, &bn6, act, eval, rows)
                     .expect("f32"),
             );
             let got = EMU
-                .bn_act_input_grad(&d16, &z16, &bn6, act, eval)
+                .bn_act_input_grad(&d16, &z16, &bn6, act, eval, rows)
                 .expect("bf16 dz");
             assert!(
                 rel_diff(&as_f32(&got), &want) <= ULP,

@@ -114,7 +114,8 @@ fn compare_step(spec: &str, n: usize, size: usize, prepare: impl Fn(&mut Network
         .expect("cpu step");
     let mut rng_b = ChaCha8Rng::seed_from_u64(11);
     let (loss_b, grads_b) =
-        loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, EMU, DType::F32).expect("cuda step");
+        loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, EMU, DType::F32, None)
+            .expect("cuda step");
     let name = &a.ir.name;
     assert!(
         (loss_a - loss_b).abs() < 1e-5 * loss_a.abs().max(1.0),
@@ -302,7 +303,7 @@ fn cuda_step_walk_in_mixed_precision_stays_near_f32() {
             .expect("cpu step");
         let mut rng_b = ChaCha8Rng::seed_from_u64(5);
         let (loss_b, grads_b) =
-            loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, EMU, DType::BF16)
+            loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, EMU, DType::BF16, None)
                 .expect("bf16 step");
         let name = &a.ir.name;
         let rel = (loss_a - loss_b).abs() / loss_a.abs();
@@ -359,4 +360,81 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     } else {
         dot / (na * nb).max(f64::MIN_POSITIVE)
     }
+}
+
+/// SyncBatchNorm on the cuda-step walk: two ranks (threads with a CPU communicator), each on
+/// its shard of the batch (samples r, r + 2, ...), take the step one rank takes on the whole
+/// batch: the averaged gradients and every rank's running statistics equal the whole batch's.
+/// Without dropout and drop-path, whose masks a rank draws for its own samples.
+#[test]
+fn cuda_step_walk_with_sync_batchnorm_takes_the_whole_batch_step() {
+    use effnet_runtime::train::parallel::{BatchNormOverRanks, cpu_ranks, run_ranks};
+    let spec = SYMMETRIC.replace("    dropout 0.3\n    drop_path 0.3\n", "");
+    let (n, size) = (6, 15);
+    let x = input(n, size);
+    let (whole, params) = trainable(&spec);
+    let t = targets(n, whole.ir.num_classes);
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let (loss, grads) =
+        loss_and_grads_with(&whole, &params, &x, &t, &mut rng, EMU, DType::F32, None)
+            .expect("whole batch");
+    let stats = |net: &Network| -> Vec<Vec<f32>> {
+        net.named_tensors()
+            .iter()
+            .filter(|t| !t.trainable)
+            .map(|t| vals(&t.tensor))
+            .collect()
+    };
+    let world = 2;
+    let ranks = run_ranks(cpu_ranks(world), |comm| {
+        let r = comm.rank();
+        let rows: Vec<u32> = (r..n).step_by(world).map(|i| i as u32).collect();
+        let pick = Tensor::new(rows.as_slice(), &Device::Cpu)?;
+        let (xs, ts) = (x.index_select(&pick, 0)?, t.index_select(&pick, 0)?);
+        let (net, params) = trainable(&spec);
+        let sync = BatchNormOverRanks::new(&*comm);
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let (loss, grads) = loss_and_grads_with(
+            &net,
+            &params,
+            &xs,
+            &ts,
+            &mut rng,
+            EMU,
+            DType::F32,
+            Some(&sync),
+        )?;
+        let grads: Vec<Vec<f32>> = grads.iter().map(vals).collect();
+        Ok((loss, grads, stats(&net)))
+    })
+    .expect("two ranks");
+    let mean_loss = ranks.iter().map(|r| r.0).sum::<f64>() / world as f64;
+    assert!(
+        (mean_loss - loss).abs() < 1e-5 * loss.abs(),
+        "loss {mean_loss} vs {loss}"
+    );
+    for (i, (p, g)) in params.iter().zip(&grads).enumerate() {
+        let want = vals(g);
+        let got: Vec<f32> = (0..want.len())
+            .map(|k| ranks.iter().map(|r| r.1[i][k]).sum::<f32>() / world as f32)
+            .collect();
+        let scale = want.iter().map(|v| v.abs()).fold(1e-3, f32::max);
+        let d = max_diff(&got, &want);
+        assert!(
+            d <= 1e-4 * scale,
+            "`{}`: averaged gradient differs by {d}",
+            p.name
+        );
+    }
+    let want = stats(&whole);
+    for r in &ranks {
+        for (a, b) in r.2.iter().zip(&want) {
+            let d = max_diff(a, b);
+            assert!(d < 1e-5, "running statistics differ by {d}");
+        }
+    }
+    assert_eq!(
+        ranks[0].2, ranks[1].2,
+        "the ranks' statistics are identical"
+    );
 }

@@ -274,7 +274,7 @@ pub fn loss_and_grads_in(
     match precision {
         Precision::F32 => step_on(choice.plan, net, params, x, targets, rng, None),
         Precision::Bf16 if choice.plan == Plan::CudaStep => {
-            cuda_step(net, params, x, targets, rng, DType::BF16)
+            cuda_step(net, params, x, targets, rng, DType::BF16, None)
         }
         Precision::Bf16 => bail!(
             "mixed precision (bf16) runs on the cuda-step plan (a CUDA device, a build with \
@@ -306,15 +306,15 @@ fn step_on(
     rng: &mut ChaCha8Rng,
     sync: Option<&dyn BatchNormSync>,
 ) -> Result<(f64, Vec<Tensor>)> {
-    if sync.is_some() && plan != Plan::CpuStep {
+    if sync.is_some() && !matches!(plan, Plan::CpuStep | Plan::CudaStep) {
         bail!(
-            "SyncBatchNorm runs on the cpu-step plan only; this step runs on the {plan} plan, \
-             whose BatchNorm cannot meet the other ranks"
+            "SyncBatchNorm runs on the cpu-step and cuda-step plans only; this step runs on \
+             the {plan} plan, whose BatchNorm cannot meet the other ranks"
         );
     }
     match plan {
         Plan::CpuStep => run_step(CpuStepOps::new(sync), net, params, x, targets, rng),
-        Plan::CudaStep => cuda_step(net, params, x, targets, rng, DType::F32),
+        Plan::CudaStep => cuda_step(net, params, x, targets, rng, DType::F32, sync),
         Plan::Candle => {
             let logits = forward::logits(&mut CandleOps::differentiable(), net, x, Some(rng))?;
             let loss = soft_cross_entropy(&logits, targets)?;
@@ -356,7 +356,8 @@ pub(crate) fn run_step<O: StepOps>(
     Ok((loss, ops.into_grads(params)?))
 }
 
-/// The cuda-step plan: the training-step walk over the CUDA kernels, maps in `maps`.
+/// The cuda-step plan: the training-step walk over the CUDA kernels, maps in `maps`,
+/// SyncBatchNorm through `sync` when given.
 #[cfg(feature = "cuda")]
 fn cuda_step(
     net: &NetworkParts,
@@ -365,8 +366,9 @@ fn cuda_step(
     targets: &Tensor,
     rng: &mut ChaCha8Rng,
     maps: DType,
+    sync: Option<&dyn BatchNormSync>,
 ) -> Result<(f64, Vec<Tensor>)> {
-    let ops = cuda::step::CudaStepOps::new(cuda::ops::Launched::default(), maps);
+    let ops = cuda::step::CudaStepOps::new(cuda::ops::Launched::default(), maps, sync);
     run_step(ops, net, params, x, targets, rng)
 }
 
@@ -380,6 +382,7 @@ fn cuda_step(
     _: &Tensor,
     _: &mut ChaCha8Rng,
     _: DType,
+    _: Option<&dyn BatchNormSync>,
 ) -> Result<(f64, Vec<Tensor>)> {
     bail!("the cuda-step plan needs a build with `--features cuda`")
 }

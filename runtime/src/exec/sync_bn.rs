@@ -2,9 +2,9 @@
 //! normalizes with the statistics of the whole global batch, as PyTorch's `SyncBatchNorm`
 //! does, instead of its rank's shard's (DDP's default, and effnet's).
 //!
-//! The backend that runs the step (the cpu-step plan's) holds a [`BatchNormSync`]; per
-//! train-mode BatchNorm it calls [`BatchNormSync::sum_over_ranks`] twice, in the same order
-//! on every rank: in the forward with each channel's count and moments ([`Moments`]), in the
+//! The backend that runs the step (the cpu-step or cuda-step plan's) holds a
+//! [`BatchNormSync`]; per train-mode BatchNorm it calls [`BatchNormSync::sum_over_ranks`]
+//! twice, in the same order on every rank: in the forward with each channel's count and moments ([`Moments`]), in the
 //! backward with the sums of `dy` and `dy * xhat` the input gradient needs. A BatchNorm in
 //! eval mode (frozen) uses its running statistics and meets no one.
 

@@ -589,12 +589,19 @@ impl Trainer {
         };
         if self.syncs_batch_norm() {
             let choice = self.step_plan()?;
-            if choice.plan != Plan::CpuStep {
+            if !matches!(choice.plan, Plan::CpuStep | Plan::CudaStep) {
                 return Err(TrainError::Config(format!(
-                    "--sync-bn: SyncBatchNorm runs on the cpu-step plan only, and this run's \
-                     training step runs on {choice}, whose BatchNorm cannot meet the other \
-                     ranks; drop --sync-bn to train with per-rank statistics (DDP's default)"
+                    "--sync-bn: SyncBatchNorm runs on the cpu-step and cuda-step plans only, and \
+                     this run's training step runs on {choice}, whose BatchNorm cannot meet the \
+                     other ranks; drop --sync-bn to train with per-rank statistics (DDP's \
+                     default)"
                 )));
+            }
+            if self.opts.precision != Precision::F32 {
+                return Err(TrainError::Config(
+                    "--sync-bn with --precision bf16: SyncBatchNorm steps in f32 only; drop one"
+                        .into(),
+                ));
             }
         }
         // On a GPU the workers copy each batch to the device ahead of its step.

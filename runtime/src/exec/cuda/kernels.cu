@@ -460,13 +460,14 @@ extern "C" __global__ void effnet_bn_act_grad_partial_bf16(
 }
 
 // The gradient at the BatchNorm's input: with batch statistics (`eval` 0) `k * (m * g - db -
-// xhat * dw)`, `k = gamma * inv_std / m` over the `m = total / c` rows; with running ones
-// (`eval` 1, a frozen BatchNorm) the fixed affine map's `g * gamma * inv_std`.
+// xhat * dw)`, `k = gamma * inv_std / m` over the `m = count` rows the statistics and the
+// sums `db`, `dw` cover (this map's `total / c`, or with SyncBatchNorm every rank's); with
+// running ones (`eval` 1, a frozen BatchNorm) the fixed affine map's `g * gamma * inv_std`.
 // `bn = (mean, inv_std, gamma, beta, db, dw)`.
 template <typename T>
 __device__ __forceinline__ void effnet_bn_act_input_grad_body(
     const T* __restrict__ d, const T* __restrict__ z, const float* __restrict__ bn,
-    T* __restrict__ dz, long total, int c, int act, int eval) {
+    T* __restrict__ dz, long total, int c, int act, int eval, long count) {
     long i = effnet_index();
     if (i >= total) return;
     int ch = (int)(i % c);
@@ -477,20 +478,20 @@ __device__ __forceinline__ void effnet_bn_act_input_grad_body(
         effnet_store(dz, i, g * gamma_inv);
         return;
     }
-    float m = (float)(total / c);
+    float m = (float)count;
     effnet_store(dz, i, gamma_inv / m * (m * g - bn[4 * c + ch] - xhat * bn[5 * c + ch]));
 }
 
 extern "C" __global__ void effnet_bn_act_input_grad(
     const float* d, const float* z, const float* bn, float* dz, long total, int c, int act,
-    int eval) {
-    effnet_bn_act_input_grad_body(d, z, bn, dz, total, c, act, eval);
+    int eval, long count) {
+    effnet_bn_act_input_grad_body(d, z, bn, dz, total, c, act, eval, count);
 }
 
 extern "C" __global__ void effnet_bn_act_input_grad_bf16(
     const effnet_bf16* d, const effnet_bf16* z, const float* bn, effnet_bf16* dz, long total,
-    int c, int act, int eval) {
-    effnet_bn_act_input_grad_body(d, z, bn, dz, total, c, act, eval);
+    int c, int act, int eval, long count) {
+    effnet_bn_act_input_grad_body(d, z, bn, dz, total, c, act, eval, count);
 }
 
 // The sum over chunks of `partial[chunk, j]` (f64), for each of `width` columns, in chunk

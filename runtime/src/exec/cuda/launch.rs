@@ -382,6 +382,7 @@ impl<E: Execute> CudaKernels for Launcher<E> {
         bn: &Tensor,
         act: Act,
         eval: bool,
+        count: usize,
     ) -> Result<Tensor> {
         let op = by_dtype(
             z.dtype(),
@@ -398,6 +399,7 @@ impl<E: Execute> CudaKernels for Launcher<E> {
             int(c, op, "c")?,
             Arg::Int(act_code(act)),
             Arg::Int(i32::from(eval)),
+            long(count, op, "count")?,
         ];
         let launch = Launch::new(op, total, &[rows, c], args).out(z.dtype());
         self.exec.execute(&launch, &[&d, &z, &bn])

@@ -162,7 +162,8 @@ pub trait CudaKernels {
         chunks: (usize, usize),
     ) -> Result<Tensor>;
     /// The gradient at the BatchNorm's input, `bn = (mean, inv_std, gamma, beta, dbeta,
-    /// dgamma)` `[6, c]`; `eval` for a BatchNorm that normalized with its running statistics.
+    /// dgamma)` `[6, c]` over `count` rows (this map's, or with SyncBatchNorm every rank's);
+    /// `eval` for a BatchNorm that normalized with its running statistics.
     fn bn_act_input_grad(
         &self,
         d: &Tensor,
@@ -170,6 +171,7 @@ pub trait CudaKernels {
         bn: &Tensor,
         act: Act,
         eval: bool,
+        count: usize,
     ) -> Result<Tensor>;
     /// The f64 partials `[chunks, width]` summed over the chunks, in order: `[width]` f32.
     fn sum_chunks(&self, partial: &Tensor) -> Result<Tensor>;
@@ -227,8 +229,9 @@ pub fn logits_with<K: CudaKernels>(net: &Network, x: &Tensor, kernels: K) -> Res
 }
 
 /// One training step's loss and the gradients of `params` by the cuda-step plan's walk over
-/// `kernels` (see [`crate::exec::loss_and_grads`]), with maps in `maps`: f32, or bf16 for
-/// mixed precision.
+/// `kernels` (see [`crate::exec::loss_and_grads`]), with maps in `maps` (f32, or bf16 for
+/// mixed precision), and SyncBatchNorm through `sync` when given.
+#[allow(clippy::too_many_arguments)]
 pub fn loss_and_grads_with<K: CudaKernels>(
     net: &Network,
     params: &[Param],
@@ -237,10 +240,11 @@ pub fn loss_and_grads_with<K: CudaKernels>(
     rng: &mut ChaCha8Rng,
     kernels: K,
     maps: DType,
+    sync: Option<&dyn crate::exec::BatchNormSync>,
 ) -> Result<(f64, Vec<Tensor>)> {
     let stages = net.stage_slices();
     let parts = net.parts(&stages);
-    let ops = step::CudaStepOps::new(kernels, maps);
+    let ops = step::CudaStepOps::new(kernels, maps, sync);
     crate::exec::run_step(ops, &parts, params, x, targets, rng)
 }
 

@@ -21,6 +21,11 @@
 //! while the parameters and their gradients, the BatchNorm statistics and parameters, the
 //! squeeze-excitation's small layers and every reduction stay f32 (the kernels compute in f32
 //! and sum in f64): PyTorch's autocast in bf16, with f32 master weights.
+//!
+//! SyncBatchNorm (`--sync-bn` in a data-parallel run): each train-mode BatchNorm's moments
+//! and its backward's two sums meet the other ranks' through the [`BatchNormSync`] the step
+//! holds, as on the cpu-step plan. That sync is host-based (two small host round trips a
+//! BatchNorm a step): correct everywhere, not fast.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -32,26 +37,68 @@ use super::backend::{dense_conv, gemm_weight, is_pointwise, nhwc_geom};
 use crate::exec::cpu_fused::kernel_act;
 use crate::exec::shared::update_running_stats;
 use crate::exec::step::StepOps;
+use crate::exec::sync_bn::{BatchNormSync, Moments};
 use crate::nn::{ConvBnAct, Param, SqueezeExcite};
 use crate::ops::{Act, ConvGeom};
 
 const OP: &str = "cuda-step plan";
 
-/// The training step over `kernels` with maps in `maps` (f32, or bf16 for mixed precision);
+/// The training step over `kernels` with maps in `maps` (f32, or bf16 for mixed precision),
+/// its train-mode BatchNorm layers meeting the other ranks' through `sync` when given;
 /// gradients accumulate here by tensor name, in f32.
-pub(crate) struct CudaStepOps<K> {
+pub(crate) struct CudaStepOps<'a, K> {
     kernels: K,
     maps: DType,
+    sync: Option<&'a dyn BatchNormSync>,
     grads: HashMap<String, Tensor>,
 }
 
-impl<K: CudaKernels> CudaStepOps<K> {
-    pub(crate) fn new(kernels: K, maps: DType) -> Self {
+impl<'a, K: CudaKernels> CudaStepOps<'a, K> {
+    pub(crate) fn new(kernels: K, maps: DType, sync: Option<&'a dyn BatchNormSync>) -> Self {
         CudaStepOps {
             kernels,
             maps,
+            sync,
             grads: HashMap::new(),
         }
+    }
+
+    /// The batch statistics `[3, c]` (mean, `1 / sqrt(var + eps)`, unbiased variance) of the
+    /// `[rows, c]` map `z` combined with every other rank's, and the rows they cover.
+    fn synced_stats(
+        &self,
+        sync: &dyn BatchNormSync,
+        z: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, usize)> {
+        let (rows, c) = z.dims2()?;
+        let partial = self
+            .kernels
+            .column_moments_partial(z, super::row_chunks(rows, c))?;
+        let sums: Vec<f64> = partial.sum(0)?.to_vec1()?;
+        let n = rows as f64;
+        let mean: Vec<f64> = sums[..c].iter().map(|s| s / n).collect();
+        let var: Vec<f64> = sums[c..]
+            .iter()
+            .zip(&mean)
+            .map(|(ss, m)| (ss / n - m * m).max(0.0))
+            .collect();
+        let mut moments = Moments::of(n, &mean, &var);
+        sync.sum_over_ranks(&mut moments.sums)?;
+        let (count, mean, var) = moments.combined(c)?;
+        let mut out = Vec::with_capacity(3 * c);
+        out.extend(mean.iter().map(|&m| m as f32));
+        out.extend(var.iter().map(|&v| (1.0 / (v + eps).sqrt()) as f32));
+        out.extend(var.iter().map(|&v| {
+            if count > 1.0 {
+                (v * count / (count - 1.0)) as f32
+            } else {
+                v as f32
+            }
+        }));
+        // The rows of the whole global batch: a count of f64 sums of whole rows.
+        let count = count.round() as usize;
+        Ok((Tensor::from_vec(out, (3, c), z.device())?, count))
     }
 
     fn add_grad(&mut self, name: String, g: Tensor) -> Result<()> {
@@ -73,6 +120,8 @@ pub(crate) struct LayerTape {
     z: Tensor,
     /// `(mean, inv_std)`, `[2, o]`: the batch's, or a frozen BatchNorm's running ones.
     stats: Tensor,
+    /// The rows the statistics cover: this map's, or every rank's with SyncBatchNorm.
+    count: usize,
     eval_bn: bool,
 }
 
@@ -130,7 +179,7 @@ fn per_image(keep: &[f32], like: &Tensor) -> Result<Tensor> {
     Tensor::from_slice(keep, (keep.len(), 1, 1, 1), like.device())?.to_dtype(like.dtype())
 }
 
-impl<K: CudaKernels> StepOps for CudaStepOps<K> {
+impl<K: CudaKernels> StepOps for CudaStepOps<'_, K> {
     type Map = Tensor;
     type LayerTape = LayerTape;
     type SeTape = SeTape;
@@ -167,16 +216,19 @@ impl<K: CudaKernels> StepOps for CudaStepOps<K> {
         };
         let bn = &l.bn;
         let running = bn.running()?;
-        let stats = if bn.frozen {
+        let (stats, count) = if bn.frozen {
             // A frozen BatchNorm (fine-tuning) normalizes with its running statistics.
             let mean = f32_of(running.mean.as_tensor())?;
             let var = running.var.as_tensor().to_dtype(DType::F64)?;
             let inv_std = (var + bn.spec.eps)?.sqrt()?.recip()?.to_dtype(DType::F32)?;
-            Tensor::stack(&[mean, inv_std], 0)?
+            (Tensor::stack(&[mean, inv_std], 0)?, rows)
         } else {
-            let s = self.kernels.batch_stats(&z, bn.spec.eps)?;
+            let (s, count) = match self.sync {
+                Some(sync) => self.synced_stats(sync, &z, bn.spec.eps)?,
+                None => (self.kernels.batch_stats(&z, bn.spec.eps)?, rows),
+            };
             update_running_stats(bn, &s.get(0)?, &s.get(2)?)?;
-            s.narrow(0, 0, 2)?
+            (s.narrow(0, 0, 2)?, count)
         };
         if stats.dims() != [2, o] {
             bail!(
@@ -206,6 +258,7 @@ impl<K: CudaKernels> StepOps for CudaStepOps<K> {
             geom: g,
             z,
             stats: stats.contiguous()?,
+            count,
             eval_bn: bn.frozen,
         };
         Ok((tape, y))
@@ -229,10 +282,26 @@ impl<K: CudaKernels> StepOps for CudaStepOps<K> {
         let params = Tensor::cat(&[&t.stats, &gamma.unsqueeze(0)?, &beta.unsqueeze(0)?], 0)?;
         let sums = self.kernels.bn_act_param_grads(&d, &t.z, &params, act)?;
         let (dbeta, dgamma) = (sums.get(0)?, sums.get(1)?);
-        let all = Tensor::cat(&[&params, &sums], 0)?;
+        // The input gradient needs the sums over every rank's rows with SyncBatchNorm;
+        // gamma's and beta's gradients stay this rank's (the gradient averaging adds them up).
+        let input_sums = match self.sync {
+            Some(sync) if !t.eval_bn => {
+                let mut all: Vec<f64> = sums
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect();
+                sync.sum_over_ranks(&mut all)?;
+                let all: Vec<f32> = all.iter().map(|&v| v as f32).collect();
+                Tensor::from_vec(all, (2, o), sums.device())?
+            }
+            _ => sums.clone(),
+        };
+        let all = Tensor::cat(&[&params, &input_sums], 0)?;
         let dz = self
             .kernels
-            .bn_act_input_grad(&d, &t.z, &all, act, t.eval_bn)?;
+            .bn_act_input_grad(&d, &t.z, &all, act, t.eval_bn, t.count)?;
         let bp = &bn.spec.path;
         self.add_grad(format!("{bp}.weight"), dgamma)?;
         self.add_grad(format!("{bp}.bias"), dbeta)?;
