@@ -16,7 +16,7 @@ use super::cpu_fused::kernel_act;
 use super::host::{HostData, host};
 use super::shared::update_running_stats;
 use super::step::StepOps;
-use super::sync_bn::{BatchNormSync, Moments};
+use super::sync_bn::{BatchNormSync, Moments, unbiased_variance};
 use crate::nn::Param;
 use crate::nn::{ConvBnAct, SqueezeExcite};
 use crate::ops::candle::cpu_data::with_cpu_f32;
@@ -140,16 +140,7 @@ fn layer_forward(
             .iter()
             .map(|&v| (1.0 / (v + eps).sqrt()) as f32)
             .collect();
-        let unbiased: Vec<f32> = var64
-            .iter()
-            .map(|&v| {
-                if count > 1.0 {
-                    (v * count / (count - 1.0)) as f32
-                } else {
-                    v as f32
-                }
-            })
-            .collect();
+        let unbiased: Vec<f32> = var64.iter().map(|&v| unbiased_variance(v, count)).collect();
         (mean, inv_std, Some(unbiased))
     };
     if mean.len() != o || inv_std.len() != o {

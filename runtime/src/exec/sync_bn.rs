@@ -68,6 +68,16 @@ impl Moments {
     }
 }
 
+/// The unbiased variance of `count` values from their biased one (PyTorch's rule for the
+/// running variance; one value keeps its variance), as f32.
+pub(crate) fn unbiased_variance(var: f64, count: f64) -> f32 {
+    if count > 1.0 {
+        (var * count / (count - 1.0)) as f32
+    } else {
+        var as f32
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

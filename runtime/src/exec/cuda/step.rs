@@ -34,12 +34,13 @@ use candle_core::{DType, Result, Tensor, bail};
 
 use super::CudaKernels;
 use super::backend::{dense_conv, gemm_weight, is_pointwise, nhwc_geom};
+use crate::exec::candle::activate;
 use crate::exec::cpu_fused::kernel_act;
 use crate::exec::shared::update_running_stats;
 use crate::exec::step::StepOps;
-use crate::exec::sync_bn::{BatchNormSync, Moments};
+use crate::exec::sync_bn::{BatchNormSync, Moments, unbiased_variance};
 use crate::nn::{ConvBnAct, Param, SqueezeExcite};
-use crate::ops::{Act, ConvGeom};
+use crate::ops::{Act, ConvGeom, linear};
 
 const OP: &str = "cuda-step plan";
 
@@ -89,13 +90,7 @@ impl<'a, K: CudaKernels> CudaStepOps<'a, K> {
         let mut out = Vec::with_capacity(3 * c);
         out.extend(mean.iter().map(|&m| m as f32));
         out.extend(var.iter().map(|&v| (1.0 / (v + eps).sqrt()) as f32));
-        out.extend(var.iter().map(|&v| {
-            if count > 1.0 {
-                (v * count / (count - 1.0)) as f32
-            } else {
-                v as f32
-            }
-        }));
+        out.extend(var.iter().map(|&v| unbiased_variance(v, count)));
         // The rows of the whole global batch: a count of f64 sums of whole rows.
         let count = count.round() as usize;
         Ok((Tensor::from_vec(out, (3, c), z.device())?, count))
@@ -136,18 +131,6 @@ pub(crate) struct SeTape {
 
 fn f32_of(t: &Tensor) -> Result<Tensor> {
     t.to_dtype(DType::F32)
-}
-
-/// `act` on a small tensor (the squeeze-excitation's reduced layer).
-fn activate(z: &Tensor, act: Act) -> Result<Tensor> {
-    match act {
-        Act::Identity => Ok(z.clone()),
-        Act::Silu => z.silu(),
-        Act::Relu => z.relu(),
-        Act::Relu6 => z.clamp(0f32, 6f32),
-        Act::HardSwish => z * ((z + 3.0)?.clamp(0f32, 6f32)? / 6.0)?,
-        Act::Gelu => z.gelu_erf(),
-    }
 }
 
 /// The derivative of `act` at `z`, as the CPU step takes it.
@@ -361,18 +344,12 @@ impl<K: CudaKernels> StepOps for CudaStepOps<'_, K> {
         if se.context.is_some() {
             bail!("{OP}: global context attention has no CUDA kernel");
         }
-        let act = kernel_act(Some(se.activation))?;
         let means = self.kernels.channel_means(&s)?;
-        let linear = |x: &Tensor, w: &Tensor, b: &Option<Tensor>| -> Result<Tensor> {
-            let y = x.matmul(&f32_of(w)?.flatten_from(1)?.t()?)?;
-            match b {
-                Some(b) => y.broadcast_add(&f32_of(b)?),
-                None => Ok(y),
-            }
-        };
-        let hidden_pre = linear(&means, se.reduce.plain_weight(), &se.reduce.bias)?;
-        let hidden = activate(&hidden_pre, act)?;
-        let e = linear(&hidden, se.expand.plain_weight(), &se.expand.bias)?;
+        // The SE's small layers as the candle plan runs them (the plan's parameters are f32,
+        // the means' dtype).
+        let hidden_pre = linear(&means, se.reduce.plain_weight(), se.reduce.bias.as_ref())?;
+        let hidden = activate(&hidden_pre, se.activation)?;
+        let e = linear(&hidden, se.expand.plain_weight(), se.expand.bias.as_ref())?;
         let gate = candle_nn::ops::sigmoid(&e)?.contiguous()?;
         let gated = self.kernels.gate_channels(&s, &gate)?;
         let tape = SeTape {
