@@ -9,14 +9,16 @@
 mod common;
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use effnet_compiler::ir::Optimizer as OptimizerSpec;
 use effnet_runtime::Network;
 use effnet_runtime::exec::cuda::launch::{Arg, Execute, Launch, Launcher};
 use effnet_runtime::exec::cuda::{KERNELS, SOURCE, logits_with, loss_and_grads_with};
+use effnet_runtime::train::{Ema, Optimizer, Param};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -161,6 +163,51 @@ fn targets(n: usize, classes: usize) -> Tensor {
     Tensor::from_vec(v, (n, classes), &Device::Cpu).expect("targets")
 }
 
+/// Each optimizer's update and the EMA's after a step: one launch a trainable tensor (a frozen
+/// one is skipped), one a tensor of the EMA.
+fn optimizer_and_ema_launches(
+    net: &Network,
+    params: &[Param],
+    grads: &[Tensor],
+    kernels: &Launcher<Recorder>,
+) {
+    let specs = [
+        OptimizerSpec::Rmsprop {
+            decay: 0.9,
+            momentum: 0.9,
+            eps: 1e-3,
+            weight_decay: 1e-5,
+        },
+        OptimizerSpec::Adamw {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+        },
+        OptimizerSpec::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+        },
+    ];
+    let mut params = params.to_vec();
+    params[0].frozen = true;
+    let count = || kernels.exec.0.borrow().len();
+    for spec in specs {
+        let mut opt = Optimizer::new(spec, &params).expect("optimizer");
+        let before = count();
+        opt.step_on(&params, grads, 0.1, 0.5, Some(kernels))
+            .expect("update");
+        assert_eq!(count() - before, params.len() - 1, "one launch a tensor");
+    }
+    let current = net.named_tensors();
+    let mut ema = Ema::new(0.999, &current).expect("ema");
+    let before = count();
+    ema.update_on(&current, &HashSet::new(), Some(kernels))
+        .expect("ema");
+    assert_eq!(count() - before, current.len(), "one launch a tensor");
+}
+
 #[test]
 fn every_launch_passes_what_its_kernel_declares_and_every_kernel_is_launched() {
     let sigs = signatures();
@@ -202,6 +249,9 @@ fn every_launch_passes_what_its_kernel_declares_and_every_kernel_is_launched() {
         )
         .expect("step");
         assert_eq!(grads.len(), params.len());
+        if maps == DType::F32 {
+            optimizer_and_ema_launches(&net, &params, &grads, &kernels());
+        }
     }
 
     let calls = rec.0.borrow();

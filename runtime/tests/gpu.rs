@@ -1,7 +1,8 @@
 //! On a GPU: the cuda-fused plan (effnet's CUDA kernels) against the candle plan on the CPU,
 //! for every block kind, both paddings, odd sizes, batch 1 and 7, logits and stage features;
 //! the cuda-step plan against the cpu-step plan (one step's loss, gradients and BatchNorm
-//! statistics; and twenty SGD steps' losses within 1e-4).
+//! statistics; and twenty optimizer steps' losses within 1e-4); the fused optimizer kernels
+//! against candle's ops on the GPU.
 //! Needs a build with `--features cuda` and a visible GPU; anywhere else each test prints one
 //! line saying why it skipped and passes. `tools/gpu-check.sh` runs this binary on the lent
 //! GPU (the kernels' arithmetic is checked without a GPU by `effnet-cuda-emu`).
@@ -13,7 +14,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use common::{max_diff, values as vals};
-use effnet_runtime::train::optim::Param;
+use effnet_compiler::ir::Optimizer as OptimizerSpec;
+use effnet_runtime::train::optim::{Optimizer, Param};
 use effnet_runtime::{Network, Plan, Purpose};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -194,14 +196,22 @@ fn cuda_step_matches_the_cpu_step_on_every_block_kind() {
     }
 }
 
-/// The check: the same seed and data, twenty SGD steps, the losses on CUDA (f32)
-/// within 1e-4 relative of the CPU's.
+/// The check: the same seed and data, twenty steps of the trainer's optimizer (SGD
+/// with Nesterov momentum and weight decay: on the GPU its fused kernel, on the CPU candle's
+/// ops), the losses on CUDA (f32) within 1e-4 relative of the CPU's.
 #[test]
 fn twenty_training_steps_on_cuda_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let (n, size) = (8, 21);
     let (cpu_net, cpu_params) = trainable(SYMMETRIC, &Device::Cpu);
     let (gpu_net, gpu_params) = trainable(SYMMETRIC, &gpu);
+    let spec = OptimizerSpec::Sgd {
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 1e-4,
+    };
+    let mut cpu_opt = Optimizer::new(spec.clone(), &cpu_params).expect("optimizer");
+    let mut gpu_opt = Optimizer::new(spec, &gpu_params).expect("optimizer");
     let (mut rng_c, mut rng_g) = (ChaCha8Rng::seed_from_u64(9), ChaCha8Rng::seed_from_u64(9));
     for step in 0..20 {
         let x = Tensor::randn(0f32, 1.0, (n, 3, size, size), &Device::Cpu).expect("x");
@@ -217,11 +227,54 @@ fn twenty_training_steps_on_cuda_match_the_cpu() {
             (lg - lc).abs() <= 1e-4 * lc.abs().max(1e-3),
             "step {step}: loss cpu {lc}, cuda {lg}"
         );
-        for (params, grads) in [(&cpu_params, &gc), (&gpu_params, &gg)] {
-            for (p, g) in params.iter().zip(grads) {
-                let w = (p.var.as_tensor() - (g * 0.05).expect("lr")).expect("sgd");
-                p.var.set(&w).expect("set");
-            }
+        cpu_opt.step(&cpu_params, &gc, 0.02).expect("cpu update");
+        gpu_opt.step(&gpu_params, &gg, 0.02).expect("cuda update");
+    }
+}
+
+/// The fused optimizer kernels on the GPU against candle's ops on the same GPU, five updates
+/// of every parameter of a network by each optimizer, with clipping's factor.
+#[test]
+fn fused_optimizer_updates_match_candle_ops_on_the_gpu() {
+    let Some(gpu) = gpu() else { return };
+    let fused = effnet_runtime::exec::cuda::kernels_on(&gpu);
+    assert!(fused.is_some(), "no kernels on {gpu:?}");
+    let specs = [
+        OptimizerSpec::Rmsprop {
+            decay: 0.9,
+            momentum: 0.9,
+            eps: 1e-3,
+            weight_decay: 1e-5,
+        },
+        OptimizerSpec::Adamw {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+        },
+        OptimizerSpec::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 1e-4,
+        },
+    ];
+    for spec in specs {
+        let (_, a) = trainable(SYMMETRIC, &gpu);
+        let (_, b) = trainable(SYMMETRIC, &gpu);
+        let mut oa = Optimizer::new(spec.clone(), &a).expect("optimizer");
+        let mut ob = Optimizer::new(spec.clone(), &b).expect("optimizer");
+        for _ in 0..5 {
+            let grads: Vec<Tensor> = a
+                .iter()
+                .map(|p| Tensor::randn(0f32, 1.0, p.var.as_tensor().dims(), &gpu).expect("grad"))
+                .collect();
+            oa.step_on(&a, &grads, 0.01, 0.5, fused).expect("fused");
+            ob.step_on(&b, &grads, 0.01, 0.5, None).expect("candle");
+        }
+        for (pa, pb) in a.iter().zip(&b) {
+            let (wa, wb) = (vals(pa.var.as_tensor()), vals(pb.var.as_tensor()));
+            let d = rel(&wa, &wb);
+            assert!(d < 1e-5, "{spec:?}: `{}` {d:e} apart", pa.name);
         }
     }
 }

@@ -6,8 +6,9 @@
 
 use std::collections::HashSet;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
+use crate::exec::cuda::CudaKernels;
 use crate::nn::NamedTensor;
 
 #[derive(Debug, Clone)]
@@ -44,11 +45,26 @@ impl Ema {
 
     /// [`Ema::update`], leaving the tensors named in `frozen` as they are: a frozen tensor
     /// equals its average already (both start from the same weights), and `d * w + (1 - d) * w`
-    /// would move it by rounding.
+    /// would move it by rounding. On a GPU each tensor's update is one fused kernel.
     pub fn update_except(
         &mut self,
         current: &[NamedTensor],
         frozen: &HashSet<String>,
+    ) -> candle_core::Result<()> {
+        let fused = self
+            .tensors
+            .first()
+            .and_then(|(_, t)| crate::exec::cuda::kernels_on(t.device()));
+        self.update_on(current, frozen, fused)
+    }
+
+    /// [`Ema::update_except`] through `fused`'s kernel ([`CudaKernels::ema_step`], one launch
+    /// a tensor) when given, else candle's ops; the same formula in f32 either way.
+    pub fn update_on(
+        &mut self,
+        current: &[NamedTensor],
+        frozen: &HashSet<String>,
+        fused: Option<&dyn CudaKernels>,
     ) -> candle_core::Result<()> {
         let d = self.current_decay();
         for ((name, e), c) in self.tensors.iter_mut().zip(current) {
@@ -56,7 +72,12 @@ impl Ema {
                 continue;
             }
             let cur = c.tensor.detach();
-            *e = ((&*e * d)? + (cur * (1.0 - d))?)?;
+            *e = match fused {
+                Some(k) if e.dtype() == DType::F32 && cur.dtype() == DType::F32 => {
+                    k.ema_step(e, &cur, d)?
+                }
+                _ => ((&*e * d)? + (cur * (1.0 - d))?)?,
+            };
         }
         self.updates += 1;
         Ok(())

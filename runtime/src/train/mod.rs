@@ -641,7 +641,7 @@ impl Trainer {
                 ),
             };
             let (lv, gs) = self.loss_and_grads(&x, &y)?;
-            let (lv, mut gs) = self.synchronize(lv, gs)?;
+            let (lv, gs) = self.synchronize(lv, gs)?;
             if !lv.is_finite() {
                 let kept = match &self.out_dir {
                     Some(d) if epoch > 0 => format!(
@@ -662,16 +662,18 @@ impl Trainer {
                     kept,
                 });
             }
-            if let Some(max) = self.schedule.grad_clip {
-                // The norm of what trains: a frozen parameter has no gradient in PyTorch.
-                for (p, g) in self.params.iter().zip(gs.iter_mut()) {
-                    if p.frozen {
-                        *g = g.zeros_like()?;
-                    }
+            // Clipping's factor reaches the optimizer's update (one fused kernel a tensor on
+            // a GPU) rather than scaling every gradient first.
+            let grad_scale = match self.schedule.grad_clip {
+                Some(max) => {
+                    // The norm of what trains: a frozen parameter has no gradient in PyTorch.
+                    let training = self.params.iter().zip(&gs).filter(|(p, _)| !p.frozen);
+                    optim::clip_factor(optim::grad_norm(training.map(|(_, g)| g))?, max)
                 }
-                optim::clip_grad_norm(&mut gs, max)?;
-            }
-            self.optimizer.step(&self.params, &gs, lr)?;
+                None => 1.0,
+            };
+            self.optimizer
+                .step_scaled(&self.params, &gs, lr, grad_scale)?;
             if let Some(ema) = &mut self.ema {
                 ema.update_except(&self.net.named_tensors(), &self.frozen)?;
             }

@@ -605,3 +605,92 @@ extern "C" __global__ void effnet_gate_add_nhwc_bf16(
     int c) {
     effnet_gate_add_nhwc_body(x, gate, add, y, n, p, c);
 }
+
+// The optimizers' updates and the EMA, one launch a tensor (candle's ops take about ten, each a
+// pass over the tensor and an allocation): the weight `w`, its gradient `g` and its state
+// `[slots, n]` in, `[1 + slots, n]` out = (the new weight, the new state). The formulas and
+// their order of operations are `crate::train::optim`'s, in f32 with every scalar rounded to
+// f32 first, as candle's tensor-scalar ops do, so both paths agree to rounding. The scalars
+// come as doubles; a weight decay of 0 is the caller's way to exempt a tensor, a `grad_scale`
+// of 1 leaves the gradient as it is (otherwise it is gradient clipping's factor).
+
+__device__ __forceinline__ float effnet_scaled_grad(const float* g, long i, double grad_scale) {
+    float v = g[i];
+    if (grad_scale != 1.0) v = v * (float)grad_scale;
+    return v;
+}
+
+// RMSProp in TensorFlow's form: `ms += (1 - decay) * (g^2 - ms)`, `step = lr * g / sqrt(ms +
+// eps)`, with momentum `mom = momentum * mom + step`, `w -= mom`; the state is (ms) or (ms,
+// mom).
+extern "C" __global__ void effnet_rmsprop_tf_step(
+    const float* w, const float* g, const float* state, float* out, long n, int with_momentum,
+    double lr, double decay, double momentum, double eps, double weight_decay,
+    double grad_scale) {
+    long i = effnet_index();
+    if (i >= n) return;
+    float wi = w[i];
+    float gi = effnet_scaled_grad(g, i, grad_scale);
+    if (weight_decay != 0.0) gi = gi + wi * (float)weight_decay;
+    float ms = state[i];
+    ms = ms + (gi * gi - ms) * (float)(1.0 - decay);
+    float step = (gi / sqrtf(ms + (float)eps)) * (float)lr;
+    out[n + i] = ms;
+    if (with_momentum) {
+        float mom = state[n + i] * (float)momentum + step;
+        out[2 * n + i] = mom;
+        out[i] = wi - mom;
+    } else {
+        out[i] = wi - step;
+    }
+}
+
+// AdamW (PyTorch's): decoupled decay `w *= 1 - lr * wd`, moments `m += (1 - b1) * (g - m)`,
+// `v = b2 * v + (1 - b2) * g^2`, `w -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)` with the
+// bias corrections `bc = 1 - b^t` of this tensor's step; the state is (m, v).
+extern "C" __global__ void effnet_adamw_step(
+    const float* w, const float* g, const float* state, float* out, long n, double lr,
+    double beta1, double beta2, double eps, double weight_decay, double bias_correction1,
+    double bias_correction2, double grad_scale) {
+    long i = effnet_index();
+    if (i >= n) return;
+    float wi = w[i];
+    float gi = effnet_scaled_grad(g, i, grad_scale);
+    if (weight_decay != 0.0) wi = wi * (float)(1.0 - lr * weight_decay);
+    float m = state[i];
+    float v = state[n + i];
+    m = m + (gi - m) * (float)(1.0 - beta1);
+    v = v * (float)beta2 + (gi * gi) * (float)(1.0 - beta2);
+    float denom = sqrtf(v) * (float)(1.0 / sqrt(bias_correction2)) + (float)eps;
+    out[i] = wi - (m / denom) * (float)(lr / bias_correction1);
+    out[n + i] = m;
+    out[2 * n + i] = v;
+}
+
+// SGD (PyTorch's, no dampening): with momentum `buf = momentum * buf + g` and the step `buf`,
+// or Nesterov's `g + momentum * buf`; `w -= lr * step`. The state is (buf), or nothing: then
+// `state` is not read (the caller passes the gradient there).
+extern "C" __global__ void effnet_sgd_step(
+    const float* w, const float* g, const float* state, float* out, long n, int with_momentum,
+    int nesterov, double lr, double momentum, double weight_decay, double grad_scale) {
+    long i = effnet_index();
+    if (i >= n) return;
+    float wi = w[i];
+    float gi = effnet_scaled_grad(g, i, grad_scale);
+    if (weight_decay != 0.0) gi = gi + wi * (float)weight_decay;
+    float d = gi;
+    if (with_momentum) {
+        float buf = state[i] * (float)momentum + gi;
+        out[n + i] = buf;
+        d = nesterov ? gi + buf * (float)momentum : buf;
+    }
+    out[i] = wi - d * (float)lr;
+}
+
+// The exponential moving average of a tensor: `ema * d + current * (1 - d)`.
+extern "C" __global__ void effnet_ema_step(
+    const float* ema, const float* current, float* out, long n, double d) {
+    long i = effnet_index();
+    if (i >= n) return;
+    out[i] = ema[i] * (float)d + current[i] * (float)(1.0 - d);
+}

@@ -8,8 +8,9 @@
 
 use candle_core::{DType, Result, Tensor, bail};
 
-use super::{CudaKernels, act_code};
+use super::{CudaKernels, UpdateAt, act_code};
 use crate::ops::{Act, ConvGeom};
+use effnet_compiler::ir::Optimizer as OptimizerSpec;
 
 /// A scalar kernel argument, in the C type the kernel declares.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -462,6 +463,106 @@ impl<E: Execute> CudaKernels for Launcher<E> {
         let launch = Launch::new(op, total, &[n, h, w, c], args).out(x.dtype());
         self.exec.execute(&launch, &[&x, &gate, &add])
     }
+
+    fn optimizer_step(
+        &self,
+        spec: &OptimizerSpec,
+        at: &UpdateAt,
+        w: &Tensor,
+        g: &Tensor,
+        state: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let decay = |wd: f64| Arg::Double(if at.weight_decay { wd } else { 0.0 });
+        let (op, slots, mut scalars) = match *spec {
+            OptimizerSpec::Rmsprop {
+                decay: rho,
+                momentum,
+                eps,
+                weight_decay,
+            } => (
+                "effnet_rmsprop_tf_step",
+                if momentum > 0.0 { 2 } else { 1 },
+                vec![
+                    Arg::Int(i32::from(momentum > 0.0)),
+                    Arg::Double(at.lr),
+                    Arg::Double(rho),
+                    Arg::Double(momentum),
+                    Arg::Double(eps),
+                    decay(weight_decay),
+                ],
+            ),
+            OptimizerSpec::Adamw {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => (
+                "effnet_adamw_step",
+                2,
+                vec![
+                    Arg::Double(at.lr),
+                    Arg::Double(beta1),
+                    Arg::Double(beta2),
+                    Arg::Double(eps),
+                    decay(weight_decay),
+                    Arg::Double(1.0 - beta1.powi(at.step)),
+                    Arg::Double(1.0 - beta2.powi(at.step)),
+                ],
+            ),
+            OptimizerSpec::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+            } => (
+                "effnet_sgd_step",
+                usize::from(momentum > 0.0),
+                vec![
+                    Arg::Int(i32::from(momentum > 0.0)),
+                    Arg::Int(i32::from(nesterov)),
+                    Arg::Double(at.lr),
+                    Arg::Double(momentum),
+                    decay(weight_decay),
+                ],
+            ),
+        };
+        scalars.push(Arg::Double(at.grad_scale));
+        let n = w.elem_count();
+        if n == 0 {
+            bail!("{op}: an empty weight {:?}", w.dims());
+        }
+        scalars.insert(0, long(n, op, "n")?);
+        let w = f32_operand(w, n, op, "the weight")?;
+        let g = f32_operand(g, n, op, "the gradient")?;
+        // Without state the kernel reads none: the gradient stands in for the pointer.
+        let state = match (slots, state) {
+            (0, _) => g.clone(),
+            (s, Some(t)) => f32_operand(t, s * n, op, "the state")?,
+            (s, None) => bail!("{op}: no state; expected {s} slots of {n} values"),
+        };
+        let launch = Launch::new(op, n, &[1 + slots, n], scalars);
+        self.exec.execute(&launch, &[&w, &g, &state])
+    }
+
+    fn ema_step(&self, ema: &Tensor, current: &Tensor, d: f64) -> Result<Tensor> {
+        let op = "effnet_ema_step";
+        let n = ema.elem_count();
+        if n == 0 {
+            bail!("{op}: an empty tensor {:?}", ema.dims());
+        }
+        let e = f32_operand(ema, n, op, "the average")?;
+        let c = f32_operand(current, n, op, "the current value")?;
+        let launch = Launch::new(op, n, ema.dims(), vec![long(n, op, "n")?, Arg::Double(d)]);
+        self.exec.execute(&launch, &[&e, &c])
+    }
+}
+
+/// `t` as a contiguous f32 operand of `len` values: the optimizer's tensors are f32 (master
+/// weights under mixed precision too), and a conversion here would hide a wrong dtype.
+fn f32_operand(t: &Tensor, len: usize, op: &str, what: &str) -> Result<Tensor> {
+    if t.dtype() != DType::F32 {
+        bail!("{op}: {what} is {}, expected f32", t.dtype().as_str());
+    }
+    operand(t, len, op, what)
 }
 
 /// The chunks of contiguous f64 partials `[chunks, width]`, or an error.

@@ -23,6 +23,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::nn::{Network, Param};
 use crate::ops::{Act, ConvGeom};
+use effnet_compiler::ir::Optimizer as OptimizerSpec;
 
 /// The kernels' CUDA C source.
 pub const SOURCE: &str = include_str!("kernels.cu");
@@ -59,6 +60,10 @@ pub const KERNELS: &[&str] = &[
     "effnet_gate_channels_nhwc_bf16",
     "effnet_gate_add_nhwc",
     "effnet_gate_add_nhwc_bf16",
+    "effnet_rmsprop_tf_step",
+    "effnet_adamw_step",
+    "effnet_sgd_step",
+    "effnet_ema_step",
 ];
 
 /// Threads per block of every 1-D launch: 256 keeps eight warps per block, enough to hide
@@ -100,6 +105,19 @@ pub fn act_code(act: Act) -> i32 {
         Act::HardSwish => 4,
         Act::Gelu => 5,
     }
+}
+
+/// One tensor's circumstances in an optimizer update, besides the optimizer's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateAt {
+    /// The learning rate (the step's, times the tensor's `lr_scale`).
+    pub lr: f64,
+    /// Whether weight decay applies (tensors of more than one dimension).
+    pub weight_decay: bool,
+    /// The updates of this tensor so far, this one included (AdamW's bias correction).
+    pub step: i32,
+    /// The gradient's factor: gradient clipping's, or 1.
+    pub grad_scale: f64,
 }
 
 /// The layer operations the CUDA plans run, on contiguous tensors: maps (activations and their
@@ -183,6 +201,19 @@ pub trait CudaKernels {
     fn gate_channels(&self, x: &Tensor, gate: &Tensor) -> Result<Tensor>;
     /// `x * gate[b, c] + add[b, c]`.
     fn gate_add(&self, x: &Tensor, gate: &Tensor, add: &Tensor) -> Result<Tensor>;
+    /// One update by `spec` of the f32 tensor `w` of `n` values from its gradient `g` and its
+    /// state `[slots, n]` (none for SGD without momentum): `[1 + slots, n]` = the new weight,
+    /// then the new state in [`OptimizerSpec`]'s slot order (`crate::train::optim`).
+    fn optimizer_step(
+        &self,
+        spec: &OptimizerSpec,
+        at: &UpdateAt,
+        w: &Tensor,
+        g: &Tensor,
+        state: Option<&Tensor>,
+    ) -> Result<Tensor>;
+    /// The exponential moving average's update, `ema * d + current * (1 - d)` (f32).
+    fn ema_step(&self, ema: &Tensor, current: &Tensor, d: f64) -> Result<Tensor>;
 
     /// A train-mode BatchNorm's statistics of the `[rows, c]` map `z`: `[3, c]` = (mean,
     /// `1 / sqrt(var + eps)`, unbiased variance).
@@ -211,6 +242,18 @@ pub trait CudaKernels {
             .contiguous()?
             .reshape((c, 1, k, k))
     }
+}
+
+/// effnet's kernels launched on `device`: `Some` for a CUDA device in a build with the `cuda`
+/// feature (the training loop's optimizer and EMA updates take them there).
+pub fn kernels_on(device: &candle_core::Device) -> Option<&'static dyn CudaKernels> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        static ON_GPU: ops::Launched = launch::Launcher { exec: ops::OnGpu };
+        return Some(&ON_GPU);
+    }
+    let _ = device;
+    None
 }
 
 /// The eval-mode logits of `net` on `x` by the cuda-fused plan's walk over `kernels` (what
