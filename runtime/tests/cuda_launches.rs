@@ -220,7 +220,7 @@ fn every_launch_passes_what_its_kernel_declares_and_every_kernel_is_launched() {
     assert_eq!(sigs.len(), KERNELS.len(), "kernels the list does not name");
 
     let rec = Recorder::default();
-    let kernels = || Launcher { exec: rec.clone() };
+    let kernels = || Launcher::new(rec.clone());
     let x = common::tensor(&[3, 3, 19, 19], 1).expect("x");
 
     // Inference, f32 and bf16.

@@ -52,7 +52,7 @@ pub struct CpuExec;
 pub type Emulated = Launcher<CpuExec>;
 
 /// The emulated kernels.
-pub const EMU: Emulated = Launcher { exec: CpuExec };
+pub const EMU: Emulated = Launcher::new(CpuExec);
 
 /// A buffer as a kernel sees it: f32, f64, or bf16 as its bits.
 enum Buffer {

@@ -438,3 +438,43 @@ fn cuda_step_walk_with_sync_batchnorm_takes_the_whole_batch_step() {
         "the ranks' statistics are identical"
     );
 }
+
+/// Dense convolutions a chunk of images at a time (patches bounded by `patch_values`): the
+/// same logits, loss and gradients as on the whole batch's patches, for one image a chunk and
+/// for uneven chunks.
+#[test]
+fn dense_convolutions_in_chunks_of_images_match_the_whole_batch() {
+    use effnet_cuda_emu::CpuExec;
+    use effnet_runtime::exec::cuda::launch::Launcher;
+    let (n, size) = (5, 19);
+    let x = input(n, size);
+    for budget in [1, 2_000] {
+        let chunked = Launcher {
+            exec: CpuExec,
+            patch_values: budget,
+        };
+        let net = plain_network(SAME);
+        let want = vals(&logits_with(&net, &x, EMU).expect("whole"));
+        let got = vals(&logits_with(&net, &x, chunked).expect("chunked"));
+        let d = max_diff(&got, &want);
+        assert!(d < 1e-6, "budget {budget}: logits differ by {d}");
+
+        let (a, pa) = trainable(SAME);
+        let (b, pb) = trainable(SAME);
+        let t = targets(n, a.ir.num_classes);
+        let step = |net, params, kernels| {
+            let mut rng = ChaCha8Rng::seed_from_u64(3);
+            loss_and_grads_with(net, params, &x, &t, &mut rng, kernels, DType::F32, None)
+                .expect("step")
+        };
+        let (la, ga) = step(&a, &pa, EMU);
+        let (lb, gb) = step(&b, &pb, chunked);
+        assert!((la - lb).abs() < 1e-6 * la.abs().max(1.0), "{la} vs {lb}");
+        for ((p, ga), gb) in pa.iter().zip(&ga).zip(&gb) {
+            let (ga, gb) = (vals(ga), vals(gb));
+            let scale = ga.iter().map(|v| v.abs()).fold(1e-3, f32::max);
+            let d = max_diff(&ga, &gb);
+            assert!(d <= 1e-5 * scale, "budget {budget}: `{}` by {d}", p.name);
+        }
+    }
+}

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor, TensorId, bail};
 
-use super::CudaKernels;
+use super::{CudaKernels, image_chunks};
 use crate::exec::candle::se_gates;
 use crate::exec::cpu_fused::kernel_act;
 use crate::exec::forward::ForwardOps;
@@ -150,7 +150,8 @@ pub(crate) fn gemm_weight(cv: &Conv2d, g: &ConvGeom) -> Result<Tensor> {
 
 /// The output `[n * oh * ow, o]` of a dense (not depthwise) convolution before its
 /// BatchNorm, without bias: one GEMM with `wt` (from [`gemm_weight`]), on the patches unless
-/// the convolution is pointwise.
+/// the convolution is pointwise; a GEMM a chunk of images when the whole batch's patches
+/// would exceed [`CudaKernels::patch_values`].
 pub(crate) fn dense_conv<K: CudaKernels>(
     k: &K,
     cv: &Conv2d,
@@ -158,12 +159,22 @@ pub(crate) fn dense_conv<K: CudaKernels>(
     x: &Tensor,
     g: &ConvGeom,
 ) -> Result<Tensor> {
-    let rows = if is_pointwise(g, cv.spec.groups) {
-        x.reshape((g.n * g.h * g.w, g.c))?
-    } else {
-        k.im2col(x, g)?
-    };
-    rows.matmul(&wt.t()?)
+    let wt = wt.t()?;
+    if is_pointwise(g, cv.spec.groups) {
+        return x.reshape((g.n * g.h * g.w, g.c))?.matmul(&wt);
+    }
+    let chunks = image_chunks(g, k.patch_values())?;
+    if let [_] = chunks.as_slice() {
+        return k.im2col(x, g)?.matmul(&wt);
+    }
+    let parts = chunks
+        .iter()
+        .map(|&(start, n)| {
+            let gc = ConvGeom { n, ..*g };
+            k.im2col(&x.narrow(0, start, n)?, &gc)?.matmul(&wt)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 0)
 }
 
 impl<K: CudaKernels> ForwardOps for CudaOps<'_, K> {

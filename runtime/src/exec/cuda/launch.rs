@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Result, Tensor, bail};
 
-use super::{CudaKernels, UpdateAt, act_code};
+use super::{CudaKernels, PATCH_VALUES, UpdateAt, act_code};
 use crate::ops::{Act, ConvGeom};
 use effnet_compiler::ir::Optimizer as OptimizerSpec;
 
@@ -161,12 +161,35 @@ fn window(g: &ConvGeom, op: &str) -> Result<(Vec<Arg>, usize, usize)> {
 }
 
 /// effnet's kernels called through `E`: on a GPU, `super::ops::Launched`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Launcher<E> {
     pub exec: E,
+    /// The most values one dense convolution's patches may hold
+    /// ([`CudaKernels::patch_values`]; [`PATCH_VALUES`] unless a test forces chunks).
+    pub patch_values: usize,
+}
+
+impl<E> Launcher<E> {
+    /// The kernels through `exec`, patches bounded by [`PATCH_VALUES`].
+    pub const fn new(exec: E) -> Self {
+        Launcher {
+            exec,
+            patch_values: PATCH_VALUES,
+        }
+    }
+}
+
+impl<E: Default> Default for Launcher<E> {
+    fn default() -> Self {
+        Launcher::new(E::default())
+    }
 }
 
 impl<E: Execute> CudaKernels for Launcher<E> {
+    fn patch_values(&self) -> usize {
+        self.patch_values
+    }
+
     fn depthwise(
         &self,
         x: &Tensor,

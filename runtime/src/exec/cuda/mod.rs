@@ -95,6 +95,24 @@ pub fn row_chunks(rows: usize, width: usize) -> (usize, usize) {
     (rows.div_ceil(per).max(1), per)
 }
 
+/// The most values a dense convolution's patches (im2col) hold at once by default: 2^26, 256 MB
+/// in f32. Unbounded, V2-S's first Fused-MBConv layer (24 channels, 3x3, 150 px) at batch 64
+/// would make 1.2 GB of patches, and as much again for their gradient; at 2^26 it runs in five
+/// chunks of 13 images, each GEMM still 290k rows by 216, enough to fill an H200.
+pub const PATCH_VALUES: usize = 1 << 26;
+
+/// The `(first image, images)` chunks of a dense convolution's batch whose patches, `oh * ow *
+/// k * k * c` values an image, stay within `budget` values (one image at least per chunk).
+pub fn image_chunks(g: &ConvGeom, budget: usize) -> Result<Vec<(usize, usize)>> {
+    let (oh, ow) = g.out_hw()?;
+    let per_image = (oh * ow * g.k * g.k * g.c).max(1);
+    let per = (budget / per_image).clamp(1, g.n.max(1));
+    Ok((0..g.n)
+        .step_by(per)
+        .map(|start| (start, per.min(g.n - start)))
+        .collect())
+}
+
 /// The kernels' code for an activation (`effnet_act` in the source).
 pub fn act_code(act: Act) -> i32 {
     match act {
@@ -129,6 +147,10 @@ pub struct UpdateAt {
 /// kernels on a GPU (the `cuda` feature); `effnet-cuda-emu` runs the same source on the CPU.
 /// Every implementation checks its operands' sizes before it runs anything.
 pub trait CudaKernels {
+    /// The most values a dense convolution's patches may hold at once: a larger batch is
+    /// convolved a chunk of images at a time ([`image_chunks`]).
+    fn patch_values(&self) -> usize;
+
     /// `act(scale * depthwise(x, w) + shift)`, `w` timm's `[c, 1, k, k]`, `affine = (scale,
     /// shift)` `[2, c]`, the window `g` (its `n, c, h, w` are `x`'s).
     fn depthwise(
@@ -249,7 +271,7 @@ pub trait CudaKernels {
 pub fn kernels_on(device: &candle_core::Device) -> Option<&'static dyn CudaKernels> {
     #[cfg(feature = "cuda")]
     if device.is_cuda() {
-        static ON_GPU: ops::Launched = launch::Launcher { exec: ops::OnGpu };
+        static ON_GPU: ops::Launched = launch::Launcher::new(ops::OnGpu);
         return Some(&ON_GPU);
     }
     let _ = device;
@@ -311,6 +333,26 @@ mod tests {
                 .lines()
                 .any(|l| l.trim_start().starts_with("#include"))
         );
+    }
+
+    #[test]
+    fn image_chunks_cover_the_batch_within_the_budget() -> Result<()> {
+        let g = ConvGeom {
+            n: 7,
+            c: 4,
+            h: 9,
+            w: 9,
+            o: 8,
+            k: 3,
+            stride: 1,
+            dilation: 1,
+            pad: crate::ops::Padding2d::symmetric(1),
+        };
+        // 9 * 9 pixels of 3 * 3 * 4 values: 2,916 values of patches an image.
+        assert_eq!(image_chunks(&g, 1 << 20)?, [(0, 7)]);
+        assert_eq!(image_chunks(&g, 6_000)?, [(0, 2), (2, 2), (4, 2), (6, 1)]);
+        assert_eq!(image_chunks(&g, 1)?.len(), 7);
+        Ok(())
     }
 
     #[test]

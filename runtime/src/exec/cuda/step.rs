@@ -96,6 +96,47 @@ impl<'a, K: CudaKernels> CudaStepOps<'a, K> {
         Ok((Tensor::from_vec(out, (3, c), z.device())?, count))
     }
 
+    /// A dense convolution's weight gradient `[o, k * k * c]` (f32, the patches' tap order)
+    /// and, when `need_dx`, its input gradient, from `dz` `[rows, o]`: on the input's patches
+    /// and the patches' gradient, a chunk of images at a time when the whole batch's would
+    /// exceed [`CudaKernels::patch_values`] (the chunks' weight gradients added in f32).
+    fn dense_backward_on_patches(
+        &self,
+        x: &Tensor,
+        dz: &Tensor,
+        wt: &Tensor,
+        g: &ConvGeom,
+        need_dx: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (oh, ow) = g.out_hw()?;
+        let mut dw: Option<Tensor> = None;
+        let mut dxs = Vec::new();
+        for (start, n) in super::image_chunks(g, self.kernels.patch_values())? {
+            let gc = ConvGeom { n, ..*g };
+            let xc = x.narrow(0, start, n)?;
+            let dzc = dz.narrow(0, start * oh * ow, n * oh * ow)?;
+            let cols = self.kernels.im2col(&xc, &gc)?;
+            // [o, rows] x [rows, k*k*c]: the weight gradient in the patches' tap order.
+            let part = f32_of(&dzc.t()?.matmul(&cols)?)?;
+            dw = Some(match dw {
+                Some(acc) => (acc + part)?,
+                None => part,
+            });
+            if need_dx {
+                dxs.push(self.kernels.col2im(&dzc.matmul(wt)?, &gc)?);
+            }
+        }
+        let Some(dw) = dw else {
+            bail!("{OP}: a dense convolution over an empty batch");
+        };
+        let dx = match dxs.len() {
+            0 => None,
+            1 => dxs.pop(),
+            _ => Some(Tensor::cat(&dxs, 0)?),
+        };
+        Ok((dw, dx))
+    }
+
     fn add_grad(&mut self, name: String, g: Tensor) -> Result<()> {
         let g = f32_of(&g)?;
         let sum = match self.grads.remove(&name) {
@@ -307,30 +348,22 @@ impl<K: CudaKernels> StepOps for CudaStepOps<'_, K> {
             (dw, dx)
         } else {
             let wt = gemm_weight(cv, g)?.to_dtype(self.maps)?;
-            let pointwise = is_pointwise(g, cv.spec.groups);
-            let cols = if pointwise {
-                x.reshape((g.n * g.h * g.w, g.c))?
+            let (dw, dx) = if is_pointwise(g, cv.spec.groups) {
+                let cols = x.reshape((g.n * g.h * g.w, g.c))?;
+                let dx = match need_dx {
+                    true => Some(dz.matmul(&wt)?.reshape((g.n, g.h, g.w, g.c))?),
+                    false => None,
+                };
+                (f32_of(&dz.t()?.matmul(&cols)?)?, dx)
             } else {
-                self.kernels.im2col(x, g)?
+                self.dense_backward_on_patches(x, &dz, &wt, g, need_dx)?
             };
-            // [o, rows] x [rows, k*k*c]: the weight gradient in the patches' tap order.
-            let dw = f32_of(&dz.t()?.matmul(&cols)?)?;
             let dw = if g.k == 1 {
                 dw.reshape((o, g.c, 1, 1))?
             } else {
                 dw.reshape((o, g.k, g.k, g.c))?
                     .permute((0, 3, 1, 2))?
                     .contiguous()?
-            };
-            let dx = if need_dx {
-                let dcols = dz.matmul(&wt)?;
-                Some(if pointwise {
-                    dcols.reshape((g.n, g.h, g.w, g.c))?
-                } else {
-                    self.kernels.col2im(&dcols, g)?
-                })
-            } else {
-                None
             };
             (dw, dx)
         };
