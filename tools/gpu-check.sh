@@ -22,8 +22,9 @@
 #      (the cuda-fused plan, and the candle plan for comparison) against
 #      `tools/torch_bench.py --device cuda --channels-last` (cuDNN benchmark mode, TF32 off):
 #      efficientnetv2_s 384 batch 32, tf_efficientnetv2_b0 224 batch 1 and 128; and in bf16
-#      (`--dtype bf16`) against PyTorch's autocast bf16 (`--amp-bf16`), after the bf16
-#      logits' distance to timm's float64 ones;
+#      (`--dtype bf16`) against PyTorch's autocast bf16 (`--amp-bf16`), and in f16 (first
+#      round only) against autocast f16 (`--amp-f16`), after the bf16 and f16 logits'
+#      distances to timm's float64 ones;
 #   5. training steps side by side, the same way: `effnet bench --train --device cuda` (the
 #      cuda-step plan, and the candle plan) against `tools/torch_bench.py --train --device cuda
 #      --channels-last` (one SGD step per iteration, f32), and `--precision bf16` against
@@ -96,15 +97,20 @@ for line in open(path):
         continue
     k = (model, res, batch)
     best.setdefault(k, {})[side] = max(best.get(k, {}).get(side, 0.0), v)
-print(f"| model | input | batch | effnet {plan} | effnet candle | {torch_title} | {plan} / PyTorch "
-      f"| effnet bf16 | PyTorch bf16 (autocast) | bf16 ratio |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+halves = [h for h in ("bf16", "f16") if any(f"effnet-{h}" in s for s in best.values())]
+head = f"| model | input | batch | effnet {plan} | effnet candle | {torch_title} | {plan} / PyTorch |"
+for h in halves:
+    head += f" effnet {h} | PyTorch {h} (autocast) | {h} ratio |"
+print(head)
+print("|---" * (7 + 3 * len(halves)) + "|")
 for (m, r, b), s in best.items():
     e, c, t = s.get(f"effnet-{plan}"), s.get("effnet-candle"), s.get("torch")
-    eb, tb = s.get("effnet-bf16"), s.get("torch-bf16")
     ratio = f"{e / t:.2f}x" if e and t else "n/a"
-    ratio_b = f"{eb / tb:.2f}x" if eb and tb else "n/a"
-    print(f"| {m} | {r} | {b} | {e} | {c} | {t} | {ratio} | {eb} | {tb} | {ratio_b} |")
+    row = f"| {m} | {r} | {b} | {e} | {c} | {t} | {ratio} |"
+    for h in halves:
+        eh, th = s.get(f"effnet-{h}"), s.get(f"torch-{h}")
+        row += f" {eh} | {th} | {f'{eh / th:.2f}x' if eh and th else 'n/a'} |"
+    print(row)
 print()
 print("Every measurement:")
 print()
@@ -164,6 +170,12 @@ EFFNET=$EFFNET EFFNET_ARGS="--device cuda --dtype bf16" RES=225 PYTHON=$PYTHON b
     tf_efficientnetv2_b0 efficientnetv2_s 2>&1 | tee -a "$report"
 
 say
+say "## f16 accuracy: --dtype f16 on --device cuda against timm float64 (225 px, batch 2)"
+say "(as for bf16, the distance itself is the figure)"
+EFFNET=$EFFNET EFFNET_ARGS="--device cuda --dtype f16" RES=225 PYTHON=$PYTHON bash tools/parity.sh \
+    tf_efficientnetv2_b0 efficientnetv2_s 2>&1 | tee -a "$report"
+
+say
 say "## Inference side by side (best of $ROUNDS alternating rounds)"
 rows=(
     "efficientnetv2_s specs/efficientnetv2_s.effnet 384 32 20"
@@ -182,13 +194,18 @@ for round in $(seq "$ROUNDS"); do
         t=$("$PYTHON" tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch" \
             --iters "$iters" --warmup 5 --device cuda --channels-last 2>&1 | tail -1)
         printf 'torch\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$t" >>"$out"
-        # bf16: effnet's bf16 maps and GEMMs against PyTorch's autocast.
-        j=$("$EFFNET" bench "$spec" --model "$model" --resolution "$res" --batch "$batch" \
-            --iters "$iters" --warmup 5 --device cuda --dtype bf16 --json 2>&1 | tail -1)
-        printf 'effnet-bf16\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$j" >>"$out"
-        t=$("$PYTHON" tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch" \
-            --iters "$iters" --warmup 5 --device cuda --channels-last --amp-bf16 2>&1 | tail -1)
-        printf 'torch-bf16\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$t" >>"$out"
+        # Half precision: effnet's bf16 / f16 maps and GEMMs against PyTorch's autocast; f16
+        # (the issue's "where it works") in the first round only, to save device time.
+        for half in bf16 f16; do
+            [ "$half" = f16 ] && [ "$round" -gt 1 ] && continue
+            j=$("$EFFNET" bench "$spec" --model "$model" --resolution "$res" --batch "$batch" \
+                --iters "$iters" --warmup 5 --device cuda --dtype "$half" --json 2>&1 | tail -1)
+            printf 'effnet-%s\t%s\t%s\t%s\t%s\n' "$half" "$model" "$res" "$batch" "$j" >>"$out"
+            t=$("$PYTHON" tools/torch_bench.py --model "$model" --resolution "$res" \
+                --batch "$batch" --iters "$iters" --warmup 5 --device cuda --channels-last \
+                "--amp-$half" 2>&1 | tail -1)
+            printf 'torch-%s\t%s\t%s\t%s\t%s\n' "$half" "$model" "$res" "$batch" "$t" >>"$out"
+        done
     done
 done
 side_by_side "$out" cuda-fused "PyTorch eager (channels_last)" | tee -a "$report"

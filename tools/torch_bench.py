@@ -2,13 +2,14 @@
 """PyTorch (eager, CPU) throughput of a timm model, in the manner of timm's benchmark.py.
 
     python tools/torch_bench.py --model tf_efficientnetv2_b0 --resolution 224 --batch 8 \
-        [--iters 20] [--warmup 5] [--threads 2] [--train] [--channels-last] [--amp-bf16]
+        [--iters 20] [--warmup 5] [--threads 2] [--train] [--channels-last] [--amp-bf16 | --amp-f16]
 
 Inference: model.eval(), torch.no_grad(), a fixed random batch; `--warmup` untimed iterations,
 then `--iters` timed ones. `--train`: model.train() and each iteration is one SGD step
 (lr 0.01, momentum 0.9) on cross-entropy against random labels (forward, backward, step).
 `--amp-bf16`: the forward (and so its backward) under torch.autocast in bfloat16, PyTorch's
-mixed precision (f32 weights and optimizer), the comparison for effnet's `--dtype bf16`.
+mixed precision (f32 weights and optimizer), the comparison for effnet's `--dtype bf16`;
+`--amp-f16` the same in float16 (for `--dtype f16` inference).
 Weights are timm's random init (pretrained=False). Prints one JSON line:
 {"model", "resolution", "batch", "mode", "threads", "iters", "images_per_sec", "ms_per_batch",
  "peak_rss_mb", "cpu_s", "cpu_bound_images_per_sec", "loadavg", "torch", "timm"}; peak_rss_mb is
@@ -38,7 +39,9 @@ def main():
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--num-classes", type=int, default=1000)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--amp-bf16", action="store_true")
+    amp = ap.add_mutually_exclusive_group()
+    amp.add_argument("--amp-bf16", action="store_true")
+    amp.add_argument("--amp-f16", action="store_true")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -57,7 +60,8 @@ def main():
         x = x.contiguous(memory_format=torch.channels_last)
 
     def autocast():
-        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp_bf16)
+        half = torch.float16 if args.amp_f16 else torch.bfloat16
+        return torch.autocast(dev.type, dtype=half, enabled=args.amp_bf16 or args.amp_f16)
 
     if args.train:
         model.train()
@@ -108,7 +112,7 @@ def main():
         "cpu_bound_images_per_sec": round(args.batch * args.iters / (cpu / args.threads), 2),
         "loadavg": [float(v) for v in open("/proc/loadavg").read().split()[:3]],
         "torch": torch.__version__, "timm": timm.__version__, "device": args.device,
-        "precision": "amp-bf16" if args.amp_bf16 else "f32",
+        "precision": "amp-bf16" if args.amp_bf16 else "amp-f16" if args.amp_f16 else "f32",
         "peak_device_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
                            if dev.type == "cuda" else None),
     }))

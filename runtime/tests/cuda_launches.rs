@@ -85,6 +85,7 @@ fn c_elem(d: DType) -> &'static str {
         DType::F32 => "float",
         DType::F64 => "double",
         DType::BF16 => "effnet_bf16",
+        DType::F16 => "effnet_f16",
         _ => "unsupported",
     }
 }
@@ -223,9 +224,9 @@ fn every_launch_passes_what_its_kernel_declares_and_every_kernel_is_launched() {
     let kernels = || Launcher::new(rec.clone());
     let x = common::tensor(&[3, 3, 19, 19], 1).expect("x");
 
-    // Inference, f32 and bf16.
+    // Inference, f32, bf16 and f16.
     let (ir, tensors) = common::plain_tensors(SPEC);
-    for dtype in [DType::F32, DType::BF16] {
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
         let vb = VarBuilder::from_tensors(tensors.clone(), dtype, &Device::Cpu);
         let net = Network::from_ir(&ir, vb).expect("net");
         let y = logits_with(&net, &x, kernels()).expect("inference");

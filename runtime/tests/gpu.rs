@@ -2,7 +2,7 @@
 //! for every block kind, both paddings, odd sizes, batch 1 and 7, logits and stage features;
 //! the cuda-step plan against the cpu-step plan (one step's loss, gradients and BatchNorm
 //! statistics; and twenty optimizer steps' losses within 1e-4); the fused optimizer kernels
-//! against candle's ops on the GPU.
+//! against candle's ops on the GPU; bf16 and f16 inference against f32.
 //! Needs a build with `--features cuda` and a visible GPU; anywhere else each test prints one
 //! line saying why it skipped and passes. `tools/gpu-check.sh` runs this binary on the lent
 //! GPU (the kernels' arithmetic is checked without a GPU by `effnet-cuda-emu`).
@@ -117,6 +117,38 @@ fn cuda_fused_matches_the_cpu_on_every_block_kind() {
                 );
             }
         }
+    }
+}
+
+/// `--dtype bf16 | f16` on the GPU: the cuda-fused plan with half-precision weights, maps and
+/// GEMMs against the f32 network on the CPU, within the bounds the emulated kernels meet
+/// (`runtime/cuda-emu/tests/plans.rs`: 5e-3 measured for bf16, 6e-4 for f16).
+#[test]
+fn half_precision_inference_on_the_gpu_stays_near_f32() {
+    let Some(gpu) = gpu() else { return };
+    let (ir, tensors) = common::plain_tensors(SAME);
+    let cpu = &networks(SAME, &[&Device::Cpu])[0];
+    let x = Tensor::randn(0f32, 1.0, (3, 3, 19, 19), &Device::Cpu).expect("x");
+    let want = vals(&cpu.forward_on(Plan::Candle, &x, false).expect("cpu"));
+    for (dtype, bound) in [(DType::BF16, 2e-2), (DType::F16, 3e-3)] {
+        let on: HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_device(&gpu).expect("to device")))
+            .collect();
+        let net = Network::from_ir(&ir, VarBuilder::from_tensors(on, dtype, &gpu)).expect("net");
+        let xg = x.to_device(&gpu).expect("x to gpu");
+        assert_eq!(
+            net.plan(&xg, Purpose::Infer).plan,
+            Plan::CudaFused,
+            "{dtype:?}"
+        );
+        let got = net.forward_t(&xg, false).expect("half on the gpu");
+        let got = got
+            .to_dtype(DType::F32)
+            .and_then(|t| t.to_device(&Device::Cpu));
+        let d = rel(&vals(&got.expect("to cpu")), &want);
+        eprintln!("{dtype:?} logits on the GPU against f32 on the CPU: {d:.2e} relative");
+        assert!(d > 0.0 && d < bound, "{dtype:?}: {d} relative");
     }
 }
 

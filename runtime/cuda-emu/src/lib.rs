@@ -59,6 +59,7 @@ enum Buffer {
     F32(Vec<f32>),
     F64(Vec<f64>),
     Bf16(Vec<u16>),
+    F16(Vec<u16>),
 }
 
 impl Buffer {
@@ -70,6 +71,12 @@ impl Buffer {
             DType::F64 => Buffer::F64(flat.to_vec1()?),
             DType::BF16 => Buffer::Bf16(
                 flat.to_vec1::<half::bf16>()?
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+            ),
+            DType::F16 => Buffer::F16(
+                flat.to_vec1::<half::f16>()?
                     .iter()
                     .map(|v| v.to_bits())
                     .collect(),
@@ -86,6 +93,7 @@ impl Buffer {
             DType::F32 => Buffer::F32(vec![0.0; len]),
             DType::F64 => Buffer::F64(vec![0.0; len]),
             DType::BF16 => Buffer::Bf16(vec![0; len]),
+            DType::F16 => Buffer::F16(vec![0; len]),
             d => bail!(
                 "{kernel}: a {} output; the kernels write f32, f64 or bf16",
                 d.as_str()
@@ -99,6 +107,7 @@ impl Buffer {
             Buffer::F32(_) => "float",
             Buffer::F64(_) => "double",
             Buffer::Bf16(_) => "effnet_bf16",
+            Buffer::F16(_) => "effnet_f16",
         }
     }
 
@@ -106,7 +115,7 @@ impl Buffer {
         match self {
             Buffer::F32(v) => v.as_mut_ptr().cast(),
             Buffer::F64(v) => v.as_mut_ptr().cast(),
-            Buffer::Bf16(v) => v.as_mut_ptr().cast(),
+            Buffer::Bf16(v) | Buffer::F16(v) => v.as_mut_ptr().cast(),
         }
     }
 
@@ -117,6 +126,10 @@ impl Buffer {
             Buffer::F64(v) => Tensor::from_vec(v, dims, dev),
             Buffer::Bf16(v) => {
                 let v: Vec<half::bf16> = v.into_iter().map(half::bf16::from_bits).collect();
+                Tensor::from_vec(v, dims, dev)
+            }
+            Buffer::F16(v) => {
+                let v: Vec<half::f16> = v.into_iter().map(half::f16::from_bits).collect();
                 Tensor::from_vec(v, dims, dev)
             }
         }

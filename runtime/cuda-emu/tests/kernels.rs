@@ -391,17 +391,38 @@ fn bf16_tensor(v: &[f32], dims: &[usize]) -> Tensor {
     tensor(v, dims).to_dtype(DType::BF16).expect("bf16")
 }
 
+/// `v` rounded to f16 and back (what an f16 map holds).
+fn f16_round(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
 /// The bf16 twins of the inference kernels against the f32 CPU kernels on the same
 /// (bf16-rounded) inputs: equal within one bf16 rounding of the result (2^-8 relative).
 #[test]
 fn bf16_map_kernels_match_the_f32_cpu_kernels_within_a_rounding() {
-    const ULP: f32 = 1.0 / 256.0;
+    half_map_kernels_match_the_f32_cpu_kernels(DType::BF16, bf16_round, 1.0 / 256.0);
+}
+
+/// The f16 twins of the inference kernels likewise (one f16 rounding, 2^-11 relative).
+#[test]
+fn f16_map_kernels_match_the_f32_cpu_kernels_within_a_rounding() {
+    half_map_kernels_match_the_f32_cpu_kernels(DType::F16, f16_round, 1.0 / 2048.0);
+}
+
+/// The inference kernels on maps of `dtype` (whose rounding is `round`, one rounding `ulp`
+/// relative) against the f32 CPU kernels on the same rounded inputs.
+fn half_map_kernels_match_the_f32_cpu_kernels(
+    dtype: DType,
+    round: fn(&[f32]) -> Vec<f32>,
+    ulp: f32,
+) {
+    let maps = |v: &[f32], dims: &[usize]| tensor(v, dims).to_dtype(dtype).expect("maps");
     for (i, g) in windows().into_iter().enumerate().step_by(5) {
         let (n, c, k) = (g.n, g.c, g.k);
         let (oh, ow) = g.out_hw().expect("out");
         let seed = 9000 + i as u64 * 7;
-        let x = bf16_round(&values(n * g.h * g.w * c, seed));
-        let xt = bf16_tensor(&x, &[n, g.h, g.w, c]);
+        let x = round(&values(n * g.h * g.w * c, seed));
+        let xt = maps(&x, &[n, g.h, g.w, c]);
         let wt = values(c * k * k, seed + 1);
         let (scale, shift) = (values(c, seed + 2), values(c, seed + 3));
         let affine = tensor(&[scale.clone(), shift.clone()].concat(), &[2, c]);
@@ -414,20 +435,20 @@ fn bf16_map_kernels_match_the_f32_cpu_kernels_within_a_rounding() {
         let (want, _) = depthwise(&x, &wt, &g, &epi, false).expect("cpu");
         let got = EMU
             .depthwise(&xt, &tensor(&wt, &[c, 1, k, k]), &affine, &g, act)
-            .expect("bf16 depthwise");
-        assert_eq!(got.dtype(), DType::BF16);
+            .expect("half depthwise");
+        assert_eq!(got.dtype(), dtype);
         assert_eq!(got.dims(), [n, oh, ow, c]);
         let d = rel_diff(&flat(&got.to_dtype(DType::F32).expect("f32")), &want);
-        assert!(d <= ULP, "{g:?} depthwise: {d}");
+        assert!(d <= ulp, "{dtype:?} {g:?} depthwise: {d}");
 
-        let cols = EMU.im2col(&xt, &g).expect("bf16 patches");
+        let cols = EMU.im2col(&xt, &g).expect("half patches");
         let want = flat(&EMU.im2col(&tensor(&x, &[n, g.h, g.w, c]), &g).expect("f32"));
         assert!(
             flat(&cols.to_dtype(DType::F32).expect("f32")) == want,
-            "{g:?} patches"
+            "{dtype:?} {g:?} patches"
         );
 
-        let means = EMU.channel_means(&xt).expect("bf16 means");
+        let means = EMU.channel_means(&xt).expect("half means");
         assert_eq!(means.dtype(), DType::F32);
         let want = channel_means(&x, n, g.h * g.w, c);
         assert!(rel_diff(&flat(&means), &want) < 1e-5, "{g:?} means");
@@ -437,27 +458,99 @@ fn bf16_map_kernels_match_the_f32_cpu_kernels_within_a_rounding() {
         gate_channels(&mut want, &gate, n, g.h * g.w, c);
         let got = EMU
             .gate_channels(&xt, &tensor(&gate, &[n, c]))
-            .expect("bf16 gates");
+            .expect("half gates");
         let gated = flat(&got.to_dtype(DType::F32).expect("f32"));
-        assert!(gated == bf16_round(&want), "{g:?} gates");
+        assert!(gated == round(&want), "{dtype:?} {g:?} gates");
 
-        let z = bf16_round(&values(n * g.h * g.w * c, seed + 5));
-        let r = bf16_round(&values(n * g.h * g.w * c, seed + 6));
+        let z = round(&values(n * g.h * g.w * c, seed + 5));
+        let r = round(&values(n * g.h * g.w * c, seed + 6));
         let plain = affine_act(&z, c, &scale, &shift, act);
         let with_r: Vec<f32> = plain.iter().zip(&r).map(|(a, b)| a + b).collect();
-        let zt = bf16_tensor(&z, &[n * g.h * g.w, c]);
-        let rt = bf16_tensor(&r, &[n * g.h * g.w, c]);
+        let zt = maps(&z, &[n * g.h * g.w, c]);
+        let rt = maps(&r, &[n * g.h * g.w, c]);
         // The CPU kernel fuses the affine map's multiply-add; the result may round either way.
         let got = EMU
             .affine_act(&zt, &affine, None, act)
-            .expect("bf16 epilogue");
+            .expect("half epilogue");
         let d = rel_diff(&flat(&got.to_dtype(DType::F32).expect("f32")), &plain);
-        assert!(d <= ULP, "{g:?} epilogue: {d}");
+        assert!(d <= ulp, "{dtype:?} {g:?} epilogue: {d}");
         let got = EMU
             .affine_act(&zt, &affine, Some(&rt), act)
-            .expect("bf16 epilogue + residual");
+            .expect("half epilogue + residual");
         let d = rel_diff(&flat(&got.to_dtype(DType::F32).expect("f32")), &with_r);
-        assert!(d <= ULP, "{g:?} epilogue + residual: {d}");
+        assert!(d <= ulp, "{dtype:?} {g:?} epilogue + residual: {d}");
+    }
+}
+
+/// The kernels' hand-written f16 conversions against the `half` crate's, bit for bit: loads
+/// of every f16 value (subnormals, infinities, NaN), and stores of f32 values around every
+/// boundary (ties to even, the subnormal range, overflow to infinity at 65520, NaN).
+#[test]
+fn f16_loads_and_stores_match_the_half_crate_bit_for_bit() {
+    // Loads: every f16 bit pattern through `x * 1` (exact), stored back.
+    let all: Vec<half::f16> = (0..=u16::MAX).map(half::f16::from_bits).collect();
+    let c = 1;
+    let x = Tensor::from_vec(all.clone(), (1, 1, all.len(), c), &Device::Cpu).expect("x");
+    let ones = tensor(&[1.0], &[1, 1]);
+    let got: Vec<half::f16> = EMU
+        .gate_channels(&x, &ones)
+        .expect("gate")
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("f16");
+    for (a, b) in all.iter().zip(&got) {
+        if a.is_nan() {
+            assert!(b.is_nan(), "{:#06x}: NaN lost", a.to_bits());
+        } else {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{:#06x} loaded and stored",
+                a.to_bits()
+            );
+        }
+    }
+    // Stores: f16 `z` times an f32 scale, `z * s + 0` (identity activation) rounded to f16.
+    let z: Vec<f32> = (0..=u16::MAX)
+        .map(half::f16::from_bits)
+        .filter(|h| h.is_finite())
+        .map(half::f16::to_f32)
+        .collect();
+    for s in [
+        1.000_244_1_f32, // half an f16 step above 1: ties
+        1.000_122_1,
+        0.999_877_9,
+        3.0,
+        1.0e-3,
+        1.0e-6,
+        6.1e-5,
+        1.5e3,
+        2.0e4,
+        f32::INFINITY,
+    ] {
+        let zt = Tensor::from_vec(
+            z.iter()
+                .map(|&v| half::f16::from_f32(v))
+                .collect::<Vec<_>>(),
+            (z.len(), 1),
+            &Device::Cpu,
+        )
+        .expect("z");
+        let affine = tensor(&[s, 0.0], &[2, 1]);
+        let got: Vec<half::f16> = EMU
+            .affine_act(&zt, &affine, None, Act::Identity)
+            .expect("store")
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .expect("f16");
+        for (&v, g) in z.iter().zip(&got) {
+            let want = half::f16::from_f32(v * s + 0.0);
+            if want.is_nan() {
+                assert!(g.is_nan(), "{v} * {s}: NaN lost");
+            } else {
+                assert_eq!(want.to_bits(), g.to_bits(), "{v} * {s} stored");
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | [`Plan::CpuFused`] | inference | CPU; f32 compute (f16/bf16 weights widened); effnet's NHWC kernels, BatchNorm, activation and residual in each convolution's epilogue |
 //! | [`Plan::CpuStep`] | the training step | CPU, f32; effnet's NHWC kernels, forward and backward written by hand |
-//! | [`Plan::CudaFused`] | inference | CUDA (a build with the `cuda` feature), f32 or bf16 maps (the parameters' dtype); effnet's NHWC CUDA kernels, cuBLAS for the GEMMs of 1x1 and (on patches) dense convolutions |
+//! | [`Plan::CudaFused`] | inference | CUDA (a build with the `cuda` feature), f32, bf16 or f16 maps (the parameters' dtype); effnet's NHWC CUDA kernels, cuBLAS for the GEMMs of 1x1 and (on patches) dense convolutions |
 //! | [`Plan::CudaStep`] | the training step | CUDA (a build with the `cuda` feature), f32; the same kernels with their backward, forward and backward written by hand |
 //! | [`Plan::Candle`] | everything | any device and dtype; candle's ops and autograd: the reference, and the fallback |
 
@@ -251,7 +251,7 @@ impl Facts {
             // candle's autograd is what differentiates a train-mode forward.
             Purpose::TrainForward => Choice::new(Plan::Candle, None),
             Purpose::Infer if self.device == "cuda" => {
-                self.kernels(Plan::CudaFused, &[DType::F32, DType::BF16])
+                self.kernels(Plan::CudaFused, &[DType::F32, DType::BF16, DType::F16])
             }
             Purpose::Infer => self.kernels(Plan::CpuFused, &[DType::F32, DType::F16, DType::BF16]),
             Purpose::TrainStep if self.device == "cuda" => {
@@ -378,15 +378,17 @@ mod tests {
             assert_eq!(cuda.plan, Plan::Candle);
             assert!(cuda.to_string().contains("--features cuda"), "{cuda}");
         }
-        let half = plan(facts(Purpose::Infer, "cuda", DType::F16));
-        assert_eq!(half.plan, Plan::Candle);
-        let bf16 = plan(facts(Purpose::Infer, "cuda", DType::BF16));
         let want = if cfg!(feature = "cuda") {
             Plan::CudaFused
         } else {
             Plan::Candle
         };
-        assert_eq!(bf16.plan, want, "{bf16}");
+        for half in [DType::BF16, DType::F16] {
+            let choice = plan(facts(Purpose::Infer, "cuda", half));
+            assert_eq!(choice.plan, want, "{half:?}: {choice}");
+        }
+        let f64_maps = plan(facts(Purpose::Infer, "cuda", DType::F64));
+        assert_eq!(f64_maps.plan, Plan::Candle, "{f64_maps}");
         let step = plan(facts(Purpose::TrainStep, "cuda", f32));
         if cfg!(feature = "cuda") {
             assert_eq!(step, Choice::new(Plan::CudaStep, None));

@@ -40,15 +40,14 @@ pub(crate) struct CudaOps<'a, K> {
     pub dtype: DType,
 }
 
-/// The maps' dtype for parameters in `params`: bf16 for bf16 parameters (`--dtype bf16`:
-/// half the memory traffic, and bf16 GEMMs, which cuBLAS runs on the tensor cores), f32
-/// otherwise. The kernels compute in f32 either way and keep BatchNorm and the
-/// squeeze-excitation's gates in f32.
+/// The maps' dtype for parameters in `params`: bf16 or f16 for half-precision parameters
+/// (`--dtype bf16 | f16`: half the memory traffic, and half-precision GEMMs, which cuBLAS runs
+/// on the tensor cores, accumulating in f32), f32 otherwise. The kernels compute in f32 either
+/// way and keep BatchNorm and the squeeze-excitation's gates in f32.
 pub(crate) fn map_dtype(params: DType) -> DType {
-    if params == DType::BF16 {
-        DType::BF16
-    } else {
-        DType::F32
+    match params {
+        DType::BF16 | DType::F16 => params,
+        _ => DType::F32,
     }
 }
 

@@ -19,7 +19,8 @@
 // Calling convention (what `ops.rs`'s one launcher passes): the inputs, then the output, then
 // the scalars. Per-channel parameters travel packed as one `[rows, c]` array. The inference
 // kernels that read or write maps have a `_bf16` twin on bf16 maps (the `--dtype bf16`
-// cuda-fused plan and the `--precision bf16` cuda-step plan). Each entry point is written out,
+// cuda-fused plan and the `--precision bf16` cuda-step plan), and those of inference an
+// `_f16` twin on f16 maps (`--dtype f16`). Each entry point is written out,
 // not made by a macro: the entries' declarations are what `effnet-cuda-emu`'s build script
 // and `runtime/tests/cuda_launches.rs` read to check every launch's arguments.
 //
@@ -83,6 +84,47 @@ __device__ __forceinline__ void effnet_store(effnet_bf16* p, long i, float v) {
     p[i] = (effnet_bf16)(u >> 16);
 }
 
+// f16 maps (`--dtype f16` inference): IEEE half precision, converted by hand (no header).
+// A struct, not a typedef of `unsigned short`, so its loads and stores are overloads of their
+// own. Loads are exact (subnormals, infinities and NaN included); stores round to nearest
+// even, overflow to infinity at 65520 as `half::f16::from_f32` and CUDA's __float2half_rn do.
+struct effnet_f16 {
+    unsigned short bits;
+};
+
+__device__ __forceinline__ float effnet_load(const effnet_f16* p, long i) {
+    unsigned int h = p[i].bits;
+    unsigned int sign = (h & 0x8000u) << 16;
+    unsigned int exp = (h >> 10) & 0x1fu;
+    unsigned int man = h & 0x3ffu;
+    if (exp == 0x1fu) return __uint_as_float(sign | 0x7f800000u | (man << 13));
+    if (exp != 0u) return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
+    // Zero or subnormal: man * 2^-24, exact in f32.
+    float v = (float)man * 5.9604644775390625e-8f;
+    return sign ? -v : v;
+}
+
+__device__ __forceinline__ void effnet_store(effnet_f16* p, long i, float v) {
+    unsigned int u = __float_as_uint(v);
+    unsigned int sign = (u >> 16) & 0x8000u;
+    unsigned int a = u & 0x7fffffffu;
+    unsigned int h;
+    if (a > 0x7f800000u) {
+        h = 0x7e00u | ((a >> 13) & 0x3ffu);  // NaN stays NaN (quiet)
+    } else if (a >= 0x477ff000u) {
+        h = 0x7c00u;  // 65520 and above (infinity included) round to infinity
+    } else if (a >= 0x38800000u) {
+        // A normal f16: rebias the exponent (127 -> 15), round the 13 dropped bits to even.
+        unsigned int r = a - 0x38000000u;
+        r += 0xfffu + ((r >> 13) & 1u);
+        h = r >> 13;
+    } else {
+        // Below 2^-14: a multiple of 2^-24; the scaling is exact, rintf rounds to even.
+        h = (unsigned int)rintf(__uint_as_float(a) * 16777216.0f);
+    }
+    p[i].bits = (unsigned short)(sign | h);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Convolutions. A window is (k, stride, dil, pad_top, pad_left, oh, ow): the padding may be
 // asymmetric (TensorFlow "same" pads the extra row and column after), given by its top and
@@ -128,6 +170,14 @@ extern "C" __global__ void effnet_depthwise_nhwc(
 
 extern "C" __global__ void effnet_depthwise_nhwc_bf16(
     const effnet_bf16* x, const float* w, const float* affine, effnet_bf16* y, int n, int h,
+    int wd, int c, int k, int stride, int dil, int pad_top, int pad_left, int oh, int ow,
+    int act) {
+    effnet_depthwise(x, w, affine, y, n, h, wd, c, k, stride, dil, pad_top, pad_left, oh, ow,
+                     act);
+}
+
+extern "C" __global__ void effnet_depthwise_nhwc_f16(
+    const effnet_f16* x, const float* w, const float* affine, effnet_f16* y, int n, int h,
     int wd, int c, int k, int stride, int dil, int pad_top, int pad_left, int oh, int ow,
     int act) {
     effnet_depthwise(x, w, affine, y, n, h, wd, c, k, stride, dil, pad_top, pad_left, oh, ow,
@@ -273,6 +323,12 @@ extern "C" __global__ void effnet_im2col_nhwc_bf16(
     effnet_im2col(x, cols, n, h, wd, c, k, stride, dil, pad_top, pad_left, oh, ow);
 }
 
+extern "C" __global__ void effnet_im2col_nhwc_f16(
+    const effnet_f16* x, effnet_f16* cols, int n, int h, int wd, int c, int k, int stride,
+    int dil, int pad_top, int pad_left, int oh, int ow) {
+    effnet_im2col(x, cols, n, h, wd, c, k, stride, dil, pad_top, pad_left, oh, ow);
+}
+
 // The adjoint of `effnet_im2col_nhwc`: `dx[b, iy, ix, ch]` is the sum of the patch entries
 // that read (iy, ix, ch), gathered per input element.
 template <typename T>
@@ -347,6 +403,11 @@ extern "C" __global__ void effnet_affine_act_nhwc_bf16(
     effnet_affine_act(z, affine, (const effnet_bf16*)0, y, total, c, act);
 }
 
+extern "C" __global__ void effnet_affine_act_nhwc_f16(
+    const effnet_f16* z, const float* affine, effnet_f16* y, long total, int c, int act) {
+    effnet_affine_act(z, affine, (const effnet_f16*)0, y, total, c, act);
+}
+
 extern "C" __global__ void effnet_affine_act_residual_nhwc(
     const float* z, const float* affine, const float* residual, float* y, long total, int c,
     int act) {
@@ -355,6 +416,12 @@ extern "C" __global__ void effnet_affine_act_residual_nhwc(
 
 extern "C" __global__ void effnet_affine_act_residual_nhwc_bf16(
     const effnet_bf16* z, const float* affine, const effnet_bf16* residual, effnet_bf16* y,
+    long total, int c, int act) {
+    effnet_affine_act(z, affine, residual, y, total, c, act);
+}
+
+extern "C" __global__ void effnet_affine_act_residual_nhwc_f16(
+    const effnet_f16* z, const float* affine, const effnet_f16* residual, effnet_f16* y,
     long total, int c, int act) {
     effnet_affine_act(z, affine, residual, y, total, c, act);
 }
@@ -534,6 +601,11 @@ extern "C" __global__ void effnet_channel_means_nhwc_bf16(
     effnet_channel_means(x, means, n, p, c);
 }
 
+extern "C" __global__ void effnet_channel_means_nhwc_f16(
+    const effnet_f16* x, float* means, int n, long p, int c) {
+    effnet_channel_means(x, means, n, p, c);
+}
+
 // Per-(image, channel) dot products `sum_q x * y`: the gradient of a squeeze-excitation's gate
 // (`x` the gradient at the gated map, `y` the map it gated).
 template <typename T>
@@ -579,6 +651,11 @@ extern "C" __global__ void effnet_gate_channels_nhwc(
 
 extern "C" __global__ void effnet_gate_channels_nhwc_bf16(
     const effnet_bf16* x, const float* gate, effnet_bf16* y, int n, long p, int c) {
+    effnet_gate_channels(x, gate, y, n, p, c);
+}
+
+extern "C" __global__ void effnet_gate_channels_nhwc_f16(
+    const effnet_f16* x, const float* gate, effnet_f16* y, int n, long p, int c) {
     effnet_gate_channels(x, gate, y, n, p, c);
 }
 

@@ -85,11 +85,11 @@ fn operand(t: &Tensor, len: usize, op: &str, what: &str) -> Result<Tensor> {
     t.to_dtype(DType::F32)?.contiguous()
 }
 
-/// `t` as a contiguous map operand of `len` elements in its own dtype, f32 or bf16.
+/// `t` as a contiguous map operand of `len` elements in its own dtype, f32, bf16 or f16.
 fn map_operand(t: &Tensor, len: usize, op: &str, what: &str) -> Result<Tensor> {
-    if !matches!(t.dtype(), DType::F32 | DType::BF16) {
+    if !matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) {
         bail!(
-            "{op}: {what} is {}, the kernels take f32 or bf16 maps",
+            "{op}: {what} is {}, the kernels take f32, bf16 or f16 maps",
             t.dtype().as_str()
         );
     }
@@ -115,9 +115,20 @@ fn same_maps(like: &Tensor, t: &Tensor, len: usize, op: &str, what: &str) -> Res
     map_operand(t, len, op, what)
 }
 
-/// The kernel for maps of `dtype`: `f32` or its `_bf16` twin.
-fn by_dtype(dtype: DType, f32: &'static str, bf16: &'static str) -> &'static str {
-    if dtype == DType::BF16 { bf16 } else { f32 }
+/// The kernel for maps of `dtype`: `f32`, its `_bf16` twin, or its `_f16` twin (inference's
+/// kernels only: f16 is `--dtype f16` inference, training's maps are f32 or bf16).
+fn by_dtype(
+    dtype: DType,
+    f32: &'static str,
+    bf16: &'static str,
+    f16: Option<&'static str>,
+) -> Result<&'static str> {
+    match (dtype, f16) {
+        (DType::BF16, _) => Ok(bf16),
+        (DType::F16, Some(k)) => Ok(k),
+        (DType::F16, None) => bail!("{f32}: no f16 twin (f16 maps are for inference)"),
+        _ => Ok(f32),
+    }
 }
 
 /// An NHWC map's `[n, h, w, c]`.
@@ -202,7 +213,8 @@ impl<E: Execute> CudaKernels for Launcher<E> {
             x.dtype(),
             "effnet_depthwise_nhwc",
             "effnet_depthwise_nhwc_bf16",
-        );
+            Some("effnet_depthwise_nhwc_f16"),
+        )?;
         let (mut args, oh, ow) = window(g, op)?;
         let (n, c, k) = (g.n, g.c, g.k);
         let x = map_operand(x, n * g.h * g.w * c, op, "the input")?;
@@ -219,7 +231,8 @@ impl<E: Execute> CudaKernels for Launcher<E> {
             dy.dtype(),
             "effnet_depthwise_input_grad_nhwc",
             "effnet_depthwise_input_grad_nhwc_bf16",
-        );
+            None,
+        )?;
         let (args, oh, ow) = window(g, op)?;
         let (n, c, k) = (g.n, g.c, g.k);
         let dy = map_operand(dy, n * oh * ow * c, op, "the output gradient")?;
@@ -240,7 +253,8 @@ impl<E: Execute> CudaKernels for Launcher<E> {
             x.dtype(),
             "effnet_depthwise_weight_grad_partial_nhwc",
             "effnet_depthwise_weight_grad_partial_nhwc_bf16",
-        );
+            None,
+        )?;
         let (mut args, oh, ow) = window(g, op)?;
         let (n, c, k) = (g.n, g.c, g.k);
         let x = map_operand(x, n * g.h * g.w * c, op, "the input")?;
@@ -256,7 +270,12 @@ impl<E: Execute> CudaKernels for Launcher<E> {
     }
 
     fn im2col(&self, x: &Tensor, g: &ConvGeom) -> Result<Tensor> {
-        let op = by_dtype(x.dtype(), "effnet_im2col_nhwc", "effnet_im2col_nhwc_bf16");
+        let op = by_dtype(
+            x.dtype(),
+            "effnet_im2col_nhwc",
+            "effnet_im2col_nhwc_bf16",
+            Some("effnet_im2col_nhwc_f16"),
+        )?;
         let (args, oh, ow) = window(g, op)?;
         let x = map_operand(x, g.n * g.h * g.w * g.c, op, "the input")?;
         let width = g.k * g.k * g.c;
@@ -270,7 +289,8 @@ impl<E: Execute> CudaKernels for Launcher<E> {
             cols.dtype(),
             "effnet_col2im_nhwc",
             "effnet_col2im_nhwc_bf16",
-        );
+            None,
+        )?;
         let (args, oh, ow) = window(g, op)?;
         let cols = map_operand(cols, g.n * oh * ow * g.k * g.k * g.c, op, "the patches")?;
         let total = g.n * g.h * g.w * g.c;
@@ -302,7 +322,8 @@ impl<E: Execute> CudaKernels for Launcher<E> {
                     dtype,
                     "effnet_affine_act_nhwc",
                     "effnet_affine_act_nhwc_bf16",
-                );
+                    Some("effnet_affine_act_nhwc_f16"),
+                )?;
                 let z = map_operand(z, total, op, "the map")?;
                 let affine = operand(affine, 2 * c, op, "the affine")?;
                 let launch = Launch::new(op, total, &dims, scalars(op)?).out(dtype);
@@ -313,7 +334,8 @@ impl<E: Execute> CudaKernels for Launcher<E> {
                     dtype,
                     "effnet_affine_act_residual_nhwc",
                     "effnet_affine_act_residual_nhwc_bf16",
-                );
+                    Some("effnet_affine_act_residual_nhwc_f16"),
+                )?;
                 let z = map_operand(z, total, op, "the map")?;
                 let affine = operand(affine, 2 * c, op, "the affine")?;
                 let r = same_maps(&z, r, total, op, "the residual")?;
@@ -328,7 +350,8 @@ impl<E: Execute> CudaKernels for Launcher<E> {
             z.dtype(),
             "effnet_column_moments_partial",
             "effnet_column_moments_partial_bf16",
-        );
+            None,
+        )?;
         let (rows, c) = rows_cols(z, op)?;
         let z = map_operand(z, rows * c, op, "the map")?;
         covering(chunks, per, rows, op)?;
@@ -369,7 +392,8 @@ impl<E: Execute> CudaKernels for Launcher<E> {
             z.dtype(),
             "effnet_bn_act_grad_partial",
             "effnet_bn_act_grad_partial_bf16",
-        );
+            None,
+        )?;
         let (rows, c) = rows_cols(z, op)?;
         let z = map_operand(z, rows * c, op, "the BatchNorm's input")?;
         let d = same_maps(&z, d, rows * c, op, "the output gradient")?;
@@ -412,7 +436,8 @@ impl<E: Execute> CudaKernels for Launcher<E> {
             z.dtype(),
             "effnet_bn_act_input_grad",
             "effnet_bn_act_input_grad_bf16",
-        );
+            None,
+        )?;
         let (rows, c) = rows_cols(z, op)?;
         let total = rows * c;
         let z = map_operand(z, total, op, "the BatchNorm's input")?;
@@ -434,7 +459,8 @@ impl<E: Execute> CudaKernels for Launcher<E> {
             x.dtype(),
             "effnet_channel_means_nhwc",
             "effnet_channel_means_nhwc_bf16",
-        );
+            Some("effnet_channel_means_nhwc_f16"),
+        )?;
         let [n, h, w, c] = map_dims(x, op)?;
         let x = map_operand(x, n * h * w * c, op, "the map")?;
         let args = vec![int(n, op, "n")?, long(h * w, op, "p")?, int(c, op, "c")?];
@@ -447,7 +473,8 @@ impl<E: Execute> CudaKernels for Launcher<E> {
             x.dtype(),
             "effnet_channel_dots_nhwc",
             "effnet_channel_dots_nhwc_bf16",
-        );
+            None,
+        )?;
         let [n, h, w, c] = map_dims(x, op)?;
         let x = map_operand(x, n * h * w * c, op, "the gradient")?;
         let y = same_maps(&x, y, n * h * w * c, op, "the map")?;
@@ -461,7 +488,8 @@ impl<E: Execute> CudaKernels for Launcher<E> {
             x.dtype(),
             "effnet_gate_channels_nhwc",
             "effnet_gate_channels_nhwc_bf16",
-        );
+            Some("effnet_gate_channels_nhwc_f16"),
+        )?;
         let [n, h, w, c] = map_dims(x, op)?;
         let total = n * h * w * c;
         let x = map_operand(x, total, op, "the map")?;
@@ -476,7 +504,8 @@ impl<E: Execute> CudaKernels for Launcher<E> {
             x.dtype(),
             "effnet_gate_add_nhwc",
             "effnet_gate_add_nhwc_bf16",
-        );
+            None,
+        )?;
         let [n, h, w, c] = map_dims(x, op)?;
         let total = n * h * w * c;
         let x = map_operand(x, total, op, "the gradient")?;

@@ -50,6 +50,7 @@ enum View<'a> {
     F32(CudaView<'a, f32>),
     F64(CudaView<'a, f64>),
     Bf16(CudaView<'a, half::bf16>),
+    F16(CudaView<'a, half::f16>),
 }
 
 impl Launch {
@@ -68,8 +69,9 @@ impl Launch {
                 DType::F32 => View::F32(s.as_cuda_slice::<f32>()?.slice(a..b)),
                 DType::F64 => View::F64(s.as_cuda_slice::<f64>()?.slice(a..b)),
                 DType::BF16 => View::Bf16(s.as_cuda_slice::<half::bf16>()?.slice(a..b)),
+                DType::F16 => View::F16(s.as_cuda_slice::<half::f16>()?.slice(a..b)),
                 d => bail!(
-                    "{op}: input {i} is {}, the kernels take f32, f64 or bf16",
+                    "{op}: input {i} is {}, the kernels take f32, f64, bf16 or f16",
                     d.as_str()
                 ),
             });
@@ -94,6 +96,7 @@ impl Launch {
                         View::F32(v) => b.arg(v),
                         View::F64(v) => b.arg(v),
                         View::Bf16(v) => b.arg(v),
+                        View::F16(v) => b.arg(v),
                     };
                 }
                 b.arg(&y);
@@ -115,6 +118,7 @@ impl Launch {
         let storage = match self.out_dtype {
             DType::F64 => launch!(f64),
             DType::BF16 => launch!(half::bf16),
+            DType::F16 => launch!(half::f16),
             _ => launch!(f32),
         };
         Ok((storage, shape))
