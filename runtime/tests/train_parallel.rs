@@ -9,8 +9,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
@@ -689,4 +689,78 @@ fn a_stuck_rank_times_out_the_others_and_the_last_checkpoint_stays() {
     assert_eq!(t.epoch, 1);
     assert!(!dir.join("checkpoint.tmp").exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A rank stuck inside its own work (at no collective) after another failed: the watcher tells
+/// `on_stuck` which rank, after the grace, instead of waiting for it for ever (`effnet train`
+/// reports and exits there). The stuck rank here runs until told, so the test can end.
+#[test]
+fn a_rank_stuck_outside_any_collective_is_reported_after_the_grace() {
+    let released = AtomicBool::new(false);
+    let heard: Mutex<Vec<TrainError>> = Mutex::new(Vec::new());
+    let on_stuck = |e: TrainError| {
+        heard.lock().expect("lock").push(e);
+        released.store(true, Ordering::SeqCst);
+    };
+    let watch = parallel::Watch {
+        grace: Duration::from_millis(200),
+        on_stuck: &on_stuck,
+    };
+    let comms = cpu_ranks_with_timeout(2, Duration::from_millis(100));
+    let e = parallel::run_ranks_watched(
+        comms,
+        |c| {
+            if c.rank() == 1 {
+                // Busy with something of its own, never reaching the collective.
+                while !released.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                return Ok(());
+            }
+            c.all_reduce_mean_host(&mut [1.0])
+        },
+        Some(watch),
+    )
+    .expect_err("rank 0 times out");
+    assert!(matches!(e, TrainError::CollectiveTimeout { .. }), "{e}");
+    let heard = heard.into_inner().expect("lock");
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    assert!(
+        matches!(&heard[0], TrainError::Stuck { ranks, .. } if ranks == &[1]),
+        "{}",
+        heard[0]
+    );
+    assert_eq!(
+        heard[0].to_string(),
+        "stopped: rank 1 still had not stopped 0.2 s after the run failed (stuck inside its \
+         own step, not at a collective)"
+    );
+}
+
+/// Ranks that stop within the grace after a failure are not reported as stuck.
+#[test]
+fn ranks_that_stop_within_the_grace_are_not_reported() {
+    let gave_up = AtomicBool::new(false);
+    let on_stuck = |e: TrainError| panic!("reported as stuck: {e}");
+    let watch = parallel::Watch {
+        grace: Duration::from_secs(60),
+        on_stuck: &on_stuck,
+    };
+    let e = parallel::run_ranks_watched(
+        cpu_ranks_with_timeout(3, Duration::from_millis(100)),
+        |c| {
+            if c.rank() > 0 {
+                while !gave_up.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                return Ok(());
+            }
+            let r = c.all_reduce_mean_host(&mut [1.0]);
+            gave_up.store(true, Ordering::SeqCst);
+            r
+        },
+        Some(watch),
+    )
+    .expect_err("rank 0 times out");
+    assert!(matches!(e, TrainError::CollectiveTimeout { .. }), "{e}");
 }

@@ -348,21 +348,38 @@ pub fn run(a: TrainArgs) -> Result<ExitCode, String> {
         run.rank(Arc::new(SingleRank))
     } else {
         let comms = communicators(&ranks).map_err(|e| e.to_string())?;
-        parallel::run_ranks(comms, |comm| run.rank(comm)).map(|_| ())
+        // A rank stuck inside its own step cannot be stopped, nor its thread joined: once the
+        // others have stopped and the grace (the collective timeout) has passed, report and
+        // leave the process; the checkpoint on disk is complete (written between epochs).
+        let on_stuck = |e: TrainError| {
+            eprintln!("error: {}", stopped_run_message(e, &a.out));
+            std::process::exit(1);
+        };
+        let watch = parallel::Watch {
+            grace: ranks.timeout,
+            on_stuck: &on_stuck,
+        };
+        parallel::run_ranks_watched(comms, |comm| run.rank(comm), Some(watch)).map(|_| ())
     };
-    result.map_err(|e| match e {
+    result.map_err(|e| stopped_run_message(e, &a.out))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What stopped a run, and what became of its checkpoint in `out`.
+fn stopped_run_message(e: TrainError, out: &std::path::Path) -> String {
+    match e {
         TrainError::Rank { .. }
         | TrainError::PeerFailed { .. }
-        | TrainError::CollectiveTimeout { .. } => match checkpoint::find(&a.out) {
+        | TrainError::CollectiveTimeout { .. }
+        | TrainError::Stuck { .. } => match checkpoint::find(out) {
             Ok(ckpt) => format!(
                 "{e}; the last checkpoint is intact in `{}` (continue with --resume)",
                 ckpt.display()
             ),
-            Err(_) => format!("{e}; no checkpoint was written to `{}`", a.out.display()),
+            Err(_) => format!("{e}; no checkpoint was written to `{}`", out.display()),
         },
         e => e.to_string(),
-    })?;
-    Ok(ExitCode::SUCCESS)
+    }
 }
 
 /// The ranks of a run: one device each (one rank without `--devices`).

@@ -100,6 +100,14 @@ pub enum TrainError {
         collective: String,
         timeout_s: f64,
     },
+    /// Ranks of a data-parallel run still busy inside their own work `grace_s` after another
+    /// failed (at no collective, where the timeout would have caught them).
+    #[error(
+        "stopped: {} still had not stopped {grace_s} s after the run failed (stuck inside \
+         its own step, not at a collective)",
+        ranks_phrase(ranks)
+    )]
+    Stuck { ranks: Vec<usize>, grace_s: f64 },
     /// The failure that stopped a data-parallel run, with the rank it happened on.
     #[error("rank {rank} failed: {source}; every rank stopped")]
     Rank {

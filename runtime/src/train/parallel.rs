@@ -24,7 +24,10 @@
 //! between epochs, complete. A rank that never arrives (stuck, or far too slow) cannot call
 //! anything: the others wait for it at most the collective timeout
 //! ([`DEFAULT_COLLECTIVE_TIMEOUT`] unless set), then stop with
-//! [`TrainError::CollectiveTimeout`] naming the ranks that did not arrive.
+//! [`TrainError::CollectiveTimeout`] naming the ranks that did not arrive. A rank stuck inside
+//! its own work then still holds its thread: [`run_ranks_watched`] reports it
+//! ([`TrainError::Stuck`]) a grace after the failure, so `effnet train` can say so and exit
+//! instead of waiting for a thread nothing can stop.
 //!
 //! Two communicators implement the trait: [`CpuComm`] (one thread per rank in one process,
 //! sharing memory; what the tests run) and, with the `nccl` feature, `super::nccl::NcclComm`
@@ -516,10 +519,22 @@ impl CpuComm {
 // ---------------------------------------------------------------------------------------------
 // Running the ranks.
 
-/// Aborts the group if the rank's thread unwinds (a panic) before it finished.
+/// Aborts the group if the rank's thread unwinds (a panic) before it finished, and tells the
+/// watcher the rank is done either way (a panic counts as a failure).
 struct AbortOnUnwind<'a> {
     comm: &'a dyn Communicator,
     armed: bool,
+    /// Where to report `(rank index, failed)` when the rank is done.
+    done: Option<(std::sync::mpsc::Sender<(usize, bool)>, usize)>,
+}
+
+impl AbortOnUnwind<'_> {
+    fn finished(&mut self, failed: bool) {
+        if let Some((tx, index)) = self.done.take() {
+            // The watcher may have gone (no watch): nothing to tell.
+            let _ = tx.send((index, failed));
+        }
+    }
 }
 
 impl Drop for AbortOnUnwind<'_> {
@@ -527,6 +542,38 @@ impl Drop for AbortOnUnwind<'_> {
         if self.armed {
             self.comm
                 .abort(self.comm.rank(), "the rank's thread panicked");
+        }
+        self.finished(true);
+    }
+}
+
+/// Wait for the ranks to finish; once one has failed, give the rest `watch.grace`, then tell
+/// `watch.on_stuck` which are still running.
+fn watch_ranks(done: &std::sync::mpsc::Receiver<(usize, bool)>, world: usize, watch: &Watch<'_>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut running = vec![true; world];
+    let mut failed_at: Option<Instant> = None;
+    while running.iter().any(|&r| r) {
+        let next = match failed_at {
+            None => done.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(t) => done.recv_timeout(watch.grace.saturating_sub(t.elapsed())),
+        };
+        match next {
+            Ok((index, failed)) => {
+                running[index] = false;
+                if failed && failed_at.is_none() {
+                    failed_at = Some(Instant::now());
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let stuck = (0..world).filter(|&i| running[i]).collect();
+                (watch.on_stuck)(TrainError::Stuck {
+                    ranks: stuck,
+                    grace_s: watch.grace.as_secs_f64(),
+                });
+                return;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
@@ -540,18 +587,49 @@ where
     T: Send,
     F: Fn(Arc<dyn Communicator>) -> TrainResult<T> + Sync,
 {
+    run_ranks_watched(comms, body, None)
+}
+
+/// What [`run_ranks_watched`] does about ranks that are still running after the run failed.
+pub struct Watch<'a> {
+    /// How long the ranks still running may take to stop once one has failed (the others
+    /// stop at their next collective, which may be a whole step away).
+    pub grace: Duration,
+    /// Told which ranks are stuck ([`TrainError::Stuck`]) once the grace has passed. A
+    /// process that cannot wait ends here (`effnet train` reports and exits): the threads of
+    /// the stuck ranks cannot be stopped from outside, and returning joins them.
+    pub on_stuck: &'a (dyn Fn(TrainError) + Sync),
+}
+
+/// [`run_ranks`], watched: a rank stuck inside its own work (not at a collective, where the
+/// timeout catches it) would keep the run waiting for ever after the others stopped; with a
+/// [`Watch`], `on_stuck` hears of it `grace` after the first failure.
+pub fn run_ranks_watched<T, F>(
+    comms: Vec<Arc<dyn Communicator>>,
+    body: F,
+    watch: Option<Watch<'_>>,
+) -> TrainResult<Vec<T>>
+where
+    T: Send,
+    F: Fn(Arc<dyn Communicator>) -> TrainResult<T> + Sync,
+{
+    let world = comms.len();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, bool)>();
     let results: Vec<std::thread::Result<TrainResult<T>>> = std::thread::scope(|s| {
         let handles: Vec<_> = comms
             .iter()
-            .map(|comm| {
+            .enumerate()
+            .map(|(index, comm)| {
                 let comm = comm.clone();
                 let body = &body;
+                let done = done_tx.clone();
                 std::thread::Builder::new()
                     .name(format!("effnet-rank-{}", comm.rank()))
                     .spawn_scoped(s, move || {
                         let mut guard = AbortOnUnwind {
                             comm: &*comm,
                             armed: true,
+                            done: Some((done, index)),
                         };
                         let r = body(comm.clone());
                         if let Err(e) = &r
@@ -560,10 +638,15 @@ where
                             comm.abort(comm.rank(), &e.to_string());
                         }
                         guard.armed = false;
+                        guard.finished(r.is_err());
                         r
                     })
             })
             .collect();
+        drop(done_tx);
+        if let Some(w) = &watch {
+            watch_ranks(&done_rx, world, w);
+        }
         handles
             .into_iter()
             .map(|h| match h {
