@@ -388,6 +388,8 @@ fn bench_json_reports_a_throughput() {
         let want = if train { "cpu-step" } else { "cpu-fused" };
         assert_eq!(v["plan"], want, "{v}");
         assert!(v["plan_fallback_reason"].is_null(), "{v}");
+        // No GPU pool on the CPU: the key is there, with no figure.
+        assert!(v["peak_device_mb"].is_null(), "{v}");
     }
 }
 

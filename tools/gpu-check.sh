@@ -87,7 +87,7 @@ side_by_side() {
     "$PYTHON" - "$1" "$2" "$3" <<'PY'
 import json, sys
 path, plan, torch_title = sys.argv[1:4]
-best, raw = {}, []
+best, peak, raw = {}, {}, []
 for line in open(path):
     side, model, res, batch, j = line.rstrip("\n").split("\t", 4)
     raw.append(f"{side} {model} {res} {batch}: {j}")
@@ -97,6 +97,9 @@ for line in open(path):
         continue
     k = (model, res, batch)
     best.setdefault(k, {})[side] = max(best.get(k, {}).get(side, 0.0), v)
+    mb = json.loads(j).get("peak_device_mb")
+    if mb is not None:
+        peak.setdefault(k, {})[side] = max(peak.get(k, {}).get(side, 0.0), mb)
 halves = [h for h in ("bf16", "f16") if any(f"effnet-{h}" in s for s in best.values())]
 head = f"| model | input | batch | effnet {plan} | effnet candle | {torch_title} | {plan} / PyTorch |"
 for h in halves:
@@ -111,6 +114,16 @@ for (m, r, b), s in best.items():
         eh, th = s.get(f"effnet-{h}"), s.get(f"torch-{h}")
         row += f" {eh} | {th} | {f'{eh / th:.2f}x' if eh and th else 'n/a'} |"
     print(row)
+if peak:
+    sides = [f"effnet-{plan}", "torch"] + [f"{w}-{h}" for h in halves for w in ("effnet", "torch")]
+    print()
+    print("Peak device memory, MB (effnet: its allocator pool's high watermark; PyTorch: "
+          "torch.cuda.max_memory_allocated):")
+    print()
+    print("| model | input | batch | " + " | ".join(sides) + " |")
+    print("|---" * (3 + len(sides)) + "|")
+    for (m, r, b), p in peak.items():
+        print(f"| {m} | {r} | {b} | " + " | ".join(str(p.get(x)) for x in sides) + " |")
 print()
 print("Every measurement:")
 print()
@@ -255,8 +268,9 @@ done
 say
 say "## Device memory: 100 against 1,000 inference calls (tf_efficientnetv2_b0 224 batch 8)"
 for iters in 100 1000; do
+    json=$(mktemp)
     "$EFFNET" bench specs/tf_efficientnetv2_b0.effnet --resolution 224 --batch 8 --iters "$iters" \
-        --warmup 5 --device cuda --json >/dev/null 2>&1 &
+        --warmup 5 --device cuda --json >"$json" 2>&1 &
     pid=$!
     peak=0
     while kill -0 "$pid" 2>/dev/null; do
@@ -265,6 +279,7 @@ for iters in 100 1000; do
         [ -n "$used" ] && [ "$used" -gt "$peak" ] && peak=$used
         sleep 0.2
     done
-    say "- $iters calls: peak $peak MiB"
+    pool=$("$PYTHON" -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]).get("peak_device_mb"))' "$json" 2>/dev/null)
+    say "- $iters calls: nvidia-smi's peak for the process $peak MiB (the pool keeps freed memory: its reservation), the pool's in-use high watermark ${pool:-n/a} MB"
 done
 echo "report: $report"

@@ -226,6 +226,10 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
             "threads": rayon::current_num_threads(),
             "images_per_sec": (ips * 100.0).round() / 100.0,
             "peak_rss_mb": rss.map(|r| (r * 10.0).round() / 10.0),
+            // The GPU allocator pool's high watermark (torch_bench.py's `peak_device_mb` is
+            // torch.cuda.max_memory_allocated): weights, maps and workspace at their peak.
+            "peak_device_mb": effnet_runtime::exec::cuda::peak_device_bytes(&dev)
+                .map(|b| (b as f64 / 1048576.0 * 10.0).round() / 10.0),
         });
         println!("{v}");
     } else {

@@ -44,15 +44,8 @@ pub fn cuda_device(ordinal: usize, flag: &str) -> Result<Device, String> {
     }
     let dev =
         Device::new_cuda(ordinal).map_err(|e| format!("{flag}: cannot open GPU {ordinal}: {e}"))?;
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(d) = &dev {
-        // cudarc records two CUDA events per allocation while event tracking is on,
-        // to order uses across streams; effnet runs everything on candle's one stream
-        // per device, where they are never needed.
-        // SAFETY: every tensor of this process is made and used on this device's one
-        // stream (no other stream exists in effnet), so no cross-stream ordering is lost.
-        unsafe { d.disable_event_tracking() };
-    }
+    effnet_runtime::exec::cuda::configure_device(&dev)
+        .map_err(|e| format!("{flag}: GPU {ordinal}: {e}"))?;
     Ok(dev)
 }
 

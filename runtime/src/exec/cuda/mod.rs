@@ -272,6 +272,38 @@ pub trait CudaKernels {
     }
 }
 
+/// Prepare a CUDA `device` for effnet (a no-op for any other device or without the `cuda`
+/// feature), once, before it computes anything:
+///
+/// - cudarc's event tracking off: it records two CUDA events per allocation to order uses
+///   across streams; effnet runs everything on candle's one stream per device, where they
+///   are never needed.
+/// - the stream-ordered allocator's default pool keeps freed memory (release threshold
+///   `u64::MAX`): at CUDA's default of 0 every synchronization (a loss read back, a batch
+///   staged) hands the pool's free memory back to the driver, and the next step maps it
+///   again; candle allocates a fresh buffer per operation, so a step would pay that for most
+///   of its working set. PyTorch's caching allocator keeps its blocks the same way.
+pub fn configure_device(device: &candle_core::Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = device {
+        return ops::configure(d);
+    }
+    let _ = device;
+    Ok(())
+}
+
+/// The most device memory `device`'s allocator pool has had in use at once, in bytes (the
+/// stream-ordered pool's high watermark, as `torch.cuda.max_memory_allocated` is PyTorch's);
+/// `None` for other devices, without the `cuda` feature, or without a pool.
+pub fn peak_device_bytes(device: &candle_core::Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = device {
+        return ops::pool_high_watermark(d);
+    }
+    let _ = device;
+    None
+}
+
 /// effnet's kernels launched on `device`: `Some` for a CUDA device in a build with the `cuda`
 /// feature (the training loop's optimizer and EMA updates take them there).
 pub fn kernels_on(device: &candle_core::Device) -> Option<&'static dyn CudaKernels> {
