@@ -152,6 +152,20 @@ fn half_precision_inference_on_the_gpu_stays_near_f32() {
     }
 }
 
+/// The device set up as `effnet` sets it up (event tracking off, the pool keeping freed
+/// memory), and the pool's high watermark counting a 64 MB tensor.
+#[test]
+fn the_configured_gpu_reports_its_peak_memory() {
+    let Some(gpu) = gpu() else { return };
+    effnet_runtime::exec::cuda::configure_device(&gpu).expect("configure");
+    let t = Tensor::zeros((16, 1 << 20), DType::F32, &gpu).expect("64 MB");
+    gpu.synchronize().expect("sync");
+    let peak = effnet_runtime::exec::cuda::peak_device_bytes(&gpu);
+    drop(t);
+    let peak = peak.expect("the pool's high watermark");
+    assert!(peak >= 64 << 20, "peak {peak} bytes");
+}
+
 #[test]
 fn the_candle_plan_runs_on_the_gpu_too() {
     let Some(gpu) = gpu() else { return };
