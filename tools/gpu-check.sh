@@ -9,30 +9,41 @@
 #                                      # the GPU machine)
 #   bash tools/gpu-check.sh            # there: with nvidia-smi, Python, torch and timm
 #
-# The second half writes one report, $OUT/gpu-report.md (./gpu-report.md without OUT):
-#   1. the GPU: nvidia-smi's name, driver and memory; NVRTC compiling the kernels;
-#   2. the GPU tests: the cuda-fused plan against the candle plan on the CPU, every block kind,
-#      both paddings, odd sizes, batch 1 and 7; the cuda-step plan against the cpu-step plan
-#      (one step; twenty SGD steps' losses within 1e-4); then the NCCL tests (the
-#      communicator on every GPU, world size 1 on one, and two data-parallel epochs);
-#   3. full-size parity with timm at an odd resolution (225 px) on `--device cuda`:
-#      tf_efficientnetv2_b0, efficientnetv2_s, efficientnetv2_rw_t, efficientnet_b0
-#      (tools/parity.sh: random weights, calibrated BatchNorm, float64 reference);
-#   4. side by side, alternating, best of ROUNDS (default 2): `effnet bench --device cuda`
-#      (the cuda-fused plan, and the candle plan for comparison) against
-#      `tools/torch_bench.py --device cuda --channels-last` (cuDNN benchmark mode, TF32 off):
-#      efficientnetv2_s 384 batch 32, tf_efficientnetv2_b0 224 batch 1 and 128; and in bf16
-#      (`--dtype bf16`) against PyTorch's autocast bf16 (`--amp-bf16`), and in f16 (first
-#      round only) against autocast f16 (`--amp-f16`), after the bf16 and f16 logits'
-#      distances to timm's float64 ones;
-#   5. training steps side by side, the same way: `effnet bench --train --device cuda` (the
-#      cuda-step plan, and the candle plan) against `tools/torch_bench.py --train --device cuda
-#      --channels-last` (one SGD step per iteration, f32), and `--precision bf16` against
-#      PyTorch's AMP (`--amp-bf16`): tf_efficientnetv2_b0 224 batch 128, efficientnetv2_s 300
-#      batch 64;
-#   6. the main job (the README's first command) on --device cuda in f32 and in bf16, and on
-#      the CPU: wall time and the final accuracy of each;
-#   7. the device memory after 1,000 inference calls against after 100 (no growth expected).
+# On the device tool's lent GPU: one `run` with `carry: ["gpu-bundle"]`, command
+# `bash tools/gpu-check.sh` and timeout_s 600 (the report comes back under $OUT); a second
+# run with PARTS naming what the first did not reach, if device time is left.
+#
+# The second half writes one report, $OUT/gpu-report.md (./gpu-report.md without OUT), as it
+# goes (what is written stays if the run is cut short). First the GPU (nvidia-smi's name,
+# driver and memory) and NVRTC compiling the kernels; then the parts of PARTS in this order,
+# most important first, each skipped with a line in the report once too little of DEADLINE
+# (default 540 s, under the device tool's 600 s a command) is left, and every command
+# stopped at the deadline:
+#   tests    the GPU tests: the cuda-fused plan against the candle plan on the CPU, every
+#            block kind, both paddings, odd sizes, batch 1 and 7; the cuda-step plan against
+#            the cpu-step plan (one step; twenty optimizer steps' losses within 1e-4); the
+#            fused optimizer kernels; bf16 and f16 inference against f32;
+#   parity   full-size parity with timm at an odd resolution (225 px) on `--device cuda`:
+#            tf_efficientnetv2_b0, efficientnetv2_s, efficientnetv2_rw_t, efficientnet_b0
+#            (tools/parity.sh: random weights, calibrated BatchNorm, float64 reference);
+#   infer    side by side, alternating, best of ROUNDS (default 2): `effnet bench --device
+#            cuda` (the cuda-fused plan) against `tools/torch_bench.py --device cuda
+#            --channels-last` (cuDNN benchmark mode, TF32 off): efficientnetv2_s 384 batch 32,
+#            tf_efficientnetv2_b0 224 batch 1 and 128; in bf16 (`--dtype bf16`) against
+#            PyTorch's autocast bf16 (`--amp-bf16`); images/s and peak device memory;
+#   train    training steps the same way: `effnet bench --train` (the cuda-step plan) against
+#            `tools/torch_bench.py --train` (one SGD step per iteration), f32 and `--precision
+#            bf16` against AMP (`--amp-bf16`): tf_efficientnetv2_b0 224 batch 128,
+#            efficientnetv2_s 300 batch 64;
+#   memory   the device memory after 1,000 inference calls against after 100 (no growth);
+#   mainjob  the main job (the README's first command) on --device cuda in f32 and in bf16,
+#            and on the CPU: wall time and the final accuracy of each;
+#   nccl     the NCCL tests (the communicator on every GPU, world size 1 on one, and two
+#            data-parallel epochs);
+#   half     the bf16 (and with f16, f16) logits' distances to timm's float64 ones;
+#   f16      adds the f16 rows to infer (first round only) and half;
+#   candle   adds candle's own CUDA plan to the infer and train tables (slow: per-channel
+#            depthwise convolutions; capped at 60 s a row; not in the default PARTS).
 # Each part records its failure and the script goes on, so one run gives every answer.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +84,13 @@ fi
 report=${OUT:-.}/gpu-report.md
 PYTHON=${PYTHON:-python3}
 ROUNDS=${ROUNDS:-2}
+# The parts to run, in this order (each skipped with a line in the report once too little of
+# DEADLINE is left): tests, parity, infer, train, memory, mainjob, nccl, half (bf16 and f16
+# accuracy); `f16` adds f16 rows to infer and half, `candle` adds candle's own CUDA plan to
+# the side-by-side tables (slow: per-channel depthwise convolutions; capped at 60 s a row).
+PARTS=${PARTS:-"tests parity infer train memory mainjob nccl half f16"}
+# Seconds for the whole run: under the device tool's 600 s a command, with room to spare.
+DEADLINE=${DEADLINE:-540}
 for f in effnet gpu-tests gpu-nccl-tests; do
     if [ -f "$bundle/$f.xz" ]; then xz -d -k -f "$bundle/$f.xz"; fi
     chmod +x "$bundle/$f" 2>/dev/null
@@ -101,15 +119,17 @@ for line in open(path):
     if mb is not None:
         peak.setdefault(k, {})[side] = max(peak.get(k, {}).get(side, 0.0), mb)
 halves = [h for h in ("bf16", "f16") if any(f"effnet-{h}" in s for s in best.values())]
-head = f"| model | input | batch | effnet {plan} | effnet candle | {torch_title} | {plan} / PyTorch |"
+candle = any("effnet-candle" in s for s in best.values())
+head = f"| model | input | batch | effnet {plan} |{' effnet candle |' if candle else ''}"
+head += f" {torch_title} | {plan} / PyTorch |"
 for h in halves:
     head += f" effnet {h} | PyTorch {h} (autocast) | {h} ratio |"
 print(head)
-print("|---" * (7 + 3 * len(halves)) + "|")
+print("|---" * (6 + candle + 3 * len(halves)) + "|")
 for (m, r, b), s in best.items():
     e, c, t = s.get(f"effnet-{plan}"), s.get("effnet-candle"), s.get("torch")
     ratio = f"{e / t:.2f}x" if e and t else "n/a"
-    row = f"| {m} | {r} | {b} | {e} | {c} | {t} | {ratio} |"
+    row = f"| {m} | {r} | {b} | {e} |{f' {c} |' if candle else ''} {t} | {ratio} |"
     for h in halves:
         eh, th = s.get(f"effnet-{h}"), s.get(f"torch-{h}")
         row += f" {eh} | {th} | {f'{eh / th:.2f}x' if eh and th else 'n/a'} |"
@@ -133,7 +153,32 @@ PY
 }
 
 : >"$report"
-say "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC')"
+START=$(date +%s)
+# Seconds left before the deadline.
+left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
+# Whether part $1 was asked for (PARTS).
+wanted() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
+# The heading of a part, or a line saying why it is skipped: $1 the part, $2 its title, $3
+# the seconds it needs at least (default 30). Returns 1 when it is to be skipped.
+begin() {
+    wanted "$1" || return 1
+    say
+    if [ "$(left)" -lt "${3:-30}" ]; then
+        say "## $2: skipped, $(left) s left of DEADLINE=$DEADLINE"
+        return 1
+    fi
+    say "## $2"
+}
+# "$@" stopped at the deadline, or after CAP seconds when CAP is set and sooner.
+bounded() {
+    local t
+    t=$(left)
+    if [ -n "${CAP:-}" ] && [ "$CAP" -lt "$t" ]; then t=$CAP; fi
+    if [ "$t" -le 0 ]; then echo "out of time" >&2; return 124; fi
+    timeout --kill-after=5 "$t" "$@"
+}
+
+say "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC') (PARTS=\"$PARTS\", DEADLINE=$DEADLINE s)"
 say
 say '```'
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$report"
@@ -142,19 +187,128 @@ say '```'
 say
 say "## NVRTC compiles the kernels (tools/nvrtc_check.py)"
 say '```'
-"$PYTHON" tools/nvrtc_check.py 2>&1 | tee -a "$report"
+CAP=60 bounded "$PYTHON" tools/nvrtc_check.py 2>&1 | tee -a "$report"
 say '```'
 
-say
-say "## GPU tests (cuda-fused and cuda-step against the CPU plans)"
-say '```'
-"$bundle/gpu-tests" --nocapture --test-threads 1 2>&1 | tail -20 | tee -a "$report"
-say '```'
+if begin tests "GPU tests (cuda-fused and cuda-step against the CPU plans)"; then
+    say '```'
+    CAP=180 bounded "$bundle/gpu-tests" --nocapture --test-threads 1 2>&1 | tail -24 |
+        tee -a "$report"
+    say '```'
+fi
 
-say
-say "## NCCL: the communicator and two data-parallel epochs through it (one rank per GPU)"
-# libnccl.so.2 from the Python environment's nvidia-nccl wheel (PyTorch's).
-nccl_dir=$("$PYTHON" - <<'PY' 2>/dev/null
+if begin parity "Full-size parity with timm on --device cuda (225 px, batch 2)" 60; then
+    EFFNET=$EFFNET EFFNET_ARGS="--device cuda" RES=225 PYTHON=$PYTHON bounded bash tools/parity.sh \
+        tf_efficientnetv2_b0 efficientnetv2_s efficientnetv2_rw_t efficientnet_b0 2>&1 |
+        tee -a "$report"
+fi
+
+# One side-by-side row: $1 the side's name, $2.. the command printing its JSON last.
+measure() {
+    local side=$1
+    shift
+    local j
+    j=$(CAP=${ROW_CAP:-90} bounded "$@" 2>&1 | tail -1)
+    printf '%s\t%s\t%s\t%s\t%s\n' "$side" "$model" "$res" "$batch" "$j" >>"$out"
+}
+
+halves=(bf16)
+if wanted f16; then halves+=(f16); fi
+
+if begin infer "Inference side by side (best of $ROUNDS alternating rounds)" 60; then
+    rows=(
+        "efficientnetv2_s specs/efficientnetv2_s.effnet 384 32 20"
+        "tf_efficientnetv2_b0 specs/tf_efficientnetv2_b0.effnet 224 1 200"
+        "tf_efficientnetv2_b0 specs/tf_efficientnetv2_b0.effnet 224 128 20"
+    )
+    out=$(mktemp)
+    for round in $(seq "$ROUNDS"); do
+        [ "$(left)" -lt 60 ] && break
+        for row in "${rows[@]}"; do
+            read -r model spec res batch iters <<<"$row"
+            common=("$spec" --model "$model" --resolution "$res" --batch "$batch" --iters "$iters"
+                --warmup 5 --device cuda --json)
+            tcommon=(tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch"
+                --iters "$iters" --warmup 5 --device cuda --channels-last)
+            measure effnet-cuda-fused "$EFFNET" bench "${common[@]}" --plan cuda-fused
+            # candle's own CUDA plan (per-channel depthwise convolutions): slow, so only
+            # when asked for, and capped.
+            if wanted candle; then ROW_CAP=60 measure effnet-candle "$EFFNET" bench \
+                "${common[@]}" --plan candle; fi
+            measure torch "$PYTHON" "${tcommon[@]}"
+            # Half precision: effnet's bf16 / f16 maps and GEMMs against PyTorch's autocast;
+            # f16 (the issue's "where it works") in the first round only.
+            for half in "${halves[@]}"; do
+                [ "$half" = f16 ] && [ "$round" -gt 1 ] && continue
+                measure "effnet-$half" "$EFFNET" bench "${common[@]}" --dtype "$half"
+                measure "torch-$half" "$PYTHON" "${tcommon[@]}" "--amp-$half"
+            done
+        done
+    done
+    side_by_side "$out" cuda-fused "PyTorch eager (channels_last)" | tee -a "$report"
+fi
+
+if begin train "Training steps side by side (best of $ROUNDS alternating rounds, SGD)" 60; then
+    train_rows=(
+        "tf_efficientnetv2_b0 specs/tf_efficientnetv2_b0.effnet 224 128 10"
+        "efficientnetv2_s specs/efficientnetv2_s.effnet 300 64 10"
+    )
+    out=$(mktemp)
+    for round in $(seq "$ROUNDS"); do
+        [ "$(left)" -lt 60 ] && break
+        for row in "${train_rows[@]}"; do
+            read -r model spec res batch iters <<<"$row"
+            common=("$spec" --model "$model" --resolution "$res" --batch "$batch" --iters "$iters"
+                --warmup 3 --device cuda --train --json)
+            tcommon=(tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch"
+                --iters "$iters" --warmup 3 --device cuda --channels-last --train)
+            measure effnet-cuda-step "$EFFNET" bench "${common[@]}" --plan cuda-step
+            if wanted candle; then ROW_CAP=60 measure effnet-candle "$EFFNET" bench \
+                "${common[@]}" --plan candle; fi
+            measure torch "$PYTHON" "${tcommon[@]}"
+            # Mixed precision: effnet's bf16 step against PyTorch's autocast.
+            measure effnet-bf16 "$EFFNET" bench "${common[@]}" --precision bf16
+            measure torch-bf16 "$PYTHON" "${tcommon[@]}" --amp-bf16
+        done
+    done
+    side_by_side "$out" cuda-step "PyTorch eager (channels_last, SGD)" | tee -a "$report"
+fi
+
+if begin memory "Device memory: 100 against 1,000 inference calls (tf_efficientnetv2_b0 224 batch 8)" 40; then
+    for iters in 100 1000; do
+        json=$(mktemp)
+        CAP=60 bounded "$EFFNET" bench specs/tf_efficientnetv2_b0.effnet --resolution 224 \
+            --batch 8 --iters "$iters" --warmup 5 --device cuda --json >"$json" 2>&1 &
+        pid=$!
+        peak=0
+        while kill -0 "$pid" 2>/dev/null; do
+            used=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits \
+                2>/dev/null | awk -F', ' '{ s += $2 } END { print s + 0 }')
+            [ -n "$used" ] && [ "$used" -gt "$peak" ] && peak=$used
+            sleep 0.2
+        done
+        pool=$("$PYTHON" -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]).get("peak_device_mb"))' "$json" 2>/dev/null)
+        say "- $iters calls: nvidia-smi's peak over the GPU's processes $peak MiB (the pool keeps freed memory: its reservation), the pool's in-use high watermark ${pool:-n/a} MB"
+    done
+fi
+
+if begin mainjob "The main job (the README's first command) on --device cuda, and on the CPU" 60; then
+    for run in "cuda f32" "cuda bf16" "cpu f32"; do
+        read -r dev prec <<<"$run"
+        [ "$(left)" -lt 30 ] && { say "- --device $dev --precision $prec: skipped, out of time"; continue; }
+        start=$(date +%s)
+        log=$(bounded "$EFFNET" train specs/efficientnetv2_nano.effnet --data data/mnist \
+            --out "$(mktemp -d)/nano-$dev-$prec" --device "$dev" --precision "$prec" 2>&1 | tail -3)
+        say "- --device $dev --precision $prec: $(( $(date +%s) - start )) s wall"
+        say '```'
+        say "$log"
+        say '```'
+    done
+fi
+
+if begin nccl "NCCL: the communicator and two data-parallel epochs through it (one rank per GPU)"; then
+    # libnccl.so.2 from the Python environment's nvidia-nccl wheel (PyTorch's).
+    nccl_dir=$("$PYTHON" - <<'PY' 2>/dev/null
 import glob, os, site, sys
 for p in site.getsitepackages() + [site.getusersitepackages()]:
     for f in glob.glob(os.path.join(p, "nvidia", "**", "libnccl.so.2"), recursive=True):
@@ -162,124 +316,28 @@ for p in site.getsitepackages() + [site.getusersitepackages()]:
         sys.exit()
 PY
 )
-say '```'
-if [ -n "$nccl_dir" ] && [ -x "$bundle/gpu-nccl-tests" ]; then
-    LD_LIBRARY_PATH="$nccl_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-        "$bundle/gpu-nccl-tests" --nocapture --test-threads 1 2>&1 | tail -20 | tee -a "$report"
-else
-    say "skipped: no libnccl.so.2 in the Python environment, or no NCCL test binary"
+    say '```'
+    if [ -n "$nccl_dir" ] && [ -x "$bundle/gpu-nccl-tests" ]; then
+        LD_LIBRARY_PATH="$nccl_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" CAP=120 \
+            bounded "$bundle/gpu-nccl-tests" --nocapture --test-threads 1 2>&1 | tail -20 |
+            tee -a "$report"
+    else
+        say "skipped: no libnccl.so.2 in the Python environment, or no NCCL test binary"
+    fi
+    say '```'
 fi
-say '```'
 
-say
-say "## Full-size parity with timm on --device cuda (225 px, batch 2)"
-EFFNET=$EFFNET EFFNET_ARGS="--device cuda" RES=225 PYTHON=$PYTHON bash tools/parity.sh \
-    tf_efficientnetv2_b0 efficientnetv2_s efficientnetv2_rw_t efficientnet_b0 2>&1 | tee -a "$report"
-
-say
-say "## bf16 accuracy: --dtype bf16 on --device cuda against timm float64 (225 px, batch 2)"
-say "(the table's bar is float32's; in bf16 the distance itself is the figure)"
-EFFNET=$EFFNET EFFNET_ARGS="--device cuda --dtype bf16" RES=225 PYTHON=$PYTHON bash tools/parity.sh \
-    tf_efficientnetv2_b0 efficientnetv2_s 2>&1 | tee -a "$report"
-
-say
-say "## f16 accuracy: --dtype f16 on --device cuda against timm float64 (225 px, batch 2)"
-say "(as for bf16, the distance itself is the figure)"
-EFFNET=$EFFNET EFFNET_ARGS="--device cuda --dtype f16" RES=225 PYTHON=$PYTHON bash tools/parity.sh \
-    tf_efficientnetv2_b0 efficientnetv2_s 2>&1 | tee -a "$report"
-
-say
-say "## Inference side by side (best of $ROUNDS alternating rounds)"
-rows=(
-    "efficientnetv2_s specs/efficientnetv2_s.effnet 384 32 20"
-    "tf_efficientnetv2_b0 specs/tf_efficientnetv2_b0.effnet 224 1 200"
-    "tf_efficientnetv2_b0 specs/tf_efficientnetv2_b0.effnet 224 128 20"
-)
-out=$(mktemp)
-for round in $(seq "$ROUNDS"); do
-    for row in "${rows[@]}"; do
-        read -r model spec res batch iters <<<"$row"
-        for plan in cuda-fused candle; do
-            j=$("$EFFNET" bench "$spec" --model "$model" --resolution "$res" --batch "$batch" \
-                --iters "$iters" --warmup 5 --device cuda --plan "$plan" --json 2>&1 | tail -1)
-            printf 'effnet-%s\t%s\t%s\t%s\t%s\n' "$plan" "$model" "$res" "$batch" "$j" >>"$out"
-        done
-        t=$("$PYTHON" tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch" \
-            --iters "$iters" --warmup 5 --device cuda --channels-last 2>&1 | tail -1)
-        printf 'torch\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$t" >>"$out"
-        # Half precision: effnet's bf16 / f16 maps and GEMMs against PyTorch's autocast; f16
-        # (the issue's "where it works") in the first round only, to save device time.
-        for half in bf16 f16; do
-            [ "$half" = f16 ] && [ "$round" -gt 1 ] && continue
-            j=$("$EFFNET" bench "$spec" --model "$model" --resolution "$res" --batch "$batch" \
-                --iters "$iters" --warmup 5 --device cuda --dtype "$half" --json 2>&1 | tail -1)
-            printf 'effnet-%s\t%s\t%s\t%s\t%s\n' "$half" "$model" "$res" "$batch" "$j" >>"$out"
-            t=$("$PYTHON" tools/torch_bench.py --model "$model" --resolution "$res" \
-                --batch "$batch" --iters "$iters" --warmup 5 --device cuda --channels-last \
-                "--amp-$half" 2>&1 | tail -1)
-            printf 'torch-%s\t%s\t%s\t%s\t%s\n' "$half" "$model" "$res" "$batch" "$t" >>"$out"
-        done
+if begin half "Half-precision accuracy: --dtype bf16 | f16 on --device cuda against timm float64 (225 px, batch 2)" 60; then
+    say "(the table's bar is float32's; in half precision the distance itself is the figure)"
+    for half in "${halves[@]}"; do
+        say
+        say "--dtype $half:"
+        EFFNET=$EFFNET EFFNET_ARGS="--device cuda --dtype $half" RES=225 PYTHON=$PYTHON \
+            bounded bash tools/parity.sh tf_efficientnetv2_b0 efficientnetv2_s 2>&1 |
+            tee -a "$report"
     done
-done
-side_by_side "$out" cuda-fused "PyTorch eager (channels_last)" | tee -a "$report"
+fi
 
 say
-say "## Training steps side by side (best of $ROUNDS alternating rounds, f32, SGD)"
-out=$(mktemp)
-train_rows=(
-    "tf_efficientnetv2_b0 specs/tf_efficientnetv2_b0.effnet 224 128 10"
-    "efficientnetv2_s specs/efficientnetv2_s.effnet 300 64 10"
-)
-for round in $(seq "$ROUNDS"); do
-    for row in "${train_rows[@]}"; do
-        read -r model spec res batch iters <<<"$row"
-        for plan in cuda-step candle; do
-            j=$("$EFFNET" bench "$spec" --model "$model" --resolution "$res" --batch "$batch" \
-                --iters "$iters" --warmup 3 --device cuda --train --plan "$plan" --json 2>&1 | tail -1)
-            printf 'effnet-%s\t%s\t%s\t%s\t%s\n' "$plan" "$model" "$res" "$batch" "$j" >>"$out"
-        done
-        t=$("$PYTHON" tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch" \
-            --iters "$iters" --warmup 3 --device cuda --channels-last --train 2>&1 | tail -1)
-        printf 'torch\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$t" >>"$out"
-        # Mixed precision: effnet's bf16 step against PyTorch's autocast.
-        j=$("$EFFNET" bench "$spec" --model "$model" --resolution "$res" --batch "$batch" \
-            --iters "$iters" --warmup 3 --device cuda --train --precision bf16 --json 2>&1 | tail -1)
-        printf 'effnet-bf16\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$j" >>"$out"
-        t=$("$PYTHON" tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch" \
-            --iters "$iters" --warmup 3 --device cuda --channels-last --train --amp-bf16 2>&1 | tail -1)
-        printf 'torch-bf16\t%s\t%s\t%s\t%s\n' "$model" "$res" "$batch" "$t" >>"$out"
-    done
-done
-side_by_side "$out" cuda-step "PyTorch eager (channels_last, SGD)" | tee -a "$report"
-
-say
-say "## The main job on --device cuda and on the CPU"
-for run in "cuda f32" "cuda bf16" "cpu f32"; do
-    read -r dev prec <<<"$run"
-    start=$(date +%s)
-    log=$("$EFFNET" train specs/efficientnetv2_nano.effnet --data data/mnist \
-        --out "$(mktemp -d)/nano-$dev-$prec" --device "$dev" --precision "$prec" 2>&1 | tail -3)
-    say "- --device $dev --precision $prec: $(( $(date +%s) - start )) s wall"
-    say '```'
-    say "$log"
-    say '```'
-done
-
-say
-say "## Device memory: 100 against 1,000 inference calls (tf_efficientnetv2_b0 224 batch 8)"
-for iters in 100 1000; do
-    json=$(mktemp)
-    "$EFFNET" bench specs/tf_efficientnetv2_b0.effnet --resolution 224 --batch 8 --iters "$iters" \
-        --warmup 5 --device cuda --json >"$json" 2>&1 &
-    pid=$!
-    peak=0
-    while kill -0 "$pid" 2>/dev/null; do
-        used=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null |
-            awk -F', ' -v p="$pid" '$1 == p { print $2 }')
-        [ -n "$used" ] && [ "$used" -gt "$peak" ] && peak=$used
-        sleep 0.2
-    done
-    pool=$("$PYTHON" -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]).get("peak_device_mb"))' "$json" 2>/dev/null)
-    say "- $iters calls: nvidia-smi's peak for the process $peak MiB (the pool keeps freed memory: its reservation), the pool's in-use high watermark ${pool:-n/a} MB"
-done
+say "Finished in $(( $(date +%s) - START )) s of DEADLINE=$DEADLINE."
 echo "report: $report"
