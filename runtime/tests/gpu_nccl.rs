@@ -40,14 +40,24 @@ fn nccl_collectives_on_every_gpu() {
         let root = c.broadcast(&t, 0)?.to_vec1::<f32>()?;
         let mut host = [f64::from(r)];
         c.all_reduce_mean_host(&mut host)?;
-        Ok((mean, root, host[0]))
+        // SyncBatchNorm's sums: f64, on the device, in the tensor's shape.
+        let sums = Tensor::new(
+            &[[f64::from(r), 1.0], [0.5, -f64::from(r)]],
+            &devices[c.rank()],
+        )?;
+        let summed = c.all_reduce_sum(&sums)?;
+        assert_eq!(summed.dims(), [2, 2]);
+        assert!(summed.device().is_cuda());
+        Ok((mean, root, host[0], summed.flatten_all()?.to_vec1::<f64>()?))
     })
     .expect("collectives");
     let m = (w - 1) as f32 / 2.0;
-    for (mean, root, host) in out {
+    let total = (w * (w - 1) / 2) as f64;
+    for (mean, root, host, summed) in out {
         assert_eq!(mean, [m, 1.0, 2.0 * m]);
         assert_eq!(root, [0.0, 1.0, 0.0]);
         assert_eq!(host, f64::from(m));
+        assert_eq!(summed, [total, w as f64, 0.5 * w as f64, -total]);
     }
 }
 

@@ -4,17 +4,27 @@
 //!
 //! The backend that runs the step (the cpu-step or cuda-step plan's) holds a
 //! [`BatchNormSync`]; per train-mode BatchNorm it calls [`BatchNormSync::sum_over_ranks`]
-//! twice, in the same order on every rank: in the forward with each channel's count and moments ([`Moments`]), in the
-//! backward with the sums of `dy` and `dy * xhat` the input gradient needs. A BatchNorm in
+//! twice, in the same order on every rank: in the forward with each channel's count and
+//! moments ([`Moments`]), in the backward with the sums of `dy` and `dy * xhat` the input
+//! gradient needs. The cuda-step plan asks for the same sums as device tensors
+//! ([`BatchNormSync::sum_tensor_over_ranks`]: on NCCL they never leave the GPU), and for the
+//! global batch's images once a step. A BatchNorm in
 //! eval mode (frozen) uses its running statistics and meets no one.
 
-use candle_core::{Result, bail};
+use candle_core::{DType, Result, Tensor, bail};
 
 /// The sums over the ranks of a data-parallel run that a synchronized BatchNorm needs. Every
 /// rank calls it, in the same order, with as many values.
 pub trait BatchNormSync {
     /// `values` becomes its sum over every rank.
     fn sum_over_ranks(&self, values: &mut [f64]) -> Result<()>;
+    /// The f64 tensor `t` summed over every rank, on its device: the cuda-step plan's sums stay
+    /// on the GPU where the communicator can sum there (NCCL). By default through the host.
+    fn sum_tensor_over_ranks(&self, t: &Tensor) -> Result<Tensor> {
+        let mut v = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        self.sum_over_ranks(&mut v)?;
+        Tensor::from_vec(v, t.dims(), t.device())
+    }
 }
 
 /// One BatchNorm's per-channel statistics, as sums that add over the ranks: the count, and

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::CudaView;
-use candle_core::cuda_backend::{CudaDevice, cudarc};
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, Device, Layout, Shape, Tensor, bail};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, cudarc};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, bail};
 use cudarc::nccl::{Comm, ReduceOp};
 
 use super::parallel::{Communicator, CpuComm};
@@ -82,18 +82,58 @@ pub fn nccl_ranks(
         .collect())
 }
 
-/// A collective on a flat f32 CUDA tensor, as a candle op (its output a fresh buffer).
-struct Collective<'a> {
-    comm: &'a Comm,
-    /// `None`: the mean; `Some(root)`: rank `root`'s values.
-    root: Option<usize>,
+/// What a [`Collective`] computes.
+#[derive(Clone, Copy)]
+enum Reduction {
+    /// The mean over the ranks (the gradients).
+    Mean,
+    /// The sum over the ranks (SyncBatchNorm's sums).
+    Sum,
+    /// Rank `root`'s values.
+    Broadcast(usize),
 }
 
-fn contiguous<'a>(s: &'a CudaStorage, l: &Layout) -> candle_core::Result<CudaView<'a, f32>> {
-    let slice = s.as_cuda_slice::<f32>()?;
+/// A collective on a flat f32 or f64 CUDA tensor, as a candle op (its output a fresh buffer).
+struct Collective<'a> {
+    comm: &'a Comm,
+    reduction: Reduction,
+}
+
+fn contiguous<'a, T: CudaDType>(
+    s: &'a CudaStorage,
+    l: &Layout,
+) -> candle_core::Result<CudaView<'a, T>> {
+    let slice = s.as_cuda_slice::<T>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(slice.slice(a..b)),
         None => bail!("an NCCL collective needs a contiguous buffer"),
+    }
+}
+
+impl Collective<'_> {
+    fn run<T>(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<CudaStorage>
+    where
+        T: CudaDType + cudarc::driver::DeviceRepr + cudarc::nccl::NcclType,
+    {
+        let src = contiguous::<T>(s, l)?;
+        let n = l.shape().elem_count();
+        let dev: &CudaDevice = s.device();
+        // SAFETY: NCCL writes every element of the output before anyone reads it.
+        let mut out = unsafe { dev.alloc::<T>(n) }?;
+        let r = match self.reduction {
+            Reduction::Mean => self.comm.all_reduce(&src, &mut out, &ReduceOp::Avg),
+            Reduction::Sum => self.comm.all_reduce(&src, &mut out, &ReduceOp::Sum),
+            Reduction::Broadcast(root) => {
+                let root = i32::try_from(root).map_err(|_| {
+                    candle_core::Error::Msg(format!("broadcast root {root} over 2^31"))
+                })?;
+                self.comm.broadcast(Some(&src), &mut out, root)
+            }
+        };
+        if let Err(e) = r {
+            bail!("NCCL: {e:?}");
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 }
 
@@ -107,27 +147,12 @@ impl CustomOp1 for Collective<'_> {
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        let src = contiguous(s, l)?;
-        let n = l.shape().elem_count();
-        let dev: &CudaDevice = s.device();
-        // SAFETY: NCCL writes every element of the output before anyone reads it.
-        let mut out = unsafe { dev.alloc::<f32>(n) }?;
-        let r = match self.root {
-            None => self.comm.all_reduce(&src, &mut out, &ReduceOp::Avg),
-            Some(root) => {
-                let root = i32::try_from(root).map_err(|_| {
-                    candle_core::Error::Msg(format!("broadcast root {root} over 2^31"))
-                })?;
-                self.comm.broadcast(Some(&src), &mut out, root)
-            }
+        let storage = match s.dtype() {
+            DType::F32 => self.run::<f32>(s, l)?,
+            DType::F64 => self.run::<f64>(s, l)?,
+            d => bail!("an NCCL collective on {} values (f32 or f64)", d.as_str()),
         };
-        if let Err(e) = r {
-            bail!("NCCL: {e:?}");
-        }
-        Ok((
-            CudaStorage::wrap_cuda_slice(out, dev.clone()),
-            Shape::from(n),
-        ))
+        Ok((storage, Shape::from(l.shape().elem_count())))
     }
 }
 
@@ -151,12 +176,12 @@ impl NcclComm {
             })
     }
 
-    fn collective(&self, flat: &Tensor, root: Option<usize>) -> TrainResult<Tensor> {
+    fn collective(&self, flat: &Tensor, reduction: Reduction) -> TrainResult<Tensor> {
         self.meet()?;
         let flat = flat.flatten_all()?.contiguous()?;
         Ok(flat.apply_op1_no_bwd(&Collective {
             comm: &self.comm,
-            root,
+            reduction,
         })?)
     }
 }
@@ -169,7 +194,12 @@ impl Communicator for NcclComm {
         self.comm.world_size()
     }
     fn all_reduce_mean(&self, bucket: &Tensor) -> TrainResult<Tensor> {
-        self.collective(bucket, None)
+        self.collective(bucket, Reduction::Mean)
+    }
+    fn all_reduce_sum(&self, t: &Tensor) -> TrainResult<Tensor> {
+        Ok(self
+            .collective(&t.to_dtype(DType::F64)?, Reduction::Sum)?
+            .reshape(t.dims())?)
     }
     fn all_reduce_mean_host(&self, values: &mut [f64]) -> TrainResult<()> {
         self.host_all_reduce(values, &ReduceOp::Avg)
@@ -178,7 +208,7 @@ impl Communicator for NcclComm {
         self.host_all_reduce(values, &ReduceOp::Sum)
     }
     fn broadcast(&self, flat: &Tensor, root: usize) -> TrainResult<Tensor> {
-        self.collective(flat, Some(root))
+        self.collective(flat, Reduction::Broadcast(root))
     }
     fn abort(&self, rank: usize, reason: &str) {
         self.control.abort(rank, reason);

@@ -69,6 +69,14 @@ pub trait Communicator: Send + Sync {
         values.iter_mut().for_each(|v| *v *= w);
         Ok(())
     }
+    /// The sum over the ranks of an f64 tensor on the rank's device (SyncBatchNorm's sums on
+    /// a GPU), as a tensor of its shape there. By default through the host
+    /// ([`Communicator::all_reduce_sum_host`]); NCCL sums on the device, with no host wait.
+    fn all_reduce_sum(&self, t: &Tensor) -> TrainResult<Tensor> {
+        let mut v = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        self.all_reduce_sum_host(&mut v)?;
+        Ok(Tensor::from_vec(v, t.dims(), t.device())?)
+    }
     /// Rank `root`'s flat f32 buffer, on every rank.
     fn broadcast(&self, flat: &Tensor, root: usize) -> TrainResult<Tensor>;
     /// Stop the run: every rank's pending and later collectives fail with
@@ -151,14 +159,25 @@ impl<'a> BatchNormOverRanks<'a> {
     }
 }
 
+impl BatchNormOverRanks<'_> {
+    /// A collective's error as candle's, kept to be reported as itself.
+    fn keep(&self, e: TrainError) -> candle_core::Error {
+        let msg = e.to_string();
+        let mut kept = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.get_or_insert(e);
+        candle_core::Error::Msg(msg)
+    }
+}
+
 impl BatchNormSync for BatchNormOverRanks<'_> {
     fn sum_over_ranks(&self, values: &mut [f64]) -> candle_core::Result<()> {
-        self.comm.all_reduce_sum_host(values).map_err(|e| {
-            let msg = e.to_string();
-            let mut kept = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
-            kept.get_or_insert(e);
-            candle_core::Error::Msg(msg)
-        })
+        self.comm
+            .all_reduce_sum_host(values)
+            .map_err(|e| self.keep(e))
+    }
+
+    fn sum_tensor_over_ranks(&self, t: &Tensor) -> candle_core::Result<Tensor> {
+        self.comm.all_reduce_sum(t).map_err(|e| self.keep(e))
     }
 }
 

@@ -24,8 +24,9 @@
 //!
 //! SyncBatchNorm (`--sync-bn` in a data-parallel run): each train-mode BatchNorm's moments
 //! and its backward's two sums meet the other ranks' through the [`BatchNormSync`] the step
-//! holds, as on the cpu-step plan. That sync is host-based (two small host round trips a
-//! BatchNorm a step): correct everywhere, not fast.
+//! holds, as on the cpu-step plan, as device tensors (f64 sums of `z` and `z^2`; NCCL adds
+//! them on the GPU, with no host wait); the host only learns the global batch's images, once
+//! a step, for the counts the kernels take as scalars.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -38,7 +39,7 @@ use crate::exec::candle::activate;
 use crate::exec::cpu_fused::kernel_act;
 use crate::exec::shared::update_running_stats;
 use crate::exec::step::StepOps;
-use crate::exec::sync_bn::{BatchNormSync, Moments, unbiased_variance};
+use crate::exec::sync_bn::BatchNormSync;
 use crate::nn::{ConvBnAct, Param, SqueezeExcite};
 use crate::ops::{Act, ConvGeom, linear};
 
@@ -51,6 +52,8 @@ pub(crate) struct CudaStepOps<'a, K> {
     kernels: K,
     maps: DType,
     sync: Option<&'a dyn BatchNormSync>,
+    /// With `sync`: `(this rank's images, the global batch's)`, asked once a step.
+    images: Option<(usize, usize)>,
     grads: HashMap<String, Tensor>,
 }
 
@@ -60,40 +63,43 @@ impl<'a, K: CudaKernels> CudaStepOps<'a, K> {
             kernels,
             maps,
             sync,
+            images: None,
             grads: HashMap::new(),
         }
     }
 
     /// The batch statistics `[3, c]` (mean, `1 / sqrt(var + eps)`, unbiased variance) of the
-    /// `[rows, c]` map `z` combined with every other rank's, and the rows they cover.
+    /// `[rows, c]` map `z` of `n` images combined with every other rank's, and the rows they
+    /// cover. The sums `(sum z, sum z^2)` per channel meet on the device (f64); the global
+    /// batch's images are asked once a step, on the host (the kernels take counts as
+    /// scalars).
     fn synced_stats(
-        &self,
+        &mut self,
         sync: &dyn BatchNormSync,
         z: &Tensor,
+        n: usize,
         eps: f64,
     ) -> Result<(Tensor, usize)> {
         let (rows, c) = z.dims2()?;
+        let global = match self.images {
+            Some((local, global)) if local == n => global,
+            _ => {
+                let mut images = [n as f64];
+                sync.sum_over_ranks(&mut images)?;
+                let global = images[0].round() as usize;
+                self.images = Some((n, global));
+                global
+            }
+        };
+        if n == 0 || rows % n != 0 {
+            bail!("{OP}: SyncBatchNorm over {rows} rows of {n} images");
+        }
+        let count = rows / n * global;
         let partial = self
             .kernels
             .column_moments_partial(z, super::row_chunks(rows, c))?;
-        let sums: Vec<f64> = partial.sum(0)?.to_vec1()?;
-        let n = rows as f64;
-        let mean: Vec<f64> = sums[..c].iter().map(|s| s / n).collect();
-        let var: Vec<f64> = sums[c..]
-            .iter()
-            .zip(&mean)
-            .map(|(ss, m)| (ss / n - m * m).max(0.0))
-            .collect();
-        let mut moments = Moments::of(n, &mean, &var);
-        sync.sum_over_ranks(&mut moments.sums)?;
-        let (count, mean, var) = moments.combined(c)?;
-        let mut out = Vec::with_capacity(3 * c);
-        out.extend(mean.iter().map(|&m| m as f32));
-        out.extend(var.iter().map(|&v| (1.0 / (v + eps).sqrt()) as f32));
-        out.extend(var.iter().map(|&v| unbiased_variance(v, count)));
-        // The rows of the whole global batch: a count of f64 sums of whole rows.
-        let count = count.round() as usize;
-        Ok((Tensor::from_vec(out, (3, c), z.device())?, count))
+        let sums = sync.sum_tensor_over_ranks(&partial.sum_keepdim(0)?)?;
+        Ok((self.kernels.batch_stats_of(&sums, c, count, eps)?, count))
     }
 
     /// A dense convolution's weight gradient `[o, k * k * c]` (f32, the patches' tap order)
@@ -248,7 +254,7 @@ impl<K: CudaKernels> StepOps for CudaStepOps<'_, K> {
             (Tensor::stack(&[mean, inv_std], 0)?, rows)
         } else {
             let (s, count) = match self.sync {
-                Some(sync) => self.synced_stats(sync, &z, bn.spec.eps)?,
+                Some(sync) => self.synced_stats(sync, &z, g.n, bn.spec.eps)?,
                 None => (self.kernels.batch_stats(&z, bn.spec.eps)?, rows),
             };
             update_running_stats(bn, &s.get(0)?, &s.get(2)?)?;
@@ -309,17 +315,9 @@ impl<K: CudaKernels> StepOps for CudaStepOps<'_, K> {
         // The input gradient needs the sums over every rank's rows with SyncBatchNorm;
         // gamma's and beta's gradients stay this rank's (the gradient averaging adds them up).
         let input_sums = match self.sync {
-            Some(sync) if !t.eval_bn => {
-                let mut all: Vec<f64> = sums
-                    .flatten_all()?
-                    .to_vec1::<f32>()?
-                    .iter()
-                    .map(|&v| f64::from(v))
-                    .collect();
-                sync.sum_over_ranks(&mut all)?;
-                let all: Vec<f32> = all.iter().map(|&v| v as f32).collect();
-                Tensor::from_vec(all, (2, o), sums.device())?
-            }
+            Some(sync) if !t.eval_bn => sync
+                .sum_tensor_over_ranks(&sums.to_dtype(DType::F64)?)?
+                .to_dtype(DType::F32)?,
             _ => sums.clone(),
         };
         let all = Tensor::cat(&[&params, &input_sums], 0)?;
