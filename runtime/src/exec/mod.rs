@@ -270,11 +270,38 @@ pub fn loss_and_grads_in(
     targets: &Tensor,
     rng: &mut ChaCha8Rng,
 ) -> Result<(f64, Vec<Tensor>)> {
+    step_in(precision, net, params, x, targets, rng, None)
+}
+
+/// [`loss_and_grads_synced`] in `precision` (see [`loss_and_grads_in`]): mixed precision with
+/// SyncBatchNorm runs on the cuda-step plan.
+pub fn loss_and_grads_synced_in(
+    precision: Precision,
+    net: &NetworkParts,
+    params: &[Param],
+    x: &Tensor,
+    targets: &Tensor,
+    rng: &mut ChaCha8Rng,
+    sync: &dyn BatchNormSync,
+) -> Result<(f64, Vec<Tensor>)> {
+    step_in(precision, net, params, x, targets, rng, Some(sync))
+}
+
+/// One training step in `precision` on the plan the facts choose, SyncBatchNorm through `sync`.
+fn step_in(
+    precision: Precision,
+    net: &NetworkParts,
+    params: &[Param],
+    x: &Tensor,
+    targets: &Tensor,
+    rng: &mut ChaCha8Rng,
+    sync: Option<&dyn BatchNormSync>,
+) -> Result<(f64, Vec<Tensor>)> {
     let choice = Facts::of(net, x, Purpose::TrainStep).choose();
     match precision {
-        Precision::F32 => step_on(choice.plan, net, params, x, targets, rng, None),
+        Precision::F32 => step_on(choice.plan, net, params, x, targets, rng, sync),
         Precision::Bf16 if choice.plan == Plan::CudaStep => {
-            cuda_step(net, params, x, targets, rng, DType::BF16, None)
+            cuda_step(net, params, x, targets, rng, DType::BF16, sync)
         }
         Precision::Bf16 => bail!(
             "mixed precision (bf16) runs on the cuda-step plan (a CUDA device, a build with \
@@ -502,6 +529,21 @@ impl Network {
     ) -> Result<(f64, Vec<Tensor>)> {
         let stages = self.stage_slices();
         loss_and_grads_synced(&self.parts(&stages), params, x, targets, rng, sync)
+    }
+
+    /// [`Network::loss_and_grads_synced`] in `precision` (see [`loss_and_grads_synced_in`]).
+    pub fn loss_and_grads_synced_in(
+        &self,
+        precision: Precision,
+        params: &[Param],
+        x: &Tensor,
+        targets: &Tensor,
+        rng: &mut ChaCha8Rng,
+        sync: &dyn BatchNormSync,
+    ) -> Result<(f64, Vec<Tensor>)> {
+        let stages = self.stage_slices();
+        let parts = self.parts(&stages);
+        loss_and_grads_synced_in(precision, &parts, params, x, targets, rng, sync)
     }
 
     /// [`Network::loss_and_grads`] on a named plan (see [`loss_and_grads_on`]).

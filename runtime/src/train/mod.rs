@@ -605,12 +605,6 @@ impl Trainer {
                      default)"
                 )));
             }
-            if self.opts.precision != Precision::F32 {
-                return Err(TrainError::Config(
-                    "--sync-bn with --precision bf16: SyncBatchNorm steps in f32 only; drop one"
-                        .into(),
-                ));
-            }
         }
         // On a GPU the workers copy each batch to the device ahead of its step.
         let stage_on = self.opts.device.is_cuda().then(|| self.opts.device.clone());
@@ -767,9 +761,14 @@ impl Trainer {
             )?);
         }
         let sync = parallel::BatchNormOverRanks::new(&*self.comm);
-        let r = self
-            .net
-            .loss_and_grads_synced(&self.params, x, y, &mut self.mask_rng, &sync);
+        let r = self.net.loss_and_grads_synced_in(
+            self.opts.precision,
+            &self.params,
+            x,
+            y,
+            &mut self.mask_rng,
+            &sync,
+        );
         // A collective's failure is reported as itself (a peer's, or a timeout), not as a
         // failure of this rank's step.
         r.map_err(|e| sync.into_failure().unwrap_or(TrainError::Candle(e)))
