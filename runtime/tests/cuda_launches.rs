@@ -14,7 +14,6 @@ use std::rc::Rc;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use effnet_compiler::ir::Optimizer as OptimizerSpec;
 use effnet_runtime::Network;
 use effnet_runtime::exec::cuda::launch::{Arg, Execute, Launch, Launcher};
 use effnet_runtime::exec::cuda::{KERNELS, SOURCE, logits_with, loss_and_grads_with};
@@ -172,29 +171,10 @@ fn optimizer_and_ema_launches(
     grads: &[Tensor],
     kernels: &Launcher<Recorder>,
 ) {
-    let specs = [
-        OptimizerSpec::Rmsprop {
-            decay: 0.9,
-            momentum: 0.9,
-            eps: 1e-3,
-            weight_decay: 1e-5,
-        },
-        OptimizerSpec::Adamw {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.05,
-        },
-        OptimizerSpec::Sgd {
-            momentum: 0.9,
-            nesterov: true,
-            weight_decay: 1e-4,
-        },
-    ];
     let mut params = params.to_vec();
     params[0].frozen = true;
     let count = || kernels.exec.0.borrow().len();
-    for spec in specs {
+    for (_, spec) in common::optimizer_specs() {
         let mut opt = Optimizer::new(spec, &params).expect("optimizer");
         let before = count();
         opt.step_on(&params, grads, 0.1, 0.5, Some(kernels))

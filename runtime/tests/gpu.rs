@@ -285,26 +285,7 @@ fn fused_optimizer_updates_match_candle_ops_on_the_gpu() {
     let Some(gpu) = gpu() else { return };
     let fused = effnet_runtime::exec::cuda::kernels_on(&gpu);
     assert!(fused.is_some(), "no kernels on {gpu:?}");
-    let specs = [
-        OptimizerSpec::Rmsprop {
-            decay: 0.9,
-            momentum: 0.9,
-            eps: 1e-3,
-            weight_decay: 1e-5,
-        },
-        OptimizerSpec::Adamw {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.05,
-        },
-        OptimizerSpec::Sgd {
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: 1e-4,
-        },
-    ];
-    for spec in specs {
+    for (name, spec) in common::optimizer_specs() {
         let (_, a) = trainable(SYMMETRIC, &gpu);
         let (_, b) = trainable(SYMMETRIC, &gpu);
         let mut oa = Optimizer::new(spec.clone(), &a).expect("optimizer");
@@ -320,7 +301,7 @@ fn fused_optimizer_updates_match_candle_ops_on_the_gpu() {
         for (pa, pb) in a.iter().zip(&b) {
             let (wa, wb) = (vals(pa.var.as_tensor()), vals(pb.var.as_tensor()));
             let d = rel(&wa, &wb);
-            assert!(d < 1e-5, "{spec:?}: `{}` {d:e} apart", pa.name);
+            assert!(d < 1e-5, "{name}: `{}` {d:e} apart", pa.name);
         }
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use candle_core::{Device, Tensor};
 use effnet_compiler::compile;
 use effnet_compiler::ir::Network as IrNetwork;
+use effnet_runtime::Precision;
 use effnet_runtime::data::loader::{LoaderConfig, Shard, build_batch, epoch_order};
 use effnet_runtime::data::mix::MixConfig;
 use effnet_runtime::data::{self, Dataset, Split};
@@ -259,7 +260,7 @@ fn shard_step(comm: &dyn Communicator, frozen: bool, sync_bn: bool) -> ShardStep
     let (mut loss, grads) = if sync_bn {
         let sync = BatchNormOverRanks::new(comm);
         t.net
-            .loss_and_grads_synced(&t.params, &x, &y, &mut rng, &sync)
+            .loss_and_grads_synced(Precision::F32, &t.params, &x, &y, &mut rng, &sync)
             .expect("synchronized step")
     } else {
         t.net

@@ -5,6 +5,9 @@
 //! count, AdamW's bias correction), gradient clipping's factor, switching between the two
 //! paths, and the state saved and restored mid-run.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 use std::collections::{HashMap, HashSet};
 
 use candle_core::{Device, Tensor, Var};
@@ -15,19 +18,6 @@ use effnet_runtime::nn::NamedTensor;
 use effnet_runtime::train::ema::Ema;
 use effnet_runtime::train::optim::{Optimizer, Param};
 
-/// Deterministic values in [-1, 1).
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(7);
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 const SHAPES: [&[usize]; 4] = [&[8, 3, 3, 3], &[8], &[5, 8, 1, 1], &[300]];
 
 /// The same parameters twice (one set per path): conv weights (decayed) and 1-D ones (not),
@@ -37,8 +27,7 @@ fn params() -> Vec<Param> {
         .iter()
         .enumerate()
         .map(|(i, dims)| {
-            let n = dims.iter().product();
-            let t = Tensor::from_vec(values(n, i as u64), *dims, &Device::Cpu).expect("tensor");
+            let t = common::tensor(dims, i as u64).expect("tensor");
             let mut p = Param::new(format!("p{i}"), Var::from_tensor(&t).expect("var"));
             if i == 2 {
                 p.lr_scale = 0.1;
@@ -52,11 +41,7 @@ fn grads(step: usize) -> Vec<Tensor> {
     SHAPES
         .iter()
         .enumerate()
-        .map(|(i, dims)| {
-            let n = dims.iter().product();
-            let v = values(n, 1000 + 10 * step as u64 + i as u64);
-            Tensor::from_vec(v, *dims, &Device::Cpu).expect("grad")
-        })
+        .map(|(i, dims)| common::tensor(dims, 1000 + 10 * step as u64 + i as u64).expect("grad"))
         .collect()
 }
 
@@ -90,62 +75,6 @@ fn state(opt: &Optimizer, ps: &[Param]) -> Vec<Tensor> {
         .collect()
 }
 
-fn specs() -> Vec<(&'static str, OptimizerSpec)> {
-    vec![
-        (
-            "rmsprop_tf",
-            OptimizerSpec::Rmsprop {
-                decay: 0.9,
-                momentum: 0.9,
-                eps: 1e-3,
-                weight_decay: 1e-2,
-            },
-        ),
-        (
-            "rmsprop_tf without momentum",
-            OptimizerSpec::Rmsprop {
-                decay: 0.9,
-                momentum: 0.0,
-                eps: 1e-3,
-                weight_decay: 1e-2,
-            },
-        ),
-        (
-            "adamw",
-            OptimizerSpec::Adamw {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.05,
-            },
-        ),
-        (
-            "sgd nesterov",
-            OptimizerSpec::Sgd {
-                momentum: 0.9,
-                nesterov: true,
-                weight_decay: 1e-4,
-            },
-        ),
-        (
-            "sgd momentum",
-            OptimizerSpec::Sgd {
-                momentum: 0.8,
-                nesterov: false,
-                weight_decay: 0.0,
-            },
-        ),
-        (
-            "plain sgd",
-            OptimizerSpec::Sgd {
-                momentum: 0.0,
-                nesterov: false,
-                weight_decay: 1e-3,
-            },
-        ),
-    ]
-}
-
 /// Eight steps; parameter 1 frozen for steps 2-4; clipping's factor on odd steps.
 fn run(
     spec: &OptimizerSpec,
@@ -167,7 +96,7 @@ const EMU_KERNELS: &dyn CudaKernels = &EMU;
 
 #[test]
 fn fused_updates_match_candle_ops_for_every_optimizer() {
-    for (name, spec) in specs() {
+    for (name, spec) in common::optimizer_specs() {
         let (want_opt, want) = run(&spec, |_| None);
         let (got_opt, got) = run(&spec, |_| Some(EMU_KERNELS));
         let dw = rel_diff(&weights(&got), &weights(&want));
@@ -183,7 +112,7 @@ fn fused_updates_match_candle_ops_for_every_optimizer() {
 
 #[test]
 fn fused_and_candle_steps_interleave_and_the_state_survives_a_checkpoint() {
-    for (name, spec) in specs() {
+    for (name, spec) in common::optimizer_specs() {
         let (_, want) = run(&spec, |_| None);
         // Candle's ops for steps 3 and 4, the kernels otherwise: the packed state must follow.
         let (_, mixed) = run(&spec, |s| (!(3..5).contains(&s)).then_some(EMU_KERNELS));

@@ -244,21 +244,6 @@ pub fn loss_and_grads(
     step_on(plan, net, params, x, targets, rng, None)
 }
 
-/// [`loss_and_grads`] with SyncBatchNorm: every train-mode BatchNorm takes its statistics
-/// over the batches of all the ranks `sync` reaches (see [`sync_bn`]). Only the cpu-step plan
-/// can; on another plan this is an error saying so, never an unsynchronized step.
-pub fn loss_and_grads_synced(
-    net: &NetworkParts,
-    params: &[Param],
-    x: &Tensor,
-    targets: &Tensor,
-    rng: &mut ChaCha8Rng,
-    sync: &dyn BatchNormSync,
-) -> Result<(f64, Vec<Tensor>)> {
-    let plan = Facts::of(net, x, Purpose::TrainStep).choose().plan;
-    step_on(plan, net, params, x, targets, rng, Some(sync))
-}
-
 /// [`loss_and_grads`] in `precision`: [`Precision::Bf16`] (mixed precision) runs on the
 /// cuda-step plan only, and is an error naming the plan the facts choose, and why, anywhere
 /// else.
@@ -273,9 +258,11 @@ pub fn loss_and_grads_in(
     step_in(precision, net, params, x, targets, rng, None)
 }
 
-/// [`loss_and_grads_synced`] in `precision` (see [`loss_and_grads_in`]): mixed precision with
-/// SyncBatchNorm runs on the cuda-step plan.
-pub fn loss_and_grads_synced_in(
+/// [`loss_and_grads_in`] with SyncBatchNorm: every train-mode BatchNorm takes its statistics
+/// over the batches of all the ranks `sync` reaches (see [`sync_bn`]). Only the cpu-step and
+/// cuda-step plans can (mixed precision on the cuda-step plan); on another plan this is an
+/// error saying so, never an unsynchronized step.
+pub fn loss_and_grads_synced(
     precision: Precision,
     net: &NetworkParts,
     params: &[Param],
@@ -518,21 +505,8 @@ impl Network {
         loss_and_grads_in(precision, &self.parts(&stages), params, x, targets, rng)
     }
 
-    /// [`Network::loss_and_grads`] with SyncBatchNorm (see [`loss_and_grads_synced`]).
+    /// [`Network::loss_and_grads_in`] with SyncBatchNorm (see [`loss_and_grads_synced`]).
     pub fn loss_and_grads_synced(
-        &self,
-        params: &[Param],
-        x: &Tensor,
-        targets: &Tensor,
-        rng: &mut ChaCha8Rng,
-        sync: &dyn BatchNormSync,
-    ) -> Result<(f64, Vec<Tensor>)> {
-        let stages = self.stage_slices();
-        loss_and_grads_synced(&self.parts(&stages), params, x, targets, rng, sync)
-    }
-
-    /// [`Network::loss_and_grads_synced`] in `precision` (see [`loss_and_grads_synced_in`]).
-    pub fn loss_and_grads_synced_in(
         &self,
         precision: Precision,
         params: &[Param],
@@ -543,7 +517,7 @@ impl Network {
     ) -> Result<(f64, Vec<Tensor>)> {
         let stages = self.stage_slices();
         let parts = self.parts(&stages);
-        loss_and_grads_synced_in(precision, &parts, params, x, targets, rng, sync)
+        loss_and_grads_synced(precision, &parts, params, x, targets, rng, sync)
     }
 
     /// [`Network::loss_and_grads`] on a named plan (see [`loss_and_grads_on`]).

@@ -761,7 +761,7 @@ impl Trainer {
             )?);
         }
         let sync = parallel::BatchNormOverRanks::new(&*self.comm);
-        let r = self.net.loss_and_grads_synced_in(
+        let r = self.net.loss_and_grads_synced(
             self.opts.precision,
             &self.params,
             x,

@@ -256,6 +256,15 @@ impl Optimizer {
     }
 }
 
+/// `g + wd * w` when weight decay applies to the tensor (L2, as RMSProp and SGD take it).
+fn with_l2(g: Tensor, w: &Tensor, at: &UpdateAt, wd: f64) -> candle_core::Result<Tensor> {
+    if at.weight_decay && wd > 0.0 {
+        &g + (w * wd)?
+    } else {
+        Ok(g)
+    }
+}
+
 /// One parameter's update by candle's ops: the new weight, its state updated in `slots`.
 fn update(
     spec: &OptimizerSpec,
@@ -272,11 +281,7 @@ fn update(
             eps,
             weight_decay,
         } => {
-            let g = if at.weight_decay && weight_decay > 0.0 {
-                (&g + (&w * weight_decay)?)?
-            } else {
-                g
-            };
+            let g = with_l2(g, &w, at, weight_decay)?;
             let ms = (&slots[0] + ((g.sqr()? - &slots[0])? * (1.0 - decay))?)?;
             let avg = (&ms + eps)?.sqrt()?;
             slots[0] = ms;
@@ -316,11 +321,7 @@ fn update(
             nesterov,
             weight_decay,
         } => {
-            let g = if at.weight_decay && weight_decay > 0.0 {
-                (&g + (&w * weight_decay)?)?
-            } else {
-                g
-            };
+            let g = with_l2(g, &w, at, weight_decay)?;
             let d = if momentum > 0.0 {
                 let buf = ((&slots[0] * momentum)? + &g)?;
                 let d = if nesterov {

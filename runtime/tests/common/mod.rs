@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use effnet_compiler::ir::Optimizer as OptimizerSpec;
 use effnet_runtime::Network;
 use effnet_runtime::train::init::init_varmap;
 use effnet_runtime::train::optim::Param;
@@ -160,4 +161,63 @@ pub fn named_values(ts: Vec<(String, Tensor)>) -> Vec<(String, Vec<f32>)> {
             )
         })
         .collect()
+}
+
+/// Every optimizer in every form, by name: RMSProp in TensorFlow's form with and without
+/// momentum, AdamW, SGD with Nesterov momentum, with plain momentum, and without; weight decay
+/// on all but one.
+pub fn optimizer_specs() -> Vec<(&'static str, OptimizerSpec)> {
+    vec![
+        (
+            "rmsprop_tf",
+            OptimizerSpec::Rmsprop {
+                decay: 0.9,
+                momentum: 0.9,
+                eps: 1e-3,
+                weight_decay: 1e-2,
+            },
+        ),
+        (
+            "rmsprop_tf without momentum",
+            OptimizerSpec::Rmsprop {
+                decay: 0.9,
+                momentum: 0.0,
+                eps: 1e-3,
+                weight_decay: 1e-2,
+            },
+        ),
+        (
+            "adamw",
+            OptimizerSpec::Adamw {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.05,
+            },
+        ),
+        (
+            "sgd nesterov",
+            OptimizerSpec::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 1e-4,
+            },
+        ),
+        (
+            "sgd momentum",
+            OptimizerSpec::Sgd {
+                momentum: 0.8,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+        ),
+        (
+            "plain sgd",
+            OptimizerSpec::Sgd {
+                momentum: 0.0,
+                nesterov: false,
+                weight_decay: 1e-3,
+            },
+        ),
+    ]
 }

@@ -221,49 +221,57 @@ impl Execute for OnGpu {
 /// effnet's kernels launched on the GPU.
 pub(crate) type Launched = Launcher<OnGpu>;
 
+/// The default pool of `d`'s stream-ordered allocator, or `None` when the GPU has none (then
+/// cudarc allocates with plain cuMemAlloc).
+fn default_pool(
+    d: &CudaDevice,
+) -> Result<Option<candle_core::cuda_backend::cudarc::driver::sys::CUmemoryPool>> {
+    use candle_core::cuda_backend::cudarc::driver::result;
+    let ctx = d.cuda_stream().context().clone();
+    if !ctx.has_async_alloc() {
+        return Ok(None);
+    }
+    // SAFETY: the device handle is the context's own.
+    let pool = unsafe { result::device::get_default_mem_pool(ctx.cu_device()) };
+    pool.map(Some)
+        .map_err(|e| candle_core::Error::Msg(format!("the GPU's memory pool: {e:?}")))
+}
+
 /// See [`super::configure_device`].
 pub(crate) fn configure(d: &CudaDevice) -> Result<()> {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
     // SAFETY: every tensor of effnet is made and used on this device's one stream (no other
     // stream exists in effnet), so no cross-stream ordering is lost.
     unsafe { d.disable_event_tracking() };
-    let ctx = d.cuda_stream().context().clone();
-    if !ctx.has_async_alloc() {
-        // Plain cuMemAlloc: no pool to configure.
+    let Some(pool) = default_pool(d)? else {
         return Ok(());
-    }
-    let mut threshold = u64::MAX;
-    // SAFETY: the device handle is the context's own; the release threshold attribute takes a
-    // `cuuint64_t`, which `threshold` is, alive for the call.
-    let r = unsafe {
-        result::device::get_default_mem_pool(ctx.cu_device()).and_then(|pool| {
-            result::mem_pool::set_attribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                (&mut threshold as *mut u64).cast(),
-            )
-        })
     };
-    r.map_err(|e| candle_core::Error::Msg(format!("configuring the GPU's memory pool: {e:?}")))
+    let mut threshold = u64::MAX;
+    // SAFETY: `pool` is the device's default pool; the release threshold attribute takes a
+    // `cuuint64_t`, which `threshold` is, alive for the call.
+    unsafe {
+        result::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+    }
+    .map_err(|e| candle_core::Error::Msg(format!("configuring the GPU's memory pool: {e:?}")))
 }
 
 /// See [`super::peak_device_bytes`].
 pub(crate) fn pool_high_watermark(d: &CudaDevice) -> Option<u64> {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
-    let ctx = d.cuda_stream().context().clone();
-    if !ctx.has_async_alloc() {
-        return None;
-    }
+    let pool = default_pool(d).ok().flatten()?;
     let mut used: u64 = 0;
     // SAFETY: as in `configure`; the used-memory high watermark is a `cuuint64_t`.
-    let r = unsafe {
-        result::device::get_default_mem_pool(ctx.cu_device()).and_then(|pool| {
-            result::mem_pool::get_attribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                (&mut used as *mut u64).cast(),
-            )
-        })
-    };
-    r.ok().map(|()| used)
+    unsafe {
+        result::mem_pool::get_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            (&mut used as *mut u64).cast(),
+        )
+    }
+    .ok()
+    .map(|()| used)
 }
