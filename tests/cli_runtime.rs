@@ -393,6 +393,40 @@ fn bench_json_reports_a_throughput() {
     }
 }
 
+/// `bench --profile` adds each kind of operation's share (JSON and table); with --train it is
+/// refused by the argument parser.
+#[test]
+fn bench_profile_reports_each_kind_of_operation() {
+    let base = [
+        "bench",
+        "tests/fixtures/runtime/fx_v2s_sym64.effnet",
+        "--resolution",
+        "32",
+        "--batch",
+        "2",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--profile",
+    ];
+    let o = effnet(&[&base[..], &["--json"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("JSON");
+    let rows = v["profile"].as_array().expect("profile rows");
+    let ops: Vec<&str> = rows.iter().filter_map(|r| r["op"].as_str()).collect();
+    for op in ["depthwise 3x3", "pointwise 1x1", "dense 3x3 s2", "classifier"] {
+        assert!(ops.contains(&op), "{op} missing from {ops:?}");
+    }
+    assert!(rows.iter().all(|r| r["ms"].as_f64().is_some_and(|m| m >= 0.0)));
+    let o = effnet(&base);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("profile (2 calls"), "{}", stdout(&o));
+    let o = effnet(&[&base[..], &["--train"]].concat());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--profile"), "{}", stderr(&o));
+}
+
 /// `bench --plan` runs a named plan, says which, and refuses one the call cannot use.
 #[test]
 fn bench_runs_a_named_plan_and_says_why_when_it_cannot() {

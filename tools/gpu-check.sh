@@ -35,6 +35,9 @@
 #            `tools/torch_bench.py --train` (one SGD step per iteration), f32 and `--precision
 #            bf16` against AMP (`--amp-bf16`): tf_efficientnetv2_b0 224 batch 128,
 #            efficientnetv2_s 300 batch 64;
+#   profile  `effnet bench --profile` on the cuda-fused plan: each kind of layer operation's
+#            share of an inference (efficientnetv2_s 384 batch 32, tf_efficientnetv2_b0 224
+#            batch 128), to say where to optimize;
 #   memory   the device memory after 1,000 inference calls against after 100 (no growth);
 #   mainjob  the main job (the README's first command) on --device cuda in f32 and in bf16,
 #            and on the CPU: wall time and the final accuracy of each;
@@ -85,10 +88,11 @@ report=${OUT:-.}/gpu-report.md
 PYTHON=${PYTHON:-python3}
 ROUNDS=${ROUNDS:-2}
 # The parts to run, in this order (each skipped with a line in the report once too little of
-# DEADLINE is left): tests, parity, infer, train, memory, mainjob, nccl, half (bf16 and f16
-# accuracy); `f16` adds f16 rows to infer and half, `candle` adds candle's own CUDA plan to
-# the side-by-side tables (slow: per-channel depthwise convolutions; capped at 60 s a row).
-PARTS=${PARTS:-"tests parity infer train memory mainjob nccl half f16"}
+# DEADLINE is left): tests, parity, infer, train, profile, memory, mainjob, nccl, half (bf16
+# and f16 accuracy); `f16` adds f16 rows to infer and half, `candle` adds candle's own CUDA
+# plan to the side-by-side tables (slow: per-channel depthwise convolutions; capped at 60 s
+# a row).
+PARTS=${PARTS:-"tests parity infer train profile memory mainjob nccl half f16"}
 # Seconds for the whole run: under the device tool's 600 s a command, with room to spare.
 DEADLINE=${DEADLINE:-540}
 for f in effnet gpu-tests gpu-nccl-tests; do
@@ -272,6 +276,19 @@ if begin train "Training steps side by side (best of $ROUNDS alternating rounds,
         done
     done
     side_by_side "$out" cuda-step "PyTorch eager (channels_last, SGD)" | tee -a "$report"
+fi
+
+if begin profile "Where inference's time goes on the GPU (bench --profile, cuda-fused)" 40; then
+    for row in "efficientnetv2_s specs/efficientnetv2_s.effnet 384 32" \
+        "tf_efficientnetv2_b0 specs/tf_efficientnetv2_b0.effnet 224 128"; do
+        read -r model spec res batch <<<"$row"
+        say "- $model $res px batch $batch:"
+        say '```'
+        CAP=60 bounded "$EFFNET" bench "$spec" --model "$model" --resolution "$res" \
+            --batch "$batch" --iters 10 --warmup 3 --device cuda --profile 2>&1 | tail -22 |
+            tee -a "$report"
+        say '```'
+    done
 fi
 
 if begin memory "Device memory: 100 against 1,000 inference calls (tf_efficientnetv2_b0 224 batch 8)" 40; then

@@ -12,6 +12,7 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use effnet_compiler::ir::Optimizer as OptimizerSpec;
 use effnet_runtime::Network;
+use effnet_runtime::exec::profile::{Profile, ProfileRow};
 use effnet_runtime::exec::{Choice, Plan, Precision, Purpose, one_hot};
 use effnet_runtime::train::optim::{Optimizer, Param};
 
@@ -33,6 +34,7 @@ pub struct BenchArgs<'a> {
     pub dtype: DtypeArg,
     pub plan: Option<PlanArg>,
     pub precision: Precision,
+    pub profile: bool,
     pub json: bool,
 }
 
@@ -208,6 +210,16 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
     let secs = t0.elapsed().as_secs_f64();
     let ips = (a.batch * a.iters) as f64 / secs;
     let rss = peak_rss_mb();
+    // The profile runs after the timed calls, so its synchronizations cost them nothing.
+    let profile = if a.profile {
+        let mut p = Profile::default();
+        for _ in 0..a.iters.max(1) {
+            net.profile_on(Some(plan.plan), &x, &mut p).map_err(ce)?;
+        }
+        Some(p.rows())
+    } else {
+        None
+    };
     if a.json {
         let v = serde_json::json!({
             "model": net_ir.name,
@@ -231,6 +243,19 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
             "peak_device_mb": effnet_runtime::exec::cuda::peak_device_bytes(&dev)
                 .map(|b| (b as f64 / 1048576.0 * 10.0).round() / 10.0),
         });
+        let mut v = v;
+        if let Some(rows) = &profile {
+            v["profile"] = rows
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "op": r.op,
+                        "calls": r.calls,
+                        "ms": (r.seconds * 1e6).round() / 1e3,
+                    })
+                })
+                .collect();
+        }
         println!("{v}");
     } else {
         let mode = if a.train { "train step" } else { "inference" };
@@ -251,6 +276,30 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
         if let Some(r) = rss {
             println!("peak RSS {r:.1} MB");
         }
+        if let Some(rows) = &profile {
+            print_profile(rows, a.iters.max(1));
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The profile as a table: each kind of operation's calls and milliseconds per call of the
+/// network, and its share of the profiled total.
+fn print_profile(rows: &[ProfileRow], calls: usize) {
+    let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    println!("profile ({calls} calls, each operation synchronized: shares, not throughput):");
+    println!(
+        "{:<28} {:>6} {:>10} {:>7}",
+        "operation", "calls", "ms", "share"
+    );
+    for r in rows {
+        println!(
+            "{:<28} {:>6} {:>10.3} {:>6.1}%",
+            r.op,
+            r.calls,
+            r.seconds * 1e3,
+            100.0 * r.seconds / total.max(f64::MIN_POSITIVE)
+        );
+    }
+    println!("{:<28} {:>6} {:>10.3}", "total", "", total * 1e3);
 }

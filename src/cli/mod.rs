@@ -139,6 +139,11 @@ pub enum Command {
         /// activations and GEMMs, f32 master weights; the cuda-step plan only).
         #[arg(long, value_enum, default_value_t, requires = "train")]
         precision: bench::PrecisionArg,
+        /// After the timed calls, profile --iters more: each layer operation timed to the
+        /// device's completion, summed by kind (depthwise kxk, pointwise, dense, SE, ...),
+        /// largest share first. Inference only.
+        #[arg(long, conflicts_with = "train")]
+        profile: bool,
         #[arg(long)]
         json: bool,
     },
@@ -246,6 +251,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
             dtype,
             plan,
             precision,
+            profile,
             json,
         } => bench::run(&bench::BenchArgs {
             spec: &spec,
@@ -259,6 +265,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
             dtype,
             plan,
             precision: precision.precision(),
+            profile,
             json,
         }),
         Command::Fmt { files, check } => fmt::run(&files, check),

@@ -19,6 +19,7 @@ pub mod cuda;
 pub(crate) mod forward;
 pub(crate) mod host;
 pub mod plan;
+pub mod profile;
 pub mod shared;
 pub(crate) mod step;
 pub mod sync_bn;
@@ -31,7 +32,7 @@ use rand_chacha::ChaCha8Rng;
 use self::candle::CandleOps;
 use self::cpu_fused::CpuFusedOps;
 use self::cpu_step::CpuStepOps;
-use self::forward::Taps;
+use self::forward::{ForwardOps, Taps};
 use self::step::StepOps;
 use crate::nn::Param;
 use crate::nn::{Block, NetRng, Network, NetworkParts, PreparedCache};
@@ -89,6 +90,27 @@ fn cuda_ops<'a>(_: &Tensor, _: &'a PreparedCache, _: DType) -> Result<CpuFusedOp
     bail!("the cuda-fused plan needs a build with `--features cuda`")
 }
 
+/// The logits by `ops`, each operation timed into `profile` when given.
+fn walk<O: ForwardOps>(
+    ops: &mut O,
+    net: &NetworkParts,
+    x: &Tensor,
+    masks: forward::Masks,
+    profile: Option<&mut profile::Profile>,
+) -> Result<Tensor> {
+    match profile {
+        None => forward::logits(ops, net, x, masks),
+        Some(profile) => {
+            let mut timed = profile::Profiled {
+                inner: ops,
+                profile,
+                device: x.device().clone(),
+            };
+            forward::logits(&mut timed, net, x, masks)
+        }
+    }
+}
+
 /// The candle backend for a call with these facts.
 fn candle_ops(facts: &Facts) -> CandleOps {
     let train = facts.purpose != Purpose::Infer;
@@ -127,22 +149,56 @@ impl NetworkParts<'_> {
         forward::logits(&mut CandleOps::differentiable(), self, x, Some(rng))
     }
 
+    /// Eval-mode logits on `plan` (the facts' choice when `None`), each layer operation timed
+    /// into `profile` (see [`profile`]).
+    pub fn profile_on(
+        &self,
+        plan: Option<Plan>,
+        x: &Tensor,
+        profile: &mut profile::Profile,
+    ) -> Result<Tensor> {
+        self.check_input(x)?;
+        let facts = Facts::of(self, x, Purpose::Infer);
+        let plan = match plan {
+            Some(p) => {
+                allowed(&facts, p)?;
+                p
+            }
+            None => facts.choose().plan,
+        };
+        let y = self.logits_timed(plan, &facts, x, Some(profile))?;
+        profile.calls += 1;
+        Ok(y)
+    }
+
     /// The logits on `plan`; train mode's masks from the network's own generator.
     fn logits_on(&self, plan: Plan, facts: &Facts, x: &Tensor) -> Result<Tensor> {
+        self.logits_timed(plan, facts, x, None)
+    }
+
+    /// [`NetworkParts::logits_on`], each operation timed into `profile` when given.
+    fn logits_timed(
+        &self,
+        plan: Plan,
+        facts: &Facts,
+        x: &Tensor,
+        profile: Option<&mut profile::Profile>,
+    ) -> Result<Tensor> {
         match plan {
-            Plan::CpuFused => forward::logits(&mut self.cpu_fused(x), self, x, None),
-            Plan::CudaFused => forward::logits(
+            Plan::CpuFused => walk(&mut self.cpu_fused(x), self, x, None, profile),
+            Plan::CudaFused => walk(
                 &mut cuda_ops(x, self.prepared, facts.param_dtype)?,
                 self,
                 x,
                 None,
+                profile,
             ),
             Plan::Candle if facts.purpose == Purpose::Infer => {
-                forward::logits(&mut candle_ops(facts), self, x, None)
+                walk(&mut candle_ops(facts), self, x, None, profile)
             }
             Plan::Candle => {
                 let mut rng = self.rng.0.lock().unwrap_or_else(PoisonError::into_inner);
-                forward::logits(&mut candle_ops(facts), self, x, Some(&mut rng))
+                walk(&mut candle_ops(facts), self, x, Some(&mut rng), profile)
             }
             Plan::CpuStep | Plan::CudaStep => bail!("the {plan} plan runs training steps only"),
         }
@@ -446,6 +502,17 @@ impl Network {
     /// The logits on a named plan (see [`NetworkParts::forward_on`]).
     pub fn forward_on(&self, plan: Plan, x: &Tensor, train: bool) -> Result<Tensor> {
         self.parts(&self.stage_slices()).forward_on(plan, x, train)
+    }
+
+    /// Eval-mode logits with each operation timed (see [`NetworkParts::profile_on`]).
+    pub fn profile_on(
+        &self,
+        plan: Option<Plan>,
+        x: &Tensor,
+        profile: &mut profile::Profile,
+    ) -> Result<Tensor> {
+        self.parts(&self.stage_slices())
+            .profile_on(plan, x, profile)
     }
 
     /// Train-mode logits with the masks from `rng` (see [`NetworkParts::forward_train`]).
