@@ -393,8 +393,8 @@ fn bench_json_reports_a_throughput() {
     }
 }
 
-/// `bench --profile` adds each kind of operation's share (JSON and table); with --train it is
-/// refused by the argument parser.
+/// `bench --profile` adds each kind of operation's share (JSON and table), of an inference or
+/// of a training step.
 #[test]
 fn bench_profile_reports_each_kind_of_operation() {
     let base = [
@@ -415,16 +415,43 @@ fn bench_profile_reports_each_kind_of_operation() {
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("JSON");
     let rows = v["profile"].as_array().expect("profile rows");
     let ops: Vec<&str> = rows.iter().filter_map(|r| r["op"].as_str()).collect();
-    for op in ["depthwise 3x3", "pointwise 1x1", "dense 3x3 s2", "classifier"] {
+    for op in [
+        "depthwise 3x3",
+        "pointwise 1x1",
+        "dense 3x3 s2",
+        "classifier",
+    ] {
         assert!(ops.contains(&op), "{op} missing from {ops:?}");
     }
-    assert!(rows.iter().all(|r| r["ms"].as_f64().is_some_and(|m| m >= 0.0)));
+    assert!(
+        rows.iter()
+            .all(|r| r["ms"].as_f64().is_some_and(|m| m >= 0.0))
+    );
     let o = effnet(&base);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("profile (2 calls"), "{}", stdout(&o));
-    let o = effnet(&[&base[..], &["--train"]].concat());
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--profile"), "{}", stderr(&o));
+    // A training step: forward and backward by kind, and the optimizer's update.
+    let o = effnet(&[&base[..], &["--train", "--json"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("JSON");
+    let ops: Vec<String> = v["profile"]
+        .as_array()
+        .expect("profile rows")
+        .iter()
+        .filter_map(|r| r["op"].as_str().map(String::from))
+        .collect();
+    for op in [
+        "forward depthwise 3x3",
+        "backward depthwise 3x3",
+        "backward pointwise 1x1",
+        "optimizer update",
+    ] {
+        assert!(ops.iter().any(|o| o == op), "{op} missing from {ops:?}");
+    }
+    // The candle plan's autograd has no walk to time: said, not a panic.
+    let o = effnet(&[&base[..], &["--train", "--plan", "candle"]].concat());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--profile times"), "{}", stderr(&o));
 }
 
 /// `bench --plan` runs a named plan, says which, and refuses one the call cannot use.

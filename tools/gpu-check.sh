@@ -35,9 +35,10 @@
 #            `tools/torch_bench.py --train` (one SGD step per iteration), f32 and `--precision
 #            bf16` against AMP (`--amp-bf16`): tf_efficientnetv2_b0 224 batch 128,
 #            efficientnetv2_s 300 batch 64;
-#   profile  `effnet bench --profile` on the cuda-fused plan: each kind of layer operation's
-#            share of an inference (efficientnetv2_s 384 batch 32, tf_efficientnetv2_b0 224
-#            batch 128), to say where to optimize;
+#   profile  `effnet bench --profile`: each kind of layer operation's share of an inference
+#            on the cuda-fused plan (efficientnetv2_s 384 batch 32, tf_efficientnetv2_b0 224
+#            batch 128) and of a training step on the cuda-step plan (efficientnetv2_s 300
+#            batch 64), to say where to optimize;
 #   memory   the device memory after 1,000 inference calls against after 100 (no growth);
 #   mainjob  the main job (the README's first command) on --device cuda in f32 and in bf16,
 #            and on the CPU: wall time and the final accuracy of each;
@@ -278,15 +279,17 @@ if begin train "Training steps side by side (best of $ROUNDS alternating rounds,
     side_by_side "$out" cuda-step "PyTorch eager (channels_last, SGD)" | tee -a "$report"
 fi
 
-if begin profile "Where inference's time goes on the GPU (bench --profile, cuda-fused)" 40; then
-    for row in "efficientnetv2_s specs/efficientnetv2_s.effnet 384 32" \
-        "tf_efficientnetv2_b0 specs/tf_efficientnetv2_b0.effnet 224 128"; do
-        read -r model spec res batch <<<"$row"
-        say "- $model $res px batch $batch:"
+if begin profile "Where the time goes on the GPU (bench --profile: cuda-fused, cuda-step)" 40; then
+    for row in "efficientnetv2_s specs/efficientnetv2_s.effnet 384 32 -" \
+        "tf_efficientnetv2_b0 specs/tf_efficientnetv2_b0.effnet 224 128 -" \
+        "efficientnetv2_s specs/efficientnetv2_s.effnet 300 64 --train"; do
+        read -r model spec res batch train <<<"$row"
+        [ "$train" = - ] && train=
+        say "- $model $res px batch $batch ${train:-inference}:"
         say '```'
         CAP=60 bounded "$EFFNET" bench "$spec" --model "$model" --resolution "$res" \
-            --batch "$batch" --iters 10 --warmup 3 --device cuda --profile 2>&1 | tail -22 |
-            tee -a "$report"
+            --batch "$batch" --iters 5 --warmup 2 --device cuda $train --profile 2>&1 |
+            tail -40 | tee -a "$report"
         say '```'
     done
 fi

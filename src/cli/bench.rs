@@ -214,7 +214,27 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
     let profile = if a.profile {
         let mut p = Profile::default();
         for _ in 0..a.iters.max(1) {
-            net.profile_on(Some(plan.plan), &x, &mut p).map_err(ce)?;
+            if a.train {
+                let (_, grads) = net
+                    .profile_step(
+                        a.precision,
+                        Some(plan.plan),
+                        &params,
+                        &x,
+                        &targets,
+                        &mut masks,
+                        &mut p,
+                    )
+                    .map_err(ce)?;
+                let t0 = Instant::now();
+                optimizer
+                    .step(&params, &grads, 0.01)
+                    .map_err(|e| e.to_string())?;
+                dev.synchronize().map_err(ce)?;
+                p.add_timed("optimizer update", t0.elapsed().as_secs_f64());
+            } else {
+                net.profile_on(Some(plan.plan), &x, &mut p).map_err(ce)?;
+            }
         }
         Some(p.rows())
     } else {
@@ -294,12 +314,12 @@ fn print_profile(rows: &[ProfileRow], calls: usize) {
     );
     for r in rows {
         println!(
-            "{:<28} {:>6} {:>10.3} {:>6.1}%",
+            "{:<34} {:>6} {:>10.3} {:>6.1}%",
             r.op,
             r.calls,
             r.seconds * 1e3,
             100.0 * r.seconds / total.max(f64::MIN_POSITIVE)
         );
     }
-    println!("{:<28} {:>6} {:>10.3}", "total", "", total * 1e3);
+    println!("{:<34} {:>6} {:>10.3}", "total", "", total * 1e3);
 }

@@ -140,9 +140,10 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t, requires = "train")]
         precision: bench::PrecisionArg,
         /// After the timed calls, profile --iters more: each layer operation timed to the
-        /// device's completion, summed by kind (depthwise kxk, pointwise, dense, SE, ...),
-        /// largest share first. Inference only.
-        #[arg(long, conflicts_with = "train")]
+        /// device's completion, summed by kind (depthwise kxk, pointwise, dense, SE, ...;
+        /// with --train their forward and backward, and the optimizer's update), largest share
+        /// first. Training steps on the cpu-step and cuda-step plans.
+        #[arg(long)]
         profile: bool,
         #[arg(long)]
         json: bool,

@@ -344,13 +344,62 @@ fn step_in(
     match precision {
         Precision::F32 => step_on(choice.plan, net, params, x, targets, rng, sync),
         Precision::Bf16 if choice.plan == Plan::CudaStep => {
-            cuda_step(net, params, x, targets, rng, DType::BF16, sync)
+            cuda_step(net, params, x, targets, rng, DType::BF16, sync, None)
         }
         Precision::Bf16 => bail!(
             "mixed precision (bf16) runs on the cuda-step plan (a CUDA device, a build with \
              `--features cuda`, f32 parameters); this step runs on {choice}"
         ),
     }
+}
+
+/// One training step in `precision` on `plan` (the facts' choice when `None`), each
+/// operation of its walk timed into `profile` (see [`profile`]): the cpu-step and cuda-step
+/// plans (the candle plan's autograd has no walk of effnet's to time).
+#[allow(clippy::too_many_arguments)]
+pub fn profile_step(
+    precision: Precision,
+    plan: Option<Plan>,
+    net: &NetworkParts,
+    params: &[Param],
+    x: &Tensor,
+    targets: &Tensor,
+    rng: &mut ChaCha8Rng,
+    profile: &mut profile::Profile,
+) -> Result<(f64, Vec<Tensor>)> {
+    let facts = Facts::of(net, x, Purpose::TrainStep);
+    let plan = match plan {
+        Some(p) => {
+            allowed(&facts, p)?;
+            p
+        }
+        None => facts.choose().plan,
+    };
+    let device = x.device().clone();
+    profile.whole_call(&device, "loss, classifier and the rest", |profile| {
+        match (plan, precision) {
+            (Plan::CpuStep, Precision::F32) => {
+                let timed = profile::ProfiledStep {
+                    inner: CpuStepOps::new(None),
+                    profile,
+                    device: device.clone(),
+                };
+                run_step(timed, net, params, x, targets, rng)
+            }
+            (Plan::CudaStep, p) => {
+                let maps = match p {
+                    Precision::F32 => DType::F32,
+                    Precision::Bf16 => DType::BF16,
+                };
+                cuda_step(net, params, x, targets, rng, maps, None, Some(profile))
+            }
+            _ => bail!(
+                "--profile times the walks of the cpu-step and cuda-step plans; this step runs \
+                 on the {plan} plan in {}",
+                precision.name()
+            ),
+        }
+    })
 }
 
 /// [`loss_and_grads`] on a named plan; an error when the facts do not allow it.
@@ -384,7 +433,7 @@ fn step_on(
     }
     match plan {
         Plan::CpuStep => run_step(CpuStepOps::new(sync), net, params, x, targets, rng),
-        Plan::CudaStep => cuda_step(net, params, x, targets, rng, DType::F32, sync),
+        Plan::CudaStep => cuda_step(net, params, x, targets, rng, DType::F32, sync, None),
         Plan::Candle => {
             let logits = forward::logits(&mut CandleOps::differentiable(), net, x, Some(rng))?;
             let loss = soft_cross_entropy(&logits, targets)?;
@@ -429,6 +478,7 @@ pub(crate) fn run_step<O: StepOps>(
 /// The cuda-step plan: the training-step walk over the CUDA kernels, maps in `maps`,
 /// SyncBatchNorm through `sync` when given.
 #[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
 fn cuda_step(
     net: &NetworkParts,
     params: &[Param],
@@ -437,14 +487,26 @@ fn cuda_step(
     rng: &mut ChaCha8Rng,
     maps: DType,
     sync: Option<&dyn BatchNormSync>,
+    profile: Option<&mut profile::Profile>,
 ) -> Result<(f64, Vec<Tensor>)> {
     let ops = cuda::step::CudaStepOps::new(cuda::ops::Launched::default(), maps, sync);
-    run_step(ops, net, params, x, targets, rng)
+    match profile {
+        None => run_step(ops, net, params, x, targets, rng),
+        Some(profile) => {
+            let timed = profile::ProfiledStep {
+                inner: ops,
+                profile,
+                device: x.device().clone(),
+            };
+            run_step(timed, net, params, x, targets, rng)
+        }
+    }
 }
 
 /// Without the `cuda` feature the cuda-step plan is never chosen; asked for by name, it says
 /// how to get it.
 #[cfg(not(feature = "cuda"))]
+#[allow(clippy::too_many_arguments)]
 fn cuda_step(
     _: &NetworkParts,
     _: &[Param],
@@ -453,6 +515,7 @@ fn cuda_step(
     _: &mut ChaCha8Rng,
     _: DType,
     _: Option<&dyn BatchNormSync>,
+    _: Option<&mut profile::Profile>,
 ) -> Result<(f64, Vec<Tensor>)> {
     bail!("the cuda-step plan needs a build with `--features cuda`")
 }
@@ -502,6 +565,23 @@ impl Network {
     /// The logits on a named plan (see [`NetworkParts::forward_on`]).
     pub fn forward_on(&self, plan: Plan, x: &Tensor, train: bool) -> Result<Tensor> {
         self.parts(&self.stage_slices()).forward_on(plan, x, train)
+    }
+
+    /// A training step with each operation timed (see [`profile_step`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn profile_step(
+        &self,
+        precision: Precision,
+        plan: Option<Plan>,
+        params: &[Param],
+        x: &Tensor,
+        targets: &Tensor,
+        rng: &mut ChaCha8Rng,
+        profile: &mut profile::Profile,
+    ) -> Result<(f64, Vec<Tensor>)> {
+        let stages = self.stage_slices();
+        let parts = self.parts(&stages);
+        profile_step(precision, plan, &parts, params, x, targets, rng, profile)
     }
 
     /// Eval-mode logits with each operation timed (see [`NetworkParts::profile_on`]).
