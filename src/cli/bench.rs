@@ -309,7 +309,7 @@ fn print_profile(rows: &[ProfileRow], calls: usize) {
     let total: f64 = rows.iter().map(|r| r.seconds).sum();
     println!("profile ({calls} calls, each operation synchronized: shares, not throughput):");
     println!(
-        "{:<28} {:>6} {:>10} {:>7}",
+        "{:<34} {:>6} {:>10} {:>7}",
         "operation", "calls", "ms", "share"
     );
     for r in rows {
