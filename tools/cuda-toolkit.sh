@@ -15,10 +15,11 @@
 # The full mode installs `cuda-toolkit[nvcc,cccl,cudart,crt]==13.0.*` (about 270 MB) with pip,
 # gives it the layout nvcc and cudarc's build script expect (`lib64`, an unversioned
 # `libcudart.so`), and generates link-time stub libraries (libcuda, libcublas, libcublasLt,
-# libcurand, libnvrtc, libnccl for `--features nccl`) from cudarc's own bindings: the wheels
-# ship no libcuda stub and no cuBLAS, and a binary linked against stubs loads the real
-# libraries by soname at run time (a `--features nccl` binary needs the machine's
-# libnccl.so.2 then, e.g. from `pip install nvidia-nccl-cu13`).
+# libcurand, libnvrtc, libnccl for `--features nccl`, libcudnn for `--features cudnn`) from
+# cudarc's own bindings: the wheels ship no libcuda stub and no cuBLAS, and a binary linked
+# against stubs loads the real libraries by soname at run time (a `--features nccl` binary
+# needs the machine's libnccl.so.2 then, e.g. from `pip install nvidia-nccl-cu13`, and a
+# `--features cudnn` one libcudnn.so.9, from `nvidia-cudnn-cu13`).
 #
 # The check mode writes a 20-line stand-in `nvcc` that reports version 13.0 and writes empty
 # outputs: enough for `cargo check` / `cargo clippy` (which never link and never load PTX) to
@@ -92,14 +93,14 @@ full | --full)
     # Link-time stubs: every function cudarc's bindings declare, as an empty C function in a
     # shared library with the real soname. cudarc's sources come from cargo's registry.
     stubs=$home/lib/stubs
-    if [ ! -e "$stubs/libcuda.so" ] || [ ! -e "$stubs/libnccl.so" ]; then
+    if [ ! -e "$stubs/libcuda.so" ] || [ ! -e "$stubs/libcudnn.so" ]; then
         cargo fetch --quiet >&2
         cudarc=$(cargo metadata --format-version 1 --features cuda 2>/dev/null |
             python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc").rsplit("/", 1)[0])')
         mkdir -p "$stubs"
         for spec in driver:libcuda.so.1:libcuda cublas:libcublas.so.13:libcublas \
             cublaslt:libcublasLt.so.13:libcublasLt curand:libcurand.so.10:libcurand \
-            nvrtc:libnvrtc.so.13:libnvrtc nccl:libnccl.so.2:libnccl; do
+            nvrtc:libnvrtc.so.13:libnvrtc nccl:libnccl.so.2:libnccl cudnn:libcudnn.so.9:libcudnn; do
             IFS=: read -r module soname name <<<"$spec"
             grep -ohP 'pub unsafe fn \K\w+(?=\s*[<(])' "$cudarc/src/$module/sys/"*.rs | sort -u |
                 sed 's/.*/void &(void) {}/' >"$stubs/$name.c"

@@ -30,11 +30,13 @@
 #            cuda` (the cuda-fused plan) against `tools/torch_bench.py --device cuda
 #            --channels-last` (cuDNN benchmark mode, TF32 off): efficientnetv2_s 384 batch 32,
 #            tf_efficientnetv2_b0 224 batch 1 and 128; in bf16 (`--dtype bf16`) against
-#            PyTorch's autocast bf16 (`--amp-bf16`); images/s and peak device memory;
+#            PyTorch's autocast bf16 (`--amp-bf16`); images/s and peak device memory; in the
+#            first round also effnet with its dense convolutions on patches + GEMM instead of
+#            cuDNN (`EFFNET_DENSE_CONV=patches`), to say which path pays;
 #   train    training steps the same way: `effnet bench --train` (the cuda-step plan) against
 #            `tools/torch_bench.py --train` (one SGD step per iteration), f32 and `--precision
 #            bf16` against AMP (`--amp-bf16`): tf_efficientnetv2_b0 224 batch 128,
-#            efficientnetv2_s 300 batch 64;
+#            efficientnetv2_s 300 batch 64; the patches path in the first round, as in infer;
 #   profile  `effnet bench --profile`: each kind of layer operation's share of an inference
 #            on the cuda-fused plan (efficientnetv2_s 384 batch 32, tf_efficientnetv2_b0 224
 #            batch 128) and of a training step on the cuda-step plan (efficientnetv2_s 300
@@ -56,8 +58,10 @@ bundle=gpu-bundle
 if [ "${1:-}" = "--bundle" ]; then
     set -e
     eval "$(bash tools/cuda-toolkit.sh)"
-    cargo build --release --features cuda --bin effnet
-    tests=$(cargo test --release --features cuda -p effnet-runtime --test gpu --no-run \
+    # `cudnn`: the dense convolutions through cuDNN (linked against the toolkit script's stub
+    # libcudnn; the GPU machine's libcudnn.so.9 comes from PyTorch's nvidia-cudnn wheel).
+    cargo build --release --features cuda,cudnn --bin effnet
+    tests=$(cargo test --release --features cuda,cudnn -p effnet-runtime --test gpu --no-run \
         --message-format=json 2>/dev/null |
         python3 -c 'import json,sys
 for l in sys.stdin:
@@ -125,16 +129,20 @@ for line in open(path):
         peak.setdefault(k, {})[side] = max(peak.get(k, {}).get(side, 0.0), mb)
 halves = [h for h in ("bf16", "f16") if any(f"effnet-{h}" in s for s in best.values())]
 candle = any("effnet-candle" in s for s in best.values())
+patches = any("effnet-patches" in s for s in best.values())
 head = f"| model | input | batch | effnet {plan} |{' effnet candle |' if candle else ''}"
+head += " effnet, dense convs on patches |" if patches else ""
 head += f" {torch_title} | {plan} / PyTorch |"
 for h in halves:
     head += f" effnet {h} | PyTorch {h} (autocast) | {h} ratio |"
 print(head)
-print("|---" * (6 + candle + 3 * len(halves)) + "|")
+print("|---" * (6 + candle + patches + 3 * len(halves)) + "|")
 for (m, r, b), s in best.items():
     e, c, t = s.get(f"effnet-{plan}"), s.get("effnet-candle"), s.get("torch")
     ratio = f"{e / t:.2f}x" if e and t else "n/a"
-    row = f"| {m} | {r} | {b} | {e} |{f' {c} |' if candle else ''} {t} | {ratio} |"
+    row = f"| {m} | {r} | {b} | {e} |{f' {c} |' if candle else ''}"
+    row += f" {s.get('effnet-patches')} |" if patches else ""
+    row += f" {t} | {ratio} |"
     for h in halves:
         eh, th = s.get(f"effnet-{h}"), s.get(f"torch-{h}")
         row += f" {eh} | {th} | {f'{eh / th:.2f}x' if eh and th else 'n/a'} |"
@@ -189,6 +197,31 @@ say '```'
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$report"
 say '```'
 
+# The directory of the shared library $1 in the Python environment's nvidia wheels
+# (PyTorch's), or nothing.
+wheel_lib_dir() {
+    "$PYTHON" - "$1" <<'PY' 2>/dev/null
+import glob, os, site, sys
+for p in site.getsitepackages() + [site.getusersitepackages()]:
+    for f in glob.glob(os.path.join(p, "nvidia", "**", sys.argv[1]), recursive=True):
+        print(os.path.dirname(f))
+        sys.exit()
+PY
+}
+
+# The bundle's binaries use cuDNN for dense convolutions: libcudnn.so.9 (and the engine
+# libraries it opens beside it) from PyTorch's nvidia-cudnn wheel.
+cudnn_dir=$(wheel_lib_dir libcudnn.so.9)
+if [ -n "$cudnn_dir" ]; then
+    export LD_LIBRARY_PATH="$cudnn_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    say
+    say "cuDNN: $(basename "$(readlink -f "$cudnn_dir/libcudnn.so.9")") from $cudnn_dir"
+else
+    say
+    say "cuDNN: no libcudnn.so.9 in the Python environment; the bundle's binaries need it" \
+        "(install nvidia-cudnn-cu13); everything below fails to start"
+fi
+
 say
 say "## NVRTC compiles the kernels (tools/nvrtc_check.py)"
 say '```'
@@ -236,6 +269,8 @@ if begin infer "Inference side by side (best of $ROUNDS alternating rounds)" 60;
             tcommon=(tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch"
                 --iters "$iters" --warmup 5 --device cuda --channels-last)
             measure effnet-cuda-fused "$EFFNET" bench "${common[@]}" --plan cuda-fused
+            if [ "$round" = 1 ]; then measure effnet-patches env EFFNET_DENSE_CONV=patches \
+                "$EFFNET" bench "${common[@]}" --plan cuda-fused; fi
             # candle's own CUDA plan (per-channel depthwise convolutions): slow, so only
             # when asked for, and capped.
             if wanted candle; then ROW_CAP=60 measure effnet-candle "$EFFNET" bench \
@@ -268,6 +303,8 @@ if begin train "Training steps side by side (best of $ROUNDS alternating rounds,
             tcommon=(tools/torch_bench.py --model "$model" --resolution "$res" --batch "$batch"
                 --iters "$iters" --warmup 3 --device cuda --channels-last --train)
             measure effnet-cuda-step "$EFFNET" bench "${common[@]}" --plan cuda-step
+            if [ "$round" = 1 ]; then measure effnet-patches env EFFNET_DENSE_CONV=patches \
+                "$EFFNET" bench "${common[@]}" --plan cuda-step; fi
             if wanted candle; then ROW_CAP=60 measure effnet-candle "$EFFNET" bench \
                 "${common[@]}" --plan candle; fi
             measure torch "$PYTHON" "${tcommon[@]}"
@@ -328,14 +365,7 @@ fi
 
 if begin nccl "NCCL: the communicator and two data-parallel epochs through it (one rank per GPU)"; then
     # libnccl.so.2 from the Python environment's nvidia-nccl wheel (PyTorch's).
-    nccl_dir=$("$PYTHON" - <<'PY' 2>/dev/null
-import glob, os, site, sys
-for p in site.getsitepackages() + [site.getusersitepackages()]:
-    for f in glob.glob(os.path.join(p, "nvidia", "**", "libnccl.so.2"), recursive=True):
-        print(os.path.dirname(f))
-        sys.exit()
-PY
-)
+    nccl_dir=$(wheel_lib_dir libnccl.so.2)
     say '```'
     if [ -n "$nccl_dir" ] && [ -x "$bundle/gpu-nccl-tests" ]; then
         LD_LIBRARY_PATH="$nccl_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" CAP=120 \

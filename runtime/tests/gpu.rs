@@ -2,7 +2,8 @@
 //! for every block kind, both paddings, odd sizes, batch 1 and 7, logits and stage features;
 //! the cuda-step plan against the cpu-step plan (one step's loss, gradients and BatchNorm
 //! statistics; and twenty optimizer steps' losses within 1e-4); the fused optimizer kernels
-//! against candle's ops on the GPU; bf16 and f16 inference against f32.
+//! against candle's ops on the GPU; bf16 and f16 inference against f32; cuDNN's three
+//! convolution passes against candle on the CPU (a build with `--features cudnn`).
 //! Needs a build with `--features cuda` and a visible GPU; anywhere else each test prints one
 //! line saying why it skipped and passes. `tools/gpu-check.sh` runs this binary on the lent
 //! GPU (the kernels' arithmetic is checked without a GPU by `effnet-cuda-emu`).
@@ -302,6 +303,125 @@ fn fused_optimizer_updates_match_candle_ops_on_the_gpu() {
             let (wa, wb) = (vals(pa.var.as_tensor()), vals(pb.var.as_tensor()));
             let d = rel(&wa, &wb);
             assert!(d < 1e-5, "{name}: `{}` {d:e} apart", pa.name);
+        }
+    }
+}
+
+/// The convolution `g` (symmetric padding) of NHWC `x` with `[o, k, k, c]` `w` on the CPU by
+/// candle, and its input and weight gradients for the output gradient `dy`: the reference
+/// for the cuDNN library.
+fn cpu_conv(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    g: &effnet_runtime::ops::ConvGeom,
+) -> (Tensor, Tensor, Tensor) {
+    let nchw = x
+        .permute((0, 3, 1, 2))
+        .and_then(|t| t.pad_with_zeros(2, g.pad.top, g.pad.bottom))
+        .and_then(|t| t.pad_with_zeros(3, g.pad.left, g.pad.right))
+        .and_then(|t| t.contiguous())
+        .expect("x");
+    let xv = Var::from_tensor(&nchw).expect("x var");
+    let wv = Var::from_tensor(&w.permute((0, 3, 1, 2)).expect("w").contiguous().expect("w"))
+        .expect("w var");
+    let y = xv.conv2d(&wv, 0, g.stride, g.dilation, 1).expect("conv");
+    let dyc = dy.permute((0, 3, 1, 2)).expect("dy");
+    let grads = (&y * &dyc)
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.backward())
+        .expect("backward");
+    let dx = grads.get(&xv).expect("dx");
+    let (_, _, hp, wp) = dx.dims4().expect("dims");
+    let dx = dx
+        .narrow(2, g.pad.top, hp - g.pad.top - g.pad.bottom)
+        .and_then(|t| t.narrow(3, g.pad.left, wp - g.pad.left - g.pad.right))
+        .and_then(|t| t.permute((0, 2, 3, 1)))
+        .expect("dx");
+    let dw = grads
+        .get(&wv)
+        .expect("dw")
+        .permute((0, 2, 3, 1))
+        .expect("dw");
+    (y.permute((0, 2, 3, 1)).expect("y"), dx, dw)
+}
+
+/// cuDNN's forward, backward-data and backward-filter (the `cudnn` feature) against candle's
+/// convolution on the CPU: the stem's and Fused-MBConv's windows, stride 2, dilation, odd and
+/// non-square sizes, batch 1 and 7; f32 within 1e-4 (FMA math, no TF32), bf16 within 2e-2.
+/// Each shape runs twice: the second call takes the plan the first chose.
+#[test]
+fn cudnn_convolutions_match_candle_on_the_cpu() {
+    use effnet_runtime::exec::cuda::DenseConv;
+    use effnet_runtime::ops::{ConvGeom, Padding2d};
+    let Some(gpu) = gpu() else { return };
+    let Some(lib) = DenseConv::Cudnn.library() else {
+        eprintln!("skipped: this build has no cuDNN (build with --features cudnn)");
+        return;
+    };
+    let cases = [
+        // (n, c, h, w, o, k, stride, dilation, pad)
+        (1, 3, 19, 19, 24, 3, 2, 1, 1),
+        (7, 3, 20, 17, 16, 3, 2, 1, 0),
+        (7, 24, 15, 13, 96, 3, 1, 1, 1),
+        (3, 16, 11, 9, 24, 5, 2, 1, 2),
+        (2, 8, 13, 13, 12, 3, 1, 2, 2),
+    ];
+    for (i, &(n, c, h, w, o, k, stride, dilation, pad)) in cases.iter().enumerate() {
+        let g = ConvGeom {
+            n,
+            c,
+            h,
+            w,
+            o,
+            k,
+            stride,
+            dilation,
+            pad: Padding2d::symmetric(pad),
+        };
+        let (oh, ow) = g.out_hw().expect("out");
+        let x = common::tensor(&[n, h, w, c], 10 + i as u64).expect("x");
+        let wt = common::tensor(&[o, k, k, c], 20 + i as u64).expect("w");
+        let dy = common::tensor(&[n, oh, ow, o], 30 + i as u64).expect("dy");
+        let (y, dx, dw) = cpu_conv(&x, &wt, &dy, &g);
+        for (dtype, bound) in [(DType::F32, 1e-4f32), (DType::BF16, 2e-2)] {
+            let on = |t: &Tensor| {
+                t.to_dtype(dtype)
+                    .and_then(|t| t.to_device(&gpu))
+                    .expect("to gpu")
+            };
+            let back = |t: Tensor| {
+                vals(
+                    &t.to_dtype(DType::F32)
+                        .and_then(|t| t.to_device(&Device::Cpu))
+                        .expect("back"),
+                )
+            };
+            for round in 0..2 {
+                let got = [
+                    ("forward", lib.forward(&on(&x), &on(&wt), &g), &y),
+                    (
+                        "input gradient",
+                        lib.input_grad(&on(&dy), &on(&wt), &g),
+                        &dx,
+                    ),
+                    (
+                        "weight gradient",
+                        lib.weight_grad(&on(&x), &on(&dy), &g),
+                        &dw,
+                    ),
+                ];
+                for (what, got, want) in got {
+                    let got = got.unwrap_or_else(|e| panic!("case {i} {what}: {e}"));
+                    assert_eq!(got.dims(), want.dims(), "case {i} {what}");
+                    assert_eq!(got.dtype(), dtype, "case {i} {what}");
+                    let d = rel(&back(got), &vals(want));
+                    assert!(
+                        d < bound,
+                        "case {i} ({g:?}) {what} in {dtype:?}, call {round}: relative error {d}"
+                    );
+                }
+            }
         }
     }
 }

@@ -255,6 +255,14 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, String> {
             "precision": a.precision.name(),
             "plan": plan.plan.name(),
             "plan_fallback_reason": plan.fallback_reason,
+            // How the cuda plans ran the dense convolutions (stem, Fused-MBConv): cuDNN, or
+            // patches + GEMM (EFFNET_DENSE_CONV); none off the GPU.
+            "dense_conv": match (&dev, plan.plan) {
+                (Device::Cuda(_), Plan::CudaFused | Plan::CudaStep) => {
+                    effnet_runtime::exec::cuda::DenseConv::of_process().ok().map(|d| d.name())
+                }
+                _ => None,
+            },
             "threads": rayon::current_num_threads(),
             "images_per_sec": (ips * 100.0).round() / 100.0,
             "peak_rss_mb": rss.map(|r| (r * 10.0).round() / 10.0),

@@ -11,6 +11,8 @@
 //! arguments, and the backends' use of them are tested on every machine. Races, memory
 //! ordering and speed are not: only a GPU run shows those.
 
+mod conv_library;
+
 use std::ffi::{CString, c_char, c_int, c_uint, c_void};
 
 use candle_core::{DType, Device, Result, Tensor, bail};
@@ -53,6 +55,14 @@ pub type Emulated = Launcher<CpuExec>;
 
 /// The emulated kernels.
 pub const EMU: Emulated = Launcher::new(CpuExec);
+
+pub use conv_library::CandleConv;
+
+/// The emulated kernels with dense convolutions by a library, candle's CPU convolution in
+/// cuDNN's place ([`CandleConv`]): the cuda plans' library path.
+pub fn emu_with_library() -> Emulated {
+    EMU.with_library(Some(&CandleConv))
+}
 
 /// A buffer as a kernel sees it: f32, f64, or bf16 as its bits.
 enum Buffer {

@@ -2,6 +2,9 @@
 //! plans: eval-mode logits (cuda-fused against cpu-fused) and one training step (cuda-step
 //! against cpu-step: loss, every gradient, the updated BatchNorm statistics, the masks drawn).
 //! What a GPU adds is only the launches; everything the backends compute is checked here.
+//! Both walks also run with a convolution library for the dense convolutions (candle's CPU
+//! convolution in cuDNN's place, [`emu_with_library`]): the library path's padding, layouts
+//! and backward against the same CPU plans.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -9,7 +12,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::{max_diff, values as vals};
-use effnet_cuda_emu::EMU;
+use effnet_cuda_emu::{EMU, Emulated, emu_with_library};
 use effnet_runtime::exec::cuda::{logits_with, loss_and_grads_with};
 use effnet_runtime::train::optim::Param;
 use effnet_runtime::{Network, Plan};
@@ -17,6 +20,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use common::{SAME, SYMMETRIC};
+
+/// The emulated kernels, on their own and with a convolution library.
+fn every_kernels() -> [(&'static str, Emulated); 2] {
+    [("patches", EMU), ("library", emu_with_library())]
+}
 
 /// MixNet's mixed depthwise kernels (one convolution of zero-padded parts, each part's
 /// gradient cut out of it), ReLU6 in a stage, and dilation past `output_stride 8`.
@@ -88,20 +96,37 @@ fn cuda_fused_walk_matches_the_cpu_fused_plan() {
         let net = plain_network(spec);
         let x = input(n, size);
         let want = vals(&net.forward_on(Plan::CpuFused, &x, false).expect("cpu"));
-        let got = vals(&logits_with(&net, &x, EMU).expect("cuda walk"));
-        let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        let d = max_diff(&got, &want);
-        assert!(
-            d < 1e-4 * scale,
-            "{}: logits differ by {d} (largest {scale})",
-            net.ir.name
-        );
+        for (path, kernels) in every_kernels() {
+            let got = vals(&logits_with(&net, &x, kernels).expect("cuda walk"));
+            let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            let d = max_diff(&got, &want);
+            assert!(
+                d < 1e-4 * scale,
+                "{} ({path}): logits differ by {d} (largest {scale})",
+                net.ir.name
+            );
+        }
     }
 }
 
-/// One training step on the cuda-step walk (network `b`) against the cpu-step plan (network
-/// `a`), both prepared by `prepare`.
+/// One training step on the cuda-step walk against the cpu-step plan, the network prepared by
+/// `prepare`, with the dense convolutions on patches and by a library.
 fn compare_step(spec: &str, n: usize, size: usize, prepare: impl Fn(&mut Network)) {
+    for (path, kernels) in every_kernels() {
+        compare_step_with(kernels, path, spec, n, size, &prepare);
+    }
+}
+
+/// One training step on the cuda-step walk over `kernels` (network `b`) against the cpu-step
+/// plan (network `a`), both prepared by `prepare`.
+fn compare_step_with(
+    kernels: Emulated,
+    path: &str,
+    spec: &str,
+    n: usize,
+    size: usize,
+    prepare: &impl Fn(&mut Network),
+) {
     let (mut a, params_a) = trainable(spec);
     let (mut b, params_b) = trainable(spec);
     prepare(&mut a);
@@ -114,9 +139,9 @@ fn compare_step(spec: &str, n: usize, size: usize, prepare: impl Fn(&mut Network
         .expect("cpu step");
     let mut rng_b = ChaCha8Rng::seed_from_u64(11);
     let (loss_b, grads_b) =
-        loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, EMU, DType::F32, None)
+        loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, kernels, DType::F32, None)
             .expect("cuda step");
-    let name = &a.ir.name;
+    let name = format!("{} ({path})", a.ir.name);
     assert!(
         (loss_a - loss_b).abs() < 1e-5 * loss_a.abs().max(1.0),
         "{name}: loss cpu {loss_a}, cuda {loss_b}"
@@ -269,25 +294,27 @@ fn half_walk_stays_near_f32(dtype: DType, bound: f32) {
                 .expect("half net");
         let x = input(n, size);
         let want = vals(&f32_net.forward_on(Plan::CpuFused, &x, false).expect("f32"));
-        let got = logits_with(&half_net, &x, EMU).expect("half walk");
-        assert_eq!(got.dtype(), DType::F32, "logits in the input's dtype");
-        let got = vals(&got);
-        let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        let rel = max_diff(&got, &want) / scale;
-        eprintln!(
-            "{}: {dtype:?} logits against f32, relative max error {rel:.2e}",
-            ir.name
-        );
-        assert!(
-            rel > 0.0,
-            "{}: {dtype:?} identical to f32: not run in half precision",
-            ir.name
-        );
-        assert!(
-            rel < bound,
-            "{}: {dtype:?} logits differ by {rel} (relative)",
-            ir.name
-        );
+        for (path, kernels) in every_kernels() {
+            let got = logits_with(&half_net, &x, kernels).expect("half walk");
+            assert_eq!(got.dtype(), DType::F32, "logits in the input's dtype");
+            let got = vals(&got);
+            let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            let rel = max_diff(&got, &want) / scale;
+            eprintln!(
+                "{} ({path}): {dtype:?} logits against f32, relative max error {rel:.2e}",
+                ir.name
+            );
+            assert!(
+                rel > 0.0,
+                "{}: {dtype:?} identical to f32: not run in half precision",
+                ir.name
+            );
+            assert!(
+                rel < bound,
+                "{}: {dtype:?} logits differ by {rel} (relative)",
+                ir.name
+            );
+        }
     }
 }
 
@@ -302,7 +329,10 @@ fn half_walk_stays_near_f32(dtype: DType, bound: f32) {
 /// `kernels.rs`.
 #[test]
 fn cuda_step_walk_in_mixed_precision_stays_near_f32() {
-    for (spec, n, size) in [(SYMMETRIC, 6, 15), (SAME, 5, 18)] {
+    for ((spec, n, size), (path, kernels)) in [(SYMMETRIC, 6, 15), (SAME, 5, 18)]
+        .into_iter()
+        .flat_map(|case| every_kernels().map(|k| (case, k)))
+    {
         let (a, params_a) = trainable(spec);
         let (b, params_b) = trainable(spec);
         let x = input(n, size);
@@ -312,10 +342,18 @@ fn cuda_step_walk_in_mixed_precision_stays_near_f32() {
             .loss_and_grads_on(Plan::CpuStep, &params_a, &x, &t, &mut rng_a)
             .expect("cpu step");
         let mut rng_b = ChaCha8Rng::seed_from_u64(5);
-        let (loss_b, grads_b) =
-            loss_and_grads_with(&b, &params_b, &x, &t, &mut rng_b, EMU, DType::BF16, None)
-                .expect("bf16 step");
-        let name = &a.ir.name;
+        let (loss_b, grads_b) = loss_and_grads_with(
+            &b,
+            &params_b,
+            &x,
+            &t,
+            &mut rng_b,
+            kernels,
+            DType::BF16,
+            None,
+        )
+        .expect("bf16 step");
+        let name = &format!("{} ({path})", a.ir.name);
         let rel = (loss_a - loss_b).abs() / loss_a.abs();
         assert!(rel > 0.0, "{name}: bf16 identical to f32: not run in bf16");
         assert!(rel < 1e-2, "{name}: loss f32 {loss_a}, bf16 {loss_b}");
@@ -467,6 +505,7 @@ fn dense_convolutions_in_chunks_of_images_match_the_whole_batch() {
         let chunked = Launcher {
             exec: CpuExec,
             patch_values: budget,
+            library: None,
         };
         let net = plain_network(SAME);
         let want = vals(&logits_with(&net, &x, EMU).expect("whole"));

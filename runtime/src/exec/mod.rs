@@ -76,7 +76,7 @@ fn cuda_ops<'a>(
     params: DType,
 ) -> Result<cuda::backend::CudaOps<'a, cuda::ops::Launched>> {
     Ok(cuda::backend::CudaOps {
-        kernels: cuda::ops::Launched::default(),
+        kernels: cuda::ops::launched()?,
         prepared,
         maps: cuda::backend::map_dtype(params),
         dtype: x.dtype(),
@@ -489,7 +489,7 @@ fn cuda_step(
     sync: Option<&dyn BatchNormSync>,
     profile: Option<&mut profile::Profile>,
 ) -> Result<(f64, Vec<Tensor>)> {
-    let ops = cuda::step::CudaStepOps::new(cuda::ops::Launched::default(), maps, sync);
+    let ops = cuda::step::CudaStepOps::new(cuda::ops::launched()?, maps, sync);
     match profile {
         None => run_step(ops, net, params, x, targets, rng),
         Some(profile) => {

@@ -3,7 +3,8 @@
 //! activation fused; 1x1 convolutions are one GEMM over all pixels of the batch (candle's
 //! matmul: cuBLAS on a GPU) followed by the epilogue kernel (BatchNorm, activation, and the
 //! block's residual in the same pass); other dense convolutions (stem, Fused-MBConv) are the
-//! patches kernel and one GEMM, then the epilogue, so no map leaves NHWC; the
+//! kernels' convolution library (cuDNN, NHWC) where they have one, else the patches kernel and
+//! one GEMM, then the epilogue, so no map leaves NHWC; the
 //! squeeze-excitation pools with the means kernel, runs its two small GEMMs and gates with the
 //! gate kernel, with no host round trip.
 //!
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor, TensorId, bail};
 
-use super::{CudaKernels, image_chunks};
+use super::{ConvLibrary, CudaKernels, conv_library, image_chunks};
 use crate::exec::candle::se_gates;
 use crate::exec::cpu_fused::kernel_act;
 use crate::exec::forward::ForwardOps;
@@ -130,6 +131,16 @@ pub(crate) fn nhwc_geom(cv: &Conv2d, x: &Tensor) -> Result<ConvGeom> {
     Ok(cv.geom([n, c, h, w]))
 }
 
+/// The kernels' convolution library when they have one and `cv` is a dense convolution of one
+/// group (grouped ones stay on the plans' other paths).
+pub(crate) fn library_for<'k, K: CudaKernels>(
+    k: &'k K,
+    cv: &Conv2d,
+) -> Option<&'k dyn ConvLibrary> {
+    k.conv_library()
+        .filter(|_| cv.spec.groups == 1 && !cv.spec.is_depthwise())
+}
+
 /// Whether `g` is a pointwise convolution: one GEMM over the map's pixels, no patches.
 pub(crate) fn is_pointwise(g: &ConvGeom, groups: usize) -> bool {
     g.k == 1 && g.stride == 1 && g.pad.is_zero() && groups == 1
@@ -148,9 +159,10 @@ pub(crate) fn gemm_weight(cv: &Conv2d, g: &ConvGeom) -> Result<Tensor> {
 }
 
 /// The output `[n * oh * ow, o]` of a dense (not depthwise) convolution before its
-/// BatchNorm, without bias: one GEMM with `wt` (from [`gemm_weight`]), on the patches unless
-/// the convolution is pointwise; a GEMM a chunk of images when the whole batch's patches
-/// would exceed [`CudaKernels::patch_values`].
+/// BatchNorm, without bias: one GEMM with `wt` (from [`gemm_weight`]) when the convolution is
+/// pointwise; else by the kernels' convolution library when they have one, or on the patches,
+/// a GEMM a chunk of images when the whole batch's patches would exceed
+/// [`CudaKernels::patch_values`].
 pub(crate) fn dense_conv<K: CudaKernels>(
     k: &K,
     cv: &Conv2d,
@@ -158,10 +170,13 @@ pub(crate) fn dense_conv<K: CudaKernels>(
     x: &Tensor,
     g: &ConvGeom,
 ) -> Result<Tensor> {
-    let wt = wt.t()?;
     if is_pointwise(g, cv.spec.groups) {
-        return x.reshape((g.n * g.h * g.w, g.c))?.matmul(&wt);
+        return x.reshape((g.n * g.h * g.w, g.c))?.matmul(&wt.t()?);
     }
+    if let Some(lib) = library_for(k, cv) {
+        return conv_library::forward(lib, x, wt, g);
+    }
+    let wt = wt.t()?;
     let chunks = image_chunks(g, k.patch_values())?;
     if let [_] = chunks.as_slice() {
         return k.im2col(x, g)?.matmul(&wt);

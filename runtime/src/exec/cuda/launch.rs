@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Result, Tensor, bail};
 
-use super::{CudaKernels, PATCH_VALUES, UpdateAt, act_code};
+use super::{ConvLibrary, CudaKernels, PATCH_VALUES, UpdateAt, act_code};
 use crate::ops::{Act, ConvGeom};
 use effnet_compiler::ir::Optimizer as OptimizerSpec;
 
@@ -178,15 +178,24 @@ pub struct Launcher<E> {
     /// The most values one dense convolution's patches may hold
     /// ([`CudaKernels::patch_values`]; [`PATCH_VALUES`] unless a test forces chunks).
     pub patch_values: usize,
+    /// The dense convolutions' library ([`CudaKernels::conv_library`]), or none: patches.
+    pub library: Option<&'static dyn ConvLibrary>,
 }
 
 impl<E> Launcher<E> {
-    /// The kernels through `exec`, patches bounded by [`PATCH_VALUES`].
+    /// The kernels through `exec`, patches bounded by [`PATCH_VALUES`], no convolution
+    /// library.
     pub const fn new(exec: E) -> Self {
         Launcher {
             exec,
             patch_values: PATCH_VALUES,
+            library: None,
         }
+    }
+
+    /// The same kernels with the dense convolutions by `library`.
+    pub fn with_library(self, library: Option<&'static dyn ConvLibrary>) -> Self {
+        Launcher { library, ..self }
     }
 }
 
@@ -199,6 +208,10 @@ impl<E: Default> Default for Launcher<E> {
 impl<E: Execute> CudaKernels for Launcher<E> {
     fn patch_values(&self) -> usize {
         self.patch_values
+    }
+
+    fn conv_library(&self) -> Option<&dyn ConvLibrary> {
+        self.library
     }
 
     fn depthwise(

@@ -13,6 +13,9 @@
 //! `tools/gpu-check.sh`.
 
 pub(crate) mod backend;
+pub mod conv_library;
+#[cfg(feature = "cudnn")]
+pub(crate) mod cudnn;
 pub mod launch;
 #[cfg(feature = "cuda")]
 pub(crate) mod ops;
@@ -20,6 +23,8 @@ pub(crate) mod step;
 
 use candle_core::{DType, Result, Tensor, bail};
 use rand_chacha::ChaCha8Rng;
+
+pub use conv_library::ConvLibrary;
 
 use crate::nn::{Network, Param};
 use crate::ops::{Act, ConvGeom};
@@ -119,6 +124,71 @@ pub fn image_chunks(g: &ConvGeom, budget: usize) -> Result<Vec<(usize, usize)>> 
         .collect())
 }
 
+/// The environment variable that picks the cuda plans' dense convolutions (stem,
+/// Fused-MBConv): `cudnn` or `patches` ([`DenseConv`]).
+pub const DENSE_CONV_VAR: &str = "EFFNET_DENSE_CONV";
+
+/// How the cuda plans run dense convolutions that are not pointwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseConv {
+    /// cuDNN's forward, backward-data and backward-filter ([`conv_library`]).
+    Cudnn,
+    /// effnet's patches kernel and one GEMM (cuBLAS), a chunk of images at a time.
+    Patches,
+}
+
+impl DenseConv {
+    /// Whether this build has cuDNN (the `cudnn` feature).
+    pub const BUILT_WITH_CUDNN: bool = cfg!(feature = "cudnn");
+
+    /// The path for a value of [`DENSE_CONV_VAR`] (`None`: unset): cuDNN by default where the
+    /// build has it, the patches otherwise; an error naming the variable for a value it does
+    /// not know or cuDNN asked of a build without it.
+    pub fn from_setting(value: Option<&str>, with_cudnn: bool) -> Result<Self> {
+        match value.map(str::trim) {
+            None | Some("") if with_cudnn => Ok(DenseConv::Cudnn),
+            None | Some("") | Some("patches") => Ok(DenseConv::Patches),
+            Some("cudnn") if with_cudnn => Ok(DenseConv::Cudnn),
+            Some("cudnn") => bail!(
+                "{DENSE_CONV_VAR}=cudnn: this effnet was built without cuDNN; build it with \
+                 `--features cudnn` (README \"GPU\"), or unset the variable"
+            ),
+            Some(v) => bail!("{DENSE_CONV_VAR}={v}: expected `cudnn` or `patches`"),
+        }
+    }
+
+    /// The path this process takes: [`DENSE_CONV_VAR`] read once.
+    pub fn of_process() -> Result<Self> {
+        static CHOICE: std::sync::OnceLock<std::result::Result<DenseConv, String>> =
+            std::sync::OnceLock::new();
+        let choice = CHOICE.get_or_init(|| {
+            let v = std::env::var(DENSE_CONV_VAR).ok();
+            Self::from_setting(v.as_deref(), Self::BUILT_WITH_CUDNN).map_err(|e| e.to_string())
+        });
+        match choice {
+            Ok(c) => Ok(*c),
+            Err(e) => bail!("{e}"),
+        }
+    }
+
+    /// Its name in reports (`bench --json`'s `dense_conv`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DenseConv::Cudnn => "cudnn",
+            DenseConv::Patches => "patches",
+        }
+    }
+
+    /// The library behind this path on a GPU, if any.
+    pub fn library(self) -> Option<&'static dyn ConvLibrary> {
+        match self {
+            #[cfg(feature = "cudnn")]
+            DenseConv::Cudnn => Some(&cudnn::CUDNN),
+            _ => None,
+        }
+    }
+}
+
 /// The kernels' code for an activation (`effnet_act` in the source).
 pub fn act_code(act: Act) -> i32 {
     match act {
@@ -156,6 +226,12 @@ pub trait CudaKernels {
     /// The most values a dense convolution's patches may hold at once: a larger batch is
     /// convolved a chunk of images at a time ([`image_chunks`]).
     fn patch_values(&self) -> usize;
+
+    /// The library that runs dense convolutions (not pointwise, not depthwise) in place of
+    /// patches + GEMM, if this implementation has one ([`conv_library`]).
+    fn conv_library(&self) -> Option<&dyn ConvLibrary> {
+        None
+    }
 
     /// `act(scale * depthwise(x, w) + shift)`, `w` timm's `[c, 1, k, k]`, `affine = (scale,
     /// shift)` `[2, c]`, the window `g` (its `n, c, h, w` are `x`'s).
@@ -371,6 +447,33 @@ mod tests {
                 .lines()
                 .any(|l| l.trim_start().starts_with("#include"))
         );
+    }
+
+    #[test]
+    fn the_dense_convolution_path_follows_the_variable_and_the_build() {
+        use DenseConv::*;
+        assert_eq!(DenseConv::from_setting(None, true).ok(), Some(Cudnn));
+        assert_eq!(DenseConv::from_setting(None, false).ok(), Some(Patches));
+        assert_eq!(
+            DenseConv::from_setting(Some("patches"), true).ok(),
+            Some(Patches)
+        );
+        assert_eq!(
+            DenseConv::from_setting(Some(" cudnn "), true).ok(),
+            Some(Cudnn)
+        );
+        let e = DenseConv::from_setting(Some("cudnn"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--features cudnn"), "{e}");
+        let e = DenseConv::from_setting(Some("winograd"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("EFFNET_DENSE_CONV=winograd") && e.contains("`patches`"),
+            "{e}"
+        );
+        assert_eq!(Patches.library().map(|l| l.name()), None);
     }
 
     #[test]

@@ -221,6 +221,12 @@ impl Execute for OnGpu {
 /// effnet's kernels launched on the GPU.
 pub(crate) type Launched = Launcher<OnGpu>;
 
+/// The kernels the cuda plans run on a GPU: dense convolutions by the process's
+/// [`super::DenseConv`] (cuDNN where the build has it, unless `EFFNET_DENSE_CONV=patches`).
+pub(crate) fn launched() -> Result<Launched> {
+    Ok(Launcher::new(OnGpu).with_library(super::DenseConv::of_process()?.library()))
+}
+
 /// The default pool of `d`'s stream-ordered allocator, or `None` when the GPU has none (then
 /// cudarc allocates with plain cuMemAlloc).
 fn default_pool(

@@ -5,9 +5,10 @@
 //! - depthwise convolutions: effnet's kernel forward, its input-gradient kernel (gathered per
 //!   input pixel, no atomics) and its weight-gradient kernel (partials per chunk of pixels);
 //! - pointwise convolutions: one GEMM forward, two GEMMs backward (`dz^T x`, `dz w`);
-//! - other dense convolutions (stem, Fused-MBConv): the patches kernel and the same GEMMs,
-//!   with the patches' adjoint for the input gradient (the patches are recomputed in the
-//!   backward, not kept: they are k^2 times the input);
+//! - other dense convolutions (stem, Fused-MBConv): the kernels' convolution library (cuDNN
+//!   forward, backward-data and backward-filter) where they have one, else the patches kernel
+//!   and the same GEMMs, with the patches' adjoint for the input gradient (the patches are
+//!   recomputed in the backward, not kept: they are k^2 times the input);
 //! - train-mode BatchNorm: the statistics kernel (f64 partials), the epilogue kernel, the
 //!   parameter-gradient and input-gradient kernels;
 //! - squeeze-excitation: the means, dot and gate kernels; its small GEMMs on `[N, C]`.
@@ -34,7 +35,7 @@ use std::rc::Rc;
 use candle_core::{DType, Result, Tensor, bail};
 
 use super::CudaKernels;
-use super::backend::{dense_conv, gemm_weight, is_pointwise, nhwc_geom};
+use super::backend::{dense_conv, gemm_weight, is_pointwise, library_for, nhwc_geom};
 use crate::exec::candle::activate;
 use crate::exec::cpu_fused::kernel_act;
 use crate::exec::shared::update_running_stats;
@@ -353,6 +354,9 @@ impl<K: CudaKernels> StepOps for CudaStepOps<'_, K> {
                     false => None,
                 };
                 (f32_of(&dz.t()?.matmul(&cols)?)?, dx)
+            } else if let Some(lib) = library_for(&self.kernels, cv) {
+                let (dw, dx) = super::conv_library::backward(lib, x, &dz, &wt, g, need_dx)?;
+                (f32_of(&dw)?, dx)
             } else {
                 self.dense_backward_on_patches(x, &dz, &wt, g, need_dx)?
             };
