@@ -101,20 +101,14 @@ impl Drop for ConvPlan {
     }
 }
 
-/// A thread's cuDNN handle on one device's stream, and its plans.
+/// A thread's cuDNN handle on one device's stream, and its plans. The handle itself is never
+/// destroyed: a thread's locals are dropped at its exit, for the main thread after the CUDA
+/// context may be gone, where `cudnnDestroy` (which frees device memory and synchronizes)
+/// is not safe to call; PyTorch leaks its cuDNN handles for the same reason. One handle per
+/// thread and GPU is what that costs.
 struct Handle {
     raw: sys::cudnnHandle_t,
     plans: HashMap<PlanKey, ConvPlan>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.plans.clear();
-        // SAFETY: the handle was created for this thread and is destroyed once.
-        unsafe {
-            let _ = result::destroy_handle(self.raw);
-        }
-    }
 }
 
 thread_local! {
