@@ -209,17 +209,34 @@ for p in site.getsitepackages() + [site.getusersitepackages()]:
 PY
 }
 
-# The bundle's binaries use cuDNN for dense convolutions: libcudnn.so.9 (and the engine
-# libraries it opens beside it) from PyTorch's nvidia-cudnn wheel.
+# The libraries the bundle's binaries link (BENCHMARKS.md, "CI": NEEDED), from PyTorch's
+# nvidia wheels where the Python environment has them (`nvidia/cu13/lib`: cuBLAS, cuRAND,
+# NVRTC, the runtime; `nvidia/cudnn/lib`: libcudnn.so.9 and the engine libraries it opens
+# beside it), put first on the library path: a system toolkit's directory is not always on
+# the loader's path, and a binary that misses one library does not start at all.
+for lib in libcublas.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13 libcudnn.so.9; do
+    dir=$(wheel_lib_dir "$lib")
+    case ":${LD_LIBRARY_PATH:-}:" in
+        *":$dir:"*) ;;
+        *) [ -z "$dir" ] || export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;;
+    esac
+done
 cudnn_dir=$(wheel_lib_dir libcudnn.so.9)
+say
 if [ -n "$cudnn_dir" ]; then
-    export LD_LIBRARY_PATH="$cudnn_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    say
     say "cuDNN: $(basename "$(readlink -f "$cudnn_dir/libcudnn.so.9")") from $cudnn_dir"
 else
-    say
-    say "cuDNN: no libcudnn.so.9 in the Python environment; the bundle's binaries need it" \
-        "(install nvidia-cudnn-cu13); everything below fails to start"
+    say "cuDNN: no libcudnn.so.9 in the Python environment's nvidia wheels (nvidia-cudnn-cu13)"
+fi
+missing=$(ldd "$EFFNET" 2>&1 | grep "not found")
+if [ -n "$missing" ]; then
+    say "effnet cannot start: a library it links is not found (ldd), and everything below fails:"
+    say '```'
+    say "$missing"
+    say '```'
+else
+    say "effnet's libraries: $(ldd "$EFFNET" | grep -oE '(libcu|libnv)[a-zA-Z]*\.so\.[0-9]+ => [^ ]+' |
+        sed 's/ => /: /' | paste -sd ';' | sed 's/;/; /g')"
 fi
 
 say
