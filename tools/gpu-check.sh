@@ -15,7 +15,9 @@
 #
 # The second half writes one report, $OUT/gpu-report.md (./gpu-report.md without OUT), as it
 # goes (what is written stays if the run is cut short). First the GPU (nvidia-smi's name,
-# driver and memory) and NVRTC compiling the kernels; then the parts of PARTS in this order,
+# driver and memory), the libraries the binaries link (any missing one named), one training
+# step through cuDNN (if cuDNN fails there, the rest of the run takes the patches path and
+# says so) and NVRTC compiling the kernels; then the parts of PARTS in this order,
 # most important first, each skipped with a line in the report once too little of DEADLINE
 # (default 540 s, under the device tool's 600 s a command) is left, and every command
 # stopped at the deadline:
@@ -237,6 +239,28 @@ if [ -n "$missing" ]; then
 else
     say "effnet's libraries: $(ldd "$EFFNET" | grep -oE '(libcu|libnv)[a-zA-Z]*\.so\.[0-9]+ => [^ ]+' |
         sed 's/ => /: /' | paste -sd ';' | sed 's/;/; /g')"
+fi
+
+# One small training step through cuDNN before the parts: should cuDNN fail on this machine
+# (a library it opens missing, a shape it refuses), every cuda row would fail with it, so the
+# rest of the run takes the patches path instead and says so, and the figures still come.
+probe=$(CAP=60 bounded "$EFFNET" bench specs/tf_efficientnetv2_b0.effnet --model \
+    tf_efficientnetv2_b0 --resolution 65 --batch 2 --iters 1 --warmup 1 --device cuda --train \
+    --plan cuda-step --json 2>&1 | tail -3)
+say
+if grep -q '"dense_conv"' <<<"$probe"; then
+    say "Probe (one cuda-step training step at 65 px): $(grep -o '"dense_conv": *"[a-z]*"' <<<"$probe")"
+elif grep -qi cudnn <<<"$probe"; then
+    export EFFNET_DENSE_CONV=patches
+    say "Probe: cuDNN failed, so every effnet row below runs with EFFNET_DENSE_CONV=patches:"
+    say '```'
+    say "$probe"
+    say '```'
+else
+    say "Probe (one cuda-step training step at 65 px) failed:"
+    say '```'
+    say "$probe"
+    say '```'
 fi
 
 say
