@@ -117,8 +117,11 @@ thread_local! {
     static HANDLES: RefCell<HashMap<DeviceId, Handle>> = RefCell::new(HashMap::new());
 }
 
+/// What a user can do when cuDNN fails: run without it.
+const WITHOUT_CUDNN: &str = "EFFNET_DENSE_CONV=patches runs the dense convolutions without cuDNN";
+
 fn err(what: &str, e: impl std::fmt::Debug) -> candle_core::Error {
-    candle_core::Error::Msg(format!("{what}: cuDNN failed with {e:?}"))
+    candle_core::Error::Msg(format!("{what}: cuDNN failed with {e:?} ({WITHOUT_CUDNN})"))
 }
 
 fn int(v: usize, what: &str) -> Result<c_int> {
@@ -296,7 +299,7 @@ impl Call {
         };
         let Some((algo, workspace, math)) = chosen else {
             bail!(
-                "{what}: cuDNN found no algorithm for {g:?} in {}",
+                "{what}: cuDNN found no algorithm for {g:?} in {} ({WITHOUT_CUDNN})",
                 dtype.as_str()
             );
         };
