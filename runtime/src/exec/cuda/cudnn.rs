@@ -464,10 +464,7 @@ impl CustomOp2 for Call {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        bail!(
-            "{} runs on CUDA tensors only (the cuda plans)",
-            self.pass.what()
-        )
+        super::ops::cpu_refused(self.pass.what())
     }
 
     fn cuda_fwd(

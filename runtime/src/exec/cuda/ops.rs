@@ -125,7 +125,8 @@ impl Launch {
     }
 }
 
-fn cpu_refused(op: &str) -> Result<(CpuStorage, Shape)> {
+/// The CPU side of an op that only the cuda plans run (their kernels, cuDNN's calls).
+pub(crate) fn cpu_refused(op: &str) -> Result<(CpuStorage, Shape)> {
     bail!("{op} runs on CUDA tensors only (the cuda plans)")
 }
 
