@@ -108,6 +108,8 @@ for f in effnet gpu-tests gpu-nccl-tests; do
 done
 EFFNET=$bundle/effnet
 say() { echo "$@" | tee -a "$report"; }
+# $1 in the report as a fenced block (a command's output).
+say_fenced() { say '```'; say "$1"; say '```'; }
 
 # The best of each side per row, as a Markdown table, then every measurement: $1 the
 # measurements (side, model, resolution, batch, JSON per line), $2 the effnet plan (cuda-fused
@@ -216,14 +218,15 @@ PY
 # NVRTC, the runtime; `nvidia/cudnn/lib`: libcudnn.so.9 and the engine libraries it opens
 # beside it), put first on the library path: a system toolkit's directory is not always on
 # the loader's path, and a binary that misses one library does not start at all.
+cudnn_dir=
 for lib in libcublas.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13 libcudnn.so.9; do
     dir=$(wheel_lib_dir "$lib")
+    [ "$lib" = libcudnn.so.9 ] && cudnn_dir=$dir
     case ":${LD_LIBRARY_PATH:-}:" in
         *":$dir:"*) ;;
         *) [ -z "$dir" ] || export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;;
     esac
 done
-cudnn_dir=$(wheel_lib_dir libcudnn.so.9)
 say
 if [ -n "$cudnn_dir" ]; then
     say "cuDNN: $(basename "$(readlink -f "$cudnn_dir/libcudnn.so.9")") from $cudnn_dir"
@@ -233,9 +236,7 @@ fi
 missing=$(ldd "$EFFNET" 2>&1 | grep "not found")
 if [ -n "$missing" ]; then
     say "effnet cannot start: a library it links is not found (ldd), and everything below fails:"
-    say '```'
-    say "$missing"
-    say '```'
+    say_fenced "$missing"
 else
     say "effnet's libraries: $(ldd "$EFFNET" | grep -oE '(libcu|libnv)[a-zA-Z]*\.so\.[0-9]+ => [^ ]+' |
         sed 's/ => /: /' | paste -sd ';' | sed 's/;/; /g')"
@@ -253,14 +254,10 @@ if grep -q '"dense_conv"' <<<"$probe"; then
 elif grep -qi cudnn <<<"$probe"; then
     export EFFNET_DENSE_CONV=patches
     say "Probe: cuDNN failed, so every effnet row below runs with EFFNET_DENSE_CONV=patches:"
-    say '```'
-    say "$probe"
-    say '```'
+    say_fenced "$probe"
 else
     say "Probe (one cuda-step training step at 65 px) failed:"
-    say '```'
-    say "$probe"
-    say '```'
+    say_fenced "$probe"
 fi
 
 say
